@@ -1,0 +1,5 @@
+"""``python -m nmsparse`` runs the command-line interface."""
+
+from .cli.main import main
+
+raise SystemExit(main())

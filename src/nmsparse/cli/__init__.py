@@ -1,0 +1,1 @@
+"""Command-line interface: ``nmsparse <command>`` (also ``python -m nmsparse``)."""

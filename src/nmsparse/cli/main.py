@@ -1,0 +1,61 @@
+"""Entry point of the ``nmsparse`` command: parses, dispatches to one command module, turns errors into exit 2.
+
+Each command lives in its own module ``nmsparse.cli.<name>`` with ``add_parser(subparsers)`` and
+``run(args) -> int``; the modules hold no library logic, only argument handling and printing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+from ..errors import NMSparseError
+
+#: Command modules, in the order ``nmsparse --help`` lists them.
+COMMANDS = ("mask", "diversity", "demo", "info")
+
+
+class CLIError(NMSparseError):
+    """A bad command-line input (missing file, bad option combination)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nmsparse", description="N:M and transposable N:M sparsity for PyTorch."
+    )
+    parser.add_argument("--version", action="version", version=f"nmsparse {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"{__package__}.{name}")
+        sub = module.add_parser(subparsers)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show full tracebacks and debug logging")
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("nmsparse: interrupted", file=sys.stderr)
+        return 130
+    except (NMSparseError, OSError, ValueError, RuntimeError) as exc:
+        if debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"nmsparse {args.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,100 @@
+"""Matrix view of a weight, and its groups and blocks.
+
+* Linear ``[out, in]`` is used as is.
+* Conv2d ``[out, in, kh, kw]`` is permuted to ``[out, kh, kw, in]`` and flattened to ``[out, K]`` with
+  ``K = kh * kw * in``, so groups run along input channels (NHWC, what sparse conv kernels reduce over).
+
+Plain ``n:m`` groups are ``m`` consecutive columns of one row. Transposable blocks are aligned ``m x m`` tiles
+(``m`` output rows x ``m`` columns).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ShapeError
+from .pattern import NMPattern
+
+__all__ = ["to_matrix", "from_matrix", "to_groups", "to_blocks", "from_blocks", "check_fits", "fits"]
+
+
+def to_matrix(tensor: torch.Tensor) -> torch.Tensor:
+    """Return the ``[rows, K]`` matrix view of a 2-D or 4-D weight (a copy only for 4-D)."""
+    if tensor.dim() == 2:
+        return tensor
+    if tensor.dim() == 4:
+        out = tensor.shape[0]
+        return tensor.permute(0, 2, 3, 1).reshape(out, -1)
+    raise ShapeError(
+        f"expected a 2-D Linear weight [out, in] or a 4-D Conv2d weight [out, in, kh, kw], got "
+        f"{tensor.dim()}-D shape {tuple(tensor.shape)}; reshape it to one of those first"
+    )
+
+
+def from_matrix(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`to_matrix` for a weight of ``shape``."""
+    if len(shape) == 2:
+        return matrix.reshape(shape)
+    out, cin, kh, kw = shape
+    return matrix.reshape(out, kh, kw, cin).permute(0, 3, 1, 2).contiguous()
+
+
+def matrix_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
+    """``(rows, K)`` of the matrix view of a weight of ``shape``."""
+    rows = int(shape[0])
+    cols = 1
+    for size in shape[1:]:
+        cols *= int(size)
+    return rows, cols
+
+
+def fits(shape: torch.Size | tuple[int, ...], pattern: NMPattern) -> bool:
+    """Whether a weight of ``shape`` can take ``pattern`` (rank 2 or 4, sizes multiples of m)."""
+    try:
+        check_fits(shape, pattern)
+    except ShapeError:
+        return False
+    return True
+
+
+def check_fits(shape: torch.Size | tuple[int, ...], pattern: NMPattern, *, where: str = "find_mask") -> None:
+    """Raise :class:`ShapeError` unless a weight of ``shape`` can take ``pattern``."""
+    if len(shape) not in (2, 4):
+        raise ShapeError(
+            f"{where}: expected a 2-D Linear weight [out, in] or a 4-D Conv2d weight [out, in, kh, kw], got "
+            f"{len(shape)}-D shape {tuple(shape)}; reshape it to one of those first"
+        )
+    if any(int(s) == 0 for s in shape):
+        raise ShapeError(f"{where}: got an empty tensor of shape {tuple(shape)}; there is nothing to mask")
+    rows, cols = matrix_shape(shape)
+    m = pattern.m
+    what = "in*kh*kw" if len(shape) == 4 else "in"
+    if cols % m:
+        raise ShapeError(
+            f"{where}: the reduction dimension ({what}) has size {cols}, not a multiple of m={m} for pattern "
+            f"{pattern}; pad it to a multiple of {m} or leave this layer dense"
+        )
+    if pattern.transposable and rows % m:
+        raise ShapeError(
+            f"{where}: the output dimension has size {rows}, not a multiple of m={m}, so it cannot be tiled "
+            f"into {m}x{m} blocks for pattern {pattern}; use the plain pattern '{pattern.n}:{m}' or leave this "
+            f"layer dense"
+        )
+
+
+def to_groups(matrix: torch.Tensor, m: int) -> torch.Tensor:
+    """``[rows, K]`` -> ``[rows * K / m, m]``: one row per group of ``m`` consecutive columns."""
+    return matrix.reshape(-1, m)
+
+
+def to_blocks(matrix: torch.Tensor, m: int) -> torch.Tensor:
+    """``[rows, K]`` -> ``[rows/m * K/m, m, m]``: aligned ``m x m`` blocks, block-row major."""
+    rows, cols = matrix.shape
+    # (rows/m, m, K/m, m) -> (rows/m, K/m, m, m)
+    return matrix.reshape(rows // m, m, cols // m, m).permute(0, 2, 1, 3).reshape(-1, m, m)
+
+
+def from_blocks(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Inverse of :func:`to_blocks`."""
+    m = blocks.shape[-1]
+    return blocks.reshape(rows // m, cols // m, m, m).permute(0, 2, 1, 3).reshape(rows, cols)

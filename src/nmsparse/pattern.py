@@ -1,0 +1,96 @@
+"""N:M sparsity patterns: ``"2:4"`` keeps 2 of every 4 consecutive weights; ``"4:8-T"`` is transposable.
+
+Conventions (fixed here, used everywhere):
+
+* ``n`` is the number of weights **kept** in every group of ``m`` consecutive weights along the reduction
+  (input) dimension. This is NVIDIA's and SR-STE's convention; the paper of Hubara et al. counts zeros
+  instead, which agrees at 50% density.
+* A *transposable* pattern (suffix ``-T``) tiles the weight's matrix view into aligned ``m x m`` blocks
+  (``m`` output rows x ``m`` input columns) and keeps exactly ``n`` in every row **and** every column of each
+  block, so both ``W`` and ``W.T`` are ``n:m``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import PatternError
+
+__all__ = ["NMPattern", "PatternLike", "SUPPORTED_TRANSPOSABLE_M"]
+
+#: Group sizes accepted for transposable patterns (block sizes of the exact solver).
+SUPPORTED_TRANSPOSABLE_M = (4, 8, 16, 32)
+
+_PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*(-T)?\s*$", re.IGNORECASE)
+_ACCEPTED = '"N:M" or "N:M-T" with integers 1 <= N < M, e.g. "2:4", "1:4", "4:8-T", "8:16-T"'
+
+
+@dataclass(frozen=True)
+class NMPattern:
+    """An ``n:m`` (optionally transposable) sparsity pattern.
+
+    Args:
+        n: weights kept per group, ``1 <= n < m``.
+        m: group size (and block side for transposable patterns).
+        transposable: every ``m x m`` block keeps ``n`` per row and per column.
+
+    Example:
+        >>> p = NMPattern.parse("4:8-T")
+        >>> p.n, p.m, p.transposable, p.density
+        (4, 8, True, 0.5)
+        >>> str(p)
+        '4:8-T'
+    """
+
+    n: int
+    m: int
+    transposable: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("n", "m"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PatternError(f"NMPattern: {name} must be an int, got {value!r}; accepted forms: {_ACCEPTED}")
+        if not 1 <= self.n < self.m:
+            raise PatternError(
+                f"NMPattern: need 1 <= n < m, got n={self.n}, m={self.m} ({self.n}:{self.m}); "
+                f"accepted forms: {_ACCEPTED}"
+            )
+        if self.transposable and self.m not in SUPPORTED_TRANSPOSABLE_M:
+            raise PatternError(
+                f"NMPattern: transposable patterns need m in {SUPPORTED_TRANSPOSABLE_M}, got m={self.m}; "
+                f"use one of those block sizes (e.g. '2:4-T', '4:8-T', '8:16-T')"
+            )
+
+    @classmethod
+    def parse(cls, spec: str | NMPattern) -> NMPattern:
+        """Parse ``"n:m"`` or ``"n:m-T"`` (an :class:`NMPattern` passes through unchanged).
+
+        Raises:
+            PatternError: (a ``ValueError``) for anything else, with the accepted forms in the message.
+        """
+        if isinstance(spec, NMPattern):
+            return spec
+        if not isinstance(spec, str):
+            raise PatternError(f"pattern: expected a string like '2:4' or '4:8-T', got {type(spec).__name__} {spec!r}")
+        match = _PATTERN_RE.match(spec)
+        if match is None:
+            raise PatternError(f"pattern: cannot parse {spec!r}; accepted forms: {_ACCEPTED}")
+        return cls(int(match.group(1)), int(match.group(2)), match.group(3) is not None)
+
+    @property
+    def density(self) -> float:
+        """Fraction of weights kept, ``n / m``."""
+        return self.n / self.m
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of weights pruned, ``1 - n / m``."""
+        return 1.0 - self.density
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}{'-T' if self.transposable else ''}"
+
+
+PatternLike = str | NMPattern
