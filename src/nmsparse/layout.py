@@ -58,25 +58,26 @@ def fits(shape: torch.Size | tuple[int, ...], pattern: NMPattern) -> bool:
 
 
 def check_fits(shape: torch.Size | tuple[int, ...], pattern: NMPattern, *, where: str = "find_mask") -> None:
-    """Raise :class:`ShapeError` unless a weight of ``shape`` can take ``pattern``."""
+    """Raise :class:`ShapeError` unless a weight of ``shape`` can take ``pattern`` (``where`` prefixes messages)."""
+    where = f"{where}: " if where else ""
     if len(shape) not in (2, 4):
         raise ShapeError(
-            f"{where}: expected a 2-D Linear weight [out, in] or a 4-D Conv2d weight [out, in, kh, kw], got "
+            f"{where}expected a 2-D Linear weight [out, in] or a 4-D Conv2d weight [out, in, kh, kw], got "
             f"{len(shape)}-D shape {tuple(shape)}; reshape it to one of those first"
         )
     if any(int(s) == 0 for s in shape):
-        raise ShapeError(f"{where}: got an empty tensor of shape {tuple(shape)}; there is nothing to mask")
+        raise ShapeError(f"{where}got an empty tensor of shape {tuple(shape)}; there is nothing to mask")
     rows, cols = matrix_shape(shape)
     m = pattern.m
     what = "in*kh*kw" if len(shape) == 4 else "in"
     if cols % m:
         raise ShapeError(
-            f"{where}: the reduction dimension ({what}) has size {cols}, not a multiple of m={m} for pattern "
+            f"{where}the reduction dimension ({what}) has size {cols}, not a multiple of m={m} for pattern "
             f"{pattern}; pad it to a multiple of {m} or leave this layer dense"
         )
     if pattern.transposable and rows % m:
         raise ShapeError(
-            f"{where}: the output dimension has size {rows}, not a multiple of m={m}, so it cannot be tiled "
+            f"{where}the output dimension has size {rows}, not a multiple of m={m}, so it cannot be tiled "
             f"into {m}x{m} blocks for pattern {pattern}; use the plain pattern '{pattern.n}:{m}' or leave this "
             f"layer dense"
         )

@@ -16,7 +16,7 @@ import torch
 from ..pattern import NMPattern
 from ._blocks import solve_blocks
 
-__all__ = ["greedy_blocks", "repair_blocks", "greedy_matrix", "greedy_repair_matrix"]
+__all__ = ["greedy_blocks", "greedy_blocks_fast", "repair_blocks", "greedy_matrix", "greedy_repair_matrix"]
 
 
 def greedy_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
@@ -70,15 +70,24 @@ def repair_blocks(blocks: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Ten
         keep[short] = k
 
 
+def greedy_blocks_fast(blocks: torch.Tensor, n: int) -> torch.Tensor:
+    """:func:`greedy_blocks` through the compiled CPU kernel for CPU tensors (bit-equal), torch elsewhere."""
+    if blocks.device.type == "cpu":
+        from .greedy_cpu import greedy_blocks_cpu
+
+        return greedy_blocks_cpu(blocks, n)
+    return greedy_blocks(blocks, n)
+
+
 def greedy_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
     """Greedy transposable mask of a ``[rows, K]`` score matrix."""
-    return solve_blocks(scores, pattern.m, lambda b: greedy_blocks(b, pattern.n), desc="greedy masks",
+    return solve_blocks(scores, pattern.m, lambda b: greedy_blocks_fast(b, pattern.n), desc="greedy masks",
                         progress_bar=progress)
 
 
 def greedy_repair_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
     """Greedy transposable mask, then repaired to exactly ``n`` per row and column."""
     def fn(b: torch.Tensor) -> torch.Tensor:
-        return repair_blocks(b, greedy_blocks(b, pattern.n), pattern.n)
+        return repair_blocks(b, greedy_blocks_fast(b, pattern.n), pattern.n)
 
     return solve_blocks(scores, pattern.m, fn, desc="greedy+repair masks", progress_bar=progress)
