@@ -7,7 +7,19 @@ from ._version import __version__
 from .diversity import mask_diversity
 from .errors import NMSparseError
 from .metrics import is_nm_sparse, retained_magnitude
+from .nn import NMMask
 from .pattern import NMPattern
+from .prune import (
+    DynamicSparsifier,
+    LayerSelection,
+    get_masks,
+    is_pruned,
+    load_pruned_state_dict_,
+    prune_,
+    select_layers,
+    set_masks_,
+    squash_masks_,
+)
 from .solvers import find_mask, list_methods
 
 __all__ = [
@@ -19,4 +31,14 @@ __all__ = [
     "retained_magnitude",
     "mask_diversity",
     "NMSparseError",
+    "NMMask",
+    "prune_",
+    "squash_masks_",
+    "get_masks",
+    "set_masks_",
+    "is_pruned",
+    "load_pruned_state_dict_",
+    "select_layers",
+    "LayerSelection",
+    "DynamicSparsifier",
 ]

@@ -1,0 +1,180 @@
+"""Which layers of a model get masks: module type, name globs, first/last layers, and shape fit."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import ConfigError, ShapeError
+from ..layout import check_fits
+from ..nn.parametrize import NMMask
+from ..pattern import NMPattern, PatternLike
+
+__all__ = ["LayerSelection", "select_layers", "group_shape"]
+
+DEFAULT_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+
+
+@dataclass
+class LayerSelection:
+    """Result of :func:`select_layers`.
+
+    Attributes:
+        selected: qualified module name -> module that takes the pattern, in model order.
+        skipped: qualified module name -> human-readable reason, for every module of the requested types
+            that is left dense.
+    """
+
+    selected: dict[str, nn.Module] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Multi-line summary: one line per selected and per skipped layer."""
+        lines = [f"{len(self.selected)} layer(s) selected, {len(self.skipped)} skipped"]
+        lines += [f"  + {name}: {type(module).__name__} {tuple(module.weight.shape)}"
+                  for name, module in self.selected.items()]
+        lines += [f"  - {name}: {reason}" for name, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def group_shape(module: nn.Module) -> tuple[int, tuple[int, ...]]:
+    """``(groups, shape of one group's weight slice)`` of a Linear/Conv-like module.
+
+    A Conv2d with ``groups=g`` has weight ``[out, in/g, kh, kw]``; each group is the slice of ``out/g`` output
+    rows and is masked as its own matrix ``[out/g, kh*kw*in/g]``.
+    """
+    shape = tuple(int(s) for s in module.weight.shape)
+    groups = int(getattr(module, "groups", 1) or 1)
+    if groups <= 1 or shape[0] % groups:
+        return 1, shape
+    return groups, (shape[0] // groups, *shape[1:])
+
+
+def _check_globs(name: str, globs: Sequence[str] | None) -> list[str] | None:
+    if globs is None:
+        return None
+    if isinstance(globs, str):
+        globs = [globs]  # a lone string is one glob, not a sequence of one-character globs
+    out = list(globs)
+    for glob in out:
+        if not isinstance(glob, str):
+            raise ConfigError(f"select_layers: {name} must be a sequence of glob strings, got item {glob!r}")
+    return out
+
+
+def _matches(name: str, globs: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, glob) for glob in globs)
+
+
+def _unfit_reason(module: nn.Module, pattern: NMPattern) -> str | None:
+    """Why ``module``'s weight cannot take ``pattern``, or ``None`` when it can."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return "has no weight tensor"
+    if isinstance(weight, nn.parameter.UninitializedParameter):
+        return "lazy module whose weight is not initialised yet; run one forward pass before pruning"
+    if parametrize.is_parametrized(module, "weight"):
+        others = [type(p).__name__ for p in module.parametrizations.weight if not isinstance(p, NMMask)]
+        if others:
+            return (f"weight already has parametrization(s) {others}; nmsparse masks must be the only one "
+                    f"(remove them first, e.g. torch.nn.utils.parametrize.remove_parametrizations)")
+    groups, shape = group_shape(module)
+    total_groups = int(getattr(module, "groups", 1) or 1)
+    if total_groups > 1 and groups == 1:
+        return f"weight has {weight.shape[0]} output rows, not divisible by groups={total_groups}"
+    try:
+        check_fits(shape, pattern, where=f"{type(module).__name__} weight" + (
+            f" (one of {groups} groups, slice {shape})" if groups > 1 else ""))
+    except ShapeError as exc:
+        return str(exc)
+    return None
+
+
+def _select(model: nn.Module, pattern: NMPattern, *, include: Sequence[str] | None,
+            exclude: Sequence[str] | None, keep_first_last: bool,
+            module_types: tuple[type[nn.Module], ...]) -> tuple[LayerSelection, set[str]]:
+    """:func:`select_layers` plus the names skipped because their shape does not fit (to warn about)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"select_layers: model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(module_types, type):
+        module_types = (module_types,)
+    module_types = tuple(module_types)
+    if not module_types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in module_types):
+        raise ConfigError(
+            f"select_layers: module_types must be a non-empty tuple of nn.Module subclasses, got {module_types!r}"
+        )
+    include_l = _check_globs("include", include)
+    exclude_l = _check_globs("exclude", exclude)
+    candidates = [(name, module) for name, module in model.named_modules() if isinstance(module, module_types)]
+    edge: set[str] = set()
+    if keep_first_last and candidates:
+        edge = {candidates[0][0], candidates[-1][0]}
+    selection = LayerSelection()
+    unfit: set[str] = set()
+    for name, module in candidates:
+        label = name or "<root>"
+        if include_l is not None and not _matches(name, include_l):
+            selection.skipped[label] = f"not matched by include={include_l}"
+        elif exclude_l is not None and _matches(name, exclude_l):
+            selection.skipped[label] = f"matched by exclude={exclude_l}"
+        elif name in edge:
+            selection.skipped[label] = "kept dense by keep_first_last (first or last prunable layer)"
+        elif (reason := _unfit_reason(module, pattern)) is not None:
+            selection.skipped[label] = reason
+            unfit.add(label)
+        else:
+            selection.selected[name] = module
+    return selection, unfit
+
+
+def select_layers(model: nn.Module, pattern: PatternLike, *, include: Sequence[str] | None = None,
+                  exclude: Sequence[str] | None = None, keep_first_last: bool = False,
+                  module_types: tuple[type[nn.Module], ...] = DEFAULT_MODULE_TYPES) -> LayerSelection:
+    """Choose the layers of ``model`` that get an n:m mask, and say why every other one stays dense.
+
+    Every module of ``module_types`` (``model.named_modules()`` order, shared modules once) is either selected
+    or skipped with a reason, checked in this order:
+
+    1. ``include``: if given, the qualified name must match one of these :mod:`fnmatch` globs
+       (e.g. ``"layer*.conv*"``; matching is case-sensitive).
+    2. ``exclude``: the name must match none of these globs.
+    3. ``keep_first_last``: the first and last modules of ``module_types`` in the model (its input and output
+       layers, independent of ``include``/``exclude``) stay dense, as in the paper's recipes.
+    4. Shape: the weight must take the pattern (:func:`nmsparse.layout.check_fits`): the reduction dimension
+       (``in``, or ``kh*kw*in`` for convs) a multiple of ``m``, and for ``-T`` patterns the output dimension a
+       multiple of ``m`` too. Grouped convs are one matrix per group, so each group's slice must fit
+       (for ``-T``: ``out/groups`` divisible by ``m``). A layer that does not fit is skipped, never half-pruned.
+       Weights that already carry another parametrization are skipped too; already pruned layers are selected.
+
+    Args:
+        model: the model to inspect (not modified).
+        pattern: ``"2:4"``, ``"4:8-T"``, ... or an :class:`~nmsparse.NMPattern`.
+        include: *optional* globs; only matching modules can be selected.
+        exclude: *optional* globs; matching modules are skipped.
+        keep_first_last: keep the first and last layers dense.
+        module_types: module classes to consider, defaults to ``(nn.Linear, nn.Conv2d)``.
+
+    Returns:
+        A :class:`LayerSelection` (``selected`` may be empty; :func:`nmsparse.prune_` raises in that case).
+
+    Raises:
+        PatternError: unparseable pattern.
+        ConfigError: ``model`` not a module, bad globs or ``module_types``.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from nmsparse import select_layers
+        >>> model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2))
+        >>> sel = select_layers(model, "2:4")
+        >>> list(sel.selected), list(sel.skipped)
+        (['2', '3'], ['0'])
+        >>> sel.skipped['0'][:60]
+        'Linear weight: the reduction dimension (in) has size 6, not '
+    """
+    return _select(model, NMPattern.parse(pattern), include=include, exclude=exclude,
+                   keep_first_last=keep_first_last, module_types=module_types)[0]
