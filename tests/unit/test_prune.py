@@ -1,0 +1,421 @@
+"""Static pruning of models: layer selection, NMMask gradients, squash, mask state dicts."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import nmsparse
+from nmsparse import (
+    NMMask,
+    get_masks,
+    is_pruned,
+    load_pruned_state_dict_,
+    prune_,
+    select_layers,
+    set_masks_,
+    squash_masks_,
+)
+from nmsparse.errors import ConfigError, MaskMismatchError, ShapeError
+
+
+class ToyCNN(nn.Module):
+    """Every kind of layer prune_ must handle (shapes chosen against 2:4, 2:4-T and 4:8-T)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)  # K = 27: fits no pattern
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)  # K = 144: fits everything
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)  # 2 groups of [8, 8, 3, 3]: fits everything
+        self.narrow_groups = nn.Conv2d(16, 16, 1, groups=2)  # groups [8, 8, 1, 1]: K = 8 fits m <= 8
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)  # K = 9: fits nothing
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)  # 3 outputs: plain n:m only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.conv(x))
+        x = torch.relu(self.grouped(x))
+        x = torch.relu(self.narrow_groups(x))
+        x = torch.relu(self.depthwise(x))
+        x = x.mean(dim=(2, 3))
+        return self.head(torch.relu(self.fc(x)))
+
+
+def toy_mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, (nn.Linear, nn.Conv2d))}
+
+
+def _masked_dense_copy(dense: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain copy of ``dense`` with every masked weight replaced by ``W * mask``."""
+    ref = copy.deepcopy(dense)
+    with torch.no_grad():
+        for name, module in _layers(ref).items():
+            if name in masks:
+                module.weight.mul_(masks[name])
+    return ref
+
+
+# ------------------------------------------------------------------------------------------- selection
+
+
+def test_select_layers_reasons_for_4_8_T():
+    sel = select_layers(ToyCNN(), "4:8-T")
+    assert list(sel.selected) == ["conv", "grouped", "narrow_groups", "fc"]
+    assert set(sel.skipped) == {"stem", "depthwise", "head"}
+    assert "size 27, not a multiple of m=8" in sel.skipped["stem"]
+    assert "size 9" in sel.skipped["depthwise"] and "groups" in sel.skipped["depthwise"]
+    assert "output dimension has size 3" in sel.skipped["head"]
+    assert "head" in sel.describe() and "fc" in sel.describe()
+
+
+def test_select_layers_grouped_conv_needs_out_per_group_divisible_by_m_for_T():
+    # 16 outputs tile into 4x4 blocks, but in 4 groups of 4 rows they do not tile into 8x8 blocks.
+    model = nn.ModuleDict({"g": nn.Conv2d(32, 16, 1, groups=4), "d": nn.Conv2d(32, 16, 1)})
+    assert list(select_layers(model, "4:8").selected) == ["g", "d"]
+    assert list(select_layers(model, "2:4-T").selected) == ["g", "d"]
+    sel = select_layers(model, "4:8-T")
+    assert list(sel.selected) == ["d"]
+    assert "one of 4 groups" in sel.skipped["g"] and "output dimension has size 4" in sel.skipped["g"]
+
+
+def test_include_exclude_keep_first_last():
+    model = toy_mlp()  # Linear layers named "0", "2", "4"
+    assert list(select_layers(model, "2:4", include=["2", "4"]).selected) == ["2", "4"]
+    assert list(select_layers(model, "2:4", exclude=["[02]"]).selected) == ["4"]
+    sel = select_layers(model, "2:4", keep_first_last=True)
+    assert list(sel.selected) == ["2"]
+    assert "keep_first_last" in sel.skipped["0"] and "keep_first_last" in sel.skipped["4"]
+    sel = select_layers(model, "2:4", include="4")  # a lone string is one glob
+    assert list(sel.selected) == ["4"] and "include" in sel.skipped["0"]
+
+    prune_(model, "2:4", exclude=["0"], keep_first_last=True)
+    assert [name for name, mod in _layers(model).items() if is_pruned(mod)] == ["2"]
+
+
+def test_bad_selection_arguments():
+    with pytest.raises(ConfigError, match="module_types"):
+        select_layers(toy_mlp(), "2:4", module_types=(int,))
+    with pytest.raises(ConfigError, match="include"):
+        select_layers(toy_mlp(), "2:4", include=[3])
+
+
+def test_nothing_prunable_raises_with_reason_per_layer():
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
+    with pytest.raises(ConfigError) as info:
+        prune_(model, "2:4")
+    message = str(info.value)
+    assert "- 0:" in message and "- 1:" in message and "size 6" in message and "size 5" in message
+    assert not any(is_pruned(m) for m in model.modules())
+    with pytest.raises(ConfigError, match="no nn.Linear or nn.Conv2d"):
+        prune_(nn.Sequential(nn.ReLU()), "2:4")
+    with pytest.raises(ConfigError, match="keep_first_last"):
+        prune_(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)), "2:4", keep_first_last=True)
+
+
+def test_unfit_layers_are_logged_as_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="nmsparse"):
+        prune_(ToyCNN(), "4:8-T", method="greedy")
+    text = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "3 layer(s) left dense" in text
+    for name in ("stem", "depthwise", "head"):
+        assert f"- {name}:" in text
+
+
+# ------------------------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("pattern, method", [("2:4", "auto"), ("4:8-T", "greedy"), ("2:4-T", "exact"),
+                                             ("4:8-T", "auto")])
+def test_masks_valid_and_equal_to_find_mask_per_group(pattern, method):
+    model = ToyCNN()
+    dense = copy.deepcopy(model)
+    prune_(model, pattern, method=method)
+    masks = get_masks(model)
+    expected = set(select_layers(dense, pattern).selected)
+    assert set(masks) == expected and len(expected) >= 4
+    for name, mask in masks.items():
+        module = _layers(model)[name]
+        weight = _layers(dense)[name].weight.detach()
+        assert mask.dtype == torch.bool and mask.shape == weight.shape
+        groups = module.groups if isinstance(module, nn.Conv2d) else 1
+        rows = weight.shape[0] // groups
+        for g in range(groups):  # each group is its own matrix
+            part = slice(g * rows, (g + 1) * rows)
+            assert nmsparse.is_nm_sparse(mask[part], pattern)
+            assert torch.equal(mask[part], nmsparse.find_mask(weight[part], pattern, method=method))
+        # the effective weight is W * mask; the dense original is untouched
+        assert torch.equal(module.weight, weight * mask)
+        assert torch.equal(module.parametrizations.weight.original, weight)
+
+
+def test_forward_equals_dense_forward_with_masked_weights():
+    for model, x in ((ToyCNN(), torch.randn(2, 3, 8, 8)), (toy_mlp(), torch.randn(5, 32))):
+        dense = copy.deepcopy(model)
+        prune_(model, "2:4-T", method="greedy")
+        torch.testing.assert_close(model(x), _masked_dense_copy(dense, get_masks(model))(x), rtol=0, atol=0)
+
+
+def test_scores_override_magnitude_and_are_validated():
+    model = toy_mlp()
+    scores = {"2": torch.rand(32, 64)}
+    prune_(model, "2:4", scores=scores)
+    masks = get_masks(model)
+    assert torch.equal(masks["2"], nmsparse.find_mask(model[2].parametrizations.weight.original, "2:4",
+                                                      scores=scores["2"]))
+    assert torch.equal(masks["0"], nmsparse.find_mask(model[0].parametrizations.weight.original, "2:4"))
+    with pytest.raises(ConfigError, match="fc9"):
+        prune_(toy_mlp(), "2:4", scores={"fc9": torch.rand(3, 3)})
+    with pytest.raises(ShapeError, match="scores"):
+        prune_(toy_mlp(), "2:4", scores={"0": torch.rand(3, 3)})
+
+
+def test_bad_method_raises_before_touching_the_model():
+    model = toy_mlp()
+    with pytest.raises(ConfigError, match="method"):
+        prune_(model, "2:4", method="magic")
+    with pytest.raises(ConfigError, match="topn"):
+        prune_(model, "2:4-T", method="topn")
+    assert not any(is_pruned(m) for m in model.modules())
+
+
+def test_solver_failure_leaves_model_untouched(monkeypatch):
+    import nmsparse.prune.static as static
+
+    calls = []
+    real = static.find_mask
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("solver exploded")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(static, "find_mask", flaky)
+    model = toy_mlp()
+    with pytest.raises(RuntimeError, match="exploded"):
+        prune_(model, "2:4")
+    assert not any(is_pruned(m) for m in model.modules())
+
+
+def test_pruning_keeps_parameter_objects_and_state_dict_keys():
+    model = toy_mlp()
+    before = [id(p) for p in model.parameters()]
+    prune_(model, "2:4")
+    assert sorted(id(p) for p in model.parameters()) == sorted(before)
+    keys = set(model.state_dict())
+    assert {"0.parametrizations.weight.original", "0.parametrizations.weight.0.mask", "0.bias"} <= keys
+    assert "0.weight" not in keys
+    assert model.state_dict()["0.parametrizations.weight.0.mask"].dtype == torch.bool
+
+
+def test_reprune_static_never_revives_pruned_weights():
+    model = toy_mlp()
+    prune_(model, "2:4")
+    first = get_masks(model)
+    prune_(model, "1:4")
+    second = get_masks(model)
+    for name in first:
+        assert not bool((second[name] & ~first[name]).any())
+        assert nmsparse.is_nm_sparse(second[name], "1:4")
+        assert len(model[int(name)].parametrizations.weight) == 1  # updated in place, not stacked
+
+
+def test_dtype_change_keeps_bool_mask():
+    model = prune_(toy_mlp(), "2:4").to(torch.float64)
+    assert model[0].parametrizations.weight[0].mask.dtype == torch.bool
+    assert model[0].weight.dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_masks_move_with_the_model_to_cuda():
+    model = prune_(toy_mlp(), "2:4-T", method="greedy").to("cuda")
+    assert model[0].parametrizations.weight[0].mask.device.type == "cuda"
+    assert model(torch.randn(3, 32, device="cuda")).device.type == "cuda"
+
+
+# ------------------------------------------------------------------------------------------- gradients
+
+
+def test_static_gradient_is_zero_on_pruned_entries():
+    model = toy_mlp()
+    dense = copy.deepcopy(model)
+    prune_(model, "2:4-T", method="greedy")
+    masks = get_masks(model)
+    ref = _masked_dense_copy(dense, masks)
+    x = torch.randn(7, 32)
+    model(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for name, mask in masks.items():
+        grad = model[int(name)].parametrizations.weight.original.grad
+        assert bool((grad[~mask] == 0).all())
+        torch.testing.assert_close(grad, ref[int(name)].weight.grad * mask)
+
+
+def test_straight_through_gradient_reaches_pruned_entries():
+    model = toy_mlp()
+    dense = copy.deepcopy(model)
+    prune_(model, "2:4", straight_through=True)
+    masks = get_masks(model)
+    ref = _masked_dense_copy(dense, masks)
+    x = torch.randn(7, 32)
+    model(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    for name, mask in masks.items():
+        grad = model[int(name)].parametrizations.weight.original.grad
+        torch.testing.assert_close(grad, ref[int(name)].weight.grad)  # dense: d loss / d (W * mask)
+        assert bool((grad[~mask] != 0).any())
+
+
+def test_sr_ste_decay_term():
+    layer = nn.Linear(8, 4)
+    weight = layer.weight.detach().clone()
+    mask = nmsparse.find_mask(weight, "2:4")
+    parametrize.register_parametrization(layer, "weight", NMMask(mask, straight_through=True, decay=0.25))
+    x = torch.randn(3, 8)
+    layer(x).sum().backward()
+    g = torch.ones(3, 4).t() @ x  # d sum(x W^T) / dW
+    expected = g + 0.25 * (~mask) * weight
+    torch.testing.assert_close(layer.parametrizations.weight.original.grad, expected)
+
+
+def test_nmmask_validates_its_arguments():
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    with pytest.raises(ConfigError, match="straight_through=True"):
+        NMMask(mask, decay=1e-4)
+    with pytest.raises(ConfigError, match="decay"):
+        NMMask(mask, straight_through=True, decay=-1.0)
+    with pytest.raises(MaskMismatchError, match="only 0 and 1"):
+        NMMask(torch.full((4, 8), 2.0))
+    assert NMMask(torch.ones(4, 8)).mask.dtype == torch.bool
+    with pytest.raises(MaskMismatchError, match=r"\(4, 4\)"):
+        NMMask(mask)(torch.randn(4, 4))
+
+
+# ------------------------------------------------------------------------------------------- squash
+
+
+def test_squash_gives_plain_modules_with_equal_outputs():
+    model = ToyCNN()
+    prune_(model, "4:8-T", method="greedy")
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x)
+    params_before = {id(p) for p in model.parameters()}
+    masks = get_masks(model)
+    squash_masks_(model)
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert type(model.fc) is nn.Linear and type(model.conv) is nn.Conv2d
+    assert {id(p) for p in model.parameters()} == params_before
+    assert "conv.weight" in model.state_dict() and not any("parametrizations" in k for k in model.state_dict())
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    for name, mask in masks.items():
+        assert bool((_layers(model)[name].weight[~mask] == 0).all())
+    assert get_masks(model) == {}
+
+
+def test_squash_refuses_foreign_parametrizations():
+    class Double(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    model = prune_(toy_mlp(), "2:4")
+    parametrize.register_parametrization(model[0], "weight", Double())
+    with pytest.raises(ConfigError, match=r"\['0'\]"):
+        squash_masks_(model)
+    assert is_pruned(model[2])  # nothing was squashed
+
+
+# ------------------------------------------------------------------------------------------- state dicts
+
+
+def test_state_dict_round_trip_into_fresh_pruned_model():
+    model = prune_(ToyCNN(), "4:8-T", method="greedy")
+    fresh = prune_(ToyCNN(), "4:8-T", method="greedy")  # other weights, other masks
+    assert any(not torch.equal(a, b) for a, b in zip(get_masks(model).values(), get_masks(fresh).values()))
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    for (k1, m1), (k2, m2) in zip(get_masks(model).items(), get_masks(fresh).items()):
+        assert k1 == k2 and torch.equal(m1, m2)
+
+
+def test_load_pruned_state_dict_into_fresh_unpruned_model():
+    model = prune_(ToyCNN(), "2:4", method="auto")
+    state = model.state_dict()
+    fresh = ToyCNN()
+    assert load_pruned_state_dict_(fresh, state) is fresh
+    assert set(get_masks(fresh)) == set(get_masks(model))
+    assert set(fresh.state_dict()) == set(state)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+    # the loaded masks are static: pruned entries get no gradient
+    fresh(x).sum().backward()
+    mask = get_masks(fresh)["conv"]
+    assert bool((fresh.conv.parametrizations.weight.original.grad[~mask] == 0).all())
+
+
+def test_checkpoint_with_mismatched_masks_is_refused_naming_every_entry():
+    state = prune_(toy_mlp(), "2:4").state_dict()
+    state["2.parametrizations.weight.0.mask"] = torch.ones(5, 5, dtype=torch.bool)  # wrong shape
+    state["9.parametrizations.weight.0.mask"] = torch.ones(2, 2, dtype=torch.bool)  # no module 9
+    state["1.parametrizations.weight.0.mask"] = torch.ones(2, 2, dtype=torch.bool)  # ReLU: no weight
+    fresh = toy_mlp()
+    before = copy.deepcopy(fresh.state_dict())
+    with pytest.raises(MaskMismatchError) as info:
+        load_pruned_state_dict_(fresh, state)
+    message = str(info.value)
+    assert "'2.parametrizations.weight.0.mask' is (5, 5)" in message and "(32, 64)" in message
+    assert "no module named '9'" in message and "'1' (ReLU) has no weight" in message
+    assert "3 mask entries" in message
+    assert not any(is_pruned(m) for m in fresh.modules())
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items())
+
+
+def test_load_pruned_state_dict_reports_missing_masks_and_other_keys():
+    pruned = prune_(toy_mlp(), "2:4")
+    dense_state = toy_mlp().state_dict()
+    with pytest.raises(MaskMismatchError, match=r"missing: '0.parametrizations.weight.0.mask'"):
+        load_pruned_state_dict_(pruned, dense_state)
+    state = prune_(toy_mlp(), "2:4", include=["0"]).state_dict()
+    state["extra.buffer"] = torch.zeros(1)
+    fresh = toy_mlp()
+    with pytest.raises(MaskMismatchError, match="unexpected: 'extra.buffer'"):
+        load_pruned_state_dict_(fresh, state)
+    assert not is_pruned(fresh[0])  # rolled back
+    load_pruned_state_dict_(fresh, state, strict=False)
+    assert is_pruned(fresh[0]) and not is_pruned(fresh[2])
+
+
+def test_set_masks_replaces_in_place_and_lists_every_problem():
+    model = prune_(toy_mlp(), "2:4-T", method="greedy")
+    buffer = model[0].parametrizations.weight[0].mask
+    new = get_masks(prune_(toy_mlp(), "2:4-T", method="greedy"))
+    set_masks_(model, new)
+    assert model[0].parametrizations.weight[0].mask is buffer
+    assert all(torch.equal(get_masks(model)[k], v) for k, v in new.items())
+
+    bad = {"0": torch.ones(64, 32, dtype=torch.bool),  # breaks 2:4-T
+           "2": torch.ones(3, 3, dtype=torch.bool),  # wrong shape
+           "7": new["4"]}  # not a pruned layer; "4" missing
+    with pytest.raises(MaskMismatchError) as info:
+        set_masks_(model, bad)
+    message = str(info.value)
+    for needle in ("wrong pattern: '0'", "wrong shape: '2'", "unexpected: '7'", "missing: '4'"):
+        assert needle in message
+    assert all(torch.equal(get_masks(model)[k], v) for k, v in new.items())  # nothing changed
+    set_masks_(model, {"4": ~new["4"] & new["4"]}, strict=False)  # partial update, an all-pruned mask
+    assert not bool(model[4].weight.any())
