@@ -419,3 +419,12 @@ def test_set_masks_replaces_in_place_and_lists_every_problem():
     assert all(torch.equal(get_masks(model)[k], v) for k, v in new.items())  # nothing changed
     set_masks_(model, {"4": ~new["4"] & new["4"]}, strict=False)  # partial update, an all-pruned mask
     assert not bool(model[4].weight.any())
+
+
+def test_loading_a_mask_that_breaks_the_layers_pattern_is_refused():
+    model = prune_(toy_mlp(), "2:4-T", method="greedy")
+    state = copy.deepcopy(model.state_dict())
+    state["0.parametrizations.weight.0.mask"][:] = True
+    with pytest.raises(MaskMismatchError, match=r"wrong pattern: '0.parametrizations.weight.0.mask' breaks 2:4-T"):
+        load_pruned_state_dict_(model, state)
+    assert nmsparse.is_nm_sparse(get_masks(model)["0"], "2:4-T")

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from .adaprune import AdaPruneLayerReport, adaprune_, recalibrate_batchnorm_
 from .dynamic import DynamicSparsifier
 from .select import LayerSelection, select_layers
-from .static import get_masks, is_pruned, load_pruned_state_dict_, prune_, set_masks_, squash_masks_
+from .static import (
+    MASK_KEY_SUFFIX,
+    get_masks,
+    is_pruned,
+    layer_mask,
+    load_pruned_state_dict_,
+    prune_,
+    set_masks_,
+    squash_masks_,
+)
 
 __all__ = [
+    "adaprune_",
+    "AdaPruneLayerReport",
+    "recalibrate_batchnorm_",
     "LayerSelection",
     "select_layers",
     "prune_",
@@ -15,5 +28,7 @@ __all__ = [
     "set_masks_",
     "is_pruned",
     "load_pruned_state_dict_",
+    "layer_mask",
+    "MASK_KEY_SUFFIX",
     "DynamicSparsifier",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "set_masks_",
     "is_pruned",
     "load_pruned_state_dict_",
+    "layer_mask",
     "MASK_KEY_SUFFIX",
 ]
 
@@ -425,7 +426,11 @@ def load_pruned_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Ten
         except MaskMismatchError as exc:
             problems.append(f"wrong values: {exc}")
             continue
-        if name not in pruned:
+        if name in pruned:
+            pattern = pruned[name][1].pattern
+            if pattern is not None and not is_nm_sparse(mask, pattern):
+                problems.append(f"wrong pattern: {key!r} breaks {pattern}, the pattern {name!r} was pruned with")
+        else:
             if parametrize.is_parametrized(module, "weight"):
                 problems.append(f"unexpected: {key!r}: {name!r}.weight already carries another parametrization")
                 continue
