@@ -4,7 +4,7 @@ Importing this package creates no CUDA context and loads no optional dependency.
 """
 
 from ._version import __version__
-from .diversity import mask_diversity
+from .diversity import log10_mask_diversity, mask_diversity, transposable_block_count
 from .errors import NMSparseError
 from .metrics import is_nm_sparse, retained_magnitude
 from .nn import NMMask
@@ -30,6 +30,8 @@ __all__ = [
     "is_nm_sparse",
     "retained_magnitude",
     "mask_diversity",
+    "log10_mask_diversity",
+    "transposable_block_count",
     "NMSparseError",
     "NMMask",
     "prune_",
