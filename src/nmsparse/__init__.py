@@ -10,12 +10,15 @@ from .metrics import is_nm_sparse, retained_magnitude
 from .nn import NMMask
 from .pattern import NMPattern
 from .prune import (
+    AdaPruneLayerReport,
     DynamicSparsifier,
     LayerSelection,
+    adaprune_,
     get_masks,
     is_pruned,
     load_pruned_state_dict_,
     prune_,
+    recalibrate_batchnorm_,
     select_layers,
     set_masks_,
     squash_masks_,
@@ -43,4 +46,7 @@ __all__ = [
     "select_layers",
     "LayerSelection",
     "DynamicSparsifier",
+    "adaprune_",
+    "AdaPruneLayerReport",
+    "recalibrate_batchnorm_",
 ]
