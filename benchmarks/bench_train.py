@@ -14,7 +14,7 @@ refresh, and the refresh overhead as a share of the dense step: ``(mean refresh 
 median step``. Masked steps are dense GEMMs on
 ``W * mask`` here (no sparse kernels), so ratios above 1 are the cost of the mask parametrization itself.
 
-    python benchmarks/bench_train.py                  # ResNet-ish CNN and MLP, 200 steps each
+    python benchmarks/bench_train.py                  # ResNet-ish CNN and MLP, 120 steps each
     python benchmarks/bench_train.py --smoke          # seconds: tiny models, few steps
     python benchmarks/bench_train.py --device cuda
 """
@@ -77,7 +77,7 @@ def build(name: str, smoke: bool, batch: int | None, device: torch.device) -> tu
     """Model and one input batch (random data: step time does not depend on the values)."""
     if name == "resnet":
         model = SmallResNet(width=16 if smoke else 32)
-        x = torch.randn(batch or (8 if smoke else 32), 3, 16 if smoke else 32, 16 if smoke else 32)
+        x = torch.randn(batch or (8 if smoke else 16), 3, 16 if smoke else 32, 16 if smoke else 32)
     elif name == "mlp":
         model = mlp(width=64 if smoke else 256)
         x = torch.randn(batch or (16 if smoke else 128), 64 if smoke else 256)
@@ -162,11 +162,12 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> list
     return rows
 
 
-def print_table(rows: list[dict[str, object]], refresh_every: int) -> None:
+def print_table(rows: list[dict[str, object]], refresh_every: int, *, header_line: bool = True) -> None:
     header = (f"{'model':<8} {'variant':<16} {'median ms':>10} {'vs dense':>9} {'mean vs dense':>13} {'refreshes':>9} "
               f"{'ms/refresh':>11} {f'share@{refresh_every}':>10}")
-    print(header)
-    print("-" * len(header))
+    if header_line:
+        print(header)
+        print("-" * len(header))
     for r in rows:
         refresh = (f"{r['refreshes']:>9} {r['refresh_ms']:>11.2f} {100 * r['refresh_share']:>9.2f}%"
                    if "refreshes" in r else f"{'':>9} {'':>11} {'':>10}")
@@ -181,17 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pattern", default="4:8-T")
     parser.add_argument("--methods", nargs="+", default=["greedy", "exact"], help="refresh methods to time")
     parser.add_argument("--refresh-every", type=int, default=40)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 200, smoke 10)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10, smoke 2)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 120, smoke 10)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5, smoke 2)")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/*.json")
     args = parser.parse_args(argv)
     if args.steps is None:
-        args.steps = 10 if args.smoke else 200
+        args.steps = 10 if args.smoke else 120
     if args.warmup is None:
-        args.warmup = 2 if args.smoke else 10
+        args.warmup = 2 if args.smoke else 5
     if args.smoke:
         args.refresh_every = min(args.refresh_every, 4)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -202,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     print_environment(env)
     print(f"pattern {args.pattern}, refresh every {args.refresh_every} steps, {args.steps} timed steps after "
           f"{args.warmup} warm-up steps, SGD momentum 0.9")
-    rows = [row for name in args.models for row in run_model(name, args, device)]
-    print_table(rows, args.refresh_every)
+    rows: list[dict[str, object]] = []
+    for i, name in enumerate(args.models):
+        model_rows = run_model(name, args, device)
+        print_table(model_rows, args.refresh_every, header_line=i == 0)  # per model: long runs show progress
+        sys.stdout.flush()
+        rows += model_rows
     if not args.no_save:
         tag = "smoke" if args.smoke else "full"
         path = write_result(f"bench_train_{tag}_{args.device.replace(':', '')}_{args.pattern.replace(':', '-')}",
