@@ -14,11 +14,13 @@ hash of the sentence, so the two splits never share a sentence.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -198,8 +200,23 @@ def _is_prose(sentence: str) -> bool:
     return letters >= 0.85 * len(sentence) and ">>>" not in sentence
 
 
-def _corpus() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _corpus() -> tuple[str, ...]:
     """Every usable sentence of the language reference and the chosen docstrings, de-duplicated, sorted."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # importing and reading some modules' docstrings warns (typing.io, ...)
+        texts = _texts()
+    seen: set[str] = set()
+    for text in texts:
+        for paragraph in _paragraphs(text):
+            for sentence in _sentences(paragraph):
+                sentence = " ".join(sentence.split())
+                if _is_prose(sentence):
+                    seen.add(sentence)
+    return tuple(sorted(seen))
+
+
+def _texts() -> list[str]:
     texts: list[str] = []
     try:
         from pydoc_data.topics import topics
@@ -215,14 +232,7 @@ def _corpus() -> list[str]:
         for _, member in sorted(vars(module).items()):
             if (inspect.isclass(member) or inspect.isfunction(member)) and getattr(member, "__module__", "") == module.__name__:
                 texts.append(inspect.getdoc(member) or "")
-    seen: set[str] = set()
-    for text in texts:
-        for paragraph in _paragraphs(text):
-            for sentence in _sentences(paragraph):
-                sentence = " ".join(sentence.split())
-                if _is_prose(sentence):
-                    seen.add(sentence)
-    return sorted(seen)
+    return texts
 
 
 def _digest(sentence: str) -> bytes:

