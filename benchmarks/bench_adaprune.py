@@ -1,0 +1,190 @@
+"""AdaPrune quality and time: the packaged all-MiniLM-L6-v2 (every encoder Linear layer pruned) and a small CNN
+trained on the built-in digits.
+
+MiniLM: mean cosine similarity and nearest-neighbour agreement of the pruned sentence embeddings with the dense
+ones on held-out sentences, for each pattern x {masks only, AdaPrune} x {magnitude, activation} mask scores.
+CNN: test accuracy of the dense model, of masks alone (with and without batch-norm re-estimation) and of
+AdaPrune. Time per layer and in total for every run.
+
+    python benchmarks/bench_adaprune.py --smoke                 # seconds: one MiniLM block, a tiny CNN
+    python benchmarks/bench_adaprune.py                         # full: both models, 256 calibration sentences
+    python benchmarks/bench_adaprune.py --skip-cnn --patterns 4:8-T --scores activation
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, print_environment, write_result  # noqa: E402
+
+import nmsparse  # noqa: E402
+from nmsparse.integrations import minilm_available  # noqa: E402
+
+
+def _batch_size(value: str) -> int | None:
+    return None if value == "full" else int(value)
+
+
+def _timing(reports: list[nmsparse.AdaPruneLayerReport]) -> dict[str, Any]:
+    seconds = [r.seconds for r in reports]
+    return {"layers": len(reports), "total_s": sum(seconds),
+            "per_layer_median_s": statistics.median(seconds) if seconds else 0.0,
+            "per_layer_max_s": max(seconds) if seconds else 0.0}
+
+
+def bench_minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from nmsparse.integrations.minilm import (
+        embedding_agreement,
+        encode,
+        english_sentences,
+        load_minilm,
+        tokenize_batches,
+    )
+
+    model, tokenizer = load_minilm(device=args.device)
+    calibration = tokenize_batches(tokenizer, english_sentences("calibration", limit=args.sentences),
+                                   batch_size=32)
+    held_out = english_sentences("evaluation", limit=args.eval_sentences)
+    dense = encode(model, tokenizer, held_out)
+    include = ["encoder.layer.1.*"] if args.smoke else ["encoder.*"]
+    print(f"\nMiniLM: {args.sentences} calibration sentences, {len(held_out)} held-out, layers {include}, "
+          f"{args.iterations} iterations, batch size {args.batch_size or 'full'}")
+    rows = []
+    for pattern in args.patterns:
+        for scores in args.scores:
+            for adaprune in (False, True):
+                candidate = copy.deepcopy(model)
+                kwargs: dict[str, Any] = {"iterations": args.iterations, "batch_size": args.batch_size}
+                if not adaprune:
+                    kwargs = {"iterations": 0, "absorb_mean": False}
+                start = time.perf_counter()
+                reports = nmsparse.adaprune_(candidate, calibration, pattern, include=include, keep_first_last=False,
+                                             scores=scores, sequential=not args.parallel, target=args.target,
+                                             **kwargs)
+                wall = time.perf_counter() - start
+                agreement = embedding_agreement(dense, encode(candidate, tokenizer, held_out))
+                row = {"model": "minilm", "pattern": pattern, "scores": scores, "adaprune": adaprune,
+                       "mean_cosine": agreement.mean_cosine, "min_cosine": agreement.min_cosine,
+                       "nn_agreement": agreement.nn_agreement, "top10_overlap": agreement.top10_overlap,
+                       "wall_s": wall, **_timing(reports)}
+                rows.append(row)
+                print(f"  {pattern:6s} {scores:10s} {'adaprune' if adaprune else 'masks only':10s} "
+                      f"cos {row['mean_cosine']:.4f}  min {row['min_cosine']:.3f}  nn {row['nn_agreement']:.3f}  "
+                      f"top10 {row['top10_overlap']:.3f}  {wall:7.1f} s ({row['per_layer_median_s']:.2f} s/layer "
+                      f"median)", flush=True)
+                del candidate
+    return rows
+
+
+def _train_cnn(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
+    from nmsparse.train import Trainer, build_data, load_config
+
+    cfg = load_config(None, mode="dense", model="cnn", data="digits", epochs=args.cnn_epochs, baseline=False,
+                      device=args.device, width=args.cnn_width, seed=args.seed)
+    data = build_data(cfg)
+    trainer = Trainer(cfg, data, progress=False)
+    if args.cnn_checkpoint:
+        from nmsparse.io import load_state_dict
+
+        nmsparse.load_pruned_state_dict_(trainer.model, load_state_dict(args.cnn_checkpoint))
+    else:
+        start = time.perf_counter()
+        trainer.fit()
+        print(f"  trained the dense CNN for {args.cnn_epochs} epochs in {time.perf_counter() - start:.1f} s")
+    return trainer.model.eval(), data
+
+
+def bench_cnn(args: argparse.Namespace) -> list[dict[str, Any]]:
+    print(f"\nCNN on the built-in digits: width {args.cnn_width}, {args.cnn_images} calibration images")
+    dense, data = _train_cnn(args)
+    test_x, test_y = data.test.images.to(args.device), data.test.labels.to(args.device)
+
+    def accuracy(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return 100.0 * float((model.eval()(test_x).argmax(dim=1) == test_y).float().mean())
+
+    generator = torch.Generator().manual_seed(args.seed)
+    index = torch.randperm(len(data.train), generator=generator)[: args.cnn_images]
+    calibration = list(data.train.images[index].to(args.device).split(64))
+    dense_acc = accuracy(dense)
+    print(f"  dense: {dense_acc:.2f}% on {len(test_y)} held-out test images")
+    variants = {
+        "masks only": {"iterations": 0, "absorb_mean": False, "recalibrate_bn": False},
+        "masks + BN re-estimation": {"iterations": 0, "absorb_mean": False},
+        "AdaPrune (batch 50)": {"iterations": args.iterations, "batch_size": 50},
+        "AdaPrune (full batch)": {"iterations": args.iterations, "batch_size": None},
+    }
+    rows = []
+    for pattern in args.cnn_patterns:
+        for name, kwargs in variants.items():
+            candidate = copy.deepcopy(dense)
+            start = time.perf_counter()
+            reports = nmsparse.adaprune_(candidate, calibration, pattern, keep_first_last=False, **kwargs)
+            wall = time.perf_counter() - start
+            acc = accuracy(candidate)
+            row = {"model": "cnn-digits", "pattern": pattern, "variant": name, "dense_accuracy": dense_acc,
+                   "accuracy": acc, "drop": dense_acc - acc, "pruned_layers": [r.name for r in reports],
+                   "wall_s": wall, **_timing(reports)}
+            rows.append(row)
+            print(f"  {pattern:6s} {name:26s} {acc:6.2f}%  (drop {dense_acc - acc:+.2f})  {wall:6.1f} s  "
+                  f"layers {row['pruned_layers']}", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="seconds: one MiniLM block, a tiny CNN, few steps")
+    parser.add_argument("--patterns", nargs="+", default=["2:4", "2:4-T", "4:8-T"])
+    parser.add_argument("--scores", nargs="+", default=["magnitude", "activation"])
+    parser.add_argument("--sentences", type=int, default=256, help="calibration sentences")
+    parser.add_argument("--eval-sentences", type=int, default=300, help="held-out sentences")
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--batch-size", type=_batch_size, default=None, help="integer or 'full' (default)")
+    parser.add_argument("--parallel", action="store_true", help="the paper's parallel version")
+    parser.add_argument("--target", default="model", choices=("model", "layer"))
+    parser.add_argument("--cnn-patterns", nargs="+", default=["2:4-T"])
+    parser.add_argument("--cnn-epochs", type=int, default=30)
+    parser.add_argument("--cnn-width", type=int, default=32)
+    parser.add_argument("--cnn-images", type=int, default=256, help="calibration images")
+    parser.add_argument("--cnn-checkpoint", default=None, help="dense CNN weights instead of training one")
+    parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--skip-cnn", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default=None, help="result file name (default from the settings)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.patterns, args.scores = args.patterns[:1], args.scores[:1]
+        args.sentences, args.eval_sentences, args.iterations = 16, 16, 10
+        args.cnn_patterns, args.cnn_epochs, args.cnn_width, args.cnn_images = args.cnn_patterns[:1], 1, 8, 64
+    env = environment(args.device)
+    print_environment(env)
+    results: dict[str, Any] = {"environment": env, "settings": vars(args).copy()}
+    if not args.skip_minilm:
+        if minilm_available():
+            results["minilm"] = bench_minilm(args)
+        else:
+            print("MiniLM skipped: pip install 'nmsparse[minilm]'")
+    if not args.skip_cnn:
+        results["cnn"] = bench_cnn(args)
+    name = args.name or ("bench_adaprune_smoke" if args.smoke else f"bench_adaprune_{args.device}")
+    path = write_result(name, json.loads(json.dumps(results, default=str)))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
