@@ -1,0 +1,94 @@
+"""``nmsparse compare``: train one model under several sparsity structures with identical seeds.
+
+Default: the built-in digits CNN as dense, 2:4, 4:8, 2:4-T, 4:8-T and unstructured 50% (per-layer magnitude
+masks, refreshed like the n:m ones), all with dynamic SR-STE masks on the same layers. Prints a table of test
+accuracy and exact mask diversity (log10, per a reference tensor of 4096 weights) and writes compare.json and
+compare.png (accuracy against diversity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from .main import CLIError
+from .train import add_config_arguments, config_overrides, print_recipes
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from ..train.compare import DEFAULT_REFERENCE_NUMEL, DEFAULT_STRUCTURES
+
+    parser = subparsers.add_parser(
+        "compare", help="train one model under several sparsity structures and compare with mask diversity",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--structures", nargs="+", default=list(DEFAULT_STRUCTURES), metavar="S",
+                        help=f"structures to train (default: {' '.join(DEFAULT_STRUCTURES)})")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N",
+                        help="seeds (every structure trains with each; default: --seed, 0)")
+    parser.add_argument("--reference-numel", type=int, default=DEFAULT_REFERENCE_NUMEL,
+                        help=f"tensor size of the mask-diversity column (default {DEFAULT_REFERENCE_NUMEL})")
+    parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<date>-<time>)")
+    add_config_arguments(parser)
+    return parser
+
+
+def _print_table(rows: list[dict[str, Any]], reference_numel: int, seeds: list[int]) -> None:
+    acc_header = "test acc %" if len(seeds) == 1 else f"test acc % (mean +- std, {len(seeds)} seeds)"
+    header = f"  {'structure':<14}{acc_header:>{max(12, len(acc_header) + 2)}}  {'log10 MD':>9}  {'masks':>6}  " \
+             f"{'refresh':>8}  {'train s':>8}"
+    print(header)
+    print("  " + "-" * (len(header) - 2))
+    for row in rows:
+        acc = f"{row['test_accuracy']:.2f}"
+        if len(seeds) > 1:
+            acc += f" +- {row['test_accuracy_std']:.2f}"
+        md = "-" if row["log10_mask_diversity"] is None else f"{row['log10_mask_diversity']:.1f}"
+        valid = "-" if row["mask_valid"] is None else ("valid" if row["mask_valid"] else "BAD")
+        overhead = "-" if row["refresh_overhead"] is None else f"{row['refresh_overhead']:.1%}"
+        print(f"  {row['structure']:<14}{acc:>{max(12, len(acc_header) + 2)}}  {md:>9}  {valid:>6}  {overhead:>8}  "
+              f"{row['train_seconds']:>8.1f}")
+    print(f"  log10 MD: exact log10 of the number of masks at 50% density for a tensor of {reference_numel} weights "
+          f"(nmsparse.log10_mask_diversity)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._logging import progress_enabled
+    from ..train.compare import COMPARE_JSON, COMPARE_PLOT, compare_structures
+    from ..train.config import config_to_yaml, load_config
+    from ..train.distributed import broadcast_object, init_distributed, shutdown_distributed
+
+    if args.list_recipes:
+        print_recipes()
+        return 0
+    if args.reference_numel < 64 or args.reference_numel % 64:
+        raise CLIError(f"--reference-numel must be a positive multiple of 64 (8x8 blocks), got {args.reference_numel}")
+    config = load_config(args.config, **config_overrides(args))
+    if args.print_config:
+        print(config_to_yaml(config), end="")
+        return 0
+    ctx = init_distributed(device=config.device)
+    try:
+        out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+        out_dir = Path(broadcast_object(str(out_dir), ctx))
+        seeds = args.seeds if args.seeds else [config.seed]
+        if ctx.is_main:
+            print(f"nmsparse compare: {config.model} on {config.data}, {len(args.structures)} structures x "
+                  f"{len(seeds)} seed(s), {config.epochs} epochs each -> {out_dir}", flush=True)
+
+        def on_run_end(record: dict[str, Any]) -> None:
+            print(f"  {record['structure']:<14} seed {record['seed']}: {record['test_accuracy']:.2f}% "
+                  f"({record['seconds']:.1f} s)", flush=True)
+
+        result = compare_structures(config, structures=args.structures, seeds=seeds, out_dir=out_dir,
+                                    reference_numel=args.reference_numel, dist=ctx,
+                                    progress=progress_enabled(args.progress), on_run_end=on_run_end)
+        if ctx.is_main:
+            print()
+            _print_table(result.rows, result.reference_numel, result.seeds)
+            print(f"  outputs: {out_dir / COMPARE_JSON}, {out_dir / COMPARE_PLOT}")
+    finally:
+        shutdown_distributed(ctx)
+    return 0

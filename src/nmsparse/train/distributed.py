@@ -1,0 +1,192 @@
+"""Data-parallel training helpers: process-group set-up from ``torchrun``'s environment and mask agreement checks.
+
+``torchrun --nproc_per_node=N -m nmsparse train ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+rendezvous address; :func:`init_distributed` reads them and joins the group (``nccl`` on CUDA, ``gloo`` on CPU).
+Every rank computes masks from its own copy of the weights. The copies are identical (same seed, DDP's initial
+broadcast, all-reduced gradients), so the masks are too, and :func:`check_masks_identical` verifies it after
+every refresh by all-gathering a checksum of the masks: a mismatch raises instead of training silently apart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import ConfigError, MaskMismatchError
+from ..prune import get_masks
+
+__all__ = [
+    "DistContext",
+    "init_distributed",
+    "shutdown_distributed",
+    "mask_checksum",
+    "check_masks_identical",
+    "all_reduce_sum",
+    "average_batchnorm_stats_",
+    "gather_objects",
+    "broadcast_object",
+]
+
+_HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
+_HASH_MODULUS = 2147483647  # 2**31 - 1, keeps every product and sum inside int64
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in a data-parallel job (``world_size == 1``: a single process).
+
+    Attributes:
+        rank: global rank.
+        world_size: number of processes.
+        local_rank: rank on this machine (the CUDA device index under ``torchrun``).
+        backend: ``"gloo"``, ``"nccl"`` or ``None`` for a single process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a process group with more than one process is in use."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that prints and writes files."""
+        return self.rank == 0
+
+
+def init_distributed(*, device: str = "auto") -> DistContext:
+    """Join the process group described by ``torchrun``'s environment, or return a single-process context.
+
+    Args:
+        device: the run's device setting; ``"cpu"`` forces ``gloo``, otherwise ``nccl`` is used when CUDA is
+            available.
+
+    Raises:
+        ConfigError: ``WORLD_SIZE > 1`` without ``RANK`` (not started by ``torchrun``).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext()
+    if "RANK" not in os.environ:
+        raise ConfigError(
+            f"WORLD_SIZE={world_size} is set but RANK is not; start data-parallel runs with "
+            f"'torchrun --nproc_per_node=N -m nmsparse train ...'"
+        )
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=dist.get_backend())
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    """Leave the process group joined by :func:`init_distributed` (no-op for a single process)."""
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _collective_device(ctx: DistContext) -> torch.device:
+    if ctx.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def mask_checksum(model: nn.Module) -> tuple[int, int]:
+    """``(checksum, kept)`` of every mask of ``model``: a position-weighted integer hash and the kept count.
+
+    Two models with the same masks give the same pair; any differing entry changes the checksum (barring a
+    collision of a 31-bit-weighted sum). Computed on the masks' device, in int64.
+    """
+    checksum = torch.zeros((), dtype=torch.int64)
+    kept = 0
+    for index, (_, mask) in enumerate(sorted(get_masks(model).items())):
+        flat = mask.reshape(-1)
+        positions = torch.arange(flat.numel(), dtype=torch.int64, device=flat.device)
+        weights = (positions * _HASH_MULTIPLIER + (index + 1) * 40503) % _HASH_MODULUS
+        layer = (weights * flat.to(torch.int64)).sum().cpu()
+        checksum = (checksum * 31 + layer) % (2**61 - 1)
+        kept += int(flat.sum())
+    return int(checksum), kept
+
+
+def check_masks_identical(model: nn.Module, ctx: DistContext, *, where: str) -> int:
+    """All-gather :func:`mask_checksum` and raise if any rank's masks differ from rank 0's.
+
+    Returns:
+        The checksum (identical on every rank).
+
+    Raises:
+        MaskMismatchError: naming the ranks whose masks differ, with their checksums.
+    """
+    checksum, kept = mask_checksum(model)
+    if not ctx.enabled:
+        return checksum
+    device = _collective_device(ctx)
+    local = torch.tensor([checksum, kept], dtype=torch.int64, device=device)
+    gathered = [torch.zeros_like(local) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, local)
+    values = [tuple(int(v) for v in t.cpu()) for t in gathered]
+    differing = [rank for rank, value in enumerate(values) if value != values[0]]
+    if differing:
+        raise MaskMismatchError(
+            f"{where}: masks differ between ranks (checksum, kept) per rank: {values}; ranks {differing} disagree "
+            f"with rank 0. Data-parallel training needs identical masks on every rank: check that every rank "
+            f"uses the same seed, pattern, method and weights"
+        )
+    return checksum
+
+
+def all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
+    """Sum a short list of numbers over ranks (float64; identity for a single process)."""
+    if not ctx.enabled:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device(ctx))
+    dist.all_reduce(tensor)
+    return [float(v) for v in tensor.cpu()]
+
+
+def average_batchnorm_stats_(model: nn.Module, ctx: DistContext) -> None:
+    """Average batch-norm running means and variances over ranks, in place.
+
+    Without synchronised batch norm each rank accumulates statistics of its own shard; averaging them before
+    evaluation and checkpointing makes every rank hold the same model.
+    """
+    if not ctx.enabled:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buffer in (module.running_mean, module.running_var):
+                if buffer is not None:
+                    dist.all_reduce(buffer)
+                    buffer.div_(ctx.world_size)
+
+
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
