@@ -17,7 +17,7 @@ from .._version import __version__
 from ..errors import NMSparseError
 
 #: Command modules, in the order ``nmsparse --help`` lists them.
-COMMANDS = ("mask", "diversity", "demo", "adaprune", "info")
+COMMANDS = ("train", "compare", "mask", "diversity", "demo", "adaprune", "info")
 
 
 class CLIError(NMSparseError):
