@@ -1,11 +1,393 @@
-"""PLACEHOLDER: exact transposable solver (being written)."""
+"""Exact transposable n:m masks: the best mask of every aligned ``m x m`` block, batched over all blocks.
+
+Per block the task is a maximum-weight b-matching on the complete bipartite graph K(m, m): keep exactly ``n``
+entries in every row and every column and maximise the kept score. Two exact solvers share the work:
+
+* ``m = 4``: enumerate every valid block mask (24, 90, 24 of them for ``n = 1, 2, 3``) and take the argmax of
+  one matrix product (:mod:`nmsparse.solvers.enumerate`). Runs on the input's device.
+* ``m >= 8``: min-cost flow by successive shortest paths, compiled with numba and parallel over blocks. It
+  starts from the best mask that ignores the column limits (row-wise top-n, optimal for its own column counts,
+  with dual potentials that certify it), then moves one unit from an over-full to an under-full column along a
+  shortest alternating path (Dijkstra on reduced costs from all over-full columns at once, stopping at the
+  first under-full column) until every column holds ``n``. On Gaussian 8x8 blocks at 4:8 that is about 4.4
+  augmentations per block instead of the ``n * m = 32`` of a cold start. For ``n > m / 2`` it solves the
+  complement (drop ``m - n``), whose warm start is cheaper. Always runs on the CPU, in float64.
+
+``exact_blocks(..., at_most=True)`` solves the relaxation "at most ``n`` per row and column" instead (same
+kernel, plus a zero-cost bypass from every row to the sink), whose optimum can be larger: see
+:func:`exact_blocks`.
+"""
 
 from __future__ import annotations
 
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
+from .._logging import logger
+from ..errors import InputError, PatternError
 from ..pattern import NMPattern
+from ._blocks import solve_blocks
+from .enumerate import MAX_ENUM_M, enumerate_blocks
+
+__all__ = ["exact_matrix", "exact_blocks", "flow_blocks", "flow_kernel", "KERNEL_INFO"]
+
+# Replaced by ``numba.prange`` when the kernel is compiled (see ``flow_kernel``); in plain Python, and for the
+# kernel's ``.py_func`` twin, ``numba.prange`` is ``range`` as well.
+prange = range
+
+#: Largest number of float64 values handed to one kernel call (32 MiB): bounds the float64 copy of a chunk.
+_KERNEL_VALUES = 1 << 22
+#: The kernel splits its blocks into this many contiguous runs for its threads (scratch arrays per run).
+_KERNEL_RUNS = 256
+
+#: Filled on first use: ``backend`` ("numba" or "python") and ``compile_s`` (seconds of the first call,
+#: including numba's compilation or its load from the on-disk cache).
+KERNEL_INFO: dict[str, object] = {}
+
+
+def _flow_blocks_py(blocks: np.ndarray, n: int, at_most: bool, out: np.ndarray) -> None:  # pragma: no cover
+    """Optimal masks of ``blocks`` (float64 ``[B, m, m]``) written into ``out`` (bool ``[B, m, m]``).
+
+    ``at_most=False``: exactly ``n`` per row and column. ``at_most=True``: at most ``n``; a row's unused
+    capacity flows straight to the sink ``z`` at zero cost (a bypass arc), so negative scores are never kept
+    and a row or column may stay short when that keeps more.
+
+    Costs are ``-score``. Reduced costs ``rc[i, j] = -s[i, j] + pr[i] - pc[j]`` (row potentials ``pr``, column
+    potentials ``pc``, sink potential ``pz``) stay ``>= 0`` on every residual arc, so there is never a
+    negative cycle: every intermediate mask is optimal for its own column counts, and the last one is optimal.
+    """
+    nblocks = blocks.shape[0]
+    m = blocks.shape[1]
+    inf = np.inf
+    # Exactly n with n > m/2: solve the complement (drop m - n per row and column, minimising the dropped
+    # sum). The same flow, but a cheaper warm start (top-(m-n) instead of top-n per row).
+    flip = 2 * n > m and not at_most
+    sign = 1.0
+    if flip:
+        n = m - n
+        sign = -1.0
+    runs = min(nblocks, _KERNEL_RUNS)
+    for run in prange(runs):
+        start = run * nblocks // runs
+        stop = (run + 1) * nblocks // runs
+        s = np.empty((m, m), dtype=np.float64)
+        x = np.zeros((m, m), dtype=np.bool_)
+        pr = np.empty(m, dtype=np.float64)
+        pc = np.empty(m, dtype=np.float64)
+        dist_r = np.empty(m, dtype=np.float64)
+        dist_c = np.empty(m, dtype=np.float64)
+        done_r = np.empty(m, dtype=np.bool_)
+        done_c = np.empty(m, dtype=np.bool_)
+        pred_r = np.empty(m, dtype=np.int64)  # column a row was reached from (over a kept entry)
+        pred_c = np.empty(m, dtype=np.int64)  # row a column was reached from (an unkept entry); -1: source
+        deg = np.empty(m, dtype=np.int64)
+        for b in range(start, stop):
+            # Scale by a power of two (exact) so that sums of up to 2m scores cannot overflow.
+            amax = 0.0
+            for i in range(m):
+                for j in range(m):
+                    a = abs(blocks[b, i, j])
+                    if a > amax:
+                        amax = a
+            scale = sign
+            if amax > 0.0:
+                scale = math.ldexp(sign, -math.frexp(amax)[1])
+            for i in range(m):
+                for j in range(m):
+                    s[i, j] = blocks[b, i, j] * scale
+
+            # Warm start: the best mask without column limits, top-n of every row (ties: lower column; with
+            # at_most, only scores >= 0). pr[i] = the best unkept score (at least 0 with at_most) makes
+            # rc >= 0 off the mask and <= 0 on it, with pc = 0 and pz = 0.
+            pz = 0.0
+            for j in range(m):
+                deg[j] = 0
+                pc[j] = 0.0
+            for i in range(m):
+                for j in range(m):
+                    x[i, j] = False
+                for _ in range(n):
+                    best = -1
+                    best_val = 0.0
+                    for j in range(m):
+                        if not x[i, j] and (best < 0 or s[i, j] > best_val):
+                            best = j
+                            best_val = s[i, j]
+                    if at_most and best_val < 0.0:
+                        break
+                    x[i, best] = True
+                    deg[best] += 1
+                thr = 0.0 if at_most else -inf
+                for j in range(m):
+                    if not x[i, j] and s[i, j] > thr:
+                        thr = s[i, j]
+                pr[i] = thr
+            excess = 0
+            for j in range(m):
+                if deg[j] > n:
+                    excess += deg[j] - n
+
+            while excess > 0:
+                # Dijkstra on reduced costs from every over-full column at once. Residual arcs: column j ->
+                # row i where kept (cost +s, reduced -rc >= 0), row i -> column k where not kept (reduced rc).
+                # Targets: an under-full column (exactly n) or the sink z (at most n), which is reached from
+                # a row (drop one of its entries, reduced pr - pz) or from an under-full column (pc - pz).
+                for j in range(m):
+                    dist_c[j] = inf
+                    done_c[j] = False
+                    pred_c[j] = -1
+                    dist_r[j] = inf
+                    done_r[j] = False
+                    pred_r[j] = -1
+                dist_z = inf
+                pred_z = -1
+                z_from_row = False
+                # Over-full columns are the sources (distance 0): settle them and relax their kept rows.
+                for j in range(m):
+                    if deg[j] > n:
+                        dist_c[j] = 0.0
+                        done_c[j] = True
+                        for i in range(m):
+                            if x[i, j]:
+                                r = s[i, j] - pr[i] + pc[j]
+                                if r < 0.0:
+                                    r = 0.0  # round-off only
+                                if r < dist_r[i]:
+                                    dist_r[i] = r
+                                    pred_r[i] = j
+                target = -1
+                reach = 0.0
+                while True:
+                    node = -1
+                    is_col = False
+                    best_d = inf
+                    for j in range(m):
+                        if not done_c[j] and dist_c[j] < best_d:
+                            best_d = dist_c[j]
+                            node = j
+                            is_col = True
+                    for i in range(m):
+                        if not done_r[i] and dist_r[i] < best_d:
+                            best_d = dist_r[i]
+                            node = i
+                            is_col = False
+                    if at_most and dist_z <= best_d and pred_z >= 0:
+                        target = pred_z
+                        reach = dist_z
+                        break
+                    if node < 0:
+                        break  # unreachable for a feasible problem (1 <= n < m)
+                    if is_col:
+                        done_c[node] = True
+                        if deg[node] < n:
+                            if not at_most:
+                                target = node
+                                reach = best_d
+                                break
+                            r = pc[node] - pz
+                            if r < 0.0:
+                                r = 0.0
+                            if best_d + r < dist_z:
+                                dist_z = best_d + r
+                                pred_z = node
+                                z_from_row = False
+                        for i in range(m):
+                            if x[i, node] and not done_r[i]:
+                                r = s[i, node] - pr[i] + pc[node]
+                                if r < 0.0:
+                                    r = 0.0
+                                nd = best_d + r
+                                if nd < dist_r[i]:
+                                    dist_r[i] = nd
+                                    pred_r[i] = node
+                    else:
+                        done_r[node] = True
+                        if at_most:
+                            r = pr[node] - pz
+                            if r < 0.0:
+                                r = 0.0
+                            if best_d + r < dist_z:
+                                dist_z = best_d + r
+                                pred_z = node
+                                z_from_row = True
+                        for k in range(m):
+                            if not x[node, k] and not done_c[k]:
+                                r = pr[node] - pc[k] - s[node, k]
+                                if r < 0.0:
+                                    r = 0.0
+                                nd = best_d + r
+                                if nd < dist_c[k]:
+                                    dist_c[k] = nd
+                                    pred_c[k] = node
+                if target < 0:
+                    break
+                # New potentials: distances, capped at the target's (nodes not settled are at least that far).
+                for j in range(m):
+                    pc[j] += dist_c[j] if done_c[j] else reach
+                    pr[j] += dist_r[j] if done_r[j] else reach
+                pz += reach
+                # Flip the alternating path back from the target to its source column.
+                if at_most and z_from_row:
+                    col = pred_r[target]  # the row drops this entry; its capacity goes to the sink
+                    x[target, col] = False
+                else:
+                    col = target
+                    deg[col] += 1
+                while pred_c[col] >= 0:
+                    row = pred_c[col]
+                    x[row, col] = True
+                    col = pred_r[row]
+                    x[row, col] = False
+                deg[col] -= 1
+                excess -= 1
+
+            for i in range(m):
+                for j in range(m):
+                    out[b, i, j] = x[i, j] != flip
+
+
+_KERNEL: Callable[[np.ndarray, int, bool, np.ndarray], None] | None = None
+_KERNEL_LOCK = threading.Lock()
+
+
+def flow_kernel() -> Callable[[np.ndarray, int, bool, np.ndarray], None]:
+    """The compiled flow kernel ``(blocks float64 [B, m, m], n, at_most, out bool [B, m, m]) -> None``.
+
+    numba is imported here, not at package import. The kernel is built with ``@njit(cache=True,
+    parallel=True)``: the first call in a process compiles it (or loads it from numba's on-disk cache) and is
+    timed into :data:`KERNEL_INFO`. Its ``.py_func`` is the same code run by the Python interpreter. Without
+    numba, the uncompiled function is returned after one warning.
+    """
+    global _KERNEL, prange
+    if _KERNEL is not None:
+        return _KERNEL
+    with _KERNEL_LOCK:
+        if _KERNEL is None:
+            try:
+                import numba
+            except ImportError:
+                warnings.warn(
+                    "nmsparse exact solver: numba is not importable, so the min-cost-flow solver for m >= 8 "
+                    "runs as plain Python, thousands of times slower; install numba (pip install numba)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                KERNEL_INFO.update(backend="python", compile_s=0.0)
+                _KERNEL = _flow_blocks_py
+            else:
+                prange = numba.prange  # the parfor pass recognises numba.prange by identity
+                kernel = numba.njit(cache=True, parallel=True)(_flow_blocks_py)
+                KERNEL_INFO.update(backend="numba", compile_s=None)
+                _KERNEL = _timed_first_call(kernel)
+    return _KERNEL
+
+
+def _timed_first_call(kernel: Callable[[np.ndarray, int, bool, np.ndarray], None]) -> Callable:
+    """Warm ``kernel`` up on one tiny block so compile (or cache load) time is measured once and logged."""
+    start = time.perf_counter()
+    kernel(np.zeros((1, 8, 8), dtype=np.float64), 4, False, np.zeros((1, 8, 8), dtype=np.bool_))
+    elapsed = time.perf_counter() - start
+    KERNEL_INFO["compile_s"] = elapsed
+    logger.debug("exact solver: numba kernel ready in %.2f s (compile or cache load)", elapsed)
+    return kernel
+
+
+def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False) -> torch.Tensor:
+    """Optimal transposable masks of ``blocks [B, m, m]`` by the compiled min-cost-flow kernel.
+
+    Solved on the CPU in float64 whatever the input's device and dtype; the mask is returned on the input's
+    device. Deterministic: the same scores always give the same mask. ``at_most``: see :func:`exact_blocks`.
+    """
+    kernel = flow_kernel()
+    device = blocks.device
+    nblocks, m, _ = blocks.shape
+    out = np.empty((nblocks, m, m), dtype=np.bool_)
+    step = max(1, _KERNEL_VALUES // (m * m))
+    for start in range(0, nblocks, step):
+        chunk = blocks[start:start + step].detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
+        kernel(chunk, n, bool(at_most), out[start:start + step])
+    return torch.from_numpy(out).to(device)
+
+
+def exact_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False) -> torch.Tensor:
+    """Optimal transposable mask of every ``m x m`` block: exactly ``n`` kept per row and column.
+
+    Maximises the sum of kept scores per block (scores may be negative; any finite float dtype). ``m <= 4``
+    enumerates every valid mask on ``blocks``' device (ties between exactly equal sums go to the mask keeping
+    the lower flat indices); larger ``m`` runs the min-cost-flow kernel on the CPU (deterministic).
+
+    Requiring exactly ``n`` can cost kept score even when every score is positive: in about 3% of Gaussian
+    2:4 blocks (20% at 3:4, 6% at 4:8) a mask with a short row and a short column keeps more (the short
+    entry's partner is already kept, and every full fix needs a swap that loses). ``at_most=True`` solves that
+    relaxation instead, the true optimum under "at most n per row and column" (min-cost flow for every ``m``;
+    entries with negative scores are then never kept).
+
+    Args:
+        blocks: ``[B, m, m]`` floating scores, finite.
+        n: kept per row and per column, ``1 <= n < m``.
+        at_most: keep at most ``n`` per row and column instead of exactly ``n``.
+
+    Returns:
+        ``torch.bool [B, m, m]`` on ``blocks``' device.
+
+    Raises:
+        InputError: ``blocks`` is not a floating ``[B, m, m]`` tensor.
+        PatternError: ``n`` outside ``1 <= n < m``.
+
+    Example:
+        >>> import torch
+        >>> scores = torch.tensor([[[4.0, 3.0, 0.0, 0.0],
+        ...                         [3.0, 0.0, 0.0, 0.0],
+        ...                         [0.0, 0.0, 1.0, 1.0],
+        ...                         [0.0, 0.0, 1.0, 1.0]]])
+        >>> exact_blocks(scores, 2)[0].int().tolist()
+        [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    """
+    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2]:
+        shape = tuple(blocks.shape) if isinstance(blocks, torch.Tensor) else type(blocks).__name__
+        raise InputError(f"exact_blocks: expected a [B, m, m] tensor of block scores, got {shape}")
+    if not blocks.is_floating_point():
+        raise InputError(f"exact_blocks: expected floating scores, got {blocks.dtype}; convert with .float()")
+    m = blocks.shape[1]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < m:
+        raise PatternError(f"exact_blocks: need an int n with 1 <= n < m={m}, got {n!r}")
+    if blocks.shape[0] == 0:
+        return torch.zeros(blocks.shape, dtype=torch.bool, device=blocks.device)
+    if blocks.dtype in (torch.float16, torch.bfloat16):
+        blocks = blocks.float()
+    if m <= MAX_ENUM_M and not at_most:
+        return enumerate_blocks(blocks, n)
+    return flow_blocks(blocks, n, at_most=at_most)
 
 
 def exact_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
-    raise NotImplementedError
+    """Optimal transposable mask of a ``[rows, K]`` score matrix (``rows`` and ``K`` multiples of ``m``).
+
+    Every aligned ``m x m`` block keeps exactly ``n`` per row and per column with the largest possible sum of
+    kept scores. ``m = 4`` runs on the input's device; ``m >= 8`` is solved on the CPU (a CUDA input is copied
+    over chunk by chunk) and the mask comes back on the input's device.
+
+    Args:
+        scores: ``[rows, K]`` float32 or float64 importance (finite; may be negative).
+        pattern: a transposable :class:`~nmsparse.NMPattern`.
+        progress: progress bar over chunks of blocks; ``None`` = only for long work on a terminal.
+
+    Returns:
+        ``torch.bool [rows, K]`` on ``scores``' device.
+
+    Example:
+        >>> import torch
+        >>> from nmsparse import NMPattern
+        >>> mask = exact_matrix(torch.rand(16, 16), NMPattern.parse("4:8-T"))
+        >>> mask.shape, int(mask.sum())
+        (torch.Size([16, 16]), 128)
+    """
+    n, m = pattern.n, pattern.m
+    desc = f"exact {pattern} masks"
+    return solve_blocks(scores, m, lambda blocks: exact_blocks(blocks, n), desc=desc, progress_bar=progress)

@@ -1,0 +1,336 @@
+"""The exact transposable solver against independent references (scipy HiGHS LP, networkx, brute force)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import nmsparse
+from nmsparse.errors import InputError, PatternError
+from nmsparse.layout import to_blocks, to_matrix
+from nmsparse.solvers import exact
+from nmsparse.solvers.enumerate import valid_block_masks
+from nmsparse.testing import (
+    assert_valid_mask,
+    bruteforce_block_optimum,
+    linprog_blocks_optimum,
+    networkx_block_optimum,
+)
+
+RTOL = 1e-6  # optimum values agree within 1e-6 of the block's total |score|
+
+
+def _values(blocks: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
+    return (blocks.double() * masks).sum(dim=(1, 2)).numpy()
+
+
+def _assert_exactly_n(masks: torch.Tensor, n: int) -> None:
+    assert masks.dtype == torch.bool
+    assert bool((masks.sum(dim=2) == n).all()), "a block row keeps other than n"
+    assert bool((masks.sum(dim=1) == n).all()), "a block column keeps other than n"
+
+
+def _assert_same_optimum(blocks: torch.Tensor, ours: np.ndarray, reference: np.ndarray) -> None:
+    scale = blocks.double().abs().sum(dim=(1, 2)).numpy()
+    gap = np.abs(ours - reference)
+    worst = int(np.argmax(gap - RTOL * scale))
+    assert (gap <= RTOL * scale).all(), (
+        f"block {worst}: exact kept {ours[worst]!r}, reference optimum {reference[worst]!r}"
+    )
+
+
+def _check_against_linprog(blocks: torch.Tensor, n: int) -> torch.Tensor:
+    masks = exact.exact_blocks(blocks, n)
+    _assert_exactly_n(masks, n)
+    reference, ref_masks = linprog_blocks_optimum(blocks, n)
+    _assert_exactly_n(ref_masks, n)
+    _assert_same_optimum(blocks, _values(blocks, masks), reference)
+    return masks
+
+
+# --- m = 4: enumeration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "count"), [(1, 24), (2, 90), (3, 24)])
+def test_m4_enumerates_every_valid_block(n: int, count: int) -> None:
+    patterns = valid_block_masks(4, n)
+    assert patterns.shape == (count, 4, 4)
+    _assert_exactly_n(patterns, n)
+    codes = [int("".join(str(int(v)) for v in p.reshape(-1).tolist()), 2) for p in patterns]
+    assert codes == sorted(codes, reverse=True) and len(set(codes)) == count  # lower flat indices first
+
+
+def test_m4_ties_keep_lower_flat_indices() -> None:
+    mask = nmsparse.find_mask(torch.ones(4, 4), "2:4-T", method="exact")
+    assert mask.int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_m4_matches_bruteforce_bit_for_bit(n: int) -> None:
+    # Small integers: many exact ties, and float64 sums of them are exact, so the tie rule is testable.
+    blocks = torch.randint(0, 4, (150, 4, 4)).float()
+    blocks[:50] = torch.randn(50, 4, 4)  # and some continuous scores
+    masks = exact.exact_blocks(blocks, n)
+    for index, block in enumerate(blocks):
+        value, reference = bruteforce_block_optimum(block, n)
+        assert torch.equal(masks[index], reference), f"block {index}: {block.tolist()}"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_m4_matches_linprog(n: int) -> None:
+    _check_against_linprog(torch.randn(2000, 4, 4).abs(), n)
+
+
+# --- m >= 8: min-cost flow ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_m8_matches_linprog(n: int) -> None:
+    _check_against_linprog(torch.randn(1000, 8, 8).abs(), n)
+
+
+@pytest.mark.parametrize("n", [1, 4, 8, 11, 15])
+def test_m16_matches_linprog(n: int) -> None:
+    _check_against_linprog(torch.randn(150, 16, 16).abs(), n)
+
+
+@pytest.mark.parametrize("n", [1, 16, 24])
+def test_m32_matches_linprog(n: int) -> None:
+    _check_against_linprog(torch.randn(6, 32, 32).abs(), n)
+
+
+@pytest.mark.parametrize(("m", "ns", "count"), [(4, (1, 2, 3), 10), (8, range(1, 8), 12), (16, (3, 8, 13), 4),
+                                                (32, (16,), 1)])
+def test_matches_networkx(m: int, ns: range | tuple[int, ...], count: int) -> None:
+    for n in ns:
+        blocks = torch.randn(count, m, m)  # signed scores: exactly n per row and column still binds
+        masks = exact.exact_blocks(blocks, n)
+        _assert_exactly_n(masks, n)
+        reference = np.array([networkx_block_optimum(block, n)[0] for block in blocks])
+        _assert_same_optimum(blocks, _values(blocks, masks), reference)
+
+
+# --- adversarial scores ---------------------------------------------------------------------------
+
+
+def _adversarial(kind: str, count: int, m: int, generator: torch.Generator) -> torch.Tensor:
+    shape = (count, m, m)
+    if kind == "all-equal":
+        return torch.full(shape, 0.5)
+    if kind == "few-distinct":
+        return torch.randint(0, 3, shape, generator=generator).float()
+    if kind == "mostly-zero":
+        values = torch.randn(shape, generator=generator).abs()
+        return values * (torch.rand(shape, generator=generator) < 0.1)
+    if kind == "all-zero":
+        return torch.zeros(shape)
+    if kind == "cauchy":
+        return torch.empty(shape).cauchy_(generator=generator).abs()
+    if kind == "negative":
+        return -torch.rand(shape, generator=generator)
+    if kind == "signed":
+        return torch.randn(shape, generator=generator)
+    if kind == "integer":
+        return torch.randint(-1000, 1000, shape, generator=generator).double()
+    if kind == "huge-fp32":
+        return torch.rand(shape, generator=generator) * 3e38
+    if kind == "huge-fp64":
+        return torch.rand(shape, generator=generator, dtype=torch.float64) * 1e305
+    if kind == "tiny-fp32":  # subnormal floats
+        return torch.rand(shape, generator=generator) * 1e-40
+    if kind == "tiny-fp64":
+        return torch.rand(shape, generator=generator, dtype=torch.float64) * 1e-300
+    if kind == "mixed-scale":
+        return torch.randn(shape, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(
+            -30, 30, shape, generator=generator).double()
+    raise AssertionError(kind)
+
+
+ADVERSARIAL = ["all-equal", "few-distinct", "mostly-zero", "all-zero", "cauchy", "negative", "signed",
+               "integer", "huge-fp32", "huge-fp64", "tiny-fp32", "tiny-fp64", "mixed-scale"]
+
+
+@pytest.mark.parametrize("kind", ADVERSARIAL)
+@pytest.mark.parametrize(("m", "n"), [(4, 2), (8, 3), (8, 4), (8, 6), (16, 8)])
+def test_adversarial_scores(kind: str, m: int, n: int) -> None:
+    generator = torch.Generator().manual_seed(1234)
+    blocks = _adversarial(kind, 60 if m < 16 else 10, m, generator)
+    _check_against_linprog(blocks, n)
+
+
+@pytest.mark.parametrize("pattern", ["2:4-T", "4:8-T", "8:16-T"])
+def test_fp16_and_bf16_weights(pattern: str) -> None:
+    p = nmsparse.NMPattern.parse(pattern)
+    weight = torch.randn(2 * p.m, 3 * p.m)
+    for dtype in (torch.float16, torch.bfloat16):
+        low = weight.to(dtype)
+        mask = nmsparse.find_mask(low, pattern, method="exact")
+        assert_valid_mask(mask, pattern, exact_n=True, shape=low.shape)
+        blocks = to_blocks(low.float().abs(), p.m)
+        reference, _ = linprog_blocks_optimum(blocks, p.n)
+        _assert_same_optimum(blocks, _values(blocks, to_blocks(mask, p.m)), reference)
+
+
+# --- at most n per row and column -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("m", "n"), [(4, 1), (4, 2), (4, 3), (8, 2), (8, 4), (8, 6), (16, 8), (32, 16)])
+@pytest.mark.parametrize("kind", ["abs", "signed", "few-distinct"])
+def test_at_most_matches_linprog(m: int, n: int, kind: str) -> None:
+    count = {4: 400, 8: 300, 16: 40, 32: 3}[m]
+    blocks = torch.randn(count, m, m)
+    if kind == "abs":
+        blocks = blocks.abs()
+    elif kind == "few-distinct":
+        blocks = torch.randint(-1, 3, (count, m, m)).float()
+    relaxed = exact.exact_blocks(blocks, n, at_most=True)
+    assert bool((relaxed.sum(dim=1) <= n).all() and (relaxed.sum(dim=2) <= n).all())
+    reference, _ = linprog_blocks_optimum(blocks, n, exact_n=False)
+    ours = _values(blocks, relaxed)
+    _assert_same_optimum(blocks, ours, reference)
+    assert (ours >= _values(blocks, exact.exact_blocks(blocks, n)) - 1e-9).all()  # a relaxation keeps more
+
+
+def test_at_most_can_beat_exactly_n_on_positive_scores() -> None:
+    # Row 0 and column 3 stay short: the entry that would fill both, (0, 3), is already kept.
+    block = torch.tensor([[[0.708, 0.104, 1.161, 1.340],
+                           [1.873, 1.241, 2.034, 0.136],
+                           [0.501, 0.808, 1.298, 0.025],
+                           [1.252, 0.889, 0.724, 0.431]]])
+    relaxed = exact.exact_blocks(block, 2, at_most=True)
+    strict = exact.exact_blocks(block, 2)
+    assert relaxed[0].int().tolist() == [[0, 0, 0, 1], [1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]]
+    assert float(_values(block, relaxed)[0]) == pytest.approx(9.494, abs=1e-3)
+    assert float(_values(block, strict)[0]) == pytest.approx(9.405, abs=1e-3)
+    assert networkx_block_optimum(block[0], 2, exact_n=False)[0] == pytest.approx(9.494, abs=1e-3)
+
+
+def test_at_most_matches_networkx() -> None:
+    for m, n in ((4, 2), (8, 3), (8, 5), (16, 8)):
+        blocks = torch.randn(6, m, m)
+        ours = _values(blocks, exact.exact_blocks(blocks, n, at_most=True))
+        reference = np.array([networkx_block_optimum(block, n, exact_n=False)[0] for block in blocks])
+        _assert_same_optimum(blocks, ours, reference)
+
+
+# --- the compiled kernel --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("m", "ns", "count"), [(8, range(1, 8), 40), (16, (2, 8, 13), 10), (5, (2, 3), 20)])
+def test_kernel_matches_python_twin_bit_for_bit(m: int, ns: range | tuple[int, ...], count: int) -> None:
+    kernel = exact.flow_kernel()
+    if exact.KERNEL_INFO["backend"] != "numba":
+        pytest.skip("numba is not installed: the kernel is its Python twin")
+    for n in ns:
+        blocks = torch.randn(count, m, m, dtype=torch.float64)
+        blocks[: count // 4] = torch.randint(0, 3, (count // 4, m, m)).double()  # ties
+        for at_most in (False, True):
+            compiled = np.zeros((count, m, m), dtype=np.bool_)
+            python = np.zeros((count, m, m), dtype=np.bool_)
+            kernel(blocks.numpy(), n, at_most, compiled)
+            kernel.py_func(blocks.numpy(), n, at_most, python)
+            assert np.array_equal(compiled, python), f"m={m}, n={n}, at_most={at_most}"
+
+
+def test_kernel_reports_compile_time() -> None:
+    exact.flow_kernel()
+    assert exact.KERNEL_INFO["backend"] in ("numba", "python")
+    assert isinstance(exact.KERNEL_INFO["compile_s"], float) and exact.KERNEL_INFO["compile_s"] >= 0.0
+
+
+def test_python_fallback_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = torch.randn(20, 8, 8)
+    expected = exact.exact_blocks(blocks, 4)
+    expected_relaxed = exact.exact_blocks(blocks, 4, at_most=True)
+    monkeypatch.setattr(exact, "_KERNEL", None)
+    monkeypatch.setattr(exact, "KERNEL_INFO", {})
+    monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` raise ImportError
+    with pytest.warns(RuntimeWarning, match="numba is not importable"):
+        fallback = exact.exact_blocks(blocks, 4)
+        assert torch.equal(exact.exact_blocks(blocks, 4, at_most=True), expected_relaxed)
+    assert exact.KERNEL_INFO["backend"] == "python"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, not on every call
+        exact.exact_blocks(blocks, 4)
+    assert torch.equal(fallback, expected)
+
+
+# --- find_mask integration ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["2:4-T", "4:8-T", "8:16-T"])
+def test_deterministic(pattern: str) -> None:
+    weight = torch.randn(64, 128)
+    weight[:16] = torch.randint(0, 3, (16, 128)).float()  # ties
+    first = nmsparse.find_mask(weight, pattern, method="exact")
+    second = nmsparse.find_mask(weight.clone(), pattern, method="exact")
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("pattern", ["1:4-T", "2:4-T", "4:8-T", "6:8-T", "8:16-T"])
+def test_conv_weight(pattern: str) -> None:
+    p = nmsparse.NMPattern.parse(pattern)
+    weight = torch.randn(2 * p.m, p.m, 3, 3)
+    mask = nmsparse.find_mask(weight, pattern, method="exact")
+    assert_valid_mask(mask, pattern, exact_n=True, shape=weight.shape)
+    # Blocks span output channels x (kh, kw, in) of the matrix view; each one is optimal.
+    blocks = to_blocks(to_matrix(weight.abs()), p.m)
+    mask_blocks = to_blocks(to_matrix(mask), p.m)
+    reference, _ = linprog_blocks_optimum(blocks, p.n)
+    _assert_same_optimum(blocks, _values(blocks, mask_blocks), reference)
+    assert torch.equal(mask_blocks, exact.exact_blocks(blocks, p.n))
+
+
+def test_scores_replace_magnitude() -> None:
+    weight = torch.randn(8, 8)
+    scores = -weight  # signed scores: the mask must follow them, not |weight|
+    mask = nmsparse.find_mask(weight, "4:8-T", method="exact", scores=scores)
+    assert_valid_mask(mask, "4:8-T", exact_n=True)
+    reference, _ = linprog_blocks_optimum(scores[None], 4)
+    assert abs(float((scores.double() * mask).sum()) - reference[0]) <= RTOL * float(scores.abs().sum())
+
+
+def test_exact_keeps_at_least_plain_greedy() -> None:
+    weight = torch.randn(64, 64)
+    for pattern in ("2:4-T", "4:8-T", "8:16-T"):
+        kept = nmsparse.retained_magnitude(weight, nmsparse.find_mask(weight, pattern, method="exact"))
+        greedy = nmsparse.retained_magnitude(weight, nmsparse.find_mask(weight, pattern, method="greedy"))
+        plain = nmsparse.retained_magnitude(weight, nmsparse.find_mask(weight, pattern.removesuffix("-T")))
+        assert greedy <= kept <= plain
+
+
+def test_progress_bar_does_not_change_the_mask() -> None:
+    weight = torch.randn(16, 32)
+    quiet = exact.exact_matrix(weight.abs(), nmsparse.NMPattern.parse("4:8-T"), progress=False)
+    loud = exact.exact_matrix(weight.abs(), nmsparse.NMPattern.parse("4:8-T"), progress=True)
+    assert torch.equal(quiet, loud)
+
+
+def test_exact_blocks_rejects_bad_input() -> None:
+    with pytest.raises(PatternError, match="1 <= n < m=8"):
+        exact.exact_blocks(torch.rand(2, 8, 8), 8)
+    with pytest.raises(PatternError, match="1 <= n < m=8"):
+        exact.exact_blocks(torch.rand(2, 8, 8), 0)
+    with pytest.raises(InputError, match=r"\[B, m, m\]"):
+        exact.exact_blocks(torch.rand(8, 8), 4)
+    with pytest.raises(InputError, match="floating"):
+        exact.exact_blocks(torch.ones(2, 8, 8, dtype=torch.int64), 4)
+    assert exact.exact_blocks(torch.rand(0, 8, 8), 4).shape == (0, 8, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pattern", ["2:4-T", "4:8-T"])
+def test_cuda_matches_cpu(pattern: str) -> None:
+    weight = torch.randn(64, 128)
+    cpu = nmsparse.find_mask(weight, pattern, method="exact")
+    cuda = nmsparse.find_mask(weight.cuda(), pattern, method="exact")
+    assert cuda.device.type == "cuda"
+    p = nmsparse.NMPattern.parse(pattern)
+    blocks = to_blocks(weight.abs(), p.m)
+    on_cuda = _values(blocks, to_blocks(cuda.cpu(), p.m))
+    np.testing.assert_allclose(on_cuda, _values(blocks, to_blocks(cpu, p.m)), rtol=1e-6)
