@@ -285,6 +285,14 @@ def test_conv_weight(pattern: str) -> None:
     assert torch.equal(mask_blocks, exact.exact_blocks(blocks, p.n))
 
 
+@pytest.mark.parametrize("pattern", ["2:4-T", "4:8-T"])
+def test_parameter_weight(pattern: str) -> None:
+    layer = torch.nn.Linear(16, 8 if pattern == "4:8-T" else 4)
+    mask = nmsparse.find_mask(layer.weight, pattern, method="exact")
+    assert_valid_mask(mask, pattern, exact_n=True, shape=layer.weight.shape)
+    assert not mask.requires_grad
+
+
 def test_scores_replace_magnitude() -> None:
     weight = torch.randn(8, 8)
     scores = -weight  # signed scores: the mask must follow them, not |weight|

@@ -70,6 +70,7 @@ def enumerate_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
     Returns:
         ``torch.bool [B, m, m]`` on ``blocks``' device, exactly ``n`` kept per row and column.
     """
+    blocks = blocks.detach()
     nblocks, m, _ = blocks.shape
     patterns = _valid_block_masks_cpu(m, n)  # (P, m, m)
     flat = blocks.reshape(nblocks, m * m)
