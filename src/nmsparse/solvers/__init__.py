@@ -21,8 +21,8 @@ Method = Literal["auto", "topn", "exact", "greedy", "greedy-repair"]
 register_solver("topn", _topn.topn_matrix, exact=True,
                 description="per-group top-n; optimal for plain n:m, refuses transposable patterns")
 register_solver("exact", _exact.exact_matrix, exact=True,
-                description="provably optimal transposable mask per block (90-pattern enumeration for m=4, "
-                            "batched min-cost flow for m>=8)")
+                description="provably optimal transposable mask per block among masks with exactly n per row and "
+                            "column (valid-block enumeration for m=4, batched min-cost flow for m>=8)")
 register_solver("greedy", _greedy.greedy_matrix, exact=False,
                 description="the paper's 2-approximation: at most n per row/column, >= 1/2 of the optimum")
 register_solver("greedy-repair", _greedy.greedy_repair_matrix, exact=False,
@@ -60,8 +60,9 @@ def find_mask(weight: torch.Tensor, pattern: PatternLike, *, method: Method | st
         weight: ``[out, in]`` or ``[out, in, kh, kw]`` floating tensor (fp32, fp16, bf16 or fp64), any device.
         pattern: ``"2:4"``, ``"4:8-T"``, ... or an :class:`~nmsparse.NMPattern`.
         method: ``"auto"`` (topn for plain n:m, exact for transposable), ``"topn"`` (per-group top-n, plain
-            patterns only), ``"exact"`` (optimal transposable mask: exactly ``n`` per row and column of every
-            block), ``"greedy"`` (the paper's 2-approximation: at most ``n`` per row and column) or
+            patterns only), ``"exact"`` (the optimal transposable mask among those keeping exactly ``n`` per row
+            and column of every block; a mask with a few short rows can occasionally keep slightly more, which
+            ``greedy`` may then find), ``"greedy"`` (the paper's 2-approximation: at most ``n`` per row and column) or
             ``"greedy-repair"`` (greedy, then filled to exactly ``n``). For plain patterns every method returns
             the optimal top-n mask.
         scores: *optional* importance of the same shape as ``weight`` that replaces ``|weight|``.
