@@ -113,6 +113,22 @@ def test_reported_errors_match_direct_computation(batch_size):
         assert r.target_power == pytest.approx(float(y.double().square().mean()), rel=1e-6)
 
 
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_validation_share_picks_iterates_on_held_out_rows(batch_size):
+    model, data = _mlp(), _data()
+    reports = nmsparse.adaprune_(model, data, "2:4", keep_first_last=False, iterations=60, batch_size=batch_size,
+                                 validation=0.25)
+    for r in reports:
+        assert r.rows == 256  # errors are still reported over every row
+        assert r.error_after < r.error_before
+        assert r.best_iteration % 10 == 0 or r.best_iteration == 60  # ranked every 10 steps and at the end
+        if batch_size is not None:
+            assert 150 < r.stored_rows < 230  # held-out rows never reach the mini-batches
+    for bad in (-0.1, 1.0, float("nan"), True):
+        with pytest.raises(ConfigError, match="validation"):
+            nmsparse.adaprune_(_mlp(), data, "2:4", validation=bad)
+
+
 def test_sequential_feeds_pruned_inputs_and_targets_the_dense_model():
     model, data = _mlp(), _data()
     dense = copy.deepcopy(model)

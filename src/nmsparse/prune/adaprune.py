@@ -337,13 +337,18 @@ class _Stats:
     plus a seeded random subset of rows for mini-batch steps when asked."""
 
     def __init__(self, layer: _Layer, device: torch.device, *, keep_fraction: float, store: bool,
-                 seed: int) -> None:
+                 seed: int, validation: float = 0.0) -> None:
         self.layer = layer
         g, w, o = layer.groups, layer.width, layer.out
         self.gram = torch.zeros(g, w, w, dtype=torch.float64, device=device)
         self.cross = torch.zeros(g, w, o, dtype=torch.float64, device=device)
         self.yy = torch.zeros((), dtype=torch.float64, device=device)
         self.rows = 0
+        # held-out rows (a seeded random share ``validation``), also included in the totals above
+        self.validation = validation
+        self.gram_val = torch.zeros_like(self.gram) if validation > 0 else None
+        self.cross_val = torch.zeros_like(self.cross) if validation > 0 else None
+        self.rows_val = 0
         self.keep_fraction = keep_fraction
         self.seed = seed
         self._chunk = 0
@@ -375,6 +380,14 @@ class _Stats:
         self.cross += (xt.transpose(1, 2) @ yt).double()
         self.yy += y_rows.double().square().sum()
         self.rows += int(x_rows.shape[0])
+        if self.gram_val is not None and self.cross_val is not None:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_033 + self._chunk)
+            held = (torch.rand(x_rows.shape[0], generator=generator) < self.validation).to(x_rows.device)
+            xv, yv = x_rows[held].transpose(0, 1), y_rows[held].transpose(0, 1)
+            self.gram_val += (xv.transpose(1, 2) @ xv).double()
+            self.cross_val += (xv.transpose(1, 2) @ yv).double()
+            self.rows_val += int(held.sum())
+            x_rows, y_rows = x_rows[~held], y_rows[~held]  # mini-batch steps never see held-out rows
         if self._x is not None and self._y is not None:
             count = int(x_rows.shape[0])
             keep = min(self._kept(count), self._x.shape[0] - self._filled)
@@ -572,47 +585,61 @@ def _optimise(layer: _Layer, stats: _Stats, start: torch.Tensor, mask_aug: torch
     """Adam on the masked augmented weights ``[g, o, w]`` from ``start``, keeping the best iterate.
 
     Full batch (``batch_rows=None``): the exact gradient ``2 (W G - C^T) / (rows * outputs)`` from the
-    statistics, and the error of every iterate for free. Mini-batch: gradients on ``batch_rows`` stored rows,
-    the exact error every ``_EVAL_EVERY`` steps. The returned weights are the best iterate seen by the exact
-    float64 error, never worse than ``start``.
+    statistics. Mini-batch: gradients on ``batch_rows`` stored rows. Iterates are ranked by their exact error on
+    every calibration row (full batch: every step, for free; mini-batch: every ``_EVAL_EVERY`` steps) or, with a
+    validation share, on the held-out rows only (every ``_EVAL_EVERY`` steps; gradients then use the other
+    rows). The returned weights are never worse than ``start`` by the exact float64 error over all rows.
     """
     outputs = layer.groups * layer.out
     rows = stats.rows
     error_start = _error(start, stats.gram, stats.cross, stats.yy, rows, outputs)
     if iterations == 0 or rows == 0:
         return _Fit(start.clone(), error_start, error_start, 0, 0)
-    gram_n = (stats.gram / rows).float()
-    cross_t = (stats.cross / rows).transpose(1, 2).float().contiguous()  # [g, o, w]
+    held_out = stats.gram_val is not None and stats.cross_val is not None and 0 < stats.rows_val < rows
+    if held_out:
+        fit_rows = rows - stats.rows_val
+        gram_fit = ((stats.gram - stats.gram_val) / fit_rows).float()
+        cross_fit = ((stats.cross - stats.cross_val) / fit_rows).transpose(1, 2).float().contiguous()
+        gram_sel = (stats.gram_val / stats.rows_val).float()
+        cross_sel = (stats.cross_val / stats.rows_val).transpose(1, 2).float().contiguous()
+    else:
+        gram_fit = gram_sel = (stats.gram / rows).float()
+        cross_fit = cross_sel = (stats.cross / rows).transpose(1, 2).float().contiguous()  # [g, o, w]
+    stored = stats.stored() if batch_rows is not None else None
+    every = 1 if stored is None and not held_out else _EVAL_EVERY
     mask_f = mask_aug.to(start.dtype)
     lr_cols = torch.full((layer.width,), lr, dtype=start.dtype, device=start.device)
     if layer.bias:
         lr_cols[-1] = bias_lr
-    stored = stats.stored() if batch_rows is not None else None
     generator = torch.Generator().manual_seed(seed)
     perm: torch.Tensor | None = None
     cursor = 0
 
-    def fast_error(product: torch.Tensor, w: torch.Tensor) -> float:
-        # error * outputs - yy / rows: enough to rank iterates
-        return float(((product - 2.0 * cross_t) * w).sum())
+    def rank(w: torch.Tensor, product: torch.Tensor | None = None) -> float:
+        # selection error * outputs - yy / rows: enough to rank iterates
+        if product is None:
+            product = w @ gram_sel
+        return float(((product - 2.0 * cross_sel) * w).sum())
 
     w = start.clone()
     exp_avg = torch.zeros_like(w)
     exp_sq = torch.zeros_like(w)
     beta1, beta2 = _ADAM_BETAS
-    best_w, best_fast, best_it = w.clone(), math.inf, 0
+    best_w, best_rank, best_it = w.clone(), math.inf, 0
     for step in range(1, iterations + 1):
+        evaluate = (step - 1) % every == 0
         if stored is None:
-            product = w @ gram_n
-            current = fast_error(product, w)
-            if current < best_fast:
-                best_w, best_fast, best_it = w.clone(), current, step - 1
-            grad = (product - cross_t) * (2.0 / outputs)
+            product = w @ gram_fit
+            if evaluate:
+                current = rank(w, None if held_out else product)
+                if current < best_rank:
+                    best_w, best_rank, best_it = w.clone(), current, step - 1
+            grad = (product - cross_fit) * (2.0 / outputs)
         else:
-            if (step - 1) % _EVAL_EVERY == 0:
-                current = fast_error(w @ gram_n, w)
-                if current < best_fast:
-                    best_w, best_fast, best_it = w.clone(), current, step - 1
+            if evaluate:
+                current = rank(w)
+                if current < best_rank:
+                    best_w, best_rank, best_it = w.clone(), current, step - 1
             x_all, y_all = stored
             if perm is None or cursor + batch_rows > perm.numel():
                 perm = torch.randperm(x_all.shape[0], generator=generator).to(x_all.device)
@@ -630,11 +657,10 @@ def _optimise(layer: _Layer, stats: _Stats, start: torch.Tensor, mask_aug: torch
         w.mul_(mask_f)
         if tick is not None:
             tick()
-    final = fast_error(w @ gram_n, w)
-    if final < best_fast:
-        best_w, best_fast, best_it = w, final, iterations
+    if rank(w) < best_rank:
+        best_w, best_it = w, iterations
     error_best = _error(best_w, stats.gram, stats.cross, stats.yy, rows, outputs)
-    if error_best > error_start:  # float32 ranking noise near the start: keep the start
+    if error_best > error_start:  # float32 ranking noise near the start, or a held-out pick: keep the start
         return _Fit(start.clone(), error_start, error_start, 0, iterations)
     return _Fit(best_w, error_start, error_best, best_it, iterations)
 
@@ -759,7 +785,7 @@ def adaprune_(model: nn.Module, calibration: Iterable[Any], pattern: PatternLike
               iterations: int = 1000, batch_size: int | None = 50, lr: float = 1e-3, bias_lr: float = 1e-2,
               absorb_mean: bool = True, keep_first_last: bool = True, sequential: bool = True,
               target: Literal["model", "layer"] = "model", memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
-              recalibrate_bn: bool = True, ignore_padding: bool = True, seed: int = 0,
+              recalibrate_bn: bool = True, ignore_padding: bool = True, validation: float = 0.0, seed: int = 0,
               progress: bool | None = None) -> list[AdaPruneLayerReport]:
     """Prune ``model`` to ``pattern`` in place with AdaPrune: masks, then layer-wise calibration, no training.
 
@@ -805,6 +831,9 @@ def adaprune_(model: nn.Module, calibration: Iterable[Any], pattern: PatternLike
         recalibrate_bn: re-estimate batch-norm statistics afterwards (only where the model has batch norm).
         ignore_padding: leave out rows of padding tokens (``attention_mask == 0`` in a mapping batch) for
             Linear layers whose input is ``[batch, tokens, features]``.
+        validation: share of calibration rows (tokens / positions) held out from the gradient and used only to
+            pick the best iterate (early stopping against over-fitting a small calibration set); ``0``: the
+            best iterate by the error on all rows. The reported errors always cover all rows.
         seed: seed of the row subsets and mini-batch order.
         progress: progress bars (layers, and Adam steps per layer) on stderr; ``None`` = only on a terminal.
 
@@ -840,6 +869,9 @@ def adaprune_(model: nn.Module, calibration: Iterable[Any], pattern: PatternLike
         batch_size = _check_positive_int("batch_size", batch_size)
     lr = _check_rate("lr", lr)
     bias_lr = _check_rate("bias_lr", bias_lr)
+    if (isinstance(validation, bool) or not isinstance(validation, (int, float)) or not math.isfinite(validation)
+            or not 0 <= validation < 1):
+        raise ConfigError(f"adaprune_: validation must be a share in [0, 1), e.g. 0.1; got {validation!r}")
     budget = parse_memory(memory_budget)
     for flag_name, flag in (("absorb_mean", absorb_mean), ("keep_first_last", keep_first_last),
                             ("sequential", sequential), ("recalibrate_bn", recalibrate_bn),
@@ -887,7 +919,8 @@ def adaprune_(model: nn.Module, calibration: Iterable[Any], pattern: PatternLike
                 )
         settings = _Settings(pattern=pattern, method=method, scores=scores, iterations=iterations,
                              batch_size=batch_size, samples=samples, lr=lr, bias_lr=bias_lr,
-                             absorb_mean=absorb_mean, ignore_padding=ignore_padding, seed=seed, budget=budget)
+                             absorb_mean=absorb_mean, ignore_padding=ignore_padding, seed=seed, budget=budget,
+                             validation=validation)
         plan = _plan_units([[layers[n] for n in unit] for unit in units], settings, sequential=sequential)
         for name in order:
             _fold_existing_masks(layers[name].module)
@@ -928,6 +961,7 @@ class _Settings:
     ignore_padding: bool
     seed: int
     budget: int
+    validation: float = 0.0
 
     @property
     def store(self) -> bool:
@@ -1067,7 +1101,7 @@ def _process(model: nn.Module, reference: nn.Module | None, plan: list[list[_Lay
         # a unit holds several layers only when all of them fit whole; a lone layer shares nothing
         share = s.budget if len(unit) == 1 else max(_full_need(layer, s) for layer in unit)
         stats = {layer.name: _Stats(layer, device, keep_fraction=_keep_fraction(layer, share, s.store),
-                                    store=s.store, seed=s.seed * 7919 + index + i)
+                                    store=s.store, seed=s.seed * 7919 + index + i, validation=s.validation)
                  for i, layer in enumerate(unit)}
         modules = {layer.name: layer.module for layer in unit}
         ref_rec = (_Recorder({layer.name: ref_modules[layer.name] for layer in unit}, inputs=False, outputs=True,
