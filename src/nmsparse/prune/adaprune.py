@@ -21,6 +21,11 @@ picks the best iterate is always the exact one over every calibration row.
 layer also corrects what its predecessors lost (its target stays the *dense model's* output, ``target="model"``,
 or the layer's own dense output on that input, ``target="layer"``); ``sequential=False`` is the paper's parallel
 version: every layer sees dense inputs, and one pass records many layers at once.
+
+Cost: sequential mode runs one forward pass per *unit* over the calibration set, stopped early once the unit has
+been recorded; layers that receive the very same input tensor (an attention block's query, key and value) form
+one unit. The dense model's outputs are recorded ahead for many layers per pass. Memory stays within
+``memory_budget`` plus the model, its dense copy and one batch's activations, whatever the number of layers.
 """
 
 from __future__ import annotations
@@ -825,9 +830,11 @@ def adaprune_(model: nn.Module, calibration: Iterable[Any], pattern: PatternLike
         target: with ``sequential=True``, what each layer is fitted to: ``"model"`` (the dense model's output
             of that layer; needs a copy of the model) or ``"layer"`` (the layer's own dense output on its
             pruned-path input, as in GPTQ/SparseGPT; no copy).
-        memory_budget: bytes (or ``"512MiB"``, ``"2GiB"``, ...) for the statistics and stored rows held at once.
-            Stored rows are a seeded random subset of tokens/positions when they do not all fit; the statistics
-            always cover every row. Default 1 GiB.
+        memory_budget: bytes (or ``"512MiB"``, ``"2GiB"``, ...) for what is recorded and held at once: the
+            statistics and stored rows of the layers being fitted and, with ``target="model"``, the dense
+            model's outputs recorded ahead (half the budget each). Stored rows are a seeded random subset of
+            tokens/positions when they do not all fit; the statistics always cover every row. Not counted: the
+            model (and its dense copy with ``target="model"``) and one batch's activations. Default 1 GiB.
         recalibrate_bn: re-estimate batch-norm statistics afterwards (only where the model has batch norm).
         ignore_padding: leave out rows of padding tokens (``attention_mask == 0`` in a mapping batch) for
             Linear layers whose input is ``[batch, tokens, features]``.
@@ -910,17 +917,22 @@ def adaprune_(model: nn.Module, calibration: Iterable[Any], pattern: PatternLike
                            len(unused), ", ".join(unused))
         if not order:
             raise ConfigError("adaprune_: none of the selected layers ran on the calibration data; nothing to prune")
+        # With target="model", half the budget holds the dense model's recorded outputs (the targets).
+        cached_targets = sequential and target == "model"
+        work_budget = budget // 2 if cached_targets else budget
         for name in order:
             layer = layers[name]
-            if layer.stats_bytes() > budget:
+            if layer.stats_bytes() > work_budget:
                 raise ConfigError(
                     f"adaprune_: layer {layer.name!r} needs {layer.stats_bytes() / 2**20:.1f} MiB for its "
-                    f"statistics but memory_budget is {budget / 2**20:.1f} MiB; raise memory_budget or exclude it"
+                    f"statistics but memory_budget allows {work_budget / 2**20:.1f} MiB for them"
+                    + (" (the other half holds recorded targets)" if cached_targets else "")
+                    + "; raise memory_budget or exclude the layer"
                 )
         settings = _Settings(pattern=pattern, method=method, scores=scores, iterations=iterations,
                              batch_size=batch_size, samples=samples, lr=lr, bias_lr=bias_lr,
-                             absorb_mean=absorb_mean, ignore_padding=ignore_padding, seed=seed, budget=budget,
-                             validation=validation)
+                             absorb_mean=absorb_mean, ignore_padding=ignore_padding, seed=seed,
+                             budget=work_budget, target_budget=budget - work_budget, validation=validation)
         plan = _plan_units([[layers[n] for n in unit] for unit in units], settings, sequential=sequential)
         for name in order:
             _fold_existing_masks(layers[name].module)
@@ -960,7 +972,8 @@ class _Settings:
     absorb_mean: bool
     ignore_padding: bool
     seed: int
-    budget: int
+    budget: int  # statistics and stored rows of the unit being fitted
+    target_budget: int  # recorded dense-model outputs (sequential, target="model")
     validation: float = 0.0
 
     @property
@@ -1006,9 +1019,9 @@ def _keep_fraction(layer: _Layer, share: int, store: bool) -> float:
 class _TargetCache:
     """Target rows (the dense reference model's layer outputs) recorded ahead, for several layers per pass.
 
-    A reference pass records the outputs of as many upcoming layers (in execution order) as fit in half the
-    memory budget; a layer whose targets alone do not fit is recorded in lockstep instead (a reference forward
-    next to each working forward, nothing kept).
+    A reference pass records the outputs of as many upcoming layers (in execution order) as fit in the target
+    half of the memory budget; a unit whose targets alone do not fit is recorded in lockstep instead (a
+    reference forward next to each working forward, nothing kept).
     """
 
     def __init__(self, reference: nn.Module, plan: list[list[_Layer]], batches: list[Any], device: torch.device,
@@ -1020,7 +1033,7 @@ class _TargetCache:
         self.device = device
         self.s = s
         self.cache: dict[str, list[list[torch.Tensor]]] = {}
-        self.limit = s.budget // 2
+        self.limit = s.target_budget
 
     @staticmethod
     def target_bytes(layer: _Layer) -> int:
