@@ -2,8 +2,9 @@
 
 Tolerance of "DDP matches one process": the MLP has no batch norm, augmentation is off and the global batch is
 split evenly, so each DDP step averages two half-batch mean gradients where one process takes one full-batch
-mean. The only difference is float32 summation order (about 1e-7 relative per step), so after 8 steps the
-weights agree to well under 1e-4 and the masks (greedy refreshes on |W|) are identical.
+mean. The only difference is float32 summation order (about 1e-7 relative per step): after 8 steps the weights
+agreed to 2e-8 when this test was written; the test allows 1e-5, and requires identical masks (greedy refreshes
+on |W|) and test accuracy within 2 of 719 images.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         if a[key].dtype == torch.bool:
             assert torch.equal(a[key], b[key]), key
         else:
-            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-4, msg=key)
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
     # Only rank 0 wrote: no stray files from rank 1 next to the run directory.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]
 

@@ -32,14 +32,16 @@ def test_small_models_forward(name: str, channels: int, size: int) -> None:
 @pytest.mark.parametrize(("name", "params"), [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
 def test_resnets_match_torchvision_parameter_counts(name: str, params: int) -> None:
     # torchvision's resnet18 / resnet50 at 1000 classes hold exactly these many parameters.
-    model = build_model(name, in_channels=3, num_classes=1000, image_size=224)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = build_model(name, in_channels=3, num_classes=1000, image_size=224)
     assert sum(p.numel() for p in model.parameters()) == params
     assert "layer4.1.conv2.weight" in model.state_dict() and "fc.weight" in model.state_dict()
 
 
 def test_resnet50_recipe_layers() -> None:
     """4:8-T with keep_first_last: every conv but conv1 is pruned, the fc stays dense."""
-    model = build_model("resnet50", in_channels=3, num_classes=1000, image_size=224)
+    with torch.device("meta"):
+        model = build_model("resnet50", in_channels=3, num_classes=1000, image_size=224)
     selection = nmsparse.select_layers(model, "4:8-T", keep_first_last=True)
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     assert sorted(selection.selected) == sorted(c for c in convs if c != "conv1")

@@ -9,10 +9,12 @@ every refresh by all-gathering a checksum of the masks: a mismatch raises instea
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -31,10 +33,6 @@ __all__ = [
     "gather_objects",
     "broadcast_object",
 ]
-
-_HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash constant
-_HASH_MODULUS = 2147483647  # 2**31 - 1, keeps every product and sum inside int64
-
 
 @dataclass(frozen=True)
 class DistContext:
@@ -105,21 +103,20 @@ def _collective_device(ctx: DistContext) -> torch.device:
 
 
 def mask_checksum(model: nn.Module) -> tuple[int, int]:
-    """``(checksum, kept)`` of every mask of ``model``: a position-weighted integer hash and the kept count.
+    """``(checksum, kept)`` of every mask of ``model``: a 63-bit BLAKE2 hash of the bit-packed masks (with their
+    names and shapes) and the number of kept weights.
 
-    Two models with the same masks give the same pair; any differing entry changes the checksum (barring a
-    collision of a 31-bit-weighted sum). Computed on the masks' device, in int64.
+    Two models with the same masks give the same pair; any differing entry changes the checksum. The masks are
+    copied to the CPU and packed 8 per byte, so hashing ResNet-50's 23.5M mask entries reads about 3 MB.
     """
-    checksum = torch.zeros((), dtype=torch.int64)
+    digest = hashlib.blake2b(digest_size=8)
     kept = 0
-    for index, (_, mask) in enumerate(sorted(get_masks(model).items())):
-        flat = mask.reshape(-1)
-        positions = torch.arange(flat.numel(), dtype=torch.int64, device=flat.device)
-        weights = (positions * _HASH_MULTIPLIER + (index + 1) * 40503) % _HASH_MODULUS
-        layer = (weights * flat.to(torch.int64)).sum().cpu()
-        checksum = (checksum * 31 + layer) % (2**61 - 1)
-        kept += int(flat.sum())
-    return int(checksum), kept
+    for name, mask in sorted(get_masks(model).items()):
+        digest.update(f"{name}:{tuple(mask.shape)};".encode())
+        flat = mask.reshape(-1).cpu().numpy()
+        digest.update(np.packbits(flat).tobytes())
+        kept += int(np.count_nonzero(flat))
+    return int.from_bytes(digest.digest(), "little") >> 1, kept  # >> 1: fits a signed int64 tensor
 
 
 def check_masks_identical(model: nn.Module, ctx: DistContext, *, where: str) -> int:

@@ -65,7 +65,7 @@ from .distributed import (
     gather_objects,
 )
 from .models import build_model
-from .unstructured import LAYER_PATTERN, UnstructuredSparsifier
+from .unstructured import UnstructuredSparsifier
 
 __all__ = [
     "Trainer",
