@@ -110,7 +110,7 @@ def test_dynamic_recipe_is_the_papers(model: str) -> None:
     cfg = load_config(f"{model}_imagenet_4x8t_dynamic")
     assert cfg.model == model and cfg.mode == "dynamic" and cfg.pattern == "4:8-T"
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.schedule, cfg.warmup_epochs) == (120, 512, 0.2, "cosine", 5)
-    assert (cfg.weight_decay, cfg.momentum, cfg.nesterov) == (5e-5, 0.9, False)
+    assert (cfg.weight_decay, cfg.momentum, cfg.nesterov, cfg.label_smoothing) == (5e-5, 0.9, False, 0.0)
     assert (cfg.method, cfg.initial_method, cfg.refresh_every, cfg.decay) == ("greedy", "exact", 40, 2e-4)
     assert cfg.keep_first_last and cfg.image_size == 224
 
@@ -122,7 +122,7 @@ def test_static_recipe_is_the_papers_and_needs_init(model: str) -> None:
     cfg = load_config(f"{model}_imagenet_4x8t_static", init="dense.safetensors")
     assert cfg.mode == "static" and cfg.pattern == "4:8-T" and cfg.initial_method == "exact"
     assert (cfg.epochs, cfg.lr, cfg.schedule, cfg.milestones, cfg.gamma) == (90, 0.1, "step", (30, 60, 80), 0.1)
-    assert (cfg.weight_decay, cfg.momentum) == (1e-4, 0.9)
+    assert (cfg.weight_decay, cfg.momentum, cfg.label_smoothing) == (1e-4, 0.9, 0.0)
 
 
 def test_digits_recipe_equals_the_defaults() -> None:

@@ -22,7 +22,7 @@ _CONFIG_FLAGS = {
     "pattern": "pattern", "method": "method", "initial_method": "initial_method", "refresh_every": "refresh_every",
     "decay": "decay", "include": "include", "exclude": "exclude", "keep_first_last": "keep_first_last",
     "init": "init", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
-    "weight_decay": "weight_decay", "schedule": "schedule", "warmup_epochs": "warmup_epochs",
+    "weight_decay": "weight_decay", "label_smoothing": "label_smoothing", "schedule": "schedule", "warmup_epochs": "warmup_epochs",
     "steps_per_epoch": "steps_per_epoch", "seed": "seed", "baseline": "baseline", "device": "device",
 }
 
@@ -56,11 +56,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     sparse.add_argument("--init", metavar="CHECKPOINT",
                         help="start from this checkpoint (a run's model.safetensors); required by --mode static")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, help="epochs (30)")
+    optim.add_argument("--epochs", type=int, help="epochs (40)")
     optim.add_argument("--batch-size", type=int, help="global batch size (64)")
     optim.add_argument("--lr", type=float, help="peak learning rate (0.1)")
     optim.add_argument("--momentum", type=float, help="SGD momentum (0.9)")
     optim.add_argument("--weight-decay", type=float, help="weight decay (5e-4)")
+    optim.add_argument("--label-smoothing", type=float, help="label smoothing of the loss (0.1)")
     optim.add_argument("--schedule", choices=("cosine", "step", "constant"), help="learning-rate schedule")
     optim.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs (2)")
     optim.add_argument("--steps-per-epoch", type=int, help="cap on training batches per epoch (quick looks)")

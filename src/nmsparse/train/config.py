@@ -121,13 +121,13 @@ class TrainConfig:
     keep_first_last: bool = True
     init: str | None = None
 
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     schedule: Schedule = "cosine"
     warmup_epochs: float = 2.0
     milestones: tuple[int, ...] = field(default_factory=tuple)
