@@ -143,6 +143,7 @@ def _one_line_error(code: int, err: str, needle: str) -> None:
 def test_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(["train", *TINY, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")], capsys)
     _one_line_error(code, err, "does not exist")
+    assert not (tmp_path / "o").exists()  # nothing written before the inputs are checked
 
 
 def test_init_checkpoint_of_another_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,6 +161,7 @@ def test_init_checkpoint_of_another_model(tmp_path: Path, capsys: pytest.Capture
 def test_pattern_that_fits_no_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(["train", *TINY, "--pattern", "16:32-T", "--out", str(tmp_path / "o")], capsys)
     _one_line_error(code, err, "no layer of the model can take pattern 16:32-T")
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_yaml_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -190,15 +190,17 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or pick another --out")
         show_bar = progress_enabled(args.progress)
         callback = None if show_bar or not ctx.is_main else _epoch_printer(config.epochs)
-        if ctx.is_main:
+
+        def on_start(trainer: Any) -> None:
             what = "dense" if config.mode == "dense" else f"{config.structure} {config.mode}"
             extra = " + dense baseline" if config.baseline and config.sparse else ""
             world = f" on {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
             verb = "resuming" if args.resume else "training"
-            print(f"nmsparse train: {verb} {config.model} {what}{extra}, {config.epochs} epochs{world} -> {out_dir}",
-                  flush=True)
+            print(f"nmsparse train: {verb} {config.model} {what}{extra}, {config.epochs} epochs{world} on "
+                  f"{trainer.device} -> {out_dir}", flush=True)
+
         summary = run_training(config, out_dir, resume=args.resume is not None, dist=ctx, progress=show_bar,
-                               on_epoch_end=callback)
+                               on_epoch_end=callback, on_start=on_start)
         if ctx.is_main and summary is not None:
             print_summary(summary, out_dir)
     finally:

@@ -603,7 +603,8 @@ def _summary(cfg: TrainConfig, data: DataBundle, main: RunResult, baseline: RunR
 
 def run_training(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, dist: DistContext | None = None,
                  progress: bool | None = None, on_epoch_end: EpochCallback | None = None,
-                 stop_after_epoch: int | None = None) -> dict[str, Any] | None:
+                 stop_after_epoch: int | None = None,
+                 on_start: Callable[[Trainer], None] | None = None) -> dict[str, Any] | None:
     """Train ``config``'s model sparse, then dense with the same seed (``config.baseline``), and report.
 
     Writes the run directory described in the module docstring (rank 0 only).
@@ -617,6 +618,7 @@ def run_training(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fal
         progress: progress bars (``None``: on a terminal).
         on_epoch_end: ``callback(label, record)`` after every epoch of either run.
         stop_after_epoch: stop the sparse run after this many epochs (simulated interruption) and return ``None``.
+        on_start: ``callback(trainer)`` once the settings, data, model and masks are checked, before training.
 
     Returns:
         The summary dict (also written to ``summary.json``), or ``None`` when stopped early.
@@ -624,12 +626,15 @@ def run_training(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fal
     dist = dist or DistContext()
     out_dir = Path(out_dir)
     start = time.perf_counter()
+    # Data, device, model, masks and init checkpoint are all checked before anything is written.
+    data = build_data(config)
+    trainer = Trainer(config, data, out_dir=out_dir, dist=dist, progress=progress, on_epoch_end=on_epoch_end)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             write_text_atomic(out_dir / CONFIG_FILE, config_to_yaml(config))
-    data = build_data(config)
-    trainer = Trainer(config, data, out_dir=out_dir, dist=dist, progress=progress, on_epoch_end=on_epoch_end)
+        if on_start is not None:
+            on_start(trainer)
     main = trainer.fit(resume=resume, stop_after_epoch=stop_after_epoch)
     if not main.completed:
         return None
