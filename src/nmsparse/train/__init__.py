@@ -5,6 +5,7 @@ Needs the ``train`` extra (scikit-learn for the built-in digits, matplotlib for 
 
 from __future__ import annotations
 
+from .compare import DEFAULT_STRUCTURES, CompareResult, compare_structures
 from .config import CONFIG_VERSION, UNSTRUCTURED, TrainConfig, list_recipes, load_config, recipe_path
 from .data import DataBundle, build_data
 from .distributed import DistContext, check_masks_identical, init_distributed, mask_checksum
@@ -34,4 +35,7 @@ __all__ = [
     "check_masks_identical",
     "UnstructuredSparsifier",
     "magnitude_mask",
+    "compare_structures",
+    "CompareResult",
+    "DEFAULT_STRUCTURES",
 ]
