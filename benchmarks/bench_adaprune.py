@@ -63,7 +63,7 @@ def bench_minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for pattern in args.patterns:
         for scores in args.scores:
-            for adaprune in (False, True):
+            for adaprune in ((True,) if args.adaprune_only else (False, True)):
                 candidate = copy.deepcopy(model)
                 kwargs: dict[str, Any] = {"iterations": args.iterations, "batch_size": args.batch_size}
                 if not adaprune:
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--batch-size", type=_batch_size, default=None, help="integer or 'full' (default)")
     parser.add_argument("--parallel", action="store_true", help="the paper's parallel version")
+    parser.add_argument("--adaprune-only", action="store_true", help="MiniLM: skip the masks-only runs")
     parser.add_argument("--target", default="model", choices=("model", "layer"))
     parser.add_argument("--cnn-patterns", nargs="+", default=["2:4-T"])
     parser.add_argument("--cnn-epochs", type=int, default=30)
