@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/nmsparse demo
+	$(VENV)/bin/nmsparse train
 
 test: $(STAMP)
 	$(PY) -m pytest -q
