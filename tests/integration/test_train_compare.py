@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 import nmsparse
 from nmsparse.cli.main import main
@@ -13,6 +16,16 @@ from nmsparse.errors import ConfigError
 from nmsparse.train import TrainConfig
 from nmsparse.train.checkpoint import read_model_metadata
 from nmsparse.train.compare import compare_structures
+
+
+@pytest.fixture(autouse=True)
+def _restore_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The commands set torch's thread count and NUMBA_THREADING_LAYER: undo both after each test."""
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "workqueue"))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
 
 TINY = ["--width", "8", "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "32", "--initial-method",
         "greedy", "--no-progress"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,15 @@ from nmsparse.train.checkpoint import read_model_metadata
 from nmsparse.train.trainer import Trainer
 
 # Tiny but real: the digits CNN at width 8 (conv2 16x72, conv3 16x144 take 4:8-T), 4 steps per epoch.
+@pytest.fixture(autouse=True)
+def _restore_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The commands set torch's thread count and NUMBA_THREADING_LAYER: undo both after each test."""
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "workqueue"))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY = ["--width", "8", "--epochs", "2", "--steps-per-epoch", "4", "--batch-size", "32", "--no-progress"]
 TIMING_KEYS = {"epoch_seconds", "refresh_seconds"}
 
@@ -31,6 +42,7 @@ def test_train_writes_every_artefact_with_sane_values(tmp_path: Path, capsys: py
     code, stdout, _ = _cli(["train", *TINY, "--refresh-every", "3", "--out", str(out)], capsys)
     assert code == 0
     assert "test accuracy" in stdout and "dense baseline" in stdout and "masks valid        yes" in stdout
+    assert "on cpu, 1 thread ->" in stdout  # the small CNN runs on one thread by default
     for name in ("config.yaml", "metrics.jsonl", "model.safetensors", "trainer_state.pt", "curves.png",
                  "summary.json", "baseline/model.safetensors", "baseline/metrics.jsonl"):
         assert (out / name).is_file(), name
@@ -74,6 +86,9 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_equals_uninterrupted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # 3 epochs of 4 steps, refresh every 3 steps (refreshes straddle the interruption), augmentation on.
+    # Bit-equality needs the same CPU thread count in every session (reductions split by thread): the command
+    # resumes on 1 thread (TrainConfig.threads=None for the cnn), so the library runs below use 1 as well.
+    torch.set_num_threads(1)
     cfg = TrainConfig(width=8, epochs=3, steps_per_epoch=4, batch_size=32, refresh_every=3,
                       initial_method="greedy", baseline=False)
     full = run_training(cfg, tmp_path / "full", progress=False)

@@ -80,6 +80,7 @@ def test_invalid_yaml_and_non_mapping(tmp_path: Path) -> None:
         ({"mode": "static"}, "init"),
         ({"num_classes": 1}, "num_classes"),
         ({"include": [1]}, "include"),
+        ({"threads": 0}, "threads"),
     ],
 )
 def test_bad_values_name_the_setting(changes: dict, names: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .main import CLIError
-from .train import add_config_arguments, config_overrides, print_recipes
+from .train import add_config_arguments, config_overrides, configure_runtime, print_recipes
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
+    configure_runtime(config)
     ctx = init_distributed(device=config.device)
     try:
         out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")

@@ -94,6 +94,10 @@ class TrainConfig:
         seed: seed of weights, data order and augmentation.
         baseline: also train the same model dense, with the same seed, in the same run.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        threads: CPU threads for torch, applied by the ``nmsparse train`` / ``compare`` commands (the library
+            never changes global settings). ``None``: 1 for the small ``cnn`` and ``mlp`` models, whose
+            per-operation work is too small to split (a second thread only adds synchronisation, which made
+            epochs ~10x slower on a busy 2-core machine), and torch's default for the others.
         sync_bn: under DDP on CUDA, use synchronised batch norm so N processes match one (CPU: ignored,
             torch's SyncBatchNorm needs a GPU).
     """
@@ -138,6 +142,7 @@ class TrainConfig:
     seed: int = 0
     baseline: bool = True
     device: str = "auto"
+    threads: int | None = None
     sync_bn: bool = True
 
     def __post_init__(self) -> None:
@@ -250,7 +255,7 @@ def _validate(cfg: TrainConfig) -> None:
     for name in ("num_workers", "seed", "split_seed"):
         if not _is_int(getattr(cfg, name)) or getattr(cfg, name) < 0:
             raise bad(name, "an integer >= 0")
-    for name in ("image_size", "steps_per_epoch"):
+    for name in ("image_size", "steps_per_epoch", "threads"):
         value = getattr(cfg, name)
         if value is not None and (not _is_int(value) or value < 1):
             raise bad(name, "an integer >= 1 or null")
