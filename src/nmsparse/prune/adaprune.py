@@ -52,7 +52,7 @@ from ..layout import from_matrix, to_matrix
 from ..nn.parametrize import NMMask
 from ..pattern import NMPattern, PatternLike
 from ..solvers import Method
-from .select import _select
+from .select import _select, require_selected
 from .static import _check_method, _nm_mask, layer_mask
 
 __all__ = [
@@ -890,14 +890,7 @@ def adaprune_(model: nn.Module, calibration: Iterable[Any], pattern: PatternLike
 
     selection, _ = _select(model, pattern, include=include, exclude=exclude, keep_first_last=keep_first_last,
                            module_types=(nn.Linear, nn.Conv2d))
-    if not selection.selected:
-        detail = "\n".join(f"  - {name}: {reason}" for name, reason in selection.skipped.items())
-        raise ConfigError(
-            f"adaprune_: no layer of the model can take pattern {pattern}"
-            + (f"; every candidate was skipped:\n{detail}" if detail else
-               "; the model has no nn.Linear or nn.Conv2d module")
-            + "\nrelax include/exclude/keep_first_last, or use a pattern whose m divides the layers' sizes"
-        )
+    require_selected(selection, pattern, where="adaprune_")
     batches = _materialise(calibration)
     device = _model_device(model)
     layers = {name: _make_layer(name, module) for name, module in selection.selected.items()}

@@ -15,7 +15,7 @@ from ..layout import check_fits
 from ..nn.parametrize import NMMask
 from ..pattern import NMPattern, PatternLike
 
-__all__ = ["LayerSelection", "select_layers", "group_shape"]
+__all__ = ["LayerSelection", "select_layers", "group_shape", "require_selected"]
 
 DEFAULT_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 
@@ -178,3 +178,16 @@ def select_layers(model: nn.Module, pattern: PatternLike, *, include: Sequence[s
     """
     return _select(model, NMPattern.parse(pattern), include=include, exclude=exclude,
                    keep_first_last=keep_first_last, module_types=module_types)[0]
+
+
+def require_selected(selection: LayerSelection, pattern: NMPattern, *, where: str) -> None:
+    """Raise :class:`ConfigError` listing why every candidate was skipped when nothing at all was selected."""
+    if selection.selected:
+        return
+    detail = "\n".join(f"  - {name}: {reason}" for name, reason in selection.skipped.items())
+    raise ConfigError(
+        f"{where}: no layer of the model can take pattern {pattern}"
+        + (f"; every candidate was skipped:\n{detail}" if detail else
+           "; the model has no nn.Linear or nn.Conv2d module")
+        + "\nrelax include/exclude/keep_first_last, or use a pattern whose m divides the layers' sizes"
+    )

@@ -14,7 +14,7 @@ from ..metrics import is_nm_sparse
 from ..nn.parametrize import NMMask, _as_bool_mask
 from ..pattern import NMPattern, PatternLike
 from ..solvers import Method, find_mask, list_methods
-from .select import DEFAULT_MODULE_TYPES, _select, group_shape
+from .select import DEFAULT_MODULE_TYPES, _select, group_shape, require_selected
 
 __all__ = [
     "prune_",
@@ -144,14 +144,7 @@ def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequ
                 f"{where}: scores has entries for {unknown}, which are not Linear/Conv2d modules of the model; "
                 f"keys must be qualified module names such as {sorted(known)[:3]}"
             )
-    if not selection.selected:
-        detail = "\n".join(f"  - {name}: {reason}" for name, reason in selection.skipped.items())
-        raise ConfigError(
-            f"{where}: no layer of the model can take pattern {pattern}"
-            + (f"; every candidate was skipped:\n{detail}" if detail else
-               "; the model has no nn.Linear or nn.Conv2d module")
-            + "\nrelax include/exclude/keep_first_last, or use a pattern whose m divides the layers' sizes"
-        )
+    require_selected(selection, pattern, where=where)
     if unfit:
         logger.warning("%s: %d layer(s) left dense because they cannot take pattern %s:\n%s", where, len(unfit),
                        pattern, "\n".join(f"  - {n}: {selection.skipped[n]}" for n in unfit))
