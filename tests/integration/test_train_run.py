@@ -198,3 +198,14 @@ def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     _one_line_error(code, err, "drop --lr")
     code, _, err = _cli(["train", *TINY, "--out", str(run_dir)], capsys)
     _one_line_error(code, err, "already holds a run")
+
+
+def test_trainer_keeps_the_callers_thread_count() -> None:
+    # numba's OpenMP layer, when the solvers run on it, resets torch's OpenMP thread count (1 -> all cores);
+    # the trainer puts the caller's count back after every mask computation.
+    torch.set_num_threads(1)
+    trainer = Trainer(TrainConfig(width=8, epochs=1, steps_per_epoch=3, batch_size=32, refresh_every=1,
+                                  baseline=False))
+    assert torch.get_num_threads() == 1
+    assert trainer.fit().refreshes == 3
+    assert torch.get_num_threads() == 1

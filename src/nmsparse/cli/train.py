@@ -100,10 +100,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def configure_runtime(config: Any) -> int:
     """Apply the run's CPU thread count to torch and keep numba's solver threads from spinning; returns threads.
 
-    numba's default OpenMP threading layer (used by the compiled mask solvers) leaves worker threads that
-    compete with torch's: on a 2-core machine a dynamic-sparse epoch of the digits CNN took 7x longer after the
-    first mask refresh. The ``workqueue`` layer has no such threads; a ``NUMBA_THREADING_LAYER`` set by the
-    user is respected. Only effective before the first solver call, hence done here, first thing.
+    numba's default OpenMP threading layer (used by the compiled mask solvers) shares the OpenMP runtime with
+    torch: a solver call resets torch's thread count (1 -> 2 here) and leaves worker threads that compete with
+    torch's. On a busy 2-core machine a dynamic-sparse epoch of the digits CNN took 7x longer after the first
+    mask computation. The ``workqueue`` layer has neither effect; a ``NUMBA_THREADING_LAYER`` set by the user
+    is respected. Only effective before the first solver call, hence done here, first thing.
     """
     import os
 
@@ -167,7 +168,8 @@ def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
     times = f"{summary['wall_seconds']:.1f} s (sparse {summary['train_seconds']:.1f} s of training"
     if summary.get("baseline_train_seconds") is not None:
         times += f", dense {summary['baseline_train_seconds']:.1f} s"
-    print(f"  wall time          {times}; {summary['world_size']} process(es) on {summary['device']})")
+    session = ", this session of a resumed run" if summary.get("resumed") else ""
+    print(f"  wall time          {times}; {summary['world_size']} process(es) on {summary['device']}{session})")
     print(f"  outputs            {out_dir}/ (summary.json, metrics.jsonl, model.safetensors, curves.png, "
           f"config.yaml)")
 

@@ -228,7 +228,11 @@ class Trainer:
             self._load_init(model, config.init)
         model.to(self.device)
         self.sparsifier: DynamicSparsifier | UnstructuredSparsifier | None = None
+        # numba's OpenMP threading layer (compiled mask solvers) can reset torch's OpenMP thread count; keep the
+        # caller's count through mask computations, so numerics and speed do not depend on when masks ran.
+        self._threads = torch.get_num_threads()
         self._attach_masks(model)
+        self._restore_threads()
         if self.dist.enabled and config.sparse:
             check_masks_identical(model, self.dist, where=f"{self.label}: initial masks")
         # Ranks share the weights' seed; reseeding per rank gives each its own augmentation stream.
@@ -265,6 +269,10 @@ class Trainer:
         self.wall_seconds = 0.0
 
     # ------------------------------------------------------------------------------------------------ set-up
+
+    def _restore_threads(self) -> None:
+        if torch.get_num_threads() != self._threads:
+            torch.set_num_threads(self._threads)
 
     def _load_init(self, model: nn.Module, path: str) -> None:
         state, meta = load_model_file(path)
@@ -416,8 +424,10 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.step += 1
-            if self.sparsifier is not None and self.sparsifier.step() and self.dist.enabled:
-                check_masks_identical(self.model, self.dist, where=f"{self.label}: step {self.step} refresh")
+            if self.sparsifier is not None and self.sparsifier.step():
+                self._restore_threads()
+                if self.dist.enabled:
+                    check_masks_identical(self.model, self.dist, where=f"{self.label}: step {self.step} refresh")
             with torch.no_grad():
                 loss_sum += float(loss) * labels.numel()
                 correct += float((logits.argmax(dim=1) == labels).sum())
