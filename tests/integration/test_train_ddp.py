@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,16 @@ def _flag(key: str, value: object) -> list[str]:
     return [name, str(value)]
 
 
-def test_two_processes_match_one(tmp_path: Path) -> None:
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run the single-process reference on one thread, as each torchrun worker does; restore afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_processes_match_one(tmp_path: Path, one_thread: None) -> None:
     flags = [f for key, value in SETTINGS.items() for f in _flag(key, value)]
     result = _torchrun(["-m", "nmsparse", "train", *flags, "--no-progress", "--out", str(tmp_path / "ddp")],
                        cwd=tmp_path)
@@ -53,7 +63,6 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert ddp["world_size"] == 2 and ddp["mask_valid"] is True and ddp["refreshes"] == 2
 
-    torch.set_num_threads(1)
     single = run_training(TrainConfig(**SETTINGS), tmp_path / "single", progress=False)
     assert single is not None
     assert ddp["mask_checksum"] == single["mask_checksum"]  # identical masks, also identical to one process
