@@ -16,13 +16,7 @@ from nmsparse.prune import layer_mask
 from nmsparse.prune.adaprune import _Layer, _make_layer, parse_memory
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matrices run much faster on one thread on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:

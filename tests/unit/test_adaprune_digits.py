@@ -13,12 +13,9 @@ import nmsparse
 pytest.importorskip("sklearn", reason="the built-in digits come with scikit-learn (nmsparse[train])")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_digits_cnn_2_4_t_within_1_5_points():

