@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, print_environment, write_result  # noqa: E402
 
 import nmsparse  # noqa: E402
-from nmsparse.integrations import minilm_available  # noqa: E402
+from nmsparse.recipes.integrations import minilm_available  # noqa: E402
 
 
 def _batch_size(value: str) -> int | None:
@@ -44,7 +44,7 @@ def _timing(reports: list[nmsparse.AdaPruneLayerReport]) -> dict[str, Any]:
 
 
 def bench_minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from nmsparse.integrations.minilm import (
+    from nmsparse.recipes.integrations.minilm import (
         embedding_agreement,
         encode,
         english_sentences,
@@ -88,7 +88,7 @@ def bench_minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _train_cnn(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
-    from nmsparse.train import Trainer, build_data, load_config
+    from nmsparse.recipes.train import Trainer, build_data, load_config
 
     cfg = load_config(None, mode="dense", model="cnn", data="digits", epochs=args.cnn_epochs, baseline=False,
                       device=args.device, width=args.cnn_width, seed=args.seed)
@@ -146,7 +146,7 @@ def bench_resnet50(args: argparse.Namespace) -> dict[str, Any]:
     """Scale check: every fitting conv of a randomly initialised ResNet-50 (53 layers), peak memory and time."""
     import resource
 
-    from nmsparse.train import build_model
+    from nmsparse.recipes.train import build_model
 
     torch.manual_seed(args.seed)
     model = build_model("resnet50", in_channels=3, num_classes=1000, image_size=args.resnet_size).to(args.device)

@@ -19,10 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, print_environment, write_result  # noqa: E402
 
-from nmsparse.compare_methods import random_weights, run_method  # noqa: E402
+from nmsparse.recipes.compare_methods import random_weights, run_method  # noqa: E402
 from nmsparse.layout import fits, to_blocks, to_matrix  # noqa: E402
 from nmsparse.pattern import NMPattern  # noqa: E402
-from nmsparse.shapes import resnet50_weight_shapes  # noqa: E402
+from nmsparse.recipes.shapes import resnet50_weight_shapes  # noqa: E402
 from nmsparse.testing import networkx_block_optimum  # noqa: E402
 
 

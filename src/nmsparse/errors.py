@@ -14,6 +14,9 @@ __all__ = [
     "ConfigError",
     "MaskMismatchError",
     "BackendUnavailableError",
+    "OverwriteError",
+    "CheckpointError",
+    "SolverError",
 ]
 
 
@@ -43,3 +46,15 @@ class MaskMismatchError(NMSparseError, ValueError):
 
 class BackendUnavailableError(NMSparseError, RuntimeError):
     """A requested backend or piece of hardware is not available here."""
+
+
+class OverwriteError(NMSparseError, FileExistsError):
+    """A command or function would replace a file it did not create; pass ``overwrite=True`` / ``--overwrite``."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint or run directory that is incomplete, inconsistent or from another run."""
+
+
+class SolverError(NMSparseError, RuntimeError):
+    """A registered mask solver returned a result that breaks the solver contract (a bug in that solver)."""

@@ -13,9 +13,9 @@ import torch
 import nmsparse
 from nmsparse.cli.main import main
 from nmsparse.errors import ConfigError
-from nmsparse.train import TrainConfig
-from nmsparse.train.checkpoint import read_model_metadata
-from nmsparse.train.compare import compare_structures
+from nmsparse.recipes.train import TrainConfig
+from nmsparse.recipes.train.checkpoint import read_model_metadata
+from nmsparse.recipes.train.compare import compare_structures
 
 
 @pytest.fixture(autouse=True)

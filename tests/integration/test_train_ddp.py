@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from nmsparse.io import load_state_dict
-from nmsparse.train import TrainConfig, run_training
+from nmsparse.recipes.train import TrainConfig, run_training
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -83,7 +83,7 @@ MISMATCH_SCRIPT = textwrap.dedent(
     """
     import torch, torch.distributed as dist, nmsparse
     from nmsparse.errors import MaskMismatchError
-    from nmsparse.train.distributed import init_distributed, check_masks_identical
+    from nmsparse.recipes.train.distributed import init_distributed, check_masks_identical
 
     ctx = init_distributed(device="cpu")
     torch.manual_seed(0)

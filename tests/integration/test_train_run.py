@@ -13,9 +13,9 @@ import torch
 import nmsparse
 from nmsparse.cli.main import main
 from nmsparse.io import load_state_dict
-from nmsparse.train import TrainConfig, build_data, build_model, run_training
-from nmsparse.train.checkpoint import read_model_metadata
-from nmsparse.train.trainer import Trainer
+from nmsparse.recipes.train import TrainConfig, build_data, build_model, run_training
+from nmsparse.recipes.train.checkpoint import read_model_metadata
+from nmsparse.recipes.train.trainer import Trainer
 
 # Tiny but real: the digits CNN at width 8 (conv2 16x72, conv3 16x144 take 4:8-T), 4 steps per epoch.
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import torch
 
 import nmsparse
 from nmsparse.cli.main import main
-from nmsparse.integrations import minilm_available
+from nmsparse.recipes.integrations import minilm_available
 
 
 
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture()
 def cnn_checkpoint(tmp_path):
     pytest.importorskip("sklearn", reason="the built-in digits come with scikit-learn (nmsparse[train])")
-    from nmsparse.train import build_model, load_config
-    from nmsparse.train.checkpoint import save_model
+    from nmsparse.recipes.train import build_model, load_config
+    from nmsparse.recipes.train.checkpoint import save_model
 
     cfg = load_config(None, mode="dense", model="cnn", data="digits", epochs=1, baseline=False, device="cpu",
                       width=8)
@@ -33,7 +33,7 @@ def cnn_checkpoint(tmp_path):
 
 
 def test_builtin_checkpoint(cnn_checkpoint, tmp_path, capsys):
-    from nmsparse.train import build_model
+    from nmsparse.recipes.train import build_model
     from nmsparse.io import load_state_dict
 
     out = tmp_path / "pruned"
@@ -99,7 +99,7 @@ def test_minilm_with_a_text_file(tmp_path, capsys):
 def test_hf_folder(tmp_path, capsys):
     import transformers
 
-    from nmsparse.integrations.minilm import load_hf_model, minilm_path
+    from nmsparse.recipes.integrations.minilm import load_hf_model, minilm_path
 
     folder = tmp_path / "tiny-bert"
     config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_digits_cnn_2_4_t_within_1_5_points():
-    from nmsparse.train import Trainer, build_data, load_config
+    from nmsparse.recipes.train import Trainer, build_data, load_config
 
     cfg = load_config(None, mode="dense", model="cnn", data="digits", epochs=8, baseline=False, device="cpu")
     data = build_data(cfg)

@@ -8,13 +8,13 @@ import torch
 
 import nmsparse
 from nmsparse.errors import ConfigError, InputError
-from nmsparse.integrations import (
+from nmsparse.recipes.integrations import (
     embedding_agreement,
     english_sentences,
     minilm_available,
     tokenize_batches,
 )
-from nmsparse.integrations.minilm import encode, load_minilm
+from nmsparse.recipes.integrations.minilm import encode, load_minilm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from nmsparse.errors import ConfigError, InputError
-from nmsparse.train import TrainConfig, learning_rate, list_recipes, load_config
-from nmsparse.train.config import config_to_yaml
+from nmsparse.recipes.train import TrainConfig, learning_rate, list_recipes, load_config
+from nmsparse.recipes.train.config import config_to_yaml
 
 
 def test_defaults_are_the_documented_main_job() -> None:

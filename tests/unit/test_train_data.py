@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from nmsparse.errors import InputError
-from nmsparse.train import TrainConfig, build_data
-from nmsparse.train.data import ImageFileDataset, collate_images
+from nmsparse.recipes.train import TrainConfig, build_data
+from nmsparse.recipes.train.data import ImageFileDataset, collate_images
 
 
 def test_digits_split_is_stratified_disjoint_and_fixed() -> None:

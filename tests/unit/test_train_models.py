@@ -11,8 +11,8 @@ import torch
 
 import nmsparse
 from nmsparse.errors import ConfigError, InputError
-from nmsparse.train import UnstructuredSparsifier, build_model, check_masks_identical, magnitude_mask, mask_checksum
-from nmsparse.train.checkpoint import (
+from nmsparse.recipes.train import UnstructuredSparsifier, build_model, check_masks_identical, magnitude_mask, mask_checksum
+from nmsparse.recipes.train.checkpoint import (
     capture_rng_state,
     load_trainer_state,
     read_model_metadata,
@@ -20,7 +20,7 @@ from nmsparse.train.checkpoint import (
     save_model,
     save_trainer_state,
 )
-from nmsparse.train.distributed import DistContext
+from nmsparse.recipes.train.distributed import DistContext
 
 
 @pytest.mark.parametrize(("name", "channels", "size"), [("cnn", 1, 8), ("cnn", 3, 32), ("mlp", 1, 8)])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..io import atomic_path
+from ..errors import ConfigError
 from ..pattern import NMPattern
 from ..solvers import list_methods
 from ._table import format_table
@@ -80,17 +81,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..integrations.sources import readable, resolve_source, save_checkpoint
+    from nmsparse.recipes.integrations.sources import readable, resolve_source, save_checkpoint
     from ..metrics import is_nm_sparse
     from ..prune import adaprune_, get_masks
 
     pattern = NMPattern.parse(args.pattern)
     if args.iterations < 0:
-        raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
+        raise ConfigError(f"--iterations must be >= 0, got {args.iterations}")
     if args.eval_size < 0:
-        raise ValueError(f"--eval-size must be >= 0, got {args.eval_size}")
+        raise ConfigError(f"--eval-size must be >= 0, got {args.eval_size}")
     if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {str(args.out)!r} is a file; pass a folder")
+        raise ConfigError(f"--out {str(args.out)!r} is a file; pass a folder")
     began = time.perf_counter()
     source = resolve_source(args.model, args.calibration, calibration_size=args.calibration_size,
                             eval_size=args.eval_size, seed=args.seed)

@@ -18,7 +18,7 @@ from .train import add_config_arguments, config_overrides, configure_runtime, pr
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from ..train.compare import DEFAULT_REFERENCE_NUMEL, DEFAULT_STRUCTURES
+    from nmsparse.recipes.train.compare import DEFAULT_REFERENCE_NUMEL, DEFAULT_STRUCTURES
 
     parser = subparsers.add_parser(
         "compare", help="train one model under several sparsity structures and compare with mask diversity",
@@ -56,9 +56,9 @@ def _print_table(rows: list[dict[str, Any]], reference_numel: int, seeds: list[i
 
 def run(args: argparse.Namespace) -> int:
     from .._logging import progress_enabled
-    from ..train.compare import COMPARE_JSON, COMPARE_PLOT, compare_structures
-    from ..train.config import config_to_yaml, load_config
-    from ..train.distributed import broadcast_object, init_distributed, shutdown_distributed
+    from nmsparse.recipes.train.compare import COMPARE_JSON, COMPARE_PLOT, compare_structures
+    from nmsparse.recipes.train.config import config_to_yaml, load_config
+    from nmsparse.recipes.train.distributed import broadcast_object, init_distributed, shutdown_distributed
 
     if args.list_recipes:
         print_recipes()

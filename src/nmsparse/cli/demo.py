@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..compare_methods import resnet50_weights, run_method
+from ..errors import ConfigError
+from ..recipes.compare_methods import resnet50_weights, run_method
 from ._table import format_table
 
 DEFAULT_RUNS = ("4:8-T:exact", "4:8-T:greedy", "4:8-T:greedy-repair", "4:8:topn",
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     for spec in args.runs:
         pattern, _, method = spec.rpartition(":")
         if not pattern:
-            raise ValueError(f"--runs entries look like '4:8-T:exact', got {spec!r}")
+            raise ConfigError(f"--runs entries look like '4:8-T:exact', got {spec!r}")
         r = run_method(weights, pattern, method)
         rows.append([r.pattern, r.method, r.tensors, f"{r.groups:,}", f"{100 * r.kept_magnitude:.2f}%",
                      "yes" if r.valid else "NO", "yes" if r.exact_n else "no", f"{r.seconds:.2f}"])

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error of the command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (NMSparseError, OSError, ValueError, RuntimeError) as exc:
+    except (NMSparseError, OSError) as exc:  # the library's own errors and file errors; bugs keep their traceback
         if debug:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..io import load_state_dict, save_masks
+from ..errors import ConfigError
 from ..pattern import NMPattern
 from ..solvers import list_methods
 from ..tensors import mask_state_dict
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     pattern = NMPattern.parse(args.pattern)
     if args.out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, got {str(args.out)!r}")
+        raise ConfigError(f"--out must end in .safetensors, got {str(args.out)!r}")
     state_dict = load_state_dict(args.checkpoint)
     solved = mask_state_dict(state_dict, pattern, method=args.method, include=args.include, exclude=args.exclude,
                              progress_bar=False if args.no_progress else None)

@@ -126,7 +126,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_recipes() -> None:
-    from ..train.config import list_recipes, recipe_path
+    from nmsparse.recipes.train.config import list_recipes, recipe_path
 
     for name in list_recipes():
         first = recipe_path(name).read_text().splitlines()[0].lstrip("# ").strip()
@@ -138,7 +138,7 @@ def _fmt_pct(value: float | None) -> str:
 
 
 def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
-    """Human-readable summary of :func:`nmsparse.train.run_training`'s result."""
+    """Human-readable summary of :func:`nmsparse.recipes.train.run_training`'s result."""
     structure = summary["pattern"]
     mode = summary["mode"]
     print(f"nmsparse train: {summary['model']} on {summary['data_description']}")
@@ -187,9 +187,9 @@ def _epoch_printer(total_epochs: int) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from .._logging import progress_enabled
-    from ..train.config import config_to_yaml, load_config
-    from ..train.distributed import broadcast_object, init_distributed, shutdown_distributed
-    from ..train.trainer import CONFIG_FILE, STATE_FILE, resume_config, run_training
+    from nmsparse.recipes.train.config import config_to_yaml, load_config
+    from nmsparse.recipes.train.distributed import broadcast_object, init_distributed, shutdown_distributed
+    from nmsparse.recipes.train.trainer import CONFIG_FILE, STATE_FILE, resume_config, run_training
 
     if args.list_recipes:
         print_recipes()

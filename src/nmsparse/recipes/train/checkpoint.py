@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._version import __version__
-from ..errors import InputError
-from ..io import atomic_path, load_state_dict
+from nmsparse._version import __version__
+from nmsparse.errors import InputError
+from nmsparse.io import atomic_path, load_state_dict
 
 __all__ = [
     "MODEL_FILE",
@@ -39,7 +39,7 @@ __all__ = [
 MODEL_FILE = "model.safetensors"
 #: File name of the optimizer/schedule/sparsifier/RNG state in a run directory.
 STATE_FILE = "trainer_state.pt"
-_FORMAT = "nmsparse.train.model"
+_FORMAT = "nmsparse.recipes.train.model"
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

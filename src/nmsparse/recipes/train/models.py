@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from nmsparse.errors import ConfigError
 
 __all__ = ["SmallCNN", "MLP", "ResNet", "build_model", "list_models"]
 

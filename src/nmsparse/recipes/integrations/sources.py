@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError
-from ..io import atomic_path, load_state_dict
+from nmsparse.errors import ConfigError, InputError
+from nmsparse.io import atomic_path, load_state_dict
 from .minilm import embedding_agreement, encode, english_sentences, load_hf_model, load_minilm, tokenize_batches
 
 __all__ = ["ModelSource", "resolve_source", "read_sentences", "save_checkpoint", "DEFAULT_SENTENCES",
@@ -121,9 +121,9 @@ def _text_source(name: str, kind: str, model: nn.Module, tokenizer: Any, calibra
 
 
 def _builtin_source(path: Path, calibration: str, *, size: int | None, seed: int) -> ModelSource:
-    from ..prune import load_pruned_state_dict_
-    from ..train import TrainConfig, build_data, build_model
-    from ..train.checkpoint import read_model_metadata
+    from nmsparse.prune import load_pruned_state_dict_
+    from nmsparse.recipes.train import TrainConfig, build_data, build_model
+    from nmsparse.recipes.train.checkpoint import read_model_metadata
 
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():

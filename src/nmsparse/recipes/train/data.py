@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..errors import InputError
+from nmsparse.errors import InputError
 from .config import TrainConfig
 
 __all__ = ["DataBundle", "TensorImageDataset", "ImageFileDataset", "build_data", "collate_images", "IMAGE_EXTENSIONS"]
@@ -352,7 +352,7 @@ def _image_folder(root: Path, cfg: TrainConfig) -> DataBundle:
 
 
 def build_data(cfg: TrainConfig) -> DataBundle:
-    """The data set named by ``cfg.data`` (see :class:`~nmsparse.train.TrainConfig`), with its test split.
+    """The data set named by ``cfg.data`` (see :class:`~nmsparse.recipes.train.TrainConfig`), with its test split.
 
     Raises:
         InputError: a folder that does not exist or holds no recognisable data set.

@@ -1,7 +1,7 @@
 """``TrainConfig``: every setting of a training run, validated once, with dict and YAML round-trips.
 
 The library reads no files on its own; :func:`load_config` is the one place that parses YAML (for the CLI and
-for shipped recipes in ``nmsparse/configs/``), and it rejects unknown keys with a suggestion.
+for shipped recipes in ``nmsparse/recipes/configs/``), and it rejects unknown keys with a suggestion.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ConfigError, InputError, PatternError
-from ..pattern import NMPattern
-from ..solvers import list_methods
+from nmsparse.errors import ConfigError, InputError, PatternError
+from nmsparse.pattern import NMPattern
+from nmsparse.solvers import list_methods
 
 __all__ = [
     "TrainConfig",
@@ -65,7 +65,7 @@ class TrainConfig:
 
     Model:
         model: ``"cnn"``, ``"mlp"``, ``"resnet18"``, ``"resnet34"`` or ``"resnet50"`` (see
-            :func:`nmsparse.train.models.list_models`).
+            :func:`nmsparse.recipes.train.models.list_models`).
         width: base channel count of ``cnn`` / hidden width of ``mlp`` (ignored by the ResNets).
 
     Sparsity:
@@ -326,8 +326,8 @@ def _validate_pattern(cfg: TrainConfig) -> None:
 
 
 def list_recipes() -> list[str]:
-    """Names of the recipes shipped in ``nmsparse/configs/`` (pass one to ``--config``)."""
-    root = resources.files("nmsparse") / "configs"
+    """Names of the recipes shipped in ``nmsparse/recipes/configs/`` (pass one to ``--config``)."""
+    root = resources.files("nmsparse.recipes") / "configs"
     return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -341,7 +341,7 @@ def recipe_path(name: str) -> Path:
     if path.is_file():
         return path
     stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
-    candidate = resources.files("nmsparse") / "configs" / f"{stem}.yaml"
+    candidate = resources.files("nmsparse.recipes") / "configs" / f"{stem}.yaml"
     if candidate.is_file():
         return Path(str(candidate))
     raise InputError(

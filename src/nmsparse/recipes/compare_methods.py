@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import fits
-from .metrics import nm_counts
-from .pattern import NMPattern, PatternLike
+from nmsparse.layout import fits
+from nmsparse.metrics import nm_counts
+from nmsparse.pattern import NMPattern, PatternLike
 from .shapes import resnet50_weight_shapes
-from .solvers import find_mask
+from nmsparse.solvers import find_mask
 
 __all__ = ["MethodResult", "random_weights", "resnet50_weights", "run_method"]
 

@@ -1,7 +1,7 @@
 """Train one model under several sparsity structures with identical seeds, and relate accuracy to mask diversity.
 
 Default structures: dense, 2:4, 4:8, 2:4-T, 4:8-T and unstructured 50%. Every structure sparsifies the same
-layers (those that take ``4:8-T``; see :mod:`nmsparse.train.unstructured`) with the same training recipe
+layers (those that take ``4:8-T``; see :mod:`nmsparse.recipes.train.unstructured`) with the same training recipe
 (dynamic SR-STE masks refreshed every ``refresh_every`` steps by default; unstructured masks are per-layer
 magnitude masks refreshed the same way). Mask diversity is the exact count of :func:`nmsparse.mask_diversity`
 for a reference tensor of ``reference_numel`` weights at 50% density, shown as ``log10``.
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..diversity import log10_mask_diversity
-from ..errors import ConfigError
-from ..pattern import NMPattern
+from nmsparse.diversity import log10_mask_diversity
+from nmsparse.errors import ConfigError
+from nmsparse.pattern import NMPattern
 from .checkpoint import write_text_atomic
 from .config import UNSTRUCTURED, TrainConfig, config_to_yaml
 from .data import build_data

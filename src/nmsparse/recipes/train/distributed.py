@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError, MaskMismatchError
-from ..prune import get_masks
+from nmsparse.errors import ConfigError, MaskMismatchError
+from nmsparse.prune import get_masks
 
 __all__ = [
     "DistContext",

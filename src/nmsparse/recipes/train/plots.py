@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path
+from nmsparse.io import atomic_path
 
 __all__ = ["plot_training_curves", "plot_accuracy_vs_diversity"]
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import BackendUnavailableError, ConfigError, InputError
+from nmsparse.errors import BackendUnavailableError, ConfigError, InputError
 
 __all__ = [
     "MINILM_PACKAGE",

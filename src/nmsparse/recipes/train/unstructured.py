@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .._logging import logger
-from ..errors import ConfigError
-from ..nn import NMMask
-from ..prune import select_layers
+from nmsparse._logging import logger
+from nmsparse.errors import ConfigError
+from nmsparse.nn import NMMask
+from nmsparse.prune import select_layers
 
 __all__ = ["UnstructuredSparsifier", "magnitude_mask", "LAYER_PATTERN"]
 

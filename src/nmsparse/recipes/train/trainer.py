@@ -37,13 +37,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from .._logging import logger, progress_enabled
-from .._version import __version__
-from ..errors import ConfigError, InputError, MaskMismatchError
-from ..metrics import is_nm_sparse
-from ..pattern import NMPattern
-from ..prune import DynamicSparsifier, get_masks, load_pruned_state_dict_, prune_, select_layers, squash_masks_
-from ..prune.static import MASK_KEY_SUFFIX
+from nmsparse._logging import logger, progress_enabled
+from nmsparse._version import __version__
+from nmsparse.errors import ConfigError, InputError, MaskMismatchError
+from nmsparse.metrics import is_nm_sparse
+from nmsparse.pattern import NMPattern
+from nmsparse.prune import DynamicSparsifier, get_masks, load_pruned_state_dict_, prune_, select_layers, squash_masks_
+from nmsparse.prune.static import MASK_KEY_SUFFIX
 from .checkpoint import (
     MODEL_FILE,
     STATE_FILE,
@@ -156,7 +156,7 @@ class RunResult:
         history: one record per epoch (what ``metrics.jsonl`` holds).
         mask_valid: every mask obeys the structure (``None`` for dense runs).
         mask_density: fraction of the sparse layers' weights kept (``None`` for dense runs).
-        mask_checksum: :func:`~nmsparse.train.distributed.mask_checksum` of the final masks.
+        mask_checksum: :func:`~nmsparse.recipes.train.distributed.mask_checksum` of the final masks.
         steps, refreshes, refresh_seconds: optimizer steps, mask refreshes and their total time.
         refresh_overhead: ``refresh_seconds`` over the rest of the training-loop time (the paper's "overhead on a
             dense step"); ``None`` without refreshes.
