@@ -1,19 +1,26 @@
 # Two commands do all the set-up from a fresh clone:
 #   make run   -> virtual environment + CPU torch + nmsparse, then the main job
-#   make test  -> same set-up, then the whole test suite
+#   make test  -> same set-up, then lint + type check + the whole test suite
+# Other targets: make test-fast (pytest -m "not slow", the edit loop), make lint, make bench.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Pinned CPU wheel: a bare "torch" requirement could pull a multi-GB CUDA build.
+# torch is installed first, pinned, so that no later requirement lets pip pick a multi-GB CUDA build.
+# On this project's machines `torch==2.13.0` resolves to a CPU wheel kept on disk; elsewhere pip takes it from
+# PyPI, where that version is the CUDA build. To choose the build, override the pin and/or the source, e.g.
+#   make test TORCH_PIN=torch==2.13.0 TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 TORCH_PIN ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP := $(VENV)/.nmsparse-installed
+export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PIP) $(TORCH_PIP_ARGS) $(TORCH_PIN)
+	$(PIP) -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -21,8 +28,15 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/nmsparse train
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_solvers.py

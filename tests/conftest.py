@@ -1,12 +1,78 @@
-"""Shared pytest set-up: every test starts from the same random state, so failures reproduce."""
+"""Shared pytest set-up.
+
+- every test starts from the same random state, so failures reproduce;
+- markers ``gpu`` (needs CUDA), ``triton`` (needs an importable Triton) and ``slow`` (long; ``pytest -m "not slow"``
+  is the fast loop) are skipped with a reason naming what is missing;
+- hypothesis keeps no example database and numba caches compiled kernels in a temporary folder, and a check at the
+  end of the session fails the run if the tests wrote any file into the source tree.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import random
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="nmsparse-numba-cache-"))
+
+try:
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=60, deadline=None, database=None)
+    settings.register_profile("dev", max_examples=400, deadline=None, database=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    pass
+
+
+def _tree_files() -> set[str] | None:
+    """Untracked files (ignored ones included) under the source folders, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", "src", "tests", "benchmarks",
+             "docs"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {line[3:] for line in out.splitlines()
+            if line[:2] in ("??", "!!") and "__pycache__" not in line and not line.endswith((".pyc", ".egg-info/"))
+            and ".egg-info/" not in line}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._nmsparse_tree_before = _tree_files()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = getattr(session.config, "_nmsparse_tree_before", None)
+    after = _tree_files()
+    if before is None or after is None or hasattr(session.config, "workerinput"):
+        return
+    written = sorted(after - before)
+    if written:
+        print(f"\nERROR: the tests wrote into the source tree: {written[:10]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    skip_triton = pytest.mark.skip(reason="needs Triton (pip install 'nmsparse[triton]')")
+    has_cuda = torch.cuda.is_available()
+    has_triton = importlib.util.find_spec("triton") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+        if "triton" in item.keywords and not has_triton:
+            item.add_marker(skip_triton)
 
 
 @pytest.fixture(autouse=True)

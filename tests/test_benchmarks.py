@@ -1,4 +1,4 @@
-"""Every benchmark script runs in --smoke mode, so none can rot unnoticed."""
+"""Every benchmark script runs in --smoke mode, so none can rot unnoticed; results go to a temporary folder."""
 
 import subprocess
 import sys
@@ -9,8 +9,10 @@ import pytest
 BENCHMARKS = sorted((Path(__file__).resolve().parent.parent / "benchmarks").glob("bench_*.py"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
-def test_benchmark_smoke(script):
-    result = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=600)
+def test_benchmark_smoke(script, tmp_path):
+    result = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path / "results")],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert result.stdout.strip(), "a benchmark prints its table"
