@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def _write_cifar(root: Path, per_batch: int = 6) -> None:
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": list(rng.integers(0, 10, per_batch))}
+                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
         with (root / name).open("wb") as handle:
             pickle.dump(batch, handle)
 
@@ -128,3 +129,73 @@ def test_unreadable_image_is_named(tmp_path: Path) -> None:
     dataset = ImageFileDataset([(broken, 0)], image_size=8, train=False)
     with pytest.raises(InputError, match="broken.png"):
         dataset[0]
+
+
+# ------------------------------------------------------------------------- CIFAR batches cannot run code
+
+
+class _Exploit:
+    """A pickle payload that runs a shell command when unpickled with pickle.load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_crafted_cifar_batch_runs_no_code(tmp_path: Path, protocol: int) -> None:
+    """Fault 4: a batch whose pickle calls os.system is refused before anything runs."""
+    root = tmp_path / "cifar"
+    _write_cifar(root)
+    marker = tmp_path / "pwned"
+    batch = {b"data": np.zeros((6, 3072), dtype=np.uint8), b"labels": [0] * 6, b"x": _Exploit(marker)}
+    (root / "data_batch_3").write_bytes(pickle.dumps(batch, protocol=protocol))
+    assert pickle.loads(pickle.dumps(_Exploit(tmp_path / "control"))) == 0 and (tmp_path / "control").exists()
+    with pytest.raises(InputError, match=r"data_batch_3: not a CIFAR-10 python batch \(refusing to load posix.system"):
+        build_data(TrainConfig(data=str(root)))
+    assert not marker.exists()
+
+
+def test_cifar_batches_in_every_numpy_pickle_form_are_read(tmp_path: Path) -> None:
+    root = tmp_path / "cifar"
+    _write_cifar(root)
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, (6, 3072), dtype=np.uint8)
+    # numpy int64 labels (numpy scalars in the pickle), protocol 2 (bytes via _codecs), protocol 5 (buffers)
+    for name, protocol in (("data_batch_1", 2), ("data_batch_2", 5)):
+        batch = {b"data": data, b"labels": list(np.arange(6) % 10), b"batch_label": b"training batch"}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    bundle = build_data(TrainConfig(data=str(root)))
+    assert len(bundle.train) == 30 and bundle.train.labels[:6].tolist() == list(range(6))
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (pickle.dumps([1, 2, 3]), "is a dict, this file holds a list"),
+        (pickle.dumps({b"labels": [0] * 6}), "'data' must be a uint8 array [N, 3072]"),
+        (pickle.dumps({b"data": np.zeros((6, 100), dtype=np.uint8), b"labels": [0] * 6}), "got uint8 [6, 100]"),
+        (pickle.dumps({b"data": np.zeros((6, 3072), dtype=np.uint8), b"labels": [0] * 5}), "'labels' must be 6"),
+        (pickle.dumps({b"data": np.zeros((6, 3072), dtype=np.uint8), b"labels": [11] * 6}), "integers in 0..9"),
+        (pickle.dumps({b"data": np.zeros((6, 3072), dtype=object), b"labels": [0] * 6}), "object array"),
+        (b"\x80\x04garbage", "not a CIFAR-10 python batch"),
+        (b"", "not a CIFAR-10 python batch"),
+    ],
+)
+def test_malformed_cifar_batch_is_one_line_exit_2(tmp_path: Path, content: bytes, needle: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from nmsparse.cli.main import main
+
+    root = tmp_path / "cifar"
+    _write_cifar(root)
+    (root / "test_batch").write_bytes(content)
+    with pytest.raises(InputError, match=re.escape(needle)):
+        build_data(TrainConfig(data=str(root)))
+    code = main(["train", "--data", str(root), "--epochs", "1", "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "test_batch" in err[0], err
+    assert not (tmp_path / "o").exists()

@@ -3,7 +3,8 @@
 * ``"digits"``: scikit-learn's 1,797 handwritten digits (8x8, 10 classes), shipped inside scikit-learn's wheel,
   with a stratified held-out split.
 * ``"fake"``: synthetic learnable images (class templates plus noise), for smoke tests of large models.
-* a folder: CIFAR-10 in its python format (read with numpy from the pickled batches), an ImageNet-style layout
+* a folder: CIFAR-10 in its python format (pickled batches read by an unpickler that builds only numpy arrays
+  and plain data: a crafted batch cannot run code), an ImageNet-style layout
   (``train/`` and ``val/`` with one sub-folder per class) or one folder of class sub-folders. Images are decoded
   with Pillow (a matplotlib dependency), so torchvision is not needed.
 """
@@ -15,6 +16,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -246,13 +248,97 @@ def _fake(cfg: TrainConfig) -> DataBundle:
 # ---------------------------------------------------------------------------------------------------- folders
 
 
-def _unpickle(path: Path) -> dict[bytes, object]:
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler of CIFAR-10 batches that can build nothing but plain data and numpy arrays.
+
+    ``find_class`` admits only numpy's array and scalar reconstructors and ``numpy.dtype`` (object dtypes
+    refused) and
+    ``_codecs.encode`` (how protocol-2 pickles spell bytes); every other global, i.e. every way a pickle runs
+    code (``os.system``, ``builtins.eval``, ...), raises ``UnpicklingError`` before anything is called.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module.replace("numpy._core", "numpy.core"), name)
+        if key == ("numpy.core.multiarray", "_reconstruct"):
+            return _reconstruct
+        if key == ("numpy", "ndarray"):
+            return np.ndarray
+        if key == ("numpy", "dtype"):
+            return _dtype
+        if key == ("numpy.core.numeric", "_frombuffer"):
+            return _frombuffer
+        if key == ("numpy.core.multiarray", "scalar"):
+            return _scalar
+        if key == ("_codecs", "encode"):
+            return _encode
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays and plain data)")
+
+
+def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype[Any]:
+    dtype = np.dtype(spec)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refusing an object array (only numeric arrays)")
+    return dtype
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError("refusing an array subclass")
+    try:
+        from numpy._core.multiarray import _reconstruct as reconstruct  # type: ignore[attr-defined]
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct as reconstruct  # type: ignore[attr-defined,no-redef]
+
+    return reconstruct(np.ndarray, shape, _dtype(dtype))
+
+
+def _scalar(dtype: Any, data: Any = None) -> Any:
+    dtype = _dtype(dtype)
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError("refusing a malformed numpy scalar")
+    return np.frombuffer(data, dtype=dtype)[0]
+
+
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    if not isinstance(buffer, (bytes, bytearray, memoryview)):
+        raise pickle.UnpicklingError("refusing an array built from a non-buffer")
+    return np.frombuffer(buffer, dtype=_dtype(dtype)).reshape(shape, order=order)
+
+
+def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing an unusual byte-string encoding")
+    return text.encode("latin1")
+
+
+def _unpickle(path: Path) -> dict[bytes, Any]:
+    """Read one CIFAR-10 python batch without executing anything from it (see :class:`_BatchUnpickler`).
+
+    Raises:
+        InputError: unreadable, forbidden content, or not the batch layout (``data`` uint8 ``[N, 3072]``,
+            ``labels`` N ints in 0..9).
+    """
     # CIFAR-10's python release is pickled numpy arrays; encoding="bytes" reads it without its original classes.
     try:
         with path.open("rb") as handle:
-            return pickle.load(handle, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+            batch = _BatchUnpickler(handle, encoding="bytes").load()
+    except OSError as exc:
         raise InputError(f"{path}: not a readable CIFAR-10 python batch ({exc})") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OverflowError, MemoryError) as exc:
+        raise InputError(f"{path}: not a CIFAR-10 python batch ({' '.join(str(exc).split())[:160]})") from None
+    if not isinstance(batch, dict):
+        raise InputError(f"{path}: a CIFAR-10 batch is a dict, this file holds a {type(batch).__name__}")
+    batch = {key.encode() if isinstance(key, str) else key: value for key, value in batch.items()}
+    data, labels = batch.get(b"data"), batch.get(b"labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        got = (f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__)
+        raise InputError(f"{path}: 'data' must be a uint8 array [N, 3072] (32x32 RGB images), got {got}")
+    if (not isinstance(labels, (list, np.ndarray)) or len(labels) != data.shape[0]
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 10
+                       for v in labels)):
+        raise InputError(f"{path}: 'labels' must be {data.shape[0]} integers in 0..9 (one per image)")
+    return batch
 
 
 def _cifar_root(root: Path) -> Path | None:
