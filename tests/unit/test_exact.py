@@ -342,3 +342,75 @@ def test_cuda_matches_cpu(pattern: str) -> None:
     blocks = to_blocks(weight.abs(), p.m)
     on_cuda = _values(blocks, to_blocks(cuda.cpu(), p.m))
     np.testing.assert_allclose(on_cuda, _values(blocks, to_blocks(cpu, p.m)), rtol=1e-6)
+
+
+# --- extreme float64 (issue 7, fault 1) -----------------------------------------------------------
+
+
+def _scaled_optimum(blocks: torch.Tensor, masks: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kept sums of ``masks`` and the reference optimum, both on the blocks scaled by one power of two per block
+    (exact up to the last bits of values 2^1022 times below the block's largest), where sums cannot overflow."""
+    array = blocks.double().numpy()
+    amax = np.abs(array).reshape(array.shape[0], -1).max(axis=1)
+    exponent = np.frexp(np.where(amax > 0, amax, 1.0))[1]
+    scaled = torch.from_numpy(np.ldexp(array, -exponent[:, None, None]))
+    reference, _ = linprog_blocks_optimum(scaled, n)
+    return _values(scaled, masks), reference
+
+
+@pytest.mark.parametrize("pattern", ["4:8-T", "2:8-T", "6:8-T", "8:16-T", "2:4-T"])
+def test_subnormal_maximum_gives_valid_optimal_mask(pattern: str) -> None:
+    # Regression: the per-block scale 2**-e overflowed to inf for a subnormal maximum (e = -1063), so every
+    # score became inf or NaN and the 4:8-T mask kept all 8 of the first four columns ([8,8,8,8,0,0,0,0]).
+    p = nmsparse.NMPattern.parse(pattern)
+    one = torch.zeros(p.m, p.m, dtype=torch.float64)
+    one[3 % p.m, 5 % p.m] = 1e-320
+    generator = torch.Generator().manual_seed(7)
+    weights = [one, torch.rand(p.m, 2 * p.m, dtype=torch.float64, generator=generator) * 1e-310,
+               torch.rand(2 * p.m, p.m, dtype=torch.float64, generator=generator) * 5e-324 * 1000]
+    for weight in weights:
+        mask = nmsparse.find_mask(weight, pattern, method="exact")
+        assert_valid_mask(mask, pattern, exact_n=True, shape=weight.shape)
+        blocks = to_blocks(weight.abs(), p.m)
+        ours, reference = _scaled_optimum(blocks, to_blocks(mask, p.m), p.n)
+        _assert_same_optimum(blocks * 0 + 1, ours, reference)  # scaled blocks: |score| <= 1 per entry
+        assert torch.isfinite(torch.tensor(nmsparse.retained_magnitude(weight, mask)))
+
+
+@pytest.mark.parametrize("pattern", ["2:4-T", "1:4-T", "3:4-T", "4:8-T", "8:16-T"])
+def test_near_overflow_float64_is_optimal(pattern: str) -> None:
+    # Regression: for m = 4 the float64 sums of values near 1e308 overflowed to inf, argmax then took the first
+    # valid mask (kept 0.90 of the optimum), and retained_magnitude returned NaN (inf / inf).
+    p = nmsparse.NMPattern.parse(pattern)
+    generator = torch.Generator().manual_seed(11)
+    weight = torch.rand(4 * p.m, 4 * p.m, dtype=torch.float64, generator=generator) * 1.7976931348623157e308
+    weight[0, :p.m] = torch.finfo(torch.float64).max  # and exact ties at the maximum
+    mask = nmsparse.find_mask(weight, pattern, method="exact")
+    assert_valid_mask(mask, pattern, exact_n=True, shape=weight.shape)
+    blocks = to_blocks(weight, p.m)
+    ours, reference = _scaled_optimum(blocks, to_blocks(mask, p.m), p.n)
+    np.testing.assert_allclose(ours, reference, rtol=1e-12)
+    if p.m == 4:  # bit-equal to brute force on the scaled blocks (same tie rule)
+        scaled = torch.from_numpy(np.ldexp(blocks.numpy(), -1024))
+        for index in range(4):
+            assert torch.equal(to_blocks(mask, 4)[index], bruteforce_block_optimum(scaled[index], p.n)[1])
+    kept = nmsparse.retained_magnitude(weight, mask)
+    assert p.density < kept < 1.0
+    at_most = exact.exact_blocks(blocks, p.n, at_most=True)
+    assert bool((at_most.sum(1) <= p.n).all() and (at_most.sum(2) <= p.n).all())
+    assert (_scaled_optimum(blocks, at_most, p.n)[0] >= ours - 1e-12).all()
+
+
+def test_mixed_extremes_in_one_weight() -> None:
+    # Blocks of wildly different scales side by side: each block is solved at its own scale.
+    weight = torch.rand(16, 16, dtype=torch.float64)
+    weight[:8, :8] *= 1e-315
+    weight[8:, 8:] *= 1e307
+    weight[:8, 8:] = -weight[:8, 8:] * 1e300
+    for pattern in ("2:4-T", "4:8-T"):
+        p = nmsparse.NMPattern.parse(pattern)
+        mask = nmsparse.find_mask(weight, pattern, method="exact", scores=weight)
+        assert_valid_mask(mask, pattern, exact_n=True)
+        blocks = to_blocks(weight, p.m)
+        ours, reference = _scaled_optimum(blocks, to_blocks(mask, p.m), p.n)
+        np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-12)

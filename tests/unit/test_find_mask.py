@@ -4,8 +4,10 @@ import pytest
 import torch
 
 import nmsparse
-from nmsparse.errors import ConfigError, InputError, PatternError, ShapeError
+from nmsparse.errors import BackendUnavailableError, ConfigError, InputError, PatternError, ShapeError, SolverError
 from nmsparse.layout import from_matrix, to_matrix
+from nmsparse.solvers import available_backends, list_methods, list_solvers, registered_solver
+from nmsparse.solvers.topn import topn_matrix
 
 
 def reference_topn(matrix: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -104,7 +106,7 @@ def test_non_finite_values_are_refused(bad):
 def test_bad_inputs():
     with pytest.raises(InputError, match="floating point"):
         nmsparse.find_mask(torch.ones(4, 4, dtype=torch.int64), "2:4")
-    with pytest.raises(InputError, match="torch.Tensor"):
+    with pytest.raises(InputError, match=r"torch.Tensor.*torch.as_tensor"):
         nmsparse.find_mask([[1.0] * 4], "2:4")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="unknown method 'fast'.*greedy"):
         nmsparse.find_mask(torch.ones(4, 4), "2:4-T", method="fast")
@@ -130,3 +132,177 @@ def test_cuda_matches_cpu(pattern, method):
     mask = nmsparse.find_mask(w.cuda(), pattern, method=method)
     assert mask.device.type == "cuda"
     assert torch.equal(mask.cpu(), nmsparse.find_mask(w, pattern, method=method))
+
+
+# --- registry dispatch (issue 7: the registry is the only dispatcher) ---------------------------------------
+
+
+def test_every_builtin_method_is_registered_with_its_capabilities():
+    labels = {spec.label for spec in list_solvers()}
+    assert {"topn/torch", "exact/torch", "exact/numba", "exact/python", "greedy/torch", "greedy/numba",
+            "greedy-repair/torch", "greedy-repair/numba"} <= labels
+    assert list_methods()[0] == "auto" and {"topn", "exact", "greedy", "greedy-repair"} <= set(list_methods())
+    topn = next(s for s in list_solvers("topn"))
+    assert topn.plain and not topn.transposable and topn.exact and topn.exactly_n
+    assert "torch" in available_backends("cpu") and "numba" in available_backends("cpu")
+    assert available_backends("meta") == sorted({s.backend for s in list_solvers() if s.devices is None})
+
+
+def test_plain_topn_goes_through_the_registry():
+    # Regression: find_mask called topn_matrix directly for plain patterns, so a registered topn was ignored.
+    def reversed_topn(scores, pattern, progress):  # a valid mask that differs from top-n: keeps the smallest
+        return topn_matrix(-scores, pattern)
+
+    w = torch.arange(8.0).reshape(1, 8)
+    with registered_solver("topn", reversed_topn, backend="test", plain=True, exactly_n=True, priority=100):
+        assert nmsparse.find_mask(w, "2:4").int().tolist() == [[1, 1, 0, 0, 1, 1, 0, 0]]
+        assert nmsparse.find_mask(w, "2:4", backend="torch").int().tolist() == [[0, 0, 1, 1, 0, 0, 1, 1]]
+    assert nmsparse.find_mask(w, "2:4").int().tolist() == [[0, 0, 1, 1, 0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("pattern", ["2:4-T", "4:8-T", "8:16-T"])
+@pytest.mark.parametrize("method", ["greedy", "greedy-repair"])
+def test_numba_and_torch_backends_are_bit_equal(pattern, method):
+    torch.manual_seed(5)
+    w = torch.randn(32, 48)
+    w[:8] = w[:8].round()  # ties
+    assert torch.equal(nmsparse.find_mask(w, pattern, method=method, backend="numba"),
+                       nmsparse.find_mask(w, pattern, method=method, backend="torch"))
+
+
+def test_exact_python_backend_matches_numba():
+    w = torch.randn(16, 32)
+    w[:8] = w[:8].round()
+    assert torch.equal(nmsparse.find_mask(w, "4:8-T", method="exact", backend="python"),
+                       nmsparse.find_mask(w, "4:8-T", method="exact", backend="numba"))
+
+
+def test_auto_backend_prefers_the_compiled_kernels_on_cpu(monkeypatch):
+    import dataclasses
+
+    from nmsparse.solvers import registry
+
+    def chosen(method, pattern, device="cpu"):
+        return registry.select_solver(method, "auto", nmsparse.NMPattern.parse(pattern), device, torch.float32).label
+
+    assert chosen("greedy", "4:8-T") == "greedy/numba"
+    assert chosen("greedy", "4:8-T", "cuda") == "greedy/torch"
+    assert chosen("exact", "2:4-T") == "exact/torch"
+    assert chosen("exact", "4:8-T") == "exact/numba"
+    for key, spec in list(registry._SOLVERS.items()):  # as without numba installed
+        if spec.backend == "numba":
+            monkeypatch.setitem(registry._SOLVERS, key, dataclasses.replace(spec, available=lambda: False))
+    assert chosen("exact", "4:8-T") == "exact/python"
+    assert chosen("greedy", "4:8-T") == "greedy/torch"
+    with pytest.raises(BackendUnavailableError, match=r"not available.*backends that can: 'python'"):
+        nmsparse.find_mask(torch.randn(8, 8), "4:8-T", method="exact", backend="numba")
+
+
+def test_explicit_backend_that_cannot_run_lists_the_choices():
+    with pytest.raises(BackendUnavailableError, match=r"exact/torch: m in \[4\] only.*'numba'"):
+        nmsparse.find_mask(torch.randn(8, 8), "4:8-T", method="exact", backend="torch")
+    with pytest.raises(BackendUnavailableError, match="has no 'numba' backend"):
+        nmsparse.find_mask(torch.randn(4, 4), "2:4", method="topn", backend="numba")
+    with pytest.raises(ConfigError, match="unknown backend 'cuda-magic'"):
+        nmsparse.find_mask(torch.randn(4, 4), "2:4", backend="cuda-magic")
+    with pytest.raises(ConfigError, match="backend must be a string"):
+        nmsparse.find_mask(torch.randn(4, 4), "2:4", backend=None)  # type: ignore[arg-type]
+
+
+def _shifted(scores, pattern, progress):  # keeps n per group, but shifted into the next group: invalid rows
+    return topn_matrix(scores, pattern).roll(1, dims=1) | topn_matrix(scores, pattern)
+
+
+@pytest.mark.parametrize(
+    ("fn", "match"),
+    [(lambda s, p, g: topn_matrix(s, p).int(), "dtype torch.int32"),
+     (lambda s, p, g: topn_matrix(s, p)[:, :4], r"shape \(4, 4\)"),
+     (lambda s, p, g: topn_matrix(s, p).tolist(), "list, not a torch.Tensor"),
+     (lambda s, p, g: torch.ones(s.shape, dtype=torch.bool), "break 'at most 2 of 4'.*group 0 .* keeps 4"),
+     (lambda s, p, g: torch.zeros(s.shape, dtype=torch.bool, device="meta"), "on meta")],
+)
+def test_a_wrong_solver_raises_solver_error_naming_it(fn, match):
+    with registered_solver("broken", fn, backend="test", plain=True):
+        with pytest.raises(SolverError, match=f"broken/test.*{match}"):
+            nmsparse.find_mask(torch.randn(4, 8), "2:4", method="broken")
+    assert "broken" not in list_methods()
+
+
+def test_exactly_n_is_checked_when_declared():
+    def at_most(scores, pattern, progress):
+        mask = topn_matrix(scores, pattern)
+        mask[0] = False
+        return mask
+
+    with registered_solver("lazy", at_most, backend="test", plain=True, exactly_n=True):
+        with pytest.raises(SolverError, match="exactly 2 of 4"):
+            nmsparse.find_mask(torch.randn(4, 8), "2:4", method="lazy")
+    with registered_solver("lazy", at_most, backend="test", plain=True):  # at most n: fine
+        assert nmsparse.find_mask(torch.randn(4, 8), "2:4", method="lazy")[0].sum() == 0
+
+
+def test_transposable_columns_are_checked():
+    def rows_only(scores, pattern, progress):  # n per row, but every block column 0..n-1
+        mask = torch.zeros(scores.shape, dtype=torch.bool)
+        mask.view(scores.shape[0], -1, pattern.m)[..., :pattern.n] = True
+        return mask
+
+    with registered_solver("rows", rows_only, backend="test", transposable=True):
+        with pytest.raises(SolverError, match=r"column\(s\) break 'at most 2 of 4'"):
+            nmsparse.find_mask(torch.randn(8, 8), "2:4-T", method="rows")
+
+
+def test_register_solver_rejects_bad_declarations():
+    from nmsparse.solvers import register_solver
+
+    with pytest.raises(ConfigError, match="already registered"):
+        register_solver("topn", topn_matrix, plain=True)
+    with pytest.raises(ConfigError, match="plain=True and/or transposable=True"):
+        register_solver("nothing", topn_matrix)
+    with pytest.raises(ConfigError, match="other than 'auto'"):
+        register_solver("auto", topn_matrix, plain=True)
+    with pytest.raises(ConfigError, match="dtypes"):
+        register_solver("ints", topn_matrix, plain=True, dtypes=(torch.int32,))
+    with pytest.raises(ConfigError, match="no solver nothing/torch"):
+        nmsparse.solvers.unregister_solver("nothing")
+
+
+def test_dtype_declaration_widens_half_precision_only():
+    seen = []
+
+    def record(scores, pattern, progress):
+        seen.append(scores.dtype)
+        return topn_matrix(scores, pattern)
+
+    with registered_solver("rec", record, backend="test", plain=True, dtypes=(torch.float32,)):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32):
+            nmsparse.find_mask(torch.randn(2, 4).to(dtype), "2:4", method="rec")
+        assert seen == [torch.float32] * 3
+        with pytest.raises(BackendUnavailableError, match=r"dtypes \['float32'\] only"):
+            nmsparse.find_mask(torch.randn(2, 4, dtype=torch.float64), "2:4", method="rec", backend="test")
+
+
+# --- inputs from other libraries become nmsparse errors (issue 7, fault 9) ----------------------------------
+
+
+@pytest.mark.parametrize("fn", ["find_mask", "is_nm_sparse", "retained_magnitude"])
+def test_meta_sparse_and_non_tensors_give_input_errors(fn):
+    import numpy as np
+
+    def call(x):
+        if fn == "find_mask":
+            return nmsparse.find_mask(x, "2:4")
+        if fn == "is_nm_sparse":
+            return nmsparse.is_nm_sparse(x, "2:4")
+        return nmsparse.retained_magnitude(x, torch.ones(4, 4, dtype=torch.bool))
+
+    dense = torch.randn(4, 4)
+    for bad, match in [(torch.empty(4, 4, device="meta"), "meta device.*to_empty"),
+                       (dense.to_sparse(), r"sparse_coo tensor.*to_dense\(\)"),
+                       (dense.to_sparse_csr(), r"sparse_csr tensor.*to_dense\(\)"),
+                       (dense.tolist(), r"got list; convert it with torch.as_tensor"),
+                       (dense.numpy(), r"got ndarray; convert it with torch.as_tensor")]:
+        with pytest.raises(InputError, match=match):
+            call(bad)
+    with pytest.raises(InputError, match="mask must be a torch.Tensor"):
+        nmsparse.retained_magnitude(dense, np.ones((4, 4), dtype=bool))  # type: ignore[arg-type]

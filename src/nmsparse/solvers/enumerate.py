@@ -12,6 +12,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import PatternError
+from ._scaling import scale_blocks
 
 __all__ = ["valid_block_masks", "enumerate_blocks", "MAX_ENUM_M"]
 
@@ -64,8 +65,10 @@ def valid_block_masks(m: int, n: int) -> torch.Tensor:
 def enumerate_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
     """Optimal transposable masks of ``blocks [B, m, m]`` (``m <= 4``) by scoring every valid mask.
 
-    Sums are float64 on the CPU; on CUDA they use the input's dtype (fp32 or fp64). Among masks with exactly
-    equal sums, the one keeping the lower flat indices wins (see :func:`valid_block_masks`).
+    Sums are float64 on the CPU; on CUDA they use the input's dtype (fp32 or fp64). Each block is first scaled by
+    a power of two (exact, order-preserving) to a largest ``|score|`` in [0.5, 1), so the sums can neither
+    overflow (scores near the dtype's maximum) nor vanish (subnormal scores). Among masks with exactly equal
+    sums, the one keeping the lower flat indices wins (see :func:`valid_block_masks`).
 
     Returns:
         ``torch.bool [B, m, m]`` on ``blocks``' device, exactly ``n`` kept per row and column.
@@ -81,12 +84,12 @@ def enumerate_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
         best = torch.empty(nblocks, dtype=torch.int64)
         sums = torch.empty(min(nblocks, _CPU_SUBCHUNK), pattern_matrix.shape[1], dtype=torch.float64)
         for start in range(0, nblocks, _CPU_SUBCHUNK):
-            part = flat[start:start + _CPU_SUBCHUNK].to(torch.float64)
+            part = scale_blocks(flat[start:start + _CPU_SUBCHUNK].to(torch.float64))
             out = sums[:part.shape[0]]
             torch.mm(part, pattern_matrix, out=out)  # (chunk, P)
             torch.argmax(out, dim=1, out=best[start:start + part.shape[0]])  # first maximum on exact ties
         return patterns[best]
     sum_dtype = blocks.dtype if blocks.dtype in (torch.float32, torch.float64) else torch.float32
     pattern_matrix = patterns.reshape(-1, m * m).to(device=blocks.device, dtype=sum_dtype)  # (P, m*m)
-    best = (flat.to(sum_dtype) @ pattern_matrix.t()).argmax(dim=1)  # (B, P) -> (B,), first maximum on ties
+    best = (scale_blocks(flat.to(sum_dtype)) @ pattern_matrix.t()).argmax(dim=1)  # (B, P) -> (B,), first maximum on ties
     return patterns.to(blocks.device)[best]

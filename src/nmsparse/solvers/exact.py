@@ -25,6 +25,7 @@ avoids it.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import threading
 import time
@@ -40,7 +41,8 @@ from ..pattern import NMPattern
 from ._blocks import solve_blocks
 from .enumerate import MAX_ENUM_M, enumerate_blocks
 
-__all__ = ["exact_matrix", "exact_blocks", "flow_blocks", "flow_kernel", "KERNEL_INFO"]
+__all__ = ["exact_matrix", "exact_blocks", "flow_blocks", "flow_kernel", "KERNEL_INFO", "enumerate_matrix",
+           "flow_matrix_numba", "flow_matrix_python"]
 
 # Replaced by ``numba.prange`` when the kernel is compiled (see ``flow_kernel``); in plain Python, and for the
 # kernel's ``.py_func`` twin, ``numba.prange`` is ``range`` as well.
@@ -93,19 +95,21 @@ def _flow_blocks_py(blocks: np.ndarray, n: int, at_most: bool, out: np.ndarray) 
         pred_c = np.empty(m, dtype=np.int64)  # row a column was reached from (an unkept entry); -1: source
         deg = np.empty(m, dtype=np.int64)
         for b in range(start, stop):
-            # Scale by a power of two (exact) so that sums of up to 2m scores cannot overflow.
+            # Scale by a power of two (exact, order-preserving) to a largest |score| in [0.5, 1), so sums of up
+            # to 2m scores can neither overflow (scores near 1e308) nor vanish (subnormal scores). ldexp of each
+            # value, not a product with 2**-e: that factor itself overflows for a subnormal maximum.
             amax = 0.0
             for i in range(m):
                 for j in range(m):
                     a = abs(blocks[b, i, j])
                     if a > amax:
                         amax = a
-            scale = sign
+            shift = 0
             if amax > 0.0:
-                scale = math.ldexp(sign, -math.frexp(amax)[1])
+                shift = -math.frexp(amax)[1]
             for i in range(m):
                 for j in range(m):
-                    s[i, j] = blocks[b, i, j] * scale
+                    s[i, j] = sign * math.ldexp(blocks[b, i, j], shift)
 
             # Warm start: the best mask without column limits, top-n of every row (ties: lower column; with
             # at_most, only scores >= 0). pr[i] = the best unkept score (at least 0 with at_most) makes
@@ -303,13 +307,14 @@ def _timed_first_call(kernel: Callable[[np.ndarray, int, bool, np.ndarray], None
     return kernel
 
 
-def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False) -> torch.Tensor:
+def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False, compiled: bool = True) -> torch.Tensor:
     """Optimal transposable masks of ``blocks [B, m, m]`` by the compiled min-cost-flow kernel.
 
     Solved on the CPU in float64 whatever the input's device and dtype; the mask is returned on the input's
     device. Deterministic: the same scores always give the same mask. ``at_most``: see :func:`exact_blocks`.
+    ``compiled=False`` runs the kernel's plain-Python twin (the ``"python"`` backend).
     """
-    kernel = flow_kernel()
+    kernel = flow_kernel() if compiled else _flow_blocks_py
     device = blocks.device
     nblocks, m, _ = blocks.shape
     out = np.empty((nblocks, m, m), dtype=np.bool_)
@@ -400,3 +405,36 @@ def exact_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None
     n, m = pattern.n, pattern.m
     desc = f"exact {pattern} masks"
     return solve_blocks(scores, m, lambda blocks: exact_blocks(blocks, n), desc=desc, progress_bar=progress)
+
+
+def enumerate_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
+    """``exact/torch``: optimal ``m = 4`` transposable mask of a ``[rows, K]`` matrix by enumeration."""
+    n = pattern.n
+    return solve_blocks(scores, pattern.m, lambda blocks: enumerate_blocks(blocks, n),
+                        desc=f"exact {pattern} masks", progress_bar=progress)
+
+
+def flow_matrix_numba(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
+    """``exact/numba``: optimal transposable mask of a ``[rows, K]`` matrix by the compiled min-cost flow."""
+    n = pattern.n
+    return solve_blocks(scores, pattern.m, lambda blocks: flow_blocks(blocks, n),
+                        desc=f"exact {pattern} masks", progress_bar=progress)
+
+
+_PYTHON_WARNED = False
+
+
+def flow_matrix_python(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
+    """``exact/python``: the min-cost flow of :func:`flow_matrix_numba` run by the Python interpreter."""
+    global _PYTHON_WARNED
+    if not _PYTHON_WARNED and importlib.util.find_spec("numba") is None:
+        _PYTHON_WARNED = True
+        warnings.warn(
+            "nmsparse exact solver: numba is not importable, so the min-cost-flow solver for m >= 8 runs as "
+            "plain Python, thousands of times slower; install numba (pip install numba)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    n = pattern.n
+    return solve_blocks(scores, pattern.m, lambda blocks: flow_blocks(blocks, n, compiled=False),
+                        desc=f"exact {pattern} masks (python)", progress_bar=progress)

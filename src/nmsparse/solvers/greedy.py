@@ -1,4 +1,4 @@
-"""The paper's 2-approximation for transposable n:m masks, vectorised over all blocks.
+"""The paper's 2-approximation for transposable n:m masks, vectorised over all blocks (the torch backend).
 
 Visit the entries of each ``m x m`` block by decreasing score (ties: lower flat index first) and keep an entry
 when its row and its column both hold fewer than ``n``. This keeps at least half of the optimum (in practice
@@ -7,16 +7,22 @@ when its row and its column both hold fewer than ``n``. This keeps at least half
 ``repair=True`` then fills the short rows and columns with the best swap along an augmenting path of length
 three (add ``(r, c1)``, drop ``(r1, c1)``, add ``(r1, c)`` for a short row ``r`` and a short column ``c``),
 which always exists in a greedy (maximal) mask, until every row and column holds exactly ``n``.
+
+This module is the reference: the compiled CPU twin (:mod:`nmsparse.solvers.greedy_cpu`) imports it, never the
+other way round.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 from ..pattern import NMPattern
 from ._blocks import solve_blocks
+from ._scaling import scale_blocks
 
-__all__ = ["greedy_blocks", "greedy_blocks_fast", "repair_blocks", "greedy_matrix", "greedy_repair_matrix"]
+__all__ = ["greedy_blocks", "repair_blocks", "greedy_matrix", "greedy_repair_matrix", "blockwise_greedy"]
 
 
 def greedy_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
@@ -43,9 +49,16 @@ def greedy_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def repair_blocks(blocks: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Tensor:
-    """Fill short rows/columns of a maximal mask ``keep`` up to exactly ``n`` with best 3-edge swaps."""
+    """Fill short rows/columns of a maximal mask ``keep`` up to exactly ``n`` with best 3-edge swaps.
+
+    The swap gains are computed on the blocks scaled per block by a power of two (exact, order-preserving), so
+    they cannot overflow for scores near the dtype's largest value.
+    """
     keep = keep.clone()
     m = blocks.shape[-1]
+    if blocks.dtype not in (torch.float32, torch.float64):
+        blocks = blocks.float()
+    blocks = scale_blocks(blocks)
     neg_inf = torch.tensor(float("-inf"), dtype=blocks.dtype, device=blocks.device)
     while True:
         row_count = keep.sum(dim=2)  # (B, m)
@@ -70,24 +83,23 @@ def repair_blocks(blocks: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Ten
         keep[short] = k
 
 
-def greedy_blocks_fast(blocks: torch.Tensor, n: int) -> torch.Tensor:
-    """:func:`greedy_blocks` through the compiled CPU kernel for CPU tensors (bit-equal), torch elsewhere."""
-    if blocks.device.type == "cpu":
-        from .greedy_cpu import greedy_blocks_cpu
+def blockwise_greedy(block_greedy: Callable[[torch.Tensor, int], torch.Tensor], *, repair: bool,
+                     label: str) -> Callable[[torch.Tensor, NMPattern, bool | None], torch.Tensor]:
+    """A matrix solver from a per-block greedy function (``repair``: then fill to exactly ``n``)."""
 
-        return greedy_blocks_cpu(blocks, n)
-    return greedy_blocks(blocks, n)
+    def solve(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
+        n = pattern.n
+
+        def fn(blocks: torch.Tensor) -> torch.Tensor:
+            keep = block_greedy(blocks, n)
+            return repair_blocks(blocks, keep, n) if repair else keep
+
+        return solve_blocks(scores, pattern.m, fn, desc=f"{label} {pattern} masks", progress_bar=progress)
+
+    return solve
 
 
-def greedy_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
-    """Greedy transposable mask of a ``[rows, K]`` score matrix."""
-    return solve_blocks(scores, pattern.m, lambda b: greedy_blocks_fast(b, pattern.n), desc="greedy masks",
-                        progress_bar=progress)
-
-
-def greedy_repair_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
-    """Greedy transposable mask, then repaired to exactly ``n`` per row and column."""
-    def fn(b: torch.Tensor) -> torch.Tensor:
-        return repair_blocks(b, greedy_blocks_fast(b, pattern.n), pattern.n)
-
-    return solve_blocks(scores, pattern.m, fn, desc="greedy+repair masks", progress_bar=progress)
+greedy_matrix = blockwise_greedy(greedy_blocks, repair=False, label="greedy")
+greedy_matrix.__doc__ = "Greedy transposable mask of a ``[rows, K]`` score matrix (vectorised torch)."
+greedy_repair_matrix = blockwise_greedy(greedy_blocks, repair=True, label="greedy+repair")
+greedy_repair_matrix.__doc__ = "Greedy transposable mask, then repaired to exactly ``n`` per row and column."

@@ -1,28 +1,30 @@
-"""Compiled CPU fast path of the greedy transposable solver (numba), twin of ``greedy.greedy_blocks``.
+"""Compiled CPU twin of the greedy transposable solver (numba): the ``"numba"`` backend of greedy methods.
 
 Same rule, same tie order (a stable descending sort: lower flat index first), so masks are bit-equal to the
-vectorised torch version, which stays the reference and the path for CUDA tensors.
+vectorised torch version (:func:`nmsparse.solvers.greedy.greedy_blocks`), which stays the reference and the path
+for other devices. numba is imported on first use, not at package import; the kernel is compiled with
+``cache=True`` (numba's on-disk cache), so only the first process ever pays the compilation, and
+:func:`nmsparse.solvers.warmup` moves that cost out of timed work.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["greedy_blocks_cpu", "HAVE_NUMBA"]
+from .greedy import blockwise_greedy, greedy_blocks
 
-try:
-    import numba
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only without numba
-    numba = None
-    HAVE_NUMBA = False
+__all__ = ["greedy_blocks_cpu", "greedy_kernel", "greedy_numba_matrix", "greedy_repair_numba_matrix"]
 
 #: Blocks per parallel work item: scratch arrays are allocated once per item, not once per block.
 _ITEM = 256
+
+# Replaced by ``numba.prange`` when the kernel is compiled (the parfor pass recognises it by identity).
+_prange = range
 
 
 def _greedy_kernel(blocks: np.ndarray, n: int, keep: np.ndarray) -> None:  # pragma: no cover - compiled
@@ -52,25 +54,41 @@ def _greedy_kernel(blocks: np.ndarray, n: int, keep: np.ndarray) -> None:  # pra
                         break
 
 
-if HAVE_NUMBA:
-    _prange = numba.prange
-    _compiled = numba.njit(cache=True, parallel=True, nogil=True)(_greedy_kernel)
-else:  # pragma: no cover
-    _prange = range
-    _compiled = None
+_KERNEL: Callable[[np.ndarray, int, np.ndarray], None] | None = None
+_LOCK = threading.Lock()
+
+
+def greedy_kernel() -> Callable[[np.ndarray, int, np.ndarray], None] | None:
+    """The compiled kernel ``(blocks [B, m, m] float32/float64, n, keep bool [B, m, m]) -> None``, or ``None``
+    without numba. Compiling happens on the first call for each dtype (or loads numba's on-disk cache)."""
+    global _KERNEL, _prange
+    if _KERNEL is None:
+        with _LOCK:
+            if _KERNEL is None:
+                try:
+                    import numba
+                except ImportError:
+                    return None
+                _prange = numba.prange
+                _KERNEL = numba.njit(cache=True, parallel=True, nogil=True)(_greedy_kernel)
+    return _KERNEL
 
 
 def greedy_blocks_cpu(blocks: torch.Tensor, n: int) -> torch.Tensor:
     """Greedy mask of CPU ``blocks [B, m, m]`` (float32/float64) with the compiled kernel.
 
-    Falls back to the vectorised torch version when numba is missing.
+    Falls back to the vectorised torch version (one warning) when numba is missing.
     """
-    if _compiled is None:  # pragma: no cover
-        from .greedy import greedy_blocks
-
+    kernel = greedy_kernel()
+    if kernel is None:
         warnings.warn("numba is not installed: greedy masks use the slower vectorised torch path", stacklevel=2)
         return greedy_blocks(blocks, n)
-    array = blocks.detach().contiguous().numpy()
+    array = blocks.detach().to("cpu").contiguous().numpy()
     keep = np.zeros(array.shape, dtype=np.bool_)
-    _compiled(array, n, keep)
-    return torch.from_numpy(keep)
+    if array.shape[0]:
+        kernel(array, n, keep)
+    return torch.from_numpy(keep).to(blocks.device)
+
+
+greedy_numba_matrix = blockwise_greedy(greedy_blocks_cpu, repair=False, label="greedy")
+greedy_repair_numba_matrix = blockwise_greedy(greedy_blocks_cpu, repair=True, label="greedy+repair")
