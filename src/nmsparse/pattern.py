@@ -8,6 +8,11 @@ Conventions (fixed here, used everywhere):
 * A *transposable* pattern (suffix ``-T``) tiles the weight's matrix view into aligned ``m x m`` blocks
   (``m`` output rows x ``m`` input columns) and keeps exactly ``n`` in every row **and** every column of each
   block, so both ``W`` and ``W.T`` are ``n:m``.
+
+Accepted spellings (:meth:`NMPattern.parse`): ``"N:M"`` or ``"N:M-T"`` where ``N`` and ``M`` are ASCII decimal
+integers with ``1 <= N < M``; the suffix may also be written ``-t``. Nothing else is accepted: no whitespace
+(leading, trailing or inside), no other digits (``"２:４"``), no signs. An integer such as ``124`` is what YAML 1.1
+makes of an unquoted ``2:4`` (base 60); it is refused with a hint to quote the pattern.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ __all__ = ["NMPattern", "PatternLike", "SUPPORTED_TRANSPOSABLE_M"]
 #: Group sizes accepted for transposable patterns (block sizes of the exact solver).
 SUPPORTED_TRANSPOSABLE_M = (4, 8, 16, 32)
 
-_PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*(-T)?\s*$", re.IGNORECASE)
-_ACCEPTED = '"N:M" or "N:M-T" with integers 1 <= N < M, e.g. "2:4", "1:4", "4:8-T", "8:16-T"'
+_PATTERN_RE = re.compile(r"([0-9]+):([0-9]+)(-[Tt])?")  # used with fullmatch: ASCII digits, no spaces
+_ACCEPTED = ('"N:M" or "N:M-T" (also "-t") with ASCII integers 1 <= N < M and no spaces, e.g. "2:4", "1:4", '
+             '"4:8-T", "8:16-T"')
 
 
 @dataclass(frozen=True)
@@ -65,18 +71,39 @@ class NMPattern:
 
     @classmethod
     def parse(cls, spec: str | NMPattern) -> NMPattern:
-        """Parse ``"n:m"`` or ``"n:m-T"`` (an :class:`NMPattern` passes through unchanged).
+        """Parse ``"n:m"`` or ``"n:m-T"`` (or ``"n:m-t"``); an :class:`NMPattern` passes through unchanged.
 
         Raises:
-            PatternError: (a ``ValueError``) for anything else, with the accepted forms in the message.
+            PatternError: (a ``ValueError``) for anything else (spaces, non-ASCII digits, an integer from an
+                unquoted YAML ``2:4``), with the accepted forms or the fix in the message.
+
+        Example:
+            >>> NMPattern.parse("2:4-t")
+            NMPattern(n=2, m=4, transposable=True)
+            >>> NMPattern.parse(124)
+            Traceback (most recent call last):
+            ...
+            nmsparse.errors.PatternError: pattern: got the integer 124, which is what YAML makes of an unquoted 2:4 (YAML 1.1 reads it in base 60); quote it: '2:4'
         """
         if isinstance(spec, NMPattern):
             return spec
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            n, m = divmod(spec, 60)
+            if spec > 0 and 1 <= n < m:
+                raise PatternError(
+                    f"pattern: got the integer {spec}, which is what YAML makes of an unquoted {n}:{m} (YAML 1.1 "
+                    f"reads it in base 60); quote it: '{n}:{m}'"
+                )
         if not isinstance(spec, str):
             raise PatternError(f"pattern: expected a string like '2:4' or '4:8-T', got {type(spec).__name__} {spec!r}")
-        match = _PATTERN_RE.match(spec)
+        match = _PATTERN_RE.fullmatch(spec)
         if match is None:
-            raise PatternError(f"pattern: cannot parse {spec!r}; accepted forms: {_ACCEPTED}")
+            hint = ""
+            if spec != spec.strip() or any(c.isspace() for c in spec):
+                hint = " (remove the spaces)"
+            elif any(c.isdigit() and not c.isascii() for c in spec):
+                hint = " (use ASCII digits 0-9)"
+            raise PatternError(f"pattern: cannot parse {spec!r}{hint}; accepted forms: {_ACCEPTED}")
         return cls(int(match.group(1)), int(match.group(2)), match.group(3) is not None)
 
     @property
