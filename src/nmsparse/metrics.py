@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ._inputs import check_tensor
 from .errors import InputError, MaskMismatchError
 from .layout import check_fits, to_blocks, to_matrix
 from .pattern import NMPattern, PatternLike
@@ -19,8 +22,7 @@ def nm_counts(tensor: torch.Tensor, pattern: PatternLike) -> tuple[torch.Tensor,
         ``None``; for a transposable pattern, ``[B, m]`` row counts and ``[B, m]`` column counts of each block.
     """
     pattern = NMPattern.parse(pattern)
-    if not isinstance(tensor, torch.Tensor):
-        raise InputError(f"is_nm_sparse: expected a torch.Tensor, got {type(tensor).__name__}")
+    tensor = check_tensor(tensor, "tensor", "is_nm_sparse")
     check_fits(tensor.shape, pattern, where="is_nm_sparse")
     nonzero = to_matrix(tensor != 0)
     if not pattern.transposable:
@@ -37,6 +39,7 @@ def is_nm_sparse(tensor: torch.Tensor, pattern: PatternLike) -> bool:
 
     Raises:
         ShapeError: when ``tensor``'s shape cannot take the pattern at all.
+        InputError: ``tensor`` is not a dense tensor with data (lists, numpy arrays, meta or sparse tensors).
 
     Example:
         >>> import torch, nmsparse
@@ -52,19 +55,35 @@ def is_nm_sparse(tensor: torch.Tensor, pattern: PatternLike) -> bool:
 
 
 def retained_magnitude(weight: torch.Tensor, mask: torch.Tensor) -> float:
-    """Fraction of ``|weight|`` kept by ``mask`` (1.0 for an all-zero weight).
+    """Fraction of ``|weight|`` kept by ``mask`` (1.0 for an all-zero weight); finite for every finite weight.
+
+    Raises:
+        InputError: ``weight`` or ``mask`` is not a dense tensor with data (lists, meta or sparse tensors), or
+            ``weight`` holds non-finite values.
+        MaskMismatchError: the shapes differ.
 
     Example:
         >>> import torch, nmsparse
         >>> nmsparse.retained_magnitude(torch.tensor([3.0, -1.0]), torch.tensor([True, False]))
         0.75
     """
+    weight = check_tensor(weight, "weight", "retained_magnitude")
+    mask = check_tensor(mask, "mask", "retained_magnitude")
     if weight.shape != mask.shape:
         raise MaskMismatchError(
             f"retained_magnitude: mask shape {tuple(mask.shape)} does not match weight shape {tuple(weight.shape)}"
         )
     magnitude = weight.detach().abs().double()
-    total = float(magnitude.sum())
-    if total == 0.0:
+    peak = float(magnitude.max()) if magnitude.numel() else 0.0
+    if peak == 0.0:
         return 1.0
+    if not math.isfinite(peak):
+        raise InputError(
+            f"retained_magnitude: weight holds non-finite values; the kept fraction is only defined for finite "
+            f"weights (fix them, e.g. torch.nan_to_num, first)"
+        )
+    # Divide by the largest magnitude first: sums of values near 1e308 would overflow (inf / inf = NaN), and
+    # the ratio is the same.
+    magnitude = magnitude / peak
+    total = float(magnitude.sum())
     return float((magnitude * mask.to(device=magnitude.device, dtype=torch.bool)).sum()) / total
