@@ -1,0 +1,507 @@
+"""``accelerate_``: swap a model's Linear layers for :class:`~nmsparse.nn.SparseLinear` where 2:4-T really is faster.
+
+Only **2:4** runs on NVIDIA sparse tensor cores, so only **2:4-T** masks speed up both the forward and the
+input-gradient product; 4:8-T and larger masks stay masked-dense (every such layer is reported with that reason).
+Even at 2:4-T, small products run *slower* sparse (each sparse call has a fixed cost of about 0.4 ms on an
+H200), so the choice is made per shape ``(tokens, in, out, dtype)`` by a measured micro-benchmark of one layer's
+forward + ``dX`` + ``dW`` (with the per-step re-packing), cached in memory and optionally in a JSON file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._logging import logger, progress
+from .errors import ConfigError
+from .io import atomic_path
+from .nn.linear import SparseLinear, sparse_unavailable_reason
+from .nn.parametrize import NMMask
+from .pattern import NMPattern, PatternLike
+
+__all__ = ["accelerate_", "AccelerationReport", "LayerDecision", "measure_linear", "default_cache_file",
+           "refresh_masks_", "PATTERN_NOTE"]
+
+#: What every report says about patterns other than 2:4-T.
+PATTERN_NOTE = ("only 2:4-T runs on NVIDIA sparse tensor cores (forward and input gradient); 4:8-T and larger "
+                "masks stay masked-dense")
+
+_CACHE_VERSION = 1
+_MEMORY_CACHE: dict[str, dict[str, float]] = {}
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class LayerDecision:
+    """What :func:`accelerate_` did with one Linear layer, and why.
+
+    Attributes:
+        name: qualified module name.
+        out_features: weight rows.
+        in_features: weight columns.
+        pattern: the layer's mask pattern (``None`` for a plain layer without a mask pattern to use).
+        dtype: compute dtype.
+        tokens: rows of the 2-D input per call used for the decision (``None``: not measured).
+        swapped: replaced by a :class:`~nmsparse.nn.SparseLinear`.
+        sparse: the swapped layer runs on sparse tensor cores (``False``: forced, masked-dense).
+        reason: one line: why it was swapped or kept.
+        dense_ms: measured dense forward+backward time (ms), when measured.
+        sparse_ms: measured sparse forward+backward time incl. re-packing (ms), when measured.
+    """
+
+    name: str
+    out_features: int
+    in_features: int
+    pattern: str | None
+    dtype: str
+    tokens: int | None
+    swapped: bool
+    sparse: bool
+    reason: str
+    dense_ms: float | None = None
+    sparse_ms: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        """Dense time over sparse time, when both were measured."""
+        if self.dense_ms is None or not self.sparse_ms:
+            return None
+        return self.dense_ms / self.sparse_ms
+
+
+@dataclass
+class AccelerationReport:
+    """Result of :func:`accelerate_`: one :class:`LayerDecision` per Linear layer considered.
+
+    Attributes:
+        pattern: the pattern asked for.
+        min_speedup: the threshold used.
+        layers: qualified name -> decision, in model order.
+        note: the pattern note (:data:`PATTERN_NOTE`).
+    """
+
+    pattern: str
+    min_speedup: float
+    layers: dict[str, LayerDecision] = field(default_factory=dict)
+    note: str = PATTERN_NOTE
+
+    @property
+    def swapped(self) -> dict[str, LayerDecision]:
+        """Layers replaced by SparseLinear."""
+        return {k: v for k, v in self.layers.items() if v.swapped}
+
+    @property
+    def accelerated(self) -> dict[str, LayerDecision]:
+        """Swapped layers that run on sparse tensor cores."""
+        return {k: v for k, v in self.layers.items() if v.swapped and v.sparse}
+
+    @property
+    def kept(self) -> dict[str, str]:
+        """Layers left as they were -> reason."""
+        return {k: v.reason for k, v in self.layers.items() if not v.swapped}
+
+    def describe(self) -> str:
+        """Multi-line summary: a count line, one line per layer, and the pattern note."""
+        lines = [f"accelerate_ {self.pattern}: {len(self.accelerated)} layer(s) on sparse tensor cores, "
+                 f"{len(self.swapped) - len(self.accelerated)} swapped masked-dense, {len(self.kept)} not swapped"]
+        for name, d in self.layers.items():
+            tag = "swapped" if d.swapped else "not swapped"
+            lines.append(f"  {name} [{d.out_features}x{d.in_features} {d.dtype}]: {tag}: {d.reason}")
+        lines.append(f"note: {self.note}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (for run files)."""
+        return {"pattern": self.pattern, "min_speedup": self.min_speedup, "note": self.note,
+                "layers": {k: {**asdict(v), "speedup": v.speedup} for k, v in self.layers.items()}}
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+# ----------------------------------------------------------------------------------------------- timing
+
+
+def default_cache_file() -> Path:
+    """``$XDG_CACHE_HOME/nmsparse/accelerate-timings.json`` (``~/.cache/...`` when the variable is unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nmsparse" / "accelerate-timings.json"
+
+
+def _environment_key(device: torch.device) -> str:
+    cusparselt = getattr(torch.backends, "cusparselt", None)
+    version = cusparselt.version() if cusparselt is not None and cusparselt.is_available() else None
+    return f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|cusparselt {version}"
+
+
+def _read_cache(path: Path) -> dict[str, dict[str, float]]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        logger.warning("accelerate_: ignoring unreadable timing cache %s (%s); it will be rewritten", path, exc)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("timings"),
+                                                                                                  dict):
+        logger.warning("accelerate_: ignoring timing cache %s of another format; it will be rewritten", path)
+        return {}
+    return {k: v for k, v in data["timings"].items()
+            if isinstance(v, dict) and all(isinstance(v.get(x), (int, float)) for x in ("dense_ms", "sparse_ms"))}
+
+
+def _write_cache(path: Path, timings: Mapping[str, Mapping[str, float]]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"version": _CACHE_VERSION, "timings": dict(timings)}, indent=1, sort_keys=True))
+
+
+def _time_ms(fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.device) -> float:
+    """Median milliseconds of ``fn`` (CUDA events on CUDA, wall clock elsewhere)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        import time
+
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _periodic_2_4_t_mask(out_features: int, in_features: int, device: torch.device) -> torch.Tensor:
+    """A valid 2:4-T mask (the product's speed does not depend on which one)."""
+    tile = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    return tile.repeat(out_features // 4, in_features // 4).to(device)
+
+
+def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16,
+                   device: torch.device | str = "cuda", *, training: bool = True, warmup: int = 5,
+                   repeats: int = 20, mode: str = "static") -> tuple[float, float]:
+    """Median ms of one layer step, dense ``nn.Linear`` vs :class:`~nmsparse.nn.SparseLinear`, same run.
+
+    ``training=True``: forward + backward (``dX`` and ``dW``) of a ``[tokens, in]`` input, the sparse side
+    re-packing ``W``/``W^T`` every step as after an optimizer step. ``training=False``: forward only, packed once.
+    On a device where the sparse path cannot run the "sparse" side is the masked-dense fallback.
+
+    Returns:
+        ``(dense_ms, sparse_ms)``.
+
+    Example:
+        >>> from nmsparse.accelerate import measure_linear
+        >>> dense_ms, sparse_ms = measure_linear(8, 16, 16, torch.float32, "cpu", warmup=1, repeats=2)
+        >>> dense_ms > 0 and sparse_ms > 0
+        True
+    """
+    device = torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    dense = nn.Linear(in_features, out_features, bias=False, device=device, dtype=dtype)
+    with torch.no_grad():
+        dense.weight.copy_(torch.randn(out_features, in_features, generator=gen).to(dtype))
+    mask = _periodic_2_4_t_mask(out_features, in_features, device)
+    sparse = SparseLinear.from_dense(dense, mask=mask, mode=mode)  # type: ignore[arg-type]
+    x = torch.randn(tokens, in_features, generator=gen).to(device=device, dtype=dtype).requires_grad_(training)
+    dy = torch.randn(tokens, out_features, generator=gen).to(device=device, dtype=dtype)
+
+    def step(layer: nn.Module, repack: bool) -> Callable[[], object]:
+        def run() -> object:
+            if repack:
+                sparse.invalidate_()
+            if not training:
+                with torch.no_grad():
+                    return layer(x)
+            dense.weight.grad = None
+            x.grad = None
+            y = layer(x)
+            y.backward(dy)
+            return y
+        return run
+
+    dense_ms = _time_ms(step(dense, False), warmup=warmup, repeats=repeats, device=device)
+    sparse_ms = _time_ms(step(sparse, training), warmup=warmup, repeats=repeats, device=device)
+    return dense_ms, sparse_ms
+
+
+def _measured(tokens: int, in_features: int, out_features: int, dtype: torch.dtype, device: torch.device, *,
+              training: bool, cache_path: Path | None, cache: dict[str, dict[str, float]]) -> tuple[float, float]:
+    key = (f"{_environment_key(device)}|{str(dtype).replace('torch.', '')}|{tokens}x{in_features}x{out_features}"
+           f"|{'train' if training else 'infer'}")
+    if key not in cache:
+        dense_ms, sparse_ms = measure_linear(tokens, in_features, out_features, dtype, device, training=training)
+        cache[key] = {"dense_ms": dense_ms, "sparse_ms": sparse_ms}
+        _MEMORY_CACHE[key] = cache[key]
+        if cache_path is not None:
+            _write_cache(cache_path, cache)
+    entry = cache[key]
+    return float(entry["dense_ms"]), float(entry["sparse_ms"])
+
+
+# ----------------------------------------------------------------------------------------------- swap
+
+
+def _mask_of(module: nn.Linear) -> NMMask | None:
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    for p in module.parametrizations.weight:
+        if isinstance(p, NMMask):
+            return p
+    return None
+
+
+def _record_tokens(model: nn.Module, names: Sequence[str], sample: Any) -> dict[str, int]:
+    """Rows of the 2-D input each named Linear sees in one forward of ``sample`` (no grad)."""
+    modules = dict(model.named_modules())
+    seen: dict[str, int] = {}
+    handles = []
+    for name in names:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], name: str = name) -> None:
+            x = inputs[0]
+            seen[name] = max(seen.get(name, 0), int(x.numel() // x.shape[-1]))
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            if isinstance(sample, Mapping):
+                model(**sample)
+            elif isinstance(sample, tuple):
+                model(*sample)
+            else:
+                model(sample)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
+    if not ok or not math.isfinite(float(value)) or float(value) < minimum:  # type: ignore[arg-type]
+        kind = "an int" if integer else "a finite number"
+        raise ConfigError(f"accelerate_: {name} must be {kind} >= {minimum:g}, got {value!r}")
+
+
+def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup: float = 1.05,
+                tokens: int | Mapping[str, int] | None = None, sample: Any = None,
+                dtype: torch.dtype | None = None, include: Sequence[str] | None = None,
+                exclude: Sequence[str] | None = None, mode: str | None = None, decay: float | None = None,
+                method: str = "exact", training: bool = True, cache_file: str | os.PathLike[str] | bool | None = None,
+                force: bool = False, progress_bar: bool | None = None) -> AccelerationReport:
+    """Replace the ``nn.Linear`` layers that run faster on 2:4 sparse tensor cores by :class:`~nmsparse.nn.SparseLinear`.
+
+    For every ``nn.Linear`` (selected by ``include``/``exclude`` globs on qualified names):
+
+    1. its pattern: an nmsparse-pruned layer (:func:`~nmsparse.prune_`, :class:`~nmsparse.DynamicSparsifier`)
+       keeps its own mask and pattern; a plain layer gets ``pattern`` and a mask from ``method``;
+    2. a capability probe (:func:`~nmsparse.nn.linear.sparse_unavailable_reason`): pattern 2:4-T, CUDA, sm80+,
+       fp16/bf16, cuSPARSELt in the torch build, both dimensions multiples of 128, a tiny self-test;
+    3. a measured micro-benchmark at the layer's shape (``tokens`` rows per call, from ``tokens`` or one forward
+       of ``sample``): swapped when dense time / sparse time (re-packing included when ``training``) is at least
+       ``min_speedup``. Timings are cached per GPU, torch and cuSPARSELt version, in memory and, with
+       ``cache_file``, in a JSON file.
+
+    Swapped layers share the old layer's Parameter objects (optimizers keep working) and, when pruned, its mask
+    tensor (a ``DynamicSparsifier`` created before keeps refreshing it). Call it after moving the model to its
+    GPU and dtype, after pruning, and before wrapping in DDP or compiling.
+
+    Args:
+        model: the model; modified in place.
+        pattern: pattern for plain (unpruned) layers; only ``"2:4-T"`` accelerates.
+        min_speedup: swap only when the measured speed-up reaches this.
+        tokens: rows of each layer's 2-D input per call (batch x sequence), one int or per-layer-name ints.
+        sample: *optional* example input (tensor, tuple of args or dict of kwargs) run once to record tokens.
+        dtype: compute dtype (default: each weight's dtype; pass the autocast dtype when training under autocast).
+        include: *optional* fnmatch globs of layer names to consider.
+        exclude: *optional* fnmatch globs of layer names to leave alone.
+        mode: ``"static"`` or ``"straight-through"`` for plain layers (pruned layers keep theirs).
+        decay: SR-STE decay for plain layers in straight-through mode.
+        method: :func:`~nmsparse.find_mask` method for plain layers' masks.
+        training: decide on forward + backward with re-packing (``False``: forward only).
+        cache_file: ``None``/``False``: in-memory cache only; ``True``: :func:`default_cache_file`; or a path.
+        force: swap every layer that can take the pattern, whatever the probe or timing says (layers that cannot
+            run sparse compute masked-dense; for tests and CPU runs).
+        progress_bar: show a progress bar over the layers (``None``: on a terminal only).
+
+    Returns:
+        An :class:`AccelerationReport` naming every layer considered and why it was or was not swapped.
+
+    Raises:
+        ConfigError: bad arguments, or a capable GPU layer whose token count is unknown (pass ``tokens`` or
+            ``sample``).
+
+    Example:
+        >>> import torch
+        >>> from nmsparse.accelerate import accelerate_
+        >>> model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256))
+        >>> report = accelerate_(model, tokens=4096)
+        >>> print(report.kept["0"])
+        no CUDA: tensors are on cpu (sparse tensor cores need an NVIDIA GPU)
+        >>> report = accelerate_(model, force=True)  # masked-dense SparseLinear, for testing
+        >>> type(model[0]).__name__, len(report.swapped)
+        ('SparseLinear', 2)
+    """
+    target = NMPattern.parse(pattern)
+    _check_number("min_speedup", min_speedup, minimum=0.0)
+    if tokens is not None and not isinstance(tokens, Mapping):
+        _check_number("tokens", tokens, minimum=1, integer=True)
+    if not isinstance(force, bool) or not isinstance(training, bool):
+        raise ConfigError(f"accelerate_: force and training must be bools, got {force!r} and {training!r}")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise ConfigError(f"accelerate_: dtype must be a torch.dtype such as torch.bfloat16, got {dtype!r}")
+    include_globs = [include] if isinstance(include, str) else (None if include is None else list(include))
+    exclude_globs = [exclude] if isinstance(exclude, str) else list(exclude or ())
+
+    candidates: dict[str, nn.Linear] = {}
+    report = AccelerationReport(pattern=str(target), min_speedup=float(min_speedup))
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if include_globs is not None and not any(fnmatch.fnmatchcase(name, g) for g in include_globs):
+            continue
+        if any(fnmatch.fnmatchcase(name, g) for g in exclude_globs):
+            continue
+        candidates[name] = module
+    if not candidates:
+        logger.info("accelerate_: the model has no nn.Linear layer to consider")
+        return report
+
+    seen_tokens: dict[str, int] = {}
+    if sample is not None:
+        seen_tokens = _record_tokens(model, list(candidates), sample)
+    if isinstance(tokens, Mapping):
+        for key, value in tokens.items():
+            _check_number(f"tokens[{key!r}]", value, minimum=1, integer=True)
+        seen_tokens.update(tokens)
+
+    cache_path: Path | None
+    if cache_file is None or cache_file is False:
+        cache_path = None
+    elif cache_file is True:
+        cache_path = default_cache_file()
+    else:
+        cache_path = Path(cache_file)
+    cache: dict[str, dict[str, float]] = dict(_MEMORY_CACHE)
+    if cache_path is not None:
+        cache.update(_read_cache(cache_path))
+
+    replaced: dict[int, SparseLinear] = {}
+    for name, module in progress(candidates.items(), desc="accelerate_", total=len(candidates), unit="layer",
+                                 enabled=progress_bar):
+        nm = _mask_of(module)
+        weight = module.parametrizations.weight.original if nm is not None else module.weight
+        out_f, in_f = int(weight.shape[0]), int(weight.shape[1])
+        layer_pattern = target if nm is None else nm.pattern
+        compute = weight.dtype if dtype is None else dtype
+        decision = LayerDecision(name, out_f, in_f, None if layer_pattern is None else str(layer_pattern),
+                                 str(compute).replace("torch.", ""), None, False, False, "")
+        report.layers[name] = decision
+        if id(module) in replaced:
+            _set_child(model, name, replaced[id(module)])
+            decision.swapped, decision.reason = True, "shared module, swapped with its first occurrence"
+            decision.sparse = replaced[id(module)].sparse_reason is None
+            continue
+        if nm is not None and len(module.parametrizations.weight) != 1:
+            decision.reason = "its weight carries parametrizations besides the nmsparse mask"
+            continue
+        if layer_pattern is None:
+            decision.reason = "pruned without a recorded pattern; re-prune with nmsparse.prune_(..., pattern)"
+            continue
+        if out_f % layer_pattern.m or in_f % layer_pattern.m:
+            decision.reason = (f"weight {out_f}x{in_f} cannot take {layer_pattern} (both dimensions must be "
+                               f"multiples of {layer_pattern.m})")
+            continue
+        if parametrize.is_parametrized(module) and any(k not in ("weight", "bias")
+                                                       for k in module.parametrizations.keys()):
+            decision.reason = "other tensors of the layer are parametrized"
+            continue
+        reason = sparse_unavailable_reason(weight.device, compute, in_features=in_f, out_features=out_f,
+                                           pattern=layer_pattern)
+        if reason is None:
+            count = seen_tokens.get(name, tokens if isinstance(tokens, int) else None)
+            decision.tokens = count
+            if count is None and not force:
+                raise ConfigError(
+                    f"accelerate_: layer {name!r} can run sparse but its token count is unknown; pass tokens= "
+                    f"(rows of its 2-D input per call, e.g. batch*sequence) or sample= (an example input)")
+            if count is not None:
+                decision.dense_ms, decision.sparse_ms = _measured(count, in_f, out_f, compute, weight.device,
+                                                                  training=training, cache_path=cache_path,
+                                                                  cache=cache)
+                speed = decision.speedup or 0.0
+                timing = (f"measured {speed:.2f}x (dense {decision.dense_ms:.3f} ms, sparse "
+                          f"{decision.sparse_ms:.3f} ms at {count} tokens"
+                          f"{', re-packing included' if training else ', forward only'})")
+                if speed < min_speedup and not force:
+                    decision.reason = f"{timing} < min_speedup {min_speedup:g}"
+                    continue
+                decision.reason = timing if speed >= min_speedup else f"forced: {timing} < min_speedup {min_speedup:g}"
+            else:
+                decision.reason = "forced (not measured: token count unknown)"
+            decision.sparse = True
+        elif force:
+            decision.reason = f"forced: runs masked-dense ({reason})"
+        else:
+            decision.reason = reason
+            continue
+        new = SparseLinear.from_dense(module, None if nm is not None else layer_pattern,
+                                      mode=None if nm is not None else (mode or "static"),  # type: ignore[arg-type]
+                                      decay=None if nm is not None else decay, method=method)
+        _set_child(model, name, new)
+        replaced[id(module)] = new
+        decision.swapped = True
+    summary = report.describe()
+    logger.info("%s", summary)
+    return report
+
+
+@torch.no_grad()
+def refresh_masks_(model: nn.Module, method: str = "exact") -> float:
+    """Refresh the mask of every :class:`~nmsparse.nn.SparseLinear` in ``model`` from its live weight.
+
+    For SparseLinear layers made from plain Linear layers (a model pruned with a
+    :class:`~nmsparse.DynamicSparsifier` before :func:`accelerate_` is refreshed by that sparsifier). Call it
+    every ``k`` optimizer steps.
+
+    Returns:
+        Fraction of mask entries (over all layers) that changed.
+
+    Example:
+        >>> import torch
+        >>> from nmsparse.accelerate import refresh_masks_
+        >>> from nmsparse.nn import SparseLinear
+        >>> refresh_masks_(torch.nn.Sequential(SparseLinear(8, 8, mode="straight-through")))
+        0.0
+    """
+    changed = total = 0.0
+    for module in model.modules():
+        if isinstance(module, SparseLinear):
+            changed += module.refresh_mask_(method) * module.mask.numel()
+            total += module.mask.numel()
+    return changed / total if total else 0.0
+
