@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import nmsparse
-from nmsparse.errors import MaskMismatchError, ShapeError
+from nmsparse.errors import InputError, MaskMismatchError, ShapeError
 
 
 def test_is_nm_sparse_counts_nonzeros_of_weights_and_masks():
@@ -51,3 +51,23 @@ def test_gaussian_kept_fractions_match_the_brief():
     w = torch.randn(1024, 1024)
     assert nmsparse.retained_magnitude(w, nmsparse.find_mask(w, "2:4")) == pytest.approx(0.7445, abs=2e-3)
     assert nmsparse.retained_magnitude(w, nmsparse.find_mask(w, "4:8")) == pytest.approx(0.7683, abs=2e-3)
+
+
+def test_retained_magnitude_is_finite_for_extreme_float64():
+    # Regression (issue 7, fault 1): the float64 sum of values near 1e308 overflowed and inf / inf gave NaN.
+    big = torch.full((2, 4), torch.finfo(torch.float64).max, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, False]] * 2)
+    assert nmsparse.retained_magnitude(big, mask) == 0.5
+    tiny = torch.zeros(4, 4, dtype=torch.float64)
+    tiny[0, 0], tiny[1, 1] = 1e-320, 3e-320
+    assert nmsparse.retained_magnitude(tiny, tiny != 0) == 1.0
+    assert nmsparse.retained_magnitude(tiny, torch.eye(4, dtype=torch.bool) & (tiny == 1e-320)) == pytest.approx(0.25)
+    with pytest.raises(InputError, match="non-finite"):
+        nmsparse.retained_magnitude(torch.tensor([1.0, float("inf")]), torch.tensor([True, False]))
+
+
+def test_is_nm_sparse_on_meta_and_sparse_tensors_says_how_to_fix():
+    with pytest.raises(InputError, match="meta device"):
+        nmsparse.is_nm_sparse(torch.empty(4, 4, device="meta"), "2:4")
+    with pytest.raises(InputError, match=r"to_dense\(\)"):
+        nmsparse.is_nm_sparse(torch.eye(4).to_sparse(), "2:4")
