@@ -614,8 +614,8 @@ class SparseLinear(nn.Module):
         """Recompute the mask from the live weight, in place, and return the fraction of entries that changed.
 
         Straight-through layers score the dense ``|W|`` (pruned weights may come back); static layers score
-        ``|W * mask|`` (pruned weights stay pruned). ``method="exact"`` uses nmsparse's exact solver
-        (:func:`~nmsparse.find_mask`; on CUDA the GPU kernel where one is registered). The mask tensor is
+        ``|W * mask|`` (pruned weights stay pruned). ``method="exact"`` on a CUDA 2:4-T layer runs the one-pass
+        GPU kernel :func:`nmsparse.kernels.exact_2_4_t`; otherwise :func:`~nmsparse.find_mask` with ``method``. The mask tensor is
         overwritten, not replaced, so a linked :class:`~nmsparse.NMMask` sees the new mask too.
 
         Example:
@@ -628,7 +628,17 @@ class SparseLinear(nn.Module):
             0.0
         """
         live = self.weight.detach() if self.straight_through else self.weight.detach() * self.mask
-        new = self._solve_mask(live, method=method).to(self.mask.device)
+        new = None
+        if method == "exact" and self.pattern == SPARSE_PATTERN and live.is_cuda:
+            try:  # the one-pass GPU kernel (optimal 2:4-T); find_mask's exact solver otherwise
+                from ..kernels import exact_2_4_t
+            except ImportError:  # pragma: no cover - kernels ship with nmsparse
+                exact_2_4_t = None
+            if exact_2_4_t is not None:
+                new = exact_2_4_t(live.abs())
+        if new is None:
+            new = self._solve_mask(live, method=method)
+        new = new.to(self.mask.device)
         changed = float((new != self.mask).sum()) / max(new.numel(), 1)
         self.mask.copy_(new)
         return changed
