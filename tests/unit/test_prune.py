@@ -65,8 +65,8 @@ def _masked_dense_copy(dense: nn.Module, masks: dict[str, torch.Tensor]) -> nn.M
     ref = copy.deepcopy(dense)
     with torch.no_grad():
         for name, module in _layers(ref).items():
-            if name in masks:
-                module.weight.mul_(masks[name])
+            if f"{name}.weight" in masks:
+                module.weight.mul_(masks[f"{name}.weight"])
     return ref
 
 
@@ -121,7 +121,7 @@ def test_nothing_prunable_raises_with_reason_per_layer():
     message = str(info.value)
     assert "- 0:" in message and "- 1:" in message and "size 6" in message and "size 5" in message
     assert not any(is_pruned(m) for m in model.modules())
-    with pytest.raises(ConfigError, match="no nn.Linear or nn.Conv2d"):
+    with pytest.raises(ConfigError, match="has no Linear, Conv1d, Conv2d or Conv1D"):
         prune_(nn.Sequential(nn.ReLU()), "2:4")
     with pytest.raises(ConfigError, match="keep_first_last"):
         prune_(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)), "2:4", keep_first_last=True)
@@ -146,9 +146,10 @@ def test_masks_valid_and_equal_to_find_mask_per_group(pattern, method):
     dense = copy.deepcopy(model)
     prune_(model, pattern, method=method)
     masks = get_masks(model)
-    expected = set(select_layers(dense, pattern).selected)
+    expected = {f"{name}.weight" for name in select_layers(dense, pattern).selected}
     assert set(masks) == expected and len(expected) >= 4
-    for name, mask in masks.items():
+    for key, mask in masks.items():
+        name = key.removesuffix(".weight")
         module = _layers(model)[name]
         weight = _layers(dense)[name].weight.detach()
         assert mask.dtype == torch.bool and mask.shape == weight.shape
@@ -172,16 +173,18 @@ def test_forward_equals_dense_forward_with_masked_weights():
 
 def test_scores_override_magnitude_and_are_validated():
     model = toy_mlp()
-    scores = {"2": torch.rand(32, 64)}
+    scores = {"2.weight": torch.rand(32, 64)}  # keyed by tensor name, as masks are
     prune_(model, "2:4", scores=scores)
     masks = get_masks(model)
-    assert torch.equal(masks["2"], nmsparse.find_mask(model[2].parametrizations.weight.original, "2:4",
-                                                      scores=scores["2"]))
-    assert torch.equal(masks["0"], nmsparse.find_mask(model[0].parametrizations.weight.original, "2:4"))
+    assert torch.equal(masks["2.weight"], nmsparse.find_mask(model[2].parametrizations.weight.original, "2:4",
+                                                             scores=scores["2.weight"]))
+    assert torch.equal(masks["0.weight"], nmsparse.find_mask(model[0].parametrizations.weight.original, "2:4"))
     with pytest.raises(ConfigError, match="fc9"):
-        prune_(toy_mlp(), "2:4", scores={"fc9": torch.rand(3, 3)})
+        prune_(toy_mlp(), "2:4", scores={"fc9.weight": torch.rand(3, 3)})
+    with pytest.raises(ConfigError, match=r"did you mean \['2.weight'\]"):
+        prune_(toy_mlp(), "2:4", scores={"2": torch.rand(32, 64)})
     with pytest.raises(ShapeError, match="scores"):
-        prune_(toy_mlp(), "2:4", scores={"0": torch.rand(3, 3)})
+        prune_(toy_mlp(), "2:4", scores={"0.weight": torch.rand(3, 3)})
 
 
 def test_bad_method_raises_before_touching_the_model():
@@ -218,7 +221,8 @@ def test_pruning_keeps_parameter_objects_and_state_dict_keys():
     prune_(model, "2:4")
     assert sorted(id(p) for p in model.parameters()) == sorted(before)
     keys = set(model.state_dict())
-    assert {"0.parametrizations.weight.original", "0.parametrizations.weight.0.mask", "0.bias"} <= keys
+    assert {"0.parametrizations.weight.original", "0.parametrizations.weight.0.mask",
+            "0.parametrizations.bias.original"} <= keys
     assert "0.weight" not in keys
     assert model.state_dict()["0.parametrizations.weight.0.mask"].dtype == torch.bool
 
@@ -232,7 +236,7 @@ def test_reprune_static_never_revives_pruned_weights():
     for name in first:
         assert not bool((second[name] & ~first[name]).any())
         assert nmsparse.is_nm_sparse(second[name], "1:4")
-        assert len(model[int(name)].parametrizations.weight) == 1  # updated in place, not stacked
+        assert len(model[int(name.split(".")[0])].parametrizations.weight) == 1  # updated in place, not stacked
 
 
 def test_dtype_change_keeps_bool_mask():
@@ -261,9 +265,10 @@ def test_static_gradient_is_zero_on_pruned_entries():
     model(x).square().sum().backward()
     ref(x).square().sum().backward()
     for name, mask in masks.items():
-        grad = model[int(name)].parametrizations.weight.original.grad
+        index = int(name.split(".")[0])
+        grad = model[index].parametrizations.weight.original.grad
         assert bool((grad[~mask] == 0).all())
-        torch.testing.assert_close(grad, ref[int(name)].weight.grad * mask)
+        torch.testing.assert_close(grad, ref[index].weight.grad * mask)
 
 
 def test_straight_through_gradient_reaches_pruned_entries():
@@ -276,8 +281,9 @@ def test_straight_through_gradient_reaches_pruned_entries():
     model(x).square().sum().backward()
     ref(x).square().sum().backward()
     for name, mask in masks.items():
-        grad = model[int(name)].parametrizations.weight.original.grad
-        torch.testing.assert_close(grad, ref[int(name)].weight.grad)  # dense: d loss / d (W * mask)
+        index = int(name.split(".")[0])
+        grad = model[index].parametrizations.weight.original.grad
+        torch.testing.assert_close(grad, ref[index].weight.grad)  # dense: d loss / d (W * mask)
         assert bool((grad[~mask] != 0).any())
 
 
@@ -323,7 +329,7 @@ def test_squash_gives_plain_modules_with_equal_outputs():
     assert "conv.weight" in model.state_dict() and not any("parametrizations" in k for k in model.state_dict())
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
     for name, mask in masks.items():
-        assert bool((_layers(model)[name].weight[~mask] == 0).all())
+        assert bool((_layers(model)[name.removesuffix(".weight")].weight[~mask] == 0).all())
     assert get_masks(model) == {}
 
 
@@ -364,7 +370,7 @@ def test_load_pruned_state_dict_into_fresh_unpruned_model():
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
     # the loaded masks are static: pruned entries get no gradient
     fresh(x).sum().backward()
-    mask = get_masks(fresh)["conv"]
+    mask = get_masks(fresh)["conv.weight"]
     assert bool((fresh.conv.parametrizations.weight.original.grad[~mask] == 0).all())
 
 
@@ -378,9 +384,9 @@ def test_checkpoint_with_mismatched_masks_is_refused_naming_every_entry():
     with pytest.raises(MaskMismatchError) as info:
         load_pruned_state_dict_(fresh, state)
     message = str(info.value)
-    assert "'2.parametrizations.weight.0.mask' is (5, 5)" in message and "(32, 64)" in message
-    assert "no module named '9'" in message and "'1' (ReLU) has no weight" in message
-    assert "3 mask entries" in message
+    assert "mask '2.weight' is (5, 5)" in message and "(32, 64)" in message
+    assert "no layer '9' with a weight" in message and "no layer '1' with a weight" in message
+    assert "3 entries" in message
     assert not any(is_pruned(m) for m in fresh.modules())
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items())
 
@@ -388,7 +394,7 @@ def test_checkpoint_with_mismatched_masks_is_refused_naming_every_entry():
 def test_load_pruned_state_dict_reports_missing_masks_and_other_keys():
     pruned = prune_(toy_mlp(), "2:4")
     dense_state = toy_mlp().state_dict()
-    with pytest.raises(MaskMismatchError, match=r"missing: '0.parametrizations.weight.0.mask'"):
+    with pytest.raises(MaskMismatchError, match=r"missing: mask '0.weight'"):
         load_pruned_state_dict_(pruned, dense_state)
     state = prune_(toy_mlp(), "2:4", include=["0"]).state_dict()
     state["extra.buffer"] = torch.zeros(1)
@@ -408,16 +414,18 @@ def test_set_masks_replaces_in_place_and_lists_every_problem():
     assert model[0].parametrizations.weight[0].mask is buffer
     assert all(torch.equal(get_masks(model)[k], v) for k, v in new.items())
 
-    bad = {"0": torch.ones(64, 32, dtype=torch.bool),  # breaks 2:4-T
-           "2": torch.ones(3, 3, dtype=torch.bool),  # wrong shape
-           "7": new["4"]}  # not a pruned layer; "4" missing
+    bad = {"0.weight": torch.ones(64, 32, dtype=torch.bool),  # breaks 2:4-T
+           "2.weight": torch.ones(3, 3, dtype=torch.bool),  # wrong shape
+           "7.weight": new["4.weight"],  # not a pruned layer; "4.weight" missing
+           "0": new["0.weight"]}  # a module name, not a tensor name
     with pytest.raises(MaskMismatchError) as info:
         set_masks_(model, bad)
     message = str(info.value)
-    for needle in ("wrong pattern: '0'", "wrong shape: '2'", "unexpected: '7'", "missing: '4'"):
+    for needle in ("wrong pattern: '0.weight'", "wrong shape: '2.weight'", "unexpected: '7.weight'",
+                   "missing: '4.weight'", "did you mean '0.weight'"):
         assert needle in message
     assert all(torch.equal(get_masks(model)[k], v) for k, v in new.items())  # nothing changed
-    set_masks_(model, {"4": ~new["4"] & new["4"]}, strict=False)  # partial update, an all-pruned mask
+    set_masks_(model, {"4.weight": ~new["4.weight"] & new["4.weight"]}, strict=False)  # an all-pruned mask
     assert not bool(model[4].weight.any())
 
 
@@ -425,6 +433,6 @@ def test_loading_a_mask_that_breaks_the_layers_pattern_is_refused():
     model = prune_(toy_mlp(), "2:4-T", method="greedy")
     state = copy.deepcopy(model.state_dict())
     state["0.parametrizations.weight.0.mask"][:] = True
-    with pytest.raises(MaskMismatchError, match=r"wrong pattern: '0.parametrizations.weight.0.mask' breaks 2:4-T"):
+    with pytest.raises(MaskMismatchError, match=r"wrong pattern: mask '0.weight' breaks 2:4-T"):
         load_pruned_state_dict_(model, state)
-    assert nmsparse.is_nm_sparse(get_masks(model)["0"], "2:4-T")
+    assert nmsparse.is_nm_sparse(get_masks(model)["0.weight"], "2:4-T")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .parametrize import NMMask
+from .linear import SparseLinear
+from .parametrize import KeepOrder, NMMask
 
-__all__ = ["NMMask"]
+__all__ = ["NMMask", "KeepOrder", "SparseLinear"]

@@ -2,11 +2,16 @@
 
 The dense weight stays a plain :class:`torch.nn.Parameter` (``<module>.parametrizations.weight.original``) and
 the mask a persistent bool buffer (``<module>.parametrizations.weight.0.mask``), so any optimizer, ``model.to``,
-``state_dict`` and ``torch.compile`` keep working unchanged.
+``state_dict`` and ``torch.compile`` keep working unchanged. The pattern, the gradient mode and the layout of the
+mask travel with the module's state through ``get_extra_state``/``set_extra_state``
+(``<module>.parametrizations.weight.0._extra_state``, a small ``uint8`` tensor holding UTF-8 JSON, so safetensors
+files and ``torch.load(weights_only=True)`` carry it), and checks such as :func:`nmsparse.set_masks_` keep
+working after a reload.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -16,7 +21,10 @@ from torch import nn
 from ..errors import ConfigError, MaskMismatchError
 from ..pattern import NMPattern, PatternLike
 
-__all__ = ["NMMask"]
+__all__ = ["NMMask", "KeepOrder"]
+
+#: Version of the JSON held by :meth:`NMMask.get_extra_state`.
+EXTRA_STATE_VERSION = 1
 
 
 class _StraightThroughMask(torch.autograd.Function):
@@ -74,7 +82,12 @@ class NMMask(nn.Module):
             accepted and converted).
         straight_through: pass the gradient densely to the original weight (see above).
         decay: SR-STE decay ``lambda_w`` on pruned weights, ``>= 0``; only with ``straight_through=True``.
-        pattern: *optional* pattern the mask was made for; recorded for checks and ``repr``, not saved.
+        pattern: *optional* pattern the mask was made for; checked by :func:`nmsparse.set_masks_` and saved with
+            the module's state.
+        transposed: the weight is stored ``[in, out]`` (``transformers``' ``Conv1D``), so its matrix view
+            ``[out, in]`` is the transpose; saved with the state.
+        padded: the matrix view was zero-padded to multiples of ``m`` before solving (the pattern holds on the
+            padded view, padded entries never kept); saved with the state.
 
     Raises:
         ConfigError: negative or non-finite ``decay``, or ``decay`` without ``straight_through``.
@@ -89,13 +102,13 @@ class NMMask(nn.Module):
         >>> bool(((layer.weight != 0).sum(dim=1) == 4).all())
         True
         >>> sorted(k for k in layer.state_dict() if "weight" in k)
-        ['parametrizations.weight.0.mask', 'parametrizations.weight.original']
+        ['parametrizations.weight.0._extra_state', 'parametrizations.weight.0.mask', 'parametrizations.weight.original']
     """
 
     mask: torch.Tensor
 
     def __init__(self, mask: torch.Tensor, *, straight_through: bool = False, decay: float = 0.0,
-                 pattern: PatternLike | None = None) -> None:
+                 pattern: PatternLike | None = None, transposed: bool = False, padded: bool = False) -> None:
         super().__init__()
         if not isinstance(mask, torch.Tensor):
             raise MaskMismatchError(f"NMMask: mask must be a torch.Tensor, got {type(mask).__name__}")
@@ -103,6 +116,55 @@ class NMMask(nn.Module):
         self.straight_through = bool(straight_through)
         self.decay = _check_decay(decay, self.straight_through)
         self.pattern = None if pattern is None else NMPattern.parse(pattern)
+        self.transposed = bool(transposed)
+        self.padded = bool(padded)
+
+    @property
+    def mode(self) -> str:
+        """``"straight-through"`` (dynamic training) or ``"static"`` (fine-tuning)."""
+        return "straight-through" if self.straight_through else "static"
+
+    def describe(self) -> dict[str, Any]:
+        """Pattern, mode, decay and layout as plain JSON values (what :meth:`get_extra_state` saves)."""
+        return {"version": EXTRA_STATE_VERSION, "pattern": None if self.pattern is None else str(self.pattern),
+                "mode": self.mode, "decay": self.decay, "transposed": self.transposed, "padded": self.padded}
+
+    def configure(self, info: Any, *, where: str = "NMMask") -> None:
+        """Apply a :meth:`describe` dict (validated; unknown versions and values raise :class:`MaskMismatchError`)."""
+        if not isinstance(info, dict) or info.get("version") != EXTRA_STATE_VERSION:
+            raise MaskMismatchError(
+                f"{where}: expected the mask's state (a dict with version {EXTRA_STATE_VERSION}, as written by "
+                f"NMMask.get_extra_state), got {info!r}; save and load with the same nmsparse version"
+            )
+        mode = info.get("mode", "static")
+        if mode not in ("static", "straight-through"):
+            raise MaskMismatchError(f"{where}: mode must be 'static' or 'straight-through', got {mode!r}")
+        pattern = info.get("pattern")
+        straight_through = mode == "straight-through"
+        decay = _check_decay(info.get("decay", 0.0), straight_through)
+        self.pattern = None if pattern is None else NMPattern.parse(pattern)
+        self.straight_through, self.decay = straight_through, decay
+        self.transposed = bool(info.get("transposed", False))
+        self.padded = bool(info.get("padded", False))
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The :meth:`describe` dict as UTF-8 JSON in a ``uint8`` tensor (so every tensor file format keeps it)."""
+        data = json.dumps(self.describe(), sort_keys=True).encode("utf-8")
+        return torch.tensor(list(data), dtype=torch.uint8)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore what :meth:`get_extra_state` saved (a ``uint8`` JSON tensor, or the dict itself)."""
+        if isinstance(state, torch.Tensor):
+            if state.dtype != torch.uint8 or state.dim() != 1:
+                raise MaskMismatchError(
+                    f"NMMask.set_extra_state: expected a 1-D uint8 tensor of JSON, got {state.dtype} "
+                    f"{tuple(state.shape)}"
+                )
+            try:
+                state = json.loads(bytes(state.tolist()).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise MaskMismatchError(f"NMMask.set_extra_state: the saved mask state is not JSON ({exc})") from exc
+        self.configure(state, where="NMMask.set_extra_state")
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """Return ``weight * mask`` (gradient as described in the class docstring)."""
@@ -124,9 +186,36 @@ class NMMask(nn.Module):
         if self.pattern is not None:
             parts.append(f"pattern={self.pattern}")
         parts.append(f"straight_through={self.straight_through}")
+        if self.transposed:
+            parts.append("transposed=True")
+        if self.padded:
+            parts.append("padded=True")
         if self.decay:
             parts.append(f"decay={self.decay:g}")
         return ", ".join(parts)
+
+
+class KeepOrder(nn.Module):
+    """Identity parametrization that keeps ``model.parameters()`` in its original order after pruning.
+
+    :func:`torch.nn.utils.parametrize.register_parametrization` moves a module's ``weight`` into the child
+    ``parametrizations``, after the module's own remaining parameters (a Linear's order becomes bias, weight).
+    :func:`nmsparse.prune_` therefore also moves every parameter registered *after* ``weight`` (``bias``) behind
+    this identity, and puts ``parametrizations`` first among the children, so the order (and with it an
+    optimizer's state saved before pruning) stays as it was. The parameter objects themselves never change.
+
+    Example:
+        >>> import torch
+        >>> from torch.nn.utils import parametrize
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> _ = parametrize.register_parametrization(layer, "bias", KeepOrder())
+        >>> layer.bias is layer.parametrizations.bias.original
+        True
+    """
+
+    def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Return ``tensor`` itself."""
+        return tensor
 
 
 def _check_decay(decay: float, straight_through: bool) -> float:

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..metrics import is_nm_sparse
 from ..nn.parametrize import NMMask
 from ..pattern import NMPattern, PatternLike
 from ..solvers import Method
+from ._views import mask_fits
 from .static import _check_method, _nm_mask, _prune, layer_mask
 
 __all__ = ["DynamicSparsifier"]
@@ -64,7 +64,9 @@ class DynamicSparsifier:
         decay: SR-STE decay on pruned weights, ``>= 0`` (SR-STE: ``2e-4``).
         include: *optional* fnmatch globs on module names to prune.
         exclude: *optional* fnmatch globs on module names to keep dense.
-        keep_first_last: keep the model's first and last Linear/Conv2d dense.
+        keep_first_last: keep the model's first and last prunable layers dense (default ``False``, as in
+            :func:`~nmsparse.prune_`).
+        pad: zero-pad layers whose sizes are not multiples of ``m`` (see :func:`~nmsparse.prune_`).
 
     Attributes:
         steps: :meth:`step` calls so far.
@@ -72,6 +74,8 @@ class DynamicSparsifier:
         refresh_seconds: total wall time spent refreshing masks (synchronised on CUDA).
         last_changed: fraction of mask entries that changed at the last refresh.
         layers: qualified module name -> pruned module.
+        report: the :class:`~nmsparse.prune.PruneReport` of the initial pruning (what was pruned, padded, and
+            left dense with the reason).
 
     Raises:
         PatternError: unparseable pattern.
@@ -94,7 +98,7 @@ class DynamicSparsifier:
     def __init__(self, model: nn.Module, pattern: PatternLike = "4:8-T", *, method: Method | str = "greedy",
                  initial_method: Method | str = "exact", refresh_every: int = 40, decay: float = 2e-4,
                  include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                 keep_first_last: bool = False) -> None:
+                 keep_first_last: bool = False, pad: bool = False) -> None:
         self.pattern = NMPattern.parse(pattern)
         self.method = _check_method(method, self.pattern, where="DynamicSparsifier")
         self.initial_method = _check_method(initial_method, self.pattern, where="DynamicSparsifier",
@@ -105,11 +109,14 @@ class DynamicSparsifier:
         self.exclude = None if exclude is None else ([exclude] if isinstance(exclude, str) else list(exclude))
         self.keep_first_last = bool(keep_first_last)
         self.model = model
-        self.layers: dict[str, nn.Module] = _prune(
+        self.pad = bool(pad)
+        self.layers: dict[str, nn.Module]
+        self.layers, self.report = _prune(
             model, self.pattern, method=self.initial_method, include=self.include, exclude=self.exclude,
             keep_first_last=self.keep_first_last, scores=None, straight_through=True, decay=self.decay,
-            where="DynamicSparsifier",
+            where="DynamicSparsifier", pad=self.pad,
         )
+        self._padded = {layer.name for layer in self.report.pruned if layer.padded_to is not None}
         self.steps = 0
         self.refreshes = 0
         self.refresh_seconds = 0.0
@@ -151,9 +158,10 @@ class DynamicSparsifier:
         start = time.perf_counter()
         changed: torch.Tensor | int = 0
         total = 0
-        for module, nm in zip(self.layers.values(), self._masks().values()):
+        for (name, module), nm in zip(self.layers.items(), self._masks().values()):
             original = module.parametrizations.weight.original
-            new = layer_mask(module, self.pattern, method=self.method, weight=original.detach())
+            new = layer_mask(module, self.pattern, method=self.method, weight=original.detach(),
+                             pad=name in self._padded)
             changed = changed + (new != nm.mask).sum()
             total += new.numel()
             nm.mask.copy_(new)
@@ -165,8 +173,9 @@ class DynamicSparsifier:
         return fraction
 
     def masks_valid(self) -> bool:
-        """Whether every mask obeys the pattern (:func:`nmsparse.is_nm_sparse`)."""
-        return all(is_nm_sparse(nm.mask, self.pattern) for nm in self._masks().values())
+        """Whether every mask obeys the pattern on its layer's (padded) matrix view."""
+        return all(mask_fits(nm.mask, self.pattern, transposed=nm.transposed, padded=nm.padded)
+                   for nm in self._masks().values())
 
     def state_dict(self) -> dict[str, Any]:
         """Counters and configuration (plain Python values; the masks are in ``model.state_dict()``)."""
@@ -180,6 +189,7 @@ class DynamicSparsifier:
             "include": self.include,
             "exclude": self.exclude,
             "keep_first_last": self.keep_first_last,
+            "pad": self.pad,
             "layers": list(self.layers),
             "steps": self.steps,
             "refreshes": self.refreshes,

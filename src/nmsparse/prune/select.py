@@ -1,10 +1,16 @@
-"""Which layers of a model get masks: module type, name globs, first/last layers, and shape fit."""
+"""Which layers of a model get masks: module type, name globs, first/last layers, tied weights and shape fit.
+
+Layers: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``transformers``' ``Conv1D`` (GPT-2's linears, weight
+stored ``[in, out]``; recognised by duck typing, so ``transformers`` is not imported). For every one of them the
+n:m groups run along the reduction (input) dimension of the product (see :mod:`nmsparse.prune._views`).
+"""
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,9 +21,31 @@ from ..layout import check_fits
 from ..nn.parametrize import NMMask
 from ..pattern import NMPattern, PatternLike
 
-__all__ = ["LayerSelection", "select_layers", "group_shape", "require_selected"]
+__all__ = ["LayerSelection", "select_layers", "group_shape", "require_selected", "is_transposed_layer"]
 
-DEFAULT_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+#: Module classes considered by default, besides ``transformers``' ``Conv1D`` (see :func:`is_transposed_layer`).
+DEFAULT_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def is_transposed_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a ``transformers`` ``Conv1D``: a linear layer whose weight is stored ``[in, out]``.
+
+    Example:
+        >>> import torch
+        >>> is_transposed_layer(torch.nn.Linear(4, 4))
+        False
+    """
+    # parametrized modules are instances of a generated subclass, so look along the MRO
+    if not any(cls.__name__ == "Conv1D" for cls in type(module).__mro__) or not hasattr(module, "nf"):
+        return False
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and int(weight.shape[1]) == int(module.nf)
+
+
+def _is_candidate(module: nn.Module, module_types: tuple[type[nn.Module], ...] | None) -> bool:
+    if module_types is None:
+        return isinstance(module, DEFAULT_MODULE_TYPES) or is_transposed_layer(module)
+    return isinstance(module, module_types)
 
 
 @dataclass
@@ -28,27 +56,38 @@ class LayerSelection:
         selected: qualified module name -> module that takes the pattern, in model order.
         skipped: qualified module name -> human-readable reason, for every module of the requested types
             that is left dense.
+        padded: qualified module name -> ``(rows, K)`` of the zero-padded matrix view, for selected layers that
+            only take the pattern with ``pad=True``.
     """
 
     selected: dict[str, nn.Module] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    padded: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def describe(self) -> str:
         """Multi-line summary: one line per selected and per skipped layer."""
         lines = [f"{len(self.selected)} layer(s) selected, {len(self.skipped)} skipped"]
-        lines += [f"  + {name}: {type(module).__name__} {tuple(module.weight.shape)}"
+        lines += [f"  + {name}: {type(module).__name__} {tuple(_weight_shape(module))}"
+                  + (f" (padded to {self.padded[name][0]}x{self.padded[name][1]})" if name in self.padded else "")
                   for name, module in self.selected.items()]
         lines += [f"  - {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
 
 
-def group_shape(module: nn.Module) -> tuple[int, tuple[int, ...]]:
-    """``(groups, shape of one group's weight slice)`` of a Linear/Conv-like module.
+def _weight_shape(module: nn.Module) -> tuple[int, ...]:
+    return tuple(int(s) for s in module.weight.shape)
 
-    A Conv2d with ``groups=g`` has weight ``[out, in/g, kh, kw]``; each group is the slice of ``out/g`` output
-    rows and is masked as its own matrix ``[out/g, kh*kw*in/g]``.
+
+def group_shape(module: nn.Module) -> tuple[int, tuple[int, ...]]:
+    """``(groups, shape of one group's slice of the weight's view)`` of a Linear/Conv-like module.
+
+    The view is the 2-D/4-D tensor the solvers take (:func:`nmsparse.prune._views.to_view`: a Conv1D weight is
+    transposed, an ``nn.Conv1d`` weight gets a unit height). A conv with ``groups=g`` has weight
+    ``[out, in/g, ...]``; each group is the slice of ``out/g`` output rows, masked as its own matrix.
     """
-    shape = tuple(int(s) for s in module.weight.shape)
+    from ._views import view_shape
+
+    shape = view_shape(module.weight.shape, transposed=is_transposed_layer(module))
     groups = int(getattr(module, "groups", 1) or 1)
     if groups <= 1 or shape[0] % groups:
         return 1, shape
@@ -71,8 +110,17 @@ def _matches(name: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, glob) for glob in globs)
 
 
-def _unfit_reason(module: nn.Module, pattern: NMPattern) -> str | None:
-    """Why ``module``'s weight cannot take ``pattern``, or ``None`` when it can."""
+def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
+    """``id(parameter)`` -> every qualified name it is reachable under (tied weights have several)."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return names
+
+
+def _unfit_reason(module: nn.Module, pattern: NMPattern, *, pad: bool = False,
+                  shared: dict[int, list[str]] | None = None, name: str = "") -> str | tuple[int, int] | None:
+    """Why ``module``'s weight cannot take ``pattern``; ``None`` when it can; the padded view shape with ``pad``."""
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         return "has no weight tensor"
@@ -83,6 +131,13 @@ def _unfit_reason(module: nn.Module, pattern: NMPattern) -> str | None:
         if others:
             return (f"weight already has parametrization(s) {others}; nmsparse masks must be the only one "
                     f"(remove them first, e.g. torch.nn.utils.parametrize.remove_parametrizations)")
+    if shared is not None and not parametrize.is_parametrized(module, "weight"):
+        others = [n for n in shared.get(id(weight), []) if n != (f"{name}.weight" if name else "weight")]
+        if others:
+            return (f"weight is shared with {others} (tied weights); a mask on one of its users would leave the "
+                    f"others dense, so it stays dense (untie it first to prune it)")
+    if weight.dim() not in (2, 3, 4):
+        return f"weight is {weight.dim()}-D {tuple(weight.shape)}; expected 2-D (Linear), 3-D (Conv1d) or 4-D (Conv2d)"
     groups, shape = group_shape(module)
     total_groups = int(getattr(module, "groups", 1) or 1)
     if total_groups > 1 and groups == 1:
@@ -91,16 +146,17 @@ def _unfit_reason(module: nn.Module, pattern: NMPattern) -> str | None:
         check_fits(shape, pattern, where=f"{type(module).__name__} weight" + (
             f" (one of {groups} groups, slice {shape})" if groups > 1 else ""))
     except ShapeError as exc:
-        return str(exc)
+        if not pad or "empty" in str(exc):
+            return str(exc) + ("" if pad else " (or pass pad=True to zero-pad the matrix view)")
+        from ._views import padded_shape
+
+        return padded_shape(shape, pattern)
     return None
 
 
-def _select(model: nn.Module, pattern: NMPattern, *, include: Sequence[str] | None,
-            exclude: Sequence[str] | None, keep_first_last: bool,
-            module_types: tuple[type[nn.Module], ...]) -> tuple[LayerSelection, set[str]]:
-    """:func:`select_layers` plus the names skipped because their shape does not fit (to warn about)."""
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"select_layers: model must be a torch.nn.Module, got {type(model).__name__}")
+def _check_module_types(module_types: Any) -> tuple[type[nn.Module], ...] | None:
+    if module_types is None:
+        return None
     if isinstance(module_types, type):
         module_types = (module_types,)
     module_types = tuple(module_types)
@@ -108,9 +164,22 @@ def _select(model: nn.Module, pattern: NMPattern, *, include: Sequence[str] | No
         raise ConfigError(
             f"select_layers: module_types must be a non-empty tuple of nn.Module subclasses, got {module_types!r}"
         )
+    return module_types
+
+
+def _select(model: nn.Module, pattern: NMPattern, *, include: Sequence[str] | None,
+            exclude: Sequence[str] | None, keep_first_last: bool,
+            module_types: tuple[type[nn.Module], ...] | None, pad: bool = False) -> tuple[LayerSelection, set[str]]:
+    """:func:`select_layers` plus the names skipped because their shape does not fit (to warn about)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"select_layers: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(pad, bool):
+        raise ConfigError(f"select_layers: pad must be a bool, got {pad!r}")
+    module_types = _check_module_types(module_types)
     include_l = _check_globs("include", include)
     exclude_l = _check_globs("exclude", exclude)
-    candidates = [(name, module) for name, module in model.named_modules() if isinstance(module, module_types)]
+    candidates = [(name, module) for name, module in model.named_modules() if _is_candidate(module, module_types)]
+    shared = _shared_weights(model)
     edge: set[str] = set()
     if keep_first_last and candidates:
         edge = {candidates[0][0], candidates[-1][0]}
@@ -124,17 +193,19 @@ def _select(model: nn.Module, pattern: NMPattern, *, include: Sequence[str] | No
             selection.skipped[label] = f"matched by exclude={exclude_l}"
         elif name in edge:
             selection.skipped[label] = "kept dense by keep_first_last (first or last prunable layer)"
-        elif (reason := _unfit_reason(module, pattern)) is not None:
+        elif isinstance(reason := _unfit_reason(module, pattern, pad=pad, shared=shared, name=name), str):
             selection.skipped[label] = reason
             unfit.add(label)
         else:
             selection.selected[name] = module
+            if reason is not None:
+                selection.padded[name] = reason
     return selection, unfit
 
 
 def select_layers(model: nn.Module, pattern: PatternLike, *, include: Sequence[str] | None = None,
                   exclude: Sequence[str] | None = None, keep_first_last: bool = False,
-                  module_types: tuple[type[nn.Module], ...] = DEFAULT_MODULE_TYPES) -> LayerSelection:
+                  module_types: tuple[type[nn.Module], ...] | None = None, pad: bool = False) -> LayerSelection:
     """Choose the layers of ``model`` that get an n:m mask, and say why every other one stays dense.
 
     Every module of ``module_types`` (``model.named_modules()`` order, shared modules once) is either selected
@@ -145,10 +216,14 @@ def select_layers(model: nn.Module, pattern: PatternLike, *, include: Sequence[s
     2. ``exclude``: the name must match none of these globs.
     3. ``keep_first_last``: the first and last modules of ``module_types`` in the model (its input and output
        layers, independent of ``include``/``exclude``) stay dense, as in the paper's recipes.
-    4. Shape: the weight must take the pattern (:func:`nmsparse.layout.check_fits`): the reduction dimension
-       (``in``, or ``kh*kw*in`` for convs) a multiple of ``m``, and for ``-T`` patterns the output dimension a
-       multiple of ``m`` too. Grouped convs are one matrix per group, so each group's slice must fit
-       (for ``-T``: ``out/groups`` divisible by ``m``). A layer that does not fit is skipped, never half-pruned.
+    4. Tied weights: a weight shared with another module (GPT-2's ``lm_head`` and its token embedding) stays
+       dense, since a mask would reach only one of its users.
+    5. Shape: the weight must take the pattern (:func:`nmsparse.layout.check_fits`): the reduction dimension
+       (``in``, or ``k*in`` / ``kh*kw*in`` for convs) a multiple of ``m``, and for ``-T`` patterns the output
+       dimension a multiple of ``m`` too. Grouped convs are one matrix per group, so each group's slice must fit
+       (for ``-T``: ``out/groups`` divisible by ``m``). A layer that does not fit is skipped, never half-pruned,
+       unless ``pad=True``: then its matrix view is zero-padded to multiples of ``m`` (padded entries are never
+       kept) and the padded shape is recorded in :attr:`LayerSelection.padded`.
        Weights that already carry another parametrization are skipped too; already pruned layers are selected.
 
     Args:
@@ -156,8 +231,10 @@ def select_layers(model: nn.Module, pattern: PatternLike, *, include: Sequence[s
         pattern: ``"2:4"``, ``"4:8-T"``, ... or an :class:`~nmsparse.NMPattern`.
         include: *optional* globs; only matching modules can be selected.
         exclude: *optional* globs; matching modules are skipped.
-        keep_first_last: keep the first and last layers dense.
-        module_types: module classes to consider, defaults to ``(nn.Linear, nn.Conv2d)``.
+        keep_first_last: keep the first and last layers dense (default ``False`` everywhere in nmsparse).
+        module_types: module classes to consider; by default ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and
+            ``transformers``' ``Conv1D``.
+        pad: zero-pad layers whose sizes are not multiples of ``m`` instead of skipping them.
 
     Returns:
         A :class:`LayerSelection` (``selected`` may be empty; :func:`nmsparse.prune_` raises in that case).
@@ -177,7 +254,7 @@ def select_layers(model: nn.Module, pattern: PatternLike, *, include: Sequence[s
         'Linear weight: the reduction dimension (in) has size 6, not '
     """
     return _select(model, NMPattern.parse(pattern), include=include, exclude=exclude,
-                   keep_first_last=keep_first_last, module_types=module_types)[0]
+                   keep_first_last=keep_first_last, module_types=module_types, pad=pad)[0]
 
 
 def require_selected(selection: LayerSelection, pattern: NMPattern, *, where: str) -> None:
@@ -188,6 +265,6 @@ def require_selected(selection: LayerSelection, pattern: NMPattern, *, where: st
     raise ConfigError(
         f"{where}: no layer of the model can take pattern {pattern}"
         + (f"; every candidate was skipped:\n{detail}" if detail else
-           "; the model has no nn.Linear or nn.Conv2d module")
-        + "\nrelax include/exclude/keep_first_last, or use a pattern whose m divides the layers' sizes"
+           "; the model has no Linear, Conv1d, Conv2d or Conv1D module")
+        + "\nrelax include/exclude/keep_first_last, use a pattern whose m divides the layers' sizes, or pad=True"
     )

@@ -1,4 +1,15 @@
-"""Static pruning of a model: attach n:m masks (``prune_``), read and replace them, save, load and bake them in."""
+"""Static pruning of a model: attach n:m masks (``prune_``), read and replace them, and bake them in.
+
+**Key convention.** A mask is keyed by the name of the tensor it masks as it appears in a plain (unpruned)
+model's ``state_dict``: ``"0.weight"``, ``"encoder.layer.0.attention.self.query.weight"`` (torch.ao.pruning's
+``tensor_fqn``). :func:`get_masks`, :func:`set_masks_`, :func:`nmsparse.io.save_masks` /
+:func:`~nmsparse.io.load_masks`, ``nmsparse mask`` and every checkpoint written by :mod:`nmsparse.io` use it, so
+``set_masks_(model, load_masks(path))`` works on the CLI's output.
+
+**Parameter order.** Pruning keeps ``model.parameters()`` in the order it had before (see
+:class:`~nmsparse.nn.parametrize.KeepOrder`), so optimizer state saved before pruning loads into an optimizer
+built after, and an optimizer built before pruning keeps the same parameter objects.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +20,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._logging import logger, progress
-from ..errors import ConfigError, MaskMismatchError
-from ..metrics import is_nm_sparse
-from ..nn.parametrize import NMMask, _as_bool_mask
+from ..errors import ConfigError, MaskMismatchError, ShapeError
+from ..layout import fits, from_matrix, to_matrix
+from ..nn.parametrize import KeepOrder, NMMask, _as_bool_mask
 from ..pattern import NMPattern, PatternLike
 from ..solvers import Method, find_mask, list_methods
-from .select import DEFAULT_MODULE_TYPES, _select, group_shape, require_selected
+from ._views import crop_view, from_view, mask_fits, pad_view, to_view
+from .report import PrunedLayer, PruneReport, record_report
+from .select import _is_candidate, _select, group_shape, is_transposed_layer, require_selected
 
 __all__ = [
     "prune_",
@@ -22,17 +35,30 @@ __all__ = [
     "get_masks",
     "set_masks_",
     "is_pruned",
-    "load_pruned_state_dict_",
     "layer_mask",
+    "apply_mask_",
+    "remove_mask_",
+    "tensor_fqn",
     "MASK_KEY_SUFFIX",
 ]
 
-#: state-dict key suffix of a pruned layer's mask (the key is ``"<module name>" + MASK_KEY_SUFFIX``).
+#: Key suffix of a pruned layer's mask buffer in the *raw* ``model.state_dict()`` of a pruned model
+#: (``"<module name>" + MASK_KEY_SUFFIX``). Files written by :mod:`nmsparse.io` use plain tensor names instead.
 MASK_KEY_SUFFIX = ".parametrizations.weight.0.mask"
 _ORIGINAL_KEY_SUFFIX = ".parametrizations.weight.original"
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def tensor_fqn(module_name: str, tensor: str = "weight") -> str:
+    """Plain state-dict key of ``module_name``'s ``tensor``: the key convention of every mask mapping.
+
+    Example:
+        >>> tensor_fqn("encoder.0"), tensor_fqn("")
+        ('encoder.0.weight', 'weight')
+    """
+    return f"{module_name}.{tensor}" if module_name else tensor
 
 
 def _nm_mask(module: nn.Module) -> NMMask | None:
@@ -80,70 +106,215 @@ def _check_method(method: str, pattern: NMPattern, *, where: str, name: str = "m
     return method
 
 
+def _solve(view: torch.Tensor, pattern: NMPattern, *, method: str, scores: torch.Tensor | None,
+           pad: bool) -> torch.Tensor:
+    """Mask of one 2-D/4-D view; with ``pad``, a view that does not fit is zero-padded, solved and cropped."""
+    if not pad or fits(tuple(view.shape), pattern):
+        return find_mask(view, pattern, method=method, scores=scores, progress=False)
+    matrix = to_matrix(view)
+    rows, cols = matrix.shape
+    # Padding with zero weights (and zero scores): finite input for every solver, the lowest possible |w|, and
+    # cropped off afterwards, so no padded entry can be kept.
+    padded_scores = None if scores is None else pad_view(to_matrix(scores), pattern)
+    mask = find_mask(pad_view(matrix, pattern), pattern, method=method, scores=padded_scores, progress=False)
+    return from_matrix(crop_view(mask, rows, cols), tuple(view.shape))
+
+
 def layer_mask(module: nn.Module, pattern: NMPattern, *, method: str, scores: torch.Tensor | None = None,
-               weight: torch.Tensor | None = None) -> torch.Tensor:
+               weight: torch.Tensor | None = None, pad: bool = False) -> torch.Tensor:
     """Mask of one layer's weight; grouped convs get one :func:`find_mask` per group's slice.
+
+    Works in the layer's matrix view (:mod:`nmsparse.prune._views`): a ``Conv1D`` weight ``[in, out]`` is
+    solved transposed, an ``nn.Conv1d`` weight as a conv of height 1; the mask comes back in the stored layout.
 
     Args:
         module: a layer selected by :func:`select_layers`.
         pattern: the pattern.
         method: :func:`find_mask` method.
-        scores: *optional* importance of the weight's shape (replaces ``|weight|``).
+        scores: *optional* importance of the weight's (stored) shape (replaces ``|weight|``).
         weight: *optional* weight to score instead of the module's live weight.
+        pad: zero-pad a view that does not fit the pattern (padded entries are never kept).
 
     Returns:
         ``torch.bool`` mask of the weight's shape, on the weight's device.
+
+    Raises:
+        ShapeError: ``scores`` of another shape than the weight, or (without ``pad``) a weight that does not fit.
     """
     if weight is None:
         weight = _live_weight(module)
+    if scores is not None and tuple(scores.shape) != tuple(weight.shape):
+        raise ShapeError(f"layer_mask: scores must have the weight's shape {tuple(weight.shape)}, got "
+                         f"{tuple(scores.shape)}")
+    transposed = is_transposed_layer(module)
+    view = to_view(weight, transposed=transposed)
+    score_view = None if scores is None else to_view(scores, transposed=transposed)
     groups, _ = group_shape(module)
     if groups == 1 or not pattern.transposable:
         # Plain n:m groups lie within one output row, so a grouped conv's per-group masks are its row masks.
-        return find_mask(weight, pattern, method=method, scores=scores, progress=False)
-    rows = weight.shape[0] // groups
-    parts = [
-        find_mask(weight[g * rows:(g + 1) * rows], pattern, method=method, progress=False,
-                  scores=None if scores is None else scores[g * rows:(g + 1) * rows])
-        for g in range(groups)
-    ]
-    return torch.cat(parts, dim=0)
+        mask = _solve(view, pattern, method=method, scores=score_view, pad=pad)
+    else:
+        rows = view.shape[0] // groups
+        mask = torch.cat([
+            _solve(view[g * rows:(g + 1) * rows], pattern, method=method, pad=pad,
+                   scores=None if score_view is None else score_view[g * rows:(g + 1) * rows])
+            for g in range(groups)
+        ], dim=0)
+    return from_view(mask, tuple(weight.shape), transposed=transposed)
+
+
+def _register_keeping_order(module: nn.Module, nm: NMMask) -> None:
+    """``register_parametrization(module, "weight", nm)`` without changing the order of ``module.parameters()``."""
+    names = [name for name, param in module._parameters.items() if param is not None]
+    after = names[names.index("weight") + 1:] if "weight" in names else []
+    # unsafe=True: NMMask keeps shape and dtype by construction, and skipping the check saves a forward.
+    parametrize.register_parametrization(module, "weight", nm, unsafe=True)
+    for name in after:
+        if not parametrize.is_parametrized(module, name):
+            parametrize.register_parametrization(module, name, KeepOrder(), unsafe=True)
+    children = module._modules
+    if next(iter(children)) != "parametrizations":
+        items = list(children.items())
+        children.clear()
+        children["parametrizations"] = dict(items)["parametrizations"]
+        children.update((key, value) for key, value in items if key != "parametrizations")
+
+
+def remove_mask_(module: nn.Module, *, leave_masked: bool = True) -> nn.Module:
+    """Remove the :class:`NMMask` from ``module.weight`` (and the order-keeping identities), in place.
+
+    Args:
+        module: a pruned layer.
+        leave_masked: keep ``weight * mask`` as the plain weight (zeros baked in); ``False`` restores the dense
+            weight.
+
+    Returns:
+        ``module``, a plain layer again with its parameters in their original order.
+
+    Raises:
+        ConfigError: ``module`` is not pruned, or its weight carries other parametrizations too.
+
+    Example:
+        >>> import torch, nmsparse
+        >>> from nmsparse.prune import remove_mask_
+        >>> layer = remove_mask_(nmsparse.prune_(torch.nn.Linear(8, 4), "2:4"))
+        >>> nmsparse.is_pruned(layer), int((layer.weight == 0).sum())
+        (False, 16)
+    """
+    if _nm_mask(module) is None:
+        raise ConfigError(f"remove_mask_: {type(module).__name__} is not pruned (its weight carries no NMMask)")
+    if len(module.parametrizations.weight) != 1:
+        raise ConfigError(
+            f"remove_mask_: the weight of {type(module).__name__} carries other parametrizations besides the n:m "
+            f"mask; remove those first (torch.nn.utils.parametrize.remove_parametrizations)"
+        )
+    keepers = [name for name, plist in module.parametrizations.items()
+               if name != "weight" and len(plist) == 1 and isinstance(plist[0], KeepOrder)]
+    parametrize.remove_parametrizations(module, "weight", leave_parametrized=leave_masked)
+    for name in keepers:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return module
+
+
+def apply_mask_(module: nn.Module, mask: torch.Tensor, *, pattern: PatternLike | None = None,
+                straight_through: bool = False, decay: float = 0.0, padded: bool = False) -> NMMask:
+    """Attach ``mask`` to ``module.weight`` as an :class:`~nmsparse.NMMask`, or overwrite the existing one in place.
+
+    The one way nmsparse attaches masks (``prune_``, ``DynamicSparsifier``, AdaPrune, one-shot pruning and
+    :func:`nmsparse.io.load_pruned_` all use it): parameter order is kept, ``Conv1D`` layers are recorded as
+    transposed, and the pattern is checked.
+
+    Args:
+        module: a Linear/Conv1d/Conv2d/Conv1D layer.
+        mask: ``torch.bool`` (or 0/1) mask of the weight's stored shape.
+        pattern: the pattern the mask obeys (checked; ``None``: unchecked and unrecorded).
+        straight_through: straight-through gradients (dynamic training).
+        decay: SR-STE decay (only with ``straight_through``).
+        padded: the mask was solved on a zero-padded view (the pattern is checked on that view).
+
+    Returns:
+        The layer's :class:`~nmsparse.NMMask`.
+
+    Raises:
+        MaskMismatchError: a mask of another shape, with values other than 0/1, or one that breaks ``pattern``.
+
+    Example:
+        >>> import torch, nmsparse
+        >>> from nmsparse.prune import apply_mask_
+        >>> layer = torch.nn.Linear(4, 2)
+        >>> _ = apply_mask_(layer, torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]]), pattern="2:4")
+        >>> [name for name, _ in layer.named_parameters()]
+        ['parametrizations.weight.original', 'parametrizations.bias.original']
+    """
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise MaskMismatchError(f"apply_mask_: {type(module).__name__} has no weight tensor to mask")
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(weight.shape):
+        got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise MaskMismatchError(f"apply_mask_: mask must be a tensor of the weight's shape {tuple(weight.shape)}, "
+                                f"got {got}")
+    bool_mask = _as_bool_mask(mask, where="apply_mask_").to(weight.device)
+    parsed = None if pattern is None else NMPattern.parse(pattern)
+    transposed = is_transposed_layer(module)
+    if parsed is not None and not mask_fits(bool_mask, parsed, transposed=transposed, padded=padded):
+        raise MaskMismatchError(f"apply_mask_: the mask breaks pattern {parsed} on the layer's matrix view"
+                                + (" (stored [in, out], so groups run along dim 0)" if transposed else ""))
+    nm = _nm_mask(module)
+    if nm is None:
+        nm = NMMask(bool_mask, straight_through=straight_through, decay=decay, pattern=parsed,
+                    transposed=transposed, padded=padded)
+        _register_keeping_order(module, nm)
+        return nm
+    with torch.no_grad():
+        nm.mask.copy_(bool_mask)
+    nm.straight_through = straight_through
+    nm.set_decay(decay)
+    nm.pattern, nm.transposed, nm.padded = parsed, transposed, padded
+    return nm
 
 
 def _attach(module: nn.Module, mask: torch.Tensor, *, pattern: NMPattern | None, straight_through: bool,
-            decay: float) -> NMMask:
+            decay: float, padded: bool = False) -> NMMask:
     """Register an :class:`NMMask` on ``module.weight``, or update the existing one in place."""
-    nm = _nm_mask(module)
-    if nm is None:
-        nm = NMMask(mask, straight_through=straight_through, decay=decay, pattern=pattern)
-        # unsafe=True: NMMask keeps shape and dtype by construction, and skipping the check saves a forward.
-        parametrize.register_parametrization(module, "weight", nm, unsafe=True)
-        return nm
-    with torch.no_grad():
-        nm.mask.copy_(mask)
-    nm.straight_through = straight_through
-    nm.set_decay(decay)
-    nm.pattern = pattern
-    return nm
+    return apply_mask_(module, mask, pattern=pattern, straight_through=straight_through, decay=decay,
+                       padded=padded)
+
+
+def _kept_fraction(weight: torch.Tensor, mask: torch.Tensor) -> float:
+    magnitude = weight.detach().abs().double()
+    total = float(magnitude.sum())
+    return float((magnitude * mask).sum()) / total if total else 1.0
+
+
+def _check_scores(model: nn.Module, scores: Mapping[str, torch.Tensor] | None, *,
+                  where: str) -> dict[str, torch.Tensor] | None:
+    """``scores`` keyed by module name (internally), validated; the caller's keys are tensor names."""
+    if scores is None:
+        return None
+    if not isinstance(scores, Mapping):
+        raise ConfigError(f"{where}: scores must map tensor names ('0.weight') to tensors, got {type(scores).__name__}")
+    known = {tensor_fqn(name): name for name, module in model.named_modules() if _is_candidate(module, None)}
+    unknown = sorted(set(scores) - set(known))
+    if unknown:
+        hint = [f"{k}.weight" for k in unknown if f"{k}.weight" in known or (k == "" and "weight" in known)]
+        raise ConfigError(
+            f"{where}: scores has entries for {unknown}, which are not weights of Linear/Conv1d/Conv2d/Conv1D "
+            f"modules of the model; keys are tensor names such as {sorted(known)[:3]}"
+            + (f" (did you mean {hint}?)" if hint else "")
+        )
+    return {known[key]: value for key, value in scores.items()}
 
 
 def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequence[str] | None,
            exclude: Sequence[str] | None, keep_first_last: bool, scores: Mapping[str, torch.Tensor] | None,
-           straight_through: bool, decay: float, where: str) -> dict[str, nn.Module]:
-    """Shared body of :func:`prune_` and :class:`DynamicSparsifier`; returns the pruned modules by name."""
+           straight_through: bool, decay: float, where: str,
+           pad: bool = False) -> tuple[dict[str, nn.Module], PruneReport]:
+    """Shared body of :func:`prune_` and :class:`DynamicSparsifier`; returns the pruned modules and the report."""
     pattern = NMPattern.parse(pattern)
     method = _check_method(method, pattern, where=where)
     selection, unfit = _select(model, pattern, include=include, exclude=exclude,
-                               keep_first_last=keep_first_last, module_types=DEFAULT_MODULE_TYPES)
-    if scores is not None:
-        if not isinstance(scores, Mapping):
-            raise ConfigError(f"{where}: scores must map module names to tensors, got {type(scores).__name__}")
-        known = {name for name, module in model.named_modules() if isinstance(module, DEFAULT_MODULE_TYPES)}
-        unknown = sorted(set(scores) - known)
-        if unknown:
-            raise ConfigError(
-                f"{where}: scores has entries for {unknown}, which are not Linear/Conv2d modules of the model; "
-                f"keys must be qualified module names such as {sorted(known)[:3]}"
-            )
+                               keep_first_last=keep_first_last, module_types=None, pad=pad)
+    by_module = _check_scores(model, scores, where=where)
     require_selected(selection, pattern, where=where)
     if unfit:
         logger.warning("%s: %d layer(s) left dense because they cannot take pattern %s:\n%s", where, len(unfit),
@@ -151,6 +322,7 @@ def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequ
     excluded = [n for n in selection.skipped if n not in unfit]
     if excluded:
         logger.info("%s: left dense by choice: %s", where, ", ".join(excluded))
+    used = method if method != "auto" else ("exact" if pattern.transposable else "topn")
 
     # Compute every mask before attaching any, so a failing solver leaves the model untouched.
     masks: dict[str, torch.Tensor] = {}
@@ -158,12 +330,30 @@ def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequ
         items = progress(selection.selected.items(), desc=f"{where} {pattern}", total=len(selection.selected),
                          unit="layer")
         for name, module in items:
-            masks[name] = layer_mask(module, pattern, method=method,
-                                     scores=None if scores is None else scores.get(name))
+            masks[name] = layer_mask(module, pattern, method=method, pad=name in selection.padded,
+                                     scores=None if by_module is None else by_module.get(name))
+    report = PruneReport(verb=where, pattern=str(pattern), method=used, skipped=dict(selection.skipped))
     for name, module in selection.selected.items():
-        _attach(module, masks[name], pattern=pattern, straight_through=straight_through, decay=decay)
-    logger.info("%s: %d layer(s) pruned to %s with method %r", where, len(masks), pattern, method)
-    return dict(selection.selected)
+        score = None if by_module is None else by_module.get(name)
+        kept = _kept_fraction(_live_weight(module) if score is None else score, masks[name])
+        _attach(module, masks[name], pattern=pattern, straight_through=straight_through, decay=decay,
+                padded=name in selection.padded)
+        report.pruned.append(PrunedLayer(
+            name=name, tensor=tensor_fqn(name), layer_type=_layer_type(module),
+            shape=tuple(int(x) for x in module.weight.shape), transposed=is_transposed_layer(module),
+            padded_to=selection.padded.get(name), kept_magnitude=kept,
+        ))
+    logger.info("%s: %d layer(s) pruned to %s with method %r", where, len(masks), pattern, used)
+    record_report(model, report)
+    return dict(selection.selected), report
+
+
+def _layer_type(module: nn.Module) -> str:
+    """Class name of a layer, without the ``Parametrized`` prefix torch's parametrizations add."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]
+    return cls.__name__
 
 
 # ----------------------------------------------------------------------------------------------- public API
@@ -172,16 +362,18 @@ def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequ
 def prune_(model: nn.Module, pattern: PatternLike, *, method: Method | str = "auto",
            include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
            keep_first_last: bool = False, scores: Mapping[str, torch.Tensor] | None = None,
-           straight_through: bool = False) -> nn.Module:
-    """Attach n:m (or transposable n:m) masks to the Linear and Conv2d weights of ``model``, in place.
+           straight_through: bool = False, pad: bool = False) -> nn.Module:
+    """Attach n:m (or transposable n:m) masks to the Linear, Conv1d, Conv2d and Conv1D weights of ``model``.
 
-    Layers are chosen by :func:`select_layers` (``include``/``exclude`` globs, ``keep_first_last``, shape fit);
-    layers that cannot take the pattern are left dense and logged with their reason (``logger.warning`` on the
-    ``"nmsparse"`` logger). Each selected weight gets a mask from :func:`~nmsparse.find_mask` (grouped convs: one
-    per group's slice) attached as an :class:`~nmsparse.NMMask` parametrization. The dense weight stays the same
-    :class:`~torch.nn.Parameter` object (now ``<layer>.parametrizations.weight.original``), so optimizers
-    created before or after pruning both work. All masks are computed before any is attached: if a solver fails
-    the model is unchanged.
+    Layers are chosen by :func:`select_layers` (``include``/``exclude`` globs, ``keep_first_last``, tied weights,
+    shape fit); every layer left dense is listed with its reason in the call's :class:`~nmsparse.prune.PruneReport`
+    (read it with :func:`nmsparse.prune.last_report`; layers that cannot take the pattern are also logged with
+    ``logger.warning`` on the ``"nmsparse"`` logger). Each selected weight gets a mask from
+    :func:`~nmsparse.find_mask` (grouped convs: one per group's slice; ``Conv1D`` weights ``[in, out]`` along
+    dim 0, the reduction dimension) attached as an :class:`~nmsparse.NMMask` parametrization. The dense weight stays the
+    same :class:`~torch.nn.Parameter` object (now ``<layer>.parametrizations.weight.original``) and
+    ``model.parameters()`` keeps its order, so optimizers (and optimizer state) from before or after pruning both
+    work. All masks are computed before any is attached: if a solver fails the model is unchanged.
 
     Pruning an already pruned layer replaces its mask in place; it is scored on the dense weight when its mask
     is straight-through, and on ``weight * mask`` otherwise (so statically pruned weights never come back).
@@ -193,18 +385,22 @@ def prune_(model: nn.Module, pattern: PatternLike, *, method: Method | str = "au
             for transposable ones.
         include: *optional* fnmatch globs on qualified module names; only matching layers are pruned.
         exclude: *optional* fnmatch globs; matching layers stay dense.
-        keep_first_last: keep the model's first and last Linear/Conv2d dense.
-        scores: *optional* module name -> importance tensor of that layer's weight shape, replacing ``|w|``
-            (e.g. Wanda's ``|w| * ||x||``). Layers without an entry use ``|w|``.
+        keep_first_last: keep the model's first and last prunable layers dense (default ``False``, the one
+            default of nmsparse's library verbs).
+        scores: *optional* tensor name (``"0.weight"``, the key convention of masks) -> importance tensor of
+            that weight's shape, replacing ``|w|`` (e.g. Wanda's ``|w| * ||x||``). Layers without one use ``|w|``.
         straight_through: use straight-through masks (dense gradients, for dynamic training) instead of
             static ones (masked gradients, for fine-tuning).
+        pad: zero-pad the matrix view of layers whose sizes are not multiples of ``m`` (a 3-channel stem, an
+            odd vocabulary) instead of leaving them dense; padded entries are never kept, and the report lists
+            the padded shape per layer.
 
     Returns:
         ``model``.
 
     Raises:
         PatternError: unparseable pattern.
-        ConfigError: unknown method, ``"topn"`` with a ``-T`` pattern, scores for unknown modules, or no
+        ConfigError: unknown method, ``"topn"`` with a ``-T`` pattern, scores for unknown tensors, or no
             layer at all that can be pruned (the message lists each layer's reason).
         ShapeError: a ``scores`` tensor whose shape differs from its layer's weight.
 
@@ -213,14 +409,16 @@ def prune_(model: nn.Module, pattern: PatternLike, *, method: Method | str = "au
         >>> model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
         >>> _ = nmsparse.prune_(model, "4:8-T", method="greedy")  # the 8x3 output layer cannot take -T
         >>> list(nmsparse.get_masks(model))
-        ['0']
+        ['0.weight']
+        >>> nmsparse.prune.last_report(model).skipped["2"][:40]
+        'Linear weight: the output dimension has '
         >>> nmsparse.is_nm_sparse(model[0].weight, "4:8-T")
         True
     """
     if not isinstance(straight_through, bool):
         raise ConfigError(f"prune_: straight_through must be a bool, got {straight_through!r}")
     _prune(model, pattern, method=method, include=include, exclude=exclude, keep_first_last=keep_first_last,
-           scores=scores, straight_through=straight_through, decay=0.0, where="prune_")
+           scores=scores, straight_through=straight_through, decay=0.0, where="prune_", pad=pad)
     return model
 
 
@@ -237,30 +435,33 @@ def is_pruned(module: nn.Module) -> bool:
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Masks of every pruned layer: qualified module name -> ``torch.bool`` mask of the weight's shape.
+    """Masks of every pruned layer: tensor name -> ``torch.bool`` mask of the weight's shape.
 
-    The tensors are copies: later refreshes or :func:`set_masks_` do not change them. The root module, when
-    pruned itself, is named ``""``.
+    Keys follow the one key convention of nmsparse: the masked tensor's name in a plain state dict
+    (``"0.weight"``; ``"weight"`` when the root module itself is pruned), the keys ``nmsparse mask`` writes.
+    The tensors are copies: later refreshes or :func:`set_masks_` do not change them.
 
     Example:
         >>> import torch, nmsparse
         >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(4, 2)), "1:4")
         >>> {k: v.sum().item() for k, v in nmsparse.get_masks(model).items()}
-        {'0': 2}
+        {'0.weight': 2}
     """
-    return {name: nm.mask.detach().clone() for name, (_, nm) in _pruned_modules(model).items()}
+    return {tensor_fqn(name): nm.mask.detach().clone() for name, (_, nm) in _pruned_modules(model).items()}
 
 
 def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: bool = True) -> nn.Module:
     """Replace the masks of already pruned layers, in place (the mask buffers are overwritten, not replaced).
 
-    Every entry is checked before any mask changes: a key that is not a pruned layer, a missing pruned layer
+    Every entry is checked before any mask changes: a key that is not a pruned weight, a missing pruned weight
     (with ``strict=True``), a shape other than the weight's, values other than 0/1, or a mask that breaks the
-    pattern its layer was pruned with are all listed in one :class:`MaskMismatchError`.
+    pattern its layer was pruned with (recorded in the layer's state, so also after a reload) are all listed in
+    one :class:`MaskMismatchError`.
 
     Args:
-        model: a model pruned by :func:`prune_` (or loaded with :func:`load_pruned_state_dict_`).
-        masks: qualified module name -> mask (``torch.bool``, or 0/1 of any dtype; any device).
+        model: a model pruned by :func:`prune_` (or loaded with :func:`nmsparse.io.load_pruned_`).
+        masks: tensor name (``"0.weight"``, as :func:`get_masks`, :func:`nmsparse.io.load_masks` and
+            ``nmsparse mask`` give) -> mask (``torch.bool``, or 0/1 of any dtype; any device).
         strict: require a mask for every pruned layer; with ``False``, layers without an entry keep theirs.
 
     Returns:
@@ -272,13 +473,13 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
     Example:
         >>> import torch, nmsparse
         >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(4, 1)), "2:4")
-        >>> _ = nmsparse.set_masks_(model, {"0": torch.tensor([[True, False, False, True]])})
+        >>> _ = nmsparse.set_masks_(model, {"0.weight": torch.tensor([[True, False, False, True]])})
         >>> model[0].weight[0, 1].item()
         0.0
     """
     if not isinstance(masks, Mapping):
         raise MaskMismatchError(f"set_masks_: masks must map module names to tensors, got {type(masks).__name__}")
-    pruned = _pruned_modules(model)
+    pruned = {tensor_fqn(name): entry for name, entry in _pruned_modules(model).items()}
     problems: list[str] = []
     missing = [name for name in pruned if name not in masks]
     if strict and missing:
@@ -286,8 +487,10 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
     ready: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
         if name not in pruned:
-            problems.append(f"unexpected: {name!r} is not a pruned layer of the model (pruned: "
-                            f"{list(pruned)[:8]}{' ...' if len(pruned) > 8 else ''})")
+            hint = f"; did you mean {tensor_fqn(name)!r}? (masks are keyed by tensor name)" if (
+                isinstance(name, str) and tensor_fqn(name) in pruned) else ""
+            problems.append(f"unexpected: {name!r} is not a pruned weight of the model (pruned: "
+                            f"{list(pruned)[:8]}{' ...' if len(pruned) > 8 else ''}){hint}")
             continue
         _, nm = pruned[name]
         if not isinstance(mask, torch.Tensor):
@@ -301,7 +504,8 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
         except MaskMismatchError as exc:
             problems.append(f"wrong values: {exc}")
             continue
-        if nm.pattern is not None and not is_nm_sparse(bool_mask, nm.pattern):
+        if nm.pattern is not None and not mask_fits(bool_mask, nm.pattern, transposed=nm.transposed,
+                                                    padded=nm.padded):
             problems.append(f"wrong pattern: {name!r} was pruned with {nm.pattern} and the new mask breaks it")
             continue
         ready[name] = bool_mask
@@ -344,133 +548,5 @@ def squash_masks_(model: nn.Module) -> nn.Module:
             f"remove those first (torch.nn.utils.parametrize.remove_parametrizations)"
         )
     for module, _ in pruned.values():
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        remove_mask_(module, leave_masked=True)
     return model
-
-
-def load_pruned_state_dict_(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *,
-                            strict: bool = True) -> nn.Module:
-    """Load a pruned model's state dict into a model, attaching the masks it contains first.
-
-    For every ``"<layer>.parametrizations.weight.0.mask"`` key, an unpruned ``<layer>`` gets a static
-    :class:`~nmsparse.NMMask` with that mask (an already pruned one keeps its own, overwritten by the load);
-    then :meth:`~torch.nn.Module.load_state_dict` runs. Everything is checked before the model changes: a mask
-    for a module that does not exist or has no weight, a mask whose shape is not the weight's, a mask without
-    its ``...parametrizations.weight.original``, a pruned layer of the model with no mask in the state dict and
-    (with ``strict=True``) any other missing or unexpected key or wrong shape are all listed in one error.
-
-    Args:
-        model: the model (typically freshly built, unpruned); modified in place and returned.
-        state_dict: e.g. ``pruned_model.state_dict()`` or ``torch.load(path)``.
-        strict: as in :meth:`torch.nn.Module.load_state_dict`; mask checks are always strict.
-
-    Returns:
-        ``model``.
-
-    Raises:
-        MaskMismatchError: listing every mismatched entry; the model is left unchanged.
-
-    Example:
-        >>> import torch, nmsparse
-        >>> pruned = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4")
-        >>> fresh = nmsparse.load_pruned_state_dict_(torch.nn.Sequential(torch.nn.Linear(8, 4)),
-        ...                                          pruned.state_dict())
-        >>> torch.equal(fresh[0].weight, pruned[0].weight)
-        True
-    """
-    if not isinstance(state_dict, Mapping):
-        raise MaskMismatchError(
-            f"load_pruned_state_dict_: state_dict must be a mapping of names to tensors, got "
-            f"{type(state_dict).__name__}"
-        )
-    modules = dict(model.named_modules())
-    pruned = _pruned_modules(model)
-    problems: list[str] = []
-    to_attach: dict[str, torch.Tensor] = {}
-    mask_layers: set[str] = set()
-    for key, value in state_dict.items():
-        if key == MASK_KEY_SUFFIX[1:]:
-            name = ""
-        elif key.endswith(MASK_KEY_SUFFIX):
-            name = key[: -len(MASK_KEY_SUFFIX)]
-        else:
-            continue
-        mask_layers.add(name)
-        module = modules.get(name)
-        if module is None:
-            problems.append(f"unexpected: {key!r}: the model has no module named {name!r}")
-            continue
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            problems.append(f"unexpected: {key!r}: module {name!r} ({type(module).__name__}) has no weight")
-            continue
-        if not isinstance(value, torch.Tensor):
-            problems.append(f"wrong type: {key!r} holds {type(value).__name__}, expected a tensor")
-            continue
-        if tuple(value.shape) != tuple(weight.shape):
-            problems.append(f"wrong shape: {key!r} is {tuple(value.shape)} but {name!r}.weight is "
-                            f"{tuple(weight.shape)}")
-            continue
-        original_key = (name + _ORIGINAL_KEY_SUFFIX) if name else _ORIGINAL_KEY_SUFFIX[1:]
-        if original_key not in state_dict:
-            problems.append(f"missing: {original_key!r}, the dense weight that goes with mask {key!r}")
-        try:
-            mask = _as_bool_mask(value, where=f"load_pruned_state_dict_[{key!r}]")
-        except MaskMismatchError as exc:
-            problems.append(f"wrong values: {exc}")
-            continue
-        if name in pruned:
-            pattern = pruned[name][1].pattern
-            if pattern is not None and not is_nm_sparse(mask, pattern):
-                problems.append(f"wrong pattern: {key!r} breaks {pattern}, the pattern {name!r} was pruned with")
-        else:
-            if parametrize.is_parametrized(module, "weight"):
-                problems.append(f"unexpected: {key!r}: {name!r}.weight already carries another parametrization")
-                continue
-            to_attach[name] = mask.to(weight.device)
-    for name in pruned:
-        if name not in mask_layers:
-            key = (name + MASK_KEY_SUFFIX) if name else MASK_KEY_SUFFIX[1:]
-            problems.append(f"missing: {key!r}: layer {name!r} of the model is pruned but the state dict has no "
-                            f"mask for it (squash_masks_ the model first to load dense weights)")
-    if problems:
-        raise MaskMismatchError(
-            f"load_pruned_state_dict_: {len(problems)} mask entr{'y' if len(problems) == 1 else 'ies'} do not "
-            f"fit the model, nothing was loaded:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
-
-    attached: list[nn.Module] = []
-    for name, mask in to_attach.items():
-        parametrize.register_parametrization(modules[name], "weight", NMMask(mask), unsafe=True)
-        attached.append(modules[name])
-    try:
-        if strict:
-            _check_keys(model, state_dict)
-        model.load_state_dict(state_dict, strict=strict)
-    except (MaskMismatchError, RuntimeError) as exc:
-        for module in attached:  # undo: the model is left as it was
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-        if isinstance(exc, MaskMismatchError):
-            raise
-        raise MaskMismatchError(f"load_pruned_state_dict_: {exc}") from exc
-    return model
-
-
-def _check_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Strict key and shape check before loading, so a failing load copies nothing."""
-    expected = model.state_dict(keep_vars=True)
-    problems = [f"missing: {k!r}" for k in expected if k not in state_dict]
-    problems += [f"unexpected: {k!r}" for k in state_dict if k not in expected]
-    for key, value in state_dict.items():
-        target = expected.get(key)
-        if (isinstance(value, torch.Tensor) and isinstance(target, torch.Tensor)
-                and not isinstance(target, nn.parameter.UninitializedParameter)
-                and tuple(value.shape) != tuple(target.shape)):
-            problems.append(f"wrong shape: {key!r} is {tuple(value.shape)}, the model expects {tuple(target.shape)}")
-    if problems:
-        raise MaskMismatchError(
-            f"load_pruned_state_dict_: the state dict does not match the model (after attaching its masks), "
-            f"nothing was loaded:\n" + "\n".join(f"  - {p}" for p in problems)
-            + "\npass strict=False to load the matching entries only"
-        )
-
