@@ -397,7 +397,7 @@ class SparseLinear(nn.Module):
         nn.Linear.reset_parameters(self)  # type: ignore[arg-type]  # same initialisation as nn.Linear
         if mask is None:
             mask = self._solve_mask(self.weight.detach(), method="exact")
-        self.register_buffer("mask", self._checked_mask(mask), persistent=True)
+        self.register_buffer("mask", self._checked_mask(mask).to(self.weight.device), persistent=True)
 
     # ----------------------------------------------------------------------------------- construction
 

@@ -1,0 +1,214 @@
+"""One linear layer, dense vs 2:4-T sparse (cuSPARSELt), per product: forward, dX, dW, re-pack and the total.
+
+Shapes are transformer MLP and attention products (tokens x in x out). For each shape the same run times
+the dense products on a random weight and the sparse ones on its 2:4-T masked twin (``SparseLinear``'s packed
+``W``/``W^T``), each the median of ``--repeats`` after ``--warmup`` (CUDA events). Two totals are given:
+``sum`` (forward + dX + dW + one re-pack, from the per-product medians) and ``step`` (one measured forward +
+backward through ``nn.Linear`` vs ``SparseLinear`` with re-packing forced every step, as after an optimizer step).
+Where the sparse path cannot run (CPU, ``--smoke``) the "sparse" side is the masked-dense fallback, and the
+table says so.
+
+    python benchmarks/bench_linear.py                     # GPU, bf16, all shapes
+    python benchmarks/bench_linear.py --dtype fp16 --out /tmp/results
+    python benchmarks/bench_linear.py --smoke             # CPU, tiny shapes, seconds
+
+Target (issue 8, H100/H200 bf16): the 8192-token x 4096 x 16384 ``step`` >= 1.2x dense with re-packing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "src"))
+
+from nmsparse.accelerate import _periodic_2_4_t_mask, measure_linear  # noqa: E402
+from nmsparse.nn import SparseLinear  # noqa: E402
+from nmsparse.nn.linear import sparse_unavailable_reason  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+#: (label, tokens, in, out): GPT-style d=4096 and d=2048 blocks, plus DESIGN §6's reference shapes.
+SHAPES = [
+    ("mlp.fc1 d4096", 8192, 4096, 16384),
+    ("mlp.fc2 d4096", 8192, 16384, 4096),
+    ("attn.qkv d4096", 8192, 4096, 12288),
+    ("attn.proj d4096", 8192, 4096, 4096),
+    ("mlp.fc1 d2048", 8192, 2048, 8192),
+    ("mlp.fc2 d2048", 8192, 8192, 2048),
+    ("attn.qkv d2048", 8192, 2048, 6144),
+    ("attn.proj d2048", 8192, 2048, 2048),
+    ("square 8192", 16384, 8192, 8192),
+    ("small 1024", 2048, 1024, 1024),
+]
+SMOKE_SHAPES = [("smoke mlp", 64, 64, 256), ("smoke proj", 64, 64, 64)]
+TARGET = ("mlp.fc1 d4096", 1.2)
+
+
+def environment(device: torch.device) -> dict[str, object]:
+    """Machine and library versions printed beside the table."""
+    env: dict[str, object] = {"python": platform.python_version(), "torch": torch.__version__,
+                              "machine": platform.machine(), "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        sm = torch.cuda.get_device_capability(device)
+        env["sm"] = f"{sm[0]}{sm[1]}"
+    cusparselt = getattr(torch.backends, "cusparselt", None)
+    env["cusparselt"] = cusparselt.version() if cusparselt is not None and cusparselt.is_available() else None
+    try:
+        import subprocess
+
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=ROOT, check=False, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = "unknown"
+    return env
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> float:
+    """Median milliseconds of ``fn`` after ``warmup`` calls (CUDA events on CUDA)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dtype, device: torch.device, *,
+                warmup: int, repeats: int) -> dict[str, object]:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(d_out, d_in, generator=gen).to(device=device, dtype=dtype)
+    x = torch.randn(tokens, d_in, generator=gen).to(device=device, dtype=dtype)
+    dy = torch.randn(tokens, d_out, generator=gen).to(device=device, dtype=dtype)
+    mask = _periodic_2_4_t_mask(d_out, d_in, device)
+    layer = SparseLinear(d_in, d_out, bias=False, device=device, dtype=dtype, mask=mask.cpu())
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    reason = sparse_unavailable_reason(device, dtype, in_features=d_in, out_features=d_out)
+    kw = {"warmup": warmup, "repeats": repeats}
+    row: dict[str, object] = {"label": label, "tokens": tokens, "in": d_in, "out": d_out,
+                              "dtype": str(dtype).replace("torch.", ""),
+                              "path": "sparse" if reason is None else f"masked-dense ({reason})"}
+    dense = {
+        "forward": median_ms(lambda: F.linear(x, w), device, **kw),
+        "dX": median_ms(lambda: torch.mm(dy, w), device, **kw),
+        "dW": median_ms(lambda: torch.mm(dy.t(), x), device, **kw),
+    }
+    if reason is None:
+        packed = layer.packed_weight(dtype)
+
+        def repack() -> object:
+            layer.invalidate_()
+            return layer.packed_weight(dtype)
+
+        sparse = {
+            "forward": median_ms(lambda: F.linear(x, packed), device, **kw),
+            "dX": median_ms(lambda: torch.mm(dy, packed), device, **kw),
+            "repack": median_ms(repack, device, **kw),
+        }
+        # correctness of the timed operands, against the masked dense product (bf16 tolerance)
+        masked = torch.where(mask, w, 0)
+        for name, got, ref in (("forward", F.linear(x, packed), F.linear(x, masked)),
+                               ("dX", torch.mm(dy, packed), torch.mm(dy, masked))):
+            err = float((got.float() - ref.float()).norm() / ref.float().norm())
+            row[f"rel_err_{name}"] = err
+    else:
+        masked = w * mask
+        sparse = {
+            "forward": median_ms(lambda: F.linear(x, w * mask), device, **kw),
+            "dX": median_ms(lambda: torch.mm(dy, w * mask), device, **kw),
+            "repack": 0.0,
+        }
+    sparse["dW"] = median_ms(lambda: torch.mm(dy.t(), x) * mask, device, **kw)
+    dense["sum"] = dense["forward"] + dense["dX"] + dense["dW"]
+    sparse["sum"] = sparse["forward"] + sparse["dX"] + sparse["dW"] + sparse["repack"]
+    dense["step"], sparse["step"] = measure_linear(tokens, d_in, d_out, dtype, device, training=True, **kw)
+    row["dense_ms"], row["sparse_ms"] = dense, sparse
+    row["speedup"] = {k: dense[k] / sparse[k] for k in ("forward", "dX", "dW", "sum", "step")}
+    del layer, w, x, dy
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (masked-dense), seconds")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 10, smoke 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 50, smoke 3)")
+    parser.add_argument("--shapes", nargs="+", default=None, help="labels to run (default: all)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for bench_linear.json (default: benchmarks/results; with --smoke: none)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
+    dtype = DTYPES[args.dtype]
+    shapes = SMOKE_SHAPES if args.smoke else SHAPES
+    if args.smoke and device.type == "cpu":
+        dtype = torch.float32  # CPU half-precision products are emulated and slow; the smoke checks the plumbing
+    if args.shapes:
+        shapes = [s for s in shapes if s[0] in args.shapes]
+    warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
+    repeats = args.repeats if args.repeats is not None else (3 if args.smoke else 50)
+    env = environment(device)
+    print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    rows = []
+    for label, tokens, d_in, d_out in shapes:
+        rows.append(bench_shape(label, tokens, d_in, d_out, dtype, device, warmup=warmup, repeats=repeats))
+        r = rows[-1]
+        print(f"  done {label}: step {r['speedup']['step']:.2f}x", flush=True)  # type: ignore[index]
+
+    print(f"\nbench_linear ({env.get('gpu', device.type)}, {str(dtype).replace('torch.', '')}, median of {repeats} "
+          f"after {warmup} warm-up; ms dense / sparse, speed-up = dense / sparse)")
+    header = (f"{'shape':<16} {'tokens x in x out':>20} {'forward':>17} {'dX':>17} {'dW':>17} {'repack':>7} "
+              f"{'sum':>17} {'step':>17}")
+    print(header)
+    for r in rows:
+        d, s, x = r["dense_ms"], r["sparse_ms"], r["speedup"]  # type: ignore[assignment]
+        cells = [f"{d[k]:6.3f}/{s[k]:6.3f} {x[k]:4.2f}x" for k in ("forward", "dX", "dW")]  # type: ignore[index]
+        print(f"{r['label']:<16} {r['tokens']:>6}x{r['in']:>6}x{r['out']:>6} {cells[0]:>17} {cells[1]:>17} "
+              f"{cells[2]:>17} {s['repack']:7.3f} {d['sum']:6.2f}/{s['sum']:6.2f} {x['sum']:4.2f}x "  # type: ignore[index]
+              f"{d['step']:6.2f}/{s['step']:6.2f} {x['step']:4.2f}x")  # type: ignore[index]
+    paths = {str(r["path"]) for r in rows}
+    print("path: " + "; ".join(sorted(paths)))
+    target = next((r for r in rows if r["label"] == TARGET[0]), None)
+    if target is not None:
+        got = target["speedup"]["step"]  # type: ignore[index]
+        verdict = "met" if got >= TARGET[1] and target["path"] == "sparse" else "NOT met"
+        print(f"target {TARGET[0]} step (fwd + dX + dW + re-pack) >= {TARGET[1]}x dense: {got:.2f}x -> {verdict}")
+    out = args.out if args.out is not None else (None if args.smoke else ROOT / "results")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "bench_linear.json"
+        path.write_text(json.dumps({"environment": env, "warmup": warmup, "repeats": repeats, "rows": rows},
+                                   indent=1))
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
