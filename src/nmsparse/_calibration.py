@@ -1,0 +1,104 @@
+"""Calibration batches: how a batch is fed to a model, moved to a device, counted and checked.
+
+Shared by AdaPrune (:mod:`nmsparse.adaprune`) and batch-norm re-estimation (:mod:`nmsparse.nn.batchnorm`): a
+calibration set is any re-iterable of batches; a mapping is fed as ``model(**batch)`` (tokenizer output), a tuple
+or list as ``model(*batch)``, anything else as ``model(batch)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+__all__ = ["feed", "call_style", "to_device", "model_device", "token_mask", "materialise", "batch_samples"]
+
+
+def feed(model: nn.Module, batch: Any) -> Any:
+    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list, ``model(batch)`` otherwise."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def call_style(batch: Any) -> str:
+    """How :func:`feed` calls the model with ``batch`` (for error messages)."""
+    if isinstance(batch, Mapping):
+        return "model(**batch)"
+    if isinstance(batch, (tuple, list)):
+        return "model(*batch)"
+    return "model(batch)"
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor (also inside mappings, tuples and lists) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(to_device(value, device) for value in batch)
+    if isinstance(batch, list):
+        return [to_device(value, device) for value in batch]
+    return batch
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (or buffer); CPU for a model with neither."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def token_mask(batch: Any) -> torch.Tensor | None:
+    """``attention_mask`` of a transformers-style batch (``[B, T]``, True = real token), else ``None``."""
+    if isinstance(batch, Mapping):
+        mask = batch.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            return mask != 0
+    return None
+
+
+def materialise(calibration: Iterable[Any], *, where: str = "adaprune_") -> list[Any]:
+    """The calibration batches as a list (a one-shot iterator is read once).
+
+    Raises:
+        InputError: a single tensor/mapping instead of an iterable of batches, a non-iterable, or no batch.
+    """
+    if isinstance(calibration, (torch.Tensor, str, bytes, Mapping)):
+        raise InputError(
+            f"{where}: calibration must be an iterable of batches (a list, a DataLoader, ...), got a single "
+            f"{type(calibration).__name__}; wrap one batch in a list: [batch]"
+        )
+    try:
+        batches = list(calibration)
+    except TypeError as exc:
+        raise InputError(
+            f"{where}: calibration must be an iterable of batches, got {type(calibration).__name__}"
+        ) from exc
+    if not batches:
+        raise InputError(
+            f"{where}: the calibration set is empty; pass at least one batch (e.g. a list of input tensors, "
+            "or dicts of tokenizer outputs)"
+        )
+    return batches
+
+
+def batch_samples(batch: Any) -> int:
+    """Samples in a batch: dim 0 of its first tensor (``1`` when it has none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    values: Iterable[Any] = batch.values() if isinstance(batch, Mapping) else (
+        batch if isinstance(batch, (tuple, list)) else ())
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.dim():
+            return int(value.shape[0])
+    return 1
