@@ -170,6 +170,17 @@ def test_topn_triton_bit_equal(n: int, m: int, dtype: torch.dtype) -> None:
     assert torch.equal(K.topn_nm(sliced, n, m, backend="triton"), ref.topn_reference(sliced, n, m))
 
 
+@pytest.mark.triton
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_absolute_reads_the_weight_itself(backend: str) -> None:
+    w = mixed_scores(8, 16, seed=4, m=4, dtype=torch.bfloat16, signed=True).to(DEVICE)
+    w = torch.where(torch.arange(w.numel(), device=w.device).reshape(w.shape) % 3 == 0, -w, w)
+    assert torch.equal(K.exact_2_4_t(w, absolute=True, backend=backend), ref.exact_2_4_t_reference(w.abs()))
+    assert torch.equal(K.greedy_nm_t(w, 4, 8, absolute=True, backend=backend), ref.greedy_t_reference(w.abs(), 4, 8))
+    assert torch.equal(K.topn_nm(w, 2, 4, absolute=True, backend=backend), ref.topn_reference(w.abs(), 2, 4))
+
+
 def test_topn_twin_keeps_lower_index_on_ties_including_signed_zeros() -> None:
     scores = torch.tensor([[0.0, -0.0, 0.0, -0.0], [-1.0, -1.0, -1.0, -1.0]])
     assert ref.topn_reference(scores, 2, 4).int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0]]

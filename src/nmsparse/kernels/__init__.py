@@ -23,6 +23,8 @@ Importing this package imports neither triton nor initialises CUDA; the Triton k
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ..errors import BackendUnavailableError, ConfigError, InputError, PatternError, ShapeError
@@ -111,13 +113,14 @@ def _check_n(n: int, m: int, where: str) -> None:
         raise PatternError(f"{where}: need ints 1 <= n < m, got n={n!r}, m={m!r}")
 
 
-def exact_n_4_t(scores: torch.Tensor, n: int = 2, *, backend: str = "auto",
+def exact_n_4_t(scores: torch.Tensor, n: int = 2, *, absolute: bool = False, backend: str = "auto",
                 check_finite: bool = True) -> torch.Tensor:
     """Optimal n:4-T mask (exactly ``n`` per row and column of every aligned 4x4 block, largest kept sum).
 
     Args:
         scores: ``[rows, K]`` importance (e.g. ``|W|``), rows and K multiples of 4.
         n: 1, 2 or 3.
+        absolute: score ``|scores|`` (pass ``W`` itself: the kernel reads it once, no ``W.abs()`` pass).
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
         check_finite: raise on inf/NaN (one reduction; pass False in hot loops with known-finite scores).
 
@@ -137,22 +140,23 @@ def exact_n_4_t(scores: torch.Tensor, n: int = 2, *, backend: str = "auto",
     if resolve_backend(backend, scores, where=where) == "triton":
         from .triton_kernels import exact4_triton
 
-        return exact4_triton(scores.detach(), n, absolute=False)
-    return _ref.exact_4_t_reference(scores, n)
+        return exact4_triton(scores.detach(), n, absolute=absolute)
+    return _ref.exact_4_t_reference(scores.abs() if absolute else scores, n)
 
 
-def exact_2_4_t(scores: torch.Tensor, *, backend: str = "auto", check_finite: bool = True) -> torch.Tensor:
+def exact_2_4_t(scores: torch.Tensor, *, absolute: bool = False, backend: str = "auto",
+                check_finite: bool = True) -> torch.Tensor:
     """Optimal 2:4-T mask of a ``[rows, K]`` score matrix, one pass (:func:`exact_n_4_t` with ``n = 2``).
 
-    This is the mask refresh of 2:4-T training: call it with ``W.abs()`` (or use :func:`exact_2_4_t_masked`,
-    which reads W once and also returns the masked W).
+    This is the mask refresh of 2:4-T training: ``exact_2_4_t(W, absolute=True)`` reads W once (or use
+    :func:`exact_2_4_t_masked`, which also returns the masked W).
 
     Example:
         >>> mask = exact_2_4_t(torch.rand(8, 16))
         >>> mask.shape, int(mask.sum())
         (torch.Size([8, 16]), 64)
     """
-    return exact_n_4_t(scores, 2, backend=backend, check_finite=check_finite)
+    return exact_n_4_t(scores, 2, absolute=absolute, backend=backend, check_finite=check_finite)
 
 
 def exact_2_4_t_masked(weight: torch.Tensor, *, backend: str = "auto",
@@ -180,12 +184,13 @@ def exact_2_4_t_masked(weight: torch.Tensor, *, backend: str = "auto",
     return _ref.exact_2_4_t_masked_reference(weight)
 
 
-def greedy_nm_t(scores: torch.Tensor, n: int, m: int, *, backend: str = "auto",
+def greedy_nm_t(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, backend: str = "auto",
                 check_finite: bool = True) -> torch.Tensor:
     """Greedy (2-approximation) n:m-T mask: per block, visit entries by decreasing score (ties: lower flat
     index) and keep one while its row and column hold fewer than ``n``.
 
     Bit-equal to :func:`nmsparse.solvers.greedy.greedy_blocks` (the torch backend). Triton: ``m`` in 4, 8, 16, 32.
+    ``absolute``: score ``|scores|`` (the kernel reads ``W`` once).
 
     Example:
         >>> greedy_nm_t(torch.eye(4) + 0.5, 1, 4).int().tolist()[1]
@@ -198,15 +203,15 @@ def greedy_nm_t(scores: torch.Tensor, n: int, m: int, *, backend: str = "auto",
     if resolve_backend(backend, scores, where=where, triton_ok=no) == "triton":
         from .triton_kernels import greedy_t_triton
 
-        return greedy_t_triton(scores.detach(), n, m)
-    return _ref.greedy_t_reference(scores, n, m)
+        return greedy_t_triton(scores.detach(), n, m, absolute=absolute)
+    return _ref.greedy_t_reference(scores.abs() if absolute else scores, n, m)
 
 
-def topn_nm(scores: torch.Tensor, n: int, m: int, *, backend: str = "auto",
+def topn_nm(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, backend: str = "auto",
             check_finite: bool = True) -> torch.Tensor:
     """Plain n:m mask: the top ``n`` of every ``m`` consecutive scores along K (ties: lower index).
 
-    Bit-equal to :func:`nmsparse.solvers.topn.topn_groups`. Triton: ``m <= 64``.
+    Bit-equal to :func:`nmsparse.solvers.topn.topn_groups`. Triton: ``m <= 64``. ``absolute``: of ``|scores|``.
 
     Example:
         >>> topn_nm(torch.tensor([[1., 3., 3., 2.]]), 2, 4).int().tolist()
@@ -219,11 +224,11 @@ def topn_nm(scores: torch.Tensor, n: int, m: int, *, backend: str = "auto",
     if resolve_backend(backend, scores, where=where, triton_ok=no) == "triton":
         from .triton_kernels import topn_triton
 
-        return topn_triton(scores.detach(), n, m)
-    return _ref.topn_reference(scores, n, m)
+        return topn_triton(scores.detach(), n, m, absolute=absolute)
+    return _ref.topn_reference(scores.abs() if absolute else scores, n, m)
 
 
-def exact_nm_t(scores: torch.Tensor, n: int, m: int, *, backend: str = "auto",
+def exact_nm_t(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, backend: str = "auto",
                check_finite: bool = True) -> torch.Tensor:
     """Optimal n:m-T mask (exactly ``n`` per row and column of every block) on ``scores``' device.
 
@@ -239,7 +244,7 @@ def exact_nm_t(scores: torch.Tensor, n: int, m: int, *, backend: str = "auto",
     where = f"exact_{n}_{m}_t"
     _check_n(n, m, where)
     if m == 4:
-        return exact_n_4_t(scores, n, backend=backend, check_finite=check_finite)
+        return exact_n_4_t(scores, n, absolute=absolute, backend=backend, check_finite=check_finite)
     _check(scores, m, where, transposable=True, check_finite=check_finite)
     resolve_backend(backend, scores, where=where,
                     triton_ok=f"there is no Triton kernel for exact m={m} (the torch flow runs on the device)")
@@ -247,7 +252,8 @@ def exact_nm_t(scores: torch.Tensor, n: int, m: int, *, backend: str = "auto",
     from .exact_flow import flow_blocks_torch
 
     rows, cols = scores.shape
-    return from_blocks(flow_blocks_torch(to_blocks(scores.detach(), m).contiguous(), n), rows, cols)
+    source = scores.detach().abs() if absolute else scores.detach()
+    return from_blocks(flow_blocks_torch(to_blocks(source, m).contiguous(), n), rows, cols)
 
 
 _REGISTERED = False
@@ -289,7 +295,7 @@ def register_kernels() -> list[str]:
         return exact_nm_t(scores, pattern.n, pattern.m, backend="torch", check_finite=False)
 
     labels = []
-    specs = [
+    specs: list[tuple[str, Any, dict[str, Any]]] = [
         ("topn", topn_solver, dict(plain=True, ms=set(range(2, _TOPN_TRITON_MAX_M + 1)), exact=True,
                                    exactly_n=True, description="per-group top-n, Triton (bit-equal to topn/torch)")),
         ("exact", exact_solver, dict(transposable=True, ms={4}, exact=True, exactly_n=True,

@@ -168,7 +168,8 @@ def capabilities() -> Capabilities:
     version = None
     if has_cusparselt():
         try:
-            version = int(torch.backends.cusparselt.version())
+            raw = torch.backends.cusparselt.version()
+            version = None if raw is None else int(raw)
         except Exception:  # a build that reports availability but no version
             version = None
     reasons = {}

@@ -64,7 +64,7 @@ def exact4_candidates(n: int) -> tuple[tuple[int, int, int, int, int], ...]:
         (90, (0, 0, 5, 5, 52275))
     """
     subsets = row_subsets(n)
-    out = []
+    out: list[tuple[int, int, int, int, int]] = []
     for rows in itertools.product(range(len(subsets)), repeat=4):
         counts = [0, 0, 0, 0]
         for p in rows:
@@ -75,7 +75,8 @@ def exact4_candidates(n: int) -> tuple[tuple[int, int, int, int, int], ...]:
         code = 0
         for p in rows:
             code = (code << 4) | _subset_code(subsets[p])
-        out.append((*rows, code))
+        p0, p1, p2, p3 = rows
+        out.append((p0, p1, p2, p3, code))
     out.sort(key=lambda cand: -cand[4])
     return tuple(out)
 
@@ -122,7 +123,8 @@ def _exact4_codes(scores: torch.Tensor, n: int) -> torch.Tensor:
     v = [[_row_sum(x, r, subset) for subset in row_subsets(n)] for r in range(4)]
     top: dict[tuple[int, int], torch.Tensor] = {}
     bottom: dict[tuple[int, int], torch.Tensor] = {}
-    best = best_code = None
+    best: torch.Tensor | None = None
+    best_code = torch.empty(0)
     for p0, p1, p2, p3, code in exact4_candidates(n):
         t = top.get((p0, p1))
         if t is None:
@@ -138,7 +140,6 @@ def _exact4_codes(scores: torch.Tensor, n: int) -> torch.Tensor:
             better = s > best
             best = torch.where(better, s, best)
             best_code = torch.where(better, torch.full_like(best_code, code), best_code)
-    assert best_code is not None
     return best_code
 
 

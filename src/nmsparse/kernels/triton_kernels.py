@@ -52,7 +52,7 @@ def exact4_triton(x: torch.Tensor, n: int, *, absolute: bool, out: torch.Tensor 
 
 @triton.jit
 def _greedy_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride_mr,
-                     N: tl.constexpr, M: tl.constexpr, BB: tl.constexpr, WIDE: tl.constexpr):
+                     N: tl.constexpr, M: tl.constexpr, BB: tl.constexpr, WIDE: tl.constexpr, ABS: tl.constexpr):
     pid = tl.program_id(0)
     blk = pid.to(tl.int64) * BB + tl.arange(0, BB)
     valid_b = blk < n_blocks
@@ -67,6 +67,8 @@ def _greedy_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride
     s = tl.load(s_ptr + rows * stride_sr + cols * stride_sc, mask=valid, other=0.0)
     if WIDE:
         s = s.to(tl.float32)
+    if ABS:
+        s = tl.abs(s)
     kept = e[None, :] < 0  # all False, [BB, M*M]
     kept = kept & valid
     rowc = tl.zeros([BB, M * M], dtype=tl.int32)
@@ -88,8 +90,8 @@ def _greedy_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride
     tl.store(mask_ptr + rows * stride_mr + cols, kept.to(tl.uint8), mask=valid)
 
 
-def greedy_t_triton(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Greedy n:m-T mask of ``scores [rows, K]`` (``m`` in :data:`GREEDY_MS`)."""
+def greedy_t_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False) -> torch.Tensor:
+    """Greedy n:m-T mask of ``scores [rows, K]`` (``m`` in :data:`GREEDY_MS`; ``absolute``: of ``|scores|``)."""
     rows, cols = scores.shape
     mask = torch.empty((rows, cols), dtype=torch.bool, device=scores.device)
     n_blocks = (rows // m) * (cols // m)
@@ -97,13 +99,14 @@ def greedy_t_triton(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     grid = (triton.cdiv(n_blocks, bb),)
     wide = scores.dtype in (torch.float16, torch.bfloat16)
     _greedy_t_kernel[grid](scores, mask.view(torch.uint8), n_blocks, cols // m, scores.stride(0), scores.stride(1),
-                           mask.stride(0), N=n, M=m, BB=bb, WIDE=wide, num_warps=4)
+                           mask.stride(0), N=n, M=m, BB=bb, WIDE=wide, ABS=bool(absolute), num_warps=4)
     return mask
 
 
 @triton.jit
 def _topn_kernel(s_ptr, mask_ptr, n_groups, gpr, stride_sr, stride_sc, stride_mr,
-                 N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr, WIDE: tl.constexpr):
+                 N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr, WIDE: tl.constexpr,
+                 ABS: tl.constexpr):
     pid = tl.program_id(0)
     g = pid.to(tl.int64) * BG + tl.arange(0, BG)
     valid_g = g < n_groups
@@ -116,6 +119,8 @@ def _topn_kernel(s_ptr, mask_ptr, n_groups, gpr, stride_sr, stride_sc, stride_mr
     s = tl.load(s_ptr + row[:, None] * stride_sr + cols * stride_sc, mask=valid, other=0.0)
     if WIDE:
         s = s.to(tl.float32)
+    if ABS:
+        s = tl.abs(s)
     si = s[:, :, None]
     sj = s[:, None, :]
     lower = j[None, :, None] > j[None, None, :]  # j (the rival) comes before i
@@ -125,8 +130,9 @@ def _topn_kernel(s_ptr, mask_ptr, n_groups, gpr, stride_sr, stride_sc, stride_mr
     tl.store(mask_ptr + row[:, None] * stride_mr + cols, keep.to(tl.uint8), mask=valid)
 
 
-def topn_triton(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Plain n:m mask of ``scores [rows, K]`` (groups of ``m <=`` :data:`TOPN_MAX_M` along K)."""
+def topn_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False) -> torch.Tensor:
+    """Plain n:m mask of ``scores [rows, K]`` (groups of ``m <=`` :data:`TOPN_MAX_M` along K; ``absolute``:
+    of ``|scores|``)."""
     rows, cols = scores.shape
     mask = torch.empty((rows, cols), dtype=torch.bool, device=scores.device)
     gpr = cols // m
@@ -136,5 +142,5 @@ def topn_triton(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     grid = (triton.cdiv(n_groups, bg),)
     wide = scores.dtype in (torch.float16, torch.bfloat16)
     _topn_kernel[grid](scores, mask.view(torch.uint8), n_groups, gpr, scores.stride(0), scores.stride(1),
-                       mask.stride(0), N=n, M=m, MP=mp, BG=bg, WIDE=wide, num_warps=4)
+                       mask.stride(0), N=n, M=m, MP=mp, BG=bg, WIDE=wide, ABS=bool(absolute), num_warps=4)
     return mask
