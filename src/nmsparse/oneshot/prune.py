@@ -365,9 +365,13 @@ def _attach(module: nn.Module, weight: torch.Tensor, mask: torch.Tensor, pattern
         weight, mask = weight.T, mask.T
     with torch.no_grad():
         module.weight.copy_(weight.to(module.weight.dtype))
-    # Conv1D masks are stored [in, out]; NMMask checks patterns in the [out, in] layout of nn.Linear.
-    nm = NMMask(mask.contiguous(), pattern=None if conv1d else pattern)
-    parametrize.register_parametrization(module, "weight", nm, unsafe=True)
+    try:  # nmsparse's one way to attach masks (records Conv1D layers as transposed, checks the pattern)
+        from ..prune.static import apply_mask_
+    except ImportError:  # pragma: no cover - older tree: Conv1D masks are stored [in, out], pattern unrecorded
+        nm = NMMask(mask.contiguous(), pattern=None if conv1d else pattern)
+        parametrize.register_parametrization(module, "weight", nm, unsafe=True)
+        return
+    apply_mask_(module, mask.contiguous(), pattern=pattern)
 
 
 def _model_device(model: nn.Module) -> torch.device:
