@@ -18,7 +18,7 @@ DEFAULT_WARMUP_PATTERNS = ("2:4", "2:4-T", "4:8-T", "8:16-T")
 
 def warmup(patterns: Iterable[PatternLike] | None = None, methods: Iterable[str] | None = None, *,
            device: str | torch.device = "cpu",
-           dtypes: Iterable[torch.dtype] = (torch.float32, torch.float64)) -> dict[str, float]:
+           dtypes: Iterable[torch.dtype] = (torch.float32,)) -> dict[str, float]:
     """Run every registered solver that can take each pattern once on a tiny input, so that compiled kernels
     (numba: compiled, or loaded from its on-disk cache; GPU backends: JIT-compiled) are ready before timed
     work, such as the first mask refresh of a training run.
@@ -27,11 +27,16 @@ def warmup(patterns: Iterable[PatternLike] | None = None, methods: Iterable[str]
         patterns: patterns to prepare (default: :data:`DEFAULT_WARMUP_PATTERNS`).
         methods: method names (default: every registered method).
         device: the device the masks will be computed on.
-        dtypes: score dtypes to prepare (numba compiles one version per dtype).
+        dtypes: score dtypes to prepare (numba compiles one version per dtype; fp16 and bf16 weights are solved
+            in float32, the default; add ``torch.float64`` for float64 weights).
 
     Returns:
         ``{"method/backend pattern dtype": seconds}`` for every solver run; the first entries of a fresh process
         carry the compile (or cache-load) time.
+
+    Cost: numba compiles each kernel once per machine (``cache=True`` keeps the result on disk, next to the
+    package or in numba's cache directory); a fresh process then only loads it. ``benchmarks/README.md`` has
+    measured figures.
 
     Example:
         >>> times = warmup(["2:4-T"], ["greedy"])
