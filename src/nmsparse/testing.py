@@ -1,4 +1,4 @@
-"""Helpers for testing masks and mask solvers: validity checks and independent optimal-block references.
+"""Helpers for testing masks and mask solvers: validity checks, independent optimal-block references, toy models.
 
 The reference solvers (networkx min-cost flow, scipy's HiGHS LP, brute force) are slow, plain per-block code
 that shares nothing with nmsparse's own solvers, so they can check them. networkx and scipy are imported
@@ -14,6 +14,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from torch import nn
+
 from .errors import InputError
 from .layout import check_fits, to_blocks, to_matrix
 from .pattern import NMPattern, PatternLike
@@ -25,6 +27,9 @@ __all__ = [
     "linprog_block_optimum",
     "linprog_blocks_optimum",
     "networkx_block_optimum",
+    "toy_mlp",
+    "ToyCNN",
+    "tiny_gpt2",
 ]
 
 #: Largest block side :func:`bruteforce_block_optimum` accepts (C(5, 2)^5 = 100,000 row choices at m = 5).
@@ -312,3 +317,97 @@ def assert_valid_mask(mask: torch.Tensor, pattern: PatternLike, *, exact_n: bool
                 f"{label}s of {counts.numel()} keep {relation}; first: block {block} (matrix rows "
                 f"{r0}..{r0 + m - 1}, columns {c0}..{c0 + m - 1}), {label} {index} keeps {count}"
             )
+
+
+# ----------------------------------------------------------------------- training-run files (helper C's tests)
+
+
+def run_tensors(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file of a training run (``checkpoint.safetensors``, ``model.safetensors``).
+
+    Used to compare runs bit for bit (an interrupted-and-resumed run against an uninterrupted one).
+    """
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def load_run_model(path: str, *, width: int = 8, model: str = "cnn", in_channels: int = 1, num_classes: int = 10,
+                   image_size: int = 8) -> torch.nn.Module:
+    """The recipe model saved as ``model.safetensors`` by ``nmsparse train`` (masks re-attached).
+
+    Reads the file through :mod:`nmsparse.io`'s pruned-model loader.
+    """
+    from .recipes.train.models import build_model
+
+    module = build_model(model, in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                         width=width)
+    from . import io
+
+    if hasattr(io, "load_pruned_"):
+        return io.load_pruned_(module, path)
+    from .prune import load_pruned_state_dict_
+
+    return load_pruned_state_dict_(module, io.load_state_dict(path))
+
+
+# ----------------------------------------------------------------------------------------------- toy models
+
+
+def toy_mlp() -> nn.Sequential:
+    """``Linear(32, 64) - ReLU - Linear(64, 32) - ReLU - Linear(32, 8)``: every layer takes 2:4, 4:8 and 4:8-T.
+
+    Example:
+        >>> [name for name, _ in toy_mlp().named_children()]
+        ['0', '1', '2', '3', '4']
+    """
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+class ToyCNN(nn.Module):
+    """Every kind of conv layer pruning must handle (shapes chosen against 2:4, 2:4-T and 4:8-T).
+
+    ``stem`` (K = 27) fits no pattern, ``depthwise`` (K = 9) neither, ``head`` (3 outputs) only plain ones;
+    ``grouped`` and ``narrow_groups`` are grouped convs; ``conv1d`` is an ``nn.Conv1d`` (K = 3 * 16).
+
+    Example:
+        >>> import torch
+        >>> ToyCNN()(torch.randn(2, 3, 8, 8)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)
+        self.narrow_groups = nn.Conv2d(16, 16, 1, groups=2)
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.conv1d = nn.Conv1d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.conv(x))
+        x = torch.relu(self.grouped(x))
+        x = torch.relu(self.narrow_groups(x))
+        x = torch.relu(self.depthwise(x))
+        x = torch.relu(self.conv1d(x.flatten(2))).mean(dim=2)
+        return self.head(torch.relu(self.fc(x)))
+
+
+def tiny_gpt2(*, n_embd: int = 32, n_layer: int = 1, n_head: int = 2, vocab_size: int = 64,
+              n_positions: int = 16, seed: int = 0) -> nn.Module:
+    """A tiny ``transformers`` ``GPT2LMHeadModel`` built from a config (no download), in eval mode.
+
+    Its linears are ``Conv1D`` layers (weights stored ``[in, out]``) and its ``lm_head`` is tied to ``wte``.
+    Needs ``transformers``.
+    """
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(n_embd=n_embd, n_layer=n_layer, n_head=n_head, vocab_size=vocab_size,
+                                     n_positions=n_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config).eval()

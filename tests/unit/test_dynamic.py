@@ -9,10 +9,7 @@ from torch import nn
 import nmsparse
 from nmsparse import DynamicSparsifier, get_masks, is_pruned
 from nmsparse.errors import ConfigError
-
-
-def toy_mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+from nmsparse.testing import toy_mlp
 
 
 def toy_cnn() -> nn.Sequential:

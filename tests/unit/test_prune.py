@@ -22,33 +22,7 @@ from nmsparse import (
     squash_masks_,
 )
 from nmsparse.errors import ConfigError, MaskMismatchError, ShapeError
-
-
-class ToyCNN(nn.Module):
-    """Every kind of layer prune_ must handle (shapes chosen against 2:4, 2:4-T and 4:8-T)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)  # K = 27: fits no pattern
-        self.conv = nn.Conv2d(16, 16, 3, padding=1)  # K = 144: fits everything
-        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=2)  # 2 groups of [8, 8, 3, 3]: fits everything
-        self.narrow_groups = nn.Conv2d(16, 16, 1, groups=2)  # groups [8, 8, 1, 1]: K = 8 fits m <= 8
-        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)  # K = 9: fits nothing
-        self.fc = nn.Linear(16, 16)
-        self.head = nn.Linear(16, 3)  # 3 outputs: plain n:m only
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.stem(x))
-        x = torch.relu(self.conv(x))
-        x = torch.relu(self.grouped(x))
-        x = torch.relu(self.narrow_groups(x))
-        x = torch.relu(self.depthwise(x))
-        x = x.mean(dim=(2, 3))
-        return self.head(torch.relu(self.fc(x)))
-
-
-def toy_mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+from nmsparse.testing import ToyCNN, toy_mlp
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +31,7 @@ def _seed() -> None:
 
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: mod for name, mod in model.named_modules() if isinstance(mod, (nn.Linear, nn.Conv2d))}
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d))}
 
 
 def _masked_dense_copy(dense: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
@@ -75,7 +49,7 @@ def _masked_dense_copy(dense: nn.Module, masks: dict[str, torch.Tensor]) -> nn.M
 
 def test_select_layers_reasons_for_4_8_T():
     sel = select_layers(ToyCNN(), "4:8-T")
-    assert list(sel.selected) == ["conv", "grouped", "narrow_groups", "fc"]
+    assert list(sel.selected) == ["conv", "grouped", "narrow_groups", "conv1d", "fc"]
     assert set(sel.skipped) == {"stem", "depthwise", "head"}
     assert "size 27, not a multiple of m=8" in sel.skipped["stem"]
     assert "size 9" in sel.skipped["depthwise"] and "groups" in sel.skipped["depthwise"]
@@ -153,12 +127,14 @@ def test_masks_valid_and_equal_to_find_mask_per_group(pattern, method):
         module = _layers(model)[name]
         weight = _layers(dense)[name].weight.detach()
         assert mask.dtype == torch.bool and mask.shape == weight.shape
-        groups = module.groups if isinstance(module, nn.Conv2d) else 1
+        groups = module.groups if isinstance(module, (nn.Conv1d, nn.Conv2d)) else 1
         rows = weight.shape[0] // groups
+        # an nn.Conv1d [out, in, k] is masked as the Conv2d [out, in, 1, k]: groups along input channels
+        view = (lambda t: t.unsqueeze(2)) if isinstance(module, nn.Conv1d) else (lambda t: t)
         for g in range(groups):  # each group is its own matrix
             part = slice(g * rows, (g + 1) * rows)
-            assert nmsparse.is_nm_sparse(mask[part], pattern)
-            assert torch.equal(mask[part], nmsparse.find_mask(weight[part], pattern, method=method))
+            assert nmsparse.is_nm_sparse(view(mask[part]), pattern)
+            assert torch.equal(view(mask[part]), nmsparse.find_mask(view(weight[part]), pattern, method=method))
         # the effective weight is W * mask; the dense original is untouched
         assert torch.equal(module.weight, weight * mask)
         assert torch.equal(module.parametrizations.weight.original, weight)
@@ -436,3 +412,176 @@ def test_loading_a_mask_that_breaks_the_layers_pattern_is_refused():
     with pytest.raises(MaskMismatchError, match=r"wrong pattern: mask '0.weight' breaks 2:4-T"):
         load_pruned_state_dict_(model, state)
     assert nmsparse.is_nm_sparse(get_masks(model)["0.weight"], "2:4-T")
+
+
+# ------------------------------------------------------------------------------------------- Conv1D, Conv1d
+
+
+def test_gpt2_conv1d_layers_are_first_class_and_masked_along_their_input_dimension():
+    # issue 9 part 5: select_layers/prune_ picked only GPT-2's tied lm_head; Conv1D weights are [in, out]
+    pytest.importorskip("transformers")
+    from nmsparse.testing import tiny_gpt2
+
+    model = tiny_gpt2()
+    ids = torch.randint(0, 64, (2, 8))
+    dense_logits = model(ids).logits
+    sel = select_layers(model, "4:8-T")
+    assert list(sel.selected) == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
+                                  "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"]
+    assert "tied" in sel.skipped["lm_head"] and "transformer.wte.weight" in sel.skipped["lm_head"]
+    dense = {name: module.weight.detach().clone() for name, module in sel.selected.items()}
+    prune_(model, "4:8-T", method="greedy")
+    masks = get_masks(model)
+    assert set(masks) == {f"{name}.weight" for name in dense}
+    for name, weight in dense.items():
+        mask = masks[f"{name}.weight"]
+        assert mask.shape == weight.shape  # stored layout [in, out]
+        # the product's matrix view [out, in] obeys the pattern: groups run along dim 0 of the stored weight
+        assert torch.equal(mask.t(), nmsparse.find_mask(weight.t(), "4:8-T", method="greedy"))
+        assert nmsparse.is_nm_sparse(mask.t(), "4:8-T")
+    plain = nmsparse.prune_(tiny_gpt2(), "2:4", include=["*c_fc"])
+    fc = get_masks(plain)["transformer.h.0.mlp.c_fc.weight"]  # [32, 128]
+    assert bool((fc.t().reshape(128, 8, 4).sum(-1) == 2).all())  # 2 of every 4 inputs of each output
+    squash_masks_(model)
+    with torch.no_grad():
+        reference = tiny_gpt2()
+        for name, weight in dense.items():
+            reference.get_submodule(name).weight.mul_(masks[f"{name}.weight"])
+    torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=0)
+    assert not torch.equal(model(ids).logits, dense_logits)
+
+
+def test_gpt2_pruned_reload_and_parameter_order():
+    pytest.importorskip("transformers")
+    from nmsparse.io import load_pruned_state_dict_, pruned_state_dict
+    from nmsparse.testing import tiny_gpt2
+
+    model = tiny_gpt2()
+    names = [name for name, _ in model.named_parameters()]
+    before = [id(p) for p in model.parameters()]
+    prune_(model, "2:4-T", method="greedy")
+    assert [id(p) for p in model.parameters()] == before
+    fresh = load_pruned_state_dict_(tiny_gpt2(seed=1), *pruned_state_dict(model))
+    nm = fresh.transformer.h[0].attn.c_attn.parametrizations.weight[0]
+    assert nm.transposed and str(nm.pattern) == "2:4-T"
+    ids = torch.randint(0, 64, (1, 8))
+    torch.testing.assert_close(fresh(ids).logits, model(ids).logits, rtol=0, atol=0)
+    squash_masks_(fresh)
+    assert [name for name, _ in fresh.named_parameters()] == names
+
+
+def test_dynamic_sparsifier_refreshes_conv1d_along_the_input_dimension():
+    pytest.importorskip("transformers")
+    from nmsparse.testing import tiny_gpt2
+
+    model = tiny_gpt2()
+    sparsifier = nmsparse.DynamicSparsifier(model, "4:8-T", initial_method="greedy", refresh_every=1)
+    assert len(sparsifier.layers) == 4
+    with torch.no_grad():
+        for module in sparsifier.layers.values():
+            module.parametrizations.weight.original.normal_()
+    sparsifier.step()
+    assert sparsifier.masks_valid()
+    for name, module in sparsifier.layers.items():
+        original = module.parametrizations.weight.original
+        assert torch.equal(get_masks(model)[f"{name}.weight"].t(),
+                           nmsparse.find_mask(original.t(), "4:8-T", method="greedy"))
+
+
+# ------------------------------------------------------------------------------------------- padding
+
+
+def test_pad_masks_layers_that_do_not_fit_without_keeping_padded_entries():
+    # fault 11: layers that do not fit m (a 3-channel stem, odd sizes) could only be skipped
+    from nmsparse.prune import last_report
+
+    model = ToyCNN()
+    assert "stem" in select_layers(model, "4:8-T").skipped
+    assert "pad=True" in select_layers(model, "4:8-T").skipped["stem"]
+    sel = select_layers(model, "4:8-T", pad=True)
+    assert {"stem", "head"} <= set(sel.selected)
+    assert "not offered for grouped convs" in sel.skipped["depthwise"]
+    assert sel.padded["stem"] == (16, 32) and sel.padded["head"] == (8, 16)
+    dense = copy.deepcopy(model)
+    prune_(model, "4:8-T", method="exact", pad=True)
+    report = last_report(model)
+    assert set(report.padded) == {"stem", "head"}
+    assert set(select_layers(ToyCNN(), "2:4", pad=True).padded) == {"stem", "depthwise"}
+    assert {layer.name: layer.padded_to for layer in report.pruned}["stem"] == (16, 32)
+    masks = get_masks(model)
+    from nmsparse.layout import to_matrix
+    from nmsparse.prune._views import pad_view
+
+    for name in ("stem", "head"):
+        mask = masks[f"{name}.weight"]
+        matrix = to_matrix(mask)
+        rows, cols = matrix.shape
+        padded = pad_view(matrix, nmsparse.NMPattern.parse("4:8-T"))
+        assert nmsparse.is_nm_sparse(padded, "4:8-T")  # real rows and columns keep at most n per block
+        assert padded[rows:].sum() == 0 and padded[:, cols:].sum() == 0
+        assert mask.any()
+    # the kept part is the optimum of the padded problem whose padded scores are 0
+    stem = dense.stem.weight.detach()
+    reference = nmsparse.find_mask(pad_view(to_matrix(stem), nmsparse.NMPattern.parse("4:8-T")), "4:8-T",
+                                   method="exact")[:16, :27]
+    assert torch.equal(to_matrix(masks["stem.weight"]), reference)
+    # checks after a reload know the layer was padded
+    from nmsparse.io import load_pruned_state_dict_, pruned_state_dict
+
+    fresh = load_pruned_state_dict_(ToyCNN(), *pruned_state_dict(model))
+    assert fresh.stem.parametrizations.weight[0].padded
+    set_masks_(fresh, get_masks(model))
+    with pytest.raises(MaskMismatchError, match="wrong pattern"):
+        set_masks_(fresh, {"stem.weight": torch.ones(16, 3, 3, 3, dtype=torch.bool)}, strict=False)
+    with pytest.raises(ConfigError, match="pad must be a bool"):
+        select_layers(model, "2:4", pad="yes")
+
+
+def test_pad_with_plain_pattern_and_dynamic_refresh():
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
+    with pytest.raises(ConfigError):
+        prune_(copy.deepcopy(model), "2:4")
+    sparsifier = nmsparse.DynamicSparsifier(model, "2:4", initial_method="topn", method="topn", pad=True,
+                                            refresh_every=1)
+    assert sorted(sparsifier.report.padded) == ["0", "1"]
+    with torch.no_grad():
+        model[0].parametrizations.weight.original.normal_()
+    sparsifier.step()
+    assert sparsifier.masks_valid()
+    mask = get_masks(model)["0.weight"]  # 6 inputs: groups [0..3] and [4, 5 + 2 padded]
+    assert bool((mask[:, :4].sum(1) == 2).all()) and bool((mask[:, 4:].sum(1) <= 2).all())
+
+
+# ------------------------------------------------------------------------------------------- reports
+
+
+def test_prune_report_lists_pruned_and_skipped_layers():
+    # fault 12: skip warnings went to a logger with only a NullHandler; nothing said what stayed dense
+    import json
+
+    from nmsparse.prune import PruneReport, last_report
+
+    model = ToyCNN()
+    assert last_report(model) is None
+    assert prune_(model, "4:8-T", method="greedy") is model
+    report = last_report(model)
+    assert isinstance(report, PruneReport) and report.verb == "prune_" and report.method == "greedy"
+    assert [layer.name for layer in report.pruned] == ["conv", "grouped", "narrow_groups", "conv1d", "fc"]
+    assert set(report.skipped) == {"stem", "depthwise", "head"} and not report.padded
+    assert report.pruned[0].tensor == "conv.weight" and 0.5 < report.pruned[0].kept_magnitude < 1
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["pruned"][3]["layer_type"] == "Conv1d" and data["skipped"]["head"] == report.skipped["head"]
+    text = report.describe()
+    assert "5 layer(s) pruned to 4:8-T" in text and "- stem:" in text
+    sparsifier = nmsparse.DynamicSparsifier(ToyCNN(), "4:8-T", initial_method="greedy")
+    assert sparsifier.report.verb == "DynamicSparsifier" and "stem" in sparsifier.report.skipped
+
+
+def test_keep_first_last_has_one_default_false():
+    import inspect
+
+    for fn in (prune_, select_layers, nmsparse.DynamicSparsifier.__init__):
+        assert inspect.signature(fn).parameters["keep_first_last"].default is False
+    model = toy_mlp()
+    prune_(model, "2:4")
+    assert all(is_pruned(model[i]) for i in (0, 2, 4))

@@ -148,6 +148,8 @@ def _unfit_reason(module: nn.Module, pattern: NMPattern, *, pad: bool = False,
     except ShapeError as exc:
         if not pad or "empty" in str(exc):
             return str(exc) + ("" if pad else " (or pass pad=True to zero-pad the matrix view)")
+        if groups > 1 and pattern.transposable:
+            return str(exc) + " (padding is not offered for grouped convs with transposable patterns)"
         from ._views import padded_shape
 
         return padded_shape(shape, pattern)
