@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
-
 from torch import nn
 
 from .errors import InputError
@@ -239,7 +238,7 @@ def bruteforce_block_optimum(block: torch.Tensor | np.ndarray, n: int) -> tuple[
     return best_value, torch.from_numpy(best_mask.copy())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _all_block_masks(m: int, n: int) -> tuple[np.ndarray, ...]:
     """Every ``m x m`` mask with ``n`` per row and column, largest bit vector (flat index 0 first) first."""
     choices = [np.isin(np.arange(m), combo) for combo in itertools.combinations(range(m), n)]

@@ -13,9 +13,11 @@ import torch
 import nmsparse
 from nmsparse.cli.main import main
 from nmsparse.io import load_state_dict
-from nmsparse.recipes.train import TrainConfig, build_data, build_model, run_training
+from nmsparse.recipes.train import TrainConfig, build_data, run_training
 from nmsparse.recipes.train.checkpoint import read_model_metadata
 from nmsparse.recipes.train.trainer import Trainer
+from nmsparse.testing import load_run_model, run_tensors
+
 
 # Tiny but real: the digits CNN at width 8 (conv2 16x72, conv3 16x144 take 4:8-T), 4 steps per epoch.
 @pytest.fixture(autouse=True)
@@ -43,11 +45,14 @@ def test_train_writes_every_artefact_with_sane_values(tmp_path: Path, capsys: py
     assert code == 0
     assert "test accuracy" in stdout and "dense baseline" in stdout and "masks valid        yes" in stdout
     assert "on cpu, 1 thread ->" in stdout  # the small CNN runs on one thread by default
-    for name in ("config.yaml", "metrics.jsonl", "model.safetensors", "trainer_state.pt", "curves.png",
-                 "summary.json", "baseline/model.safetensors", "baseline/metrics.jsonl"):
+    for name in ("run.json", "config.yaml", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors",
+                 "curves.png", "summary.json", "baseline/model.safetensors", "baseline/metrics.jsonl",
+                 "baseline/checkpoint.safetensors"):
         assert (out / name).is_file(), name
+    assert not (out / "trainer_state.pt").exists(), "one checkpoint file, no separate trainer state"
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.tmp"))
+    assert "kernel compile/load before training" in stdout and "left dense       conv1" in stdout
 
     summary = json.loads((out / "summary.json").read_text())
     for key in ("pattern", "test_accuracy", "baseline_test_accuracy", "mask_valid", "refresh_overhead",
@@ -60,28 +65,26 @@ def test_train_writes_every_artefact_with_sane_values(tmp_path: Path, capsys: py
     assert summary["refresh_overhead"] >= 0.0 and summary["wall_seconds"] > 0.0
     assert summary["sparse_layers"] == ["conv2", "conv3"] and set(summary["dense_layers"]) == {"conv1", "fc"}
     assert summary["mask_density"] == pytest.approx(0.5, abs=0.03)
+    assert summary["compile_seconds"] >= 0.0 and summary["threads"] == 1 and summary["version"] == 2
+    from nmsparse.recipes.train import RunSummary
+
+    assert RunSummary.from_dict(summary).to_dict() == summary  # typed summary round trip
 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and records[-1]["step"] == 8
     assert records[-1]["test_accuracy"] == summary["test_accuracy"]
     assert records[-1]["refreshes"] == 2
 
-    # The checkpoint reloads into a fresh model (masks attached from the file) and reproduces the accuracy.
+    # The model file reloads into a fresh model (masks attached from the file) and reproduces the accuracy.
     assert read_model_metadata(out / "model.safetensors")["model"] == "cnn"
-    state = load_state_dict(out / "model.safetensors")
-    assert "conv2.parametrizations.weight.0.mask" in state and "fc.weight" in state
     cfg = TrainConfig(width=8)
     data = build_data(cfg)
-    model = nmsparse.load_pruned_state_dict_(
-        build_model("cnn", in_channels=1, num_classes=10, image_size=8, width=8), state).eval()
+    model = load_run_model(out / "model.safetensors", width=8).eval()
+    assert hasattr(model.conv2, "parametrizations") and not hasattr(model.fc, "parametrizations")
     with torch.no_grad():
         accuracy = 100.0 * float((model(data.test.images).argmax(1) == data.test.labels).float().mean())
     assert accuracy == pytest.approx(summary["test_accuracy"], abs=1e-6)
     assert nmsparse.is_nm_sparse(model.conv2.weight, "4:8-T") and nmsparse.is_nm_sparse(model.conv3.weight, "4:8-T")
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_state_dict(path)
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -99,16 +102,17 @@ def test_resume_equals_uninterrupted(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, stdout, _ = _cli(["train", "--resume", str(tmp_path / "cut"), "--no-progress"], capsys)
     assert code == 0 and "resuming" in stdout
 
-    a, b = _tensors(tmp_path / "full" / "model.safetensors"), _tensors(tmp_path / "cut" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key  # bit-identical weights, masks and batch-norm statistics
+    for name in ("model.safetensors", "checkpoint.safetensors"):
+        a, b = run_tensors(tmp_path / "full" / name), run_tensors(tmp_path / "cut" / name)
+        assert a.keys() == b.keys()
+        for key in a:  # bit-identical weights, masks, batch-norm statistics, optimizer moments, RNG states
+            assert torch.equal(a[key], b[key]), (name, key)
     lines = [[{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
               for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("full", "cut")]
     assert lines[0] == lines[1] and len(lines[0]) == 3
     resumed = json.loads((tmp_path / "cut" / "summary.json").read_text())
-    assert resumed["test_accuracy"] == full["test_accuracy"] and resumed["refreshes"] == full["refreshes"] == 4
-    assert resumed["mask_checksum"] == full["mask_checksum"] and resumed["resumed"] is True
+    assert resumed["test_accuracy"] == full.test_accuracy and resumed["refreshes"] == full.refreshes == 4
+    assert resumed["mask_checksum"] == full.mask_checksum and resumed["resumed"] is True
 
 
 def test_static_fine_tune_from_a_dense_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -120,17 +124,18 @@ def test_static_fine_tune_from_a_dense_checkpoint(tmp_path: Path, capsys: pytest
     assert code == 0 and "masks computed once with exact" in stdout
 
     dense_state = load_state_dict(init)
-    static_state = load_state_dict(tmp_path / "static" / "model.safetensors")
+    static = load_run_model(tmp_path / "static" / "model.safetensors", width=8)
     summary = json.loads((tmp_path / "static" / "summary.json").read_text())
     assert summary["mode"] == "static" and summary["mask_valid"] is True and summary["refreshes"] == 0
     for layer in ("conv2", "conv3"):
         # Masks are the exact 2:4-T masks of the trained dense weights, and stayed fixed while fine-tuning.
         expected = nmsparse.find_mask(dense_state[f"{layer}.weight"], "2:4-T", method="exact")
-        mask = static_state[f"{layer}.parametrizations.weight.0.mask"]
+        module = getattr(static, layer)
+        mask = module.parametrizations.weight[0].mask
         assert torch.equal(mask, expected), layer
-        fine_tuned = static_state[f"{layer}.parametrizations.weight.original"]
+        fine_tuned = module.parametrizations.weight.original.detach()
         assert not torch.equal(fine_tuned[mask], dense_state[f"{layer}.weight"][mask])  # it did train
-    assert "conv1.weight" in static_state and "fc.weight" in static_state  # kept dense (keep_first_last)
+    assert not hasattr(static.conv1, "parametrizations") and not hasattr(static.fc, "parametrizations")
 
 
 def test_static_from_a_pruned_checkpoint_starts_from_the_masked_weights(tmp_path: Path) -> None:
@@ -140,8 +145,8 @@ def test_static_from_a_pruned_checkpoint_starts_from_the_masked_weights(tmp_path
     cfg = TrainConfig(width=8, epochs=1, steps_per_epoch=1, batch_size=32, mode="static", pattern="2:4",
                       init=str(tmp_path / "sparse" / "model.safetensors"), baseline=False)
     trainer = Trainer(cfg)
-    source = load_state_dict(tmp_path / "sparse" / "model.safetensors")
-    masked = (source["conv2.parametrizations.weight.original"] * source["conv2.parametrizations.weight.0.mask"])
+    source = load_run_model(tmp_path / "sparse" / "model.safetensors", width=8)
+    masked = source.conv2.weight.detach()  # the source's masked weights
     assert torch.equal(trainer.model.conv2.weight, masked * trainer.model.conv2.parametrizations.weight[0].mask)
 
 
@@ -189,15 +194,88 @@ def test_bad_yaml_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(["train", "--resume", str(tmp_path / "missing")], capsys)
     _one_line_error(code, err, "does not exist")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "config.yaml").write_text("epochs: 1\n")
-    code, _, err = _cli(["train", "--resume", str(run_dir)], capsys)
-    _one_line_error(code, err, "holds no checkpoint")
-    code, _, err = _cli(["train", "--resume", str(run_dir), "--lr", "0.3"], capsys)
+    (tmp_path / "empty").mkdir()
+    code, _, err = _cli(["train", "--resume", str(tmp_path / "empty")], capsys)
+    _one_line_error(code, err, "holds no config.yaml")
+    code, _, err = _cli(["train", "--resume", str(tmp_path / "empty"), "--lr", "0.3"], capsys)
     _one_line_error(code, err, "drop --lr")
+    code, _, err = _cli(["train", "--resume", str(tmp_path / "empty"), "--width", "8", "--config", "x.yaml"], capsys)
+    _one_line_error(code, err, "drop --width, --config")
+
+
+def test_run_killed_in_its_first_epoch_is_not_stuck(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fault 3: a run directory without a checkpoint resumes from nothing, and the same --out restarts it."""
+    run_dir = tmp_path / "run"
+    code, _, _ = _cli(["train", *TINY, "--epochs", "1", "--no-baseline", "--out", str(run_dir)], capsys)
+    assert code == 0
+    reference = json.loads((run_dir / "summary.json").read_text())
+    for name in ("checkpoint.safetensors", "metrics.jsonl", "summary.json", "model.safetensors", "curves.png"):
+        (run_dir / name).unlink()  # = killed in epoch 1: marker and config written, no checkpoint yet
+    code, stdout, _ = _cli(["train", "--resume", str(run_dir), "--no-progress"], capsys)
+    assert code == 0 and "resuming" in stdout
+    assert json.loads((run_dir / "summary.json").read_text())["test_accuracy"] == reference["test_accuracy"]
+    for name in ("checkpoint.safetensors", "metrics.jsonl", "summary.json", "model.safetensors", "curves.png"):
+        (run_dir / name).unlink()
+    code, stdout, _ = _cli(["train", *TINY, "--epochs", "1", "--no-baseline", "--out", str(run_dir)], capsys)
+    assert code == 0 and "restarting (no checkpoint yet)" in stdout
+    assert json.loads((run_dir / "summary.json").read_text())["test_accuracy"] == reference["test_accuracy"]
+
+
+def test_no_silent_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fault 5: compare --out on a train run, --resume on a finished run, train --out on any run: refused."""
+    run_dir = tmp_path / "run"
+    code, _, _ = _cli(["train", *TINY, "--epochs", "1", "--no-baseline", "--out", str(run_dir)], capsys)
+    assert code == 0
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+    code, _, err = _cli(["compare", *TINY, "--epochs", "1", "--structures", "dense", "--out", str(run_dir)], capsys)
+    _one_line_error(code, err, "holds a finished classify run")
+    code, _, err = _cli(["train", "--resume", str(run_dir), "--no-progress"], capsys)
+    _one_line_error(code, err, "finished already")
     code, _, err = _cli(["train", *TINY, "--out", str(run_dir)], capsys)
-    _one_line_error(code, err, "already holds a run")
+    _one_line_error(code, err, "--overwrite")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before, "nothing was touched"
+
+    # A user's own file where a run would write: refused too, and left as it was.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my notes\n")
+    code, _, err = _cli(["train", *TINY, "--out", str(mine)], capsys)
+    _one_line_error(code, err, "nmsparse did not create")
+    assert (mine / "config.yaml").read_text() == "my notes\n"
+    # ... unless the user says so.
+    code, _, _ = _cli(["train", *TINY, "--epochs", "1", "--no-baseline", "--out", str(mine), "--overwrite"], capsys)
+    assert code == 0 and (mine / "config.yaml").read_text() != "my notes\n"
+
+
+def test_failed_compare_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    code, _, err = _cli(["compare", *TINY, "--structures", "dense", "16:32-T", "--out", str(out)], capsys)
+    _one_line_error(code, err, "16:32-T")
+    code, _, err = _cli(["compare", *TINY, "--structures", "2:4", "--data", str(tmp_path / "nowhere"),
+                         "--out", str(out)], capsys)
+    _one_line_error(code, err, "does not exist")
+    assert not out.exists()
+
+
+def test_lm_flags_do_not_apply_to_classification(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nmsparse.cli.train import lm_config_class
+
+    lm = lm_config_class()
+    if lm is None:
+        pytest.skip("nmsparse.recipes.lm.LMTrainConfig is not available")
+    import dataclasses
+
+    from nmsparse.recipes.train import TrainConfig
+
+    only_lm = sorted(set(f.name for f in dataclasses.fields(lm)) - set(f.name for f in dataclasses.fields(TrainConfig)))
+    assert only_lm, "LMTrainConfig has settings of its own"
+    field = dataclasses.fields(lm)[[f.name for f in dataclasses.fields(lm)].index(only_lm[0])]
+    flag = "--" + field.name.replace("_", "-")
+    value = "--no-" + field.name.replace("_", "-") if field.type in (bool, "bool") else None
+    argv = ["train", *TINY, value] if value else ["train", *TINY, flag, str(field.default)]
+    code, _, err = _cli([*argv, "--out", str(tmp_path / "o")], capsys)
+    _one_line_error(code, err, "does not apply to --task classify")
 
 
 def test_trainer_keeps_the_callers_thread_count() -> None:

@@ -36,7 +36,7 @@ def test_flags_override_yaml(tmp_path: Path) -> None:
 
 
 def test_pattern_is_normalised() -> None:
-    assert TrainConfig(pattern=" 4:8-t ").pattern == "4:8-T"
+    assert TrainConfig(pattern="4:8-t").pattern == "4:8-T"
     assert TrainConfig(pattern="Unstructured").pattern == "unstructured"
 
 
@@ -126,8 +126,54 @@ def test_static_recipe_is_the_papers_and_needs_init(model: str) -> None:
     assert (cfg.weight_decay, cfg.momentum, cfg.label_smoothing) == (1e-4, 0.9, 0.0)
 
 
-def test_digits_recipe_equals_the_defaults() -> None:
-    assert load_config("digits_cnn_4x8t_dynamic") == TrainConfig()
+def test_digits_recipe_is_the_defaults_with_first_and_last_dense() -> None:
+    # keep_first_last defaults to False as everywhere in nmsparse; the shipped recipe sets it explicitly.
+    assert TrainConfig().keep_first_last is False
+    assert load_config("digits_cnn_4x8t_dynamic") == TrainConfig(keep_first_last=True)
+
+
+def test_every_shipped_recipe_sets_keep_first_last_explicitly() -> None:
+    from nmsparse.recipes.train.config import read_config_file
+
+    for name in list_recipes():
+        values, _ = read_config_file(name)
+        assert "keep_first_last" in values, name
+        assert isinstance(values["pattern"], str), name
+
+
+def test_unquoted_yaml_pattern_says_quote_it(tmp_path: Path) -> None:
+    """Fault 9: YAML 1.1 reads `pattern: 2:4` as the base-60 integer 124."""
+    path = tmp_path / "c.yaml"
+    path.write_text("pattern: 2:4\n")
+    with pytest.raises(ConfigError, match=r"got 124 \(YAML reads an unquoted 2:4 as the base-60 integer 124: "
+                                          r"quote it, pattern: '2:4'\)"):
+        load_config(path)
+    path.write_text("pattern: '2:4'\n")
+    assert load_config(path).pattern == "2:4"
+
+
+def test_every_setting_has_a_generated_flag() -> None:
+    """No hand-kept flag tables: each TrainConfig field is a flag of train and compare, with help and default."""
+    import argparse
+    import dataclasses
+
+    from nmsparse.cli import compare, train
+    from nmsparse.cli._flags import explicit_overrides
+
+    for module in (train, compare):
+        parser = module.add_parser(argparse.ArgumentParser().add_subparsers())
+        text = parser.format_help()
+        for f in dataclasses.fields(TrainConfig):
+            flag = "--" + f.name.replace("_", "-")
+            assert flag in text, (module.__name__, flag)
+        for flag in ("--split-seed", "--fake-samples", "--nesterov", "--milestones", "--gamma",
+                     "--eval-batch-size", "--sync-bn", "--threads", "--progress", "--overwrite", "--task"):
+            assert flag in text, flag  # the seven fields that had no flag before, and the run options
+    parser = train.add_parser(argparse.ArgumentParser().add_subparsers())
+    args = parser.parse_args(["--no-nesterov", "--milestones", "3", "5", "--steps-per-epoch", "none",
+                              "--eval-batch-size", "17", "--no-sync-bn", "--split-seed", "2"])
+    assert explicit_overrides(args, TrainConfig) == {"nesterov": False, "milestones": (3, 5), "steps_per_epoch": None,
+                                                     "eval_batch_size": 17, "sync_bn": False, "split_seed": 2}
 
 
 # ----------------------------------------------------------------------------------------------- schedule

@@ -45,7 +45,8 @@ from typing import Any, TypeVar
 from nmsparse._validation import ConfigBase, Options
 from nmsparse.errors import ConfigError
 
-__all__ = ["add_config_arguments", "explicit_overrides", "config_from_args", "flag_name", "DEST_PREFIX"]
+__all__ = ["add_config_arguments", "explicit_overrides", "config_from_args", "given_flags", "flag_name",
+           "DEST_PREFIX"]
 
 #: Namespace attributes of generated flags are ``DEST_PREFIX + field name`` (kept apart from other options).
 DEST_PREFIX = "config:"
@@ -187,7 +188,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigB
             target.add_argument(flag_name(f.name), **kwargs)
 
 
-def _given(args: argparse.Namespace) -> dict[str, Any]:
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Every generated config flag given on the command line, as ``{field: value}`` (for any class)."""
     return {key[len(DEST_PREFIX):]: value for key, value in vars(args).items() if key.startswith(DEST_PREFIX)}
 
 
@@ -208,7 +210,7 @@ def explicit_overrides(args: argparse.Namespace, cls: type[ConfigBase], *, conte
     skip = set(ignore)
     out: dict[str, Any] = {}
     foreign: list[str] = []
-    for name, value in _given(args).items():
+    for name, value in given_flags(args).items():
         if name in skip:
             continue
         if name not in names:

@@ -1,9 +1,11 @@
 """``nmsparse compare``: train one model under several sparsity structures with identical seeds.
 
-Default: the built-in digits CNN as dense, 2:4, 4:8, 2:4-T, 4:8-T and unstructured 50% (per-layer magnitude
-masks, refreshed like the n:m ones), all with dynamic SR-STE masks on the same layers. Prints a table of test
-accuracy and exact mask diversity (log10, per a reference tensor of 4096 weights) and writes compare.json and
-compare.png (accuracy against diversity).
+Default: the shipped recipe ``digits_cnn_4x8t_dynamic`` (the built-in digits CNN) as dense, 2:4, 4:8, 2:4-T, 4:8-T
+and unstructured 50% (per-layer magnitude masks, refreshed like the n:m ones), all with dynamic SR-STE masks on
+the same layers. Prints a table of test accuracy and exact mask diversity (log10, per a reference tensor of 4096
+weights) and writes compare.json and compare.png (accuracy against diversity). ``--task lm`` compares the
+structures on the decoder language model of ``nmsparse.recipes.lm`` (held-out loss and perplexity).
+An output directory holding another run or comparison is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .main import CLIError
-from .train import add_config_arguments, config_overrides, configure_runtime, print_recipes
+from .train import add_common_arguments, classify_config, configure_runtime, lm_config, lm_module, print_recipes
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -24,14 +26,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "compare", help="train one model under several sparsity structures and compare with mask diversity",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--structures", nargs="+", default=list(DEFAULT_STRUCTURES), metavar="S",
+    parser.add_argument("--structures", nargs="+", default=None, metavar="S",
                         help=f"structures to train (default: {' '.join(DEFAULT_STRUCTURES)})")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="N",
                         help="seeds (every structure trains with each; default: --seed, 0)")
     parser.add_argument("--reference-numel", type=int, default=DEFAULT_REFERENCE_NUMEL,
                         help=f"tensor size of the mask-diversity column (default {DEFAULT_REFERENCE_NUMEL})")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<date>-<time>)")
-    add_config_arguments(parser)
+    add_common_arguments(parser)
     return parser
 
 
@@ -54,41 +56,72 @@ def _print_table(rows: list[dict[str, Any]], reference_numel: int, seeds: list[i
           f"(nmsparse.log10_mask_diversity)")
 
 
-def run(args: argparse.Namespace) -> int:
+def _run_lm(args: argparse.Namespace) -> int:
     from .._logging import progress_enabled
-    from nmsparse.recipes.train.compare import COMPARE_JSON, COMPARE_PLOT, compare_structures
-    from nmsparse.recipes.train.config import config_to_yaml, load_config
+
+    lm = lm_module()
+    if not hasattr(lm, "compare_lm"):
+        raise CLIError("compare --task lm: nmsparse.recipes.lm has no compare_lm in this nmsparse version")
+    config = lm_config(args, lm)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    configure_runtime(getattr(config, "threads", None), None)
+    out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("compare-lm-%Y%m%d-%H%M%S")
+    kwargs: dict[str, Any] = {"overwrite": args.overwrite, "progress": progress_enabled(args.progress)}
+    if args.structures is not None:
+        kwargs["structures"] = args.structures
+    if args.seeds is not None:
+        kwargs["seeds"] = args.seeds
+    result = lm.compare_lm(config, out_dir, **kwargs)
+    text = result.describe() if hasattr(result, "describe") else None
+    print(text if text is not None else f"nmsparse compare --task lm: done -> {out_dir}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from nmsparse.recipes.train.compare import COMPARE_JSON, COMPARE_PLOT, DEFAULT_STRUCTURES, compare_structures
+    from nmsparse.recipes.train.config import config_to_yaml
     from nmsparse.recipes.train.distributed import broadcast_object, init_distributed, shutdown_distributed
+
+    from .._logging import progress_enabled
 
     if args.list_recipes:
         print_recipes()
         return 0
+    if (args.task or "classify") == "lm":
+        return _run_lm(args)
     if args.reference_numel < 64 or args.reference_numel % 64:
         raise CLIError(f"--reference-numel must be a positive multiple of 64 (8x8 blocks), got {args.reference_numel}")
-    config = load_config(args.config, **config_overrides(args))
+    config = classify_config(args)
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
-    configure_runtime(config)
+    threads = configure_runtime(config.threads, config.model)
+    structures = args.structures if args.structures is not None else list(DEFAULT_STRUCTURES)
     ctx = init_distributed(device=config.device)
     try:
         out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
         out_dir = Path(broadcast_object(str(out_dir), ctx))
         seeds = args.seeds if args.seeds else [config.seed]
         if ctx.is_main:
-            print(f"nmsparse compare: {config.model} on {config.data}, {len(args.structures)} structures x "
-                  f"{len(seeds)} seed(s), {config.epochs} epochs each -> {out_dir}", flush=True)
+            print(f"nmsparse compare: {config.model} on {config.data}, {len(structures)} structures x "
+                  f"{len(seeds)} seed(s), {config.epochs} epochs each, {threads} thread(s) -> {out_dir}", flush=True)
 
         def on_run_end(record: dict[str, Any]) -> None:
             print(f"  {record['structure']:<14} seed {record['seed']}: {record['test_accuracy']:.2f}% "
                   f"({record['seconds']:.1f} s)", flush=True)
 
-        result = compare_structures(config, structures=args.structures, seeds=seeds, out_dir=out_dir,
+        result = compare_structures(config, structures=structures, seeds=seeds, out_dir=out_dir,
                                     reference_numel=args.reference_numel, dist=ctx,
-                                    progress=progress_enabled(args.progress), on_run_end=on_run_end)
+                                    progress=progress_enabled(args.progress), on_run_end=on_run_end,
+                                    overwrite=args.overwrite)
         if ctx.is_main:
             print()
             _print_table(result.rows, result.reference_numel, result.seeds)
+            print(f"  kernel compile/load before training: {result.compile_seconds:.1f} s (not in the times above)")
             print(f"  outputs: {out_dir / COMPARE_JSON}, {out_dir / COMPARE_PLOT}")
     finally:
         shutdown_distributed(ctx)

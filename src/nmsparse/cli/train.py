@@ -1,85 +1,64 @@
 """``nmsparse train``: train a model with n:m masks (dynamic SR-STE or static fine-tuning) and a dense baseline.
 
-With no arguments it trains the built-in default: a small CNN on scikit-learn's 8x8 digits with 4:8-T dynamic
-masks from scratch, then the same model dense, and prints both test accuracies. Settings come from defaults,
-then ``--config FILE.yaml`` (or a shipped recipe name), then flags. Under
-``torchrun --nproc_per_node=N -m nmsparse train ...`` it runs data-parallel (gloo on CPU, nccl on GPU).
+With no arguments it runs the shipped recipe ``digits_cnn_4x8t_dynamic``: a small CNN on scikit-learn's 8x8
+digits with 4:8-T dynamic masks from scratch, then the same model dense, and prints both test accuracies.
+Settings come from that recipe (or ``--config FILE.yaml`` / another shipped recipe name), then flags; every
+setting has a flag (generated from the config's fields). ``--task lm`` trains the decoder language model of
+``nmsparse.recipes.lm`` instead. Under ``torchrun --nproc_per_node=N -m nmsparse train ...`` it runs
+data-parallel (gloo on CPU, nccl on GPU).
+
+A run killed at any moment continues with ``--resume DIR`` (bit-identical to an uninterrupted run); one killed
+before its first checkpoint also restarts with the same ``--out DIR``. Files of another run are never replaced
+without ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from .main import CLIError
 
-# Flag dest -> TrainConfig key, for every flag that sets a config value.
-_CONFIG_FLAGS = {
-    "data": "data", "test_fraction": "test_fraction", "image_size": "image_size", "num_classes": "num_classes",
-    "augment": "augment", "num_workers": "num_workers", "model": "model", "width": "width", "mode": "mode",
-    "pattern": "pattern", "method": "method", "initial_method": "initial_method", "refresh_every": "refresh_every",
-    "decay": "decay", "include": "include", "exclude": "exclude", "keep_first_last": "keep_first_last",
-    "init": "init", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
-    "weight_decay": "weight_decay", "label_smoothing": "label_smoothing", "schedule": "schedule", "warmup_epochs": "warmup_epochs",
-    "steps_per_epoch": "steps_per_epoch", "seed": "seed", "baseline": "baseline", "device": "device",
-    "threads": "threads",
-}
+TASKS = ("classify", "lm")
 
 #: Models small enough that one CPU thread is fastest (see ``TrainConfig.threads``).
 _SMALL_MODELS = ("cnn", "mlp")
+#: Thread cap of the other models: more threads than this only add synchronisation on shared machines.
+_MAX_DEFAULT_THREADS = 4
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by ``train`` and ``compare`` (all default to "not given", so YAML values survive)."""
-    data = parser.add_argument_group("data and model")
-    data.add_argument("--data", help="'digits' (built in, default), 'fake' (synthetic), or a folder: CIFAR-10 "
-                                     "(python format), train/ + val/ class folders, or class folders")
-    data.add_argument("--test-fraction", type=float, help="held-out fraction for data without a test split (0.4)")
-    data.add_argument("--image-size", type=int, help="image side for image folders and fake data")
-    data.add_argument("--num-classes", type=int, help="classes of fake data (10)")
-    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                      help="augment training images (default: on)")
-    data.add_argument("--num-workers", type=int, help="DataLoader worker processes (0)")
-    data.add_argument("--model", help="cnn (default), mlp, resnet18, resnet34, resnet50")
-    data.add_argument("--width", type=int, help="channels of the cnn / hidden width of the mlp (32)")
-    sparse = parser.add_argument_group("sparsity")
-    sparse.add_argument("--pattern", help="'4:8-T' (default), '2:4', '2:4-T', ... or 'unstructured'")
-    sparse.add_argument("--mode", choices=("dynamic", "static", "dense"),
-                        help="dynamic: masks follow the weights (SR-STE, default); static: masks fixed from "
-                             "--init; dense: no masks")
-    sparse.add_argument("--method", help="mask method of refreshes (greedy)")
-    sparse.add_argument("--initial-method", help="mask method of the initial/static masks (exact)")
-    sparse.add_argument("--refresh-every", type=int, help="steps between mask refreshes (40)")
-    sparse.add_argument("--decay", type=float, help="SR-STE decay of pruned weights (2e-4)")
-    sparse.add_argument("--include", nargs="+", metavar="GLOB", help="prune only layers matching these globs")
-    sparse.add_argument("--exclude", nargs="+", metavar="GLOB", help="keep layers matching these globs dense")
-    sparse.add_argument("--keep-first-last", action=argparse.BooleanOptionalAction, default=None,
-                        help="keep the first and last layer dense")
-    sparse.add_argument("--init", metavar="CHECKPOINT",
-                        help="start from this checkpoint (a run's model.safetensors); required by --mode static")
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, help="epochs (40)")
-    optim.add_argument("--batch-size", type=int, help="global batch size (64)")
-    optim.add_argument("--lr", type=float, help="peak learning rate (0.1)")
-    optim.add_argument("--momentum", type=float, help="SGD momentum (0.9)")
-    optim.add_argument("--weight-decay", type=float, help="weight decay (5e-4)")
-    optim.add_argument("--label-smoothing", type=float, help="label smoothing of the loss (0.1)")
-    optim.add_argument("--schedule", choices=("cosine", "step", "constant"), help="learning-rate schedule")
-    optim.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs (2)")
-    optim.add_argument("--steps-per-epoch", type=int, help="cap on training batches per epoch (quick looks)")
-    optim.add_argument("--seed", type=int, help="seed of weights, data order and augmentation (0)")
-    optim.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    optim.add_argument("--threads", type=int,
-                       help="CPU threads for torch (default: 1 for cnn/mlp, torch's default otherwise)")
+def lm_config_class() -> Any:
+    """``nmsparse.recipes.lm.LMTrainConfig``, or ``None`` when that recipe is not installed."""
+    try:
+        from nmsparse.recipes.lm import LMTrainConfig
+    except ImportError:
+        return None
+    return LMTrainConfig
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``train`` and ``compare``: the task, every config field of both tasks, files, threads, progress."""
+    from nmsparse.recipes.train.config import DEFAULT_RECIPE, TrainConfig
+
+    from ._flags import add_config_arguments
+
+    parser.add_argument("--task", choices=TASKS, default=None,
+                        help="classify: image classification (default); lm: the decoder language model "
+                             "(nmsparse.recipes.lm)")
+    classes = [TrainConfig] + [c for c in (lm_config_class(),) if c is not None]
+    add_config_arguments(parser, *classes)
     parser.add_argument("--config", metavar="FILE.yaml",
-                        help="YAML settings under the flags (flags win); or a shipped recipe name, see "
-                             "--list-recipes")
+                        help=f"YAML settings under the flags (flags win), or a shipped recipe name (see "
+                             f"--list-recipes); default for --task classify: {DEFAULT_RECIPE}")
     parser.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bars (default: on a terminal)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files of an existing run in the output directory")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -87,42 +66,43 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "train", help="train with n:m masks (4:8-T dynamic by default) and a dense baseline",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_arguments(parser)
-    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=None,
-                        help="also train the model dense with the same seed (default: on)")
+    add_common_arguments(parser)
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/train-<date>-<time>)")
     parser.add_argument("--resume", metavar="DIR",
-                        help="continue the interrupted run in DIR from its last checkpoint (settings from its "
-                             "config.yaml)")
+                        help="continue the run in DIR from its last checkpoint (settings from its config.yaml; a "
+                             "run without a checkpoint starts again)")
     return parser
 
 
-def configure_runtime(config: Any) -> int:
-    """Apply the run's CPU thread count to torch and keep numba's solver threads from spinning; returns threads.
+def default_threads(model: str | None) -> int:
+    """Thread default that does not oversubscribe: 1 for the small models, else ``min(cores, 4)``."""
+    if model in _SMALL_MODELS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, _MAX_DEFAULT_THREADS))
 
-    numba's default OpenMP threading layer (used by the compiled mask solvers) shares the OpenMP runtime with
-    torch: a solver call resets torch's thread count (1 -> 2 here) and leaves worker threads that compete with
-    torch's. On a busy 2-core machine a dynamic-sparse epoch of the digits CNN took 7x longer after the first
-    mask computation. The ``workqueue`` layer has neither effect; a ``NUMBA_THREADING_LAYER`` set by the user
-    is respected. Only effective before the first solver call, hence done here, first thing.
+
+def configure_runtime(threads: int | None, model: str | None = None) -> int:
+    """Apply the run's CPU thread count to torch and numba; returns the torch thread count.
+
+    ``threads=None`` uses :func:`default_threads`. numba's default OpenMP threading layer (used by the compiled
+    mask solvers) shares the OpenMP runtime with torch: a solver call resets torch's thread count and leaves
+    worker threads that compete with torch's (a dynamic-sparse epoch of the digits CNN took 7x longer on a busy
+    2-core machine). The ``workqueue`` layer has neither effect; a ``NUMBA_THREADING_LAYER`` set by the user is
+    respected. numba's thread count is set to match torch's. Only effective before the first solver call, hence
+    done here, first thing. The library itself never changes these global settings.
     """
-    import os
-
     import torch
 
     os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-    threads = config.threads
-    if threads is None and config.model in _SMALL_MODELS:
-        threads = 1
-    if threads is not None:
-        torch.set_num_threads(threads)
+    count = default_threads(model) if threads is None else threads
+    torch.set_num_threads(count)
+    try:
+        import numba
+    except ImportError:
+        pass
+    else:
+        numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
     return torch.get_num_threads()
-
-
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Config values given on the command line (flags left out are absent)."""
-    return {key: getattr(args, dest) for dest, key in _CONFIG_FLAGS.items()
-            if getattr(args, dest, None) is not None}
 
 
 def print_recipes() -> None:
@@ -133,45 +113,90 @@ def print_recipes() -> None:
         print(f"{name:40s} {first}")
 
 
+def resolve_task(args: argparse.Namespace, resume_dir: str | None = None) -> str:
+    """The task of this command: ``--task``, else the one recorded in a resumed run, else ``classify``."""
+    from nmsparse.recipes.train.rundir import RunDir
+
+    recorded = RunDir.task_of(resume_dir) if resume_dir else None
+    if recorded is not None and args.task is not None and recorded != args.task:
+        raise CLIError(f"{resume_dir} is a --task {recorded} run; drop --task {args.task}")
+    return args.task or recorded or "classify"
+
+
+def classify_config(args: argparse.Namespace) -> Any:
+    """TrainConfig of the flags: defaults < ``--config`` (or the default recipe) < flags given."""
+    from nmsparse.recipes.train.config import DEFAULT_RECIPE, TrainConfig, read_config_file
+
+    from ._flags import config_from_args
+
+    values, where = read_config_file(args.config or DEFAULT_RECIPE)
+    return config_from_args(TrainConfig, args, base=values, where=where, context="--task classify")
+
+
+def lm_module() -> Any:
+    """``nmsparse.recipes.lm``, imported when a command needs it."""
+    try:
+        import nmsparse.recipes.lm as lm
+    except ImportError as exc:
+        raise CLIError(f"--task lm needs nmsparse.recipes.lm, which cannot be imported here ({exc})") from None
+    for name in ("LMTrainConfig", "run_lm_training"):
+        if not hasattr(lm, name):
+            raise CLIError(f"--task lm: nmsparse.recipes.lm has no {name} in this nmsparse version")
+    return lm
+
+
+def lm_config(args: argparse.Namespace, lm: Any, *, resume_dir: str | None = None) -> Any:
+    """LMTrainConfig of the flags (or of a resumed run's config.yaml)."""
+    from nmsparse.recipes.train.config import read_config_file
+
+    from ._flags import config_from_args, explicit_overrides
+
+    if resume_dir is not None:
+        values, where = read_config_file(Path(resume_dir) / "config.yaml")
+        return lm.LMTrainConfig.from_dict(values, where=where)
+    explicit_overrides(args, lm.LMTrainConfig, context="--task lm")
+    values, where = read_config_file(args.config) if args.config else ({}, "--task lm")
+    return config_from_args(lm.LMTrainConfig, args, base=values, where=where, context="--task lm")
+
+
 def _fmt_pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
 
 
-def print_summary(summary: dict[str, Any], out_dir: Path) -> None:
-    """Human-readable summary of :func:`nmsparse.recipes.train.run_training`'s result."""
-    structure = summary["pattern"]
-    mode = summary["mode"]
-    print(f"nmsparse train: {summary['model']} on {summary['data_description']}")
-    if mode == "dense":
+def print_summary(summary: Any, out_dir: Path) -> None:
+    """Human-readable :class:`~nmsparse.recipes.train.summary.RunSummary`."""
+    s = summary
+    print(f"nmsparse train: {s.model} on {s.data_description}")
+    if s.mode == "dense":
         print("  structure          dense")
     else:
-        if mode == "dynamic":
-            how = (f"SR-STE, {summary['refreshes']} refreshes with {summary['method']}, initial masks "
-                   f"{summary['initial_method']}")
+        if s.mode == "dynamic":
+            how = f"SR-STE, {s.refreshes} refreshes with {s.method}, initial masks {s.initial_method}"
         else:
-            how = f"masks computed once with {summary['initial_method']}, then fixed"
-        print(f"  structure          {structure} {mode} ({how})")
-    line = f"  test accuracy      {_fmt_pct(summary['test_accuracy'])}"
-    if summary.get("baseline_test_accuracy") is not None:
-        line += (f"   dense baseline {_fmt_pct(summary['baseline_test_accuracy'])}, gap "
-                 f"{summary['accuracy_gap']:+.2f} points (dense - sparse)")
+            how = f"masks computed once with {s.initial_method}, then fixed"
+        print(f"  structure          {s.pattern} {s.mode} ({how})")
+    line = f"  test accuracy      {_fmt_pct(s.test_accuracy)}"
+    if s.baseline_test_accuracy is not None:
+        line += (f"   dense baseline {_fmt_pct(s.baseline_test_accuracy)}, gap {s.accuracy_gap:+.2f} points "
+                 f"(dense - sparse)")
     print(line)
-    if mode != "dense":
-        valid = "yes" if summary["mask_valid"] else "NO"
-        dense = ", ".join(summary["dense_layers"]) or "none"
-        print(f"  masks valid        {valid}: {len(summary['sparse_layers'])} sparse layer(s) holding "
-              f"{summary['sparse_weight_fraction']:.1%} of the weights, {summary['mask_density']:.1%} kept; "
-              f"dense: {dense}")
-    if summary.get("refresh_overhead") is not None:
-        print(f"  refresh overhead   {summary['refresh_overhead']:.1%} of training-step time "
-              f"({summary['refreshes']} refreshes, {summary['refresh_seconds']:.2f} s)")
-    times = f"{summary['wall_seconds']:.1f} s (sparse {summary['train_seconds']:.1f} s of training"
-    if summary.get("baseline_train_seconds") is not None:
-        times += f", dense {summary['baseline_train_seconds']:.1f} s"
-    session = ", this session of a resumed run" if summary.get("resumed") else ""
-    print(f"  wall time          {times}; {summary['world_size']} process(es) on {summary['device']}{session})")
+    if s.mode != "dense":
+        valid = "yes" if s.mask_valid else "NO"
+        dense = ", ".join(s.dense_layers) or "none"
+        print(f"  masks valid        {valid}: {len(s.sparse_layers)} sparse layer(s) holding "
+              f"{s.sparse_weight_fraction:.1%} of the weights, {s.mask_density:.1%} kept; dense: {dense}")
+        for name, why in s.dense_layers.items():
+            print(f"    left dense       {name}: {why}")
+    if s.refresh_overhead is not None:
+        print(f"  refresh overhead   {s.refresh_overhead:.1%} of training-step time ({s.refreshes} refreshes, "
+              f"{s.refresh_seconds:.2f} s; kernel compile/load before training: {s.compile_seconds:.1f} s)")
+    times = f"{s.wall_seconds:.1f} s (sparse {s.train_seconds:.1f} s of training"
+    if s.baseline_train_seconds is not None:
+        times += f", dense {s.baseline_train_seconds:.1f} s"
+    session = ", this session of a resumed run" if s.resumed else ""
+    print(f"  wall time          {times}; {s.world_size} process(es) on {s.device}, {s.threads} thread(s){session})")
     print(f"  outputs            {out_dir}/ (summary.json, metrics.jsonl, model.safetensors, curves.png, "
-          f"config.yaml)")
+          f"config.yaml, checkpoint.safetensors)")
 
 
 def _epoch_printer(total_epochs: int) -> Any:
@@ -185,39 +210,65 @@ def _epoch_printer(total_epochs: int) -> Any:
     return on_epoch_end
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_resume_args(args: argparse.Namespace) -> None:
+    from ._flags import given_flags
+
+    given = sorted(given_flags(args)) + (["config"] if args.config else [])
+    if given:
+        raise CLIError(f"--resume takes every setting from {args.resume}/config.yaml; drop "
+                       f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise CLIError("--resume DIR continues in DIR; drop --out or pass the same directory")
+
+
+def _run_lm(args: argparse.Namespace) -> int:
     from .._logging import progress_enabled
-    from nmsparse.recipes.train.config import config_to_yaml, load_config
+
+    lm = lm_module()
+    config = lm_config(args, lm, resume_dir=args.resume)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    configure_runtime(getattr(config, "threads", None), None)
+    out_dir = Path(args.resume or args.out or Path("runs") / time.strftime("train-lm-%Y%m%d-%H%M%S"))
+    result = lm.run_lm_training(config, out_dir, resume=args.resume is not None, overwrite=args.overwrite,
+                                progress=progress_enabled(args.progress))
+    if result is not None:
+        text = result.describe() if hasattr(result, "describe") else None
+        print(text if text is not None else f"nmsparse train --task lm: done -> {out_dir}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from nmsparse.recipes.train.config import config_to_yaml
     from nmsparse.recipes.train.distributed import broadcast_object, init_distributed, shutdown_distributed
-    from nmsparse.recipes.train.trainer import CONFIG_FILE, STATE_FILE, resume_config, run_training
+    from nmsparse.recipes.train.trainer import prepare_run, resume_config, run_training
+
+    from .._logging import progress_enabled
 
     if args.list_recipes:
         print_recipes()
         return 0
-    overrides = config_overrides(args)
     if args.resume is not None:
-        given = sorted(overrides) + (["config"] if args.config else [])
-        if given:
-            raise CLIError(
-                f"--resume takes every setting from {args.resume}/config.yaml; drop "
-                f"{', '.join('--' + k.replace('_', '-') for k in given)}"
-            )
-        if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
-            raise CLIError("--resume DIR continues in DIR; drop --out or pass the same directory")
-        config = resume_config(args.resume)
+        _check_resume_args(args)
+    if resolve_task(args, args.resume) == "lm":
+        return _run_lm(args)
+    if args.resume is not None:
+        config = resume_config(args.resume, overwrite=args.overwrite)
         out_dir = Path(args.resume)
     else:
-        config = load_config(args.config, **overrides)
+        config = classify_config(args)
         out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
-    threads = configure_runtime(config)
+    prepare_run(config, out_dir, resume=args.resume is not None, overwrite=args.overwrite)  # refuse early
+    threads = configure_runtime(config.threads, config.model)
     ctx = init_distributed(device=config.device)
     try:
         out_dir = Path(broadcast_object(str(out_dir), ctx))
-        if args.resume is None and ((out_dir / STATE_FILE).exists() or (out_dir / CONFIG_FILE).exists()):
-            raise CLIError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or pick another --out")
         show_bar = progress_enabled(args.progress)
         callback = None if show_bar or not ctx.is_main else _epoch_printer(config.epochs)
 
@@ -226,13 +277,15 @@ def run(args: argparse.Namespace) -> int:
             extra = " + dense baseline" if config.baseline and config.sparse else ""
             world = f" on {ctx.world_size} processes ({ctx.backend})" if ctx.enabled else ""
             verb = "resuming" if args.resume else "training"
+            if trainer.run is not None and trainer.run.restarting:
+                verb = "restarting (no checkpoint yet)"
             where = f"{trainer.device}" + (f", {threads} thread{'s' if threads > 1 else ''}"
                                            if trainer.device.type == "cpu" else "")
             print(f"nmsparse train: {verb} {config.model} {what}{extra}, {config.epochs} epochs{world} on "
                   f"{where} -> {out_dir}", flush=True)
 
-        summary = run_training(config, out_dir, resume=args.resume is not None, dist=ctx, progress=show_bar,
-                               on_epoch_end=callback, on_start=on_start)
+        summary = run_training(config, out_dir, resume=args.resume is not None, overwrite=args.overwrite,
+                               dist=ctx, progress=show_bar, on_epoch_end=callback, on_start=on_start)
         if ctx.is_main and summary is not None:
             print_summary(summary, out_dir)
     finally:

@@ -10,6 +10,8 @@ from .config import CONFIG_VERSION, UNSTRUCTURED, TrainConfig, list_recipes, loa
 from .data import DataBundle, build_data
 from .distributed import DistContext, check_masks_identical, init_distributed, mask_checksum
 from .models import build_model, list_models
+from .rundir import Checkpoint, RunDir
+from .summary import RunSummary, TrainerResult
 from .trainer import RunResult, Trainer, learning_rate, resume_config, run_training
 from .unstructured import UnstructuredSparsifier, magnitude_mask
 
@@ -26,6 +28,10 @@ __all__ = [
     "list_models",
     "Trainer",
     "RunResult",
+    "TrainerResult",
+    "RunSummary",
+    "RunDir",
+    "Checkpoint",
     "run_training",
     "resume_config",
     "learning_rate",

@@ -1,9 +1,9 @@
-"""Checkpoints of training runs: weights and masks in ``model.safetensors``, the rest in ``trainer_state.pt``.
+"""Model files and random-generator states of training runs.
 
-Both files are written atomically (temporary file beside the target, then ``os.replace``), so an interrupted
-write never leaves a half-written checkpoint; a resumed run sees either the previous epoch's files or the new
-ones. ``trainer_state.pt`` holds only tensors and plain Python values and is read with
-``torch.load(weights_only=True)``.
+The resumable checkpoint itself (one atomic file per trainer) is :mod:`nmsparse.recipes.train.rundir`'s; this
+module writes the user-facing model file of older layouts (:func:`save_model`), reads model files given as
+``init`` and captures / restores every random generator (stored in checkpoints through
+:func:`~nmsparse.recipes.train.rundir.pack_state`).
 """
 
 from __future__ import annotations
@@ -24,29 +24,16 @@ from nmsparse.io import atomic_path, load_state_dict
 
 __all__ = [
     "MODEL_FILE",
-    "STATE_FILE",
     "save_model",
     "read_model_metadata",
     "load_model_file",
-    "save_trainer_state",
-    "load_trainer_state",
     "capture_rng_state",
     "restore_rng_state",
-    "write_text_atomic",
 ]
 
 #: File name of the weights-and-masks checkpoint in a run directory.
 MODEL_FILE = "model.safetensors"
-#: File name of the optimizer/schedule/sparsifier/RNG state in a run directory.
-STATE_FILE = "trainer_state.pt"
 _FORMAT = "nmsparse.recipes.train.model"
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
 
 
 def save_model(path: str | Path, model: nn.Module, *, metadata: Mapping[str, Any] | None = None) -> Path:
@@ -84,31 +71,6 @@ def read_model_metadata(path: str | Path) -> dict[str, str]:
 def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``(state_dict, metadata)`` of a checkpoint (``.safetensors``, or a torch state dict read safely)."""
     return load_state_dict(path), read_model_metadata(path)
-
-
-def save_trainer_state(path: str | Path, state: Mapping[str, Any]) -> Path:
-    """``torch.save`` a dict of tensors and plain values atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), str(tmp))
-    return Path(path)
-
-
-def load_trainer_state(path: str | Path) -> dict[str, Any]:
-    """Read :func:`save_trainer_state`'s file with ``weights_only=True``.
-
-    Raises:
-        InputError: missing or unreadable file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; a run directory holds it once its first epoch has finished")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        raise InputError(f"{path}: not a readable trainer state ({' '.join(str(exc).split())[:200]})") from exc
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: expected a dict, got {type(state).__name__}")
-    return state
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -20,11 +20,13 @@ from typing import Any
 from nmsparse.diversity import log10_mask_diversity
 from nmsparse.errors import ConfigError
 from nmsparse.pattern import NMPattern
-from .checkpoint import write_text_atomic
+
 from .config import UNSTRUCTURED, TrainConfig, config_to_yaml
-from .data import build_data
+from .data import DataBundle, build_data
 from .distributed import DistContext
-from .trainer import CONFIG_FILE, Trainer
+from .models import build_model
+from .rundir import RunDir, config_hash
+from .trainer import MODEL_FILE, Trainer, warm_up_solvers
 
 __all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "CompareResult", "compare_structures",
            "structure_slug"]
@@ -35,6 +37,8 @@ DEFAULT_STRUCTURES = ("dense", "2:4", "4:8", "2:4-T", "4:8-T", UNSTRUCTURED)
 DEFAULT_REFERENCE_NUMEL = 4096
 COMPARE_JSON = "compare.json"
 COMPARE_PLOT = "compare.png"
+#: Task name recorded in comparison directories.
+TASK = "compare"
 
 RunCallback = Callable[[dict[str, Any]], None]
 
@@ -75,18 +79,40 @@ class CompareResult:
         reference_numel: tensor size of the diversity column.
         seeds: seeds trained.
         out_dir: directory holding ``compare.json``, ``compare.png`` and one sub-directory per run.
+        compile_seconds: time spent compiling the mask solvers before the timed work.
     """
 
     rows: list[dict[str, Any]]
     reference_numel: int
     seeds: list[int]
     out_dir: Path | None
+    compile_seconds: float = 0.0
+
+
+def _run_config(config: TrainConfig, name: str, seed: int) -> TrainConfig:
+    sparse_mode = "dynamic" if config.mode == "dense" else config.mode
+    return config.replace(seed=seed, baseline=False, mode="dense" if name == "dense" else sparse_mode,
+                          pattern=config.pattern if name == "dense" else name)
+
+
+def _check_fits(config: TrainConfig, data: DataBundle, names: Sequence[str]) -> None:
+    """Every structure can prune at least one layer of the model (raised now, before anything is written)."""
+    from nmsparse.prune import select_layers
+
+    model = build_model(config.model, in_channels=data.in_channels, num_classes=data.num_classes,
+                        image_size=data.image_size, width=config.width)
+    for name in names:
+        if name in ("dense", UNSTRUCTURED):
+            continue
+        select_layers(model, name, include=config.include, exclude=config.exclude,
+                      keep_first_last=config.keep_first_last)
 
 
 def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAULT_STRUCTURES,
                        seeds: Sequence[int] | None = None, out_dir: str | Path | None = None,
                        reference_numel: int = DEFAULT_REFERENCE_NUMEL, dist: DistContext | None = None,
-                       progress: bool | None = None, on_run_end: RunCallback | None = None) -> CompareResult:
+                       progress: bool | None = None, on_run_end: RunCallback | None = None,
+                       overwrite: bool = False) -> CompareResult:
     """Train ``config``'s model once per structure and seed; report accuracy against exact mask diversity.
 
     Args:
@@ -99,12 +125,15 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
         dist: data-parallel context.
         progress: progress bars.
         on_run_end: ``callback(record)`` after each run, with ``structure``, ``seed`` and ``test_accuracy``.
+        overwrite: replace the files of an earlier comparison (or run) in ``out_dir``.
 
     Returns:
         A :class:`CompareResult`.
 
     Raises:
-        ConfigError: bad structures or seeds.
+        ConfigError: bad structures or seeds, or a structure that fits no layer (before anything is written).
+        OverwriteError: ``out_dir`` holds files this comparison would write (a train run, an earlier
+            comparison, or files nmsparse did not create) and ``overwrite`` is false.
     """
     dist = dist or DistContext()
     names = _check_structures(structures)
@@ -115,23 +144,29 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
     for name in names:
         if name != "dense":
             diversity[name] = log10_mask_diversity(name, reference_numel)
-    root = None if out_dir is None else Path(out_dir)
-    if root is not None and dist.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(root / CONFIG_FILE, config_to_yaml(config))
+    if reference_numel < 64 or reference_numel % 64:
+        raise ConfigError(f"compare: reference_numel must be a positive multiple of 64 (8x8 blocks), got "
+                          f"{reference_numel}")
+    run_names = {(name, seed): structure_slug(name) if len(seed_list) == 1 else f"{structure_slug(name)}-seed{seed}"
+                 for seed in seed_list for name in names}
+    run: RunDir | None = None
+    if out_dir is not None:
+        run = RunDir.prepare(out_dir, task=TASK, outputs=(COMPARE_JSON, COMPARE_PLOT, MODEL_FILE),
+                             sections=tuple(run_names.values()), overwrite=overwrite)
+    # Everything is checked before the first file is written: settings, data, that each structure fits.
+    run_configs = {key: _run_config(config, key[0], key[1]) for key in run_names}
     data = build_data(config)
+    _check_fits(config, data, names)
+    compile_seconds = max(warm_up_solvers(cfg) for cfg in run_configs.values())
+    if run is not None and dist.is_main:
+        run.create(config_text=config_to_yaml(config), config_hash=config_hash(config.to_dict()))
     sparse_mode = "dynamic" if config.mode == "dense" else config.mode
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for seed in seed_list:
         for name in names:
-            cfg = config.replace(seed=seed, baseline=False, mode="dense" if name == "dense" else sparse_mode,
-                                 pattern=config.pattern if name == "dense" else name)
-            run_dir = None
-            if root is not None:
-                run_dir = root / (structure_slug(name) if len(seed_list) == 1 else f"{structure_slug(name)}-seed{seed}")
             start = time.perf_counter()
-            result = Trainer(cfg, data, out_dir=run_dir, dist=dist, progress=progress,
-                             label=f"{name} (seed {seed})").fit()
+            result = Trainer(run_configs[name, seed], data, run=run, section=run_names[name, seed], dist=dist,
+                             progress=progress, label=f"{name} (seed {seed})").fit()
             record = {"structure": name, "seed": seed, "test_accuracy": result.test_accuracy,
                       "mask_valid": result.mask_valid, "refresh_overhead": result.refresh_overhead,
                       "train_seconds": result.train_seconds, "seconds": time.perf_counter() - start}
@@ -152,15 +187,18 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
             "refresh_overhead": statistics.fmean(overheads) if overheads else None,
             "train_seconds": statistics.fmean(r["train_seconds"] for r in runs[name]),
         })
-    result = CompareResult(rows=rows, reference_numel=reference_numel, seeds=seed_list, out_dir=root)
+    root = None if run is None else run.path
+    result = CompareResult(rows=rows, reference_numel=reference_numel, seeds=seed_list, out_dir=root,
+                           compile_seconds=compile_seconds)
     if root is not None and dist.is_main:
         from .plots import plot_accuracy_vs_diversity
 
         payload = {"model": config.model, "data": config.data, "mode": sparse_mode, "epochs": config.epochs,
-                   "seeds": seed_list, "reference_numel": reference_numel,
+                   "seeds": seed_list, "reference_numel": reference_numel, "compile_seconds": compile_seconds,
                    "diversity": "exact log10 mask diversity at 50% density (nmsparse.log10_mask_diversity)",
                    "rows": rows}
-        write_text_atomic(root / COMPARE_JSON, json.dumps(payload, indent=2) + "\n")
+        assert run is not None
+        run.write_text(COMPARE_JSON, json.dumps(payload, indent=2) + "\n")
         plot_accuracy_vs_diversity(rows, root / COMPARE_PLOT, reference_numel=reference_numel,
                                    title=f"{config.model} on {data.name}, {sparse_mode} masks, "
                                          f"{len(seed_list)} seed(s)")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from nmsparse.errors import InputError
+
 from .config import TrainConfig
 
 __all__ = ["DataBundle", "TensorImageDataset", "ImageFileDataset", "build_data", "collate_images", "IMAGE_EXTENSIONS"]

@@ -1,21 +1,23 @@
-"""The training loop: one model, one structure (dense, static or dynamic masks), checkpointed every epoch.
+"""The epoch loop: one model, one structure (dense, static or dynamic masks), checkpointed every epoch.
 
 :class:`Trainer` trains one model; :func:`run_training` is the job behind ``nmsparse train``: the sparse model,
-then (by default) the same model dense with the same seed, then ``summary.json`` and a plot of the curves.
+then (by default) the same model dense with the same seed, then ``summary.json`` (a typed
+:class:`~nmsparse.recipes.train.summary.RunSummary`) and a plot of the curves. Where files go, how checkpoints
+are written atomically and verified on resume, and when an existing directory is refused, is the business of
+:mod:`nmsparse.recipes.train.rundir`. A run directory holds::
 
-A run directory holds::
-
-    config.yaml          resolved settings (what --resume reads)
-    metrics.jsonl        one JSON record per epoch
-    model.safetensors    weights + masks (+ batch-norm statistics), rewritten atomically every epoch
-    trainer_state.pt     optimizer, step, sparsifier counters, RNG states of every rank, history
-    curves.png           training loss and test accuracy per epoch (sparse and dense)
-    summary.json         final numbers (written when the run completes)
-    baseline/            the dense baseline's own metrics.jsonl, model.safetensors and trainer_state.pt
+    run.json, config.yaml     marker and resolved settings (what --resume reads)
+    checkpoint.safetensors    ONE atomic file: weights + masks, optimizer, sparsifier counters, RNG states of
+                              every rank, step, metrics history, config hash
+    metrics.jsonl             one JSON record per epoch (reconciled with the checkpoint on resume)
+    model.safetensors         the final pruned model (nmsparse.io format), when the model's training completes
+    curves.png, summary.json  written when the run completes
+    baseline/                 the dense baseline's own checkpoint.safetensors, metrics.jsonl, model.safetensors
 
 Resuming restores everything a later epoch depends on: weights, masks, optimizer moments, the step (which
 fixes the learning rate and the refresh schedule), the sparsifier counters and every random generator; the data
-order is a function of ``(seed, epoch)``. A resumed run therefore ends bit-identical to an uninterrupted one.
+order is a function of ``(seed, epoch)``. A resumed run therefore ends bit-identical to an uninterrupted one,
+wherever it was killed (a run killed before its first checkpoint starts again).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import platform
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,10 @@ from nmsparse._version import __version__
 from nmsparse.errors import ConfigError, InputError, MaskMismatchError
 from nmsparse.metrics import is_nm_sparse
 from nmsparse.pattern import NMPattern
-from nmsparse.prune import DynamicSparsifier, get_masks, load_pruned_state_dict_, prune_, select_layers, squash_masks_
+from nmsparse.prune import DynamicSparsifier, get_masks, prune_, select_layers, squash_masks_
 from nmsparse.prune.static import MASK_KEY_SUFFIX
-from .checkpoint import (
-    MODEL_FILE,
-    STATE_FILE,
-    capture_rng_state,
-    load_model_file,
-    load_trainer_state,
-    restore_rng_state,
-    save_model,
-    save_trainer_state,
-    write_text_atomic,
-)
+
+from .checkpoint import capture_rng_state, load_model_file, restore_rng_state, save_model
 from .config import UNSTRUCTURED, TrainConfig, config_to_yaml, load_config
 from .data import DataBundle, build_data, collate_images
 from .distributed import (
@@ -65,26 +57,38 @@ from .distributed import (
     gather_objects,
 )
 from .models import build_model
+from .rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Checkpoint, RunDir, config_hash
+from .summary import RunSummary, TrainerResult
 from .unstructured import UnstructuredSparsifier
 
 __all__ = [
     "Trainer",
+    "TrainerResult",
     "RunResult",
     "run_training",
+    "prepare_run",
     "resume_config",
     "learning_rate",
+    "warm_up_solvers",
+    "TASK",
     "CONFIG_FILE",
     "SUMMARY_FILE",
     "METRICS_FILE",
+    "MODEL_FILE",
     "PLOT_FILE",
     "BASELINE_DIR",
 ]
 
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
+#: Task name recorded in the run directories of this recipe.
+TASK = "classify"
+MODEL_FILE = "model.safetensors"
 PLOT_FILE = "curves.png"
 BASELINE_DIR = "baseline"
+#: Files of the run besides rundir's own (overwrite checks count them as the run's).
+OUTPUTS = (MODEL_FILE, PLOT_FILE)
+
+#: Old name of :class:`TrainerResult`.
+RunResult = TrainerResult
 
 EpochCallback = Callable[[str, dict[str, Any]], None]
 
@@ -134,6 +138,38 @@ def _prunable_weights(model: nn.Module) -> dict[str, int]:
             if isinstance(module, (nn.Linear, nn.Conv2d))}
 
 
+def _module_name(mask_key: str) -> str:
+    """Module of a mask key: ``"conv2.weight"`` (tensor-name convention) or ``"conv2"`` (older) -> ``"conv2"``."""
+    return mask_key[: -len(".weight")] if mask_key.endswith(".weight") else mask_key
+
+
+def _mask_prefix() -> str | None:
+    try:
+        from nmsparse.io import MASK_PREFIX
+    except ImportError:
+        return None
+    return str(MASK_PREFIX)
+
+
+def _is_pruned(state: dict[str, torch.Tensor], meta: dict[str, str]) -> bool:
+    """Whether a checkpoint holds masks (nmsparse.io's pruned format or a raw parametrized state dict)."""
+    prefix = _mask_prefix()
+    if meta.get("kind") == "pruned" or (prefix is not None and any(k.startswith(prefix) for k in state)):
+        return True
+    return any(key.endswith(MASK_KEY_SUFFIX) or key == MASK_KEY_SUFFIX[1:] for key in state)
+
+
+def _load_pruned(model: nn.Module, state: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    try:
+        from nmsparse.io import load_pruned_state_dict_
+    except ImportError:  # older layout: the loader lives in nmsparse.prune and takes the raw state dict
+        from nmsparse.prune import load_pruned_state_dict_ as load_raw
+
+        load_raw(model, state)
+        return
+    load_pruned_state_dict_(model, state, meta)
+
+
 def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     expected = model.state_dict()
     problems = [f"missing {k!r}" for k in expected if k not in state]
@@ -143,57 +179,15 @@ def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> list
     return problems
 
 
-@dataclass
-class RunResult:
-    """Outcome of :meth:`Trainer.fit` (accuracies in percent).
-
-    Attributes:
-        structure: ``"dense"``, an n:m pattern or ``"unstructured"``.
-        mode: ``"dense"``, ``"dynamic"`` or ``"static"``.
-        completed: all epochs done (``False`` when stopped early with ``stop_after_epoch``).
-        epoch: epochs done.
-        test_accuracy / test_loss: after the last epoch done.
-        history: one record per epoch (what ``metrics.jsonl`` holds).
-        mask_valid: every mask obeys the structure (``None`` for dense runs).
-        mask_density: fraction of the sparse layers' weights kept (``None`` for dense runs).
-        mask_checksum: :func:`~nmsparse.recipes.train.distributed.mask_checksum` of the final masks.
-        steps, refreshes, refresh_seconds: optimizer steps, mask refreshes and their total time.
-        refresh_overhead: ``refresh_seconds`` over the rest of the training-loop time (the paper's "overhead on a
-            dense step"); ``None`` without refreshes.
-        train_seconds: training-loop time (evaluation and checkpoints excluded), summed over resumed sessions.
-        wall_seconds: time spent in epochs (training, evaluation, checkpoints), summed over resumed sessions.
-        sparse_layers / dense_layers: pruned layer names; layers left dense with the reason.
-        sparse_weight_fraction: share of the Linear/Conv2d weights that sit in sparse layers.
-    """
-
-    structure: str
-    mode: str
-    completed: bool
-    epoch: int
-    test_accuracy: float
-    test_loss: float
-    history: list[dict[str, Any]]
-    mask_valid: bool | None = None
-    mask_density: float | None = None
-    mask_checksum: int | None = None
-    steps: int = 0
-    refreshes: int = 0
-    refresh_seconds: float = 0.0
-    refresh_overhead: float | None = None
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    sparse_layers: list[str] = field(default_factory=list)
-    dense_layers: dict[str, str] = field(default_factory=dict)
-    sparse_weight_fraction: float = 0.0
-
-
 class Trainer:
-    """Train one model under one structure, with checkpoints every epoch.
+    """Train one model under one structure, with an atomic checkpoint every epoch.
 
     Args:
         config: the run's settings (``config.baseline`` is ignored here: see :func:`run_training`).
         data: data set (built from ``config`` when ``None``).
-        out_dir: run directory for checkpoints and metrics (rank 0 writes); ``None`` writes nothing.
+        run: run directory to checkpoint into (rank 0 writes); ``None`` (and no ``out_dir``) writes nothing.
+        section: sub-folder of ``run`` for this trainer (``""``: the run directory itself, ``"baseline"``, ...).
+        out_dir: shorthand for ``run=RunDir(out_dir, task="classify")``.
         dist: data-parallel context (single process when ``None``).
         progress: tqdm bar on stderr (``None``: only on a terminal; never on ranks other than 0).
         on_epoch_end: ``callback(label, record)`` after every epoch, on rank 0.
@@ -202,15 +196,25 @@ class Trainer:
     Raises:
         ConfigError / InputError / MaskMismatchError: bad settings, data, or an ``init`` checkpoint that does
             not fit the model.
+
+    Example:
+        >>> cfg = TrainConfig(width=8, epochs=1, steps_per_epoch=2, batch_size=32, mode="dense", baseline=False)
+        >>> Trainer(cfg, progress=False).fit().epoch
+        1
     """
 
-    def __init__(self, config: TrainConfig, data: DataBundle | None = None, *, out_dir: str | Path | None = None,
-                 dist: DistContext | None = None, progress: bool | None = None,
-                 on_epoch_end: EpochCallback | None = None, label: str | None = None) -> None:
+    def __init__(self, config: TrainConfig, data: DataBundle | None = None, *, run: RunDir | None = None,
+                 section: str = "", out_dir: str | Path | None = None, dist: DistContext | None = None,
+                 progress: bool | None = None, on_epoch_end: EpochCallback | None = None,
+                 label: str | None = None) -> None:
         self.config = config
         self.dist = dist or DistContext()
         self.data = data if data is not None else build_data(config)
-        self.out_dir = None if out_dir is None else Path(out_dir)
+        if run is None and out_dir is not None:
+            run = RunDir(out_dir, task=TASK)
+        self.run = run
+        self.section = section
+        self.out_dir = None if run is None else run.section_dir(section)
         self.progress = progress
         self.on_epoch_end = on_epoch_end
         self.label = label or (config.structure if config.mode == "dense" else f"{config.structure} {config.mode}")
@@ -231,6 +235,7 @@ class Trainer:
         # numba's OpenMP threading layer (compiled mask solvers) can reset torch's OpenMP thread count; keep the
         # caller's count through mask computations, so numerics and speed do not depend on when masks ran.
         self._threads = torch.get_num_threads()
+        self.prune_report: dict[str, Any] | None = None
         self._attach_masks(model)
         self._restore_threads()
         if self.dist.enabled and config.sparse:
@@ -282,9 +287,9 @@ class Trainer:
                 f"init checkpoint {path} holds a {saved_model!r} model but this run builds {self.config.model!r}; "
                 f"pass --model {saved_model} or a checkpoint of a {self.config.model!r} model"
             )
-        if any(key.endswith(MASK_KEY_SUFFIX) or key == MASK_KEY_SUFFIX[1:] for key in state):
+        if _is_pruned(state, meta):
             try:
-                load_pruned_state_dict_(model, state)
+                _load_pruned(model, state, meta)
             except MaskMismatchError as exc:
                 raise InputError(f"init checkpoint {path} does not fit model {self.config.model!r}: {exc}") from None
             squash_masks_(model)  # start from the masked weights, dense again
@@ -319,72 +324,93 @@ class Trainer:
                                                     refresh_every=cfg.refresh_every, decay=cfg.decay, **common)
             else:
                 prune_(model, cfg.pattern, method=cfg.initial_method, **common)
-            layers, skipped = list(get_masks(model)), selection.skipped
+            layers, skipped = [_module_name(name) for name in get_masks(model)], selection.skipped
         self.sparse_layers = layers
         self.dense_layers = dict(skipped)
+        try:
+            from nmsparse.prune import last_report
+        except ImportError:  # older nmsparse.prune without reports
+            return
+        report = last_report(model)
+        if report is not None:
+            self.prune_report = report.to_dict()
 
     # ------------------------------------------------------------------------------------------- checkpoints
 
+    @property
+    def config_hash(self) -> str:
+        """:func:`~nmsparse.recipes.train.rundir.config_hash` of this trainer's settings."""
+        return config_hash(self.config.to_dict())
+
     def _save(self) -> None:
-        """Checkpoint (rank 0 writes; every rank contributes its RNG state)."""
+        """Checkpoint (rank 0 writes one file; every rank contributes its RNG state)."""
         rng_states = gather_objects(capture_rng_state(), self.dist)
-        if not self.dist.is_main or self.out_dir is None:
+        if not self.dist.is_main or self.run is None:
             return
-        meta = {"model": self.config.model, "structure": self.config.structure, "mode": self.config.mode,
-                "epoch": str(self.epoch), "config": json.dumps(self.config.to_dict())}
-        save_model(self.out_dir / MODEL_FILE, self.model, metadata=meta)
+        tensors: dict[str, torch.Tensor] = {}
+        extra: dict[str, Any] = {}
+        for key, value in self.model.state_dict().items():
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value
+            else:  # module extra state (e.g. a mask's pattern and mode)
+                extra[key] = value
         state = {
-            "epoch": self.epoch,
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict(),
             "rng": rng_states,
             "world_size": self.dist.world_size,
-            "history": self.history,
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
-            "config": self.config.to_dict(),
+            "model_extra_state": extra,
         }
-        save_trainer_state(self.out_dir / STATE_FILE, state)
-        lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        write_text_atomic(self.out_dir / METRICS_FILE, lines)
+        self.run.save_checkpoint(Checkpoint(epoch=self.epoch, config_hash=self.config_hash, tensors=tensors,
+                                            state=state, history=list(self.history), task=TASK), self.section)
 
-    def load_checkpoint(self, directory: str | Path) -> None:
-        """Restore this trainer from ``directory``'s last checkpoint (see the module docstring).
+    def load_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Restore this trainer from a verified checkpoint (see :meth:`RunDir.load_checkpoint`).
 
         Raises:
-            InputError: no checkpoint there, or one written with other settings.
+            CheckpointError / InputError: a checkpoint that does not fit this model.
         """
-        directory = Path(directory)
-        state = load_trainer_state(directory / STATE_FILE)
-        if state.get("config") != self.config.to_dict():
-            saved = state.get("config") or {}
-            diff = sorted(k for k in set(saved) | set(self.config.to_dict())
-                          if saved.get(k) != self.config.to_dict().get(k))
-            raise InputError(
-                f"{directory}: its checkpoint was written with other settings (differing: {diff}); resume with "
-                f"the run's own config.yaml"
-            )
-        tensors, _ = load_model_file(directory / MODEL_FILE)
+        state = checkpoint.state
+        where = self.out_dir if self.out_dir is not None else "checkpoint"
         try:
-            load_pruned_state_dict_(self.model, tensors)
-        except MaskMismatchError as exc:
-            raise InputError(f"{directory / MODEL_FILE} does not fit the model: {exc}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.sparsifier is not None and state["sparsifier"] is not None:
-            self.sparsifier.load_state_dict(state["sparsifier"])
+            values: dict[str, Any] = dict(checkpoint.tensors)
+            values.update(state.get("model_extra_state") or {})
+            self.model.load_state_dict(values)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.sparsifier is not None and state["sparsifier"] is not None:
+                self.sparsifier.load_state_dict(state["sparsifier"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{where}: the checkpoint does not fit this run's model "
+                             f"({' '.join(str(exc).split())[:240]})") from None
         rng = state["rng"]
         if len(rng) != self.dist.world_size:
             logger.warning("%s: checkpoint was written by %d process(es), resuming with %d; random streams of "
-                           "rank 0 are reused", directory, len(rng), self.dist.world_size)
+                           "rank 0 are reused", where, len(rng), self.dist.world_size)
         restore_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
-        self.epoch = int(state["epoch"])
+        self.epoch = checkpoint.epoch
         self.step = int(state["step"])
-        self.history = list(state["history"])
+        self.history = [dict(record) for record in checkpoint.history]
         self.train_seconds = float(state["train_seconds"])
         self.wall_seconds = float(state["wall_seconds"])
         if self.dist.enabled and self.config.sparse:
             check_masks_identical(self.model, self.dist, where=f"{self.label}: resumed masks")
+
+    def _save_model(self) -> None:
+        """The final model as ``model.safetensors`` (the pruned-model format of :mod:`nmsparse.io`)."""
+        if not self.dist.is_main or self.out_dir is None:
+            return
+        meta = {"model": self.config.model, "structure": self.config.structure, "mode": self.config.mode,
+                "epoch": str(self.epoch), "config": json.dumps(self.config.to_dict())}
+        path = self.out_dir / MODEL_FILE
+        try:
+            from nmsparse.io import save_pruned
+        except ImportError:  # an nmsparse.io without the pruned-model format
+            save_model(path, self.model, metadata=meta)
+            return
+        save_pruned(self.model, path, metadata=meta, overwrite=True)
 
     # ------------------------------------------------------------------------------------------------- loops
 
@@ -445,21 +471,28 @@ class Trainer:
         return {"train_loss": loss_sum / max(count, 1.0), "train_accuracy": 100.0 * correct / max(count, 1.0),
                 "seconds": seconds, "refresh_seconds": refresh}
 
-    def fit(self, *, resume: bool = False, stop_after_epoch: int | None = None) -> RunResult:
+    def fit(self, *, resume: bool = False, stop_after_epoch: int | None = None) -> TrainerResult:
         """Train until ``config.epochs`` (or ``stop_after_epoch``) epochs are done, checkpointing each epoch.
 
         Args:
-            resume: continue from ``out_dir``'s checkpoint when there is one (start fresh otherwise).
+            resume: continue from the run directory's checkpoint when there is one (start fresh otherwise).
             stop_after_epoch: stop once this many epochs are done (simulates an interruption; the result has
                 ``completed=False``).
 
         Returns:
-            A :class:`RunResult`.
+            A :class:`TrainerResult`.
+
+        Raises:
+            CheckpointError: the checkpoint is damaged, of other settings, or disagrees with ``metrics.jsonl``.
         """
         cfg = self.config
         session_start = time.perf_counter()
-        if resume and self.out_dir is not None and (self.out_dir / STATE_FILE).is_file():
-            self.load_checkpoint(self.out_dir)
+        if resume and self.run is not None:
+            checkpoint = self.run.load_checkpoint(self.section, config_hash=self.config_hash)
+            if checkpoint is not None:
+                self.load_checkpoint(checkpoint)
+            elif self.dist.is_main:
+                self.run.discard_metrics(self.section)
         if self.dist.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
@@ -501,6 +534,8 @@ class Trainer:
             accuracy, loss = self.evaluate()
         else:
             accuracy, loss = self.history[-1]["test_accuracy"], self.history[-1]["test_loss"]
+        if self.epoch >= cfg.epochs:
+            self._save_model()
         return self._result(accuracy, loss, session_start)
 
     # ------------------------------------------------------------------------------------------------ result
@@ -521,10 +556,11 @@ class Trainer:
             valid = all(is_nm_sparse(m, pattern) for m in masks.values())
             # A pruned weight must really be zero in what the layers compute with.
             modules = dict(self.model.named_modules())
-            valid = valid and all(is_nm_sparse(modules[name].weight.detach(), pattern) for name in masks)
+            valid = valid and all(is_nm_sparse(modules[_module_name(name)].weight.detach(), pattern)
+                                  for name in masks)
         return valid, kept / total
 
-    def _result(self, accuracy: float, loss: float, session_start: float) -> RunResult:
+    def _result(self, accuracy: float, loss: float, session_start: float) -> TrainerResult:
         valid, density = self.mask_report()
         checksum = None
         if self.config.sparse:
@@ -538,7 +574,7 @@ class Trainer:
             overhead = refresh_seconds / (self.train_seconds - refresh_seconds)
         if not self.history:
             self.wall_seconds += time.perf_counter() - session_start
-        return RunResult(
+        return TrainerResult(
             structure=self.config.structure, mode=self.config.mode, completed=self.epoch >= self.config.epochs,
             epoch=self.epoch, test_accuracy=accuracy, test_loss=loss, history=list(self.history),
             mask_valid=valid, mask_density=density, mask_checksum=checksum, steps=self.step, refreshes=refreshes,
@@ -546,103 +582,151 @@ class Trainer:
             wall_seconds=self.wall_seconds, sparse_layers=list(self.sparse_layers),
             dense_layers=dict(self.dense_layers),
             sparse_weight_fraction=sparse_weights / max(1, sum(weights.values())),
+            prune_report=self.prune_report,
         )
 
 
 # ------------------------------------------------------------------------------------------------------- job
 
 
-def resume_config(directory: str | Path) -> TrainConfig:
-    """The settings of the run in ``directory`` (its ``config.yaml``).
+def warm_up_solvers(config: TrainConfig) -> float:
+    """Compile (or load from numba's cache) the mask solvers ``config`` uses, outside any timed work.
+
+    Returns the seconds it took: what a first run on a fresh machine pays once (reported as
+    ``compile_seconds``), so the refresh overhead measures refreshes only. Keeps torch's thread count.
+    """
+    if not config.sparse or config.pattern == UNSTRUCTURED:
+        return 0.0
+    methods = sorted({config.initial_method} | ({config.method} if config.mode == "dynamic" else set()))
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    try:
+        from nmsparse.solvers import warmup
+    except ImportError:  # a solvers package without warmup(): solve one tiny block per method instead
+        from nmsparse.solvers import find_mask
+
+        side = NMPattern.parse(config.pattern).m
+        for method in methods:
+            find_mask(torch.linspace(-1.0, 1.0, side * side).reshape(side, side), config.pattern, method=method)
+    else:
+        warmup([config.pattern], methods, dtypes=(torch.float32,))
+    seconds = time.perf_counter() - start
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return seconds
+
+
+def _sections(config: TrainConfig) -> tuple[str, ...]:
+    return (BASELINE_DIR,) if config.baseline and config.sparse else ()
+
+
+def prepare_run(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+                overwrite: bool = False) -> RunDir:
+    """The run directory of ``nmsparse train``, checked (nothing written): see :class:`RunDir.prepare`.
 
     Raises:
-        InputError: the directory does not exist, or holds no config or no checkpoint.
+        OverwriteError: files of the run exist (an interrupted, finished or foreign run) and ``overwrite`` is
+            false; with ``resume``: the run finished already.
+        InputError / CheckpointError: see :meth:`RunDir.open_resume`.
     """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise InputError(f"resume: run directory {str(directory)!r} does not exist")
-    if not (directory / CONFIG_FILE).is_file():
-        raise InputError(f"resume: {directory} holds no {CONFIG_FILE}; it is not an nmsparse train run directory")
-    if not (directory / STATE_FILE).is_file():
-        raise InputError(
-            f"resume: {directory} holds no checkpoint ({STATE_FILE}); the run stopped before finishing its first "
-            f"epoch, so start it again (without --resume)"
-        )
-    return load_config(directory / CONFIG_FILE)
+    kwargs = {"task": TASK, "outputs": OUTPUTS, "sections": _sections(config)}
+    if resume:
+        return RunDir.open_resume(out_dir, overwrite=overwrite, **kwargs)  # type: ignore[arg-type]
+    return RunDir.prepare(out_dir, overwrite=overwrite, **kwargs)  # type: ignore[arg-type]
 
 
-def _summary(cfg: TrainConfig, data: DataBundle, main: RunResult, baseline: RunResult | None,
-             dist: DistContext, device: torch.device, wall_seconds: float) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "pattern": cfg.structure,
-        "mode": cfg.mode,
-        "method": cfg.method if cfg.mode == "dynamic" else cfg.initial_method,
-        "initial_method": cfg.initial_method,
-        "model": cfg.model,
-        "data": cfg.data,
-        "data_description": data.description,
-        "epochs": cfg.epochs,
-        "seed": cfg.seed,
-        "test_accuracy": main.test_accuracy,
-        "test_loss": main.test_loss,
-        "baseline_test_accuracy": None if baseline is None else baseline.test_accuracy,
-        "accuracy_gap": None if baseline is None else baseline.test_accuracy - main.test_accuracy,
-        "mask_valid": main.mask_valid,
-        "mask_density": main.mask_density,
-        "mask_checksum": None if main.mask_checksum is None else f"{main.mask_checksum:016x}",
-        "sparse_layers": main.sparse_layers,
-        "dense_layers": main.dense_layers,
-        "sparse_weight_fraction": main.sparse_weight_fraction,
-        "steps": main.steps,
-        "refreshes": main.refreshes,
-        "refresh_seconds": main.refresh_seconds,
-        "refresh_overhead": main.refresh_overhead,
-        "train_seconds": main.train_seconds,
-        "baseline_train_seconds": None if baseline is None else baseline.train_seconds,
-        "wall_seconds": wall_seconds,
-        "sparse_run_seconds": main.wall_seconds,
-        "baseline_run_seconds": None if baseline is None else baseline.wall_seconds,
-        "world_size": dist.world_size,
-        "device": str(device),
-        "nmsparse_version": __version__,
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-    }
-    return summary
+def resume_config(directory: str | Path, *, overwrite: bool = False) -> TrainConfig:
+    """The settings of the run in ``directory`` (its ``config.yaml``), after checking it can be resumed.
+
+    A run that stopped before its first checkpoint can be resumed: it starts again.
+
+    Raises:
+        InputError: the directory does not exist or holds no config.
+        OverwriteError: the run finished already (resuming would rewrite its summary) and not ``overwrite``.
+    """
+    run = RunDir.open_resume(directory, task=TASK, overwrite=overwrite)
+    return load_config(run.config_path)
 
 
-def run_training(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, dist: DistContext | None = None,
-                 progress: bool | None = None, on_epoch_end: EpochCallback | None = None,
-                 stop_after_epoch: int | None = None,
-                 on_start: Callable[[Trainer], None] | None = None) -> dict[str, Any] | None:
+def _summary(cfg: TrainConfig, data: DataBundle, main: TrainerResult, baseline: TrainerResult | None,
+             dist: DistContext, device: torch.device, wall_seconds: float, compile_seconds: float,
+             resumed: bool) -> RunSummary:
+    return RunSummary(
+        pattern=cfg.structure,
+        mode=cfg.mode,
+        method=cfg.method if cfg.mode == "dynamic" else cfg.initial_method,
+        initial_method=cfg.initial_method,
+        model=cfg.model,
+        data=cfg.data,
+        data_description=data.description,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        test_accuracy=main.test_accuracy,
+        test_loss=main.test_loss,
+        baseline_test_accuracy=None if baseline is None else baseline.test_accuracy,
+        accuracy_gap=None if baseline is None else baseline.test_accuracy - main.test_accuracy,
+        mask_valid=main.mask_valid,
+        mask_density=main.mask_density,
+        mask_checksum=None if main.mask_checksum is None else f"{main.mask_checksum:016x}",
+        sparse_layers=main.sparse_layers,
+        dense_layers=main.dense_layers,
+        sparse_weight_fraction=main.sparse_weight_fraction,
+        steps=main.steps,
+        refreshes=main.refreshes,
+        refresh_seconds=main.refresh_seconds,
+        refresh_overhead=main.refresh_overhead,
+        train_seconds=main.train_seconds,
+        baseline_train_seconds=None if baseline is None else baseline.train_seconds,
+        wall_seconds=wall_seconds,
+        sparse_run_seconds=main.wall_seconds,
+        baseline_run_seconds=None if baseline is None else baseline.wall_seconds,
+        compile_seconds=compile_seconds,
+        threads=torch.get_num_threads(),
+        world_size=dist.world_size,
+        device=str(device),
+        nmsparse_version=__version__,
+        torch_version=torch.__version__,
+        python_version=platform.python_version(),
+        resumed=resumed,
+        prune_report=main.prune_report,
+    )
+
+
+def run_training(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 dist: DistContext | None = None, progress: bool | None = None,
+                 on_epoch_end: EpochCallback | None = None, stop_after_epoch: int | None = None,
+                 on_start: Callable[[Trainer], None] | None = None) -> RunSummary | None:
     """Train ``config``'s model sparse, then dense with the same seed (``config.baseline``), and report.
 
-    Writes the run directory described in the module docstring (rank 0 only).
+    Writes the run directory described in the module docstring (rank 0 only), and nothing before the
+    settings, the directory, the data, the model and its masks are all checked.
 
     Args:
-        config: settings; with ``resume=True`` they must equal the directory's ``config.yaml``
-            (:func:`resume_config`).
+        config: settings; with ``resume=True`` they must be the directory's ``config.yaml`` (:func:`resume_config`).
         out_dir: run directory.
-        resume: continue the runs in ``out_dir`` from their last checkpoints.
+        resume: continue the runs in ``out_dir`` from their last checkpoints (from nothing if they have none).
+        overwrite: replace the files of an existing run in ``out_dir`` (without it: :class:`OverwriteError`).
         dist: data-parallel context.
         progress: progress bars (``None``: on a terminal).
         on_epoch_end: ``callback(label, record)`` after every epoch of either run.
         stop_after_epoch: stop the sparse run after this many epochs (simulated interruption) and return ``None``.
-        on_start: ``callback(trainer)`` once the settings, data, model and masks are checked, before training.
+        on_start: ``callback(trainer)`` once everything is checked, before training.
 
     Returns:
-        The summary dict (also written to ``summary.json``), or ``None`` when stopped early.
+        The :class:`RunSummary` (also written to ``summary.json``), or ``None`` when stopped early.
+
+    Raises:
+        OverwriteError: ``out_dir`` holds files of another or an earlier run (see :func:`prepare_run`).
     """
     dist = dist or DistContext()
-    out_dir = Path(out_dir)
     start = time.perf_counter()
-    # Data, device, model, masks and init checkpoint are all checked before anything is written.
+    run = prepare_run(config, out_dir, resume=resume, overwrite=overwrite)
+    compile_seconds = warm_up_solvers(config)
     data = build_data(config)
-    trainer = Trainer(config, data, out_dir=out_dir, dist=dist, progress=progress, on_epoch_end=on_epoch_end)
+    trainer = Trainer(config, data, run=run, dist=dist, progress=progress, on_epoch_end=on_epoch_end)
     if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
-            write_text_atomic(out_dir / CONFIG_FILE, config_to_yaml(config))
+            run.create(config_text=config_to_yaml(config), config_hash=trainer.config_hash)
         if on_start is not None:
             on_start(trainer)
     main = trainer.fit(resume=resume, stop_after_epoch=stop_after_epoch)
@@ -651,17 +735,16 @@ def run_training(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fal
     baseline = None
     histories = {trainer.label: main.history}
     if config.baseline and config.sparse:
-        dense_cfg = config.replace(mode="dense")
-        dense = Trainer(dense_cfg, data, out_dir=out_dir / BASELINE_DIR, dist=dist, progress=progress,
-                        on_epoch_end=on_epoch_end, label="dense baseline")
+        dense = Trainer(config.replace(mode="dense"), data, run=run, section=BASELINE_DIR, dist=dist,
+                        progress=progress, on_epoch_end=on_epoch_end, label="dense baseline")
         baseline = dense.fit(resume=resume)
         histories["dense baseline"] = baseline.history
-    summary = _summary(config, data, main, baseline, dist, trainer.device, time.perf_counter() - start)
-    summary["resumed"] = bool(resume)
+    summary = _summary(config, data, main, baseline, dist, trainer.device, time.perf_counter() - start,
+                       compile_seconds, resume)
     if dist.is_main:
         from .plots import plot_training_curves
 
         title = f"{config.model} on {data.name}: {trainer.label}" + (" vs dense" if baseline is not None else "")
-        plot_training_curves(histories, out_dir / PLOT_FILE, title=title)
-        write_text_atomic(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        plot_training_curves(histories, run.path / PLOT_FILE, title=title)
+        run.write_summary(summary.to_dict())
     return summary
