@@ -472,3 +472,15 @@ def test_scientific_formatting_is_exact() -> None:
     assert cli_diversity._scientific(999_499) == "9.99e5"
     assert cli_diversity._scientific(10**400 * 1234) == "1.23e403"
     assert cli_diversity._scientific_from_log10(math.log10(9.996e50)) == "1.00e51"
+
+
+def test_diversity_command_uses_the_shared_table_formatter() -> None:
+    # One table formatter for every command (cli/_table.py); diversity kept its own copy.
+    from nmsparse.cli import _table
+    from nmsparse.cli import diversity as diversity_cli
+
+    assert not hasattr(diversity_cli, "_format_table")
+    table = _table.format_table(["name", "value"], [["a", "12"], ["b", "n/a: too big"]], align="lr",
+                                left_if=lambda cell: cell.startswith("n/a"))
+    assert table.splitlines() == ["name         value", "----  ------------", "a               12",
+                                  "b     n/a: too big"]

@@ -7,10 +7,11 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 from ..diversity import MAX_EXACT_TRANSPOSABLE_M, DiversitySummary, diversity_summary
 from ..errors import ConfigError
+from ._table import format_table
 
 #: The paper's comparison: every constraint at 50% density (1:2 up to 16:32-T), then the same at 25%.
 DEFAULT_STRUCTURES = "unstructured,1:2,2:4,4:8,8:16,2:4-T,4:8-T,8:16-T,16:32-T,unstructured@25%,1:4,1:4-T"
@@ -142,20 +143,6 @@ def _paper_verdict(row: DiversitySummary) -> str:
     return {1: "", 0: " (= MD)", -1: " (under-counts here)"}[order]
 
 
-def _format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        # Names and reasons read left to right; numbers line up on the right.
-        parts = [
-            c.ljust(w) if i < 2 or c.startswith("n/a") else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
 def _json_row(row: DiversitySummary) -> dict[str, object]:
     short = None
     if row.mask_diversity is not None:
@@ -207,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         headers = ["structure", "density", "exact MD", "log10(MD)", PAPER_HEADER]
         print(f"mask diversity (MD): number of masks each constraint allows for {args.numel} weights")
-        print(_format_table(headers, [_table_cells(r, full=args.full) for r in rows]))
+        # Names and reasons read left to right; numbers line up on the right.
+        print(format_table(headers, [_table_cells(r, full=args.full) for r in rows], align="llrrr",
+                           left_if=lambda cell: cell.startswith("n/a")))
     notes = [
         "exact counts of masks keeping exactly the stated density "
         "(n per group; per block row and column for -T)"
