@@ -3,6 +3,11 @@ one networkx min-cost flow per block (sampled and extrapolated) as the baseline 
 
     python benchmarks/bench_solvers.py            # full: ~400k 8x8 blocks and ~1.6M 4x4 blocks
     python benchmarks/bench_solvers.py --smoke    # seconds: a few layers, one repeat
+    python benchmarks/bench_solvers.py --smoke --out /tmp/results   # result JSON only there
+
+The first call of each method is timed separately (``first_call_seconds``): in a fresh process it includes
+loading numba's kernels (or compiling them, the first time on a machine) unless ``--warmup`` ran
+``nmsparse.solvers.warmup()`` first.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, print_environment, write_result  # noqa: E402
+from common import add_out_argument, environment, print_environment, write_result  # noqa: E402
 
-from nmsparse.recipes.compare_methods import random_weights, run_method  # noqa: E402
 from nmsparse.layout import fits, to_blocks, to_matrix  # noqa: E402
 from nmsparse.pattern import NMPattern  # noqa: E402
+from nmsparse.recipes.compare_methods import random_weights, run_method  # noqa: E402
 from nmsparse.recipes.shapes import resnet50_weight_shapes  # noqa: E402
+from nmsparse.solvers import warmup  # noqa: E402
 from nmsparse.testing import networkx_block_optimum  # noqa: E402
 
 
@@ -48,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--networkx-sample", type=int, default=300, help="blocks timed with networkx")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="auto", help="find_mask backend (default: auto)")
+    parser.add_argument("--warmup", action="store_true",
+                        help="compile/load the solvers' kernels with nmsparse.solvers.warmup() before timing")
+    add_out_argument(parser)
     args = parser.parse_args(argv)
 
     shapes = resnet50_weight_shapes()
@@ -57,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     weights = random_weights(shapes, seed=args.seed, device=args.device)
     env = environment(args.device)
     print_environment(env)
+    if args.warmup:
+        start = time.perf_counter()
+        warmup(args.patterns, args.methods, device=args.device)
+        print(f"warmup: {time.perf_counter() - start:.2f} s")
     print(f"weights: {len(weights)} tensors, {sum(w.numel() for w in weights.values()):,} Gaussian values; "
           f"median of {args.repeats} run(s) after one warm-up (numba compile excluded)\n")
 
@@ -70,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             target = f"{pattern.n}:{pattern.m}" if method == "topn" else str(pattern)
             warm = time.perf_counter()
-            first = run_method(weights, target, method)
+            first = run_method(weights, target, method, backend=args.backend)
             first_seconds = time.perf_counter() - warm
-            results = [first] if args.repeats == 0 else [run_method(weights, target, method)
+            results = [first] if args.repeats == 0 else [run_method(weights, target, method, backend=args.backend)
                                                          for _ in range(args.repeats)]
             seconds = statistics.median(r.seconds for r in results)
             rows.append({"pattern": target, "method": method, "seconds": seconds, "kept": first.kept_magnitude,
@@ -88,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['pattern']:<7} {row['method']:<36} {row['seconds']:10.3f} {kept:>9} "
               f"{'yes' if row['valid'] else 'NO':>6} {'yes' if row['exact_n'] else 'no':>9} {ratio:>12}")
     name = f"solvers_{'smoke' if args.smoke else 'resnet50'}_{args.device}"
-    path = write_result(name, {"environment": env, "rows": rows})
+    path = write_result(name, {"environment": env, "rows": rows}, args.out)
     print(f"\nwrote {path}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -53,11 +54,28 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -
     return statistics.median(times)
 
 
-def write_result(name: str, payload: dict[str, object]) -> Path:
-    """Write ``payload`` as JSON to ``benchmarks/results/<name>.json`` and return the path."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str))
+def add_out_argument(parser: argparse.ArgumentParser) -> None:
+    """``--out DIR``: where result files go (default ``benchmarks/results/``, git-ignored)."""
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help=f"folder for the result files (default: {RESULTS}, git-ignored); nothing else is "
+                             f"written")
+
+
+def write_result(name: str, payload: dict[str, object], out_dir: Path | str | None = None) -> Path:
+    """Write ``payload`` as JSON to ``<out_dir>/<name>.json`` (default ``benchmarks/results/``) and return the path.
+
+    The file appears whole or not at all (written beside, then renamed), with the mode a plain ``open`` gives.
+    """
+    folder = RESULTS if out_dir is None else Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    temporary = folder / f".{name}.json.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "x", encoding="utf-8") as handle:
+            handle.write(json.dumps(payload, indent=2, default=str))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 

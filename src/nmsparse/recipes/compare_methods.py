@@ -12,8 +12,9 @@ import torch
 from nmsparse.layout import fits
 from nmsparse.metrics import nm_counts
 from nmsparse.pattern import NMPattern, PatternLike
-from .shapes import resnet50_weight_shapes
 from nmsparse.solvers import find_mask
+
+from .shapes import resnet50_weight_shapes
 
 __all__ = ["MethodResult", "random_weights", "resnet50_weights", "run_method"]
 
@@ -48,8 +49,9 @@ def resnet50_weights(*, seed: int = 0, device: str | torch.device = "cpu") -> di
     return random_weights(resnet50_weight_shapes(), seed=seed, device=device)
 
 
-def run_method(weights: Mapping[str, torch.Tensor], pattern: PatternLike, method: str) -> MethodResult:
-    """Solve ``pattern`` with ``method`` for every weight that can take it; time the solves only."""
+def run_method(weights: Mapping[str, torch.Tensor], pattern: PatternLike, method: str, *,
+               backend: str = "auto") -> MethodResult:
+    """Solve ``pattern`` with ``method`` (and ``backend``) for every weight that can take it; time the solves only."""
     pattern = NMPattern.parse(pattern)
     fitting = {k: w for k, w in weights.items() if fits(w.shape, pattern)}
     kept = total = seconds = 0.0
@@ -59,7 +61,7 @@ def run_method(weights: Mapping[str, torch.Tensor], pattern: PatternLike, method
         if weight.is_cuda:
             torch.cuda.synchronize(weight.device)
         start = time.perf_counter()
-        mask = find_mask(weight, pattern, method=method)
+        mask = find_mask(weight, pattern, method=method, backend=backend)
         if weight.is_cuda:
             torch.cuda.synchronize(weight.device)
         seconds += time.perf_counter() - start
