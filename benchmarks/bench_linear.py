@@ -147,9 +147,6 @@ def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dty
     dense["step"], sparse["step"] = measure_linear(tokens, d_in, d_out, dtype, device, training=True, **kw)
     row["dense_ms"], row["sparse_ms"] = dense, sparse
     row["speedup"] = {k: dense[k] / sparse[k] for k in ("forward", "dX", "dW", "sum", "step")}
-    del layer, w, x, dy
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 
@@ -179,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, tokens, d_in, d_out in shapes:
         rows.append(bench_shape(label, tokens, d_in, d_out, dtype, device, warmup=warmup, repeats=repeats))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         r = rows[-1]
         print(f"  done {label}: step {r['speedup']['step']:.2f}x", flush=True)  # type: ignore[index]
 

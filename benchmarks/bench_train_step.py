@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 sys.path.insert(0, str(ROOT))
 
-import nmsparse  # noqa: E402
 from bench_linear import DTYPES, environment  # noqa: E402
+
+import nmsparse  # noqa: E402
 from nmsparse.accelerate import accelerate_  # noqa: E402
 from nmsparse.nn import SparseLinear  # noqa: E402
 
@@ -161,9 +162,6 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device, dtype: t
     if device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
-    del model, opt, sparsifier
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 
@@ -200,11 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mode in modes:
         rows.append(run_mode(mode, args, device, dtype))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         print(f"  done {mode}: {rows[-1]['mean_ms']:.1f} ms/step", flush=True)
     dense = rows[0]["mean_ms"]
     tokens = args.batch * args.seq
-    print(f"\nbench_train_step ({env.get('gpu', device.type)}, {str(dtype).replace('torch.', '')}, {rows[0]['decoder']}:"
-          f" d_model {args.d_model}, {args.layers} layers, {args.batch} x {args.seq} = {tokens} tokens/step, "
+    dtype_name = str(dtype).replace("torch.", "")
+    print(f"\nbench_train_step ({env.get('gpu', device.type)}, {dtype_name}, {rows[0]['decoder']}: "
+          f"d_model {args.d_model}, {args.layers} layers, {args.batch} x {args.seq} = {tokens} tokens/step, "
           f"refresh every {args.refresh_every}; {args.steps} timed steps after {args.warmup})")
     print(f"{'mode':<11} {'mean ms':>9} {'median ms':>10} {'vs dense':>9} {'tokens/s':>11} {'sparse-core':>12} "
           f"{'refresh ms':>11} {'loss first->last':>18}")

@@ -261,7 +261,7 @@ def _measured(tokens: int, in_features: int, out_features: int, dtype: torch.dty
 # ----------------------------------------------------------------------------------------------- swap
 
 
-def _mask_of(module: nn.Linear) -> NMMask | None:
+def _mask_of(module: Any) -> NMMask | None:
     if not parametrize.is_parametrized(module, "weight"):
         return None
     for p in module.parametrizations.weight:
@@ -313,7 +313,7 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
                 exclude: Sequence[str] | None = None, mode: str | None = None, decay: float | None = None,
                 method: str = "exact", training: bool = True, cache_file: str | os.PathLike[str] | bool | None = None,
                 force: bool = False, progress_bar: bool | None = None) -> AccelerationReport:
-    """Replace the ``nn.Linear`` layers that run faster on 2:4 sparse tensor cores by :class:`~nmsparse.nn.SparseLinear`.
+    """Swap ``nn.Linear`` layers for :class:`~nmsparse.nn.SparseLinear` where 2:4 sparse tensor cores are faster.
 
     For every ``nn.Linear`` (selected by ``include``/``exclude`` globs on qualified names):
 
@@ -411,22 +411,23 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
         cache.update(_read_cache(cache_path))
 
     replaced: dict[int, SparseLinear] = {}
-    for name, module in progress(candidates.items(), desc="accelerate_", total=len(candidates), unit="layer",
+    mod: Any  # parametrized attributes are invisible to type checkers
+    for name, mod in progress(candidates.items(), desc="accelerate_", total=len(candidates), unit="layer",
                                  enabled=progress_bar):
-        nm = _mask_of(module)
-        weight = module.parametrizations.weight.original if nm is not None else module.weight
+        nm = _mask_of(mod)
+        weight: torch.Tensor = mod.parametrizations.weight.original if nm is not None else mod.weight
         out_f, in_f = int(weight.shape[0]), int(weight.shape[1])
         layer_pattern = target if nm is None else nm.pattern
         compute = weight.dtype if dtype is None else dtype
         decision = LayerDecision(name, out_f, in_f, None if layer_pattern is None else str(layer_pattern),
                                  str(compute).replace("torch.", ""), None, False, False, "")
         report.layers[name] = decision
-        if id(module) in replaced:
-            _set_child(model, name, replaced[id(module)])
+        if id(mod) in replaced:
+            _set_child(model, name, replaced[id(mod)])
             decision.swapped, decision.reason = True, "shared module, swapped with its first occurrence"
-            decision.sparse = replaced[id(module)].sparse_reason is None
+            decision.sparse = replaced[id(mod)].sparse_reason is None
             continue
-        if nm is not None and len(module.parametrizations.weight) != 1:
+        if nm is not None and len(mod.parametrizations.weight) != 1:
             decision.reason = "its weight carries parametrizations besides the nmsparse mask"
             continue
         if layer_pattern is None:
@@ -436,8 +437,8 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
             decision.reason = (f"weight {out_f}x{in_f} cannot take {layer_pattern} (both dimensions must be "
                                f"multiples of {layer_pattern.m})")
             continue
-        if parametrize.is_parametrized(module) and any(k not in ("weight", "bias")
-                                                       for k in module.parametrizations.keys()):
+        if parametrize.is_parametrized(mod) and any(k not in ("weight", "bias")
+                                                       for k in mod.parametrizations.keys()):
             decision.reason = "other tensors of the layer are parametrized"
             continue
         reason = sparse_unavailable_reason(weight.device, compute, in_features=in_f, out_features=out_f,
@@ -460,7 +461,9 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
                 if speed < min_speedup and not force:
                     decision.reason = f"{timing} < min_speedup {min_speedup:g}"
                     continue
-                decision.reason = timing if speed >= min_speedup else f"forced: {timing} < min_speedup {min_speedup:g}"
+                if speed < min_speedup:
+                    timing = f"forced: {timing} < min_speedup {min_speedup:g}"
+                decision.reason = timing
             else:
                 decision.reason = "forced (not measured: token count unknown)"
             decision.sparse = True
@@ -469,11 +472,11 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
         else:
             decision.reason = reason
             continue
-        new = SparseLinear.from_dense(module, None if nm is not None else layer_pattern,
+        new = SparseLinear.from_dense(mod, None if nm is not None else layer_pattern,
                                       mode=None if nm is not None else (mode or "static"),  # type: ignore[arg-type]
                                       decay=None if nm is not None else decay, method=method)
         _set_child(model, name, new)
-        replaced[id(module)] = new
+        replaced[id(mod)] = new
         decision.swapped = True
     summary = report.describe()
     logger.info("%s", summary)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 

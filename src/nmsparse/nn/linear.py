@@ -65,7 +65,8 @@ def _pruned_linear_keys(bias: bool) -> dict[str, str]:
     if bias not in _KEYS_CACHE:
         from ..prune import prune_
 
-        probe = prune_(nn.Sequential(nn.Linear(4, 4, bias=bias)), "2:4")[0]
+        pruned: Any = prune_(nn.Sequential(nn.Linear(4, 4, bias=bias)), "2:4")
+        probe = pruned[0]
         keys: dict[str, str] = {}
         for key, value in probe.state_dict(keep_vars=True).items():
             if value is probe.parametrizations.weight.original:
@@ -83,8 +84,21 @@ def _pruned_linear_keys(bias: bool) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------- capability
 
 
+_DEVICE_CACHE: dict[tuple[str, torch.dtype], str | None] = {}
+
+
 def _device_reason(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why this torch build / device / dtype cannot run 2:4 sparse products, or ``None`` (no shape check, no probe)."""
+    """Why this torch build / device / dtype cannot run 2:4 sparse products, or ``None`` (no shape check, no probe).
+
+    Cached per (device, dtype): it runs on every forward.
+    """
+    key = (str(device), dtype)
+    if key not in _DEVICE_CACHE:
+        _DEVICE_CACHE[key] = _device_reason_uncached(device, dtype)
+    return _DEVICE_CACHE[key]
+
+
+def _device_reason_uncached(device: torch.device, dtype: torch.dtype) -> str | None:
     if device.type != "cuda":
         return f"no CUDA: tensors are on {device.type} (sparse tensor cores need an NVIDIA GPU)"
     if not torch.cuda.is_available():
@@ -126,7 +140,8 @@ def _probe(device: torch.device, dtype: torch.dtype) -> str | None:
                 reason = f"cuSPARSELt self-test failed: {name} relative error {err:.2e} on {device}"
                 break
     except Exception as exc:  # noqa: BLE001 - any failure of the sparse stack means: do not use it here
-        reason = f"cuSPARSELt self-test raised {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        first_line = str(exc).splitlines()[0][:160] if str(exc) else ""
+        reason = f"cuSPARSELt self-test raised {type(exc).__name__}: {first_line}"
     _PROBE_CACHE[key] = reason
     return reason
 
@@ -449,8 +464,10 @@ class SparseLinear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise ConfigError(f"SparseLinear.from_dense: expected an nn.Linear, got {type(linear).__name__}")
         nm = None
+        src: Any = linear  # parametrized attributes are invisible to type checkers
+        weight: Any
         if parametrize.is_parametrized(linear, "weight"):
-            plist = linear.parametrizations.weight
+            plist = src.parametrizations.weight
             nms = [p for p in plist if isinstance(p, NMMask)]
             if len(plist) != 1 or not nms:
                 raise ConfigError(
@@ -465,7 +482,7 @@ class SparseLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = weight
         if parametrize.is_parametrized(linear, "bias"):  # nmsparse may park the bias behind an identity
-            self.register_parameter("bias", linear.parametrizations.bias.original)
+            self.register_parameter("bias", src.parametrizations.bias.original)
         else:
             self.register_parameter("bias", linear.bias)
         if nm is not None:
@@ -615,8 +632,8 @@ class SparseLinear(nn.Module):
 
         Straight-through layers score the dense ``|W|`` (pruned weights may come back); static layers score
         ``|W * mask|`` (pruned weights stay pruned). ``method="exact"`` on a CUDA 2:4-T layer runs the one-pass
-        GPU kernel :func:`nmsparse.kernels.exact_2_4_t`; otherwise :func:`~nmsparse.find_mask` with ``method``. The mask tensor is
-        overwritten, not replaced, so a linked :class:`~nmsparse.NMMask` sees the new mask too.
+        GPU kernel :func:`nmsparse.kernels.exact_2_4_t`; otherwise :func:`~nmsparse.find_mask` with ``method``.
+        The mask tensor is overwritten, not replaced, so a linked :class:`~nmsparse.NMMask` sees the new mask too.
 
         Example:
             >>> import torch
@@ -628,14 +645,12 @@ class SparseLinear(nn.Module):
             0.0
         """
         live = self.weight.detach() if self.straight_through else self.weight.detach() * self.mask
-        new = None
+        new: torch.Tensor | None = None
         if method == "exact" and self.pattern == SPARSE_PATTERN and live.is_cuda:
-            try:  # the one-pass GPU kernel (optimal 2:4-T); find_mask's exact solver otherwise
-                from ..kernels import exact_2_4_t
-            except ImportError:  # pragma: no cover - kernels ship with nmsparse
-                exact_2_4_t = None
-            if exact_2_4_t is not None:
-                new = exact_2_4_t(live.abs())
+            # the one-pass GPU kernel (optimal 2:4-T); find_mask's exact solver otherwise
+            from ..kernels import exact_2_4_t
+
+            new = exact_2_4_t(live.abs())
         if new is None:
             new = self._solve_mask(live, method=method)
         new = new.to(self.mask.device)
