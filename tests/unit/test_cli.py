@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from nmsparse.cli.main import main
-from nmsparse.io import load_masks
+from nmsparse.io import load_masks, read_metadata
 
 
 @pytest.fixture
@@ -21,9 +21,9 @@ def test_mask_command_writes_masks_and_table(checkpoint, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "conv.weight" in text and "16x8x3x3" in text and "kept |w|" in text
     assert "skipped 2 tensor(s)" in text and "odd.weight" in text and "emb.weight" in text
-    masks, meta = load_masks(out)
+    masks, meta = load_masks(out), read_metadata(out)
     assert set(masks) == {"conv.weight", "fc.weight"}
-    assert meta["pattern"] == "4:8-T" and meta["method"] == "greedy-repair"
+    assert meta["pattern"] == "4:8-T" and meta["method"] == "greedy-repair" and meta["format"] == "nmsparse/1"
     import nmsparse
 
     assert all(nmsparse.is_nm_sparse(m, "4:8-T") for m in masks.values())
@@ -73,3 +73,81 @@ def test_python_dash_m_entry_point():
 
     result = subprocess.run([sys.executable, "-m", "nmsparse", "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith("nmsparse ")
+
+
+# ------------------------------------------------------------------------------------------- faults 5, 7, 12
+
+
+def _one_error_line(capsys, prefix="nmsparse mask: error:"):
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), captured.err
+    return lines[0]
+
+
+def test_mask_file_applies_to_a_model_through_the_public_api(tmp_path, capsys):
+    # fault 7: the CLI wrote "0.weight" keys, set_masks_ wanted "0": a mask file could not be applied
+    import nmsparse
+    from nmsparse.testing import toy_mlp
+
+    model = toy_mlp()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "model.pt")
+    out = tmp_path / "masks.safetensors"
+    assert main(["mask", str(tmp_path / "model.pt"), "--pattern", "4:8-T", "--out", str(out)]) == 0
+    pruned = nmsparse.prune_(model, "4:8-T", method="greedy")
+    nmsparse.set_masks_(pruned, load_masks(out))  # strict: every pruned weight has its mask
+    exact = {k: nmsparse.find_mask(v, "4:8-T", method="exact") for k, v in state.items() if k.endswith("weight")}
+    assert all(torch.equal(nmsparse.get_masks(pruned)[k], v) for k, v in exact.items())
+
+
+def test_mask_refuses_to_replace_its_input_or_any_existing_file(tmp_path, capsys):
+    # fault 5: `mask X --out X` replaced the weights with masks
+    from safetensors.torch import save_file
+
+    source = tmp_path / "model.safetensors"
+    save_file({"fc.weight": torch.randn(8, 16)}, str(source))
+    before = source.read_bytes()
+    assert main(["mask", str(source), "--pattern", "2:4", "--out", str(source)]) == 2
+    assert "--overwrite" in _one_error_line(capsys) and source.read_bytes() == before
+    other = tmp_path / "masks.safetensors"
+    other.write_bytes(b"keep me")
+    assert main(["mask", str(source), "--pattern", "2:4", "--out", str(other)]) == 2
+    assert "exists" in _one_error_line(capsys) and other.read_bytes() == b"keep me"
+    assert main(["mask", str(source), "--pattern", "2:4", "--out", str(other), "--overwrite"]) == 0
+    assert set(load_masks(other)) == {"fc.weight"}
+
+
+def test_mask_skips_embeddings_unless_asked(tmp_path, capsys):
+    # fault 12: nmsparse mask masked embedding tables (any 2-D *weight)
+    sd = {"embeddings.word_embeddings.weight": torch.randn(16, 8), "wte.weight": torch.randn(16, 8),
+          "layer.0.dense.weight": torch.randn(8, 8)}
+    torch.save(sd, tmp_path / "m.pt")
+    out = tmp_path / "masks.safetensors"
+    assert main(["mask", str(tmp_path / "m.pt"), "--pattern", "2:4", "--out", str(out)]) == 0
+    assert set(load_masks(out)) == {"layer.0.dense.weight"}
+    assert "--include-embeddings" in capsys.readouterr().out
+    assert main(["mask", str(tmp_path / "m.pt"), "--pattern", "2:4", "--out", str(out), "--overwrite",
+                 "--include-embeddings", "--no-progress", "--threads", "1"]) == 0
+    assert set(load_masks(out)) == set(sd)
+
+
+def test_mask_groups_gpt2_conv1d_along_the_input_dimension(tmp_path, capsys):
+    # issue 9 part 5: nmsparse mask masked Conv1D weights [in, out] along the output dimension
+    pytest.importorskip("transformers")
+    import nmsparse
+    from nmsparse.testing import tiny_gpt2
+
+    model = tiny_gpt2()
+    model.save_pretrained(str(tmp_path / "gpt2"), safe_serialization=True)
+    out = tmp_path / "masks.safetensors"
+    assert main(["mask", f"hf:{tmp_path / 'gpt2'}", "--pattern", "4:8-T", "--out", str(out)]) == 0
+    masks = load_masks(out)
+    assert set(masks) == {"transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight",
+                          "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight"}
+    state = model.state_dict()
+    for key, mask in masks.items():
+        assert torch.equal(mask.t(), nmsparse.find_mask(state[key].t(), "4:8-T", method="exact"))
+    assert "transformer.h.0.mlp.c_fc.weight" in read_metadata(out)["transposed"]
+    pruned = nmsparse.prune_(tiny_gpt2(), "4:8-T", method="greedy")
+    nmsparse.set_masks_(pruned, masks)  # the file applies to the model as is
