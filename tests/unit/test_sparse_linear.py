@@ -44,7 +44,7 @@ def _grads(module: nn.Module, x: torch.Tensor, seed: int = 0) -> tuple[torch.Ten
     x = x.clone().requires_grad_(True)
     y = module(x)
     gen = torch.Generator().manual_seed(seed)
-    (y * torch.randn(y.shape, generator=gen).to(y.dtype)).sum().backward()
+    (y * torch.randn(y.shape, generator=gen).to(device=y.device, dtype=y.dtype)).sum().backward()
     if isinstance(module, SparseLinear):
         w = module.weight
     else:

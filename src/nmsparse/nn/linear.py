@@ -696,6 +696,23 @@ class SparseLinear(nn.Module):
             elif role == "bias" and self.bias is not None:
                 destination[prefix + key] = value(self.bias)
 
+    def as_nmmask(self) -> NMMask:
+        """An :class:`~nmsparse.NMMask` that shares this layer's mask tensor (the linked one, when there is one).
+
+        What nmsparse's mask tools need to treat this layer like a pruned ``nn.Linear``: its ``mask`` (writes
+        through ``mask.copy_`` reach the layer), ``pattern``, ``straight_through`` and ``decay``.
+
+        Example:
+            >>> from nmsparse.nn import SparseLinear
+            >>> layer = SparseLinear(8, 8)
+            >>> layer.as_nmmask().mask.data_ptr() == layer.mask.data_ptr()
+            True
+        """
+        if self._linked:
+            return self._linked[0]
+        return NMMask(self.mask, straight_through=self.straight_through, decay=self._current_decay(),
+                      pattern=self.pattern)
+
     def _as_nmmask(self) -> NMMask:
         return NMMask(self.mask, straight_through=self.straight_through, decay=self._current_decay(),
                       pattern=self.pattern)
