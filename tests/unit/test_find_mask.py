@@ -186,7 +186,7 @@ def test_auto_backend_prefers_the_compiled_kernels_on_cpu(monkeypatch):
         return registry.select_solver(method, "auto", nmsparse.NMPattern.parse(pattern), device, torch.float32).label
 
     assert chosen("greedy", "4:8-T") == "greedy/numba"
-    assert chosen("greedy", "4:8-T", "cuda") == "greedy/torch"
+    assert chosen("greedy", "4:8-T", "cuda") in ("greedy/torch", "greedy/triton")  # numba: CPU only
     assert chosen("exact", "2:4-T") == "exact/torch"
     assert chosen("exact", "4:8-T") == "exact/numba"
     for key, spec in list(registry._SOLVERS.items()):  # as without numba installed

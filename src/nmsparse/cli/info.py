@@ -9,7 +9,8 @@ import platform
 import torch
 
 from .._version import __version__
-from ..solvers import list_methods
+from ..solvers import list_methods, list_solvers
+from ._table import format_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,4 +48,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("  cuda       no")
     print(f"\nmask methods: {', '.join(list_methods())}")
+    rows = []
+    for spec in list_solvers():
+        kinds = "/".join(k for k, on in (("plain", spec.plain), ("-T", spec.transposable)) if on)
+        rows.append([spec.label, kinds, "any" if spec.ms is None else ",".join(map(str, sorted(spec.ms))),
+                     "any" if spec.devices is None else ",".join(sorted(spec.devices)),
+                     "exact" if spec.exact else "approx", "yes" if spec.is_available() else "no", spec.priority])
+    print("solvers (find_mask(method=..., backend=...); backend='auto' takes the highest priority that can run):")
+    print(format_table(["method/backend", "patterns", "m", "devices", "optimal", "available", "priority"], rows,
+                       align="lllllrr"))
     return 0

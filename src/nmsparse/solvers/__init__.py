@@ -84,6 +84,19 @@ register_solver("greedy-repair", _greedy_numba(True), backend="numba", transposa
                 description="greedy-repair with the numba greedy (bit-equal to greedy-repair/torch)")
 
 
+def _register_gpu_kernels() -> None:
+    """GPU backends (``nmsparse.kernels``: Triton kernels, the on-device exact flow) join the registry here, so
+    ``backend="auto"`` sees them; importing them loads neither triton nor CUDA."""
+    try:
+        from ..kernels import register_kernels
+    except ImportError:  # pragma: no cover - a tree without the kernels package
+        return
+    register_kernels()
+
+
+_register_gpu_kernels()
+
+
 def _check_result(spec: SolverSpec, mask: object, scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
     """Raise SolverError unless ``mask`` is a bool mask of ``scores``' shape and device obeying ``pattern``."""
     where = f"find_mask: solver {spec.label} returned"
