@@ -35,6 +35,7 @@ import nmsparse.kernels as K  # noqa: E402
 from nmsparse.recipes.shapes import resnet50_weight_shapes  # noqa: E402
 
 MaskFn = Callable[[torch.Tensor], torch.Tensor]
+TimedFn = Callable[[torch.Tensor], object]
 
 
 def gpt2_medium_shapes(scale: int = 1) -> list[tuple[str, tuple[int, int]]]:
@@ -94,16 +95,19 @@ def time_median(fn: Callable[[], object], *, device: str, repeats: int, budget_s
     return statistics.median(times)
 
 
+def tile24(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """torch's transposable 2:4 greedy over 4x4 tiles, packing W and W^T for cuSPARSELt (the timed call)."""
+    return torch._sparse_semi_structured_tile(w, algorithm="largest_abs_values_greedy", use_cutlass=False)
+
+
 def tile24_mask(w: torch.Tensor) -> torch.Tensor:
-    """torch's transposable 2:4 greedy over 4x4 tiles; the mask read back from the dense-applied output."""
-    out = torch._sparse_semi_structured_tile(w, algorithm="largest_abs_values_greedy")
-    bitmask = out[-1]
-    dense = torch._sparse_semi_structured_apply_dense(w, bitmask)
-    return dense != 0
+    """The mask :func:`tile24` chose, read back by applying its thread masks to W (W has no exact zeros)."""
+    bitmask = tile24(w)[-1]
+    return torch._sparse_semi_structured_apply_dense(w, bitmask) != 0
 
 
-def methods(device: str) -> dict[str, tuple[str, MaskFn]]:
-    """``name -> (pattern, fn(W) -> mask)`` of every method that can run on ``device``."""
+def methods(device: str) -> dict[str, tuple[str, TimedFn, MaskFn]]:
+    """``name -> (pattern, timed fn(W), fn(W) -> mask)`` of every method that can run on ``device``."""
     def exact24(backend: str) -> MaskFn:
         return lambda w: K.exact_2_4_t(w, absolute=True, backend=backend, check_finite=False)
 
@@ -118,7 +122,7 @@ def methods(device: str) -> dict[str, tuple[str, MaskFn]]:
 
         return lambda w: find_mask(w, pattern, method="exact", backend="numba")
 
-    out: dict[str, tuple[str, MaskFn]] = {}
+    out: dict[str, tuple[str, MaskFn]] = {}  # timed fn = mask fn, except for the baseline below
     if K.triton_runnable(device) is None:
         out["exact24-triton"] = ("2:4-T", exact24("triton"))
         out["exact24-masked-triton"] = ("2:4-T", lambda w: K.exact_2_4_t_masked(w, backend="triton",
@@ -134,16 +138,17 @@ def methods(device: str) -> dict[str, tuple[str, MaskFn]]:
     out["exact816-torchflow"] = ("8:16-T", flow(8, 16))
     out["exact48-numba"] = ("4:8-T", numba_exact("4:8-T"))
     out["topn24-torch"] = ("2:4", lambda w: K.topn_nm(w, 2, 4, absolute=True, backend="torch", check_finite=False))
+    table: dict[str, tuple[str, TimedFn, MaskFn]] = {name: (pat, fn, fn) for name, (pat, fn) in out.items()}
     if device == "cuda" and hasattr(torch, "_sparse_semi_structured_tile"):
-        out["tile24-torch"] = ("2:4-T", tile24_mask)
-    return out
+        table["tile24-torch"] = ("2:4-T", tile24, tile24_mask)
+    return table
 
 
-def rotating(fn: MaskFn, copies: list[list[torch.Tensor]]) -> Callable[[], list[torch.Tensor]]:
+def rotating(fn: TimedFn, copies: list[list[torch.Tensor]]) -> Callable[[], list[object]]:
     """A call that runs ``fn`` over the next copy of the weight set each time."""
     turn = [0]
 
-    def run() -> list[torch.Tensor]:
+    def run() -> list[object]:
         batch = copies[turn[0] % len(copies)]
         turn[0] += 1
         return [fn(w) for w in batch]
@@ -193,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         # Several copies when W fits in cache, so repeated runs read memory rather than L2 (~60 MB on H200).
         copies = [weights] + [[w.clone() for w in weights] for _ in range(min(7, (256 << 20) // max(nbytes, 1)))]
         floor_s = nbytes / (bandwidth / 2)
-        for name, (pattern, fn) in table.items():
+        for name, (pattern, timed, mask_fn) in table.items():
             try:
-                seconds = time_median(rotating(fn, copies), device=device, repeats=repeats, budget_s=args.budget)
-                masks = [fn(w) for w in weights]
+                seconds = time_median(rotating(timed, copies), device=device, repeats=repeats, budget_s=args.budget)
+                masks = [mask_fn(w) for w in weights]
             except Exception as exc:  # one method failing (e.g. a torch build without the tile kernel) is a row
                 print(f"{size:>12} {name:<22} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
                 rows_out.append({"size": size, "method": name, "pattern": pattern, "error": repr(exc)})
