@@ -477,3 +477,16 @@ def test_cuda_training_follows_the_masked_dense_loss_curve() -> None:
     assert sparse[0].repacks >= 200
     assert losses["sparse"][-1] < 0.7 * losses["sparse"][0]
     assert abs(losses["sparse"][-1] - losses["dense"][-1]) <= 0.1 * losses["dense"][-1] + 1e-3
+
+
+def test_sparse_path_under_autocast_packs_the_autocast_dtype(fake_sparse: list[torch.Tensor]) -> None:
+    layer = SparseLinear(16, 8, mode="straight-through", decay=0.01)
+    ref = _reference(layer)
+    x = torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _grads(layer, x)
+        want = _grads(ref, x)
+    assert fake_sparse[-1].dtype == torch.bfloat16 and got[2].dtype == torch.float32
+    _assert_same(got, want, rtol=1e-2, atol=1e-2)
+    layer(x)  # fp32 now: another dtype, another pack
+    assert layer.repacks == 2 and fake_sparse[-1].dtype == torch.float32
