@@ -33,3 +33,32 @@ def test_repair_reaches_exactly_n_and_only_adds_value(m, n):
     assert short.any(), "the test needs some greedy blocks with short rows"
     unchanged = ~short
     assert torch.equal(repaired[unchanged], greedy[unchanged])
+
+
+def test_solvers_package_has_no_import_cycle():
+    # Regression (issue 7): greedy.py and greedy_cpu.py imported each other (lazily, inside functions).
+    # Every import of a sibling module, at any depth of the file, counts.
+    import ast
+    from pathlib import Path
+
+    import nmsparse.solvers as package
+
+    folder = Path(package.__file__).parent
+    graph: dict[str, set[str]] = {}
+    modules = {path.stem for path in folder.glob("*.py")}
+    for path in folder.glob("*.py"):
+        edges = graph.setdefault(path.stem, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [alias.name for alias in node.names]
+                edges.update(t.split(".")[0] for t in targets if t and t.split(".")[0] in modules)
+    graph.pop("__init__", None)  # the package imports its modules; they may import the package lazily
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = [name for name in graph if reaches(name, name, {name})]
+    assert not cycles, f"import cycle through {cycles}: {graph}"
