@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,8 @@ __all__ = [
     "export_dense",
     "save_dense",
     "save_pretrained_dense",
+    "dense_from_pruned",
+    "masks_info",
 ]
 
 #: Format tag in the metadata of every safetensors file nmsparse writes.
@@ -696,8 +698,53 @@ def save_dense(model: nn.Module, path: str | os.PathLike[str], *, masks_path: st
     return _save_safetensors(export_dense(model), path, meta, overwrite=overwrite)
 
 
+def dense_from_pruned(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """``(dense state dict with zeros baked in, masks, mask settings)`` of a pruned checkpoint, without a model.
+
+    Accepts both layouts :func:`load_pruned_state_dict_` reads (a :func:`save_pruned` file, or the raw
+    ``state_dict()`` of a pruned model).
+
+    Raises:
+        MaskMismatchError: a mask without its weight, of another shape, or with values other than 0/1.
+        InputError: metadata of another format or kind.
+
+    Example:
+        >>> import torch, nmsparse
+        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4")
+        >>> dense, masks, info = dense_from_pruned(*pruned_state_dict(model))
+        >>> sorted(dense), info["0.weight"]["pattern"], int((dense["0.weight"] == 0).sum())
+        (['0.bias', '0.weight'], '2:4', 16)
+    """
+    if metadata:
+        _check_format(metadata, ("pruned",), where="dense_from_pruned")
+    problems: list[str] = []
+    plain, masks, info = _split(tensors, metadata, problems)
+    dense = {key: value for key, value in plain.items() if isinstance(value, torch.Tensor)}
+    bool_masks: dict[str, torch.Tensor] = {}
+    for fqn, mask in masks.items():
+        weight = dense.get(fqn)
+        if weight is None:
+            problems.append(f"missing: {fqn!r}, the dense weight that goes with mask {fqn!r}")
+            continue
+        if tuple(mask.shape) != tuple(weight.shape):
+            problems.append(f"wrong shape: mask {fqn!r} is {tuple(mask.shape)}, the weight {tuple(weight.shape)}")
+            continue
+        try:
+            bool_masks[fqn] = _as_bool_mask(mask, where=f"mask {fqn!r}")
+        except MaskMismatchError as exc:
+            problems.append(f"wrong values: {exc}")
+            continue
+        dense[fqn] = weight * bool_masks[fqn]
+    if problems:
+        raise MaskMismatchError("dense_from_pruned: the checkpoint is inconsistent:\n"
+                                + "\n".join(f"  - {p}" for p in problems))
+    return dense, bool_masks, {k: v for k, v in info.items() if k in bool_masks}
+
+
 def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
-                          metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+                          metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
+                          extra_files: Sequence[str | os.PathLike[str]] = ()) -> Path:
     """Save a pruned ``transformers`` model as a normal ``transformers`` folder with the zeros baked in.
 
     The folder is what ``save_pretrained(..., safe_serialization=True)`` writes for a copy of the model with its
@@ -710,6 +757,7 @@ def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
         folder: target folder.
         metadata: *optional* JSON-serialisable values recorded in ``nmsparse.json``.
         overwrite: replace an existing folder.
+        extra_files: files copied into the folder as well (a tokenizer's files, say).
 
     Returns:
         ``folder``.
@@ -735,6 +783,8 @@ def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
     try:
         os.chmod(staging, 0o777 & ~_umask())
         plain.save_pretrained(str(staging), safe_serialization=True)
+        for extra in extra_files:
+            shutil.copy2(extra, staging / Path(extra).name)
         save_masks(masks, staging / MASKS_FILE, overwrite=True)
         record = {"format": FORMAT, "kind": "dense", "nmsparse_version": __version__, "masks": info,
                   "metadata": dict(metadata or {})}

@@ -151,3 +151,66 @@ def test_mask_groups_gpt2_conv1d_along_the_input_dimension(tmp_path, capsys):
     assert "transformer.h.0.mlp.c_fc.weight" in read_metadata(out)["transposed"]
     pruned = nmsparse.prune_(tiny_gpt2(), "4:8-T", method="greedy")
     nmsparse.set_masks_(pruned, masks)  # the file applies to the model as is
+
+
+# ------------------------------------------------------------------------------------------- fault 13: export
+
+
+def test_export_writes_plain_weights_that_load_state_dict_reads(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    import nmsparse
+    from nmsparse.io import save_pruned
+    from nmsparse.testing import toy_mlp
+
+    model = nmsparse.prune_(toy_mlp(), "4:8-T", method="greedy")
+    run = tmp_path / "run"
+    save_pruned(model, run / "model.safetensors")
+    out = tmp_path / "dense.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    plain = toy_mlp()
+    plain.load_state_dict(load_file(str(out)))  # strict, no parametrization keys
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(plain(x), model(x), rtol=0, atol=0)
+    assert read_metadata(out)["kind"] == "dense" and "4:8-T" in read_metadata(out)["masks"]
+    masks = load_masks(tmp_path / "dense.masks.safetensors")
+    assert all(torch.equal(masks[k], v) for k, v in nmsparse.get_masks(model).items())
+    # the raw state dict of a pruned model (what nmsparse train wrote) exports the same way
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "raw.safetensors"))
+    assert main(["export", str(tmp_path / "raw.safetensors"), "--out", str(tmp_path / "raw_dense.safetensors")]) == 0
+    assert all(torch.equal(a, b) for a, b in zip(load_file(str(out)).values(),
+                                                  load_file(str(tmp_path / "raw_dense.safetensors")).values()))
+    capsys.readouterr()
+    before = out.read_bytes()
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    assert "--overwrite" in _one_error_line(capsys, "nmsparse export: error:") and out.read_bytes() == before
+    assert main(["export", str(run), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_export_of_a_pruned_transformers_model_is_a_transformers_folder(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    import nmsparse
+    from nmsparse.io import MASKS_FILE, save_pruned
+    from nmsparse.testing import tiny_gpt2
+
+    source = tmp_path / "gpt2"
+    tiny_gpt2().save_pretrained(str(source), safe_serialization=True)
+    (source / "tokenizer_config.json").write_text("{}")
+    model = nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy")
+    save_pruned(model, tmp_path / "pruned.safetensors", metadata={"source": f"hf:{source}"})
+    out = tmp_path / "exported"
+    assert main(["export", str(tmp_path / "pruned.safetensors"), "--out", str(out)]) == 0
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    assert (out / "tokenizer_config.json").is_file() and (out / "model.safetensors").is_file()
+    info = __import__("json").loads((out / "nmsparse.json").read_text())
+    assert info["format"] == "nmsparse/1" and info["masks"]["transformer.h.0.mlp.c_fc.weight"]["pattern"] == "2:4-T"
+    masks = load_masks(out / MASKS_FILE)
+    again = nmsparse.prune_(loaded, "2:4-T", method="greedy")
+    nmsparse.set_masks_(again, masks)
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "pruned.safetensors"), "--out", str(out)]) == 2
+    assert "exists" in _one_error_line(capsys, "nmsparse export: error:")

@@ -445,7 +445,7 @@ def test_gpt2_conv1d_layers_are_first_class_and_masked_along_their_input_dimensi
     squash_masks_(model)
     with torch.no_grad():
         reference = tiny_gpt2()
-        for name, weight in dense.items():
+        for name in dense:
             reference.get_submodule(name).weight.mul_(masks[f"{name}.weight"])
     torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=0)
     assert not torch.equal(model(ids).logits, dense_logits)
