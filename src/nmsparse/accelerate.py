@@ -416,6 +416,10 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
                                  enabled=progress_bar):
         nm = _mask_of(mod)
         weight: torch.Tensor = mod.parametrizations.weight.original if nm is not None else mod.weight
+        if isinstance(weight, nn.parameter.UninitializedParameter):
+            report.layers[name] = LayerDecision(name, 0, 0, None, "unknown", None, False, False,
+                                                "lazy layer whose weight is not initialised; run one forward first")
+            continue
         out_f, in_f = int(weight.shape[0]), int(weight.shape[1])
         layer_pattern = target if nm is None else nm.pattern
         compute = weight.dtype if dtype is None else dtype

@@ -201,3 +201,9 @@ def test_cuda_small_layers_stay_dense_and_decisions_follow_the_measurement(fresh
     assert not report.layers["3"].swapped, "a 256-output product is far too small for the sparse fixed cost"
     x = torch.randn(64, 4096, device="cuda", dtype=torch.bfloat16)
     model(x).float().sum().backward()
+
+
+def test_lazy_linear_is_reported_not_crashed() -> None:
+    model = nn.Sequential(nn.LazyLinear(8))
+    report = accelerate_(model, force=True)
+    assert "not initialised" in report.kept["0"]

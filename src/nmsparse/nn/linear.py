@@ -352,8 +352,8 @@ class SparseLinear(nn.Module):
     multiples of 128. Anywhere else, and always with ``backend="dense"``, the masked dense product runs with the
     same math. :attr:`sparse_reason` says which path runs and why.
 
-    The packed ``W``/``W^T`` are cached and rebuilt in one fused call on the first forward after the weight
-    or the mask changed (tensor version counters: optimizer steps, ``load_state_dict`` and in-place mask
+    The packed ``W``/``W^T`` are cached and rebuilt (one elementwise masking pass, then one call that packs
+    both) on the first forward after the weight or the mask changed (tensor version counters: optimizer steps, ``load_state_dict`` and in-place mask
     refreshes all count). Writing through ``weight.data`` bypasses the counters: call :meth:`invalidate_` then.
 
     State dict keys are those of an ``nn.Linear`` pruned by nmsparse (``parametrizations.weight.original``,
