@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weights: {len(weights)} tensors, {sum(w.numel() for w in weights.values()):,} Gaussian values; "
           f"median of {args.repeats} run(s) after one warm-up (numba compile excluded)\n")
 
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     for spec in args.patterns:
         pattern = NMPattern.parse(spec)
         nx_per_block, nblocks = networkx_seconds_per_block(weights, pattern, args.networkx_sample, args.seed)

@@ -20,10 +20,10 @@ def check_tensor(value: object, name: str, where: str, *, floating: bool = False
             ``floating``, non-finite values when ``finite``; the message says how to fix it.
 
     Example:
-        >>> check_tensor([1.0, 2.0], "weight", "find_mask")
+        >>> check_tensor([1.0, 2.0], "weight", "find_mask")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        nmsparse.errors.InputError: find_mask: weight must be a torch.Tensor, got list; convert it with torch.as_tensor(weight)
+        nmsparse.errors.InputError: find_mask: weight must be a torch.Tensor, got list; convert it with ...
     """
     if not isinstance(value, torch.Tensor):
         raise InputError(

@@ -79,8 +79,8 @@ def retained_magnitude(weight: torch.Tensor, mask: torch.Tensor) -> float:
         return 1.0
     if not math.isfinite(peak):
         raise InputError(
-            f"retained_magnitude: weight holds non-finite values; the kept fraction is only defined for finite "
-            f"weights (fix them, e.g. torch.nan_to_num, first)"
+            "retained_magnitude: weight holds non-finite values; the kept fraction is only defined for finite "
+            "weights (fix them, e.g. torch.nan_to_num, first)"
         )
     # Divide by the largest magnitude first: sums of values near 1e308 would overflow (inf / inf = NaN), and
     # the ratio is the same.

@@ -80,10 +80,10 @@ class NMPattern:
         Example:
             >>> NMPattern.parse("2:4-t")
             NMPattern(n=2, m=4, transposable=True)
-            >>> NMPattern.parse(124)
+            >>> NMPattern.parse(124)  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             ...
-            nmsparse.errors.PatternError: pattern: got the integer 124, which is what YAML makes of an unquoted 2:4 (YAML 1.1 reads it in base 60); quote it: '2:4'
+            nmsparse.errors.PatternError: pattern: got the integer 124, ...; quote it: '2:4'
         """
         if isinstance(spec, NMPattern):
             return spec

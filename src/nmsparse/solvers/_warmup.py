@@ -40,7 +40,7 @@ def warmup(patterns: Iterable[PatternLike] | None = None, methods: Iterable[str]
 
     Example:
         >>> times = warmup(["2:4-T"], ["greedy"])
-        >>> sorted({key.split()[0] for key in times}) >= ["greedy/torch"]
+        >>> "greedy/torch 2:4-T float32" in times and "greedy/numba 2:4-T float32" in times
         True
     """
     from . import find_mask  # the package imports this module

@@ -7,7 +7,7 @@ blocks, on any device.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -22,7 +22,7 @@ MAX_ENUM_M = 4
 _CPU_SUBCHUNK = 2048
 
 
-@lru_cache(maxsize=None)
+@cache
 def _valid_block_masks_cpu(m: int, n: int) -> torch.Tensor:
     cells = m * m
     # Candidate c has flat index f kept when bit (cells - 1 - f) is set: flat index 0 is the most significant
@@ -91,5 +91,6 @@ def enumerate_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
         return patterns[best]
     sum_dtype = blocks.dtype if blocks.dtype in (torch.float32, torch.float64) else torch.float32
     pattern_matrix = patterns.reshape(-1, m * m).to(device=blocks.device, dtype=sum_dtype)  # (P, m*m)
-    best = (scale_blocks(flat.to(sum_dtype)) @ pattern_matrix.t()).argmax(dim=1)  # (B, P) -> (B,), first maximum on ties
+    # (B, P) -> (B,), the first maximum on ties
+    best = (scale_blocks(flat.to(sum_dtype)) @ pattern_matrix.t()).argmax(dim=1)
     return patterns.to(blocks.device)[best]

@@ -46,7 +46,8 @@ Example:
     ...                          device=scores.device)
     ...     groups[..., :pattern.n] = True
     ...     return groups.reshape(scores.shape)
-    >>> register_solver("first-n", first_n, plain=True, exactly_n=True, description="toy")
+    >>> register_solver("first-n", first_n, plain=True, exactly_n=True, description="toy").label
+    'first-n/torch'
     >>> find_mask(torch.randn(1, 4), "2:4", method="first-n").tolist()
     [[True, True, False, False]]
     >>> unregister_solver("first-n")
