@@ -269,6 +269,11 @@ def _tokens(seed: int = 0) -> list[torch.Tensor]:
     return [torch.randint(0, 64, (4, 16), generator=generator) for _ in range(3)]
 
 
+def _nm_masks(model: nn.Module) -> dict[str, nmsparse.NMMask]:
+    return {f"{n}.weight": p for n, m in model.named_modules() if nmsparse.is_pruned(m)
+            for p in m.parametrizations.weight if isinstance(p, nmsparse.NMMask)}
+
+
 def _matrix_mask(model: nn.Module, name: str, mask: torch.Tensor) -> torch.Tensor:
     module = model.get_submodule(name)
     return mask.T if "Conv1D" in type(module).__name__ else mask
@@ -295,7 +300,8 @@ def test_verb_on_transformers_models(build, method, pattern, tmp_path):
 
 @pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
 def test_saved_folder_reloads_to_identical_logits(build, tmp_path):
-    from nmsparse.oneshot.hf import MASKS_FILE, load_causal_lm, load_masks_into_, save_pruned_pretrained
+    from nmsparse.io import MASKS_FILE
+    from nmsparse.oneshot.hf import load_causal_lm, load_masks_into_, save_pruned_pretrained
 
     torch.manual_seed(0)
     model = build()
@@ -304,16 +310,20 @@ def test_saved_folder_reloads_to_identical_logits(build, tmp_path):
     with torch.no_grad():
         expected = model(ids).logits
     out = save_pruned_pretrained(model, tmp_path / "pruned", pattern="2:4-T", method="sparsegpt")
-    record = json.loads((out / "config.json").read_text())["nmsparse"]
-    assert record["pattern"] == "2:4-T" and record["masks_file"] == MASKS_FILE
+    record = json.loads((out / "nmsparse.json").read_text())
+    assert record["metadata"]["oneshot"] == {"pattern": "2:4-T", "method": "sparsegpt"}
+    assert (out / MASKS_FILE).is_file()
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, expected)
     again = load_causal_lm(f"hf:{out}")
     masks = load_masks_into_(again, out)
     assert set(masks) == {f"{n}.weight" for n in _masks(model)}
+    assert {k: m.pattern and str(m.pattern) for k, m in _nm_masks(again).items()} == {k: "2:4-T" for k in masks}
     with torch.no_grad():
         assert torch.equal(again(ids).logits, expected)
     with pytest.raises(OverwriteError, match="overwrite"):
         save_pruned_pretrained(model, out)
     save_pruned_pretrained(model, out, overwrite=True)
+    with torch.no_grad():  # saving twice left the caller's model intact (a squashed deepcopy broke it)
+        assert torch.equal(model(ids).logits, expected)

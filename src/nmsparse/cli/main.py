@@ -17,7 +17,7 @@ from .._version import __version__
 from ..errors import NMSparseError
 
 #: Command modules, in the order ``nmsparse --help`` lists them.
-COMMANDS = ("train", "compare", "mask", "diversity", "demo", "adaprune", "info")
+COMMANDS = ("train", "compare", "mask", "export", "diversity", "demo", "adaprune", "oneshot", "info")
 
 
 class CLIError(NMSparseError):

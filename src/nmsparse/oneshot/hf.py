@@ -1,12 +1,13 @@
 """Hugging Face causal language models: load a local folder, make calibration windows, measure perplexity, and save
 a pruned model as a normal ``transformers`` folder.
 
-A saved folder holds what ``model.save_pretrained`` writes (``config.json``, ``model.safetensors``) with the
-pruned weights baked in as zeros, so ``AutoModelForCausalLM.from_pretrained(folder)`` loads it with no nmsparse
-code; plus ``nmsparse_masks.safetensors`` (one bool mask per pruned tensor, keyed by the tensor's name in the
-plain state dict, e.g. ``"transformer.h.0.attn.c_attn.weight"``, stored in that tensor's own layout) and an
-``"nmsparse"`` entry in ``config.json`` (pattern, method, masks file). :func:`load_masks_into_` puts the masks
-back as parametrizations, so a reloaded model is a pruned nmsparse model again (fine-tuning keeps the zeros).
+A saved folder (:func:`nmsparse.io.save_pretrained_dense`) holds what ``model.save_pretrained`` writes
+(``config.json``, ``model.safetensors``) with the pruned weights baked in as zeros, so
+``AutoModelForCausalLM.from_pretrained(folder)`` loads it with no nmsparse code; plus ``nmsparse_masks.safetensors``
+(one bool mask per pruned tensor, keyed by the tensor's name in the plain state dict, e.g.
+``"transformer.h.0.attn.c_attn.weight"``, in that tensor's stored layout) and ``nmsparse.json`` (each mask's
+pattern and layout, and the one-shot settings). :func:`load_masks_into_` puts the masks back as parametrizations,
+so a reloaded model is a pruned nmsparse model again (fine-tuning keeps the zeros).
 
 ``transformers`` is imported only inside these functions.
 """
@@ -27,29 +28,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._logging import progress as _progress
-from ..errors import InputError, MaskMismatchError, OverwriteError
-from ..nn.parametrize import NMMask
+from ..errors import InputError, MaskMismatchError
 from ..pattern import NMPattern
 
 __all__ = [
-    "MASKS_FILE",
-    "CONFIG_KEY",
     "hf_folder",
     "load_causal_lm",
-    "dense_state_dict",
-    "pruned_masks",
     "save_pruned_pretrained",
     "load_masks_into_",
     "calibration_windows",
     "perplexity",
 ]
 
-#: Side file of a saved pruned folder with the masks.
-MASKS_FILE = "nmsparse_masks.safetensors"
-#: Key of the nmsparse entry in ``config.json``.
-CONFIG_KEY = "nmsparse"
-_ORIGINAL = ".parametrizations.weight.original"
-_MASK = ".parametrizations.weight.0.mask"
 
 
 def hf_folder(source: str | os.PathLike[str]) -> Path:
@@ -83,120 +73,92 @@ def load_causal_lm(source: str | os.PathLike[str], *, dtype: torch.dtype = torch
     return model.eval()
 
 
-def _pruned_entries(model: nn.Module) -> dict[str, tuple[nn.Module, NMMask]]:
-    out: dict[str, tuple[nn.Module, NMMask]] = {}
-    for name, module in model.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            for p in module.parametrizations.weight:
-                if isinstance(p, NMMask):
-                    out[f"{name}.weight" if name else "weight"] = (module, p)
-    return out
-
-
-def pruned_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Tensor name (plain state-dict key, e.g. ``"model.layers.0.mlp.up_proj.weight"``) -> bool mask."""
-    return {key: nm.mask.detach().clone() for key, (_, nm) in _pruned_entries(model).items()}
-
-
-def dense_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The plain state dict of a pruned model: every masked weight as ``original * mask`` under its plain key."""
-    state = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.endswith(_MASK):
-            continue
-        if key.endswith(_ORIGINAL):
-            base = key[: -len(_ORIGINAL)]
-            mask = state[base + _MASK]
-            out[base + ".weight"] = value * mask
-        else:
-            out[key] = value
-    return out
-
-
-def _replace_folder(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``, replacing an old ``out`` only after ``tmp`` is complete."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def save_pruned_pretrained(model: nn.Module, out: str | os.PathLike[str], *, pattern: str | NMPattern | None = None,
                            method: str | None = None, extra: Mapping[str, Any] | None = None,
                            overwrite: bool = False, tokenizer: Any = None) -> Path:
     """Save a (pruned) transformers model as a normal folder that ``AutoModelForCausalLM.from_pretrained`` loads.
 
-    The weights are saved dense with the zeros baked in (safetensors); the masks go to ``nmsparse_masks.safetensors``
-    and ``config.json`` gets an ``"nmsparse"`` entry (pattern, method, masks file, ``extra``). The folder is
-    written beside ``out`` and moved into place when complete.
+    The layout of :func:`nmsparse.io.save_pretrained_dense`: dense weights with the zeros baked in
+    (:func:`nmsparse.io.export_dense`, safetensors), the masks in :data:`nmsparse.io.MASKS_FILE`, ``nmsparse.json``
+    with each mask's settings and the one-shot ``pattern``, ``method`` and ``extra``; plus the tokenizer, if given.
+    The model is not changed.
 
     Args:
         model: a ``transformers`` ``PreTrainedModel`` (pruned by :func:`nmsparse.prune_oneshot_` or not).
-        out: the folder to write.
-        pattern, method: recorded in ``config.json``.
-        extra: more JSON-ready entries for the ``"nmsparse"`` record (e.g. the perplexities).
+        out: the folder to write (it appears complete or not at all).
+        pattern, method: recorded in ``nmsparse.json``.
+        extra: more JSON-ready entries for the record (e.g. the perplexities).
         overwrite: replace an existing ``out``; without it an existing ``out`` raises.
-        tokenizer: *optional* tokenizer saved alongside (``tokenizer.save_pretrained``).
+        tokenizer: *optional* tokenizer saved into the folder afterwards (``tokenizer.save_pretrained``).
 
     Returns:
         ``out`` as a :class:`~pathlib.Path`.
 
     Raises:
         OverwriteError: ``out`` exists and ``overwrite`` is false.
-        InputError: ``model`` has no ``save_pretrained``.
+        ConfigError: ``model`` has no ``save_pretrained``.
+
+    Example:
+        >>> import tempfile, pathlib, torch, transformers
+        >>> from nmsparse.oneshot import prune_oneshot_
+        >>> config = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=32, n_positions=16)
+        >>> model = transformers.GPT2LMHeadModel(config).eval()
+        >>> _ = prune_oneshot_(model, [torch.randint(0, 32, (2, 8))], "2:4", method="wanda")
+        >>> folder = save_pruned_pretrained(model, pathlib.Path(tempfile.mkdtemp()) / "pruned", pattern="2:4")
+        >>> reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
+        >>> ids = torch.randint(0, 32, (1, 8))
+        >>> torch.equal(reloaded(ids).logits, model(ids).logits)
+        True
     """
-    out = Path(out)
-    if not hasattr(model, "save_pretrained"):
-        raise InputError(f"save_pruned_pretrained: expected a transformers PreTrainedModel, got "
-                         f"{type(model).__name__}")
-    if out.exists() and not overwrite:
-        raise OverwriteError(f"save_pruned_pretrained: {str(out)!r} already exists; pass overwrite=True "
-                             f"(--overwrite) to replace it, or choose another folder")
-    if out.exists() and not out.is_dir():
-        raise OverwriteError(f"save_pruned_pretrained: {str(out)!r} is a file, not a folder")
-    from ..io import save_masks
+    from .. import __version__
+    from ..errors import ConfigError, OverwriteError
+    from ..io import FORMAT, MASKS_FILE, export_dense, masks_info, save_masks, write_text_atomic
+    from ..prune.static import get_masks
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    # The folder layout of nmsparse.io.save_pretrained_dense, written from export_dense instead of a squashed
+    # deepcopy: squashing a copy deletes the `weight` property of the parametrized class the copy shares with
+    # the caller's model, which breaks the caller's model.
+    if not callable(getattr(model, "save_pretrained", None)):
+        raise ConfigError(f"save_pruned_pretrained: {type(model).__name__} is not a transformers model (no "
+                          f"save_pretrained)")
+    target = Path(out)
+    if os.path.lexists(target) and not overwrite:
+        raise OverwriteError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"oneshot": {"pattern": None if pattern is None else str(NMPattern.parse(pattern)),
+                                          "method": method, **dict(extra or {})}}
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        model.save_pretrained(str(tmp), state_dict=dense_state_dict(model), safe_serialization=True)
-        masks = pruned_masks(model)
-        record: dict[str, Any] = {"masks_file": MASKS_FILE if masks else None, "masked_tensors": len(masks),
-                                  "pattern": None if pattern is None else str(NMPattern.parse(pattern)),
-                                  "method": method}
-        record.update(dict(extra or {}))
-        if masks:
-            save_masks(masks, tmp / MASKS_FILE, metadata={"pattern": record["pattern"] or "",
-                                                          "method": method or ""})
-        config_path = tmp / "config.json"
-        config = json.loads(config_path.read_text())
-        config[CONFIG_KEY] = record
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        model.save_pretrained(str(staging), state_dict=export_dense(model), safe_serialization=True)
+        save_masks(get_masks(model), staging / MASKS_FILE, overwrite=True)
+        info = {"format": FORMAT, "kind": "dense", "nmsparse_version": __version__, "masks": masks_info(model),
+                "metadata": record}
+        write_text_atomic(staging / "nmsparse.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        _replace_folder(tmp, out)
+            tokenizer.save_pretrained(str(staging))
+        if os.path.lexists(target):
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Attach the masks of a folder saved by :func:`save_pruned_pretrained` to ``model`` (loaded from it).
 
-    Every mask must name a weight of ``model`` with its shape; the model's weights must already be zero where the
-    mask is ``False`` (true of a folder written by :func:`save_pruned_pretrained`). Nothing changes on a mismatch.
+    Every mask must name a weight of ``model`` with its stored shape, and the weight must already be zero where
+    the mask prunes (true of a folder written by :func:`save_pruned_pretrained`); each layer gets its
+    :class:`~nmsparse.NMMask` through :func:`nmsparse.prune.apply_mask_` with the pattern recorded in
+    ``nmsparse.json``. Nothing changes on a mismatch.
 
     Returns:
         The masks (tensor name -> bool mask).
@@ -205,22 +167,26 @@ def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
         InputError: the folder has no masks file.
         MaskMismatchError: a mask for a missing tensor, of another shape, or with weights kept where it prunes.
     """
-    from ..io import load_masks
+    from ..io import MASKS_FILE, load_masks
+    from ..prune.static import apply_mask_
 
-    path = Path(os.fspath(folder).removeprefix("hf:")) / MASKS_FILE
+    root = Path(os.fspath(folder).removeprefix("hf:"))
+    path = root / MASKS_FILE
     if not path.is_file():
         raise InputError(f"load_masks_into_: {str(path)!r} does not exist; the folder was not saved by "
                          f"save_pruned_pretrained (or nothing in it was pruned)")
-    loaded = load_masks(path)
-    masks = loaded[0] if isinstance(loaded, tuple) else loaded
+    masks = load_masks(path)
+    info: dict[str, Any] = {}
+    if (root / "nmsparse.json").is_file():
+        info = json.loads((root / "nmsparse.json").read_text()).get("masks", {}) or {}
     modules = dict(model.named_modules())
     problems: list[str] = []
-    plan: list[tuple[nn.Module, torch.Tensor]] = []
+    plan: list[tuple[nn.Module, torch.Tensor, str | None]] = []
     for key, mask in masks.items():
         name = key[: -len(".weight")] if key.endswith(".weight") else None
         module = modules.get(name) if name is not None else None
         weight = getattr(module, "weight", None) if module is not None else None
-        if not isinstance(weight, torch.Tensor):
+        if module is None or not isinstance(weight, torch.Tensor):
             problems.append(f"{key!r}: the model has no such weight")
             continue
         if tuple(mask.shape) != tuple(weight.shape):
@@ -232,12 +198,13 @@ def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
         if bool((weight.detach()[~mask.bool()] != 0).any()):
             problems.append(f"{key!r}: the weight is non-zero where the mask prunes; it was not saved with it")
             continue
-        plan.append((module, mask.bool().to(weight.device)))
+        pattern = (info.get(key) or {}).get("pattern")
+        plan.append((module, mask.bool().to(weight.device), pattern))
     if problems:
         raise MaskMismatchError("load_masks_into_: the masks do not fit the model, nothing was attached:\n"
                                 + "\n".join(f"  - {p}" for p in problems))
-    for module, mask in plan:
-        parametrize.register_parametrization(module, "weight", NMMask(mask), unsafe=True)
+    for module, mask, pattern in plan:
+        apply_mask_(module, mask, pattern=pattern)
     return masks
 
 
