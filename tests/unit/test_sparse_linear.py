@@ -490,3 +490,22 @@ def test_sparse_path_under_autocast_packs_the_autocast_dtype(fake_sparse: list[t
     _assert_same(got, want, rtol=1e-2, atol=1e-2)
     layer(x)  # fp32 now: another dtype, another pack
     assert layer.repacks == 2 and fake_sparse[-1].dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_cuda_greedy_packer_agrees_with_its_torch_twin() -> None:
+    """torch's largest_abs_values_greedy tile kernel keeps what greedy_tile_keep keeps (no ties, no zeros)."""
+    reason = _cuda_sparse_ready()
+    if reason is not None:
+        pytest.skip(reason)
+    gen = torch.Generator().manual_seed(3)
+    rows, cols = 256, 384
+    # distinct magnitudes 1..16 in every 4x4 tile (exact in bf16), random signs: no ties, no zeros
+    tiles = torch.stack([torch.randperm(16, generator=gen) + 1 for _ in range(rows * cols // 16)]).float()
+    signs = torch.where(torch.rand(tiles.shape, generator=gen) < 0.5, -1.0, 1.0)
+    w = (tiles * signs).reshape(rows // 4, cols // 4, 4, 4).permute(0, 2, 1, 3).reshape(rows, cols)
+    packed = linear_mod._pack(w.to(device="cuda", dtype=torch.bfloat16).contiguous())
+    eye = torch.eye(cols, device="cuda", dtype=torch.bfloat16)
+    kept = torch.nn.functional.linear(eye, packed).t().float().cpu()  # = the packed (pruned) matrix
+    assert torch.equal(kept != 0, greedy_tile_keep(w))
+    assert torch.equal(kept[kept != 0], w[kept != 0])
