@@ -102,7 +102,8 @@ fi
 
 # ------------------------------------------------------------------------------------------------ 2. GPU tests
 TESTS_LOG="$RES/tests.log"
-mapfile -t GPU_FILES < <(grep -rl --include='test_*.py' 'mark.gpu' tests | sort)
+# tests/kernels runs whole in the next step
+mapfile -t GPU_FILES < <(grep -rl --include='test_*.py' 'mark.gpu' tests | grep -v '^tests/kernels/' | sort)
 if [ "${#GPU_FILES[@]}" -gt 0 ]; then
     run_step "pytest -m gpu" 110 "$TESTS_LOG" "$PY" -m pytest -q -rs -p no:cacheprovider -m gpu "${GPU_FILES[@]}"
     row "pytest -m gpu" "$LAST_STATUS" "$LAST_SECONDS" "$(grep -E '(passed|failed|error|skipped)' "$TESTS_LOG" | tail -n 1)"
