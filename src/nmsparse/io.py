@@ -490,7 +490,7 @@ def load_pruned_state_dict_(model: nn.Module, tensors: Mapping[str, torch.Tensor
         name = fqn[: -len(".weight")] if fqn != "weight" else ""
         module = modules.get(name)
         weight = None if module is None else getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
+        if module is None or not isinstance(weight, torch.Tensor):
             problems.append(f"unexpected: mask {fqn!r}: the model has no layer {name!r} with a weight")
             continue
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(weight.shape):
@@ -782,7 +782,7 @@ def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())
-        plain.save_pretrained(str(staging), safe_serialization=True)
+        plain.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[operator]
         for extra in extra_files:
             shutil.copy2(extra, staging / Path(extra).name)
         save_masks(masks, staging / MASKS_FILE, overwrite=True)

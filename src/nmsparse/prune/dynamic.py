@@ -15,6 +15,7 @@ from ..nn.parametrize import NMMask
 from ..pattern import NMPattern, PatternLike
 from ..solvers import Method
 from ._views import mask_fits
+from .select import parametrizations_of
 from .static import _check_method, _nm_mask, _prune, layer_mask
 
 __all__ = ["DynamicSparsifier"]
@@ -159,7 +160,7 @@ class DynamicSparsifier:
         changed: torch.Tensor | int = 0
         total = 0
         for (name, module), nm in zip(self.layers.items(), self._masks().values()):
-            original = module.parametrizations.weight.original
+            original = parametrizations_of(module).weight.original
             new = layer_mask(module, self.pattern, method=self.method, weight=original.detach(),
                              pad=name in self._padded)
             changed = changed + (new != nm.mask).sum()

@@ -27,6 +27,19 @@ __all__ = ["LayerSelection", "select_layers", "group_shape", "require_selected",
 DEFAULT_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
+def parametrizations_of(module: nn.Module) -> Any:
+    """``module.parametrizations`` (torch's ``ModuleDict`` of ``ParametrizationList``), loosely typed."""
+    return module.parametrizations
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` as a tensor (the parametrized value for a pruned layer)."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is not a tensor")
+    return weight
+
+
 def is_transposed_layer(module: nn.Module) -> bool:
     """Whether ``module`` is a ``transformers`` ``Conv1D``: a linear layer whose weight is stored ``[in, out]``.
 
@@ -39,7 +52,8 @@ def is_transposed_layer(module: nn.Module) -> bool:
     if not any(cls.__name__ == "Conv1D" for cls in type(module).__mro__) or not hasattr(module, "nf"):
         return False
     weight = getattr(module, "weight", None)
-    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and int(weight.shape[1]) == int(module.nf)
+    nf: Any = module.nf
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and int(weight.shape[1]) == int(nf)
 
 
 def _is_candidate(module: nn.Module, module_types: tuple[type[nn.Module], ...] | None) -> bool:
@@ -75,7 +89,7 @@ class LayerSelection:
 
 
 def _weight_shape(module: nn.Module) -> tuple[int, ...]:
-    return tuple(int(s) for s in module.weight.shape)
+    return tuple(int(s) for s in weight_of(module).shape)
 
 
 def group_shape(module: nn.Module) -> tuple[int, tuple[int, ...]]:
@@ -87,7 +101,7 @@ def group_shape(module: nn.Module) -> tuple[int, tuple[int, ...]]:
     """
     from ._views import view_shape
 
-    shape = view_shape(module.weight.shape, transposed=is_transposed_layer(module))
+    shape = view_shape(weight_of(module).shape, transposed=is_transposed_layer(module))
     groups = int(getattr(module, "groups", 1) or 1)
     if groups <= 1 or shape[0] % groups:
         return 1, shape
@@ -127,7 +141,7 @@ def _unfit_reason(module: nn.Module, pattern: NMPattern, *, pad: bool = False,
     if isinstance(weight, nn.parameter.UninitializedParameter):
         return "lazy module whose weight is not initialised yet; run one forward pass before pruning"
     if parametrize.is_parametrized(module, "weight"):
-        others = [type(p).__name__ for p in module.parametrizations.weight if not isinstance(p, NMMask)]
+        others = [type(p).__name__ for p in parametrizations_of(module).weight if not isinstance(p, NMMask)]
         if others:
             return (f"weight already has parametrization(s) {others}; nmsparse masks must be the only one "
                     f"(remove them first, e.g. torch.nn.utils.parametrize.remove_parametrizations)")

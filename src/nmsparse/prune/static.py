@@ -27,7 +27,15 @@ from ..pattern import NMPattern, PatternLike
 from ..solvers import Method, find_mask, list_methods
 from ._views import crop_view, from_view, mask_fits, pad_view, to_view
 from .report import PrunedLayer, PruneReport, record_report
-from .select import _is_candidate, _select, group_shape, is_transposed_layer, require_selected
+from .select import (
+    _is_candidate,
+    _select,
+    group_shape,
+    is_transposed_layer,
+    parametrizations_of,
+    require_selected,
+    weight_of,
+)
 
 __all__ = [
     "prune_",
@@ -65,7 +73,7 @@ def _nm_mask(module: nn.Module) -> NMMask | None:
     """The :class:`NMMask` on ``module.weight``, or ``None``."""
     if not parametrize.is_parametrized(module, "weight"):
         return None
-    for p in module.parametrizations.weight:
+    for p in parametrizations_of(module).weight:
         if isinstance(p, NMMask):
             return p
     return None
@@ -90,8 +98,8 @@ def _live_weight(module: nn.Module) -> torch.Tensor:
     """
     nm = _nm_mask(module)
     if nm is None:
-        return module.weight.detach()
-    original = module.parametrizations.weight.original.detach()
+        return weight_of(module).detach()
+    original = parametrizations_of(module).weight.original.detach()
     return original if nm.straight_through else original * nm.mask
 
 
@@ -203,12 +211,12 @@ def remove_mask_(module: nn.Module, *, leave_masked: bool = True) -> nn.Module:
     """
     if _nm_mask(module) is None:
         raise ConfigError(f"remove_mask_: {type(module).__name__} is not pruned (its weight carries no NMMask)")
-    if len(module.parametrizations.weight) != 1:
+    if len(parametrizations_of(module).weight) != 1:
         raise ConfigError(
             f"remove_mask_: the weight of {type(module).__name__} carries other parametrizations besides the n:m "
             f"mask; remove those first (torch.nn.utils.parametrize.remove_parametrizations)"
         )
-    keepers = [name for name, plist in module.parametrizations.items()
+    keepers = [name for name, plist in parametrizations_of(module).items()
                if name != "weight" and len(plist) == 1 and isinstance(plist[0], KeepOrder)]
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=leave_masked)
     for name in keepers:
@@ -340,7 +348,7 @@ def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequ
                 padded=name in selection.padded)
         report.pruned.append(PrunedLayer(
             name=name, tensor=tensor_fqn(name), layer_type=_layer_type(module),
-            shape=tuple(int(x) for x in module.weight.shape), transposed=is_transposed_layer(module),
+            shape=tuple(int(x) for x in weight_of(module).shape), transposed=is_transposed_layer(module),
             padded_to=selection.padded.get(name), kept_magnitude=kept,
         ))
     logger.info("%s: %d layer(s) pruned to %s with method %r", where, len(masks), pattern, used)
@@ -541,7 +549,7 @@ def squash_masks_(model: nn.Module) -> nn.Module:
         (False, 'Parameter', 16)
     """
     pruned = _pruned_modules(model)
-    shared = [name for name, (module, _) in pruned.items() if len(module.parametrizations.weight) != 1]
+    shared = [name for name, (module, _) in pruned.items() if len(parametrizations_of(module).weight) != 1]
     if shared:
         raise ConfigError(
             f"squash_masks_: the weights of {shared} carry other parametrizations besides the n:m mask; "
