@@ -15,11 +15,16 @@ import torch
 from .errors import ShapeError
 from .pattern import NMPattern
 
-__all__ = ["to_matrix", "from_matrix", "to_groups", "to_blocks", "from_blocks", "check_fits", "fits"]
+__all__ = ["to_matrix", "from_matrix", "matrix_shape", "to_groups", "to_blocks", "from_blocks", "check_fits", "fits"]
 
 
 def to_matrix(tensor: torch.Tensor) -> torch.Tensor:
-    """Return the ``[rows, K]`` matrix view of a 2-D or 4-D weight (a copy only for 4-D)."""
+    """Return the ``[rows, K]`` matrix view of a 2-D or 4-D weight (a copy only for 4-D).
+
+    Example:
+        >>> to_matrix(torch.zeros(8, 3, 2, 2)).shape
+        torch.Size([8, 12])
+    """
     if tensor.dim() == 2:
         return tensor
     if tensor.dim() == 4:
@@ -32,7 +37,13 @@ def to_matrix(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def from_matrix(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
-    """Inverse of :func:`to_matrix` for a weight of ``shape``."""
+    """Inverse of :func:`to_matrix` for a weight of ``shape``.
+
+    Example:
+        >>> w = torch.randn(8, 3, 2, 2)
+        >>> torch.equal(from_matrix(to_matrix(w), w.shape), w)
+        True
+    """
     if len(shape) == 2:
         return matrix.reshape(shape)
     out, cin, kh, kw = shape
@@ -40,7 +51,12 @@ def from_matrix(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> to
 
 
 def matrix_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
-    """``(rows, K)`` of the matrix view of a weight of ``shape``."""
+    """``(rows, K)`` of the matrix view of a weight of ``shape``.
+
+    Example:
+        >>> matrix_shape((64, 3, 7, 7))
+        (64, 147)
+    """
     rows = int(shape[0])
     cols = 1
     for size in shape[1:]:
@@ -49,7 +65,12 @@ def matrix_shape(shape: torch.Size | tuple[int, ...]) -> tuple[int, int]:
 
 
 def fits(shape: torch.Size | tuple[int, ...], pattern: NMPattern) -> bool:
-    """Whether a weight of ``shape`` can take ``pattern`` (rank 2 or 4, sizes multiples of m)."""
+    """Whether a weight of ``shape`` can take ``pattern`` (rank 2 or 4, sizes multiples of m).
+
+    Example:
+        >>> fits((64, 3, 7, 7), NMPattern.parse("2:4")), fits((64, 64), NMPattern.parse("4:8-T"))
+        (False, True)
+    """
     try:
         check_fits(shape, pattern)
     except ShapeError:
@@ -58,7 +79,14 @@ def fits(shape: torch.Size | tuple[int, ...], pattern: NMPattern) -> bool:
 
 
 def check_fits(shape: torch.Size | tuple[int, ...], pattern: NMPattern, *, where: str = "find_mask") -> None:
-    """Raise :class:`ShapeError` unless a weight of ``shape`` can take ``pattern`` (``where`` prefixes messages)."""
+    """Raise :class:`ShapeError` unless a weight of ``shape`` can take ``pattern`` (``where`` prefixes messages).
+
+    Example:
+        >>> check_fits((6, 8), NMPattern.parse("4:8-T"), where="demo")
+        Traceback (most recent call last):
+        ...
+        nmsparse.errors.ShapeError: demo: the output dimension has size 6, not a multiple of m=8, ...
+    """
     where = f"{where}: " if where else ""
     if len(shape) not in (2, 4):
         raise ShapeError(
@@ -84,18 +112,34 @@ def check_fits(shape: torch.Size | tuple[int, ...], pattern: NMPattern, *, where
 
 
 def to_groups(matrix: torch.Tensor, m: int) -> torch.Tensor:
-    """``[rows, K]`` -> ``[rows * K / m, m]``: one row per group of ``m`` consecutive columns."""
+    """``[rows, K]`` -> ``[rows * K / m, m]``: one row per group of ``m`` consecutive columns.
+
+    Example:
+        >>> to_groups(torch.arange(8).reshape(1, 8), 4).tolist()
+        [[0, 1, 2, 3], [4, 5, 6, 7]]
+    """
     return matrix.reshape(-1, m)
 
 
 def to_blocks(matrix: torch.Tensor, m: int) -> torch.Tensor:
-    """``[rows, K]`` -> ``[rows/m * K/m, m, m]``: aligned ``m x m`` blocks, block-row major."""
+    """``[rows, K]`` -> ``[rows/m * K/m, m, m]``: aligned ``m x m`` blocks, block-row major.
+
+    Example:
+        >>> to_blocks(torch.arange(8).reshape(2, 4), 2)[1].tolist()
+        [[2, 3], [6, 7]]
+    """
     rows, cols = matrix.shape
     # (rows/m, m, K/m, m) -> (rows/m, K/m, m, m)
     return matrix.reshape(rows // m, m, cols // m, m).permute(0, 2, 1, 3).reshape(-1, m, m)
 
 
 def from_blocks(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Inverse of :func:`to_blocks`."""
+    """Inverse of :func:`to_blocks`.
+
+    Example:
+        >>> x = torch.arange(32).reshape(4, 8)
+        >>> torch.equal(from_blocks(to_blocks(x, 4), 4, 8), x)
+        True
+    """
     m = blocks.shape[-1]
     return blocks.reshape(rows // m, cols // m, m, m).permute(0, 2, 1, 3).reshape(rows, cols)
