@@ -251,8 +251,8 @@ def _check_format(metadata: Mapping[str, str], kinds: tuple[str, ...], *, where:
         return None
     if fmt in _LEGACY_MASK_FORMATS:
         return "masks"
-    if not fmt.startswith("nmsparse"):
-        return None  # another tool's file: judged by its content
+    if not fmt.startswith("nmsparse/"):
+        return None  # another tool's file, or an older nmsparse writer's own tag: judged by its content
     if fmt != FORMAT:
         raise InputError(f"{where}: written in format {fmt!r}; this nmsparse reads {FORMAT!r} (upgrade nmsparse)")
     kind = metadata.get("kind")

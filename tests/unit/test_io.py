@@ -234,3 +234,21 @@ def test_pruning_keeps_the_parameter_order_for_optimizer_state():
     nmsparse.squash_masks_(model)
     assert [id(p) for p in model.parameters()] == [id(p) for p in before]
     assert [n for n, _ in model.named_parameters()] == names
+
+
+def test_raw_checkpoints_of_older_writers_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    model = nmsparse.prune_(_mlp(), "2:4")
+    raw = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(raw, str(tmp_path / "old.safetensors"), metadata={"format": "nmsparse.recipes.train.model"})
+    fresh = load_pruned_(_mlp(), tmp_path / "old.safetensors")
+    assert str(fresh[0].parametrizations.weight[0].pattern) == "2:4"
+    # without the extra state (nmsparse before the pattern travelled with the module): static, no pattern
+    legacy = {k: v for k, v in raw.items() if not k.endswith("_extra_state")}
+    legacy = {k.replace("parametrizations.bias.original", "bias"): v for k, v in legacy.items()}
+    older = load_pruned_state_dict_(_mlp(), legacy)
+    assert older[0].parametrizations.weight[0].pattern is None
+    torch.testing.assert_close(older(torch.ones(1, 16)), model(torch.ones(1, 16)), rtol=0, atol=0)
+    with pytest.raises(InputError, match="nmsparse/9"):
+        load_pruned_state_dict_(_mlp(), raw, {"format": "nmsparse/9", "kind": "pruned"})
