@@ -132,9 +132,9 @@ bench() {  # script limit note-grep args...
     tail -n 30 "$log" | grep -v '^===' 
     row "$name" "$LAST_STATUS" "$LAST_SECONDS" "$(grep -E "$pattern" "$log" | tail -n 1 | cut -c1-110)"
 }
-bench benchmarks/bench_kernels.py 70 'target|exact|ms'
-bench benchmarks/bench_linear.py 100 '^target' --repeats 30 --warmup 5
-bench benchmarks/bench_train_step.py 110 '^target' --all
+bench benchmarks/bench_kernels.py 90 'target|exact|ms' --budget 2
+bench benchmarks/bench_linear.py 90 '^target' --repeats 30 --warmup 5
+bench benchmarks/bench_train_step.py 100 '^target' --all
 
 # ------------------------------------------------------------------------------------------------ table
 {
