@@ -306,3 +306,10 @@ def test_meta_sparse_and_non_tensors_give_input_errors(fn):
             call(bad)
     with pytest.raises(InputError, match="mask must be a torch.Tensor"):
         nmsparse.retained_magnitude(dense, np.ones((4, 4), dtype=bool))  # type: ignore[arg-type]
+
+
+def test_demo_command_takes_a_backend(capsys):
+    from nmsparse.cli.main import main
+
+    assert main(["demo", "--runs", "4:8-T:exact", "--backend", "torch"]) == 2
+    assert "backend 'torch' cannot run exact 4:8-T" in capsys.readouterr().err

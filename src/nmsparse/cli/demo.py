@@ -22,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), metavar="PATTERN:METHOD",
                         help="pattern:method pairs (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backend", default="auto",
+                        help="find_mask backend for every run (default: auto; see `nmsparse info`)")
     return parser
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         pattern, _, method = spec.rpartition(":")
         if not pattern:
             raise ConfigError(f"--runs entries look like '4:8-T:exact', got {spec!r}")
-        r = run_method(weights, pattern, method)
+        r = run_method(weights, pattern, method, backend=args.backend)
         rows.append([r.pattern, r.method, r.tensors, f"{r.groups:,}", f"{100 * r.kept_magnitude:.2f}%",
                      "yes" if r.valid else "NO", "yes" if r.exact_n else "no", f"{r.seconds:.2f}"])
         print(f"  {r.pattern:<6} {r.method:<14} {r.seconds:6.2f} s", flush=True)
