@@ -53,7 +53,7 @@ run_step() {  # name limit_seconds log command...
     echo "device_check $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
         --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
-    timeout 120 "$PY" - <<'EOF' 2>&1
+    timeout 40 "$PY" - <<'EOF' 2>&1
 import sys, torch
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.version.cuda}, "
       f"cuda available {torch.cuda.is_available()}")
@@ -73,7 +73,7 @@ if torch.cuda.is_available():
 EOF
 } | tee -a "$SUMMARY"
 
-if ! timeout 60 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+if ! timeout 30 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     echo "no CUDA: skipping the GPU tests and the GPU benchmarks; checking that the scripts import and parse" \
         | tee -a "$SUMMARY"
     fails=0
