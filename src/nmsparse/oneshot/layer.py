@@ -123,9 +123,12 @@ def _inverse_cholesky(gram: torch.Tensor, weight: torch.Tensor, damping: float, 
     for attempt in range(_CHOLESKY_RETRIES + 1):
         hessian, clean = _damped(gram, weight, used)
         lower, info = torch.linalg.cholesky_ex(hessian)
+        del hessian  # at most two [in, in] matrices alive at once
         if int(info) == 0:
             inverse = torch.cholesky_inverse(lower)
+            del lower
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if int(info) == 0:
                 if attempt:
                     logger.warning("%s: the Hessian needed damping %.3g (asked %.3g) to factorise", where, used,
@@ -239,10 +242,11 @@ def prune_matrix(method: str, weight: torch.Tensor, gram: torch.Tensor | None, p
 def reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor) -> tuple[float, float]:
     """``(squared output error, squared dense output)`` summed over the calibration tokens of ``gram``.
 
-    ``||X (W - W')^T||^2 = tr((W - W') H (W - W')^T)`` and ``||X W^T||^2 = tr(W H W^T)``, in float64.
+    ``||X (W - W')^T||^2 = tr((W - W') H (W - W')^T)`` and ``||X W^T||^2 = tr(W H W^T)``: products in the dtype
+    of ``gram`` (no float64 copy of a large Gram matrix), sums in float64.
     """
-    g = gram.double()
-    delta = (dense.double() - pruned.double())
-    error = float(((delta @ g) * delta).sum())
-    power = float(((dense.double() @ g) * dense.double()).sum())
+    dense = dense.to(gram.dtype)
+    delta = dense - pruned.to(gram.dtype)
+    error = float(((delta @ gram) * delta).sum(dtype=torch.float64))
+    power = float(((dense @ gram) * dense).sum(dtype=torch.float64))
     return max(error, 0.0), max(power, 0.0)
