@@ -134,9 +134,10 @@ def test_open_resume_cases(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="holds no config.yaml"):
         RunDir.open_resume(tmp_path / "empty", task="classify")
     run = _new(tmp_path / "run")
+    (run.path / "config.yaml").unlink()  # killed between the marker and the config: restored from the marker
     # Fault 3: no checkpoint yet = resume from nothing.
     resumed = RunDir.open_resume(run.path, task="classify")
-    assert resumed.load_checkpoint() is None
+    assert resumed.load_checkpoint() is None and resumed.config_path.read_text() == "epochs: 3\n"
     with pytest.raises(InputError, match="is a classify run, not a lm one"):
         RunDir.open_resume(run.path, task="lm")
     (run.path / ".checkpoint.safetensors.abc123.tmp").write_bytes(b"half")

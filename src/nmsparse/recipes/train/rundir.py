@@ -409,8 +409,10 @@ class RunDir:
             if stale.is_file():
                 stale.unlink()
         self._stale = []
+        # The marker carries the config too: a kill between the two writes leaves a run --resume can restore.
         marker = {"format": RUN_FORMAT, "task": self.task, "config_hash": config_hash,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nmsparse_version": __version__}
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nmsparse_version": __version__,
+                  "config": config_text}
         write_text_atomic(self.path / MARKER_FILE, json.dumps(marker, indent=2) + "\n")
         write_text_atomic(self.path / CONFIG_FILE, config_text)
 
@@ -432,10 +434,12 @@ class RunDir:
         run = cls(path, task=task, outputs=outputs, sections=sections)
         if not run.path.is_dir():
             raise InputError(f"resume: run directory {str(run.path)!r} does not exist")
+        marker = run.marker()
+        if not (run.path / CONFIG_FILE).is_file() and marker is not None and isinstance(marker.get("config"), str):
+            write_text_atomic(run.path / CONFIG_FILE, marker["config"])  # killed between marker and config
         if not (run.path / CONFIG_FILE).is_file():
             raise InputError(f"resume: {run.path} holds no {CONFIG_FILE}; it is not an nmsparse run directory "
                              f"(start a run there with --out {run.path})")
-        marker = run.marker()
         if marker is not None and marker.get("task") not in (task, None):
             raise InputError(f"resume: {run.path} is a {marker.get('task')} run, not a {task} one")
         if (run.path / _LEGACY_STATE_FILE).exists() and not run.checkpoints():
