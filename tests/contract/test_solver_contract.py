@@ -186,8 +186,11 @@ def _run_everywhere(spec: SolverSpec, pattern: str, kind: str, dtypes: list[torc
 TWIN_METHODS = ["topn", "greedy", "greedy-repair"]
 
 
-@pytest.mark.parametrize("method", TWIN_METHODS)
-@pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4-T", "4:8-T", "8:16-T"])
+TWIN_CASES = [(method, pattern) for method in TWIN_METHODS
+              for pattern in (["2:4", "4:8", "3:8"] if method == "topn" else ["2:4-T", "4:8-T", "8:16-T"])]
+
+
+@pytest.mark.parametrize(("method", "pattern"), TWIN_CASES)
 @pytest.mark.parametrize("device", DEVICES)
 def test_backends_of_a_tie_ruled_method_are_bit_equal(method: str, pattern: str, device: str) -> None:
     p = NMPattern.parse(pattern)
