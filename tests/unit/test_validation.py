@@ -174,3 +174,28 @@ def test_merged_parser_refuses_flags_of_the_other_class():
     with pytest.raises(ConfigError, match=r"--d-model flag does not apply to --task classify"):
         explicit_overrides(args, _Cfg, context="--task classify")
     assert explicit_overrides(args, _Cfg, ignore=("d_model",)) == {"epochs": 2}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Wider(ConfigBase):
+    schedule: Literal["cosine", "linear"] = config_field("linear", help="schedule")
+    lr: int = config_field(1, help="an int here")
+
+
+def test_shared_flag_admits_the_values_of_every_class():
+    parser = _parser(_Cfg, _Wider)
+    args = parser.parse_args(["--schedule", "linear"])
+    assert explicit_overrides(args, _Wider) == {"schedule": "linear"}
+    with pytest.raises(ConfigError, match="schedule must be one of 'cosine', 'step'; got 'linear'"):
+        config_from_args(_Cfg, args)  # the class's own constraint table still decides
+    assert explicit_overrides(parser.parse_args(["--lr", "0.5"]), _Cfg) == {"lr": 0.5}
+
+
+def test_percent_signs_in_help_are_shown_once():
+    @dataclass(frozen=True, kw_only=True)
+    class Pct(ConfigBase):
+        a: float = config_field(0.5, help="50% of weights")
+        b: float = config_field(0.5, help="50%% escaped")
+
+    text = _parser(Pct).format_help()
+    assert "50% of weights" in text and "50% escaped" in text and "%%" not in text

@@ -129,9 +129,23 @@ def _default_text(f: dataclasses.Field[Any]) -> str:
 def _registry(parser: argparse.ArgumentParser) -> dict[str, Any]:
     registry = getattr(parser, "_nmsparse_config_flags", None)
     if registry is None:
-        registry = {"fields": {}, "groups": {}}
+        registry = {"fields": {}, "groups": {}, "actions": {}}
         parser._nmsparse_config_flags = registry  # type: ignore[attr-defined]
     return registry
+
+
+def _widen(action: argparse.Action, cls: type, name: str, hint: Any, optional: bool) -> None:
+    """Let a shared flag take the values of one more class: union of choices, the wider value type."""
+    if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == "*":
+        return
+    choices = _choices(cls, name, hint)
+    if action.choices is not None:
+        action.choices = None if choices is None else tuple(dict.fromkeys((*action.choices, *choices)))
+    kind = hint if hint in (int, float) else str
+    current = getattr(action.type, "__name__", "str")
+    if current != kind.__name__ and current != "str":
+        wider = float if {current, kind.__name__} == {"int", "float"} else str
+        action.type = _scalar_parser(wider, optional or "none" in (action.help or ""), name)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigBase],
@@ -153,14 +167,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigB
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name in excluded or f.name.startswith("_") or not f.metadata.get("flag", True):
                 continue
-            if f.name in registry["fields"]:
+            hint, optional = _strip_optional(hints[f.name])
+            if f.name in registry["fields"]:  # a setting both classes have: one flag that admits either's values
                 registry["fields"][f.name].add(cls)
+                _widen(registry["actions"][f.name], cls, f.name, hint, optional)
                 continue
             registry["fields"][f.name] = {cls}
-            hint, optional = _strip_optional(hints[f.name])
             help_text = (f.metadata.get("help") or doc_help.get(f.name, "")) + _default_text(f)
             kwargs: dict[str, Any] = {"dest": DEST_PREFIX + f.name, "default": argparse.SUPPRESS,
-                                      "help": help_text.replace("%", "%%")}
+                                      "help": help_text.replace("%%", "%").replace("%", "%%")}
             if f.metadata.get("metavar"):
                 kwargs["metavar"] = f.metadata["metavar"]
             if hint is bool:
@@ -185,7 +200,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigB
                 target = registry["groups"].get(group_title)
                 if target is None:
                     target = registry["groups"][group_title] = parser.add_argument_group(group_title)
-            target.add_argument(flag_name(f.name), **kwargs)
+            registry["actions"][f.name] = target.add_argument(flag_name(f.name), **kwargs)
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:

@@ -56,6 +56,22 @@ def _print_table(rows: list[dict[str, Any]], reference_numel: int, seeds: list[i
           f"(nmsparse.log10_mask_diversity)")
 
 
+def _print_lm_table(result: Any) -> None:
+    seeds = list(result.seeds)
+    print(f"  {'structure':<14}{'held-out loss':>22}  {'perplexity':>10}  {'gap %':>7}  {'log10 MD':>9}  "
+          f"{'masks':>6}  {'train s':>8}")
+    for row in result.rows:
+        loss = f"{row['heldout_loss']:.4f}" + (f" +- {row['heldout_loss_std']:.4f}" if len(seeds) > 1 else "")
+        md = "-" if row.get("log10_mask_diversity") is None else f"{row['log10_mask_diversity']:.1f}"
+        gap = "-" if row.get("loss_gap_percent") is None else f"{row['loss_gap_percent']:+.2f}"
+        valid = "-" if row.get("mask_valid") is None else ("valid" if row["mask_valid"] else "BAD")
+        print(f"  {row['structure']:<14}{loss:>22}  {row['heldout_perplexity']:>10.2f}  {gap:>7}  {md:>9}  "
+              f"{valid:>6}  {row['train_seconds']:>8.1f}")
+    rho = getattr(result, "spearman_loss_vs_diversity", None)
+    if rho is not None:
+        print(f"  Spearman rank correlation of held-out loss with mask diversity (sparse structures): {rho:+.2f}")
+
+
 def _run_lm(args: argparse.Namespace) -> int:
     from .._logging import progress_enabled
 
@@ -70,14 +86,17 @@ def _run_lm(args: argparse.Namespace) -> int:
         return 0
     configure_runtime(getattr(config, "threads", None), None)
     out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("compare-lm-%Y%m%d-%H%M%S")
-    kwargs: dict[str, Any] = {"overwrite": args.overwrite, "progress": progress_enabled(args.progress)}
+    kwargs: dict[str, Any] = {"overwrite": args.overwrite, "progress": progress_enabled(args.progress),
+                              "reference_numel": args.reference_numel}
     if args.structures is not None:
         kwargs["structures"] = args.structures
     if args.seeds is not None:
         kwargs["seeds"] = args.seeds
+    print(f"nmsparse compare --task lm -> {out_dir}", flush=True)
     result = lm.compare_lm(config, out_dir, **kwargs)
-    text = result.describe() if hasattr(result, "describe") else None
-    print(text if text is not None else f"nmsparse compare --task lm: done -> {out_dir}")
+    print()
+    _print_lm_table(result)
+    print(f"  outputs: {out_dir}/compare.json, {out_dir}/compare.png")
     return 0
 
 

@@ -221,23 +221,41 @@ def _check_resume_args(args: argparse.Namespace) -> None:
         raise CLIError("--resume DIR continues in DIR; drop --out or pass the same directory")
 
 
+def print_lm_summary(s: Any, out_dir: Path) -> None:
+    """Human-readable ``LMRunSummary`` of :func:`nmsparse.recipes.lm.run_lm_training` (losses in nats/token)."""
+    print(f"nmsparse train --task lm: {getattr(s, 'parameters', 0):,}-parameter decoder, structure {s.pattern}")
+    line = f"  held-out loss      {s.heldout_loss:.4f} (perplexity {s.heldout_perplexity:.2f})"
+    if getattr(s, "baseline_heldout_loss", None) is not None:
+        line += (f"   dense baseline {s.baseline_heldout_loss:.4f} (perplexity {s.baseline_heldout_perplexity:.2f}), "
+                 f"gap {s.loss_gap_percent:+.2f}%")
+    print(line)
+    if getattr(s, "mask_valid", None) is not None:
+        print(f"  masks valid        {'yes' if s.mask_valid else 'NO'}: {len(s.sparse_layers)} sparse layer(s), "
+              f"{s.mask_density:.1%} kept; {s.refreshes} refreshes ({s.refresh_seconds:.2f} s)")
+    dense = f", dense {s.baseline_train_seconds:.1f} s" if getattr(s, "baseline_train_seconds", None) else ""
+    print(f"  wall time          {s.wall_seconds:.1f} s (training {s.train_seconds:.1f} s{dense}); "
+          f"{s.threads} thread(s) on {s.device}")
+    print(f"  outputs            {out_dir}/")
+
+
 def _run_lm(args: argparse.Namespace) -> int:
     from .._logging import progress_enabled
 
     lm = lm_module()
-    config = lm_config(args, lm, resume_dir=args.resume)
+    resume = args.resume is not None
+    config = None if resume else lm_config(args, lm)
     if args.print_config:
         import yaml
 
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        shown = lm_config(args, lm, resume_dir=args.resume) if resume else config
+        print(yaml.safe_dump(shown.to_dict(), sort_keys=False), end="")
         return 0
-    configure_runtime(getattr(config, "threads", None), None)
+    configure_runtime(getattr(config, "threads", None) if config is not None else None, None)
     out_dir = Path(args.resume or args.out or Path("runs") / time.strftime("train-lm-%Y%m%d-%H%M%S"))
-    result = lm.run_lm_training(config, out_dir, resume=args.resume is not None, overwrite=args.overwrite,
-                                progress=progress_enabled(args.progress))
-    if result is not None:
-        text = result.describe() if hasattr(result, "describe") else None
-        print(text if text is not None else f"nmsparse train --task lm: done -> {out_dir}")
+    summary = lm.run_lm_training(config, out_dir, resume=resume, overwrite=args.overwrite,
+                                 progress=progress_enabled(args.progress))
+    if summary is not None:
+        print_lm_summary(summary, out_dir)
     return 0
 
 
