@@ -2,11 +2,11 @@
 
 Sizes: 4096^2, 8192^2, the ResNet-50 weight set (matrix views that tile into the pattern's blocks) and a
 GPT-2-medium weight set (24 layers x qkv/proj/fc/fc-proj). Methods: the Triton kernels of nmsparse.kernels
-(exact 2:4-T, the same with the masked W written, greedy 2:4-T/4:8-T/8:16-T, plain 2:4 top-n), their torch twins,
-the on-device exact flow for 4:8-T and 8:16-T, the CPU numba exact solver, and on CUDA torch's own transposable
-2:4 tile kernel (``torch._sparse_semi_structured_tile(W, algorithm="largest_abs_values_greedy")``) as the
-same-run baseline. The floor is the time to read W once at the copy bandwidth measured in the same run
-(a device-to-device copy, bytes read plus written).
+(exact 2:4-T, the same with the masked W written, greedy 2:4-T/4:8-T/8:16-T, the exact 4:8-T/8:16-T flow,
+plain 2:4 top-n), their torch twins (the flow's runs on the device too), the CPU numba exact solver, and on
+CUDA torch's own transposable 2:4 tile kernel (``torch._sparse_semi_structured_tile(W,
+algorithm="largest_abs_values_greedy")``) as the same-run baseline. The floor is the time to read W once at
+the copy bandwidth measured in the same run (a device-to-device copy, bytes read plus written).
 
     python benchmarks/bench_kernels.py                       # CUDA (bf16) when visible, else CPU (fp32)
     python benchmarks/bench_kernels.py --smoke --out DIR     # seconds on a CPU: tiny sizes, one repeat
@@ -130,6 +130,10 @@ def methods(device: str) -> dict[str, tuple[str, TimedFn, MaskFn]]:
         out["greedy24-triton"] = ("2:4-T", greedy(2, 4, "triton"))
         out["greedy48-triton"] = ("4:8-T", greedy(4, 8, "triton"))
         out["greedy816-triton"] = ("8:16-T", greedy(8, 16, "triton"))
+        out["exact48-triton"] = ("4:8-T", lambda w: K.exact_nm_t(w, 4, 8, absolute=True, backend="triton",
+                                                                 check_finite=False))
+        out["exact816-triton"] = ("8:16-T", lambda w: K.exact_nm_t(w, 8, 16, absolute=True, backend="triton",
+                                                                   check_finite=False))
         out["topn24-triton"] = ("2:4", lambda w: K.topn_nm(w, 2, 4, absolute=True, backend="triton",
                                                             check_finite=False))
     out["exact24-torch"] = ("2:4-T", exact24("torch"))

@@ -217,6 +217,33 @@ def test_flow_torch_reaches_the_cpu_optimum(n: int, m: int) -> None:
     assert torch.equal(got[randn], want[randn])  # no ties: the optimum is unique
 
 
+@pytest.mark.triton
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
+@pytest.mark.parametrize(("n", "dtype"), [(4, torch.float32), (6, torch.float64),
+                                          pytest.param(2, torch.bfloat16, marks=pytest.mark.slow),
+                                          pytest.param(1, torch.float16, marks=pytest.mark.slow)])
+def test_flow_triton_bit_equal_to_torch_flow(n: int, dtype: torch.dtype) -> None:
+    from nmsparse.solvers.exact import exact_blocks
+
+    scores = mixed_scores(16, 16, seed=n, m=8, dtype=dtype, signed=True).to(DEVICE)  # Gaussian and tied blocks
+    if dtype == torch.float64:
+        scores[:8, :8] *= 1e-300  # fp64 extremes: the host-side scaling keeps the kernel equal to its twin
+    got = K.exact_nm_t(scores, n, 8, backend="triton")
+    want = K.exact_nm_t(scores, n, 8, backend="torch")
+    assert torch.equal(got, want)
+    blocks = to_blocks(scores.double().cpu(), 8)
+    assert torch.allclose(_block_value(blocks, to_blocks(got.cpu(), 8)),
+                          _block_value(blocks, exact_blocks(blocks, n)), rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow  # ~10 s in the interpreter
+@pytest.mark.triton
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
+def test_flow_triton_m16_bit_equal_to_torch_flow() -> None:
+    scores = mixed_scores(16, 16, seed=9, m=16, signed=True).to(DEVICE)
+    assert torch.equal(K.exact_nm_t(scores, 8, 16, backend="triton"), K.exact_nm_t(scores, 8, 16, backend="torch"))
+
+
 def test_flow_torch_matches_linprog() -> None:
     from nmsparse.kernels.exact_flow import flow_blocks_torch
     from nmsparse.testing import linprog_blocks_optimum
@@ -233,8 +260,8 @@ def test_exact_nm_t_dispatch_and_errors() -> None:
     mask = K.exact_nm_t(scores, 4, 8, backend="torch")
     assert torch.equal(mask, from_blocks(
         __import__("nmsparse.solvers.exact", fromlist=["exact_blocks"]).exact_blocks(to_blocks(scores, 8), 4), 16, 24))
-    with pytest.raises(BackendUnavailableError, match="no Triton kernel for exact m=8"):
-        K.exact_nm_t(scores, 4, 8, backend="triton")
+    with pytest.raises(BackendUnavailableError, match=r"takes m in \(8, 16\), got m=32"):
+        K.exact_nm_t(torch.rand(32, 32), 16, 32, backend="triton")
     with pytest.raises(ShapeError, match="multiples of 8"):
         K.exact_nm_t(torch.rand(12, 16), 4, 8)
     with pytest.raises(PatternError):
@@ -292,15 +319,22 @@ def test_capabilities_summary_names_torch() -> None:
 @pytest.mark.triton
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
 @pytest.mark.parametrize(("pattern", "method"), [("2:4-T", "exact"), ("4:8-T", "greedy"), ("2:4", "topn"),
-                                                 ("2:4-T", "greedy")])
+                                                 ("2:4-T", "greedy"), ("4:8-T", "exact")])
 def test_find_mask_triton_backend_matches_torch(pattern: str, method: str) -> None:
     from nmsparse import find_mask
 
     K.register_kernels()
     weight = mixed_scores(16, 16, seed=1, m=8, signed=True).to(DEVICE)
     got = find_mask(weight, pattern, method=method, backend="triton")
-    want = find_mask(weight, pattern, method=method, backend="torch")
-    assert torch.equal(got, want)
+    want = find_mask(weight, pattern, method=method, backend="numba" if pattern == "4:8-T" and method == "exact"
+                     else "torch")
+    if method == "exact":  # the same optimum (the numba flow may pick another optimal mask on ties)
+        blocks = to_blocks(weight.abs().double().cpu(), int(pattern.split(":")[1][0]))
+        m = blocks.shape[-1]
+        got_value = _block_value(blocks, to_blocks(got.cpu(), m))
+        assert torch.allclose(got_value, _block_value(blocks, to_blocks(want.cpu(), m)), rtol=1e-12, atol=0)
+    else:
+        assert torch.equal(got, want)
 
 
 # ------------------------------------------------------------------------------------------ full size, GPU
@@ -328,6 +362,17 @@ def test_gpu_greedy_and_topn_full_size(n: int, m: int) -> None:
     ties = torch.randint(0, 3, (1024, 1024), device="cuda").float()
     assert torch.equal(K.greedy_nm_t(ties, n, m, backend="triton"), ref.greedy_t_reference(ties, n, m))
     assert torch.equal(K.topn_nm(s, n, m, backend="triton"), ref.topn_reference(s, n, m))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA or not HAVE_TRITON, reason="needs a CUDA device and triton")
+@pytest.mark.parametrize(("n", "m"), [(4, 8), (2, 8), (8, 16)])
+def test_gpu_flow_triton_full_size(n: int, m: int) -> None:
+    s = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+    got = K.exact_nm_t(s, n, m, absolute=True, backend="triton")
+    assert torch.equal(got, K.exact_nm_t(s, n, m, absolute=True, backend="torch"))
+    ties = torch.randint(0, 3, (512, 512), device="cuda").float()
+    assert torch.equal(K.exact_nm_t(ties, n, m, backend="triton"), K.exact_nm_t(ties, n, m, backend="torch"))
 
 
 @pytest.mark.gpu

@@ -6,7 +6,8 @@ Entry points (``scores``/``weight``: a 2-D ``[rows, K]`` matrix, any strides, fp
   refresh of 2:4-T training); the masked variant also writes ``where(mask, W, 0)``.
 * :func:`exact_n_4_t`: optimal n:4-T for n = 1, 2, 3 (same kernel family).
 * :func:`exact_nm_t`: optimal n:m-T for any supported ``m`` on the input's device (m = 4: the kernels above;
-  m >= 8: the batched torch min-cost flow of :mod:`nmsparse.kernels.exact_flow`, CPU and CUDA alike).
+  m >= 8: the batched min-cost flow of :mod:`nmsparse.kernels.exact_flow`, Triton for m = 8, 16, torch ops on
+  CPU and CUDA alike).
 * :func:`greedy_nm_t`: the greedy 2-approximation n:m-T (Triton for m in 4, 8, 16, 32).
 * :func:`topn_nm`: plain n:m (per-group top-n).
 
@@ -62,6 +63,7 @@ __all__ = [
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _GREEDY_TRITON_MS = (4, 8, 16, 32)
 _TOPN_TRITON_MAX_M = 64
+_FLOW_TRITON_MS = (8, 16)
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor, *, where: str, triton_ok: str | None = None) -> str:
@@ -232,9 +234,9 @@ def exact_nm_t(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, 
                check_finite: bool = True) -> torch.Tensor:
     """Optimal n:m-T mask (exactly ``n`` per row and column of every block) on ``scores``' device.
 
-    ``m = 4``: :func:`exact_n_4_t` (Triton or torch). ``m >= 8``: the batched torch min-cost flow
-    (:func:`nmsparse.kernels.exact_flow.flow_blocks_torch`; no Triton kernel, so ``backend="triton"`` raises).
-    Its optimum equals the CPU (numba) solver's.
+    ``m = 4``: :func:`exact_n_4_t` (Triton or torch). ``m >= 8``: the batched min-cost flow of
+    :mod:`nmsparse.kernels.exact_flow`: its Triton kernel for ``m`` in 8, 16 (bit-equal to the torch one), the
+    torch ops otherwise (CPU or CUDA, the same mask). Its optimum equals the CPU (numba) solver's.
 
     Example:
         >>> mask = exact_nm_t(torch.rand(16, 16), 4, 8)
@@ -246,8 +248,12 @@ def exact_nm_t(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, 
     if m == 4:
         return exact_n_4_t(scores, n, absolute=absolute, backend=backend, check_finite=check_finite)
     _check(scores, m, where, transposable=True, check_finite=check_finite)
-    resolve_backend(backend, scores, where=where,
-                    triton_ok=f"there is no Triton kernel for exact m={m} (the torch flow runs on the device)")
+    no = None if m in _FLOW_TRITON_MS else (f"the Triton exact flow takes m in {_FLOW_TRITON_MS}, got m={m} (the "
+                                            f"torch flow runs on the device: backend='torch')")
+    if resolve_backend(backend, scores, where=where, triton_ok=no) == "triton":
+        from .triton_kernels import flow_t_triton
+
+        return flow_t_triton(scores.detach(), n, m, absolute=absolute)
     from ..layout import from_blocks, to_blocks
     from .exact_flow import flow_blocks_torch
 
@@ -263,7 +269,7 @@ def register_kernels() -> list[str]:
     """Register the Triton backends (``backend="triton"``) and the on-device exact flow with the solver
     registry of :func:`nmsparse.find_mask`. Idempotent; returns the labels registered by this call.
 
-    Registered: ``topn/triton`` (plain), ``exact/triton`` (m = 4), ``greedy/triton`` (m in 4, 8, 16, 32), all
+    Registered: ``topn/triton`` (plain), ``exact/triton`` (m = 4, 8, 16), ``greedy/triton`` (m in 4, 8, 16, 32), all
     for CUDA tensors (and CPU tensors when ``TRITON_INTERPRET=1`` at registration), available when triton
     imports; and ``exact/torch-flow`` (m >= 8, CUDA tensors: the batched torch min-cost flow, which keeps the
     work on the GPU instead of copying blocks to the CPU for numba).
@@ -286,7 +292,7 @@ def register_kernels() -> list[str]:
         return topn_nm(scores, pattern.n, pattern.m, backend="triton", check_finite=False)
 
     def exact_solver(scores: torch.Tensor, pattern, progress=None):  # noqa: ANN001, ANN202
-        return exact_n_4_t(scores, pattern.n, backend="triton", check_finite=False)
+        return exact_nm_t(scores, pattern.n, pattern.m, backend="triton", check_finite=False)
 
     def greedy_solver(scores: torch.Tensor, pattern, progress=None):  # noqa: ANN001, ANN202
         return greedy_nm_t(scores, pattern.n, pattern.m, backend="triton", check_finite=False)
@@ -298,9 +304,10 @@ def register_kernels() -> list[str]:
     specs: list[tuple[str, Any, dict[str, Any]]] = [
         ("topn", topn_solver, dict(plain=True, ms=set(range(2, _TOPN_TRITON_MAX_M + 1)), exact=True,
                                    exactly_n=True, description="per-group top-n, Triton (bit-equal to topn/torch)")),
-        ("exact", exact_solver, dict(transposable=True, ms={4}, exact=True, exactly_n=True,
-                                     description="optimal n:4-T, one Triton pass scoring every valid 4x4 mask "
-                                                 "in float64 (bit-equal to its torch twin)")),
+        ("exact", exact_solver, dict(transposable=True, ms={4, *_FLOW_TRITON_MS}, exact=True, exactly_n=True,
+                                     description="optimal n:m-T in Triton: m=4 one pass scoring every valid 4x4 "
+                                                 "mask in float64, m=8/16 a min-cost flow in registers (both "
+                                                 "bit-equal to their torch twins)")),
         ("greedy", greedy_solver, dict(transposable=True, ms=set(_GREEDY_TRITON_MS),
                                        description="greedy 2-approximation, Triton, one block's scores in "
                                                    "registers (bit-equal to greedy/torch)")),

@@ -7,6 +7,8 @@
   entry (row and column below ``n``, not yet kept; ties: lowest flat index). An entry the sorted visit would
   skip has a full row or column when it is reached, and stays ineligible, so this keeps exactly the entries
   the sorted visit keeps (:func:`nmsparse.solvers.greedy.greedy_blocks`), bit for bit.
+* :func:`flow_t_triton`: exact n:m-T for m = 8, 16 (the min-cost flow of :mod:`nmsparse.kernels.exact_flow`
+  in registers, bit-equal to it).
 * :func:`topn_triton`: plain n:m, an entry is kept when fewer than ``n`` entries of its group beat it (larger,
   or equal at a lower index): the stable-sort top-n of :func:`nmsparse.solvers.topn.topn_groups`.
 
@@ -23,7 +25,7 @@ import triton.language as tl
 
 from ._triton_exact24_kernel import exact14_kernel, exact24_kernel, exact34_kernel
 
-__all__ = ["exact4_triton", "greedy_t_triton", "topn_triton", "GREEDY_MS", "TOPN_MAX_M"]
+__all__ = ["exact4_triton", "greedy_t_triton", "topn_triton", "flow_t_triton", "GREEDY_MS", "TOPN_MAX_M", "FLOW_MS"]
 
 #: Block sides of the greedy kernel (its registers hold BB * m * m scores).
 GREEDY_MS = (4, 8, 16, 32)
@@ -143,4 +145,120 @@ def topn_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False)
     wide = scores.dtype in (torch.float16, torch.bfloat16)
     _topn_kernel[grid](scores, mask.view(torch.uint8), n_groups, gpr, scores.stride(0), scores.stride(1),
                        mask.stride(0), N=n, M=m, MP=mp, BG=bg, WIDE=wide, ABS=bool(absolute), num_warps=4)
+    return mask
+
+
+@triton.jit
+def _pick(values, sel, axis: tl.constexpr, fill):
+    """The entry of ``values`` where ``sel`` holds (one per slice along ``axis``), exactly (a max over one)."""
+    return tl.max(tl.where(sel, values, fill), axis=axis)
+
+
+@triton.jit
+def _flow_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride_mr,
+                   N: tl.constexpr, M: tl.constexpr, BB: tl.constexpr, NEG: tl.constexpr):
+    # The algorithm and arithmetic of nmsparse.kernels.exact_flow._solve_chunk, one program per BB blocks.
+    pid = tl.program_id(0)
+    blk = pid.to(tl.int64) * BB + tl.arange(0, BB)
+    valid_b = blk < n_blocks
+    br = blk // kb
+    bc = blk - br * kb
+    ii = tl.arange(0, M)[None, :, None]  # row index, [1, M, 1]
+    jj = tl.arange(0, M)[None, None, :]  # column index, [1, 1, M]
+    jv = tl.arange(0, M)[None, :]  # index along the last axis of [BB, M] tensors
+    rows = br[:, None, None] * M + ii
+    cols = bc[:, None, None] * M + jj
+    valid = valid_b[:, None, None] & (ii >= 0) & (jj >= 0)
+    s = tl.load(s_ptr + rows * stride_sr + cols * stride_sc, mask=valid, other=0.0).to(tl.float64)
+    if NEG:
+        s = -s
+    inf = float("inf")
+    # Warm start: the stable top-N of every row; pr = the best unkept score of the row.
+    s_k = s[:, :, None, :]  # rival column k, [BB, M, 1, M]
+    s_j = s[:, :, :, None]  # [BB, M, M, 1]
+    kk = tl.arange(0, M)[None, None, None, :]
+    jj4 = tl.arange(0, M)[None, None, :, None]
+    beats = (s_k > s_j) | ((s_k == s_j) & (kk < jj4))
+    rank = tl.sum(beats.to(tl.int32), axis=3)  # [BB, M, M]
+    x = rank < N
+    pr = tl.max(tl.where(x, -inf, s), axis=2)  # [BB, M]
+    pc = tl.zeros([BB, M], dtype=tl.float64)
+    deg = tl.sum(x.to(tl.int32), axis=1)  # kept per column, [BB, M]
+    excess = tl.sum(tl.maximum(deg - N, 0), axis=1)  # [BB]
+    excess = tl.where(valid_b, excess, 0)
+    while tl.max(excess, axis=0) > 0:
+        active = excess > 0  # [BB]
+        over = deg > N
+        cost_cr = tl.where(x, tl.maximum(s - pr[:, :, None] + pc[:, None, :], 0.0), inf)
+        cost_rc = tl.where(x, inf, tl.maximum(pr[:, :, None] - pc[:, None, :] - s, 0.0))
+        dist_c = tl.where(over, 0.0, inf).to(tl.float64)
+        dist_r = tl.full([BB, M], inf, tl.float64)
+        pred_c = tl.full([BB, M], -1, tl.int32)
+        pred_r = tl.full([BB, M], -1, tl.int32)
+        sweep = 0
+        moved = 1
+        while (sweep < 2 * M) & (moved > 0):
+            t = dist_c[:, None, :] + cost_cr  # [BB, i, j]
+            new_r = tl.min(t, axis=2)
+            via_c = tl.min(tl.where(t == new_r[:, :, None], jj, M), axis=2)
+            moved_r = new_r < dist_r
+            dist_r = tl.where(moved_r, new_r, dist_r)
+            pred_r = tl.where(moved_r, via_c, pred_r)
+            t2 = dist_r[:, :, None] + cost_rc  # [BB, i, k]
+            new_c = tl.min(t2, axis=1)
+            via_r = tl.min(tl.where(t2 == new_c[:, None, :], ii, M), axis=1)
+            moved_c = new_c < dist_c
+            dist_c = tl.where(moved_c, new_c, dist_c)
+            pred_c = tl.where(moved_c, via_r, pred_c)
+            moved = tl.max(tl.max((moved_r | moved_c).to(tl.int32), axis=1), axis=0)
+            sweep += 1
+        under = tl.where(deg < N, dist_c, inf)
+        reach = tl.min(under, axis=1)  # [BB]
+        target = tl.min(tl.where(under == reach[:, None], jv, M), axis=1)
+        act2 = active[:, None]
+        pc = tl.where(act2, pc + tl.minimum(dist_c, reach[:, None]), pc)
+        pr = tl.where(act2, pr + tl.minimum(dist_r, reach[:, None]), pr)
+        deg = deg + ((jv == target[:, None]) & act2).to(tl.int32)
+        col = target
+        walking = active
+        for _ in range(M + 1):
+            row = _pick(pred_c, jv == col[:, None], 1, -2)
+            walking = walking & (row >= 0)
+            c_back = _pick(pred_r, jv == row[:, None], 1, -2)
+            w3 = walking[:, None, None] & (ii == row[:, None, None])
+            x = x | (w3 & (jj == col[:, None, None]))
+            x = x & ~(w3 & (jj == c_back[:, None, None]))
+            col = tl.where(walking, c_back, col)
+        deg = deg - ((jv == col[:, None]) & act2).to(tl.int32)
+        excess = tl.where(active, excess - 1, excess)
+    if NEG:
+        x = ~x
+    tl.store(mask_ptr + rows * stride_mr + cols, x.to(tl.uint8), mask=valid)
+
+
+#: Block sides of the Triton exact flow (its registers hold BB x m x m scores and their rank comparisons).
+FLOW_MS = (8, 16)
+
+
+def flow_t_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False) -> torch.Tensor:
+    """Exact n:m-T mask (``m`` in :data:`FLOW_MS`) by the batched min-cost flow of
+    :mod:`nmsparse.kernels.exact_flow`, one program per few blocks, everything in registers.
+
+    Same arithmetic as the torch twin, so the same mask bit for bit. The twin scales each block by a power of
+    two first; that changes no decision when nothing under- or overflows, which holds for fp32/fp16/bf16 scores
+    in float64, so the kernel skips it for them (fp64 scores are scaled on the host first)."""
+    rows, cols = scores.shape
+    src = scores.abs() if absolute else scores
+    if src.dtype == torch.float64:  # the twin's per-block power-of-two scaling, so fp64 extremes behave the same
+        from ..layout import from_blocks, to_blocks
+        from .exact_flow import _scale
+
+        src = from_blocks(_scale(to_blocks(src, m)), rows, cols)
+    mask = torch.empty((rows, cols), dtype=torch.bool, device=scores.device)
+    n_blocks = (rows // m) * (cols // m)
+    bb = max(1, 256 // (m * m)) if m >= 16 else 4
+    grid = (triton.cdiv(n_blocks, bb),)
+    neg = 2 * n > m
+    _flow_t_kernel[grid](src, mask.view(torch.uint8), n_blocks, cols // m, src.stride(0), src.stride(1),
+                         mask.stride(0), N=m - n if neg else n, M=m, BB=bb, NEG=neg, num_warps=4)
     return mask
