@@ -1,0 +1,19 @@
+"""Language-model recipe: a GPT-style decoder trained dense and n:m / n:m-T sparse on text shipped with Python.
+
+No API promise (recipe layer). The three names below are what ``nmsparse train --task lm`` and
+``nmsparse compare --task lm`` call; the pieces live in the submodules:
+
+* :mod:`.corpus` (the embedded documentation, its hash and held-out split), :mod:`.tokenizer` (bytes),
+  :mod:`.data` (token streams and batches);
+* :mod:`.model` (``GPT``, ``GPTConfig``; ``to_hf_gpt2`` / ``save_hf`` export to a ``transformers`` GPT-2 folder);
+* :mod:`.config` (``LMTrainConfig``), :mod:`.task` (the training loop, ``run_lm_training``), :mod:`.compare`
+  (``compare_lm``), :mod:`.plots`.
+"""
+
+from __future__ import annotations
+
+from .compare import compare_lm
+from .config import LMTrainConfig
+from .task import run_lm_training
+
+__all__ = ["LMTrainConfig", "run_lm_training", "compare_lm"]

@@ -1,0 +1,239 @@
+"""Train the decoder under several sparsity structures with identical seeds and batches; relate held-out loss to
+exact mask diversity (``nmsparse compare --task lm``).
+
+Default structures: dense, 2:4, 4:8, 2:4-T, 4:8-T and unstructured 50%. Every sparse structure masks the same
+layers (the block linears) with the same recipe (dynamic SR-STE masks refreshed every ``refresh_every`` steps;
+unstructured masks are per-layer magnitude masks refreshed the same way). The diversity column is the exact
+``log10`` count of :func:`nmsparse.log10_mask_diversity` for a tensor of ``reference_numel`` weights at 50%
+density. Each row reports the mean held-out loss (nats per byte) and perplexity over the seeds, their sample
+standard deviation and the per-seed values, so a gap between structures can be read against seed noise.
+
+The comparison directory holds ``compare.json``, ``compare.png``, ``config.yaml`` and one checkpointed section per
+structure and seed (``4x8-T-seed0/``); ``resume=True`` continues an interrupted comparison where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nmsparse.diversity import log10_mask_diversity
+from nmsparse.errors import ConfigError
+from nmsparse.pattern import NMPattern
+
+from ..train.rundir import RunDir, config_hash
+from .config import DENSE, UNSTRUCTURED, LMTrainConfig, lm_config_to_yaml, load_lm_config
+from .data import build_lm_data
+from .task import LMTrainer
+
+__all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "LMCompareResult", "compare_lm", "COMPARE_TASK"]
+
+#: Structures trained by default.
+DEFAULT_STRUCTURES = (DENSE, "2:4", "4:8", "2:4-T", "4:8-T", UNSTRUCTURED)
+#: Tensor size of the diversity column: 4096 = 64 blocks of 8x8, a multiple of every m*m used here.
+DEFAULT_REFERENCE_NUMEL = 4096
+COMPARE_TASK = "lm-compare"
+COMPARE_JSON = "compare.json"
+COMPARE_PLOT = "compare.png"
+
+RunCallback = Callable[[dict[str, Any]], None]
+
+
+def _slug(structure: str) -> str:
+    return structure.replace(":", "x")
+
+
+def _check_structures(structures: Sequence[str]) -> list[str]:
+    out = []
+    for item in structures:
+        if not isinstance(item, str):
+            raise ConfigError(f"compare: structures must be strings, got {item!r}")
+        name = item.strip()
+        if name.lower() in (DENSE, UNSTRUCTURED):
+            out.append(name.lower())
+            continue
+        try:
+            out.append(str(NMPattern.parse(name)))
+        except ValueError as exc:
+            raise ConfigError(f"compare: structure {item!r}: {exc}; or use '{DENSE}' or '{UNSTRUCTURED}'") from None
+    if not out:
+        raise ConfigError("compare: give at least one structure, e.g. dense 2:4 4:8-T")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"compare: structures repeat: {out}")
+    return out
+
+
+@dataclass
+class LMCompareResult:
+    """Rows of a comparison (one per structure, over seeds) and where they were written.
+
+    Attributes:
+        rows: ``structure``, ``log10_mask_diversity`` (``None`` for dense), ``heldout_loss`` (mean over seeds),
+            ``heldout_loss_std`` (sample std, 0 for one seed), ``heldout_losses`` (per seed),
+            ``heldout_perplexity`` (exp of the mean loss), ``loss_gap_percent`` (against dense when it is in
+            the comparison), ``mask_valid``, ``train_seconds`` (mean).
+        reference_numel: tensor size of the diversity column.
+        seeds: seeds trained.
+        out_dir: directory holding ``compare.json``, ``compare.png`` and the runs.
+        spearman_loss_vs_diversity: rank correlation of mean loss and diversity over the sparse structures
+            (negative: more diverse structures lose less); ``None`` with fewer than 3 sparse structures.
+    """
+
+    rows: list[dict[str, Any]]
+    reference_numel: int
+    seeds: list[int]
+    out_dir: Path | None
+    spearman_loss_vs_diversity: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"rows": self.rows, "reference_numel": self.reference_numel, "seeds": self.seeds,
+                "out_dir": None if self.out_dir is None else str(self.out_dir),
+                "spearman_loss_vs_diversity": self.spearman_loss_vs_diversity}
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    if len(xs) < 3:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    den = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return num / den if den else None
+
+
+def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None = None, *,
+               structures: Sequence[str] = DEFAULT_STRUCTURES, seeds: Sequence[int] | None = None,
+               resume: bool = False, overwrite: bool = False, progress: bool | None = None,
+               reference_numel: int = DEFAULT_REFERENCE_NUMEL,
+               on_run_end: RunCallback | None = None) -> LMCompareResult:
+    """Train ``config``'s decoder once per structure and seed; report held-out loss against exact mask diversity.
+
+    Args:
+        config: the recipe shared by every run (its ``pattern`` and ``baseline`` are not used); with
+            ``resume`` it may be ``None`` (read from ``out/config.yaml``).
+        out: directory for ``compare.json``, ``compare.png`` and each run's checkpoints (``None``: in memory).
+        structures: ``"dense"``, n:m patterns and/or ``"unstructured"``.
+        seeds: seeds of each structure (default ``[config.seed]``); every structure sees the same ones.
+        resume: continue an interrupted comparison in ``out``.
+        overwrite: replace a previous comparison's files in ``out``.
+        progress: progress bars.
+        reference_numel: tensor size of the diversity column (a multiple of 64 fits every default structure).
+        on_run_end: ``callback(record)`` after each run (``structure``, ``seed``, ``heldout_loss``, ...).
+
+    Returns:
+        An :class:`LMCompareResult`.
+
+    Raises:
+        ConfigError: bad structures, seeds or settings.
+        OverwriteError: ``out`` holds files of another run (see :class:`~nmsparse.recipes.train.rundir.RunDir`).
+    """
+    names = _check_structures(structures)
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
+                or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"compare: seeds must be distinct integers >= 0, got {seeds}")
+    outputs = (COMPARE_JSON, COMPARE_PLOT)
+    run: RunDir | None = None
+    if resume:
+        if out is None:
+            raise ConfigError("compare_lm: resume needs the comparison directory (out)")
+        saved = load_lm_config(Path(out) / "config.yaml")
+        if config is not None and config.replace(baseline=False) != saved:
+            raise ConfigError(f"compare: settings differ from the comparison's {Path(out) / 'config.yaml'}; "
+                              f"resume without overrides")
+        config = saved
+    elif config is None:
+        raise ConfigError("compare_lm: give a config (or resume=True with an existing comparison)")
+    seed_list = [config.seed] if seeds is None else seeds
+    sections = {(name, seed): f"{_slug(name)}-seed{seed}" for name in names for seed in seed_list}
+    if resume and out is not None:
+        run = RunDir.open_resume(Path(out), task=COMPARE_TASK, outputs=outputs, sections=tuple(sections.values()),
+                                 overwrite=overwrite)
+    elif out is not None:
+        run = RunDir.prepare(Path(out), task=COMPARE_TASK, outputs=outputs, sections=tuple(sections.values()),
+                             overwrite=overwrite)
+    diversity: dict[str, float | None] = {DENSE: None}
+    for name in names:
+        if name != DENSE:
+            diversity[name] = log10_mask_diversity(name, reference_numel)
+    data = build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille)
+    base = config.replace(baseline=False)
+    if run is not None and not resume:
+        run.create(config_text=lm_config_to_yaml(base), config_hash=config_hash(base.to_dict()))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for seed in seed_list:
+        cfg = base.replace(seed=seed)
+        digest = config_hash(cfg.to_dict())
+        for name in names:
+            section = sections[(name, seed)]
+            if run is not None:
+                run.section_dir(section).mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            trainer = LMTrainer(cfg, data, structure=name, run=run, section=section, digest=digest,
+                                progress=progress, label=f"{name} (seed {seed})")
+            result = trainer.fit(resume=resume)
+            record = {"structure": name, "seed": seed, "heldout_loss": result.heldout_loss,
+                      "heldout_perplexity": result.heldout_perplexity, "mask_valid": result.mask_valid,
+                      "train_seconds": result.train_seconds, "seconds": time.perf_counter() - start,
+                      "history": result.history}
+            runs[name].append(record)
+            if on_run_end is not None:
+                on_run_end(record)
+    dense_loss = statistics.fmean(r["heldout_loss"] for r in runs[DENSE]) if DENSE in runs else None
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        losses = [r["heldout_loss"] for r in runs[name]]
+        mean = statistics.fmean(losses)
+        rows.append({
+            "structure": name,
+            "log10_mask_diversity": diversity[name],
+            "heldout_loss": mean,
+            "heldout_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+            "heldout_losses": losses,
+            "heldout_perplexity": math.exp(mean),
+            "loss_gap_percent": None if dense_loss is None else 100.0 * (mean - dense_loss) / dense_loss,
+            "mask_valid": None if name == DENSE else all(bool(r["mask_valid"]) for r in runs[name]),
+            "train_seconds": statistics.fmean(r["train_seconds"] for r in runs[name]),
+        })
+    sparse_rows = [r for r in rows if r["log10_mask_diversity"] is not None]
+    rho = _spearman([float(r["log10_mask_diversity"]) for r in sparse_rows],
+                    [float(r["heldout_loss"]) for r in sparse_rows])
+    result_obj = LMCompareResult(rows=rows, reference_numel=reference_numel, seeds=seed_list,
+                                 out_dir=None if run is None else run.path, spearman_loss_vs_diversity=rho)
+    if run is not None:
+        from .plots import plot_loss_vs_diversity
+
+        payload = {"task": "lm", "config": base.to_dict(), "data": data.describe(), "seeds": seed_list,
+                   "reference_numel": reference_numel,
+                   "diversity": "exact log10 mask diversity at 50% density (nmsparse.log10_mask_diversity)",
+                   "loss": "held-out cross-entropy, nats per byte (mean over seeds; std = sample std)",
+                   "spearman_loss_vs_diversity": rho, "rows": rows}
+        run.write_text(COMPARE_JSON, json.dumps(payload, indent=2) + "\n")
+        plot_loss_vs_diversity(rows, run.path / COMPARE_PLOT, reference_numel=reference_numel,
+                               title=f"{base.n_layer}x{base.d_model} byte decoder, {base.steps} steps, "
+                                     f"{len(seed_list)} seed(s)")
+        run.write_summary(result_obj.to_dict())
+    return result_obj

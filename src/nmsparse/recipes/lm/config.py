@@ -1,0 +1,205 @@
+"""``LMTrainConfig``: every setting of a language-model run, frozen and validated, with dict and YAML round-trips.
+
+The command-line flags of ``nmsparse train --task lm`` / ``nmsparse compare --task lm`` are generated from these
+fields (:mod:`nmsparse.cli._flags`); fields that ``TrainConfig`` shares (``pattern``, ``lr``, ``seed``, ...) have
+the same names and types.
+
+Example:
+    >>> config = LMTrainConfig(steps=100, d_model=64)
+    >>> LMTrainConfig.from_dict(config.to_dict()) == config
+    True
+    >>> try:
+    ...     LMTrainConfig(pattern=124)  # what YAML makes of an unquoted 2:4
+    ... except ConfigError as exc:
+    ...     print(str(exc)[-33:])
+    : quote it, pattern: '2:4')
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nmsparse._validation import ConfigBase, Interval, Options, PatternString, Predicate, SequenceOf, config_field
+from nmsparse.errors import ConfigError, InputError
+from nmsparse.solvers import list_methods
+
+from .corpus import SOURCES
+from .model import SPARSE_LAYERS, GPTConfig
+
+__all__ = ["LMTrainConfig", "DENSE", "UNSTRUCTURED", "load_lm_config", "lm_config_to_yaml", "lm_recipe_path"]
+
+#: Structure names besides n:m patterns.
+DENSE = "dense"
+UNSTRUCTURED = "unstructured"
+
+_DATA, _MODEL, _SPARSITY, _OPTIM, _RUN = "data", "model", "sparsity", "optimisation", "run"
+
+
+def _is_device(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    return value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+
+
+@dataclass(frozen=True, kw_only=True)
+class LMTrainConfig(ConfigBase):
+    """Settings of one language-model run: a sparse decoder and, by default, the same decoder dense.
+
+    The defaults train a 4-layer, 128-wide byte-level decoder (0.9 M parameters) for 300 steps of 16 x 128
+    tokens on the embedded Python documentation, with dynamic 4:8-T masks on every block linear.
+    """
+
+    # data
+    sources: tuple[str, ...] = config_field(SOURCES, group=_DATA, metavar="SOURCE",
+                                            help="embedded text: 'topics' (pydoc topics), 'docstrings' (stdlib)")
+    heldout_permille: int = config_field(100, group=_DATA,
+                                         help="per mille of documents held out (fixed by document name hash)")
+    # model
+    d_model: int = config_field(128, group=_MODEL, help="width of the residual stream")
+    n_layer: int = config_field(4, group=_MODEL, help="decoder blocks")
+    n_head: int = config_field(4, group=_MODEL, help="attention heads")
+    context: int = config_field(128, group=_MODEL, help="tokens (bytes) per training sequence")
+    mlp_ratio: int = config_field(4, group=_MODEL, help="MLP width / d_model")
+    dropout: float = config_field(0.0, group=_MODEL, help="dropout")
+    tie_embeddings: bool = config_field(False, group=_MODEL, help="share the head's weight with the embedding")
+    # sparsity
+    pattern: str = config_field("4:8-T", group=_SPARSITY,
+                                help="'4:8-T', '2:4', '2:4-T', ..., 'unstructured' (50%%) or 'dense'")
+    method: str = config_field("greedy", group=_SPARSITY, help="mask method of refreshes")
+    initial_method: str = config_field("exact", group=_SPARSITY, help="mask method of the initial masks")
+    refresh_every: int = config_field(20, group=_SPARSITY, help="steps between mask refreshes")
+    decay: float = config_field(2e-4, group=_SPARSITY, help="SR-STE decay of pruned weights")
+    include: tuple[str, ...] | None = config_field(None, group=_SPARSITY, metavar="GLOB",
+                                                   help=f"layers to sparsify (default: {SPARSE_LAYERS[0]})")
+    exclude: tuple[str, ...] | None = config_field(None, group=_SPARSITY, metavar="GLOB",
+                                                   help="layers to keep dense")
+    # optimisation
+    steps: int = config_field(300, group=_OPTIM, help="optimizer steps")
+    batch_size: int = config_field(16, group=_OPTIM, help="sequences per step")
+    lr: float = config_field(2e-3, group=_OPTIM, help="peak learning rate (AdamW)")
+    min_lr_ratio: float = config_field(0.1, group=_OPTIM, help="final learning rate / peak (cosine decay)")
+    warmup_steps: int = config_field(20, group=_OPTIM, help="linear warm-up steps")
+    weight_decay: float = config_field(0.1, group=_OPTIM, help="AdamW weight decay of matrices")
+    beta1: float = config_field(0.9, group=_OPTIM, help="AdamW beta1")
+    beta2: float = config_field(0.95, group=_OPTIM, help="AdamW beta2")
+    grad_clip: float | None = config_field(1.0, group=_OPTIM, help="gradient norm clip (none: off)")
+    eval_every: int = config_field(50, group=_OPTIM, help="steps between evaluations and checkpoints")
+    eval_tokens: int | None = config_field(16384, group=_OPTIM,
+                                           help="held-out tokens of intermediate evaluations (none: all); the "
+                                                "final one uses all")
+    eval_batch_size: int = config_field(32, group=_OPTIM, help="windows per evaluation batch")
+    # run
+    seed: int = config_field(0, group=_RUN, help="seed of weights and batches")
+    baseline: bool = config_field(True, group=_RUN, help="also train the model dense with the same seed")
+    device: str = config_field("auto", group=_RUN, help="auto, cpu, cuda or cuda:N")
+    threads: int | None = config_field(None, group=_RUN,
+                                       help="torch threads on the CPU (none: min(2, cores))")
+
+    _constraints = {
+        "sources": [SequenceOf(Options(SOURCES), min_len=1)],
+        "heldout_permille": [Interval(int, 1, 999)],
+        "d_model": [Interval(int, 1, None)],
+        "n_layer": [Interval(int, 1, None)],
+        "n_head": [Interval(int, 1, None)],
+        "context": [Interval(int, 2, None)],
+        "mlp_ratio": [Interval(int, 1, None)],
+        "dropout": [Interval(float, 0, 1, closed="left")],
+        "tie_embeddings": [bool],
+        "pattern": [PatternString(extra=(DENSE, UNSTRUCTURED))],
+        "method": [Options(list_methods())],
+        "initial_method": [Options(list_methods())],
+        "refresh_every": [Interval(int, 1, None)],
+        "decay": [Interval(float, 0, None)],
+        "include": [SequenceOf(str, min_len=1), None],
+        "exclude": [SequenceOf(str), None],
+        "steps": [Interval(int, 1, None)],
+        "batch_size": [Interval(int, 1, None)],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "min_lr_ratio": [Interval(float, 0, 1)],
+        "warmup_steps": [Interval(int, 0, None)],
+        "weight_decay": [Interval(float, 0, None)],
+        "beta1": [Interval(float, 0, 1, closed="left")],
+        "beta2": [Interval(float, 0, 1, closed="left")],
+        "grad_clip": [Interval(float, 0, None, closed="neither"), None],
+        "eval_every": [Interval(int, 1, None)],
+        "eval_tokens": [Interval(int, 1, None), None],
+        "eval_batch_size": [Interval(int, 1, None)],
+        "seed": [Interval(int, 0, None)],
+        "baseline": [bool],
+        "device": [Predicate(_is_device, "'auto', 'cpu', 'cuda' or 'cuda:N'")],
+        "threads": [Interval(int, 1, None), None],
+    }
+
+    def _check(self) -> None:
+        if self.d_model % self.n_head:
+            raise ConfigError(f"LMTrainConfig: d_model ({self.d_model}) must be a multiple of n_head "
+                              f"({self.n_head})")
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"LMTrainConfig: warmup_steps ({self.warmup_steps}) must be below steps "
+                              f"({self.steps})")
+        if len(set(self.sources)) != len(self.sources):
+            raise ConfigError(f"LMTrainConfig: sources repeat: {list(self.sources)}")
+
+    @property
+    def structure(self) -> str:
+        """The pattern in canonical form (``"4:8-T"``), or ``"dense"`` / ``"unstructured"``."""
+        if self.pattern in (DENSE, UNSTRUCTURED):
+            return self.pattern
+        from nmsparse.pattern import NMPattern
+
+        return str(NMPattern.parse(self.pattern))
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        """The decoder's sizes."""
+        return GPTConfig(vocab_size=vocab_size, context=self.context, d_model=self.d_model, n_layer=self.n_layer,
+                         n_head=self.n_head, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
+                         tie_embeddings=self.tie_embeddings)
+
+    def torch_threads(self) -> int:
+        """``threads`` or the default ``min(2, cores)``."""
+        return self.threads if self.threads is not None else max(1, min(2, os.cpu_count() or 1))
+
+
+def lm_config_to_yaml(config: LMTrainConfig) -> str:
+    """YAML text of ``config`` (patterns quoted, so ``2:4`` is not read back as the base-60 integer 124)."""
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def lm_recipe_path(name: str) -> Path:
+    """Path of a shipped recipe (``"lm_default"`` -> ``nmsparse/recipes/configs/lm_default.yaml``).
+
+    Raises:
+        InputError: no such recipe.
+    """
+    path = Path(__file__).resolve().parent.parent / "configs" / f"{name.removesuffix('.yaml')}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in path.parent.glob("lm_*.yaml"))
+        raise InputError(f"no shipped LM recipe {name!r}; shipped: {shipped}")
+    return path
+
+
+def load_lm_config(path: str | os.PathLike[str], **overrides: Any) -> LMTrainConfig:
+    """Read an :class:`LMTrainConfig` from a YAML file (unknown keys are refused with the closest name).
+
+    Raises:
+        InputError: unreadable or non-mapping YAML.
+        ConfigError: unknown keys or bad values.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise InputError(f"{path}: expected a mapping of setting -> value, got {type(values).__name__}")
+    values.update(overrides)
+    return LMTrainConfig.from_dict(values, where=str(path))

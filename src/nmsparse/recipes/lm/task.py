@@ -1,0 +1,596 @@
+"""The language-model training loop and ``nmsparse train --task lm``: a sparse decoder and its dense baseline.
+
+:class:`LMTrainer` trains one decoder under one structure (dense, dynamic n:m / n:m-T masks through
+:class:`nmsparse.DynamicSparsifier`, or dynamic unstructured 50% masks) with AdamW, a linear warm-up and a cosine
+decay, evaluating on the held-out text every ``eval_every`` steps. :func:`run_lm_training` is the job behind
+``nmsparse train --task lm``: the sparse model, then (``baseline``) the same model dense with the same seed and the
+same batches, then ``summary.json``, the curves and the dense model as a ``transformers`` folder.
+
+A run directory (:mod:`nmsparse.recipes.train.rundir`) holds::
+
+    run.json, config.yaml          marker and resolved settings (what --resume reads)
+    checkpoint.safetensors         the sparse trainer's one atomic checkpoint (weights, masks, AdamW moments,
+                                   sparsifier counters, torch RNG, step, history), replaced every eval_every steps
+    metrics.jsonl                  one record per evaluation
+    baseline/                      the dense baseline's checkpoint.safetensors and metrics.jsonl
+    hf/                            the final model as a transformers GPT-2 folder (masked weights with zeros)
+    baseline/hf/                   the dense baseline as a transformers GPT-2 folder (what one-shot pruning uses)
+    curves.png, summary.json       written when the run completes
+
+The batches of step ``s`` depend only on ``(seed, s)`` and dropout draws from the restored torch RNG, so a resumed
+run ends bit-identical to an uninterrupted one (same device and thread count).
+
+Example:
+    >>> import tempfile
+    >>> config = LMTrainConfig(sources=("topics",), d_model=32, n_layer=1, n_head=2, context=32, steps=4,
+    ...                        warmup_steps=1, batch_size=2, eval_every=2, eval_tokens=256, pattern="2:4-T",
+    ...                        threads=1)
+    >>> summary = run_lm_training(config, tempfile.mkdtemp() + "/run", progress=False)
+    >>> summary.mask_valid, summary.heldout_loss > 0, summary.baseline_heldout_loss > 0
+    (True, True, True)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmsparse._logging import logger, progress_enabled
+from nmsparse._version import __version__
+from nmsparse.errors import ConfigError, InputError
+from nmsparse.prune import DynamicSparsifier, get_masks
+
+from ..train.rundir import Checkpoint, RunDir, config_hash
+from ..train.unstructured import UnstructuredSparsifier
+from .config import DENSE, UNSTRUCTURED, LMTrainConfig, lm_config_to_yaml, load_lm_config
+from .data import LMData, build_lm_data
+from .model import GPT, SPARSE_LAYERS, save_hf
+
+__all__ = ["LMTrainer", "LMTrainerResult", "LMRunSummary", "run_lm_training", "heldout_loss", "learning_rate",
+           "TASK", "BASELINE_DIR", "HF_DIR", "PLOT_FILE"]
+
+TASK = "lm"
+BASELINE_DIR = "baseline"
+HF_DIR = "hf"
+PLOT_FILE = "curves.png"
+_LN2 = math.log(2.0)
+
+EvalCallback = Callable[[str, dict[str, Any]], None]
+
+
+def learning_rate(config: LMTrainConfig, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_lr_ratio * lr``.
+
+    Example:
+        >>> cfg = LMTrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+        >>> learning_rate(cfg, 0), learning_rate(cfg, 9), round(learning_rate(cfg, 99), 6)
+        (0.0001, 0.001, 0.0001)
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - 1 - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def heldout_loss(model: nn.Module, data: LMData, *, context: int, batch_size: int = 32,
+                 max_tokens: int | None = None, device: torch.device | str = "cpu") -> float:
+    """Mean cross-entropy (nats per token) on the held-out windows (:meth:`LMData.heldout_batches`).
+
+    ``exp`` of it is the perplexity; divided by ``ln 2`` it is bits per byte (one token is one byte).
+    """
+    training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in data.heldout_batches(context=context, batch_size=batch_size, max_tokens=max_tokens,
+                                          device=device):
+            logits = model(batch)
+            out = logits[:, :-1]
+            total += float(F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), batch[:, 1:].reshape(-1),
+                                           reduction="sum"))
+            count += batch[:, 1:].numel()
+    finally:
+        model.train(training)
+    return total / count
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"LM training: device {name!r} was asked for but CUDA is not available here; use "
+                          f"--device cpu (or auto)")
+    return torch.device(name)
+
+
+@dataclass
+class LMTrainerResult:
+    """Outcome of :meth:`LMTrainer.fit` (losses in nats per token).
+
+    Attributes:
+        structure: ``"dense"``, an n:m pattern or ``"unstructured"``.
+        seed: the run's seed.
+        completed: all steps done.
+        step: optimizer steps done.
+        heldout_loss / heldout_perplexity / heldout_bits_per_byte: on the whole held-out stream, at the end.
+        train_loss: mean training loss over the last evaluation interval.
+        history: one record per evaluation (what ``metrics.jsonl`` holds).
+        mask_valid / mask_density: masks obey the structure / fraction of the sparse layers' weights kept
+            (``None`` for dense).
+        sparse_layers: masked layers.
+        refreshes / refresh_seconds: mask refreshes and their time.
+        train_seconds: training-loop time (evaluation and checkpoints excluded), over resumed sessions too.
+        wall_seconds: time in training, evaluation and checkpoints, over resumed sessions too.
+        parameters: parameter count of the model.
+    """
+
+    structure: str
+    seed: int
+    completed: bool
+    step: int
+    heldout_loss: float
+    heldout_perplexity: float
+    heldout_bits_per_byte: float
+    train_loss: float | None
+    history: list[dict[str, Any]]
+    mask_valid: bool | None = None
+    mask_density: float | None = None
+    sparse_layers: list[str] = field(default_factory=list)
+    refreshes: int = 0
+    refresh_seconds: float = 0.0
+    train_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    parameters: int = 0
+
+
+class LMTrainer:
+    """Trains one :class:`~nmsparse.recipes.lm.model.GPT` under one structure, checkpointing every evaluation.
+
+    Args:
+        config: the settings (``config.pattern`` is ignored; ``structure`` says what to train).
+        data: token streams (:func:`~nmsparse.recipes.lm.data.build_lm_data`).
+        structure: ``"dense"``, an n:m pattern (dynamic SR-STE masks) or ``"unstructured"`` (dynamic 50%).
+        run: the run directory to checkpoint into (``None``: nothing is written).
+        section: sub-folder of ``run`` for this trainer (``""``: the run directory itself).
+        digest: config hash stored in (and checked against) checkpoints.
+        progress: progress bar (``None``: on a terminal).
+        label: name in the progress bar and logs.
+        on_eval: ``callback(label, record)`` after every evaluation.
+
+    Raises:
+        ConfigError: a structure no block linear can take, or an unavailable device.
+    """
+
+    def __init__(self, config: LMTrainConfig, data: LMData, *, structure: str, run: RunDir | None = None,
+                 section: str = "", digest: str = "", progress: bool | None = None, label: str | None = None,
+                 on_eval: EvalCallback | None = None) -> None:
+        self.config = config
+        self.data = data
+        self.structure = structure
+        self.run = run
+        self.section = section
+        self.digest = digest
+        self.progress = progress
+        self.label = label or structure
+        self.on_eval = on_eval
+        self.device = _device(config.device)
+        self.threads = config.torch_threads()
+        torch.manual_seed(config.seed)
+        self.model = GPT(config.gpt_config(data.vocab_size)).to(self.device)
+        include = list(config.include) if config.include is not None else list(SPARSE_LAYERS)
+        exclude = list(config.exclude) if config.exclude is not None else None
+        self.sparsifier: DynamicSparsifier | UnstructuredSparsifier | None = None
+        if structure == UNSTRUCTURED:
+            self.sparsifier = UnstructuredSparsifier(self.model, density=0.5, dynamic=True,
+                                                     refresh_every=config.refresh_every, decay=config.decay,
+                                                     include=include, exclude=exclude)
+        elif structure != DENSE:
+            self.sparsifier = DynamicSparsifier(self.model, structure, method=config.method,
+                                                initial_method=config.initial_method,
+                                                refresh_every=config.refresh_every, decay=config.decay,
+                                                include=include, exclude=exclude)
+        self.optimizer = self._optimizer()
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+        self.wall_seconds = 0.0
+
+    # --------------------------------------------------------------------------------------------- pieces
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        matrices = [p for p in self.model.parameters() if p.dim() >= 2]
+        vectors = [p for p in self.model.parameters() if p.dim() < 2]
+        groups = [{"params": matrices, "weight_decay": cfg.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+    @property
+    def sparse_layers(self) -> list[str]:
+        """Names of the masked layers (empty for dense)."""
+        return [] if self.sparsifier is None else list(self.sparsifier.layers)
+
+    def mask_density(self) -> float | None:
+        """Fraction of the masked layers' weights that are kept (``None`` for dense)."""
+        if self.sparsifier is None:
+            return None
+        kept = total = 0
+        for mask in get_masks(self.model).values():
+            kept += int(mask.sum())
+            total += mask.numel()
+        return kept / total if total else None
+
+    def _model_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        if self.sparsifier is None:
+            return {k: v.detach() for k, v in self.model.state_dict().items()}, {}
+        from nmsparse.io import pruned_state_dict
+
+        return pruned_state_dict(self.model)
+
+    def _save(self) -> None:
+        if self.run is None:
+            return
+        tensors, metadata = self._model_tensors()
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "train_seconds": self.train_seconds,
+            "wall_seconds": self.wall_seconds,
+            "structure": self.structure,
+        }
+        self.run.save_checkpoint(Checkpoint(epoch=len(self.history), config_hash=self.digest, tensors=tensors,
+                                            tensor_metadata=metadata, state=state, history=self.history,
+                                            task=TASK), self.section)
+
+    def load_checkpoint(self) -> bool:
+        """Restore this trainer from its section's checkpoint; ``False`` when there is none.
+
+        Raises:
+            CheckpointError: a checkpoint of other settings or of another structure, or a damaged one.
+        """
+        if self.run is None:
+            return False
+        ckpt = self.run.load_checkpoint(self.section, config_hash=self.digest)
+        if ckpt is None:
+            return False
+        from nmsparse.errors import CheckpointError, MaskMismatchError
+
+        state = ckpt.state
+        where = self.run.section_dir(self.section)
+        saved = state.get("structure") if isinstance(state, dict) else None
+        if saved != self.structure:
+            raise CheckpointError(f"{where}: checkpoint of structure {saved!r}, this trainer trains "
+                                  f"{self.structure!r}")
+        try:
+            if self.sparsifier is None:
+                self.model.load_state_dict(ckpt.tensors)
+            else:
+                from nmsparse.io import load_pruned_state_dict_
+
+                load_pruned_state_dict_(self.model, ckpt.tensors, ckpt.tensor_metadata)
+        except (MaskMismatchError, RuntimeError) as exc:
+            raise CheckpointError(f"{where}: the checkpoint does not fit the model ({exc})") from None
+        # Loading may re-create parametrizations: build the optimizer on the parameters as they are now.
+        self.optimizer = self._optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sparsifier is not None:
+            self.sparsifier.load_state_dict(state["sparsifier"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.history = list(ckpt.history)
+        self.train_seconds = float(state["train_seconds"])
+        self.wall_seconds = float(state["wall_seconds"])
+        return True
+
+    def _train_steps(self, until: int, bar: Any) -> dict[str, float]:
+        cfg = self.config
+        self.model.train()
+        loss_sum, count = 0.0, 0
+        refresh_before = 0.0 if self.sparsifier is None else self.sparsifier.refresh_seconds
+        start = time.perf_counter()
+        while self.step < until:
+            lr = learning_rate(cfg, self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x, y = self.data.train_batch(step=self.step, batch_size=cfg.batch_size, context=cfg.context,
+                                         seed=cfg.seed, device=self.device)
+            logits = self.model(x)  # (B, T, vocab)
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            if self.sparsifier is not None and self.sparsifier.step():
+                torch.set_num_threads(self.threads)  # numba's OpenMP layer may reset torch's thread count
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise ConfigError(f"{self.label}: training loss became {value} at step {self.step}; lower the "
+                                  f"learning rate (--lr, now {cfg.lr:g})")
+            loss_sum += value
+            count += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3f}")
+        refresh = (0.0 if self.sparsifier is None else self.sparsifier.refresh_seconds) - refresh_before
+        return {"train_loss": loss_sum / max(count, 1), "seconds": time.perf_counter() - start,
+                "refresh_seconds": refresh}
+
+    # ---------------------------------------------------------------------------------------------- loop
+
+    def fit(self, *, resume: bool = False, stop_after_step: int | None = None) -> LMTrainerResult:
+        """Train to ``config.steps`` (or ``stop_after_step``), evaluating and checkpointing every ``eval_every``.
+
+        Args:
+            resume: continue from the section's checkpoint when there is one.
+            stop_after_step: stop at the first evaluation at or after this step (simulates an interruption; the
+                result has ``completed=False`` and no final full evaluation).
+
+        Returns:
+            An :class:`LMTrainerResult`.
+        """
+        cfg = self.config
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            if resume:
+                self.load_checkpoint()
+            elif self.run is not None:
+                self.run.discard_metrics(self.section)
+            last = cfg.steps if stop_after_step is None else min(cfg.steps, stop_after_step)
+            bar = None
+            if progress_enabled(self.progress) and self.step < last:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=cfg.steps, initial=self.step, desc=self.label, unit="step", leave=False,
+                           dynamic_ncols=True)
+            try:
+                while self.step < last:
+                    session_start = time.perf_counter()
+                    boundary = min(cfg.steps, (self.step // cfg.eval_every + 1) * cfg.eval_every)
+                    stats = self._train_steps(boundary, bar)
+                    loss = heldout_loss(self.model, self.data, context=cfg.context, batch_size=cfg.eval_batch_size,
+                                        max_tokens=cfg.eval_tokens, device=self.device)
+                    self.train_seconds += stats["seconds"]
+                    record: dict[str, Any] = {
+                        "epoch": len(self.history) + 1, "step": self.step, "lr": learning_rate(cfg, self.step - 1),
+                        "train_loss": stats["train_loss"], "heldout_loss": loss,
+                        "heldout_perplexity": math.exp(loss), "seconds": stats["seconds"],
+                        "refresh_seconds": stats["refresh_seconds"],
+                    }
+                    if self.sparsifier is not None:
+                        record["refreshes"] = self.sparsifier.refreshes
+                        record["mask_changed"] = self.sparsifier.last_changed
+                    self.history.append(record)
+                    self.wall_seconds += time.perf_counter() - session_start
+                    self._save()
+                    if self.on_eval is not None:
+                        self.on_eval(self.label, record)
+            finally:
+                if bar is not None:
+                    bar.close()
+            completed = self.step >= cfg.steps
+            if completed:
+                final = heldout_loss(self.model, self.data, context=cfg.context, batch_size=cfg.eval_batch_size,
+                                     device=self.device)
+            else:
+                final = self.history[-1]["heldout_loss"] if self.history else float("nan")
+        finally:
+            torch.set_num_threads(previous_threads)
+        return LMTrainerResult(
+            structure=self.structure, seed=cfg.seed, completed=completed, step=self.step, heldout_loss=final,
+            heldout_perplexity=math.exp(final) if math.isfinite(final) else float("nan"),
+            heldout_bits_per_byte=final / _LN2, train_loss=self.history[-1]["train_loss"] if self.history else None,
+            history=list(self.history),
+            mask_valid=None if self.sparsifier is None else bool(self.sparsifier.masks_valid()),
+            mask_density=self.mask_density(), sparse_layers=self.sparse_layers,
+            refreshes=0 if self.sparsifier is None else self.sparsifier.refreshes,
+            refresh_seconds=0.0 if self.sparsifier is None else self.sparsifier.refresh_seconds,
+            train_seconds=self.train_seconds, wall_seconds=self.wall_seconds,
+            parameters=self.model.num_parameters(),
+        )
+
+
+@dataclass
+class LMRunSummary:
+    """What ``nmsparse train --task lm`` reports and writes to ``summary.json`` (losses in nats per token).
+
+    Attributes:
+        task: ``"lm"``.
+        pattern: the structure of the main model (``"dense"`` when only a dense model was trained).
+        heldout_loss / heldout_perplexity / heldout_bits_per_byte: the main model on the whole held-out text.
+        baseline_heldout_loss / baseline_heldout_perplexity: the dense baseline (``None`` without one).
+        loss_gap_percent: ``100 * (sparse - dense) / dense`` held-out loss (``None`` without a baseline).
+        mask_valid / mask_density / sparse_layers: the final masks.
+        steps / tokens_seen: optimizer steps and training tokens per model.
+        refreshes / refresh_seconds: mask refreshes of the main model.
+        train_seconds / baseline_train_seconds / wall_seconds: training-loop time of each model and the whole
+            run (this session; resumed runs add up the trainers' own times).
+        parameters: parameters of the decoder.
+        data: corpus hash, tokenizer and token counts (:meth:`LMData.describe`).
+        hf_folder / baseline_hf_folder: the ``transformers`` folders (relative to the run directory).
+        threads / device / load_average / torch / python / nmsparse_version / config: how it ran.
+        history / baseline_history: the evaluation records.
+    """
+
+    task: str
+    pattern: str
+    heldout_loss: float
+    heldout_perplexity: float
+    heldout_bits_per_byte: float
+    baseline_heldout_loss: float | None
+    baseline_heldout_perplexity: float | None
+    loss_gap_percent: float | None
+    mask_valid: bool | None
+    mask_density: float | None
+    sparse_layers: list[str]
+    steps: int
+    tokens_seen: int
+    refreshes: int
+    refresh_seconds: float
+    train_seconds: float
+    baseline_train_seconds: float | None
+    wall_seconds: float
+    parameters: int
+    data: dict[str, Any]
+    hf_folder: str | None
+    baseline_hf_folder: str | None
+    threads: int
+    device: str
+    load_average: list[float] | None
+    torch: str
+    python: str
+    nmsparse_version: str
+    config: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    baseline_history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (what ``summary.json`` holds)."""
+        return asdict(self)
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on every platform
+        return None
+
+
+def _hf_metadata(config: LMTrainConfig, data: LMData, result: LMTrainerResult) -> dict[str, Any]:
+    return {"recipe": "nmsparse.recipes.lm", "structure": result.structure, "tokenizer": data.tokenizer,
+            "corpus_sha256": data.corpus_sha256, "heldout_permille": config.heldout_permille,
+            "sources": list(config.sources), "heldout_loss": result.heldout_loss,
+            "heldout_perplexity": result.heldout_perplexity, "steps": result.step, "seed": config.seed}
+
+
+def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | None, *, resume: bool = False,
+                    overwrite: bool = False, progress: bool | None = None,
+                    on_eval: EvalCallback | None = None) -> LMRunSummary:
+    """Train ``config.pattern`` and (``config.baseline``) the same decoder dense; write the run directory.
+
+    Args:
+        config: the settings; with ``resume`` it may be ``None`` (read from ``out/config.yaml``), otherwise it
+            must equal the run's.
+        out: run directory (``None``: train in memory, write nothing).
+        resume: continue the run in ``out`` from its checkpoints.
+        overwrite: replace a run's files in ``out`` (a finished run's summary, with ``resume``).
+        progress: progress bars (``None``: on a terminal).
+        on_eval: ``callback(label, record)`` after every evaluation.
+
+    Returns:
+        An :class:`LMRunSummary` (also written to ``out/summary.json``).
+
+    Raises:
+        OverwriteError: ``out`` holds files this run would replace (see :class:`RunDir`).
+        CheckpointError: a damaged checkpoint or one of other settings.
+        ConfigError: bad settings.
+    """
+    start = time.perf_counter()
+    sections = (BASELINE_DIR,)
+    outputs = (PLOT_FILE, HF_DIR)
+    run: RunDir | None = None
+    if resume:
+        if out is None:
+            raise ConfigError("run_lm_training: resume needs the run directory (out)")
+        run = RunDir.open_resume(Path(out), task=TASK, outputs=outputs, sections=sections, overwrite=overwrite)
+        saved = load_lm_config(run.config_path)
+        if config is not None and config != saved:
+            diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
+            raise ConfigError(f"resume: settings differ from the run's {run.config_path} ({diff}); resume without "
+                              f"overrides")
+        config = saved
+    elif config is None:
+        raise ConfigError("run_lm_training: give a config (or resume=True with an existing run)")
+    elif out is not None:
+        run = RunDir.prepare(Path(out), task=TASK, outputs=outputs, sections=sections, overwrite=overwrite)
+    data = build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille)
+    structure = config.structure
+    digest = config_hash(config.to_dict())
+    # Build the trainers (checks the device, the layers and the masks) before anything is written.
+    main = LMTrainer(config, data, structure=structure, run=run, digest=digest, progress=progress,
+                     label=structure, on_eval=on_eval)
+    baseline = None
+    if config.baseline and structure != DENSE:
+        baseline = LMTrainer(config, data, structure=DENSE, run=run, section=BASELINE_DIR, digest=digest,
+                             progress=progress, label="dense", on_eval=on_eval)
+    if run is not None and not resume:
+        run.create(config_text=lm_config_to_yaml(config), config_hash=digest)
+        if baseline is not None:
+            run.section_dir(BASELINE_DIR).mkdir(parents=True, exist_ok=True)
+    load_start = _load_average()
+    logger.info("lm: %s decoder (%d parameters), corpus %s, %d threads", structure,
+                main.model.num_parameters(), data.corpus_sha256[:12], main.threads)
+    result = main.fit(resume=resume)
+    base_result = baseline.fit(resume=resume) if baseline is not None else None
+    dense_trainer = baseline if baseline is not None else (main if structure == DENSE else None)
+    hf_folder = baseline_hf = None
+    if run is not None:
+        save_hf(main.model, run.path / HF_DIR, metadata=_hf_metadata(config, data, result), overwrite=True)
+        hf_folder = HF_DIR
+        if baseline is not None and base_result is not None:
+            save_hf(baseline.model, run.section_dir(BASELINE_DIR) / HF_DIR,
+                    metadata=_hf_metadata(config, data, base_result), overwrite=True)
+            baseline_hf = f"{BASELINE_DIR}/{HF_DIR}"
+        elif dense_trainer is main:
+            baseline_hf = HF_DIR
+        from .plots import plot_lm_curves
+
+        curves = {result.structure: result.history}
+        if base_result is not None:
+            curves["dense"] = base_result.history
+        plot_lm_curves(curves, run.path / PLOT_FILE, title=f"{config.n_layer}x{config.d_model} decoder on embedded "
+                                                            f"Python docs (bytes)")
+    gap = None
+    if base_result is not None:
+        gap = 100.0 * (result.heldout_loss - base_result.heldout_loss) / base_result.heldout_loss
+    load_end = _load_average()
+    summary = LMRunSummary(
+        task=TASK, pattern=structure, heldout_loss=result.heldout_loss,
+        heldout_perplexity=result.heldout_perplexity, heldout_bits_per_byte=result.heldout_bits_per_byte,
+        baseline_heldout_loss=None if base_result is None else base_result.heldout_loss,
+        baseline_heldout_perplexity=None if base_result is None else base_result.heldout_perplexity,
+        loss_gap_percent=gap, mask_valid=result.mask_valid, mask_density=result.mask_density,
+        sparse_layers=result.sparse_layers, steps=result.step, tokens_seen=result.step * config.batch_size *
+        config.context, refreshes=result.refreshes, refresh_seconds=result.refresh_seconds,
+        train_seconds=result.train_seconds,
+        baseline_train_seconds=None if base_result is None else base_result.train_seconds,
+        wall_seconds=time.perf_counter() - start, parameters=result.parameters, data=data.describe(),
+        hf_folder=hf_folder, baseline_hf_folder=baseline_hf, threads=main.threads, device=str(main.device),
+        load_average=None if load_start is None or load_end is None else
+        [round((a + b) / 2, 2) for a, b in zip(load_start, load_end)],
+        torch=torch.__version__, python=platform.python_version(), nmsparse_version=__version__,
+        config=config.to_dict(), history=result.history,
+        baseline_history=[] if base_result is None else base_result.history,
+    )
+    if run is not None:
+        run.write_summary(summary.to_dict())
+    return summary
+
+
+def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``summary.json`` of a finished run directory.
+
+    Raises:
+        InputError: no summary there.
+    """
+    file = Path(path) / "summary.json"
+    if not file.is_file():
+        raise InputError(f"{path}: no summary.json; the run has not finished (resume it with --resume {path})")
+    return json.loads(file.read_text())

@@ -1,0 +1,175 @@
+"""The LM recipe's training loop, run directory, resume and comparison, on a tiny decoder (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import nmsparse
+from nmsparse.errors import CheckpointError, ConfigError, OverwriteError
+from nmsparse.recipes.lm import LMTrainConfig, compare_lm, run_lm_training
+from nmsparse.recipes.lm.config import load_lm_config
+from nmsparse.recipes.lm.data import build_lm_data
+from nmsparse.recipes.lm.model import load_hf
+from nmsparse.recipes.lm.task import LMTrainer, heldout_loss
+from nmsparse.recipes.train.rundir import RunDir, config_hash
+
+# 2:4-T with the torch enumeration solver for initial masks and refreshes: no numba compilation in these tests.
+TINY = dict(sources=("topics",), d_model=32, n_layer=1, n_head=2, context=32, batch_size=8, steps=24,
+            warmup_steps=2, lr=1e-2, eval_every=8, eval_tokens=512, eval_batch_size=64, pattern="2:4-T",
+            method="exact", initial_method="exact", refresh_every=4, threads=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_lm_data(sources=("topics",))
+
+
+def _config(**changes: object) -> LMTrainConfig:
+    return LMTrainConfig(**{**TINY, **changes})
+
+
+def test_decoder_trains_and_masks_stay_valid_through_refreshes(data) -> None:
+    trainer = LMTrainer(_config(), data, structure="2:4-T", progress=False)
+    start = heldout_loss(trainer.model, data, context=32)
+    assert abs(start - math.log(256)) < 0.1  # an untrained byte model is close to uniform
+    result = trainer.fit()
+    assert result.completed and result.step == 24 and len(result.history) == 3
+    assert result.heldout_loss < start - 1.0  # the loss falls well below uniform
+    assert result.refreshes == 6 and any(r["mask_changed"] > 0 for r in result.history)
+    assert result.mask_valid and result.mask_density == 0.5
+    masks = nmsparse.get_masks(trainer.model)
+    assert len(masks) == 4 and all(nmsparse.is_nm_sparse(m, "2:4-T") for m in masks.values())
+    assert all(not k.startswith(("lm_head", "transformer.wte", "transformer.wpe")) for k in masks)
+
+
+def test_unstructured_structure_keeps_half_of_each_layer(data) -> None:
+    result = LMTrainer(_config(steps=8), data, structure="unstructured", progress=False).fit()
+    assert result.mask_valid and result.mask_density == 0.5
+
+
+def test_resume_after_interruption_is_bit_identical(tmp_path, data) -> None:
+    config = _config()
+    digest = config_hash(config.to_dict())
+
+    def trainer(path):
+        run = RunDir.prepare(path, task="lm") if not (path / "run.json").exists() else \
+            RunDir.open_resume(path, task="lm")
+        if not (path / "run.json").exists():
+            run.create(config_text="x: 1\n", config_hash=digest)
+        return LMTrainer(config, data, structure="2:4-T", run=run, digest=digest, progress=False)
+
+    whole = trainer(tmp_path / "whole").fit()
+    first = trainer(tmp_path / "cut").fit(stop_after_step=8)
+    assert not first.completed and first.step == 8
+    # A leftover temporary file of an interrupted write is cleaned up on resume.
+    (tmp_path / "cut" / ".checkpoint.safetensors.x.tmp").write_bytes(b"partial")
+    resumed_trainer = trainer(tmp_path / "cut")
+    resumed = resumed_trainer.fit(resume=True)
+    assert resumed.completed and resumed.heldout_loss == whole.heldout_loss
+    assert [r["heldout_loss"] for r in resumed.history] == [r["heldout_loss"] for r in whole.history]
+    assert not (tmp_path / "cut" / ".checkpoint.safetensors.x.tmp").exists()
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [8, 16, 24]
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, data) -> None:
+    config = _config()
+    run = RunDir.prepare(tmp_path / "r", task="lm")
+    run.create(config_text="x: 1\n", config_hash="a")
+    LMTrainer(config, data, structure="2:4-T", run=run, digest="a", progress=False).fit(stop_after_step=8)
+    other = LMTrainer(config, data, structure="2:4-T", run=RunDir.open_resume(tmp_path / "r", task="lm"),
+                      digest="b", progress=False)
+    with pytest.raises(CheckpointError, match="other settings"):
+        other.fit(resume=True)
+
+
+@pytest.mark.slow
+def test_run_lm_training_writes_the_run_and_a_loadable_dense_model(tmp_path, data) -> None:
+    from nmsparse.oneshot.hf import load_causal_lm, perplexity
+
+    out = tmp_path / "run"
+    summary = run_lm_training(_config(), out, progress=False)
+    assert summary.mask_valid and summary.baseline_heldout_loss is not None
+    assert summary.loss_gap_percent == pytest.approx(
+        100 * (summary.heldout_loss - summary.baseline_heldout_loss) / summary.baseline_heldout_loss)
+    assert summary.data["corpus_sha256"] == data.corpus_sha256
+    for name in ("run.json", "config.yaml", "checkpoint.safetensors", "metrics.jsonl", "baseline/metrics.jsonl",
+                 "baseline/checkpoint.safetensors", "curves.png", "summary.json", "hf/config.json",
+                 "baseline/hf/model.safetensors"):
+        assert (out / name).exists(), name
+    assert load_lm_config(out / "config.yaml") == _config()
+    assert json.loads((out / "summary.json").read_text())["heldout_loss"] == summary.heldout_loss
+    # The dense folder is a normal transformers model: its held-out perplexity is the one the run reported.
+    hf = load_causal_lm(out / summary.baseline_hf_folder)
+    ppl = perplexity(hf, data.heldout, context=32, batch_size=64)
+    assert ppl == pytest.approx(summary.baseline_heldout_perplexity, rel=1e-5)
+    # The sparse folder holds the masked weights: zeros in the 2:4-T pattern.
+    sparse = load_hf(out / "hf")
+    assert nmsparse.is_nm_sparse(sparse.transformer.h[0].mlp.c_fc.weight != 0, "2:4-T")
+    with pytest.raises(OverwriteError, match="finished"):
+        run_lm_training(_config(), out, progress=False)
+    with pytest.raises(OverwriteError, match="finished already"):
+        run_lm_training(None, out, resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_run_lm_training_resumes_an_interrupted_run(tmp_path, data) -> None:
+    out = tmp_path / "run"
+    config = _config(steps=16)
+    whole = run_lm_training(config, tmp_path / "whole", progress=False)
+    # Interrupt: only the sparse trainer's first checkpoint exists (as after a kill).
+    run = RunDir.prepare(out, task="lm", outputs=("curves.png", "hf"), sections=("baseline",))
+    from nmsparse.recipes.lm.config import lm_config_to_yaml
+
+    digest = config_hash(config.to_dict())
+    run.create(config_text=lm_config_to_yaml(config), config_hash=digest)
+    LMTrainer(config, data, structure="2:4-T", run=run, digest=digest, progress=False).fit(stop_after_step=8)
+    with pytest.raises(OverwriteError, match="--resume"):
+        run_lm_training(config, out, progress=False)
+    resumed = run_lm_training(None, out, resume=True, progress=False)
+    assert resumed.heldout_loss == whole.heldout_loss
+    assert resumed.baseline_heldout_loss == whole.baseline_heldout_loss
+    with pytest.raises(ConfigError, match="settings differ"):
+        run_lm_training(config.replace(lr=0.5), tmp_path / "whole", resume=True, overwrite=True, progress=False)
+
+
+@pytest.mark.slow
+def test_compare_reports_loss_next_to_exact_diversity_with_seed_spread(tmp_path, data) -> None:
+    seen = []
+    result = compare_lm(_config(steps=8, eval_every=8), tmp_path / "cmp", structures=["dense", "2:4", "2:4-T"],
+                        seeds=[0, 1], progress=False, on_run_end=seen.append)
+    assert len(seen) == 6
+    rows = {r["structure"]: r for r in result.rows}
+    assert rows["dense"]["log10_mask_diversity"] is None
+    assert rows["2:4"]["log10_mask_diversity"] == pytest.approx(nmsparse.log10_mask_diversity("2:4", 4096))
+    assert rows["2:4"]["log10_mask_diversity"] > rows["2:4-T"]["log10_mask_diversity"]
+    for row in rows.values():
+        assert len(row["heldout_losses"]) == 2 and row["heldout_loss_std"] > 0
+        assert row["heldout_perplexity"] == pytest.approx(math.exp(row["heldout_loss"]))
+    assert rows["dense"]["loss_gap_percent"] == 0.0
+    assert rows["2:4-T"]["mask_valid"] is True
+    payload = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert payload["data"]["corpus_sha256"] == data.corpus_sha256 and len(payload["rows"]) == 3
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+    assert (tmp_path / "cmp" / "2x4-T-seed1" / "checkpoint.safetensors").is_file()
+
+
+def test_compare_refuses_bad_structures_and_seeds() -> None:
+    with pytest.raises(ConfigError, match="structure"):
+        compare_lm(_config(), structures=["3:2"])
+    with pytest.raises(ConfigError, match="seeds"):
+        compare_lm(_config(), structures=["dense"], seeds=[0, 0])
+
+
+def test_config_refuses_bad_values_with_the_fix() -> None:
+    with pytest.raises(ConfigError, match="quote it"):
+        LMTrainConfig(pattern=124)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        LMTrainConfig(steps=10, warmup_steps=10)
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        LMTrainConfig.from_dict({"stpes": 3})
+    assert torch.get_num_threads() >= 1
