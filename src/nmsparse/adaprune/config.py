@@ -95,7 +95,8 @@ class AdaPruneConfig(ConfigBase):
         50, help="steps per layer: CG iterations (stops early once converged) or Adam steps (the paper: 1000); "
                  "0: masks with absorb-mean only", group="fit")
     damping: float = config_field(
-        0.0, help="cg: ridge pull towards the masked start, relative to each input's power", group="fit")
+        0.1, help="cg: ridge pull towards the masked start, relative to each input's power (regularises the fit "
+                  "to a small calibration set)", group="fit")
     batch_size: int | None = config_field(
         None, help="adam: calibration samples per step (the paper: 50); none: exact full-batch steps",
         group="fit")
