@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import nmsparse
+from nmsparse.adaprune import AdaPruneConfig
 
 pytest.importorskip("sklearn", reason="the built-in digits come with scikit-learn (nmsparse[train])")
 
@@ -18,6 +19,7 @@ pytest.importorskip("sklearn", reason="the built-in digits come with scikit-lear
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow
 def test_digits_cnn_2_4_t_within_1_5_points():
     from nmsparse.recipes.train import Trainer, build_data, load_config
 
@@ -38,11 +40,10 @@ def test_digits_cnn_2_4_t_within_1_5_points():
     calibration = list(data.train.images[index].split(64))
 
     masks_only = copy.deepcopy(dense)
-    nmsparse.adaprune_(masks_only, calibration, "2:4-T", keep_first_last=False, iterations=0, absorb_mean=False,
-                       recalibrate_bn=False)
+    nmsparse.adaprune_(masks_only, calibration,
+                       AdaPruneConfig(pattern="2:4-T", iterations=0, absorb_mean=False, recalibrate_bn=False))
     pruned = copy.deepcopy(dense)
-    reports = nmsparse.adaprune_(pruned, calibration, "2:4-T", keep_first_last=False, iterations=300,
-                                 batch_size=None)
+    reports = nmsparse.adaprune_(pruned, calibration, AdaPruneConfig(pattern="2:4-T"))
     assert [r.name for r in reports] == ["conv2", "conv3"]  # conv1 (9 inputs) and fc (10 outputs) cannot take it
     assert all(nmsparse.is_nm_sparse(m, "2:4-T") for m in nmsparse.get_masks(pruned).values())
     assert dense_acc - accuracy(pruned) <= 1.5

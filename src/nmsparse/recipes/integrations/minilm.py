@@ -230,7 +230,8 @@ def _texts() -> list[str]:
             continue
         texts.append(inspect.getdoc(module) or "")
         for _, member in sorted(vars(module).items()):
-            if (inspect.isclass(member) or inspect.isfunction(member)) and getattr(member, "__module__", "") == module.__name__:
+            own = getattr(member, "__module__", "") == module.__name__
+            if (inspect.isclass(member) or inspect.isfunction(member)) and own:
                 texts.append(inspect.getdoc(member) or "")
     return texts
 

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,10 @@ import torch
 from torch import nn
 
 from nmsparse.errors import ConfigError, InputError
-from nmsparse.io import atomic_path, load_state_dict
+
 from .minilm import embedding_agreement, encode, english_sentences, load_hf_model, load_minilm, tokenize_batches
 
-__all__ = ["ModelSource", "resolve_source", "read_sentences", "save_checkpoint", "DEFAULT_SENTENCES",
-           "DEFAULT_IMAGES", "readable"]
+__all__ = ["ModelSource", "resolve_source", "read_sentences", "DEFAULT_SENTENCES", "DEFAULT_IMAGES"]
 
 #: Calibration sentences taken from the built-in text by default (the paper-style "small calibration set").
 DEFAULT_SENTENCES = 256
@@ -49,7 +47,8 @@ class ModelSource:
         calibration: batches for :func:`nmsparse.adaprune_`.
         description: one line about the model and the calibration data.
         include: default ``include`` globs for this kind of model (``None``: every layer).
-        keep_first_last: default for ``keep_first_last``.
+        keep_first_last: this recipe's ``keep_first_last`` (the library's default is ``False``: prune every
+            eligible layer); used when the command line does not say.
         evaluate: ``evaluate(model) -> metrics`` on held-out data; call it on the dense model first
             (:meth:`reference`), then on the pruned one.
         metadata: extra strings stored with the pruned checkpoint (e.g. the training config).
@@ -61,7 +60,7 @@ class ModelSource:
     calibration: list[Any]
     description: str
     include: list[str] | None = None
-    keep_first_last: bool = True
+    keep_first_last: bool = False
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -121,14 +120,14 @@ def _text_source(name: str, kind: str, model: nn.Module, tokenizer: Any, calibra
 
 
 def _builtin_source(path: Path, calibration: str, *, size: int | None, seed: int) -> ModelSource:
-    from nmsparse.prune import load_pruned_state_dict_
+    from nmsparse.io import FORMAT, load_pruned_, load_pruned_state_dict_, load_state_dict
     from nmsparse.recipes.train import TrainConfig, build_data, build_model
     from nmsparse.recipes.train.checkpoint import read_model_metadata
 
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise InputError(f"--model {str(path)!r}: no such checkpoint; pass 'minilm', 'hf:FOLDER' or a model.safetensors "
-                         f"written by nmsparse train (or its run folder)")
+        raise InputError(f"--model {str(path)!r}: no such checkpoint; pass 'minilm', 'hf:FOLDER' or a "
+                         f"model.safetensors written by nmsparse train (or its run folder)")
     meta = read_model_metadata(file)
     if "config" not in meta:
         raise InputError(
@@ -142,7 +141,10 @@ def _builtin_source(path: Path, calibration: str, *, size: int | None, seed: int
     data = build_data(cfg)
     model = build_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes,
                         image_size=data.image_size, width=cfg.width)
-    load_pruned_state_dict_(model, load_state_dict(file))
+    if meta.get("format") == FORMAT:  # written by nmsparse.io (e.g. an earlier adaprune run)
+        load_pruned_(model, file)
+    else:  # the trainer's checkpoint: a model's state dict (masks as parametrizations, if any)
+        load_pruned_state_dict_(model, load_state_dict(file))
     model.eval()
     images = getattr(data.train, "images", None)
     if images is None:
@@ -193,27 +195,5 @@ def resolve_source(spec: str, calibration: str = "builtin", *, calibration_size:
     if spec.startswith("hf:"):
         model, tokenizer = load_hf_model(spec[3:])
         return _text_source(spec, "hf", model, tokenizer, calibration, size=calibration_size, eval_size=eval_size,
-                            include=None, keep_first_last=True)
+                            include=None, keep_first_last=False)
     return _builtin_source(Path(spec).expanduser(), calibration, size=calibration_size, seed=seed)
-
-
-def save_checkpoint(model: nn.Module, path: str | Path, *, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model.state_dict()`` (weights, masks, buffers) to a safetensors file atomically.
-
-    Pruned layers are stored as ``<layer>.parametrizations.weight.original`` and ``...weight.0.mask``; read them
-    back with :func:`nmsparse.load_pruned_state_dict_`. Tensors that share memory are stored as copies.
-    """
-    from safetensors.torch import save_file
-
-    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-        readable(tmp)
-    return Path(path)
-
-
-def readable(path: Path) -> None:
-    """Give a file written through a private temporary file the usual ``0o666 & ~umask`` permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
