@@ -4,11 +4,13 @@ trained on the built-in digits.
 MiniLM: mean cosine similarity and nearest-neighbour agreement of the pruned sentence embeddings with the dense
 ones on held-out sentences, for each pattern x {masks only, AdaPrune} x {magnitude, activation} mask scores.
 CNN: test accuracy of the dense model, of masks alone (with and without batch-norm re-estimation) and of
-AdaPrune. Time per layer and in total for every run.
+AdaPrune. Time per layer (median, max, and by layer shape) and in total for every run. Settings not given on the
+command line are AdaPruneConfig's defaults.
 
-    python benchmarks/bench_adaprune.py --smoke                 # seconds: one MiniLM block, a tiny CNN
+    python benchmarks/bench_adaprune.py --smoke --out DIR       # seconds: one MiniLM block, a tiny CNN
     python benchmarks/bench_adaprune.py                         # full: both models, 256 calibration sentences
-    python benchmarks/bench_adaprune.py --skip-cnn --patterns 4:8-T --scores activation
+    python benchmarks/bench_adaprune.py --skip-cnn --threads 1 --adaprune-only --scores magnitude  # the defaults
+    python benchmarks/bench_adaprune.py --skip-cnn --optimizer adam --iterations 300   # the paper's optimiser
     python benchmarks/bench_adaprune.py --skip-minilm --skip-cnn --resnet50   # 53-layer scale check
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,21 +29,36 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, print_environment, write_result  # noqa: E402
+from common import RESULTS, environment, print_environment  # noqa: E402
 
 import nmsparse  # noqa: E402
+from nmsparse.adaprune import AdaPruneConfig  # noqa: E402
 from nmsparse.recipes.integrations import minilm_available  # noqa: E402
 
 
-def _batch_size(value: str) -> int | None:
-    return None if value == "full" else int(value)
+def _batch_size(value: str) -> int | str:
+    return "full" if value in ("full", "none") else int(value)
 
 
-def _timing(reports: list[nmsparse.AdaPruneLayerReport]) -> dict[str, Any]:
+def _timing(reports: Any) -> dict[str, Any]:
     seconds = [r.seconds for r in reports]
-    return {"layers": len(reports), "total_s": sum(seconds),
+    by_shape: dict[str, list[float]] = {}
+    for r in reports:
+        by_shape.setdefault("x".join(map(str, r.shape)), []).append(r.seconds)
+    return {"layers": len(seconds), "total_s": sum(seconds),
             "per_layer_median_s": statistics.median(seconds) if seconds else 0.0,
-            "per_layer_max_s": max(seconds) if seconds else 0.0}
+            "per_layer_max_s": max(seconds) if seconds else 0.0,
+            "per_layer_by_shape_s": {k: statistics.mean(v) for k, v in by_shape.items()},
+            "per_layer_s": {r.name: r.seconds for r in reports}}
+
+
+def _config(args: argparse.Namespace, pattern: str, **settings: Any) -> AdaPruneConfig:
+    """The defaults, with the fit settings given on the command line, then ``settings``."""
+    given = {key: getattr(args, key) for key in ("optimizer", "iterations", "damping", "lr", "bias_lr")
+             if getattr(args, key) is not None}
+    if args.batch_size is not None:
+        given["batch_size"] = None if args.batch_size == "full" else args.batch_size
+    return AdaPruneConfig(pattern=pattern, **{**given, **settings})
 
 
 def bench_minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -58,31 +76,34 @@ def bench_minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
     held_out = english_sentences("evaluation", limit=args.eval_sentences)
     dense = encode(model, tokenizer, held_out)
     include = ["encoder.layer.1.*"] if args.smoke else ["encoder.*"]
+    shown = _config(args, args.patterns[0])
     print(f"\nMiniLM: {args.sentences} calibration sentences, {len(held_out)} held-out, layers {include}, "
-          f"{args.iterations} iterations, batch size {args.batch_size or 'full'}")
+          f"{shown.optimizer} x {shown.iterations} steps, damping {shown.damping}, batch size "
+          f"{shown.batch_size or 'full'}, {torch.get_num_threads()} thread(s)")
     rows = []
     for pattern in args.patterns:
         for scores in args.scores:
             for adaprune in ((True,) if args.adaprune_only else (False, True)):
                 candidate = copy.deepcopy(model)
-                kwargs: dict[str, Any] = {"iterations": args.iterations, "batch_size": args.batch_size}
-                if not adaprune:
-                    kwargs = {"iterations": 0, "absorb_mean": False}
-                start = time.perf_counter()
-                reports = nmsparse.adaprune_(candidate, calibration, pattern, include=include, keep_first_last=False,
-                                             scores=scores, sequential=not args.parallel, target=args.target,
-                                             **kwargs)
-                wall = time.perf_counter() - start
+                extra: dict[str, Any] = {} if adaprune else {"iterations": 0, "absorb_mean": False}
+                config = _config(args, pattern, include=include, scores=scores, sequential=not args.parallel,
+                                 target=args.target, **extra)
+                start, cpu = time.perf_counter(), time.process_time()
+                reports = nmsparse.adaprune_(candidate, calibration, config, progress=False)
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu
                 agreement = embedding_agreement(dense, encode(candidate, tokenizer, held_out))
                 row = {"model": "minilm", "pattern": pattern, "scores": scores, "adaprune": adaprune,
+                       "config": config.to_dict(), "cpu_s": cpu, "load_after": os.getloadavg(),
                        "mean_cosine": agreement.mean_cosine, "min_cosine": agreement.min_cosine,
                        "nn_agreement": agreement.nn_agreement, "top10_overlap": agreement.top10_overlap,
                        "wall_s": wall, **_timing(reports)}
                 rows.append(row)
                 print(f"  {pattern:6s} {scores:10s} {'adaprune' if adaprune else 'masks only':10s} "
                       f"cos {row['mean_cosine']:.4f}  min {row['min_cosine']:.3f}  nn {row['nn_agreement']:.3f}  "
-                      f"top10 {row['top10_overlap']:.3f}  {wall:7.1f} s ({row['per_layer_median_s']:.2f} s/layer "
-                      f"median)", flush=True)
+                      f"top10 {row['top10_overlap']:.3f}  {wall:7.1f} s wall, {cpu:7.1f} s CPU "
+                      f"({row['per_layer_median_s']:.2f} s/layer "
+                      f"median; by shape: " + ", ".join(f"{k} {v:.2f} s" for k, v in
+                                                       row["per_layer_by_shape_s"].items()) + ")", flush=True)
                 del candidate
     return rows
 
@@ -122,15 +143,17 @@ def bench_cnn(args: argparse.Namespace) -> list[dict[str, Any]]:
     variants = {
         "masks only": {"iterations": 0, "absorb_mean": False, "recalibrate_bn": False},
         "masks + BN re-estimation": {"iterations": 0, "absorb_mean": False},
-        "AdaPrune (batch 50)": {"iterations": args.iterations, "batch_size": 50},
-        "AdaPrune (full batch)": {"iterations": args.iterations, "batch_size": None},
+        "AdaPrune (adam, batch 50)": {"optimizer": "adam", "iterations": args.iterations or 1000,
+                                      "batch_size": 50},
+        "AdaPrune (default)": {},
     }
     rows = []
     for pattern in args.cnn_patterns:
         for name, kwargs in variants.items():
             candidate = copy.deepcopy(dense)
             start = time.perf_counter()
-            reports = nmsparse.adaprune_(candidate, calibration, pattern, keep_first_last=False, **kwargs)
+            reports = nmsparse.adaprune_(candidate, calibration, AdaPruneConfig(pattern=pattern, **kwargs),
+                                         progress=False)
             wall = time.perf_counter() - start
             acc = accuracy(candidate)
             row = {"model": "cnn-digits", "pattern": pattern, "variant": name, "dense_accuracy": dense_acc,
@@ -154,8 +177,8 @@ def bench_resnet50(args: argparse.Namespace) -> dict[str, Any]:
     calibration = [torch.randn(8, 3, args.resnet_size, args.resnet_size, generator=generator).to(args.device)
                    for _ in range(args.resnet_images // 8)]
     start = time.perf_counter()
-    reports = nmsparse.adaprune_(model.eval(), calibration, args.resnet_pattern, iterations=args.resnet_iterations,
-                                 batch_size=None)
+    config = _config(args, args.resnet_pattern, iterations=args.resnet_iterations, keep_first_last=True)
+    reports = nmsparse.adaprune_(model.eval(), calibration, config, progress=False)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row = {"model": "resnet50-random", "pattern": args.resnet_pattern, "images": len(calibration) * 8,
@@ -175,8 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scores", nargs="+", default=["magnitude", "activation"])
     parser.add_argument("--sentences", type=int, default=256, help="calibration sentences")
     parser.add_argument("--eval-sentences", type=int, default=300, help="held-out sentences")
-    parser.add_argument("--iterations", type=int, default=1000)
-    parser.add_argument("--batch-size", type=_batch_size, default=None, help="integer or 'full' (default)")
+    parser.add_argument("--optimizer", choices=("cg", "adam"), default=None, help="default: AdaPruneConfig's")
+    parser.add_argument("--iterations", type=int, default=None, help="default: AdaPruneConfig's")
+    parser.add_argument("--damping", type=float, default=None, help="cg: default AdaPruneConfig's")
+    parser.add_argument("--lr", type=float, default=None, help="adam: default AdaPruneConfig's")
+    parser.add_argument("--bias-lr", type=float, default=None, help="adam: default AdaPruneConfig's")
+    parser.add_argument("--batch-size", type=_batch_size, default=None,
+                        help="adam: integer or 'full' (default: AdaPruneConfig's)")
     parser.add_argument("--parallel", action="store_true", help="the paper's parallel version")
     parser.add_argument("--adaprune-only", action="store_true", help="MiniLM: skip the masks-only runs")
     parser.add_argument("--target", default="model", choices=("model", "layer"))
@@ -188,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resnet50", action="store_true", help="also the ResNet-50 scale check")
     parser.add_argument("--resnet-size", type=int, default=64, help="ResNet-50 image side")
     parser.add_argument("--resnet-images", type=int, default=16)
-    parser.add_argument("--resnet-iterations", type=int, default=100)
+    parser.add_argument("--resnet-iterations", type=int, default=20)
     parser.add_argument("--resnet-pattern", default="2:4")
     parser.add_argument("--skip-minilm", action="store_true")
     parser.add_argument("--skip-cnn", action="store_true")
@@ -196,16 +224,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=None, help="result file name (default from the settings)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the result file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     if args.smoke:
         args.patterns, args.scores = args.patterns[:1], args.scores[:1]
-        args.sentences, args.eval_sentences, args.iterations = 16, 16, 10
+        args.sentences, args.eval_sentences, args.iterations = 16, 16, 5
         args.cnn_patterns, args.cnn_epochs, args.cnn_width, args.cnn_images = args.cnn_patterns[:1], 1, 8, 64
     env = environment(args.device)
     print_environment(env)
-    results: dict[str, Any] = {"environment": env, "settings": vars(args).copy()}
+    print(f"load average at start: {load}")
+    results: dict[str, Any] = {"environment": env, "settings": vars(args).copy(), "load_at_start": load}
     if not args.skip_minilm:
         if minilm_available():
             results["minilm"] = bench_minilm(args)
@@ -215,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         results["cnn"] = bench_cnn(args)
     if args.resnet50:
         results["resnet50"] = bench_resnet50(args)
+    results["load_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    print(f"load average at end: {results['load_at_end']}")
     name = args.name or ("bench_adaprune_smoke" if args.smoke else f"bench_adaprune_{args.device}")
-    path = write_result(name, json.loads(json.dumps(results, default=str)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{name}.json"
+    path.write_text(json.dumps(json.loads(json.dumps(results, default=str)), indent=2) + "\n")
     print(f"\nwrote {path}")
     return 0
 
