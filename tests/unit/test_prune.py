@@ -585,3 +585,23 @@ def test_keep_first_last_has_one_default_false():
     model = toy_mlp()
     prune_(model, "2:4")
     assert all(is_pruned(model[i]) for i in (0, 2, 4))
+
+
+def test_set_masks_applies_a_mask_mapping_to_an_unpruned_model():
+    # fault 7 (held-out style): a masks file applied to a freshly built model through the public API
+    source = toy_mlp()
+    masks = {k: nmsparse.find_mask(v, "4:8-T") for k, v in source.state_dict().items() if k.endswith("weight")}
+    model = toy_mlp()
+    order = [id(p) for p in model.parameters()]
+    set_masks_(model, masks, pattern="4:8-T")
+    assert all(is_pruned(model[i]) for i in (0, 2, 4)) and [id(p) for p in model.parameters()] == order
+    assert all(torch.equal(get_masks(model)[k], v) for k, v in masks.items())
+    assert str(model[0].parametrizations.weight[0].pattern) == "4:8-T"
+    with pytest.raises(MaskMismatchError, match="wrong pattern: '0.weight' was pruned with 4:8-T"):
+        set_masks_(model, {"0.weight": torch.ones(64, 32, dtype=torch.bool)}, strict=False)
+    fresh = toy_mlp()
+    with pytest.raises(MaskMismatchError, match="must obey 2:4"):
+        set_masks_(fresh, {"0.weight": torch.ones(64, 32, dtype=torch.bool)}, pattern="2:4")
+    with pytest.raises(MaskMismatchError, match="'1.weight' is not the weight"):
+        set_masks_(fresh, {"1.weight": torch.ones(1)})
+    assert not any(is_pruned(m) for m in fresh.modules())

@@ -458,19 +458,24 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {tensor_fqn(name): nm.mask.detach().clone() for name, (_, nm) in _pruned_modules(model).items()}
 
 
-def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: bool = True) -> nn.Module:
-    """Replace the masks of already pruned layers, in place (the mask buffers are overwritten, not replaced).
+def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: bool = True,
+               pattern: PatternLike | None = None) -> nn.Module:
+    """Set the masks of ``model`` from a mapping, in place: the one way to apply a masks file.
 
-    Every entry is checked before any mask changes: a key that is not a pruned weight, a missing pruned weight
-    (with ``strict=True``), a shape other than the weight's, values other than 0/1, or a mask that breaks the
-    pattern its layer was pruned with (recorded in the layer's state, so also after a reload) are all listed in
-    one :class:`MaskMismatchError`.
+    A pruned layer's mask buffer is overwritten (not replaced); a layer that is not pruned yet (a freshly built
+    model) gets a static :class:`~nmsparse.NMMask` with the mask, keeping the parameter order. Every entry is
+    checked before anything changes: a key that is not a layer's weight, a missing pruned weight (with
+    ``strict=True``), a shape other than the weight's, values other than 0/1, or a mask that breaks ``pattern``
+    or the pattern its layer was pruned with (recorded in the layer's state, so also after a reload) are all
+    listed in one :class:`MaskMismatchError`.
 
     Args:
-        model: a model pruned by :func:`prune_` (or loaded with :func:`nmsparse.io.load_pruned_`).
+        model: the model, pruned (:func:`prune_`, :func:`nmsparse.io.load_pruned_`) or not.
         masks: tensor name (``"0.weight"``, as :func:`get_masks`, :func:`nmsparse.io.load_masks` and
             ``nmsparse mask`` give) -> mask (``torch.bool``, or 0/1 of any dtype; any device).
         strict: require a mask for every pruned layer; with ``False``, layers without an entry keep theirs.
+        pattern: *optional* pattern every mask must obey (recorded on layers pruned here; e.g. the
+            ``"pattern"`` of :func:`nmsparse.io.read_metadata` of a masks file).
 
     Returns:
         ``model``.
@@ -480,41 +485,53 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
 
     Example:
         >>> import torch, nmsparse
-        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(4, 1)), "2:4")
-        >>> _ = nmsparse.set_masks_(model, {"0.weight": torch.tensor([[True, False, False, True]])})
-        >>> model[0].weight[0, 1].item()
-        0.0
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 1))
+        >>> _ = nmsparse.set_masks_(model, {"0.weight": torch.tensor([[True, False, False, True]])}, pattern="2:4")
+        >>> model[0].weight[0, 1].item(), nmsparse.is_pruned(model[0])
+        (0.0, True)
     """
     if not isinstance(masks, Mapping):
-        raise MaskMismatchError(f"set_masks_: masks must map module names to tensors, got {type(masks).__name__}")
+        raise MaskMismatchError(f"set_masks_: masks must map tensor names to tensors, got {type(masks).__name__}")
+    required = None if pattern is None else NMPattern.parse(pattern)
     pruned = {tensor_fqn(name): entry for name, entry in _pruned_modules(model).items()}
+    layers = {tensor_fqn(name): module for name, module in model.named_modules()
+              if isinstance(getattr(module, "weight", None), torch.Tensor)}
     problems: list[str] = []
     missing = [name for name in pruned if name not in masks]
     if strict and missing:
         problems += [f"missing: {name!r} is pruned but has no mask in the mapping" for name in missing]
     ready: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
-        if name not in pruned:
+        if name not in layers:
             hint = f"; did you mean {tensor_fqn(name)!r}? (masks are keyed by tensor name)" if (
-                isinstance(name, str) and tensor_fqn(name) in pruned) else ""
-            problems.append(f"unexpected: {name!r} is not a pruned weight of the model (pruned: "
+                isinstance(name, str) and tensor_fqn(name) in layers) else ""
+            problems.append(f"unexpected: {name!r} is not the weight of a layer of the model (pruned: "
                             f"{list(pruned)[:8]}{' ...' if len(pruned) > 8 else ''}){hint}")
             continue
-        _, nm = pruned[name]
+        module = layers[name]
+        nm = _nm_mask(module)
+        if nm is None and parametrize.is_parametrized(module, "weight"):
+            problems.append(f"unexpected: {name!r} already carries another parametrization")
+            continue
         if not isinstance(mask, torch.Tensor):
             problems.append(f"wrong type: {name!r} got {type(mask).__name__}, expected a torch.Tensor")
             continue
-        if tuple(mask.shape) != tuple(nm.mask.shape):
-            problems.append(f"wrong shape: {name!r} expects {tuple(nm.mask.shape)}, got {tuple(mask.shape)}")
+        shape = tuple(weight_of(module).shape)
+        if tuple(mask.shape) != shape:
+            problems.append(f"wrong shape: {name!r} expects {shape}, got {tuple(mask.shape)}")
             continue
         try:
             bool_mask = _as_bool_mask(mask, where=f"set_masks_[{name!r}]")
         except MaskMismatchError as exc:
             problems.append(f"wrong values: {exc}")
             continue
-        if nm.pattern is not None and not mask_fits(bool_mask, nm.pattern, transposed=nm.transposed,
-                                                    padded=nm.padded):
-            problems.append(f"wrong pattern: {name!r} was pruned with {nm.pattern} and the new mask breaks it")
+        transposed = is_transposed_layer(module) if nm is None else nm.transposed
+        padded = False if nm is None else nm.padded
+        checks = [p for p in (None if nm is None else nm.pattern, required) if p is not None]
+        broken = [p for p in checks if not mask_fits(bool_mask, p, transposed=transposed, padded=padded)]
+        if broken:
+            how = "was pruned with" if nm is not None and nm.pattern == broken[0] else "must obey"
+            problems.append(f"wrong pattern: {name!r} {how} {broken[0]} and the new mask breaks it")
             continue
         ready[name] = bool_mask
     if problems:
@@ -522,7 +539,13 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
                                 + "\n".join(f"  - {p}" for p in problems))
     with torch.no_grad():
         for name, mask in ready.items():
-            pruned[name][1].mask.copy_(mask)
+            if name in pruned:
+                nm = pruned[name][1]
+                nm.mask.copy_(mask)
+                if nm.pattern is None and required is not None:
+                    nm.pattern = required
+            else:
+                apply_mask_(layers[name], mask, pattern=required)
     return model
 
 
