@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 Method = Literal["auto", "topn", "exact", "greedy", "greedy-repair"]
-Backend = Literal["auto", "torch", "numba", "python", "triton"]
+Backend = Literal["auto", "torch", "numba", "python", "triton", "torch-flow"]
 
 
 def _greedy_numba(repair: bool):  # noqa: ANN202 - a MatrixSolver
