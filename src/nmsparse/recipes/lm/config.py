@@ -11,8 +11,8 @@ Example:
     >>> try:
     ...     LMTrainConfig(pattern=124)  # what YAML makes of an unquoted 2:4
     ... except ConfigError as exc:
-    ...     print(str(exc)[-33:])
-    : quote it, pattern: '2:4')
+    ...     print(str(exc)[-25:])
+    quote it, pattern: '2:4')
 """
 
 from __future__ import annotations
