@@ -281,6 +281,7 @@ def require_selected(selection: LayerSelection, pattern: NMPattern, *, where: st
     raise ConfigError(
         f"{where}: no layer of the model can take pattern {pattern}"
         + (f"; every candidate was skipped:\n{detail}" if detail else
-           "; the model has no Linear, Conv1d, Conv2d or Conv1D module")
+           "; the model has no layer of the types considered (by default nn.Linear, nn.Conv1d, nn.Conv2d and "
+           "transformers' Conv1D)")
         + "\nrelax include/exclude/keep_first_last, use a pattern whose m divides the layers' sizes, or pad=True"
     )
