@@ -155,6 +155,9 @@ class NMMask(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         """Restore what :meth:`get_extra_state` saved (a ``uint8`` JSON tensor, or the dict itself)."""
         if isinstance(state, torch.Tensor):
+            if state.dim() == 1 and state.dtype != torch.uint8 and not state.is_complex() and bool(
+                    ((state >= 0) & (state <= 255) & (state == state.round())).all()):
+                state = state.to(torch.uint8)  # a state dict whose tensors were all cast (e.g. to float)
             if state.dtype != torch.uint8 or state.dim() != 1:
                 raise MaskMismatchError(
                     f"NMMask.set_extra_state: expected a 1-D uint8 tensor of JSON, got {state.dtype} "
