@@ -605,3 +605,16 @@ def test_set_masks_applies_a_mask_mapping_to_an_unpruned_model():
     with pytest.raises(MaskMismatchError, match="'1.weight' is not the weight"):
         set_masks_(fresh, {"1.weight": torch.ones(1)})
     assert not any(is_pruned(m) for m in fresh.modules())
+
+
+def test_nmmask_state_travels_as_a_small_tensor_and_survives_a_cast():
+    model = prune_(toy_mlp(), "4:8-T", method="greedy")
+    state = model.state_dict()
+    extra = state["0.parametrizations.weight.0._extra_state"]
+    assert isinstance(extra, torch.Tensor) and extra.dtype == torch.uint8  # safetensors and weights_only keep it
+    cast = {k: (v if v.dtype == torch.bool else v.double()) for k, v in state.items()}
+    twin = prune_(toy_mlp(), "2:4")
+    twin.load_state_dict(cast)
+    assert str(twin[0].parametrizations.weight[0].pattern) == "4:8-T"
+    with pytest.raises(MaskMismatchError, match="JSON"):
+        twin[0].parametrizations.weight[0].set_extra_state(torch.tensor([255, 0], dtype=torch.uint8))
