@@ -37,6 +37,7 @@ from ._capability import (
     cusparselt_reason,
     has_cusparselt,
     has_triton,
+    triton_installed,
     triton_reason,
     triton_runnable,
 )
@@ -109,6 +110,16 @@ def _check(scores: torch.Tensor, m: int, where: str, *, transposable: bool, chec
                          f"e.g. torch.nan_to_num)")
 
 
+def _scale_blocks(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """``scores`` with every aligned ``m x m`` block scaled by a power of two (exact) so its largest |value| is in
+    [0.5, 1): sums of a block's values can then neither overflow nor lose subnormal digits."""
+    from ..layout import from_blocks, to_blocks
+    from .exact_flow import _scale
+
+    rows, cols = scores.shape
+    return from_blocks(_scale(to_blocks(scores.detach(), m)), rows, cols)
+
+
 def _check_n(n: int, m: int, where: str) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or isinstance(m, bool) or not isinstance(m, int) \
             or not 1 <= n < m:
@@ -128,7 +139,8 @@ def exact_n_4_t(scores: torch.Tensor, n: int = 2, *, absolute: bool = False, bac
 
     Returns:
         ``torch.bool [rows, K]`` on ``scores``' device; ties go to the mask keeping the lower flat indices
-        (the order of :func:`nmsparse.solvers.enumerate.valid_block_masks`).
+        (the order of :func:`nmsparse.solvers.enumerate.valid_block_masks`). float64 scores are first scaled
+        per block by a power of two (exact), so values near the float64 limits stay optimal.
 
     Example:
         >>> s = torch.tensor([[4., 3., 0., 0.], [3., 0., 0., 0.], [0., 0., 1., 1.], [0., 0., 1., 1.]])
@@ -139,6 +151,9 @@ def exact_n_4_t(scores: torch.Tensor, n: int = 2, *, absolute: bool = False, bac
     if n not in (1, 2, 3) or isinstance(n, bool):
         raise PatternError(f"exact_n_4_t: need n in (1, 2, 3) for 4x4 blocks, got {n!r}")
     _check(scores, 4, where, transposable=True, check_finite=check_finite)
+    if scores.dtype == torch.float64:  # sums of fp64 extremes could overflow or round subnormals: scale blocks
+        scores = _scale_blocks(scores.abs() if absolute else scores, 4)
+        absolute = False
     if resolve_backend(backend, scores, where=where) == "triton":
         from .triton_kernels import exact4_triton
 
@@ -314,7 +329,7 @@ def register_kernels() -> list[str]:
     ]
     for name, fn, kwargs in specs:
         register_solver(name, fn, backend="triton", devices=devices, dtypes=dtypes, priority=20,
-                        available=has_triton, replace=True, **kwargs)
+                        available=triton_installed, replace=True, **kwargs)
         labels.append(f"{name}/triton")
     register_solver("exact", flow_solver, backend="torch-flow", transposable=True, ms={8, 16, 32}, exact=True,
                     exactly_n=True, devices={"cuda"}, priority=5, replace=True,

@@ -17,6 +17,7 @@ from functools import cache
 import torch
 
 __all__ = [
+    "triton_installed",
     "has_triton",
     "triton_reason",
     "triton_interpret",
@@ -38,6 +39,14 @@ def _triton_import_error() -> str | None:
         return (f"triton is not importable ({type(exc).__name__}: {exc}); install it with "
                 f"pip install 'nmsparse[triton]'")
     return None
+
+
+@cache
+def triton_installed() -> bool:
+    """Whether a ``triton`` package is installed, checked without importing it (cheap; for registries)."""
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
 
 
 def has_triton() -> bool:

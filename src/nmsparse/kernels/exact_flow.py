@@ -34,11 +34,17 @@ CHUNK_BLOCKS = {"cpu": 1 << 16, "cuda": 1 << 20}
 
 
 def _scale(s: torch.Tensor) -> torch.Tensor:
+    """Blocks ``[B, m, m]`` times a power of two each, so the largest |value| of every block is in [0.5, 1).
+
+    The factor is applied in two halves: ``2 ** -e`` alone overflows for subnormal blocks (``e`` near -1074).
+    """
     amax = s.abs().amax(dim=(1, 2))
     _, exponent = torch.frexp(amax)
+    exponent = torch.where(amax > 0, exponent, torch.zeros_like(exponent))
     one = torch.ones_like(amax)
-    scale = torch.where(amax > 0, torch.ldexp(one, -exponent), one)
-    return s * scale[:, None, None]
+    first = torch.div(-exponent, 2, rounding_mode="floor")
+    second = -exponent - first
+    return s * torch.ldexp(one, first)[:, None, None] * torch.ldexp(one, second)[:, None, None]
 
 
 def _solve_chunk(s: torch.Tensor, n: int) -> torch.Tensor:
