@@ -25,7 +25,6 @@ and are renamed over it atomically; a failed write leaves the old file and no te
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -664,7 +663,13 @@ def export_dense(model: nn.Module) -> dict[str, torch.Tensor]:
         >>> int((plain[0].weight == 0).sum())
         16
     """
-    return {key: value.clone() for key, value in _plain_state_dict(model, baked=True).items()}
+    copies: dict[int, torch.Tensor] = {}  # tied weights (one tensor under two keys) stay one tensor
+    out = {}
+    for key, value in _plain_state_dict(model, baked=True).items():
+        if id(value) not in copies:
+            copies[id(value)] = value.clone()
+        out[key] = copies[id(value)]
+    return out
 
 
 def save_dense(model: nn.Module, path: str | os.PathLike[str], *, masks_path: str | os.PathLike[str] | None = None,
@@ -747,8 +752,9 @@ def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
                           extra_files: Sequence[str | os.PathLike[str]] = ()) -> Path:
     """Save a pruned ``transformers`` model as a normal ``transformers`` folder with the zeros baked in.
 
-    The folder is what ``save_pretrained(..., safe_serialization=True)`` writes for a copy of the model with its
-    masks squashed (``from_pretrained`` loads it with no nmsparse involved), plus :data:`MASKS_FILE` (the masks,
+    The folder is what ``save_pretrained(..., safe_serialization=True)`` writes for the model's
+    :func:`export_dense` state dict (``from_pretrained`` loads it with no nmsparse involved; ``model`` itself is
+    not changed), plus :data:`MASKS_FILE` (the masks,
     ``kind="masks"``) and ``nmsparse.json`` (format tag, mask settings per tensor, ``metadata``). It is written
     to a temporary folder beside ``folder`` and renamed into place, so it appears complete or not at all.
 
@@ -766,7 +772,7 @@ def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
         ConfigError: ``model`` has no ``save_pretrained``.
         OverwriteError: ``folder`` exists and ``overwrite`` is ``False``.
     """
-    from .prune.static import get_masks, squash_masks_
+    from .prune.static import get_masks
 
     if not callable(getattr(model, "save_pretrained", None)):
         raise ConfigError(f"save_pretrained_dense: {type(model).__name__} is not a transformers model (no "
@@ -777,12 +783,13 @@ def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
     target.parent.mkdir(parents=True, exist_ok=True)
     masks = get_masks(model)
     info = masks_info(model)
-    plain = copy.deepcopy(model)
-    squash_masks_(plain)
+    # The model is saved with a plain state dict, never squashed: removing a parametrization from a deep copy
+    # would change the parametrized class it shares with ``model`` and break ``model``.
+    dense = export_dense(model)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())
-        plain.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[operator]
+        model.save_pretrained(str(staging), state_dict=dense, safe_serialization=True)  # type: ignore[operator]
         for extra in extra_files:
             shutil.copy2(extra, staging / Path(extra).name)
         save_masks(masks, staging / MASKS_FILE, overwrite=True)

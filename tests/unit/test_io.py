@@ -252,3 +252,24 @@ def test_raw_checkpoints_of_older_writers_still_load(tmp_path):
     torch.testing.assert_close(older(torch.ones(1, 16)), model(torch.ones(1, 16)), rtol=0, atol=0)
     with pytest.raises(InputError, match="nmsparse/9"):
         load_pruned_state_dict_(_mlp(), raw, {"format": "nmsparse/9", "kind": "pruned"})
+
+
+def test_save_pretrained_dense_leaves_the_model_pruned_and_working(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from nmsparse.io import MASKS_FILE, save_pretrained_dense
+    from nmsparse.testing import tiny_gpt2
+
+    model = nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy")
+    ids = torch.randint(0, 64, (1, 8))
+    expected = model(ids).logits
+    save_pretrained_dense(model, tmp_path / "out", metadata={"note": "x"})
+    # squashing a deep copy would have removed the weight property from the class the copy shares with model
+    assert nmsparse.is_pruned(model.transformer.h[0].mlp.c_fc)
+    torch.testing.assert_close(model(ids).logits, expected, rtol=0, atol=0)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+    torch.testing.assert_close(loaded(ids).logits, expected, rtol=0, atol=0)
+    assert set(load_masks(tmp_path / "out" / MASKS_FILE)) == set(nmsparse.get_masks(model))
+    with pytest.raises(OverwriteError):
+        save_pretrained_dense(model, tmp_path / "out")
+    save_pretrained_dense(model, tmp_path / "out", overwrite=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
