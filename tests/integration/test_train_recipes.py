@@ -44,7 +44,7 @@ def test_static_recipe_smoke(model: str, tmp_path: Path) -> None:
     trainer = Trainer(cfg, data, progress=False)
     before = nmsparse.get_masks(trainer.model)
     expected = nmsparse.find_mask(dense.layer1[0].conv2.weight, "4:8-T", method="exact")
-    assert torch.equal(before["layer1.0.conv2"], expected)  # exact masks of the init weights
+    assert torch.equal(before["layer1.0.conv2.weight"], expected)  # exact masks of the init weights (tensor names)
     result = trainer.fit()
     assert result.steps == steps and result.refreshes == 0 and result.mask_valid
     after = nmsparse.get_masks(trainer.model)
