@@ -618,3 +618,15 @@ def test_nmmask_state_travels_as_a_small_tensor_and_survives_a_cast():
     assert str(twin[0].parametrizations.weight[0].pattern) == "4:8-T"
     with pytest.raises(MaskMismatchError, match="JSON"):
         twin[0].parametrizations.weight[0].set_extra_state(torch.tensor([255, 0], dtype=torch.uint8))
+
+
+def test_squashing_a_deep_copy_leaves_the_original_pruned():
+    model = prune_(toy_mlp(), "2:4")
+    x = torch.randn(2, 32)
+    expected = model(x)
+    twin = squash_masks_(copy.deepcopy(model))
+    assert not is_pruned(twin[0]) and is_pruned(model[0])
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)  # torch alone: AttributeError 'weight'
+    torch.testing.assert_close(twin(x), expected, rtol=0, atol=0)
+    squash_masks_(model)
+    assert type(model[0]) is nn.Linear

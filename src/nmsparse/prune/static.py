@@ -218,6 +218,11 @@ def remove_mask_(module: nn.Module, *, leave_masked: bool = True) -> nn.Module:
         )
     keepers = [name for name, plist in parametrizations_of(module).items()
                if name != "weight" and len(plist) == 1 and isinstance(plist[0], KeepOrder)]
+    # torch removes the property from the module's parametrized class, which a deep copy of the model shares
+    # with the original: give this module a class of its own first, so the other copies keep working.
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__,
+                            {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=leave_masked)
     for name in keepers:
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
