@@ -173,3 +173,18 @@ def test_config_refuses_bad_values_with_the_fix() -> None:
     with pytest.raises(ConfigError, match="did you mean 'steps'"):
         LMTrainConfig.from_dict({"stpes": 3})
     assert torch.get_num_threads() >= 1
+
+
+def test_shipped_lm_recipes_load_and_the_default_one_is_the_config_default() -> None:
+    from nmsparse.recipes.lm.config import lm_recipe_path
+
+    assert load_lm_config(lm_recipe_path("lm_decoder_4x8t_dynamic")) == LMTrainConfig()
+    large = load_lm_config(lm_recipe_path("lm_decoder_large_4x8t_dynamic"))
+    assert large.d_model > LMTrainConfig().d_model and large.structure == "4:8-T"
+
+
+def test_keep_first_last_leaves_the_first_block_linear_dense(data) -> None:
+    # The model's first Linear is block 0's c_attn; its last is the head, which is never sparse here anyway.
+    trainer = LMTrainer(_config(n_layer=2, keep_first_last=True), data, structure="2:4-T", progress=False)
+    assert "transformer.h.0.attn.c_attn" not in trainer.sparse_layers
+    assert len(trainer.sparse_layers) == 7

@@ -197,12 +197,14 @@ class LMTrainer:
         if structure == UNSTRUCTURED:
             self.sparsifier = UnstructuredSparsifier(self.model, density=0.5, dynamic=True,
                                                      refresh_every=config.refresh_every, decay=config.decay,
-                                                     include=include, exclude=exclude)
+                                                     include=include, exclude=exclude,
+                                                     keep_first_last=config.keep_first_last)
         elif structure != DENSE:
             self.sparsifier = DynamicSparsifier(self.model, structure, method=config.method,
                                                 initial_method=config.initial_method,
                                                 refresh_every=config.refresh_every, decay=config.decay,
-                                                include=include, exclude=exclude)
+                                                include=include, exclude=exclude,
+                                                keep_first_last=config.keep_first_last)
         self.optimizer = self._optimizer()
         self.step = 0
         self.history: list[dict[str, Any]] = []
