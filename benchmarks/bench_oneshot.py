@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import re
 import statistics
 import sys
@@ -122,8 +123,8 @@ def _lm_part(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         for pattern in patterns:
             pruned = copy.deepcopy(model)
             config = OneShotConfig(max_memory_mb=args.budget_mb)
-            report, rss, seconds = _measured(lambda: prune_oneshot_(pruned, calibration, pattern, method=method,
-                                                                    config=config, progress=False))
+            report, rss, seconds = _measured(functools.partial(prune_oneshot_, pruned, calibration, pattern,
+                                                               method=method, config=config, progress=False))
             ppl = perplexity(pruned, evaluation, context=context)
             row = {"method": method, "pattern": pattern, "perplexity": ppl, "increase_pct": 100 * (ppl / dense - 1),
                    "seconds": seconds, "block_seconds_mean": statistics.mean(report.block_seconds),
@@ -177,8 +178,8 @@ def _llama_part(args: argparse.Namespace) -> dict[str, Any]:
     for method, pattern in [(m, p) for m in args.llama_methods for p in args.llama_patterns]:
         pruned = copy.deepcopy(model) if len(args.llama_methods) * len(args.llama_patterns) > 1 else model
         config = OneShotConfig(max_memory_mb=args.llama_budget_mb)
-        report, rss, seconds = _measured(lambda: prune_oneshot_(pruned, calibration, pattern, method=method,
-                                                                config=config, progress=False))
+        report, rss, seconds = _measured(functools.partial(prune_oneshot_, pruned, calibration, pattern,
+                                                           method=method, config=config, progress=args.progress))
         within = rss is not None and rss <= args.llama_budget_mb
         row = {"method": method, "pattern": pattern, "seconds": seconds, "block_seconds": report.block_seconds,
                "memory_estimate_mb": report.memory_estimate_mb, "peak_tracked_mb": report.peak_tracked_mb,
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-context", type=int, default=256, help="part 2 sequence length")
     parser.add_argument("--llama-vocab", type=int, default=1024, help="part 2 vocabulary (embeddings stay small)")
     parser.add_argument("--llama-budget-mb", type=float, default=1024.0, help="part 2 max_memory_mb")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
+                        help="progress bars of part 2 on stderr (default: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(cores, 4))")
     add_out_argument(parser)
     args = parser.parse_args(argv)

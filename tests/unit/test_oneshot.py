@@ -137,7 +137,7 @@ def test_blocks_found_and_outside_layers_stay_dense():
     assert set(report.skipped) == {"embed", "head"}
     assert "outside" in report.skipped["head"]
     assert not nmsparse.is_pruned(model.head)
-    for name, mask in _masks(model).items():
+    for mask in _masks(model).values():
         assert_valid_mask(mask, "4:8-T", exact_n=True)
     assert report.blocks == 3 and len(report.block_seconds) == 3
     assert all(0 <= r.relative_error < 1 and r.tokens == 120 for r in report.layers)

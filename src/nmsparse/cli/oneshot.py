@@ -154,13 +154,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {folder} ({type(model).__name__}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
           f"parameters); threads {threads}")
     calibration = calibration_windows(train, samples=args.calibration_samples, context=context, seed=args.seed)
-    eval_stream = heldout[: args.eval_tokens] if args.eval_tokens else None
-    ppl_dense = perplexity(model, eval_stream, context=context, progress=args.progress) if eval_stream is not None \
-        and eval_stream.numel() >= context else None
+    eval_stream = heldout[: args.eval_tokens]
+    evaluate = args.eval_tokens > 0 and eval_stream.numel() >= context
+    ppl_dense = perplexity(model, eval_stream, context=context, progress=args.progress) if evaluate else None
 
     report = prune_oneshot_(model, calibration, pattern, method=args.method, config=config, progress=args.progress)
-    ppl_pruned = perplexity(model, eval_stream, context=context, progress=args.progress) if ppl_dense is not None \
-        else None
+    ppl_pruned = perplexity(model, eval_stream, context=context, progress=args.progress) if evaluate else None
 
     rows = [[r.name, f"{r.shape[0]}x{r.shape[1]}", r.block, f"{r.relative_error:.4f}", f"{r.seconds:.2f}"]
             for r in report.layers]
@@ -173,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         "config": config.to_dict(), "calibration": {"samples": args.calibration_samples, "context": context,
                                                     "seed": args.seed, **data_info},
         "perplexity": {"dense": ppl_dense, "pruned": ppl_pruned,
-                       "eval_tokens": None if eval_stream is None else int(eval_stream.numel())},
+                       "eval_tokens": int(eval_stream.numel()) if evaluate else 0},
         "threads": threads, "seconds": time.perf_counter() - began, "report": report.to_dict(),
     }
     save_pruned_pretrained(model, out, pattern=pattern, method=args.method, overwrite=args.overwrite,

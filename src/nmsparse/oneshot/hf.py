@@ -132,7 +132,8 @@ def save_pruned_pretrained(model: nn.Module, out: str | os.PathLike[str], *, pat
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)
-        model.save_pretrained(str(staging), state_dict=export_dense(model), safe_serialization=True)
+        model.save_pretrained(str(staging), state_dict=export_dense(model),  # type: ignore[operator]
+                              safe_serialization=True)
         save_masks(get_masks(model), staging / MASKS_FILE, overwrite=True)
         info = {"format": FORMAT, "kind": "dense", "nmsparse_version": __version__, "masks": masks_info(model),
                 "metadata": record}

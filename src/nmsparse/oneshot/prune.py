@@ -50,14 +50,20 @@ def is_conv1d(module: nn.Module) -> bool:
     return conv1d is not None and isinstance(module, conv1d)
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def matrix_view(module: nn.Module) -> torch.Tensor:
     """The ``[out, in]`` matrix of a linear layer's (unparametrized) weight: ``Conv1D`` weights are transposed."""
-    weight = module.weight.detach()
+    weight = _weight(module).detach()
     return weight.T if is_conv1d(module) else weight
 
 
 def _matrix_shape(module: nn.Module) -> tuple[int, int]:
-    shape = tuple(int(s) for s in module.weight.shape)
+    shape = tuple(int(s) for s in _weight(module).shape)
     return (shape[1], shape[0]) if is_conv1d(module) else (shape[0], shape[1])
 
 
@@ -177,7 +183,8 @@ class _Call:
         if "use_cache" in kwargs:
             kwargs["use_cache"] = False
         if args:
-            self.hidden, self.args, self.in_kwargs = args[0], tuple(None if _is_cache(a) else a for a in args[1:]), False
+            rest = tuple(None if _is_cache(a) else a for a in args[1:])
+            self.hidden, self.args, self.in_kwargs = args[0], rest, False
         elif isinstance(kwargs.get("hidden_states"), torch.Tensor):
             self.hidden, self.args, self.in_kwargs = kwargs.pop("hidden_states"), (), True
         else:
@@ -363,8 +370,9 @@ def _attach(module: nn.Module, weight: torch.Tensor, mask: torch.Tensor, pattern
     conv1d = is_conv1d(module)
     if conv1d:
         weight, mask = weight.T, mask.T
+    target = _weight(module)
     with torch.no_grad():
-        module.weight.copy_(weight.to(module.weight.dtype))
+        target.copy_(weight.to(target.dtype))
     try:  # nmsparse's one way to attach masks (records Conv1D layers as transposed, checks the pattern)
         from ..prune.static import apply_mask_
     except ImportError:  # pragma: no cover - older tree: Conv1D masks are stored [in, out], pattern unrecorded
@@ -491,28 +499,28 @@ def prune_oneshot_(model: nn.Module, calibration: Iterable[Any] | None, pattern:
                 for index in bar:
                     block_began = time.perf_counter()
                     block = blocks[index][1]
-                    layers = dict(grouped[index][1])
-                    with _Grams(layers, dtype, device, tracker) as grams:
+                    block_layers = dict(grouped[index][1])
+                    with _Grams(block_layers, dtype, device, tracker) as grams:
                         for call in calls:
                             out = call.run(block)
                             grams.end_batch()
                             if not config.sequential:
                                 call.hidden = out
-                    _prune_block(report, grams, layers, index, method, pattern, config, dtype, tracker)
+                    _prune_block(report, grams, block_layers, index, method, pattern, config, dtype, tracker)
                     if config.sequential:
                         for call in calls:
                             call.hidden = call.run(block)
                     report.block_seconds.append(time.perf_counter() - block_began)
                 report.blocks = len(blocks)
             else:  # no repeated blocks: the whole model is one block, every layer sees dense inputs
-                layers = dict(grouped[0][1])
+                model_layers = dict(grouped[0][1])
                 _check_budget(grouped, method, itemsize, 0, True, config, report)
                 block_began = time.perf_counter()
-                with _Grams(layers, dtype, device, tracker) as grams:
+                with _Grams(model_layers, dtype, device, tracker) as grams:
                     for batch in batches:
                         _feed(model, _to_device(batch, device))
                         grams.end_batch()
-                _prune_block(report, grams, layers, 0, method, pattern, config, dtype, tracker)
+                _prune_block(report, grams, model_layers, 0, method, pattern, config, dtype, tracker)
                 report.block_seconds.append(time.perf_counter() - block_began)
                 report.blocks = 1
     finally:
