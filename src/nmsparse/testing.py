@@ -235,6 +235,7 @@ def bruteforce_block_optimum(block: torch.Tensor | np.ndarray, n: int) -> tuple[
         value = math.fsum(scores[mask].tolist())
         if value > best_value:
             best_value, best_mask = value, mask
+    assert best_mask is not None  # at least one valid mask exists for 1 <= n < m
     return best_value, torch.from_numpy(best_mask.copy())
 
 
