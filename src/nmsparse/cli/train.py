@@ -101,7 +101,7 @@ def configure_runtime(threads: int | None, model: str | None = None) -> int:
     except ImportError:
         pass
     else:
-        numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(count, int(getattr(numba.config, "NUMBA_NUM_THREADS", count)))))
     return torch.get_num_threads()
 
 
@@ -248,6 +248,7 @@ def _run_lm(args: argparse.Namespace) -> int:
         import yaml
 
         shown = lm_config(args, lm, resume_dir=args.resume) if resume else config
+        assert shown is not None
         print(yaml.safe_dump(shown.to_dict(), sort_keys=False), end="")
         return 0
     configure_runtime(getattr(config, "threads", None) if config is not None else None, None)

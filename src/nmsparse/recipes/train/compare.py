@@ -188,8 +188,8 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
             "train_seconds": statistics.fmean(r["train_seconds"] for r in runs[name]),
         })
     root = None if run is None else run.path
-    result = CompareResult(rows=rows, reference_numel=reference_numel, seeds=seed_list, out_dir=root,
-                           compile_seconds=compile_seconds)
+    outcome = CompareResult(rows=rows, reference_numel=reference_numel, seeds=seed_list, out_dir=root,
+                            compile_seconds=compile_seconds)
     if root is not None and dist.is_main:
         from .plots import plot_accuracy_vs_diversity
 
@@ -202,4 +202,4 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
         plot_accuracy_vs_diversity(rows, root / COMPARE_PLOT, reference_numel=reference_numel,
                                    title=f"{config.model} on {data.name}, {sparse_mode} masks, "
                                          f"{len(seed_list)} seed(s)")
-    return result
+    return outcome

@@ -161,15 +161,15 @@ class ImageFileDataset(Dataset):
             raise InputError(f"{path}: cannot be read as an image ({exc}); remove or replace the file") from exc
         size = self.image_size
         if self.train:
-            image = image.crop(self._crop_box(*image.size)).resize((size, size), Image.BILINEAR)
+            image = image.crop(self._crop_box(*image.size)).resize((size, size), Image.Resampling.BILINEAR)
             if bool(torch.rand(()) < 0.5):
-                image = image.transpose(Image.FLIP_LEFT_RIGHT)
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         else:
             short = max(size, round(size * 8 / 7))
             width, height = image.size
             scale = short / min(width, height)
             image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
-                                 Image.BILINEAR)
+                                 Image.Resampling.BILINEAR)
             width, height = image.size
             left, top = (width - size) // 2, (height - size) // 2
             image = image.crop((left, top, left + size, top + size))
@@ -285,12 +285,14 @@ def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype[Any]:
 def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError("refusing an array subclass")
-    try:
-        from numpy._core.multiarray import _reconstruct as reconstruct  # type: ignore[attr-defined]
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct as reconstruct  # type: ignore[attr-defined,no-redef]
+    import importlib
 
-    return reconstruct(np.ndarray, shape, _dtype(dtype))
+    try:
+        multiarray: Any = importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy < 2
+        multiarray = importlib.import_module("numpy.core.multiarray")
+    array: np.ndarray = multiarray._reconstruct(np.ndarray, shape, _dtype(dtype))
+    return array
 
 
 def _scalar(dtype: Any, data: Any = None) -> Any:

@@ -255,13 +255,15 @@ class Trainer:
             )
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
-        self.train_sampler = DistributedSampler(self.data.train, num_replicas=self.dist.world_size,
-                                                rank=self.dist.rank, shuffle=True, seed=config.seed, drop_last=False)
+        self.train_sampler: DistributedSampler[Any] = DistributedSampler(
+            self.data.train, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=config.seed,
+            drop_last=False)
         per_rank = config.batch_size // self.dist.world_size
         cuda = self.device.type == "cuda"
         self.train_loader = DataLoader(self.data.train, batch_size=per_rank, sampler=self.train_sampler,
                                        num_workers=config.num_workers, collate_fn=collate_images, pin_memory=cuda)
-        test_shard = Subset(self.data.test, range(self.dist.rank, len(self.data.test), self.dist.world_size))
+        test_count = len(self.data.test)  # type: ignore[arg-type]
+        test_shard = Subset(self.data.test, range(self.dist.rank, test_count, self.dist.world_size))
         self.test_loader = DataLoader(test_shard, batch_size=config.eval_batch_size, shuffle=False,
                                       num_workers=config.num_workers, collate_fn=collate_images, pin_memory=cuda)
         self.steps_per_epoch = len(self.train_loader)
@@ -311,7 +313,7 @@ class Trainer:
         if not cfg.sparse:
             self.dense_layers = {name: "dense run" for name in _prunable_weights(model)}
             return
-        common = dict(include=cfg.include, exclude=cfg.exclude, keep_first_last=cfg.keep_first_last)
+        common: dict[str, Any] = dict(include=cfg.include, exclude=cfg.exclude, keep_first_last=cfg.keep_first_last)
         if cfg.pattern == UNSTRUCTURED:
             self.sparsifier = UnstructuredSparsifier(model, density=0.5, dynamic=cfg.mode == "dynamic",
                                                      refresh_every=cfg.refresh_every, decay=cfg.decay, **common)

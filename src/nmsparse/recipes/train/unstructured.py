@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -85,7 +85,7 @@ class UnstructuredSparsifier:
         self.masks: dict[str, NMMask] = {}
         with torch.no_grad():
             for name, module in self.layers.items():
-                mask = magnitude_mask(module.weight, self.density)
+                mask = magnitude_mask(cast(torch.Tensor, module.weight), self.density)
                 nm = NMMask(mask, straight_through=self.dynamic, decay=self.decay)
                 parametrize.register_parametrization(module, "weight", nm, unsafe=True)
                 self.masks[name] = nm
@@ -110,7 +110,7 @@ class UnstructuredSparsifier:
         changed, total = 0, 0
         for name, module in self.layers.items():
             nm = self.masks[name]
-            new = magnitude_mask(module.parametrizations.weight.original, self.density)
+            new = magnitude_mask(cast(Any, module).parametrizations.weight.original, self.density)
             changed += int((new != nm.mask).sum())
             total += new.numel()
             nm.mask.copy_(new)
