@@ -194,6 +194,26 @@ def test_absolute_reads_the_weight_itself(backend: str) -> None:
     assert torch.equal(K.topn_nm(w, 2, 4, absolute=True, backend=backend), ref.topn_reference(w.abs(), 2, 4))
 
 
+@pytest.mark.triton
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64])
+def test_subnormal_scores_rank_exactly(dtype: torch.dtype) -> None:
+    # Regression: bf16 subnormals compared as floats were flushed to zero (ties), so top-n, greedy and exact
+    # kept the wrong entries; keys from the bits (and bf16 widened by a shift) rank them exactly.
+    gen = torch.Generator().manual_seed(3)
+    s = (torch.rand(8, 16, generator=gen, dtype=torch.float64) * torch.finfo(dtype).tiny).to(dtype)
+    s[0, 0] = 0.0
+    s[1] *= -1
+    s = s.to(DEVICE)
+    assert torch.equal(K.topn_nm(s, 2, 4, backend="triton"), ref.topn_reference(s, 2, 4))
+    assert torch.equal(K.greedy_nm_t(s, 2, 4, backend="triton"), ref.greedy_t_reference(s, 2, 4))
+    assert torch.equal(K.exact_2_4_t(s, backend="triton"), ref.exact_2_4_t_reference(s))
+    mask, masked = K.exact_2_4_t_masked(s, backend="triton")
+    assert torch.equal(masked, ref.exact_2_4_t_masked_reference(s)[1])
+    block = s[:, :8].contiguous()
+    assert torch.equal(K.exact_nm_t(block, 4, 8, backend="triton"), K.exact_nm_t(block, 4, 8, backend="torch"))
+
+
 def test_topn_twin_keeps_lower_index_on_ties_including_signed_zeros() -> None:
     scores = torch.tensor([[0.0, -0.0, 0.0, -0.0], [-1.0, -1.0, -1.0, -1.0]])
     assert ref.topn_reference(scores, 2, 4).int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0]]

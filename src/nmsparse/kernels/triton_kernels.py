@@ -13,7 +13,9 @@
   or equal at a lower index): the stable-sort top-n of :func:`nmsparse.solvers.topn.topn_groups`.
 
 Each wrapper takes a ``[rows, K]`` matrix of any strides and returns a new contiguous ``torch.bool`` mask;
-inputs are read in their own dtype (fp16/bf16 widened to fp32 inside the kernel, order-preserving). Shapes and
+inputs are read in their own dtype. Comparisons (greedy, top-n) run on integer keys built from the float bits,
+exact on any hardware (subnormals included, which a GPU's float compare may flush to zero); the float64 sums of
+the exact kernels read bf16 as bits widened by a shift for the same reason. Shapes and
 devices are checked by the callers in :mod:`nmsparse.kernels`.
 """
 
@@ -45,16 +47,46 @@ def exact4_triton(x: torch.Tensor, n: int, *, absolute: bool, out: torch.Tensor 
     n_blocks = (rows // 4) * (cols // 4)
     grid = (triton.cdiv(n_blocks, _EXACT24_BLOCK),)
     write = out is not None
-    target = out if out is not None else mask.view(torch.uint8)
-    _EXACT4_KERNELS[n][grid](x, mask.view(torch.uint8), target, n_blocks, cols // 4, x.stride(0), x.stride(1),
+    bf16 = x.dtype == torch.bfloat16
+    src = x.view(torch.int16) if bf16 else x
+    target = mask.view(torch.uint8) if out is None else (out.view(torch.int16) if bf16 else out)
+    _EXACT4_KERNELS[n][grid](src, mask.view(torch.uint8), target, n_blocks, cols // 4, x.stride(0), x.stride(1),
                              mask.stride(0), target.stride(0), BLOCK=_EXACT24_BLOCK, ABS=bool(absolute),
-                             WRITE_OUT=write, num_warps=4)
+                             WRITE_OUT=write, BF16_BITS=bf16, num_warps=4)
     return mask
+
+
+_INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+             torch.float64: torch.int64}
+
+
+def _bits(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` reinterpreted as signed integers of the same width (for :func:`_order_key`)."""
+    return scores.view(_INT_VIEW[scores.dtype])
+
+
+@triton.jit
+def _order_key(bits, ABS: tl.constexpr):
+    """Integer key ordered like the float whose bits these are (sign-magnitude to two's complement; -0 = +0).
+
+    Comparing keys is exact on any hardware (no flush of subnormals to zero) and ranks exactly like torch's
+    float comparisons for finite values. ``ABS``: the key of ``|x|``.
+    """
+    if bits.dtype == tl.int16:
+        bits = bits.to(tl.int32)
+        mag = bits & 0x7FFF
+    elif bits.dtype == tl.int32:
+        mag = bits & 0x7FFFFFFF
+    else:
+        mag = bits & 0x7FFFFFFFFFFFFFFF
+    if ABS:
+        return mag
+    return tl.where(bits < 0, -mag, mag)
 
 
 @triton.jit
 def _greedy_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride_mr,
-                     N: tl.constexpr, M: tl.constexpr, BB: tl.constexpr, WIDE: tl.constexpr, ABS: tl.constexpr):
+                     N: tl.constexpr, M: tl.constexpr, BB: tl.constexpr, ABS: tl.constexpr):
     pid = tl.program_id(0)
     blk = pid.to(tl.int64) * BB + tl.arange(0, BB)
     valid_b = blk < n_blocks
@@ -66,18 +98,15 @@ def _greedy_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride
     rows = br[:, None] * M + er[None, :]
     cols = bc[:, None] * M + ec[None, :]
     valid = valid_b[:, None] & (e[None, :] >= 0)
-    s = tl.load(s_ptr + rows * stride_sr + cols * stride_sc, mask=valid, other=0.0)
-    if WIDE:
-        s = s.to(tl.float32)
-    if ABS:
-        s = tl.abs(s)
+    s = _order_key(tl.load(s_ptr + rows * stride_sr + cols * stride_sc, mask=valid, other=0), ABS)
     kept = e[None, :] < 0  # all False, [BB, M*M]
     kept = kept & valid
     rowc = tl.zeros([BB, M * M], dtype=tl.int32)
     colc = tl.zeros([BB, M * M], dtype=tl.int32)
     elig = valid
+    below = tl.min(s, axis=1)[:, None] - 1  # under every key of the block (keys never reach the int minimum)
     for _ in range(N * M):
-        key = tl.where(elig, s, float("-inf"))
+        key = tl.where(elig, s, below)
         mx = tl.max(key, axis=1)
         cand = elig & (s == mx[:, None])
         idx = tl.min(tl.where(cand, e[None, :], M * M), axis=1)
@@ -99,16 +128,14 @@ def greedy_t_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = Fa
     n_blocks = (rows // m) * (cols // m)
     bb = max(1, 1024 // (m * m))
     grid = (triton.cdiv(n_blocks, bb),)
-    wide = scores.dtype in (torch.float16, torch.bfloat16)
-    _greedy_t_kernel[grid](scores, mask.view(torch.uint8), n_blocks, cols // m, scores.stride(0), scores.stride(1),
-                           mask.stride(0), N=n, M=m, BB=bb, WIDE=wide, ABS=bool(absolute), num_warps=4)
+    _greedy_t_kernel[grid](_bits(scores), mask.view(torch.uint8), n_blocks, cols // m, scores.stride(0),
+                           scores.stride(1), mask.stride(0), N=n, M=m, BB=bb, ABS=bool(absolute), num_warps=4)
     return mask
 
 
 @triton.jit
 def _topn_kernel(s_ptr, mask_ptr, n_groups, gpr, stride_sr, stride_sc, stride_mr,
-                 N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr, WIDE: tl.constexpr,
-                 ABS: tl.constexpr):
+                 N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr, ABS: tl.constexpr):
     pid = tl.program_id(0)
     g = pid.to(tl.int64) * BG + tl.arange(0, BG)
     valid_g = g < n_groups
@@ -118,11 +145,7 @@ def _topn_kernel(s_ptr, mask_ptr, n_groups, gpr, stride_sr, stride_sc, stride_mr
     valid_j = j < M
     valid = valid_g[:, None] & valid_j[None, :]
     cols = gc[:, None] * M + j[None, :]
-    s = tl.load(s_ptr + row[:, None] * stride_sr + cols * stride_sc, mask=valid, other=0.0)
-    if WIDE:
-        s = s.to(tl.float32)
-    if ABS:
-        s = tl.abs(s)
+    s = _order_key(tl.load(s_ptr + row[:, None] * stride_sr + cols * stride_sc, mask=valid, other=0), ABS)
     si = s[:, :, None]
     sj = s[:, None, :]
     lower = j[None, :, None] > j[None, None, :]  # j (the rival) comes before i
@@ -142,9 +165,8 @@ def topn_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False)
     mp = triton.next_power_of_2(m)
     bg = max(1, 4096 // (mp * mp))
     grid = (triton.cdiv(n_groups, bg),)
-    wide = scores.dtype in (torch.float16, torch.bfloat16)
-    _topn_kernel[grid](scores, mask.view(torch.uint8), n_groups, gpr, scores.stride(0), scores.stride(1),
-                       mask.stride(0), N=n, M=m, MP=mp, BG=bg, WIDE=wide, ABS=bool(absolute), num_warps=4)
+    _topn_kernel[grid](_bits(scores), mask.view(torch.uint8), n_groups, gpr, scores.stride(0), scores.stride(1),
+                       mask.stride(0), N=n, M=m, MP=mp, BG=bg, ABS=bool(absolute), num_warps=4)
     return mask
 
 
@@ -156,7 +178,8 @@ def _pick(values, sel, axis: tl.constexpr, fill):
 
 @triton.jit
 def _flow_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride_mr,
-                   N: tl.constexpr, M: tl.constexpr, BB: tl.constexpr, NEG: tl.constexpr):
+                   N: tl.constexpr, M: tl.constexpr, BB: tl.constexpr, NEG: tl.constexpr,
+                   BF16_BITS: tl.constexpr):
     # The algorithm and arithmetic of nmsparse.kernels.exact_flow._solve_chunk, one program per BB blocks.
     pid = tl.program_id(0)
     blk = pid.to(tl.int64) * BB + tl.arange(0, BB)
@@ -169,7 +192,11 @@ def _flow_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride_m
     rows = br[:, None, None] * M + ii
     cols = bc[:, None, None] * M + jj
     valid = valid_b[:, None, None] & (ii >= 0) & (jj >= 0)
-    s = tl.load(s_ptr + rows * stride_sr + cols * stride_sc, mask=valid, other=0.0).to(tl.float64)
+    raw = tl.load(s_ptr + rows * stride_sr + cols * stride_sc, mask=valid, other=0)
+    if BF16_BITS:
+        s = (raw.to(tl.int32) << 16).to(tl.float32, bitcast=True).to(tl.float64)
+    else:
+        s = raw.to(tl.float64)
     if NEG:
         s = -s
     inf = float("inf")
@@ -259,6 +286,8 @@ def flow_t_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = Fals
     bb = max(1, 256 // (m * m)) if m >= 16 else 4
     grid = (triton.cdiv(n_blocks, bb),)
     neg = 2 * n > m
-    _flow_t_kernel[grid](src, mask.view(torch.uint8), n_blocks, cols // m, src.stride(0), src.stride(1),
-                         mask.stride(0), N=m - n if neg else n, M=m, BB=bb, NEG=neg, num_warps=4)
+    bf16 = src.dtype == torch.bfloat16
+    _flow_t_kernel[grid](src.view(torch.int16) if bf16 else src, mask.view(torch.uint8), n_blocks, cols // m,
+                         src.stride(0), src.stride(1), mask.stride(0), N=m - n if neg else n, M=m, BB=bb, NEG=neg,
+                         BF16_BITS=bf16, num_warps=4)
     return mask
