@@ -188,3 +188,25 @@ def test_keep_first_last_leaves_the_first_block_linear_dense(data) -> None:
     trainer = LMTrainer(_config(n_layer=2, keep_first_last=True), data, structure="2:4-T", progress=False)
     assert "transformer.h.0.attn.c_attn" not in trainer.sparse_layers
     assert len(trainer.sparse_layers) == 7
+
+
+@pytest.mark.slow
+def test_compare_resumes_after_an_interruption(tmp_path, data) -> None:
+    config = _config(steps=8, eval_every=4)
+    kwargs = dict(structures=["dense", "2:4-T"], seeds=[0], progress=False)
+    whole = compare_lm(config, tmp_path / "whole", **kwargs)
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        raise Killed
+
+    with pytest.raises(Killed):  # stops right after the first run, as a kill between two runs would
+        compare_lm(config, tmp_path / "cut", on_run_end=kill, **kwargs)
+    with pytest.raises(OverwriteError, match="--resume"):
+        compare_lm(config, tmp_path / "cut", **kwargs)
+    resumed = compare_lm(None, tmp_path / "cut", resume=True, **kwargs)
+    assert [r["heldout_losses"] for r in resumed.rows] == [r["heldout_losses"] for r in whole.rows]
+    with pytest.raises(OverwriteError, match="finished already"):
+        compare_lm(None, tmp_path / "cut", resume=True, **kwargs)
