@@ -51,10 +51,10 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter (or buffer); CPU for a model with neither."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 

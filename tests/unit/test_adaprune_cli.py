@@ -29,11 +29,6 @@ def cnn_checkpoint(tmp_path):
     return path
 
 
-def _mask(masks: dict, name: str):
-    """The mask of module ``name``'s weight (keyed by the tensor's name, ``name.weight``)."""
-    return masks[f"{name}.weight"] if f"{name}.weight" in masks else masks[name]
-
-
 def test_builtin_checkpoint(cnn_checkpoint, tmp_path, capsys):
     from nmsparse.io import load_pruned_
     from nmsparse.recipes.train import build_model

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -275,8 +275,8 @@ def _fit(layer: LayerView, stats: LayerStatistics, index: int, budget: Budget,
     """Mask (scores, survivors first) and fit one layer from its statistics."""
     config = budget.config
     module = layer.module
-    weight = module.weight.detach().float()
-    bias = module.bias.detach().float() if layer.bias else None
+    weight = cast(torch.Tensor, module.weight).detach().float()
+    bias = cast(torch.Tensor, module.bias).detach().float() if layer.bias else None
     dense = layer.natural(weight)
     if bias is not None:
         dense = torch.cat([dense, bias.reshape(layer.groups, layer.out, 1)], dim=2)
@@ -302,11 +302,13 @@ def _fit(layer: LayerView, stats: LayerStatistics, index: int, budget: Budget,
 def _install(layer: LayerView, w_aug: torch.Tensor, mask: torch.Tensor, pattern: NMPattern) -> None:
     """Write the fitted weights into the layer and attach a static NMMask."""
     module = layer.module
-    weight = w_aug[:, :, : layer.k].reshape(module.weight.shape)
+    target = cast(torch.Tensor, module.weight)
+    weight = w_aug[:, :, : layer.k].reshape(target.shape)
     with torch.no_grad():
-        module.weight.copy_(weight.to(module.weight.dtype) * mask.to(module.weight.dtype))
+        target.copy_(weight.to(target.dtype) * mask.to(target.dtype))
         if layer.bias:
-            module.bias.copy_(w_aug[:, :, layer.k].reshape(module.bias.shape).to(module.bias.dtype))
+            bias = cast(torch.Tensor, module.bias)
+            bias.copy_(w_aug[:, :, layer.k].reshape(bias.shape).to(bias.dtype))
     parametrize.register_parametrization(module, "weight", NMMask(mask, pattern=pattern), unsafe=True)
 
 
@@ -314,7 +316,7 @@ def _report(layer: LayerView, stats: LayerStatistics, fit: FitResult, error_dens
             seconds: float) -> AdaPruneLayerReport:
     stored = stats.stored()
     report = AdaPruneLayerReport(
-        name=layer.name, kind=layer.kind, shape=tuple(int(d) for d in layer.module.weight.shape),
+        name=layer.name, kind=layer.kind, shape=tuple(int(d) for d in cast(torch.Tensor, layer.module.weight).shape),
         pattern=str(pattern), rows=stats.rows, stored_rows=0 if stored is None else int(stored[0].shape[0]),
         target_power=stats.target_power, error_dense=error_dense, error_before=fit.error_before,
         error_after=fit.error_after, best_iteration=fit.best_iteration, iterations=fit.iterations,

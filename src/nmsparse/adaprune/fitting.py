@@ -109,10 +109,11 @@ def _selection(stats: LayerStatistics) -> tuple[bool, torch.Tensor, torch.Tensor
 def _finish(stats: LayerStatistics, start: torch.Tensor, best_w: torch.Tensor, best_it: int, iterations: int,
             error_start: float) -> FitResult:
     error_best = stats.error(best_w)
-    extra = {"in_features": stats.k, "has_bias": stats.bias}
     if error_best > error_start:  # float32 ranking noise near the start, or a held-out pick: keep the start
-        return FitResult(start.clone(), error_start, error_start, 0, iterations, **extra)
-    return FitResult(best_w, error_start, error_best, best_it, iterations, **extra)
+        return FitResult(start.clone(), error_start, error_start, 0, iterations, in_features=stats.k,
+                         has_bias=stats.bias)
+    return FitResult(best_w, error_start, error_best, best_it, iterations, in_features=stats.k,
+                     has_bias=stats.bias)
 
 
 def optimise_adam(stats: LayerStatistics, start: torch.Tensor, mask_aug: torch.Tensor, *, iterations: int,

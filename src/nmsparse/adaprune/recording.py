@@ -13,7 +13,7 @@ import contextlib
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +99,7 @@ class LayerView:
 
 
 def make_view(name: str, module: nn.Module) -> LayerView:
-    weight = module.weight
+    weight = cast(torch.Tensor, module.weight)
     out_total = int(weight.shape[0])
     groups = int(getattr(module, "groups", 1) or 1) if isinstance(module, nn.Conv2d) else 1
     k = int(weight[0].numel())
@@ -122,7 +122,7 @@ class Recorder:
         self.inputs = inputs
         self.outputs = outputs
         self.calls = dict(calls)
-        self.seen: dict[str, list[tuple[torch.Tensor | None, torch.Tensor | None]]] = {n: [] for n in modules}
+        self.seen: dict[str, list[tuple[Any, Any]]] = {n: [] for n in modules}
         self.modules = dict(modules)
         self.handles: list[Any] = []
 

@@ -49,7 +49,7 @@ def configure_threads(threads: int | None) -> int:
     except ImportError:
         pass
     else:
-        numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(count, int(getattr(numba.config, "NUMBA_NUM_THREADS", count)))))
     return torch.get_num_threads()
 
 
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     report = adaprune_(source.model, source.calibration, config, progress=args.progress)
     after = source.evaluate(source.model) if source.evaluate is not None else None
     masks = get_masks(source.model)
-    valid = all(any(key in masks and is_nm_sparse(masks[key], config.pattern) for key in (r.name, f"{r.name}.weight"))
+    valid = all(f"{r.name}.weight" in masks and is_nm_sparse(masks[f"{r.name}.weight"], config.pattern)
                 for r in report)
 
     rows = [[r.name, "x".join(map(str, r.shape)), r.rows, f"{r.relative_before:.4f}", f"{r.relative_after:.4f}",

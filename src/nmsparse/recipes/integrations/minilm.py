@@ -91,7 +91,7 @@ def minilm_path() -> Path:
         package = importlib.import_module(MINILM_PACKAGE)
     except ImportError as exc:
         raise BackendUnavailableError(f"the packaged MiniLM encoder is not installed ({exc}); {_INSTALL_HINT}") from exc
-    path = Path(package.__file__).resolve().parent / "model"
+    path = Path(str(package.__file__)).resolve().parent / "model"
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise BackendUnavailableError(
             f"{MINILM_PACKAGE} is installed but {path} holds no config.json/model.safetensors; reinstall it "
@@ -219,9 +219,11 @@ def _corpus() -> tuple[str, ...]:
 def _texts() -> list[str]:
     texts: list[str] = []
     try:
-        from pydoc_data.topics import topics
+        from pydoc_data import topics as topics_module
     except ImportError:  # pragma: no cover - every CPython ships pydoc_data; some distributions strip it
-        topics = {}
+        topics: dict[str, str] = {}
+    else:
+        topics = dict(topics_module.topics)
     texts += [topics[name] for name in sorted(topics)]
     for module_name in _DOC_MODULES:
         try:

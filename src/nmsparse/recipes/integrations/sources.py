@@ -152,7 +152,8 @@ def _builtin_source(path: Path, calibration: str, *, size: int | None, seed: int
     generator = torch.Generator().manual_seed(seed)
     count = min(size or DEFAULT_IMAGES, images.shape[0])
     chosen = images[torch.randperm(images.shape[0], generator=generator)[:count]]
-    test_x, test_y = data.test.images, data.test.labels
+    test_set: Any = data.test  # an in-memory split (checked above for the training split)
+    test_x, test_y = test_set.images, test_set.labels
 
     def accuracy(candidate: nn.Module) -> dict[str, float]:
         candidate.eval()
