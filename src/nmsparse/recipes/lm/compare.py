@@ -31,7 +31,7 @@ from nmsparse.pattern import NMPattern
 from ..train.rundir import RunDir, config_hash
 from .config import DENSE, UNSTRUCTURED, LMTrainConfig, lm_config_to_yaml, load_lm_config
 from .data import build_lm_data
-from .task import LMTrainer
+from .task import LMTrainer, warm_up_solvers
 
 __all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "LMCompareResult", "compare_lm", "COMPARE_TASK"]
 
@@ -183,6 +183,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
     base = config.replace(baseline=False)
     if run is not None and not resume:
         run.create(config_text=lm_config_to_yaml(base), config_hash=config_hash(base.to_dict()))
+    compile_seconds = warm_up_solvers(base, names)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for seed in seed_list:
         cfg = base.replace(seed=seed)
@@ -230,7 +231,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
                    "reference_numel": reference_numel,
                    "diversity": "exact log10 mask diversity at 50% density (nmsparse.log10_mask_diversity)",
                    "loss": "held-out cross-entropy, nats per byte (mean over seeds; std = sample std)",
-                   "spearman_loss_vs_diversity": rho, "rows": rows}
+                   "spearman_loss_vs_diversity": rho, "compile_seconds": compile_seconds, "rows": rows}
         run.write_text(COMPARE_JSON, json.dumps(payload, indent=2) + "\n")
         plot_loss_vs_diversity(rows, run.path / COMPARE_PLOT, reference_numel=reference_numel,
                                title=f"{base.n_layer}x{base.d_model} byte decoder, {base.steps} steps, "
