@@ -198,3 +198,27 @@ def test_step_schedule() -> None:
     assert learning_rate(cfg, 30 * spe, spe) == pytest.approx(0.01)
     assert learning_rate(cfg, 60 * spe, spe) == pytest.approx(0.001)
     assert learning_rate(cfg, 89 * spe, spe) == pytest.approx(0.0001)
+
+
+def test_thread_defaults_do_not_oversubscribe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault 14: 1 thread for the small models, at most min(cores, 4) otherwise; numba follows torch."""
+    import os
+
+    import torch
+
+    from nmsparse.cli.train import configure_runtime, default_threads
+
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "workqueue"))
+    assert default_threads("cnn") == default_threads("mlp") == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert default_threads("resnet50") == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_threads("resnet50") == 2
+    numba = pytest.importorskip("numba")
+    before, numba_before = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        assert configure_runtime(None, "cnn") == 1 and torch.get_num_threads() == 1
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+        numba.set_num_threads(numba_before)
