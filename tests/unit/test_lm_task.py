@@ -210,3 +210,14 @@ def test_compare_resumes_after_an_interruption(tmp_path, data) -> None:
     assert [r["heldout_losses"] for r in resumed.rows] == [r["heldout_losses"] for r in whole.rows]
     with pytest.raises(OverwriteError, match="finished already"):
         compare_lm(None, tmp_path / "cut", resume=True, **kwargs)
+
+
+def test_run_without_transformers_skips_only_the_hf_export(tmp_path, data, monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else
+                        real(name, *a))
+    summary = run_lm_training(_config(steps=4, eval_every=4, baseline=False), tmp_path / "run", progress=False)
+    assert summary.hf_folder is None and summary.baseline_hf_folder is None
+    assert not (tmp_path / "run" / "hf").exists() and (tmp_path / "run" / "summary.json").is_file()

@@ -14,7 +14,8 @@ A run directory (:mod:`nmsparse.recipes.train.rundir`) holds::
     metrics.jsonl                  one record per evaluation
     baseline/                      the dense baseline's checkpoint.safetensors and metrics.jsonl
     hf/                            the final model as a transformers GPT-2 folder (masked weights with zeros)
-    baseline/hf/                   the dense baseline as a transformers GPT-2 folder (what one-shot pruning uses)
+    baseline/hf/                   the dense baseline as a transformers GPT-2 folder (what one-shot pruning uses;
+                                   hf/ itself when the run is dense); both need transformers, skipped without it
     curves.png, summary.json       written when the run completes
 
 The batches of step ``s`` depend only on ``(seed, s)`` and dropout draws from the restored torch RNG, so a resumed
@@ -32,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -572,7 +574,10 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
     base_result = baseline.fit(resume=resume) if baseline is not None else None
     dense_trainer = baseline if baseline is not None else (main if structure == DENSE else None)
     hf_folder = baseline_hf = None
-    if run is not None:
+    if run is not None and importlib.util.find_spec("transformers") is None:
+        logger.warning("lm: transformers is not installed, so the models are not exported as transformers folders "
+                       "(pip install 'nmsparse[lm]'); the checkpoints hold them")
+    elif run is not None:
         save_hf(main.model, run.path / HF_DIR, metadata=_hf_metadata(config, data, result), overwrite=True)
         hf_folder = HF_DIR
         if baseline is not None and base_result is not None:
@@ -581,6 +586,7 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
             baseline_hf = f"{BASELINE_DIR}/{HF_DIR}"
         elif dense_trainer is main:
             baseline_hf = HF_DIR
+    if run is not None:
         from .plots import plot_lm_curves
 
         curves = {result.structure: result.history}
