@@ -75,7 +75,8 @@ class AdaPruneConfig(ConfigBase):
         True
     """
 
-    pattern: str = config_field(help='the n:m or n:m-T pattern, e.g. "2:4", "4:8-T"', group="pattern")
+    pattern: str = config_field(help='the n:m or n:m-T pattern, e.g. "2:4", "4:8-T"', metavar="N:M",
+                                group="pattern")
     method: str = config_field("auto", help="mask method of find_mask (auto: top-n for plain, exact for -T)",
                                group="pattern")
     scores: Literal["magnitude", "activation"] = config_field(
@@ -93,19 +94,20 @@ class AdaPruneConfig(ConfigBase):
                    "(the paper)", group="fit")
     iterations: int = config_field(
         50, help="steps per layer: CG iterations (stops early once converged) or Adam steps (the paper: 1000); "
-                 "0: masks with absorb-mean only", group="fit")
+                 "0: masks with absorb-mean only", metavar="N", group="fit")
     damping: float = config_field(
         0.1, help="cg: ridge pull towards the masked start, relative to each input's power (regularises the fit "
-                  "to a small calibration set)", group="fit")
+                  "to a small calibration set)", metavar="X", group="fit")
     batch_size: int | None = config_field(
         None, help="adam: calibration samples per step (the paper: 50); none: exact full-batch steps",
-        group="fit")
-    lr: float = config_field(1e-3, help="adam: learning rate of the weights", group="fit")
-    bias_lr: float = config_field(1e-2, help="adam: learning rate of the bias", group="fit")
+        metavar="N", group="fit")
+    lr: float = config_field(1e-3, help="adam: learning rate of the weights", metavar="X", group="fit")
+    bias_lr: float = config_field(1e-2, help="adam: learning rate of the bias", metavar="X", group="fit")
     absorb_mean: bool = config_field(
         True, help="share each group's pruned sum among its kept weights before fitting", group="fit")
     validation: float = config_field(
-        0.0, help="share of calibration rows held out to pick the best iterate (0: all rows)", group="fit")
+        0.0, help="share of calibration rows held out to pick the best iterate (0: all rows)", metavar="X",
+        group="fit")
     sequential: bool = config_field(
         True, help="record each layer's input with its earlier layers already pruned (no: the paper's parallel "
                    "version, all inputs dense)", group="recording")
@@ -114,12 +116,13 @@ class AdaPruneConfig(ConfigBase):
                       "layer's own dense output on its pruned-path input", group="recording")
     memory_budget: str = config_field(
         DEFAULT_MEMORY_BUDGET, help="recorded activations and statistics held at once, e.g. 512MiB, 2GiB",
-        group="recording")
+        metavar="SIZE", group="recording")
     ignore_padding: bool = config_field(
         True, help="leave padding tokens (attention_mask == 0) out of the statistics", group="recording")
     recalibrate_bn: bool = config_field(
         True, help="re-estimate batch-norm statistics on the calibration data afterwards", group="recording")
-    seed: int = config_field(0, help="seed of row subsets and mini-batch order", group="recording")
+    seed: int = config_field(0, help="seed of row subsets and mini-batch order", metavar="N",
+                             group="recording")
 
     _constraints = {
         "pattern": [PatternString()],
