@@ -7,8 +7,9 @@ are written atomically and verified on resume, and when an existing directory is
 :mod:`nmsparse.recipes.train.rundir`. A run directory holds::
 
     run.json, config.yaml     marker and resolved settings (what --resume reads)
-    checkpoint.safetensors    ONE atomic file: weights + masks, optimizer, sparsifier counters, RNG states of
-                              every rank, step, metrics history, config hash
+    checkpoint.safetensors    ONE atomic file: weights + masks (nmsparse.io's pruned layout, pattern and mode
+                              per mask), optimizer, sparsifier counters, RNG states of every rank, step,
+                              metrics history, config hash
     metrics.jsonl             one JSON record per epoch (reconciled with the checkpoint on resume)
     model.safetensors         the final pruned model (nmsparse.io format), when the model's training completes
     curves.png, summary.json  written when the run completes
@@ -349,13 +350,10 @@ class Trainer:
         rng_states = gather_objects(capture_rng_state(), self.dist)
         if not self.dist.is_main or self.run is None:
             return
-        tensors: dict[str, torch.Tensor] = {}
-        extra: dict[str, Any] = {}
-        for key, value in self.model.state_dict().items():
-            if isinstance(value, torch.Tensor):
-                tensors[key] = value
-            else:  # module extra state (e.g. a mask's pattern and mode)
-                extra[key] = value
+        from nmsparse.io import pruned_state_dict
+
+        # The model in nmsparse.io's pruned layout: plain keys, masks, pattern and mode per mask in the metadata.
+        tensors, tensor_metadata = pruned_state_dict(self.model)
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
@@ -364,10 +362,10 @@ class Trainer:
             "world_size": self.dist.world_size,
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
-            "model_extra_state": extra,
         }
         self.run.save_checkpoint(Checkpoint(epoch=self.epoch, config_hash=self.config_hash, tensors=tensors,
-                                            state=state, history=list(self.history), task=TASK), self.section)
+                                            tensor_metadata=tensor_metadata, state=state,
+                                            history=list(self.history), task=TASK), self.section)
 
     def load_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Restore this trainer from a verified checkpoint (see :meth:`RunDir.load_checkpoint`).
@@ -377,10 +375,14 @@ class Trainer:
         """
         state = checkpoint.state
         where = self.out_dir if self.out_dir is not None else "checkpoint"
+        from nmsparse.io import load_pruned_state_dict_
+
         try:
-            values: dict[str, Any] = dict(checkpoint.tensors)
-            values.update(state.get("model_extra_state") or {})
-            self.model.load_state_dict(values)
+            # Loads into the masks and parameters already attached (the optimizer keeps its references).
+            load_pruned_state_dict_(self.model, checkpoint.tensors, checkpoint.tensor_metadata)
+        except MaskMismatchError as exc:
+            raise InputError(f"{where}: the checkpoint does not fit this run's model: {exc}") from None
+        try:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.sparsifier is not None and state["sparsifier"] is not None:
                 self.sparsifier.load_state_dict(state["sparsifier"])
