@@ -286,8 +286,9 @@ def register_kernels() -> list[str]:
 
     Registered: ``topn/triton`` (plain), ``exact/triton`` (m = 4, 8, 16), ``greedy/triton`` (m in 4, 8, 16, 32), all
     for CUDA tensors (and CPU tensors when ``TRITON_INTERPRET=1`` at registration), available when triton
-    imports; and ``exact/torch-flow`` (m >= 8, CUDA tensors: the batched torch min-cost flow, which keeps the
-    work on the GPU instead of copying blocks to the CPU for numba).
+    imports; and ``exact/torch-flow`` (m >= 8, any device: the batched torch min-cost flow, which keeps the
+    work on the GPU instead of copying blocks to the CPU for numba; priority below exact/numba, so ``auto``
+    takes it only where neither Triton nor numba can run).
 
     Example:
         >>> labels = register_kernels()
@@ -332,7 +333,7 @@ def register_kernels() -> list[str]:
                         available=triton_installed, replace=True, **kwargs)
         labels.append(f"{name}/triton")
     register_solver("exact", flow_solver, backend="torch-flow", transposable=True, ms={8, 16, 32}, exact=True,
-                    exactly_n=True, devices={"cuda"}, priority=5, replace=True,
+                    exactly_n=True, priority=5, replace=True,
                     description="optimal n:m-T by a batched min-cost flow in torch ops, on the GPU (same optimum "
                                 "as exact/numba)")
     labels.append("exact/torch-flow")
