@@ -87,6 +87,7 @@ def test_train_writes_every_artefact_with_sane_values(tmp_path: Path, capsys: py
     assert nmsparse.is_nm_sparse(model.conv2.weight, "4:8-T") and nmsparse.is_nm_sparse(model.conv3.weight, "4:8-T")
 
 
+@pytest.mark.slow  # several whole runs; tests/unit/test_train_rundir.py covers the logic fast
 def test_resume_equals_uninterrupted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # 3 epochs of 4 steps, refresh every 3 steps (refreshes straddle the interruption), augmentation on.
     # Bit-equality needs the same CPU thread count in every session (reductions split by thread): the command
@@ -203,6 +204,7 @@ def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     _one_line_error(code, err, "drop --width, --config")
 
 
+@pytest.mark.slow  # several whole runs; tests/unit/test_train_rundir.py covers the logic fast
 def test_run_killed_in_its_first_epoch_is_not_stuck(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Fault 3: a run directory without a checkpoint resumes from nothing, and the same --out restarts it."""
     run_dir = tmp_path / "run"
@@ -221,6 +223,7 @@ def test_run_killed_in_its_first_epoch_is_not_stuck(tmp_path: Path, capsys: pyte
     assert json.loads((run_dir / "summary.json").read_text())["test_accuracy"] == reference["test_accuracy"]
 
 
+@pytest.mark.slow  # several whole runs; tests/unit/test_train_rundir.py covers the logic fast
 def test_no_silent_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Fault 5: compare --out on a train run, --resume on a finished run, train --out on any run: refused."""
     run_dir = tmp_path / "run"
