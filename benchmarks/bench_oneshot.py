@@ -159,7 +159,8 @@ def _llama_part(args: argparse.Namespace) -> dict[str, Any]:
     if args.smoke:
         sizes = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 2, "num_attention_heads": 4}
     else:
-        sizes = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 4, "num_attention_heads": 16}
+        sizes = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": args.llama_layers,
+                 "num_attention_heads": 16}
     config = transformers.LlamaConfig(**sizes, num_key_value_heads=sizes["num_attention_heads"],
                                       vocab_size=args.llama_vocab, max_position_embeddings=args.llama_context,
                                       bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-mb", type=float, default=1024.0, help="part 1 max_memory_mb")
     parser.add_argument("--skip-lm", action="store_true", help="skip part 1")
     parser.add_argument("--skip-llama", action="store_true", help="skip part 2")
+    parser.add_argument("--llama-layers", type=int, default=4, help="part 2 decoder layers (default: 4)")
     parser.add_argument("--llama-methods", nargs="*", default=["sparsegpt"], choices=METHODS)
     parser.add_argument("--llama-patterns", nargs="*", default=["2:4", "4:8-T"])
     parser.add_argument("--llama-samples", type=int, default=16, help="part 2 calibration sequences")
