@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..io import load_pruned_state_dict_
 from .dynamic import DynamicSparsifier
 from .report import PrunedLayer, PruneReport, last_report
 from .select import LayerSelection, is_transposed_layer, select_layers
@@ -48,7 +47,8 @@ __all__ = [
 
 # AdaPrune moved to nmsparse.adaprune (and recalibrate_batchnorm_ to nmsparse.nn.batchnorm); these names stay
 # reachable from here, lazily, for code written against the old layout.
-_MOVED = {"adaprune_": "nmsparse.adaprune", "AdaPruneLayerReport": "nmsparse.adaprune",
+_MOVED = {"load_pruned_state_dict_": "nmsparse.io",  # lazy: nmsparse.io itself imports nmsparse.prune
+          "adaprune_": "nmsparse.adaprune", "AdaPruneLayerReport": "nmsparse.adaprune",
           "recalibrate_batchnorm_": "nmsparse.nn.batchnorm"}
 
 
