@@ -24,7 +24,8 @@ def test_every_module_imports_first():
     """Each module can be the first nmsparse module a program imports (catches import cycles between packages)."""
     code = (
         "import importlib, pkgutil, sys, torch, nmsparse\n"
-        "names = sorted(m.name for m in pkgutil.walk_packages(nmsparse.__path__, 'nmsparse.') if not m.name.endswith('__main__'))\n"
+        "names = sorted(m.name for m in pkgutil.walk_packages(nmsparse.__path__, 'nmsparse.')\n"
+        "               if not m.name.endswith('__main__'))\n"
         "failed = []\n"
         "for name in names:\n"
         "    for key in [k for k in sys.modules if k == 'nmsparse' or k.startswith('nmsparse.')]:\n"

@@ -353,8 +353,9 @@ class SparseLinear(nn.Module):
     same math. :attr:`sparse_reason` says which path runs and why.
 
     The packed ``W``/``W^T`` are cached and rebuilt (one elementwise masking pass, then one call that packs
-    both) on the first forward after the weight or the mask changed (tensor version counters: optimizer steps, ``load_state_dict`` and in-place mask
-    refreshes all count). Writing through ``weight.data`` bypasses the counters: call :meth:`invalidate_` then.
+    both) on the first forward after the weight or the mask changed (tensor version counters: optimizer steps,
+    ``load_state_dict`` and in-place mask refreshes all count). Writing through ``weight.data`` bypasses the
+    counters: call :meth:`invalidate_` then.
 
     State dict keys are those of an ``nn.Linear`` pruned by nmsparse (``parametrizations.weight.original``,
     ``parametrizations.weight.0.mask``, ``bias``), so checkpoints load in either direction.
