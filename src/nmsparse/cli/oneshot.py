@@ -24,7 +24,6 @@ import torch
 
 from .._version import __version__
 from ..errors import ConfigError, InputError, OverwriteError
-from ..io import write_text_atomic
 from ..oneshot import METHODS, OneShotConfig, prune_oneshot_
 from ..pattern import NMPattern
 from ._flags import add_config_arguments, config_from_args
@@ -120,6 +119,7 @@ def _streams(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import write_text_atomic
     from ..oneshot.hf import calibration_windows, load_causal_lm, perplexity, save_pruned_pretrained
     from .train import configure_runtime
 

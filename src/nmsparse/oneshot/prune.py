@@ -18,8 +18,10 @@ from .._logging import logger
 from .._logging import progress as _progress
 from ..errors import ConfigError, InputError, ShapeError
 from ..layout import check_fits
-from ..nn.parametrize import NMMask
 from ..pattern import NMPattern, PatternLike
+
+# nmsparse.prune first: it loads nmsparse.io in the order their mutual imports need
+from ..prune.static import apply_mask_
 from .config import OneShotConfig, OneShotLayerReport, OneShotReport
 from .layer import METHODS, gram_update_, prune_matrix, reconstruction_error
 
@@ -373,12 +375,7 @@ def _attach(module: nn.Module, weight: torch.Tensor, mask: torch.Tensor, pattern
     target = _weight(module)
     with torch.no_grad():
         target.copy_(weight.to(target.dtype))
-    try:  # nmsparse's one way to attach masks (records Conv1D layers as transposed, checks the pattern)
-        from ..prune.static import apply_mask_
-    except ImportError:  # pragma: no cover - older tree: Conv1D masks are stored [in, out], pattern unrecorded
-        nm = NMMask(mask.contiguous(), pattern=None if conv1d else pattern)
-        parametrize.register_parametrization(module, "weight", nm, unsafe=True)
-        return
+    # nmsparse's one way to attach masks (records Conv1D layers as transposed, checks the pattern)
     apply_mask_(module, mask.contiguous(), pattern=pattern)
 
 
