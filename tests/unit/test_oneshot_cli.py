@@ -65,3 +65,14 @@ def test_oneshot_command_on_a_gpt2_folder(tmp_path, capsys):
         assert bool((weight[~mask] == 0).all())
         assert_valid_mask(mask.T, "2:4-T", exact_n=True)  # GPT-2's Conv1D stores [in, out]
     assert main(["oneshot", "--model", f"hf:{source}", "--pattern", "2:4", "--out", str(out)]) == 2
+
+
+def test_command_module_imports_in_a_fresh_process():
+    """Importing nmsparse.io before nmsparse.prune is circular; the command must not depend on import order."""
+    import subprocess
+    import sys
+
+    for module in ("nmsparse.cli.oneshot", "nmsparse.oneshot.hf"):
+        result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
