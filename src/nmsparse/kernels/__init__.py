@@ -278,6 +278,7 @@ def exact_nm_t(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, 
 
 
 _REGISTERED = False
+_REGISTERED_INTERPRET = False
 
 
 def register_kernels() -> list[str]:
@@ -295,11 +296,14 @@ def register_kernels() -> list[str]:
         >>> isinstance(labels, list)
         True
     """
-    global _REGISTERED
-    if _REGISTERED:
-        return []
+    global _REGISTERED, _REGISTERED_INTERPRET
     from ..solvers import register_solver
     from ._capability import triton_interpret
+
+    # Registered once, again only if TRITON_INTERPRET was switched on since (a test session that imported
+    # nmsparse first): then the Triton backends are re-registered for CPU tensors too.
+    if _REGISTERED and (_REGISTERED_INTERPRET or not triton_interpret()):
+        return []
 
     devices = {"cuda", "cpu"} if triton_interpret() else {"cuda"}
     dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -341,4 +345,5 @@ def register_kernels() -> list[str]:
                                 "as exact/numba)")
     labels.append("exact/torch-flow")
     _REGISTERED = True
+    _REGISTERED_INTERPRET = triton_interpret()
     return labels
