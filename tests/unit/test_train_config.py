@@ -210,9 +210,11 @@ def test_thread_defaults_do_not_oversubscribe(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setenv("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "workqueue"))
     assert default_threads("cnn") == default_threads("mlp") == 1
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    from nmsparse.cli import _runtime
+
+    monkeypatch.setattr(_runtime, "usable_cores", lambda: 64)
     assert default_threads("resnet50") == 4
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(_runtime, "usable_cores", lambda: 2)
     assert default_threads("resnet50") == 2
     numba = pytest.importorskip("numba")
     before, numba_before = torch.get_num_threads(), numba.get_num_threads()

@@ -8,49 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..errors import ConfigError, OverwriteError
+from ._runtime import configure_runtime
 
 REPORT_FILE = "adaprune.json"
 MODEL_FILE = "model.safetensors"
-#: Thread cap of the default: more threads than this only add synchronisation on shared machines.
-MAX_DEFAULT_THREADS = 4
-
-
-def default_threads() -> int:
-    """``min(usable cores, 4)``: never more threads than cores."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, MAX_DEFAULT_THREADS))
-
-
 def configure_threads(threads: int | None) -> int:
-    """Give torch ``threads`` (default :func:`default_threads`) and numba as many; returns torch's count.
-
-    numba's default OpenMP threading layer (the compiled mask solvers) shares the OpenMP runtime with torch: a
-    solver call resets torch's thread count and leaves spinning worker threads that compete with torch's; the
-    ``workqueue`` layer has neither effect (a ``NUMBA_THREADING_LAYER`` set by the user is respected). Done first
-    thing, before any solver runs.
-    """
-    import torch
-
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-    count = default_threads() if threads is None else threads
-    torch.set_num_threads(count)
-    try:
-        import numba
-    except ImportError:
-        pass
-    else:
-        numba.set_num_threads(max(1, min(count, int(getattr(numba.config, "NUMBA_NUM_THREADS", count)))))
-    return torch.get_num_threads()
+    """Give torch ``threads`` (default ``min(cores, 4)``) and numba as many; returns torch's count."""
+    return configure_runtime(threads, None)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import argparse
 
 from ..errors import ConfigError
 from ..recipes.compare_methods import resnet50_weights, run_method
+from ._runtime import add_runtime_arguments, configure_runtime
 from ._table import format_table
 
 DEFAULT_RUNS = ("4:8-T:exact", "4:8-T:greedy", "4:8-T:greedy-repair", "4:8:topn",
@@ -24,15 +25,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="auto",
                         help="find_mask backend for every run (default: auto; see `nmsparse info`)")
+    add_runtime_arguments(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    threads = configure_runtime(args.threads)
     weights = resnet50_weights(seed=args.seed)
     print(f"ResNet-50-shaped weights: {len(weights)} tensors, {sum(w.numel() for w in weights.values()):,} "
-          f"Gaussian weights (seed {args.seed})\n")
+          f"Gaussian weights (seed {args.seed}), {threads} thread(s)\n")
     rows = []
-    for spec in args.runs:
+    from .._logging import progress
+
+    for spec in progress(args.runs, desc="demo", enabled=args.progress):
         pattern, _, method = spec.rpartition(":")
         if not pattern:
             raise ConfigError(f"--runs entries look like '4:8-T:exact', got {spec!r}")

@@ -15,20 +15,14 @@ without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from ._runtime import configure_runtime, default_threads  # noqa: F401 - re-exported for callers
 from .main import CLIError
 
 TASKS = ("classify", "lm")
-
-#: Models small enough that one CPU thread is fastest (see ``TrainConfig.threads``).
-_SMALL_MODELS = ("cnn", "mlp")
-#: Thread cap of the other models: more threads than this only add synchronisation on shared machines.
-_MAX_DEFAULT_THREADS = 4
-
 
 def lm_config_class() -> Any:
     """``nmsparse.recipes.lm.LMTrainConfig``, or ``None`` when that recipe is not installed."""
@@ -72,37 +66,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="continue the run in DIR from its last checkpoint (settings from its config.yaml; a "
                              "run without a checkpoint starts again)")
     return parser
-
-
-def default_threads(model: str | None) -> int:
-    """Thread default that does not oversubscribe: 1 for the small models, else ``min(cores, 4)``."""
-    if model in _SMALL_MODELS:
-        return 1
-    return max(1, min(os.cpu_count() or 1, _MAX_DEFAULT_THREADS))
-
-
-def configure_runtime(threads: int | None, model: str | None = None) -> int:
-    """Apply the run's CPU thread count to torch and numba; returns the torch thread count.
-
-    ``threads=None`` uses :func:`default_threads`. numba's default OpenMP threading layer (used by the compiled
-    mask solvers) shares the OpenMP runtime with torch: a solver call resets torch's thread count and leaves
-    worker threads that compete with torch's (a dynamic-sparse epoch of the digits CNN took 7x longer on a busy
-    2-core machine). The ``workqueue`` layer has neither effect; a ``NUMBA_THREADING_LAYER`` set by the user is
-    respected. numba's thread count is set to match torch's. Only effective before the first solver call, hence
-    done here, first thing. The library itself never changes these global settings.
-    """
-    import torch
-
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
-    count = default_threads(model) if threads is None else threads
-    torch.set_num_threads(count)
-    try:
-        import numba
-    except ImportError:
-        pass
-    else:
-        numba.set_num_threads(max(1, min(count, int(getattr(numba.config, "NUMBA_NUM_THREADS", count)))))
-    return torch.get_num_threads()
 
 
 def print_recipes() -> None:
