@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,7 +29,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
 
-from nmsparse.accelerate import _periodic_2_4_t_mask, measure_linear  # noqa: E402
+from nmsparse.accelerate import _periodic_2_4_t_mask, _time_ms, measure_linear  # noqa: E402
 from nmsparse.nn import SparseLinear  # noqa: E402
 from nmsparse.nn.linear import sparse_unavailable_reason  # noqa: E402
 
@@ -76,26 +73,6 @@ def environment(device: torch.device) -> dict[str, object]:
     return env
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> float:
-    """Median milliseconds of ``fn`` after ``warmup`` calls (CUDA events on CUDA)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dtype, device: torch.device, *,
                 warmup: int, repeats: int) -> dict[str, object]:
     gen = torch.Generator().manual_seed(0)
@@ -112,9 +89,9 @@ def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dty
                               "dtype": str(dtype).replace("torch.", ""),
                               "path": "sparse" if reason is None else f"masked-dense ({reason})"}
     dense = {
-        "forward": median_ms(lambda: F.linear(x, w), device, **kw),
-        "dX": median_ms(lambda: torch.mm(dy, w), device, **kw),
-        "dW": median_ms(lambda: torch.mm(dy.t(), x), device, **kw),
+        "forward": _time_ms(lambda: F.linear(x, w), device=device, **kw),
+        "dX": _time_ms(lambda: torch.mm(dy, w), device=device, **kw),
+        "dW": _time_ms(lambda: torch.mm(dy.t(), x), device=device, **kw),
     }
     if reason is None:
         packed = layer.packed_weight(dtype)
@@ -124,9 +101,9 @@ def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dty
             return layer.packed_weight(dtype)
 
         sparse = {
-            "forward": median_ms(lambda: F.linear(x, packed), device, **kw),
-            "dX": median_ms(lambda: torch.mm(dy, packed), device, **kw),
-            "repack": median_ms(repack, device, **kw),
+            "forward": _time_ms(lambda: F.linear(x, packed), device=device, **kw),
+            "dX": _time_ms(lambda: torch.mm(dy, packed), device=device, **kw),
+            "repack": _time_ms(repack, device=device, **kw),
         }
         # correctness of the timed operands, against the masked dense product (bf16 tolerance)
         masked = torch.where(mask, w, 0)
@@ -137,11 +114,11 @@ def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dty
     else:
         masked = w * mask
         sparse = {
-            "forward": median_ms(lambda: F.linear(x, w * mask), device, **kw),
-            "dX": median_ms(lambda: torch.mm(dy, w * mask), device, **kw),
+            "forward": _time_ms(lambda: F.linear(x, w * mask), device=device, **kw),
+            "dX": _time_ms(lambda: torch.mm(dy, w * mask), device=device, **kw),
             "repack": 0.0,
         }
-    sparse["dW"] = median_ms(lambda: torch.mm(dy.t(), x) * mask, device, **kw)
+    sparse["dW"] = _time_ms(lambda: torch.mm(dy.t(), x) * mask, device=device, **kw)
     dense["sum"] = dense["forward"] + dense["dX"] + dense["dW"]
     sparse["sum"] = sparse["forward"] + sparse["dX"] + sparse["dW"] + sparse["repack"]
     dense["step"], sparse["step"] = measure_linear(tokens, d_in, d_out, dtype, device, training=True, **kw)

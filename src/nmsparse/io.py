@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -772,11 +772,29 @@ def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
         ConfigError: ``model`` has no ``save_pretrained``.
         OverwriteError: ``folder`` exists and ``overwrite`` is ``False``.
     """
+
+    def copy_extras(staging: Path) -> None:
+        for extra in extra_files:
+            shutil.copy2(extra, staging / Path(extra).name)
+
+    return _write_pretrained_folder(model, folder, metadata=metadata, overwrite=overwrite, fill=copy_extras,
+                                    where="save_pretrained_dense",
+                                    hint="; use save_dense for a plain safetensors file")
+
+
+def _write_pretrained_folder(model: nn.Module, folder: str | os.PathLike[str], *,
+                             metadata: Mapping[str, Any] | None, overwrite: bool,
+                             fill: Callable[[Path], None] | None = None, where: str, hint: str = "") -> Path:
+    """The folder of :func:`save_pretrained_dense` (also :func:`nmsparse.oneshot.save_pruned_pretrained`'s).
+
+    ``fill`` adds more files to the staging folder after ``save_pretrained``, before the masks and
+    ``nmsparse.json``; ``where`` and ``hint`` word the error for a model without ``save_pretrained``.
+    """
     from .prune.static import get_masks
 
     if not callable(getattr(model, "save_pretrained", None)):
-        raise ConfigError(f"save_pretrained_dense: {type(model).__name__} is not a transformers model (no "
-                          f"save_pretrained); use save_dense for a plain safetensors file")
+        raise ConfigError(f"{where}: {type(model).__name__} is not a transformers model (no "
+                          f"save_pretrained){hint}")
     target = Path(folder)
     if os.path.lexists(target) and not overwrite:
         raise OverwriteError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -790,17 +808,16 @@ def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
     try:
         os.chmod(staging, 0o777 & ~_umask())
         model.save_pretrained(str(staging), state_dict=dense, safe_serialization=True)  # type: ignore[operator]
-        for extra in extra_files:
-            shutil.copy2(extra, staging / Path(extra).name)
+        if fill is not None:
+            fill(staging)
         save_masks(masks, staging / MASKS_FILE, overwrite=True)
         record = {"format": FORMAT, "kind": "dense", "nmsparse_version": __version__, "masks": info,
                   "metadata": dict(metadata or {})}
         write_text_atomic(staging / "nmsparse.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
         if os.path.lexists(target):
-            old = target.with_name(f".{target.name}.old")
-            if os.path.lexists(old):
-                shutil.rmtree(old)
-            os.replace(target, old)
+            # A fresh folder for the old one: never deletes anything of the caller's beside ``folder``.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
             os.replace(staging, target)
             shutil.rmtree(old, ignore_errors=True)
         else:

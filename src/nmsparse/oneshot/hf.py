@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -110,47 +108,17 @@ def save_pruned_pretrained(model: nn.Module, out: str | os.PathLike[str], *, pat
         >>> torch.equal(reloaded(ids).logits, model(ids).logits)
         True
     """
-    from .. import __version__
-    from ..errors import ConfigError, OverwriteError
-    from ..io import FORMAT, MASKS_FILE, export_dense, masks_info, save_masks, write_text_atomic
-    from ..prune.static import get_masks
+    from ..io import _write_pretrained_folder
 
-    # The folder layout of nmsparse.io.save_pretrained_dense, written from export_dense instead of a squashed
-    # deepcopy: squashing a copy deletes the `weight` property of the parametrized class the copy shares with
-    # the caller's model, which breaks the caller's model.
-    if not callable(getattr(model, "save_pretrained", None)):
-        raise ConfigError(f"save_pruned_pretrained: {type(model).__name__} is not a transformers model (no "
-                          f"save_pretrained)")
-    target = Path(out)
-    if os.path.lexists(target) and not overwrite:
-        raise OverwriteError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"oneshot": {"pattern": None if pattern is None else str(NMPattern.parse(pattern)),
                                           "method": method, **dict(extra or {})}}
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
-        model.save_pretrained(str(staging), state_dict=export_dense(model),  # type: ignore[operator]
-                              safe_serialization=True)
-        save_masks(get_masks(model), staging / MASKS_FILE, overwrite=True)
-        info = {"format": FORMAT, "kind": "dense", "nmsparse_version": __version__, "masks": masks_info(model),
-                "metadata": record}
-        write_text_atomic(staging / "nmsparse.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    def save_tokenizer(staging: Path) -> None:
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
-        if os.path.lexists(target):
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return _write_pretrained_folder(model, out, metadata=record, overwrite=overwrite, fill=save_tokenizer,
+                                    where="save_pruned_pretrained")
 
 
 def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .._calibration import materialise
 from .._logging import logger
 from .._logging import progress as _progress
 from ..errors import ConfigError, InputError, ShapeError
@@ -132,19 +133,7 @@ def _materialise(calibration: Iterable[Any] | None, method: str) -> list[Any]:
             return []
         raise InputError(f"prune_oneshot_: method {method!r} needs calibration data; pass an iterable of batches "
                          f"(token-id tensors [batch, seq], or dicts such as a tokenizer's output)")
-    if isinstance(calibration, (torch.Tensor, str, bytes, Mapping)):
-        raise InputError(
-            f"prune_oneshot_: calibration must be an iterable of batches (a list, a DataLoader, ...), got a single "
-            f"{type(calibration).__name__}; wrap one batch in a list: [batch]"
-        )
-    try:
-        batches = list(calibration)
-    except TypeError as exc:
-        raise InputError(f"prune_oneshot_: calibration must be an iterable of batches, got "
-                         f"{type(calibration).__name__}") from exc
-    if not batches:
-        raise InputError("prune_oneshot_: the calibration set is empty; pass at least one batch")
-    return batches
+    return materialise(calibration, where="prune_oneshot_")
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:

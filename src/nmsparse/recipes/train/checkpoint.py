@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from nmsparse._version import __version__
-from nmsparse.errors import InputError
-from nmsparse.io import atomic_path, load_state_dict
+from nmsparse.io import atomic_path, load_state_dict, read_metadata
 
 __all__ = [
     "MODEL_FILE",
@@ -56,16 +55,7 @@ def save_model(path: str | Path, model: nn.Module, *, metadata: Mapping[str, Any
 
 def read_model_metadata(path: str | Path) -> dict[str, str]:
     """Metadata of a ``.safetensors`` checkpoint (empty for other files or files without metadata)."""
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors" or not path.is_file():
-        return {}
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return dict(handle.metadata() or {})
-    except (SafetensorError, OSError) as exc:
-        raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return read_metadata(path)
 
 
 def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
