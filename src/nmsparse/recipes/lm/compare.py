@@ -19,55 +19,31 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nmsparse.diversity import log10_mask_diversity
 from nmsparse.errors import ConfigError
-from nmsparse.pattern import NMPattern
 
+from .._common import (
+    COMPARE_JSON,
+    COMPARE_PLOT,
+    DEFAULT_REFERENCE_NUMEL,
+    DEFAULT_STRUCTURES,
+    RunCallback,
+    check_structures,
+    structure_slug,
+)
 from ..train.rundir import RunDir, config_hash
-from .config import DENSE, UNSTRUCTURED, LMTrainConfig, lm_config_to_yaml, load_lm_config
+from .config import DENSE, LMTrainConfig, lm_config_to_yaml, load_lm_config
 from .data import build_lm_data
 from .task import LMTrainer, warm_up_solvers
 
 __all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "LMCompareResult", "compare_lm", "COMPARE_TASK"]
 
-#: Structures trained by default.
-DEFAULT_STRUCTURES = (DENSE, "2:4", "4:8", "2:4-T", "4:8-T", UNSTRUCTURED)
-#: Tensor size of the diversity column: 4096 = 64 blocks of 8x8, a multiple of every m*m used here.
-DEFAULT_REFERENCE_NUMEL = 4096
 COMPARE_TASK = "lm-compare"
-COMPARE_JSON = "compare.json"
-COMPARE_PLOT = "compare.png"
-
-RunCallback = Callable[[dict[str, Any]], None]
-
-
-def _slug(structure: str) -> str:
-    return structure.replace(":", "x")
-
-
-def _check_structures(structures: Sequence[str]) -> list[str]:
-    out = []
-    for item in structures:
-        if not isinstance(item, str):
-            raise ConfigError(f"compare: structures must be strings, got {item!r}")
-        name = item.strip()
-        if name.lower() in (DENSE, UNSTRUCTURED):
-            out.append(name.lower())
-            continue
-        try:
-            out.append(str(NMPattern.parse(name)))
-        except ValueError as exc:
-            raise ConfigError(f"compare: structure {item!r}: {exc}; or use '{DENSE}' or '{UNSTRUCTURED}'") from None
-    if not out:
-        raise ConfigError("compare: give at least one structure, e.g. dense 2:4 4:8-T")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"compare: structures repeat: {out}")
-    return out
 
 
 @dataclass
@@ -149,7 +125,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
         ConfigError: bad structures, seeds or settings.
         OverwriteError: ``out`` holds files of another run (see :class:`~nmsparse.recipes.train.rundir.RunDir`).
     """
-    names = _check_structures(structures)
+    names = check_structures(structures)
     if seeds is not None:
         seeds = list(seeds)
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
@@ -168,7 +144,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
     elif config is None:
         raise ConfigError("compare_lm: give a config (or resume=True with an existing comparison)")
     seed_list = [config.seed] if seeds is None else seeds
-    sections = {(name, seed): f"{_slug(name)}-seed{seed}" for name in names for seed in seed_list}
+    sections = {(name, seed): f"{structure_slug(name)}-seed{seed}" for name in names for seed in seed_list}
     if resume and out is not None:
         run = RunDir.open_resume(Path(out), task=COMPARE_TASK, outputs=outputs, sections=tuple(sections.values()),
                                  overwrite=overwrite)

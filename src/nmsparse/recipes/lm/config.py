@@ -26,14 +26,11 @@ from nmsparse._validation import ConfigBase, Interval, Options, PatternString, P
 from nmsparse.errors import ConfigError, InputError
 from nmsparse.solvers import list_methods
 
+from .._common import DENSE, UNSTRUCTURED
 from .corpus import SOURCES
 from .model import SPARSE_LAYERS, GPTConfig
 
 __all__ = ["LMTrainConfig", "DENSE", "UNSTRUCTURED", "load_lm_config", "lm_config_to_yaml", "lm_recipe_path"]
-
-#: Structure names besides n:m patterns.
-DENSE = "dense"
-UNSTRUCTURED = "unstructured"
 
 _DATA, _MODEL, _SPARSITY, _OPTIM, _RUN = "data", "model", "sparsity", "optimisation", "run"
 

@@ -12,15 +12,23 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nmsparse.diversity import log10_mask_diversity
 from nmsparse.errors import ConfigError
-from nmsparse.pattern import NMPattern
 
+from .._common import (
+    COMPARE_JSON,
+    COMPARE_PLOT,
+    DEFAULT_REFERENCE_NUMEL,
+    DEFAULT_STRUCTURES,
+    RunCallback,
+    check_structures,
+    structure_slug,
+)
 from .config import UNSTRUCTURED, TrainConfig, config_to_yaml
 from .data import DataBundle, build_data
 from .distributed import DistContext
@@ -31,41 +39,8 @@ from .trainer import MODEL_FILE, Trainer, warm_up_solvers
 __all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "CompareResult", "compare_structures",
            "structure_slug"]
 
-#: Structures trained by default.
-DEFAULT_STRUCTURES = ("dense", "2:4", "4:8", "2:4-T", "4:8-T", UNSTRUCTURED)
-#: Tensor size mask diversity is computed for: 4096 = 64 blocks of 8x8, a multiple of every m*m used here.
-DEFAULT_REFERENCE_NUMEL = 4096
-COMPARE_JSON = "compare.json"
-COMPARE_PLOT = "compare.png"
 #: Task name recorded in comparison directories.
 TASK = "compare"
-
-RunCallback = Callable[[dict[str, Any]], None]
-
-
-def structure_slug(structure: str) -> str:
-    """Directory-safe name of a structure (``"4:8-T"`` -> ``"4x8-T"``)."""
-    return structure.replace(":", "x")
-
-
-def _check_structures(structures: Sequence[str]) -> list[str]:
-    out = []
-    for item in structures:
-        if not isinstance(item, str):
-            raise ConfigError(f"compare: structures must be strings, got {item!r}")
-        name = item.strip()
-        if name.lower() in ("dense", UNSTRUCTURED):
-            out.append(name.lower())
-            continue
-        try:
-            out.append(str(NMPattern.parse(name)))
-        except ValueError as exc:
-            raise ConfigError(f"compare: structure {item!r}: {exc}; or use 'dense' or '{UNSTRUCTURED}'") from None
-    if not out:
-        raise ConfigError("compare: give at least one structure, e.g. dense 2:4 4:8-T")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"compare: structures repeat: {out}")
-    return out
 
 
 @dataclass
@@ -136,7 +111,7 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
             comparison, or files nmsparse did not create) and ``overwrite`` is false.
     """
     dist = dist or DistContext()
-    names = _check_structures(structures)
+    names = check_structures(structures)
     seed_list = [config.seed] if seeds is None else [int(s) for s in seeds]
     if not seed_list or any(s < 0 for s in seed_list):
         raise ConfigError(f"compare: seeds must be integers >= 0, got {list(seeds or [])}")

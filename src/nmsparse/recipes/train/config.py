@@ -28,6 +28,8 @@ from nmsparse.errors import ConfigError, InputError
 from nmsparse.pattern import NMPattern
 from nmsparse.solvers import list_methods
 
+from .._common import UNSTRUCTURED
+
 __all__ = [
     "TrainConfig",
     "CONFIG_VERSION",
@@ -45,9 +47,6 @@ CONFIG_VERSION = 1  # TrainConfig._version
 
 #: The shipped recipe ``nmsparse train`` / ``compare`` use when no ``--config`` is given.
 DEFAULT_RECIPE = "digits_cnn_4x8t_dynamic"
-
-#: Pattern name of unstructured 50% magnitude sparsity (per layer), for comparisons with n:m.
-UNSTRUCTURED = "unstructured"
 
 Mode = Literal["dynamic", "static", "dense"]
 Schedule = Literal["cosine", "step", "constant"]

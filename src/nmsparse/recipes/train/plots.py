@@ -11,7 +11,7 @@ from nmsparse.io import atomic_path
 __all__ = ["plot_training_curves", "plot_accuracy_vs_diversity"]
 
 
-def _figure(ncols: int, width: float) -> tuple[Any, Any]:
+def figure_axes(ncols: int, width: float) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
     # A bare Figure (no pyplot) touches no global backend state and needs no display; savefig renders with Agg.
@@ -20,10 +20,58 @@ def _figure(ncols: int, width: float) -> tuple[Any, Any]:
     return figure, axes
 
 
-def _save(figure: Any, path: str | Path) -> Path:
+def save_png(figure: Any, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         figure.savefig(str(tmp), format="png", dpi=120)
     return Path(path)
+
+
+def plot_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *, x: str,
+                panels: Sequence[tuple[str, Mapping[str, Any]]], title: str = "") -> Path:
+    """One panel per ``(key, axis settings)`` of ``panels``: ``record[key]`` against ``record[x]``, a line per run.
+
+    The shared body of :func:`plot_training_curves` and the LM recipe's ``plot_lm_curves``.
+    """
+    figure, grid = figure_axes(len(panels), 9.0)
+    axes = list(grid) if len(panels) > 1 else [grid]
+    for label, records in histories.items():
+        xs = [r[x] for r in records]
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot(xs, [r[key] for r in records], marker=".", label=label)
+    for ax, (_, settings) in zip(axes, panels):
+        ax.set(xlabel=x, **settings)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        figure.suptitle(title)
+    return save_png(figure, path)
+
+
+def plot_metric_vs_diversity(rows: Sequence[Mapping[str, Any]], path: str | Path, *, metric: str, ylabel: str,
+                             legend_loc: str, reference_numel: int, title: str = "") -> Path:
+    """``row[metric]`` (error bars ``row[metric + "_std"]``) against ``log10`` mask diversity, dense as a line.
+
+    The shared body of :func:`plot_accuracy_vs_diversity` and the LM recipe's ``plot_loss_vs_diversity``.
+    """
+    figure, ax = figure_axes(1, 6.5)
+    for row in rows:
+        std = row.get(f"{metric}_std") or 0.0
+        if row["log10_mask_diversity"] is None:
+            ax.axhline(row[metric], color="grey", linestyle="--", label=str(row["structure"]))
+            if std:
+                ax.axhspan(row[metric] - std, row[metric] + std, color="grey", alpha=0.15)
+            continue
+        ax.errorbar(row["log10_mask_diversity"], row[metric], yerr=std or None, fmt="o", capsize=3)
+        ax.annotate(str(row["structure"]), (row["log10_mask_diversity"], row[metric]),
+                    textcoords="offset points", xytext=(5, 5))
+    ax.set(xlabel=f"log10 mask diversity (exact, per {reference_numel} weights)", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if any(row["log10_mask_diversity"] is None for row in rows):
+        ax.legend(loc=legend_loc)
+    if title:
+        ax.set_title(title)
+    return save_png(figure, path)
 
 
 def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *,
@@ -38,19 +86,9 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], p
     Returns:
         ``path``.
     """
-    figure, (loss_ax, acc_ax) = _figure(2, 9.0)
-    for label, records in histories.items():
-        epochs = [r["epoch"] for r in records]
-        loss_ax.plot(epochs, [r["train_loss"] for r in records], marker=".", label=label)
-        acc_ax.plot(epochs, [r["test_accuracy"] for r in records], marker=".", label=label)
-    loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
-    acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        figure.suptitle(title)
-    return _save(figure, path)
+    return plot_curves(histories, path, x="epoch", title=title,
+                       panels=[("train_loss", {"ylabel": "training loss", "yscale": "log"}),
+                               ("test_accuracy", {"ylabel": "test accuracy (%)"})])
 
 
 def plot_accuracy_vs_diversity(rows: Sequence[Mapping[str, Any]], path: str | Path, *, reference_numel: int,
@@ -67,21 +105,5 @@ def plot_accuracy_vs_diversity(rows: Sequence[Mapping[str, Any]], path: str | Pa
     Returns:
         ``path``.
     """
-    figure, ax = _figure(1, 6.5)
-    for row in rows:
-        std = row.get("test_accuracy_std") or 0.0
-        if row["log10_mask_diversity"] is None:
-            ax.axhline(row["test_accuracy"], color="grey", linestyle="--", label=f"{row['structure']}")
-            if std:
-                ax.axhspan(row["test_accuracy"] - std, row["test_accuracy"] + std, color="grey", alpha=0.15)
-            continue
-        ax.errorbar(row["log10_mask_diversity"], row["test_accuracy"], yerr=std or None, fmt="o", capsize=3)
-        ax.annotate(row["structure"], (row["log10_mask_diversity"], row["test_accuracy"]),
-                    textcoords="offset points", xytext=(5, 5))
-    ax.set(xlabel=f"log10 mask diversity (exact, per {reference_numel} weights)", ylabel="test accuracy (%)")
-    ax.grid(alpha=0.3)
-    if any(row["log10_mask_diversity"] is None for row in rows):
-        ax.legend(loc="lower right")
-    if title:
-        ax.set_title(title)
-    return _save(figure, path)
+    return plot_metric_vs_diversity(rows, path, metric="test_accuracy", ylabel="test accuracy (%)",
+                                    legend_loc="lower right", reference_numel=reference_numel, title=title)
