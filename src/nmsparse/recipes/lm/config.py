@@ -99,6 +99,9 @@ class LMTrainConfig(ConfigBase):
     device: str = config_field("auto", group=_RUN, help="auto, cpu, cuda or cuda:N")
     threads: int | None = config_field(None, group=_RUN,
                                        help="torch threads on the CPU (none: min(2, cores))")
+    accelerate: bool = config_field(False, group=_RUN,
+                                    help="swap pruned Linear layers for SparseLinear where 2:4-T sparse tensor "
+                                         "cores are measurably faster (nmsparse.accelerate_; reported per layer)")
 
     _constraints = {
         "sources": [SequenceOf(Options(SOURCES), min_len=1)],
@@ -134,6 +137,7 @@ class LMTrainConfig(ConfigBase):
         "baseline": [bool],
         "device": [Predicate(_is_device, "'auto', 'cpu', 'cuda' or 'cuda:N'")],
         "threads": [Interval(int, 1, None), None],
+        "accelerate": [bool],
     }
 
     def _check(self) -> None:

@@ -164,6 +164,8 @@ class LMTrainerResult:
         train_seconds: training-loop time (evaluation and checkpoints excluded), over resumed sessions too.
         wall_seconds: time in training, evaluation and checkpoints, over resumed sessions too.
         parameters: parameter count of the model.
+        acceleration: with ``accelerate``: the ``nmsparse.accelerate_`` report (``AccelerationReport.to_dict()``,
+            or a ``reason`` when nothing was considered).
     """
 
     structure: str
@@ -183,6 +185,7 @@ class LMTrainerResult:
     train_seconds: float = 0.0
     wall_seconds: float = 0.0
     parameters: int = 0
+    acceleration: dict[str, Any] | None = None
 
 
 class LMTrainer:
@@ -233,6 +236,14 @@ class LMTrainer:
                                                 refresh_every=config.refresh_every, decay=config.decay,
                                                 include=include, exclude=exclude,
                                                 keep_first_last=config.keep_first_last)
+        self.acceleration: dict[str, Any] | None = None
+        if config.accelerate:
+            # After the masks (swapped layers share their Parameters and masks), before the optimizer.
+            from ..train.trainer import accelerate_layers
+
+            self.acceleration = accelerate_layers(
+                self.model, None if structure == DENSE else structure, tokens=config.batch_size * config.context,
+                layers=self.sparse_layers, label="dense baseline" if section == BASELINE_DIR else self.label)
         self.optimizer = self._optimizer()
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -433,7 +444,7 @@ class LMTrainer:
             refreshes=0 if self.sparsifier is None else self.sparsifier.refreshes,
             refresh_seconds=0.0 if self.sparsifier is None else self.sparsifier.refresh_seconds,
             train_seconds=self.train_seconds, wall_seconds=self.wall_seconds,
-            parameters=self.model.num_parameters(),
+            parameters=self.model.num_parameters(), acceleration=self.acceleration,
         )
 
 
@@ -458,6 +469,8 @@ class LMRunSummary:
         hf_folder / baseline_hf_folder: the ``transformers`` folders (relative to the run directory).
         threads / device / load_average / torch / python / nmsparse_version / config: how it ran.
         history / baseline_history: the evaluation records.
+        acceleration / baseline_acceleration: with ``accelerate``: the ``nmsparse.accelerate_`` report of each
+            model (``None`` without ``accelerate`` or without a baseline).
     """
 
     task: str
@@ -492,6 +505,8 @@ class LMRunSummary:
     config: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     baseline_history: list[dict[str, Any]] = field(default_factory=list)
+    acceleration: dict[str, Any] | None = None
+    baseline_acceleration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what ``summary.json`` holds)."""
@@ -616,6 +631,8 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
         torch=torch.__version__, python=platform.python_version(), nmsparse_version=__version__,
         config=config.to_dict(), history=result.history,
         baseline_history=[] if base_result is None else base_result.history,
+        acceleration=result.acceleration,
+        baseline_acceleration=None if base_result is None else base_result.acceleration,
     )
     if run is not None:
         run.write_summary(summary.to_dict())

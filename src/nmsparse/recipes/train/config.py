@@ -123,7 +123,8 @@ class TrainConfig(ConfigBase):
     Run:
         seed, baseline (also train the model dense with the same seed), device, threads (``None``: 1 for the
         small ``cnn``/``mlp``, else ``min(cores, 4)``; applied by the commands, never by the library),
-        sync_bn (synchronised batch norm under DDP on CUDA).
+        sync_bn (synchronised batch norm under DDP on CUDA), accelerate (``nmsparse.accelerate_`` on the pruned
+        Linear layers; see ``docs/acceleration.md``).
 
     Example:
         >>> cfg = TrainConfig(pattern="2:4", epochs=3)
@@ -190,6 +191,9 @@ class TrainConfig(ConfigBase):
                                        help="CPU threads for torch and numba (none: 1 for cnn/mlp, else "
                                             "min(cores, 4))")
     sync_bn: bool = config_field(True, group=_GROUP_RUN, help="synchronised batch norm under DDP on CUDA")
+    accelerate: bool = config_field(False, group=_GROUP_RUN,
+                                    help="swap pruned Linear layers for SparseLinear where 2:4-T sparse tensor "
+                                         "cores are measurably faster (nmsparse.accelerate_; reported per layer)")
 
     _constraints = {
         "data": [_TEXT], "test_fraction": [Interval(float, 0, 1, closed="neither")], "split_seed": [_NATURAL],
@@ -207,7 +211,7 @@ class TrainConfig(ConfigBase):
         "milestones": [SequenceOf(Interval(int, 1, None), increasing=True)], "gamma": [_NON_NEGATIVE],
         "steps_per_epoch": [_POSITIVE, None], "eval_batch_size": [_POSITIVE],
         "seed": [_NATURAL], "baseline": [bool], "device": [_DEVICE], "threads": [_POSITIVE, None],
-        "sync_bn": [bool],
+        "sync_bn": [bool], "accelerate": [bool],
     }
 
     def __post_init__(self) -> None:

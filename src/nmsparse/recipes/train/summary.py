@@ -41,6 +41,8 @@ class TrainerResult:
         sparse_layers / dense_layers: pruned layer names; layers left dense with the reason.
         sparse_weight_fraction: share of the Linear/Conv2d weights that sit in sparse layers.
         prune_report: the pruning report of the initial masks (``PruneReport.to_dict()``), when available.
+        acceleration: with ``accelerate``: what :func:`nmsparse.accelerate_` did per Linear layer
+            (``AccelerationReport.to_dict()``, or a ``reason`` when nothing was considered).
     """
 
     structure: str
@@ -63,6 +65,7 @@ class TrainerResult:
     dense_layers: dict[str, str] = field(default_factory=dict)
     sparse_weight_fraction: float = 0.0
     prune_report: dict[str, Any] | None = None
+    acceleration: dict[str, Any] | None = None
 
 
 @dataclass
@@ -85,6 +88,8 @@ class RunSummary:
         world_size / device / nmsparse_version / torch_version / python_version: where it ran.
         resumed: this session continued an interrupted run.
         prune_report: which layers were pruned and which left dense, and why.
+        acceleration / baseline_acceleration: with ``accelerate``: the ``accelerate_`` report of each model
+            (``None`` without ``accelerate`` or without a baseline).
     """
 
     pattern: str
@@ -124,6 +129,8 @@ class RunSummary:
     python_version: str
     resumed: bool = False
     prune_report: dict[str, Any] | None = None
+    acceleration: dict[str, Any] | None = None
+    baseline_acceleration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``summary.json``), with a ``version`` key."""

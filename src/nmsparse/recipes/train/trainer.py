@@ -23,12 +23,13 @@ wherever it was killed (a run killed before its first checkpoint starts again).
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import platform
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ __all__ = [
     "MODEL_FILE",
     "PLOT_FILE",
     "BASELINE_DIR",
+    "accelerate_layers",
 ]
 
 #: Task name recorded in the run directories of this recipe.
@@ -171,6 +173,56 @@ def _load_pruned(model: nn.Module, state: dict[str, torch.Tensor], meta: dict[st
     load_pruned_state_dict_(model, state, meta)
 
 
+def accelerate_layers(model: nn.Module, pattern: str | None, *, tokens: int, layers: Sequence[str],
+                      dense_layers: Mapping[str, str] | None = None, label: str = "",
+                      log: bool = True) -> dict[str, Any]:
+    """``--accelerate``: :func:`nmsparse.accelerate_` on the pruned Linear layers of ``model``; the report as a dict.
+
+    Only ``layers`` (the layers this run pruned) are considered, with their own masks; every other Linear layer is
+    reported "not pruned by this run" and left alone (``accelerate_`` would otherwise give it a new mask).
+    ``pattern=None`` (a dense run) or ``"unstructured"`` accelerates nothing and records why.
+
+    Args:
+        model: the model, masks attached, on its device; modified in place (call before DDP and the optimizer).
+        pattern: the run's n:m pattern, ``"unstructured"``, or ``None`` for a dense run.
+        tokens: rows of each Linear layer's 2-D input per step on this rank (batch, or batch x sequence).
+        layers: pruned layer names.
+        dense_layers: layers left dense -> why (used in their reasons).
+        label: the run's name (``"dense baseline"``, ...) for reasons and the log line.
+        log: log the report's :meth:`~nmsparse.accelerate.AccelerationReport.describe`.
+
+    Returns:
+        ``AccelerationReport.to_dict()``, or ``{"pattern": ..., "reason": ..., "layers": {}}`` when nothing was
+        considered.
+    """
+    from nmsparse.accelerate import LayerDecision, accelerate_
+
+    if pattern is None or pattern == UNSTRUCTURED:
+        reason = (f"{label or 'dense run'}: not accelerated" if pattern is None else
+                  f"{label or pattern}: not accelerated (unstructured masks; only 2:4-T runs on sparse tensor "
+                  f"cores)")
+        if log:
+            logger.info("%s", reason)
+        return {"pattern": pattern, "reason": reason, "layers": {}}
+    linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    names = [name for name in layers if name in linears]
+    report = accelerate_(model, pattern=pattern, tokens=tokens, include=[glob.escape(n) for n in names],
+                         cache_file=True, progress_bar=False)
+    ordered = {}
+    for name, module in linears.items():  # model order, every Linear layer named
+        if name in report.layers:
+            ordered[name] = report.layers[name]
+            continue
+        why = (dense_layers or {}).get(name)
+        ordered[name] = LayerDecision(name, int(module.out_features), int(module.in_features), None,
+                                      str(module.weight.dtype).replace("torch.", ""), None, False, False,
+                                      "not pruned by this run" + (f" ({why})" if why else ""))
+    report.layers = ordered
+    if log:
+        logger.info("%s%s", f"{label}: " if label else "", report.describe())
+    return report.to_dict()
+
+
 def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     expected = model.state_dict()
     problems = [f"missing {k!r}" for k in expected if k not in state]
@@ -241,6 +293,14 @@ class Trainer:
         self._restore_threads()
         if self.dist.enabled and config.sparse:
             check_masks_identical(model, self.dist, where=f"{self.label}: initial masks")
+        self.acceleration: dict[str, Any] | None = None
+        if config.accelerate:
+            # After the masks (swapped layers share their Parameters and masks), before DDP and the optimizer.
+            # The models' Linear layers take flattened features: one row per image.
+            self.acceleration = accelerate_layers(
+                model, config.pattern if config.sparse else None, tokens=config.batch_size // self.dist.world_size,
+                layers=self.sparse_layers, dense_layers=self.dense_layers,
+                label="dense baseline" if section == BASELINE_DIR else self.label, log=self.dist.is_main)
         # Ranks share the weights' seed; reseeding per rank gives each its own augmentation stream.
         _seed_everything(config.seed * 1_000_003 + 7919 * self.dist.rank + 1)
         self.model = model
@@ -586,7 +646,7 @@ class Trainer:
             wall_seconds=self.wall_seconds, sparse_layers=list(self.sparse_layers),
             dense_layers=dict(self.dense_layers),
             sparse_weight_fraction=sparse_weights / max(1, sum(weights.values())),
-            prune_report=self.prune_report,
+            prune_report=self.prune_report, acceleration=self.acceleration,
         )
 
 
@@ -693,6 +753,8 @@ def _summary(cfg: TrainConfig, data: DataBundle, main: TrainerResult, baseline: 
         python_version=platform.python_version(),
         resumed=resumed,
         prune_report=main.prune_report,
+        acceleration=main.acceleration,
+        baseline_acceleration=None if baseline is None else baseline.acceleration,
     )
 
 
