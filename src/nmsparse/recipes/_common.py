@@ -3,14 +3,15 @@ writes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from nmsparse.errors import ConfigError
 from nmsparse.pattern import NMPattern
 
 __all__ = ["DENSE", "UNSTRUCTURED", "DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "COMPARE_JSON", "COMPARE_PLOT",
-           "RunCallback", "structure_slug", "check_structures"]
+           "RunCallback", "structure_slug", "check_structures", "warm_up_solvers"]
 
 #: Structure name of the dense baseline in a comparison.
 DENSE = "dense"
@@ -56,3 +57,26 @@ def check_structures(structures: Sequence[str]) -> list[str]:
     if len(set(out)) != len(out):
         raise ConfigError(f"compare: structures repeat: {out}")
     return out
+
+
+def warm_up_solvers(patterns: Iterable[str], methods: Iterable[str]) -> float:
+    """Compile (or load from numba's cache) the mask solvers of ``patterns`` x ``methods``, outside timed work.
+
+    Returns the seconds it took: what a first run on a fresh machine pays once (reported as ``compile_seconds``),
+    so the refresh overhead measures refreshes only. ``dense`` and ``unstructured`` need no solver. Keeps torch's
+    thread count (numba's OpenMP layer may reset it).
+    """
+    import torch
+
+    from nmsparse.solvers import warmup
+
+    wanted = [p for p in patterns if p not in (DENSE, UNSTRUCTURED)]
+    if not wanted:
+        return 0.0
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    warmup(wanted, sorted(set(methods)), dtypes=(torch.float32,))
+    seconds = time.perf_counter() - start
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return seconds

@@ -53,6 +53,7 @@ from nmsparse._version import __version__
 from nmsparse.errors import ConfigError, InputError
 from nmsparse.prune import DynamicSparsifier, get_masks
 
+from .._common import warm_up_solvers as _warm_up
 from ..train.rundir import Checkpoint, RunDir, config_hash
 from ..train.unstructured import UnstructuredSparsifier
 from .config import DENSE, UNSTRUCTURED, LMTrainConfig, lm_config_to_yaml, load_lm_config
@@ -111,29 +112,9 @@ def heldout_loss(model: nn.Module, data: LMData, *, context: int, batch_size: in
 
 
 def warm_up_solvers(config: LMTrainConfig, structures: list[str] | None = None) -> float:
-    """Compile (or load from numba's cache) the mask solvers of ``structures``, outside any timed work.
-
-    Returns the seconds it took: what a first run on a fresh machine pays once (``compile_seconds``), so that
-    ``refresh_seconds`` measures refreshes only. Keeps torch's thread count.
-    """
-    patterns = [s for s in (structures or [config.structure]) if s not in (DENSE, UNSTRUCTURED)]
-    if not patterns:
-        return 0.0
-    from nmsparse.pattern import NMPattern
-    from nmsparse.solvers import find_mask
-
-    threads = torch.get_num_threads()
-    start = time.perf_counter()
-    # One tiny block per pattern and method through the normal dispatch: exactly the kernels training will use.
-    for pattern in patterns:
-        side = NMPattern.parse(pattern).m
-        block = torch.linspace(-1.0, 1.0, side * side).reshape(side, side)
-        for method in sorted({config.method, config.initial_method}):
-            find_mask(block, pattern, method=method)
-    seconds = time.perf_counter() - start
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return seconds
+    """Compile (or load) the mask solvers of ``structures`` (default: the run's) before any timed work; returns
+    the seconds it took (``compile_seconds``)."""
+    return _warm_up(structures or [config.structure], {config.method, config.initial_method})
 
 
 def _device(name: str) -> torch.device:

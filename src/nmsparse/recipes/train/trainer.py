@@ -48,6 +48,7 @@ from nmsparse.pattern import NMPattern
 from nmsparse.prune import DynamicSparsifier, get_masks, prune_, select_layers, squash_masks_
 from nmsparse.prune.static import MASK_KEY_SUFFIX
 
+from .._common import warm_up_solvers as _warm_up
 from .checkpoint import capture_rng_state, load_model_file, restore_rng_state, save_model
 from .config import UNSTRUCTURED, TrainConfig, config_to_yaml, load_config
 from .data import DataBundle, build_data, collate_images
@@ -654,30 +655,11 @@ class Trainer:
 
 
 def warm_up_solvers(config: TrainConfig) -> float:
-    """Compile (or load from numba's cache) the mask solvers ``config`` uses, outside any timed work.
-
-    Returns the seconds it took: what a first run on a fresh machine pays once (reported as
-    ``compile_seconds``), so the refresh overhead measures refreshes only. Keeps torch's thread count.
-    """
-    if not config.sparse or config.pattern == UNSTRUCTURED:
+    """Compile (or load) the mask solvers ``config`` uses before any timed work; returns the seconds it took."""
+    if not config.sparse:
         return 0.0
-    methods = sorted({config.initial_method} | ({config.method} if config.mode == "dynamic" else set()))
-    threads = torch.get_num_threads()
-    start = time.perf_counter()
-    try:
-        from nmsparse.solvers import warmup
-    except ImportError:  # a solvers package without warmup(): solve one tiny block per method instead
-        from nmsparse.solvers import find_mask
-
-        side = NMPattern.parse(config.pattern).m
-        for method in methods:
-            find_mask(torch.linspace(-1.0, 1.0, side * side).reshape(side, side), config.pattern, method=method)
-    else:
-        warmup([config.pattern], methods, dtypes=(torch.float32,))
-    seconds = time.perf_counter() - start
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return seconds
+    methods = {config.initial_method} | ({config.method} if config.mode == "dynamic" else set())
+    return _warm_up([config.pattern], methods)
 
 
 def _sections(config: TrainConfig) -> tuple[str, ...]:
