@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from ..errors import BackendUnavailableError, ConfigError, InputError, PatternError, ShapeError
+from .._inputs import check_tensor
+from ..errors import BackendUnavailableError, ConfigError, PatternError, ShapeError
 from . import reference as _ref
 from ._capability import (
     Capabilities,
@@ -61,7 +62,6 @@ __all__ = [
     "Capabilities",
 ]
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _GREEDY_TRITON_MS = (4, 8, 16, 32)
 _TOPN_TRITON_MAX_M = 64
 _FLOW_TRITON_MS = (8, 16)
@@ -92,11 +92,7 @@ def resolve_backend(backend: str, tensor: torch.Tensor, *, where: str, triton_ok
 
 
 def _check(scores: torch.Tensor, m: int, where: str, *, transposable: bool, check_finite: bool) -> None:
-    if not isinstance(scores, torch.Tensor):
-        raise InputError(f"{where}: expected a torch.Tensor, got {type(scores).__name__}")
-    if scores.dtype not in _DTYPES:
-        raise InputError(f"{where}: expected float32, float16, bfloat16 or float64 scores, got {scores.dtype}; "
-                         f"convert with .float()")
+    check_tensor(scores, "scores", where, floating=True)
     if scores.dim() != 2:
         raise ShapeError(f"{where}: expected a 2-D [rows, K] matrix, got shape {tuple(scores.shape)}; take the "
                          f"matrix view first (nmsparse.layout.to_matrix)")
@@ -105,9 +101,8 @@ def _check(scores: torch.Tensor, m: int, where: str, *, transposable: bool, chec
         need = "rows and K" if transposable else "K"
         raise ShapeError(f"{where}: need a non-empty matrix with {need} multiples of {m}, got "
                          f"{tuple(scores.shape)}; pad it or leave this tensor dense")
-    if check_finite and not bool(torch.isfinite(scores).all()):
-        raise InputError(f"{where}: scores hold inf or NaN; masks are defined for finite scores only (fix them, "
-                         f"e.g. torch.nan_to_num)")
+    if check_finite:
+        check_tensor(scores, "scores", where, finite=True)
 
 
 def _scale_blocks(scores: torch.Tensor, m: int) -> torch.Tensor:
