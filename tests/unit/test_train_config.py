@@ -206,7 +206,7 @@ def test_thread_defaults_do_not_oversubscribe(monkeypatch: pytest.MonkeyPatch) -
 
     import torch
 
-    from nmsparse.cli.train import configure_runtime, default_threads
+    from nmsparse.cli._runtime import configure_runtime, default_threads
 
     monkeypatch.setenv("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "workqueue"))
     assert default_threads("cnn") == default_threads("mlp") == 1

@@ -18,11 +18,6 @@ from ._runtime import configure_runtime
 
 REPORT_FILE = "adaprune.json"
 MODEL_FILE = "model.safetensors"
-def configure_threads(threads: int | None) -> int:
-    """Give torch ``threads`` (default ``min(cores, 4)``) and numba as many; returns torch's count."""
-    return configure_runtime(threads, None)
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..adaprune import AdaPruneConfig
     from ._flags import add_config_arguments
@@ -88,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ._flags import DEST_PREFIX
     from ._table import format_table
 
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    threads = configure_threads(args.threads)
+    threads = configure_runtime(args.threads)
     if getattr(args, DEST_PREFIX + "pattern", None) is None:
         raise ConfigError("nmsparse adaprune: --pattern is required, e.g. --pattern 4:8-T")
     if args.eval_size < 0:

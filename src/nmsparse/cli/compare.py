@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._runtime import configure_runtime
 from .main import CLIError
-from .train import add_common_arguments, classify_config, configure_runtime, lm_config, lm_module, print_recipes
+from .train import add_common_arguments, classify_config, lm_config, lm_module, print_recipes
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

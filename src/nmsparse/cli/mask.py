@@ -92,13 +92,11 @@ def _load_hf(folder: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .train import configure_runtime
+    from ._runtime import configure_runtime
 
     pattern = NMPattern.parse(args.pattern)
     if args.out.suffix != ".safetensors":
         raise ConfigError(f"--out must end in .safetensors, got {str(args.out)!r}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if os.path.lexists(args.out) and not args.overwrite:
         raise OverwriteError(f"--out {args.out} exists; pass --overwrite to replace it")
     configure_runtime(args.threads, None)

@@ -121,7 +121,7 @@ def _streams(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]
 def run(args: argparse.Namespace) -> int:
     from ..io import write_text_atomic
     from ..oneshot.hf import calibration_windows, load_causal_lm, perplexity, save_pruned_pretrained
-    from .train import configure_runtime
+    from ._runtime import configure_runtime
 
     pattern = NMPattern.parse(args.pattern)
     config = config_from_args(OneShotConfig, args, where="nmsparse oneshot")
@@ -131,8 +131,6 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} must be >= {low}, got {value}")
     if args.context is not None and args.context < 2:
         raise ConfigError(f"--context must be >= 2, got {args.context}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     out: Path = args.out
     if out.exists() and not args.overwrite:
         raise OverwriteError(f"--out {str(out)!r} already exists; pass --overwrite to replace it")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._runtime import configure_runtime, default_threads  # noqa: F401 - re-exported for callers
+from ._runtime import configure_runtime
 from .main import CLIError
 
 TASKS = ("classify", "lm")
