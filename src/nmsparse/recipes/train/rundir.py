@@ -58,7 +58,7 @@ import torch
 
 from nmsparse._version import __version__
 from nmsparse.errors import CheckpointError, InputError, OverwriteError
-from nmsparse.io import atomic_path
+from nmsparse.io import atomic_path, write_text_atomic
 
 __all__ = [
     "RunDir",
@@ -87,13 +87,6 @@ CHECKPOINT_FORMAT = "nmsparse/checkpoint-1"
 #: Files of earlier nmsparse versions (separate weights and trainer state): recognised, not resumable.
 _LEGACY_STATE_FILE = "trainer_state.pt"
 _BASE_FILES = (MARKER_FILE, CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE, SUMMARY_FILE)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
 
 
 def config_hash(values: Mapping[str, Any]) -> str:

@@ -43,13 +43,14 @@ from torch.utils.data.distributed import DistributedSampler
 from nmsparse._logging import logger, progress_enabled
 from nmsparse._version import __version__
 from nmsparse.errors import ConfigError, InputError, MaskMismatchError
+from nmsparse.io import save_pruned
 from nmsparse.metrics import is_nm_sparse
 from nmsparse.pattern import NMPattern
 from nmsparse.prune import DynamicSparsifier, get_masks, prune_, select_layers, squash_masks_
 from nmsparse.prune.static import MASK_KEY_SUFFIX
 
 from .._common import warm_up_solvers as _warm_up
-from .checkpoint import capture_rng_state, load_model_file, restore_rng_state, save_model
+from .checkpoint import capture_rng_state, load_model_file, restore_rng_state
 from .config import UNSTRUCTURED, TrainConfig, config_to_yaml, load_config
 from .data import DataBundle, build_data, collate_images
 from .distributed import (
@@ -469,13 +470,7 @@ class Trainer:
             return
         meta = {"model": self.config.model, "structure": self.config.structure, "mode": self.config.mode,
                 "epoch": str(self.epoch), "config": json.dumps(self.config.to_dict())}
-        path = self.out_dir / MODEL_FILE
-        try:
-            from nmsparse.io import save_pruned
-        except ImportError:  # an nmsparse.io without the pruned-model format
-            save_model(path, self.model, metadata=meta)
-            return
-        save_pruned(self.model, path, metadata=meta, overwrite=True)
+        save_pruned(self.model, self.out_dir / MODEL_FILE, metadata=meta, overwrite=True)
 
     # ------------------------------------------------------------------------------------------------- loops
 
