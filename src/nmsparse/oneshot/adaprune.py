@@ -11,24 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BackendUnavailableError
 from ..pattern import NMPattern
 from .layer import LayerResult, saliency_mask
 
-__all__ = ["check_available", "fit"]
-
-
-def check_available() -> None:
-    """Raise :class:`BackendUnavailableError` when nmsparse's AdaPrune fitting cannot be imported."""
-    try:
-        from ..adaprune.config import AdaPruneConfig  # noqa: F401
-        from ..adaprune.fitting import fit_layer  # noqa: F401
-        from ..adaprune.statistics import LayerStatistics  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the installed tree
-        raise BackendUnavailableError(
-            f"prune_oneshot_: method='adaprune' needs nmsparse.adaprune's fit_layer, which failed to import "
-            f"({exc}); use method='sparsegpt' or 'wanda'"
-        ) from exc
+__all__ = ["fit"]
 
 
 def fit(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *, tokens: int, iterations: int,

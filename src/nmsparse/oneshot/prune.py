@@ -434,10 +434,6 @@ def prune_oneshot_(model: nn.Module, calibration: Iterable[Any] | None, pattern:
         raise ConfigError(f"prune_oneshot_: config must be a OneShotConfig, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"prune_oneshot_: model must be a torch.nn.Module, got {type(model).__name__}")
-    if method == "adaprune":
-        from .adaprune import check_available
-
-        check_available()
     batches = _materialise(calibration, method)
     targets, skipped = _targets(model, pattern, config)
     if not targets:

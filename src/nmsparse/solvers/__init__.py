@@ -87,10 +87,8 @@ register_solver("greedy-repair", _greedy_numba(True), backend="numba", transposa
 def _register_gpu_kernels() -> None:
     """GPU backends (``nmsparse.kernels``: Triton kernels, the on-device exact flow) join the registry here, so
     ``backend="auto"`` sees them; importing them loads neither triton nor CUDA."""
-    try:
-        from ..kernels import register_kernels
-    except ImportError:  # pragma: no cover - a tree without the kernels package
-        return
+    from ..kernels import register_kernels
+
     register_kernels()
 
 

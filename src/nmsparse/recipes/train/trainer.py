@@ -43,10 +43,10 @@ from torch.utils.data.distributed import DistributedSampler
 from nmsparse._logging import logger, progress_enabled
 from nmsparse._version import __version__
 from nmsparse.errors import ConfigError, InputError, MaskMismatchError
-from nmsparse.io import save_pruned
+from nmsparse.io import MASK_PREFIX, load_pruned_state_dict_, save_pruned
 from nmsparse.metrics import is_nm_sparse
 from nmsparse.pattern import NMPattern
-from nmsparse.prune import DynamicSparsifier, get_masks, prune_, select_layers, squash_masks_
+from nmsparse.prune import DynamicSparsifier, get_masks, last_report, prune_, select_layers, squash_masks_
 from nmsparse.prune.static import MASK_KEY_SUFFIX
 
 from .._common import warm_up_solvers as _warm_up
@@ -148,31 +148,11 @@ def _module_name(mask_key: str) -> str:
     return mask_key[: -len(".weight")] if mask_key.endswith(".weight") else mask_key
 
 
-def _mask_prefix() -> str | None:
-    try:
-        from nmsparse.io import MASK_PREFIX
-    except ImportError:
-        return None
-    return str(MASK_PREFIX)
-
-
 def _is_pruned(state: dict[str, torch.Tensor], meta: dict[str, str]) -> bool:
     """Whether a checkpoint holds masks (nmsparse.io's pruned format or a raw parametrized state dict)."""
-    prefix = _mask_prefix()
-    if meta.get("kind") == "pruned" or (prefix is not None and any(k.startswith(prefix) for k in state)):
+    if meta.get("kind") == "pruned" or any(k.startswith(MASK_PREFIX) for k in state):
         return True
     return any(key.endswith(MASK_KEY_SUFFIX) or key == MASK_KEY_SUFFIX[1:] for key in state)
-
-
-def _load_pruned(model: nn.Module, state: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    try:
-        from nmsparse.io import load_pruned_state_dict_
-    except ImportError:  # older layout: the loader lives in nmsparse.prune and takes the raw state dict
-        from nmsparse.prune import load_pruned_state_dict_ as load_raw
-
-        load_raw(model, state)
-        return
-    load_pruned_state_dict_(model, state, meta)
 
 
 def accelerate_layers(model: nn.Module, pattern: str | None, *, tokens: int, layers: Sequence[str],
@@ -354,7 +334,7 @@ class Trainer:
             )
         if _is_pruned(state, meta):
             try:
-                _load_pruned(model, state, meta)
+                load_pruned_state_dict_(model, state, meta)
             except MaskMismatchError as exc:
                 raise InputError(f"init checkpoint {path} does not fit model {self.config.model!r}: {exc}") from None
             squash_masks_(model)  # start from the masked weights, dense again
@@ -392,10 +372,6 @@ class Trainer:
             layers, skipped = [_module_name(name) for name in get_masks(model)], selection.skipped
         self.sparse_layers = layers
         self.dense_layers = dict(skipped)
-        try:
-            from nmsparse.prune import last_report
-        except ImportError:  # older nmsparse.prune without reports
-            return
         report = last_report(model)
         if report is not None:
             self.prune_report = report.to_dict()
