@@ -11,7 +11,7 @@ Every mode trains the same decoder (same seed, random tokens, cross-entropy, Ada
   W and W^T re-packed after every optimizer step);
 * ``sparse-all`` (``--all``): every block linear swapped, whatever the measurement says.
 
-The decoder is ``nmsparse.recipes.lm``'s GPT when available, else a local copy of the same architecture.
+The decoder is ``nmsparse.recipes.lm``'s GPT.
 The ideal for two of three products at 2x is 1.5x (DESIGN §2); the issue's target is >= 1.1x dense.
 
     python benchmarks/bench_train_step.py                 # GPU, bf16, d_model 2048, 8 layers, 8 x 2048 tokens
@@ -47,68 +47,13 @@ from nmsparse.nn import SparseLinear  # noqa: E402
 SPARSE_GLOB = "transformer.h.*"
 
 
-def _local_decoder(vocab: int, context: int, d_model: int, n_layer: int, n_head: int) -> nn.Module:
-    """GPT-2 architecture with GPT-2's module names (used only when nmsparse.recipes.lm is unavailable)."""
-
-    class Attn(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.c_attn = nn.Linear(d_model, 3 * d_model)
-            self.c_proj = nn.Linear(d_model, d_model)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            b, t, c = x.shape
-            q, k, v = (z.view(b, t, n_head, c // n_head).transpose(1, 2) for z in self.c_attn(x).split(c, dim=2))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.c_proj(y.transpose(1, 2).reshape(b, t, c))
-
-    class Mlp(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.c_fc = nn.Linear(d_model, 4 * d_model)
-            self.c_proj = nn.Linear(4 * d_model, d_model)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
-
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ln_1, self.attn, self.ln_2, self.mlp = nn.LayerNorm(d_model), Attn(), nn.LayerNorm(d_model), Mlp()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-
-    class Decoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.transformer = nn.ModuleDict({
-                "wte": nn.Embedding(vocab, d_model), "wpe": nn.Embedding(context, d_model),
-                "h": nn.ModuleList(Block() for _ in range(n_layer)), "ln_f": nn.LayerNorm(d_model)})
-            self.lm_head = nn.Linear(d_model, vocab, bias=False)
-            for module in self.modules():
-                if isinstance(module, (nn.Linear, nn.Embedding)):
-                    nn.init.normal_(module.weight, std=0.02)
-
-        def forward(self, idx: torch.Tensor) -> torch.Tensor:
-            x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(idx.shape[1], device=idx.device))
-            for block in self.transformer.h:
-                x = block(x)
-            return self.lm_head(self.transformer.ln_f(x))
-
-    return Decoder()
-
-
 def build_decoder(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    try:
-        from nmsparse.recipes.lm.model import GPT, GPTConfig
+    """The LM recipe's GPT-2-style decoder (it imports no optional dependency) at the benchmark's size."""
+    from nmsparse.recipes.lm.model import GPT, GPTConfig
 
-        config = GPTConfig(vocab_size=args.vocab, context=args.seq, d_model=args.d_model, n_layer=args.layers,
-                           n_head=args.heads)
-        return GPT(config), "nmsparse.recipes.lm.GPT"
-    except ImportError:
-        return _local_decoder(args.vocab, args.seq, args.d_model, args.layers, args.heads), "local decoder"
+    config = GPTConfig(vocab_size=args.vocab, context=args.seq, d_model=args.d_model, n_layer=args.layers,
+                       n_head=args.heads)
+    return GPT(config), "nmsparse.recipes.lm.GPT"
 
 
 def run_mode(mode: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
