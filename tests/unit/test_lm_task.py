@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -151,11 +152,33 @@ def test_compare_reports_loss_next_to_exact_diversity_with_seed_spread(tmp_path,
         assert len(row["heldout_losses"]) == 2 and row["heldout_loss_std"] > 0
         assert row["heldout_perplexity"] == pytest.approx(math.exp(row["heldout_loss"]))
     assert rows["dense"]["loss_gap_percent"] == 0.0
+    assert rows["dense"]["loss_gap_percents"] == [0.0, 0.0] and rows["dense"]["loss_gap_percent_std"] == 0.0
+    for seed, (loss, dense) in enumerate(zip(rows["2:4"]["heldout_losses"], rows["dense"]["heldout_losses"])):
+        assert rows["2:4"]["loss_gap_percents"][seed] == pytest.approx(100 * (loss - dense) / dense)
     assert rows["2:4-T"]["mask_valid"] is True
+    pairs = {frozenset(key.split(" vs ")) for key in result.separation}
+    assert pairs == {frozenset(p) for p in [("dense", "2:4"), ("dense", "2:4-T"), ("2:4", "2:4-T")]}
+    assert payload_separation(tmp_path) == result.separation
     payload = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert payload["data"]["corpus_sha256"] == data.corpus_sha256 and len(payload["rows"]) == 3
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
     assert (tmp_path / "cmp" / "2x4-T-seed1" / "checkpoint.safetensors").is_file()
+
+
+def payload_separation(tmp_path) -> dict[str, bool]:
+    return json.loads((tmp_path / "cmp" / "compare.json").read_text())["separation"]
+
+
+def test_separation_needs_a_gap_wider_than_the_seed_spread_and_several_seeds() -> None:
+    from nmsparse.recipes.lm.compare import separation
+
+    def row(name: str, losses: list[float]) -> dict[str, object]:
+        return {"structure": name, "heldout_loss": statistics.fmean(losses), "heldout_losses": losses,
+                "heldout_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0}
+
+    rows = [row("4:8-T", [2.60, 2.62, 2.64]), row("dense", [2.50, 2.51, 2.52]), row("2:4", [2.61, 2.63, 2.59])]
+    assert separation(rows) == {"dense vs 2:4": True, "dense vs 4:8-T": True, "2:4 vs 4:8-T": False}
+    assert separation([row("dense", [2.5]), row("2:4", [2.6])]) == {}  # one seed: no noise estimate
 
 
 def test_compare_refuses_bad_structures_and_seeds() -> None:

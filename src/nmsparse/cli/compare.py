@@ -59,18 +59,29 @@ def _print_table(rows: list[dict[str, Any]], reference_numel: int, seeds: list[i
 
 def _print_lm_table(result: Any) -> None:
     seeds = list(result.seeds)
-    print(f"  {'structure':<14}{'held-out loss':>22}  {'perplexity':>10}  {'gap %':>7}  {'log10 MD':>9}  "
+    print(f"  {'structure':<14}{'held-out loss':>22}  {'perplexity':>10}  {'gap %':>15}  {'log10 MD':>9}  "
           f"{'masks':>6}  {'train s':>8}")
     for row in result.rows:
         loss = f"{row['heldout_loss']:.4f}" + (f" +- {row['heldout_loss_std']:.4f}" if len(seeds) > 1 else "")
         md = "-" if row.get("log10_mask_diversity") is None else f"{row['log10_mask_diversity']:.1f}"
         gap = "-" if row.get("loss_gap_percent") is None else f"{row['loss_gap_percent']:+.2f}"
+        if gap != "-" and len(seeds) > 1 and row.get("loss_gap_percent_std") is not None:
+            gap += f" +- {row['loss_gap_percent_std']:.2f}"
         valid = "-" if row.get("mask_valid") is None else ("valid" if row["mask_valid"] else "BAD")
-        print(f"  {row['structure']:<14}{loss:>22}  {row['heldout_perplexity']:>10.2f}  {gap:>7}  {md:>9}  "
+        print(f"  {row['structure']:<14}{loss:>22}  {row['heldout_perplexity']:>10.2f}  {gap:>15}  {md:>9}  "
               f"{valid:>6}  {row['train_seconds']:>8.1f}")
+    if len(seeds) > 1:
+        print("  gap %: mean gap to dense +- the std of the per-seed gaps (each seed against the dense run of that "
+              "seed)")
     rho = getattr(result, "spearman_loss_vs_diversity", None)
     if rho is not None:
         print(f"  Spearman rank correlation of held-out loss with mask diversity (sparse structures): {rho:+.2f}")
+    pairs = getattr(result, "separation", None) or {}
+    if pairs:
+        apart = [k for k, v in pairs.items() if v]
+        close = [k for k, v in pairs.items() if not v]
+        print(f"  separated beyond seed noise (|mean difference| > sum of the stds): {len(apart)} of {len(pairs)} "
+              f"pairs" + (f"; not separated: {', '.join(close)}" if close else ""))
 
 
 def _run_lm(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ layers (the block linears) with the same recipe (dynamic SR-STE masks refreshed 
 unstructured masks are per-layer magnitude masks refreshed the same way). The diversity column is the exact
 ``log10`` count of :func:`nmsparse.log10_mask_diversity` for a tensor of ``reference_numel`` weights at 50%
 density. Each row reports the mean held-out loss (nats per byte) and perplexity over the seeds, their sample
-standard deviation and the per-seed values, so a gap between structures can be read against seed noise.
+standard deviation and the per-seed values, the gap to dense (of the means, and per seed against the dense run of
+the same seed), and which pairs of structures separate beyond seed noise (:func:`separation`).
 
 The comparison directory holds ``compare.json``, ``compare.png``, ``config.yaml`` and one checkpointed section per
 structure and seed (``4x8-T-seed0/``); ``resume=True`` continues an interrupted comparison where it stopped.
@@ -20,7 +21,7 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ from .config import DENSE, LMTrainConfig, lm_config_to_yaml, load_lm_config
 from .data import build_lm_data
 from .task import LMTrainer, warm_up_solvers
 
-__all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "LMCompareResult", "compare_lm", "COMPARE_TASK"]
+__all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "LMCompareResult", "compare_lm", "separation",
+           "COMPARE_TASK"]
 
 COMPARE_TASK = "lm-compare"
 
@@ -60,6 +62,8 @@ class LMCompareResult:
         out_dir: directory holding ``compare.json``, ``compare.png`` and the runs.
         spearman_loss_vs_diversity: rank correlation of mean loss and diversity over the sparse structures
             (negative: more diverse structures lose less); ``None`` with fewer than 3 sparse structures.
+        separation: for each pair of structures, whether their mean losses differ by more than the sum of their
+            seed standard deviations (``"2:4 vs 4:8-T": True``); empty with a single seed (no noise estimate).
     """
 
     rows: list[dict[str, Any]]
@@ -67,12 +71,13 @@ class LMCompareResult:
     seeds: list[int]
     out_dir: Path | None
     spearman_loss_vs_diversity: float | None
+    separation: dict[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"rows": self.rows, "reference_numel": self.reference_numel, "seeds": self.seeds,
                 "out_dir": None if self.out_dir is None else str(self.out_dir),
-                "spearman_loss_vs_diversity": self.spearman_loss_vs_diversity}
+                "spearman_loss_vs_diversity": self.spearman_loss_vs_diversity, "separation": self.separation}
 
 
 def _ranks(values: Sequence[float]) -> list[float]:
@@ -97,6 +102,29 @@ def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     num = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
     den = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
     return num / den if den else None
+
+
+def separation(rows: Sequence[dict[str, Any]]) -> dict[str, bool]:
+    """Whether each pair of rows separates beyond seed noise: ``|mean_a - mean_b| > std_a + std_b``.
+
+    Rows are taken in order of mean held-out loss, so keys read ``"better vs worse"``. Rows of a single seed
+    have no noise estimate: the result is then empty.
+
+    Example:
+        >>> separation([{"structure": "2:4", "heldout_loss": 2.50, "heldout_loss_std": 0.01, "heldout_losses": [0, 0]},
+        ...             {"structure": "2:4-T", "heldout_loss": 2.55, "heldout_loss_std": 0.01, "heldout_losses": [0, 0]},
+        ...             {"structure": "4:8-T", "heldout_loss": 2.56, "heldout_loss_std": 0.01, "heldout_losses": [0, 0]}])
+        {'2:4 vs 2:4-T': True, '2:4 vs 4:8-T': True, '2:4-T vs 4:8-T': False}
+    """
+    if any(len(r.get("heldout_losses") or ()) < 2 for r in rows):
+        return {}
+    ordered = sorted(rows, key=lambda r: float(r["heldout_loss"]))
+    out: dict[str, bool] = {}
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1:]:
+            noise = float(a.get("heldout_loss_std") or 0.0) + float(b.get("heldout_loss_std") or 0.0)
+            out[f"{a['structure']} vs {b['structure']}"] = float(b["heldout_loss"]) - float(a["heldout_loss"]) > noise
+    return out
 
 
 def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None = None, *,
@@ -179,11 +207,13 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
             runs[name].append(record)
             if on_run_end is not None:
                 on_run_end(record)
-    dense_loss = statistics.fmean(r["heldout_loss"] for r in runs[DENSE]) if DENSE in runs else None
+    dense_losses = [r["heldout_loss"] for r in runs[DENSE]] if DENSE in runs else None
+    dense_loss = statistics.fmean(dense_losses) if dense_losses is not None else None
     rows: list[dict[str, Any]] = []
     for name in names:
         losses = [r["heldout_loss"] for r in runs[name]]
         mean = statistics.fmean(losses)
+        paired = None if dense_losses is None else [100.0 * (a - d) / d for a, d in zip(losses, dense_losses)]
         rows.append({
             "structure": name,
             "log10_mask_diversity": diversity[name],
@@ -192,6 +222,9 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
             "heldout_losses": losses,
             "heldout_perplexity": math.exp(mean),
             "loss_gap_percent": None if dense_loss is None else 100.0 * (mean - dense_loss) / dense_loss,
+            "loss_gap_percents": paired,
+            "loss_gap_percent_std": None if paired is None else (statistics.stdev(paired) if len(paired) > 1
+                                                                  else 0.0),
             "mask_valid": None if name == DENSE else all(bool(r["mask_valid"]) for r in runs[name]),
             "train_seconds": statistics.fmean(r["train_seconds"] for r in runs[name]),
         })
@@ -199,7 +232,8 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
     rho = _spearman([float(r["log10_mask_diversity"]) for r in sparse_rows],
                     [float(r["heldout_loss"]) for r in sparse_rows])
     result_obj = LMCompareResult(rows=rows, reference_numel=reference_numel, seeds=seed_list,
-                                 out_dir=None if run is None else run.path, spearman_loss_vs_diversity=rho)
+                                 out_dir=None if run is None else run.path, spearman_loss_vs_diversity=rho,
+                                 separation=separation(rows))
     if run is not None:
         from .plots import plot_loss_vs_diversity
 
@@ -207,7 +241,9 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
                    "reference_numel": reference_numel,
                    "diversity": "exact log10 mask diversity at 50% density (nmsparse.log10_mask_diversity)",
                    "loss": "held-out cross-entropy, nats per byte (mean over seeds; std = sample std)",
-                   "spearman_loss_vs_diversity": rho, "compile_seconds": compile_seconds, "rows": rows}
+                   "spearman_loss_vs_diversity": rho, "separation": result_obj.separation,
+                   "separation_rule": "mean losses differ by more than the sum of the two seed standard deviations",
+                   "compile_seconds": compile_seconds, "rows": rows}
         run.write_text(COMPARE_JSON, json.dumps(payload, indent=2) + "\n")
         plot_loss_vs_diversity(rows, run.path / COMPARE_PLOT, reference_numel=reference_numel,
                                title=f"{base.n_layer}x{base.d_model} byte decoder, {base.steps} steps, "
