@@ -111,9 +111,9 @@ def separation(rows: Sequence[dict[str, Any]]) -> dict[str, bool]:
     have no noise estimate: the result is then empty.
 
     Example:
-        >>> separation([{"structure": "2:4", "heldout_loss": 2.50, "heldout_loss_std": 0.01, "heldout_losses": [0, 0]},
-        ...             {"structure": "2:4-T", "heldout_loss": 2.55, "heldout_loss_std": 0.01, "heldout_losses": [0, 0]},
-        ...             {"structure": "4:8-T", "heldout_loss": 2.56, "heldout_loss_std": 0.01, "heldout_losses": [0, 0]}])
+        >>> def row(name, loss):
+        ...     return {"structure": name, "heldout_loss": loss, "heldout_loss_std": 0.01, "heldout_losses": [0, 0]}
+        >>> separation([row("2:4", 2.50), row("2:4-T", 2.55), row("4:8-T", 2.56)])
         {'2:4 vs 2:4-T': True, '2:4 vs 4:8-T': True, '2:4-T vs 4:8-T': False}
     """
     if any(len(r.get("heldout_losses") or ()) < 2 for r in rows):

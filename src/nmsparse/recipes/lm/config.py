@@ -67,10 +67,10 @@ class LMTrainConfig(ConfigBase):
     # sparsity
     pattern: str = config_field("4:8-T", group=_SPARSITY,
                                 help="'4:8-T', '2:4', '2:4-T', ..., 'unstructured' (50%%) or 'dense'")
-    method: str = config_field("greedy", group=_SPARSITY, help="mask method of refreshes")
+    method: str = config_field("exact", group=_SPARSITY, help="mask method of refreshes")
     initial_method: str = config_field("exact", group=_SPARSITY, help="mask method of the initial masks")
-    refresh_every: int = config_field(20, group=_SPARSITY, help="steps between mask refreshes")
-    decay: float = config_field(2e-4, group=_SPARSITY, help="SR-STE decay of pruned weights")
+    refresh_every: int = config_field(100, group=_SPARSITY, help="steps between mask refreshes")
+    decay: float = config_field(2e-3, group=_SPARSITY, help="SR-STE decay of pruned weights")
     include: tuple[str, ...] | None = config_field(None, group=_SPARSITY, metavar="GLOB",
                                                    help=f"layers to sparsify (default: {SPARSE_LAYERS[0]})")
     exclude: tuple[str, ...] | None = config_field(None, group=_SPARSITY, metavar="GLOB",
