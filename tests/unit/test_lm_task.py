@@ -158,15 +158,11 @@ def test_compare_reports_loss_next_to_exact_diversity_with_seed_spread(tmp_path,
     assert rows["2:4-T"]["mask_valid"] is True
     pairs = {frozenset(key.split(" vs ")) for key in result.separation}
     assert pairs == {frozenset(p) for p in [("dense", "2:4"), ("dense", "2:4-T"), ("2:4", "2:4-T")]}
-    assert payload_separation(tmp_path) == result.separation
     payload = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert payload["separation"] == result.separation
     assert payload["data"]["corpus_sha256"] == data.corpus_sha256 and len(payload["rows"]) == 3
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
     assert (tmp_path / "cmp" / "2x4-T-seed1" / "checkpoint.safetensors").is_file()
-
-
-def payload_separation(tmp_path) -> dict[str, bool]:
-    return json.loads((tmp_path / "cmp" / "compare.json").read_text())["separation"]
 
 
 def test_separation_needs_a_gap_wider_than_the_seed_spread_and_several_seeds() -> None:

@@ -80,6 +80,10 @@ class LMCompareResult:
                 "spearman_loss_vs_diversity": self.spearman_loss_vs_diversity, "separation": self.separation}
 
 
+def _sample_std(values: Sequence[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _ranks(values: Sequence[float]) -> list[float]:
     order = sorted(range(len(values)), key=lambda i: values[i])
     ranks = [0.0] * len(values)
@@ -218,13 +222,12 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
             "structure": name,
             "log10_mask_diversity": diversity[name],
             "heldout_loss": mean,
-            "heldout_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+            "heldout_loss_std": _sample_std(losses),
             "heldout_losses": losses,
             "heldout_perplexity": math.exp(mean),
             "loss_gap_percent": None if dense_loss is None else 100.0 * (mean - dense_loss) / dense_loss,
             "loss_gap_percents": paired,
-            "loss_gap_percent_std": None if paired is None else (statistics.stdev(paired) if len(paired) > 1
-                                                                  else 0.0),
+            "loss_gap_percent_std": None if paired is None else _sample_std(paired),
             "mask_valid": None if name == DENSE else all(bool(r["mask_valid"]) for r in runs[name]),
             "train_seconds": statistics.fmean(r["train_seconds"] for r in runs[name]),
         })
