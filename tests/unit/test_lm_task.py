@@ -200,6 +200,23 @@ def test_shipped_lm_recipes_load_and_the_default_one_is_the_config_default() -> 
     assert load_lm_config(lm_recipe_path("lm_decoder_4x8t_dynamic")) == LMTrainConfig()
     large = load_lm_config(lm_recipe_path("lm_decoder_large_4x8t_dynamic"))
     assert large.d_model > LMTrainConfig().d_model and large.structure == "4:8-T"
+    assert load_lm_config("lm_decoder_4x8t_dynamic", steps=50) == LMTrainConfig(steps=50)
+
+
+def test_load_lm_config_names_what_is_wrong_with_a_file(tmp_path) -> None:
+    from nmsparse.errors import InputError
+
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_lm_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("steps: [1\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_lm_config(tmp_path / "broken.yaml")
+    with pytest.raises(InputError, match="neither a file nor a shipped recipe"):
+        load_lm_config(tmp_path / "missing.yaml")
+    (tmp_path / "typo.yaml").write_text("stpes: 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        load_lm_config(tmp_path / "typo.yaml")
 
 
 def test_keep_first_last_leaves_the_first_block_linear_dense(data) -> None:

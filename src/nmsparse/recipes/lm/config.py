@@ -27,6 +27,7 @@ from nmsparse.errors import ConfigError, InputError
 from nmsparse.solvers import list_methods
 
 from .._common import DENSE, UNSTRUCTURED
+from ..train.config import read_config_file
 from .corpus import SOURCES
 from .model import SPARSE_LAYERS, GPTConfig
 
@@ -190,23 +191,19 @@ def lm_recipe_path(name: str) -> Path:
     return path
 
 
-def load_lm_config(path: str | os.PathLike[str], **overrides: Any) -> LMTrainConfig:
-    """Read an :class:`LMTrainConfig` from a YAML file (unknown keys are refused with the closest name).
+def load_lm_config(source: str | os.PathLike[str], **overrides: Any) -> LMTrainConfig:
+    """Read an :class:`LMTrainConfig` from a YAML file or shipped recipe name, then ``overrides``.
+
+    Unknown keys are refused with the closest valid name.
 
     Raises:
-        InputError: unreadable or non-mapping YAML.
-        ConfigError: unknown keys or bad values.
-    """
-    import yaml
+        InputError: missing or unparseable YAML file.
+        ConfigError: the top level is not a mapping; unknown keys or bad values.
 
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise InputError(f"{path}: expected a mapping of setting -> value, got {type(values).__name__}")
+    Example:
+        >>> load_lm_config("lm_decoder_4x8t_dynamic", steps=10).steps
+        10
+    """
+    values, where = read_config_file(os.fspath(source))
     values.update(overrides)
-    return LMTrainConfig.from_dict(values, where=str(path))
+    return LMTrainConfig.from_dict(values, where=where)
