@@ -201,8 +201,8 @@ def load_lm_config(source: str | os.PathLike[str], **overrides: Any) -> LMTrainC
         ConfigError: the top level is not a mapping; unknown keys or bad values.
 
     Example:
-        >>> load_lm_config("lm_decoder_4x8t_dynamic", steps=10).steps
-        10
+        >>> load_lm_config("lm_decoder_4x8t_dynamic", steps=1000).steps
+        1000
     """
     values, where = read_config_file(os.fspath(source))
     values.update(overrides)
