@@ -49,6 +49,23 @@ def test_mask_command_bad_inputs_exit_2_with_one_line(checkpoint, tmp_path, caps
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.parametrize("argv, what", [
+    (["compare", "--task", "lm", "--out", "{tmp}/cmp"], "nmsparse compare"),
+    (["train", "--task", "lm", "--out", "{tmp}/run"], "nmsparse train --task lm"),
+    (["oneshot", "--pattern", "2:4", "--out", "{tmp}/pruned"], "nmsparse oneshot"),
+    (["mask", "{tmp}/nope.pt", "--pattern", "2:4", "--out", "{tmp}/m.safetensors"], "nmsparse mask"),
+])
+def test_single_process_commands_refuse_torchrun(tmp_path, capsys, monkeypatch, argv, what):
+    # Under torchrun every process would run the whole command and write the same files.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{what.split(' --')[0]}: error: {what} runs in one process"), lines
+    assert "WORLD_SIZE=2" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_debug_shows_traceback(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         main(["mask", str(tmp_path / "nope.pt"), "--pattern", "2:4", "--out", str(tmp_path / "m.safetensors"),

@@ -19,6 +19,31 @@ from ..errors import NMSparseError
 #: Command modules, in the order ``nmsparse --help`` lists them.
 COMMANDS = ("train", "compare", "mask", "export", "diversity", "demo", "adaprune", "oneshot", "info")
 
+#: Commands that run data-parallel under ``torchrun`` (every other one would run once per process, all writing
+#: the same files, so it refuses). ``train --task lm`` refuses in :mod:`nmsparse.cli.train`.
+DATA_PARALLEL_COMMANDS = frozenset({"train"})
+
+
+def torchrun_world_size() -> int:
+    """``WORLD_SIZE`` as ``torchrun`` sets it (1 when unset or unreadable)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def refuse_data_parallel(what: str) -> None:
+    """Raise :class:`CLIError` when started by ``torchrun`` with more than one process.
+
+    Args:
+        what: the command as the user typed it (``"nmsparse compare"``), for the message.
+    """
+    world_size = torchrun_world_size()
+    if world_size > 1:
+        raise CLIError(f"{what} runs in one process, but WORLD_SIZE={world_size} (torchrun): every process would "
+                       f"write the same files; run it without torchrun (data-parallel runs: nmsparse train, "
+                       f"task classify)")
+
 
 class CLIError(NMSparseError):
     """A bad command-line input (missing file, bad option combination)."""
@@ -50,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command not in DATA_PARALLEL_COMMANDS:
+            refuse_data_parallel(f"nmsparse {args.command}")
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("nmsparse: interrupted", file=sys.stderr)

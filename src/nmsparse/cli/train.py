@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._runtime import configure_runtime
-from .main import CLIError
+from .main import CLIError, refuse_data_parallel
 
 TASKS = ("classify", "lm")
 
@@ -204,6 +204,7 @@ def print_lm_summary(s: Any, out_dir: Path) -> None:
 def _run_lm(args: argparse.Namespace) -> int:
     from .._logging import progress_enabled
 
+    refuse_data_parallel("nmsparse train --task lm")
     lm = lm_module()
     resume = args.resume is not None
     config = None if resume else lm_config(args, lm)
