@@ -287,6 +287,7 @@ def test_dtype_declaration_widens_half_precision_only():
 
 
 @pytest.mark.parametrize("fn", ["find_mask", "is_nm_sparse", "retained_magnitude"])
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")  # torch's notice when building one
 def test_meta_sparse_and_non_tensors_give_input_errors(fn):
     import numpy as np
 
