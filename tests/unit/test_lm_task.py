@@ -160,6 +160,8 @@ def test_compare_reports_loss_next_to_exact_diversity_with_seed_spread(tmp_path,
     assert pairs == {frozenset(p) for p in [("dense", "2:4"), ("dense", "2:4-T"), ("2:4", "2:4-T")]}
     payload = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert payload["separation"] == result.separation
+    assert payload["paired_separation"] == result.paired_separation
+    assert set(result.paired_separation) == set(result.separation)
     assert payload["data"]["corpus_sha256"] == data.corpus_sha256 and len(payload["rows"]) == 3
     assert (tmp_path / "cmp" / "compare.png").stat().st_size > 0
     assert (tmp_path / "cmp" / "2x4-T-seed1" / "checkpoint.safetensors").is_file()
@@ -175,6 +177,43 @@ def test_separation_needs_a_gap_wider_than_the_seed_spread_and_several_seeds() -
     rows = [row("4:8-T", [2.60, 2.62, 2.64]), row("dense", [2.50, 2.51, 2.52]), row("2:4", [2.61, 2.63, 2.59])]
     assert separation(rows) == {"dense vs 2:4": True, "dense vs 4:8-T": True, "2:4 vs 4:8-T": False}
     assert separation([row("dense", [2.5]), row("2:4", [2.6])]) == {}  # one seed: no noise estimate
+
+
+def test_paired_separation_cancels_what_a_seed_does_to_every_structure() -> None:
+    from nmsparse.recipes.lm.compare import paired_separation
+
+    def row(name: str, losses: list[float]) -> dict[str, object]:
+        return {"structure": name, "heldout_loss": statistics.fmean(losses), "heldout_losses": losses}
+
+    # Seeds move both structures together (spread 0.1), the difference is steady: only the paired test sees it.
+    a, b = row("2:4", [2.40, 2.50, 2.60]), row("2:4-T", [2.41, 2.512, 2.609])
+    paired = paired_separation([b, a])
+    assert list(paired) == ["2:4 vs 2:4-T"]
+    assert paired["2:4 vs 2:4-T"]["separates"] and paired["2:4 vs 2:4-T"]["difference"] == pytest.approx(0.031 / 3)
+    assert paired["2:4 vs 2:4-T"]["t"] == pytest.approx(0.031 / 3 / (statistics.stdev([0.01, 0.012, 0.009]) / 3**0.5))
+    from nmsparse.recipes.lm.compare import separation
+
+    assert separation([{**a, "heldout_loss_std": 0.1}, {**b, "heldout_loss_std": 0.1}]) == {"2:4 vs 2:4-T": False}
+    # Differences that change sign do not separate; identical runs neither; a constant gap does.
+    noisy = paired_separation([a, row("4:8", [2.45, 2.48, 2.61])])
+    assert not next(iter(noisy.values()))["separates"]
+    assert paired_separation([a, row("same", [2.40, 2.50, 2.60])]) == {
+        "2:4 vs same": {"difference": 0.0, "t": 0.0, "separates": False}}
+    assert paired_separation([a, row("shifted", [2.45, 2.55, 2.65])])["2:4 vs shifted"]["separates"]
+    # One seed, or rows with different numbers of seeds: nothing to test.
+    assert paired_separation([row("dense", [2.5]), row("2:4", [2.6])]) == {}
+    assert paired_separation([a, row("2:4-T", [2.5, 2.6])]) == {}
+
+
+def test_t_critical_values_match_scipy() -> None:
+    from scipy import stats
+
+    from nmsparse.recipes.lm.compare import t_critical_95
+
+    for df in range(1, 300):
+        assert t_critical_95(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-4), df
+    with pytest.raises(ValueError, match=">= 1"):
+        t_critical_95(0)
 
 
 def test_compare_refuses_bad_structures_and_seeds() -> None:
@@ -257,3 +296,23 @@ def test_run_without_transformers_skips_only_the_hf_export(tmp_path, data, monke
     summary = run_lm_training(_config(steps=4, eval_every=4, baseline=False), tmp_path / "run", progress=False)
     assert summary.hf_folder is None and summary.baseline_hf_folder is None
     assert not (tmp_path / "run" / "hf").exists() and (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_compare_table_prints_both_separation_tests(capsys) -> None:
+    from nmsparse.cli.compare import _print_lm_table
+    from nmsparse.recipes.lm.compare import LMCompareResult, paired_separation, separation
+
+    def row(name: str, losses: list[float], md: float | None) -> dict[str, object]:
+        return {"structure": name, "heldout_loss": statistics.fmean(losses), "heldout_losses": losses,
+                "heldout_loss_std": statistics.stdev(losses), "heldout_perplexity": math.exp(statistics.fmean(losses)),
+                "log10_mask_diversity": md, "loss_gap_percent": None, "loss_gap_percent_std": None,
+                "mask_valid": None if md is None else True, "train_seconds": 1.0}
+
+    rows = [row("dense", [2.40, 2.50, 2.60], None), row("2:4", [2.41, 2.512, 2.609], 796.8),
+            row("2:4-T", [2.50, 2.45, 2.66], 500.3)]
+    _print_lm_table(LMCompareResult(rows=rows, reference_numel=4096, seeds=[0, 1, 2], out_dir=None,
+                                    spearman_loss_vs_diversity=None, separation=separation(rows),
+                                    paired_separation=paired_separation(rows)))
+    out = capsys.readouterr().out
+    assert "sum of the stds): 0 of 3 pairs" in out
+    assert "paired t-test of the per-seed differences (95%, 3 seeds): 1 of 3 pairs: dense vs 2:4 (t " in out

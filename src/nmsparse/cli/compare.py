@@ -82,6 +82,11 @@ def _print_lm_table(result: Any) -> None:
         close = [k for k, v in pairs.items() if not v]
         print(f"  separated beyond seed noise (|mean difference| > sum of the stds): {len(apart)} of {len(pairs)} "
               f"pairs" + (f"; not separated: {', '.join(close)}" if close else ""))
+    paired = getattr(result, "paired_separation", None) or {}
+    if paired:
+        apart = [f"{k} (t {v['t']:.1f})" for k, v in paired.items() if v["separates"]]
+        print(f"  separated by a paired t-test of the per-seed differences (95%, {len(seeds)} seeds): {len(apart)} "
+              f"of {len(paired)} pairs" + (f": {', '.join(apart)}" if apart else ""))
 
 
 def _run_lm(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ unstructured masks are per-layer magnitude masks refreshed the same way). The di
 ``log10`` count of :func:`nmsparse.log10_mask_diversity` for a tensor of ``reference_numel`` weights at 50%
 density. Each row reports the mean held-out loss (nats per byte) and perplexity over the seeds, their sample
 standard deviation and the per-seed values, the gap to dense (of the means, and per seed against the dense run of
-the same seed), and which pairs of structures separate beyond seed noise (:func:`separation`).
+the same seed), and which pairs of structures separate beyond seed noise (:func:`separation` on the spread of
+each structure, :func:`paired_separation` on the per-seed differences).
 
 The comparison directory holds ``compare.json``, ``compare.png``, ``config.yaml`` and one checkpointed section per
 structure and seed (``4x8-T-seed0/``); ``resume=True`` continues an interrupted comparison where it stopped.
@@ -43,7 +44,7 @@ from .data import build_lm_data
 from .task import LMTrainer, warm_up_solvers
 
 __all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "LMCompareResult", "compare_lm", "separation",
-           "COMPARE_TASK"]
+           "paired_separation", "t_critical_95", "COMPARE_TASK"]
 
 COMPARE_TASK = "lm-compare"
 
@@ -64,6 +65,8 @@ class LMCompareResult:
             (negative: more diverse structures lose less); ``None`` with fewer than 3 sparse structures.
         separation: for each pair of structures, whether their mean losses differ by more than the sum of their
             seed standard deviations (``"2:4 vs 4:8-T": True``); empty with a single seed (no noise estimate).
+        paired_separation: for each pair, the paired t-test of the per-seed differences
+            (:func:`paired_separation`: ``difference``, ``t``, ``separates``); empty with a single seed.
     """
 
     rows: list[dict[str, Any]]
@@ -72,12 +75,14 @@ class LMCompareResult:
     out_dir: Path | None
     spearman_loss_vs_diversity: float | None
     separation: dict[str, bool] = field(default_factory=dict)
+    paired_separation: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"rows": self.rows, "reference_numel": self.reference_numel, "seeds": self.seeds,
                 "out_dir": None if self.out_dir is None else str(self.out_dir),
-                "spearman_loss_vs_diversity": self.spearman_loss_vs_diversity, "separation": self.separation}
+                "spearman_loss_vs_diversity": self.spearman_loss_vs_diversity, "separation": self.separation,
+                "paired_separation": self.paired_separation}
 
 
 def _sample_std(values: Sequence[float]) -> float:
@@ -128,6 +133,62 @@ def separation(rows: Sequence[dict[str, Any]]) -> dict[str, bool]:
         for b in ordered[i + 1:]:
             noise = float(a.get("heldout_loss_std") or 0.0) + float(b.get("heldout_loss_std") or 0.0)
             out[f"{a['structure']} vs {b['structure']}"] = float(b["heldout_loss"]) - float(a["heldout_loss"]) > noise
+    return out
+
+
+#: Two-sided 95% critical values of Student's t for 1..30 degrees of freedom.
+_T_CRITICAL_95 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788,
+                  2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639,
+                  2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+
+
+def t_critical_95(df: int) -> float:
+    """Two-sided 95% critical value of Student's t with ``df`` degrees of freedom (table, then an expansion).
+
+    Example:
+        >>> round(t_critical_95(2), 3)
+        4.303
+    """
+    if df < 1:
+        raise ValueError(f"t_critical_95: degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T_CRITICAL_95):
+        return _T_CRITICAL_95[df - 1]
+    z = 1.959963984540054  # Cornish-Fisher expansion around the normal quantile, < 1e-4 off from 31 on
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+def paired_separation(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Paired test of each pair of rows: one-sample t-test of the per-seed differences, two-sided, 95%.
+
+    Every seed gives all structures the same initialisation and batches, so the per-seed difference of two
+    structures cancels what the seed does to both; this test is then sharper than :func:`separation`. Rows are
+    taken in order of mean held-out loss (keys read ``"better vs worse"``); each value holds ``difference`` (mean
+    per-seed loss difference, worse minus better), ``t`` and ``separates``. Rows need the same number (>= 2) of
+    per-seed losses, in seed order; otherwise the result is empty.
+
+    Example:
+        >>> rows = [{"structure": "2:4", "heldout_loss": 2.51, "heldout_losses": [2.50, 2.51, 2.52]},
+        ...         {"structure": "2:4-T", "heldout_loss": 2.52, "heldout_losses": [2.511, 2.519, 2.53]}]
+        >>> paired_separation(rows)["2:4 vs 2:4-T"]["separates"]
+        True
+    """
+    counts = {len(r.get("heldout_losses") or ()) for r in rows}
+    if len(counts) != 1 or min(counts) < 2:
+        return {}
+    n = counts.pop()
+    critical = t_critical_95(n - 1)
+    ordered = sorted(rows, key=lambda r: float(r["heldout_loss"]))
+    out: dict[str, dict[str, Any]] = {}
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1:]:
+            diffs = [float(y) - float(x) for x, y in zip(a["heldout_losses"], b["heldout_losses"])]
+            mean, spread = statistics.fmean(diffs), _sample_std(diffs)
+            if spread > 0:
+                t = mean / (spread / math.sqrt(n))
+            else:
+                t = math.inf if mean > 0 else 0.0
+            out[f"{a['structure']} vs {b['structure']}"] = {"difference": mean, "t": t, "separates": t > critical}
     return out
 
 
@@ -236,7 +297,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
                     [float(r["heldout_loss"]) for r in sparse_rows])
     result_obj = LMCompareResult(rows=rows, reference_numel=reference_numel, seeds=seed_list,
                                  out_dir=None if run is None else run.path, spearman_loss_vs_diversity=rho,
-                                 separation=separation(rows))
+                                 separation=separation(rows), paired_separation=paired_separation(rows))
     if run is not None:
         from .plots import plot_loss_vs_diversity
 
@@ -246,6 +307,8 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
                    "loss": "held-out cross-entropy, nats per byte (mean over seeds; std = sample std)",
                    "spearman_loss_vs_diversity": rho, "separation": result_obj.separation,
                    "separation_rule": "mean losses differ by more than the sum of the two seed standard deviations",
+                   "paired_separation": result_obj.paired_separation,
+                   "paired_separation_rule": "one-sample t-test of the per-seed loss differences, two-sided, 95%",
                    "compile_seconds": compile_seconds, "rows": rows}
         run.write_text(COMPARE_JSON, json.dumps(payload, indent=2) + "\n")
         plot_loss_vs_diversity(rows, run.path / COMPARE_PLOT, reference_numel=reference_numel,
