@@ -198,7 +198,10 @@ def test_paired_separation_cancels_what_a_seed_does_to_every_structure() -> None
     noisy = paired_separation([a, row("4:8", [2.45, 2.48, 2.61])])
     assert not next(iter(noisy.values()))["separates"]
     assert paired_separation([a, row("same", [2.40, 2.50, 2.60])]) == {
-        "2:4 vs same": {"difference": 0.0, "t": 0.0, "separates": False}}
+        "2:4 vs same": {"difference": 0.0, "t": None, "separates": False}}
+    exact = paired_separation([row("x", [1.0, 2.0, 3.0]), row("y", [1.5, 2.5, 3.5])])
+    assert exact == {"x vs y": {"difference": 0.5, "t": None, "separates": True}}
+    json.dumps(exact, allow_nan=False)  # compare.json stays strict JSON
     assert paired_separation([a, row("shifted", [2.45, 2.55, 2.65])])["2:4 vs shifted"]["separates"]
     # One seed, or rows with different numbers of seeds: nothing to test.
     assert paired_separation([row("dense", [2.5]), row("2:4", [2.6])]) == {}

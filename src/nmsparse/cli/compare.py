@@ -84,7 +84,8 @@ def _print_lm_table(result: Any) -> None:
               f"pairs" + (f"; not separated: {', '.join(close)}" if close else ""))
     paired = getattr(result, "paired_separation", None) or {}
     if paired:
-        apart = [f"{k} (t {v['t']:.1f})" for k, v in paired.items() if v["separates"]]
+        apart = [k + (f" (t {v['t']:.1f})" if v["t"] is not None else " (same difference on every seed)")
+                 for k, v in paired.items() if v["separates"]]
         print(f"  separated by a paired t-test of the per-seed differences (95%, {len(seeds)} seeds): {len(apart)} "
               f"of {len(paired)} pairs" + (f": {', '.join(apart)}" if apart else ""))
 

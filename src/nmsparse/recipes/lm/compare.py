@@ -164,7 +164,8 @@ def paired_separation(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any
     Every seed gives all structures the same initialisation and batches, so the per-seed difference of two
     structures cancels what the seed does to both; this test is then sharper than :func:`separation`. Rows are
     taken in order of mean held-out loss (keys read ``"better vs worse"``); each value holds ``difference`` (mean
-    per-seed loss difference, worse minus better), ``t`` and ``separates``. Rows need the same number (>= 2) of
+    per-seed loss difference, worse minus better), ``t`` (``None`` when every seed gives the same difference) and
+    ``separates``. Rows need the same number (>= 2) of
     per-seed losses, in seed order; otherwise the result is empty.
 
     Example:
@@ -184,11 +185,12 @@ def paired_separation(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any
         for b in ordered[i + 1:]:
             diffs = [float(y) - float(x) for x, y in zip(a["heldout_losses"], b["heldout_losses"])]
             mean, spread = statistics.fmean(diffs), _sample_std(diffs)
+            t: float | None = None  # every seed gives the same difference: no t (JSON has no infinity)
+            separates = mean > 0
             if spread > 0:
                 t = mean / (spread / math.sqrt(n))
-            else:
-                t = math.inf if mean > 0 else 0.0
-            out[f"{a['structure']} vs {b['structure']}"] = {"difference": mean, "t": t, "separates": t > critical}
+                separates = t > critical
+            out[f"{a['structure']} vs {b['structure']}"] = {"difference": mean, "t": t, "separates": separates}
     return out
 
 
