@@ -21,7 +21,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,14 @@ def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return num / den if den else None
 
 
+def _pairs_by_loss(rows: Sequence[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """``("better vs worse", better, worse)`` for every pair of rows, in order of mean held-out loss."""
+    ordered = sorted(rows, key=lambda r: float(r["heldout_loss"]))
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1:]:
+            yield f"{a['structure']} vs {b['structure']}", a, b
+
+
 def separation(rows: Sequence[dict[str, Any]]) -> dict[str, bool]:
     """Whether each pair of rows separates beyond seed noise: ``|mean_a - mean_b| > std_a + std_b``.
 
@@ -127,12 +135,10 @@ def separation(rows: Sequence[dict[str, Any]]) -> dict[str, bool]:
     """
     if any(len(r.get("heldout_losses") or ()) < 2 for r in rows):
         return {}
-    ordered = sorted(rows, key=lambda r: float(r["heldout_loss"]))
     out: dict[str, bool] = {}
-    for i, a in enumerate(ordered):
-        for b in ordered[i + 1:]:
-            noise = float(a.get("heldout_loss_std") or 0.0) + float(b.get("heldout_loss_std") or 0.0)
-            out[f"{a['structure']} vs {b['structure']}"] = float(b["heldout_loss"]) - float(a["heldout_loss"]) > noise
+    for key, a, b in _pairs_by_loss(rows):
+        noise = float(a.get("heldout_loss_std") or 0.0) + float(b.get("heldout_loss_std") or 0.0)
+        out[key] = float(b["heldout_loss"]) - float(a["heldout_loss"]) > noise
     return out
 
 
@@ -179,18 +185,16 @@ def paired_separation(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any
         return {}
     n = counts.pop()
     critical = t_critical_95(n - 1)
-    ordered = sorted(rows, key=lambda r: float(r["heldout_loss"]))
     out: dict[str, dict[str, Any]] = {}
-    for i, a in enumerate(ordered):
-        for b in ordered[i + 1:]:
-            diffs = [float(y) - float(x) for x, y in zip(a["heldout_losses"], b["heldout_losses"])]
-            mean, spread = statistics.fmean(diffs), _sample_std(diffs)
-            t: float | None = None  # every seed gives the same difference: no t (JSON has no infinity)
-            separates = mean > 0
-            if spread > 0:
-                t = mean / (spread / math.sqrt(n))
-                separates = t > critical
-            out[f"{a['structure']} vs {b['structure']}"] = {"difference": mean, "t": t, "separates": separates}
+    for key, a, b in _pairs_by_loss(rows):
+        diffs = [float(y) - float(x) for x, y in zip(a["heldout_losses"], b["heldout_losses"])]
+        mean, spread = statistics.fmean(diffs), _sample_std(diffs)
+        t: float | None = None  # every seed gives the same difference: no t (JSON has no infinity)
+        separates = mean > 0
+        if spread > 0:
+            t = mean / (spread / math.sqrt(n))
+            separates = t > critical
+        out[key] = {"difference": mean, "t": t, "separates": separates}
     return out
 
 
