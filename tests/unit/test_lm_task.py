@@ -89,7 +89,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, data) -> None:
 
 
 @pytest.mark.slow
-def test_run_lm_training_writes_the_run_and_a_loadable_dense_model(tmp_path, data) -> None:
+def test_run_lm_training_writes_the_run_and_a_loadable_dense_model(tmp_path, data, capsys) -> None:
     from nmsparse.oneshot.hf import load_causal_lm, perplexity
 
     out = tmp_path / "run"
@@ -103,6 +103,11 @@ def test_run_lm_training_writes_the_run_and_a_loadable_dense_model(tmp_path, dat
                  "baseline/hf/model.safetensors"):
         assert (out / name).exists(), name
     assert load_lm_config(out / "config.yaml") == _config()
+    from nmsparse.cli.main import main
+
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--print-config"]) == 0  # the resumed run's settings, unchanged
+    assert LMTrainConfig.from_dict(__import__("yaml").safe_load(capsys.readouterr().out)) == _config()
     assert json.loads((out / "summary.json").read_text())["heldout_loss"] == summary.heldout_loss
     # The dense folder is a normal transformers model: its held-out perplexity is the one the run reported.
     hf = load_causal_lm(out / summary.baseline_hf_folder)

@@ -115,8 +115,9 @@ def lm_config(args: argparse.Namespace, lm: Any, *, resume_dir: str | None = Non
     from ._flags import config_from_args, explicit_overrides
 
     if resume_dir is not None:
-        values, where = read_config_file(Path(resume_dir) / "config.yaml")
-        return lm.LMTrainConfig.from_dict(values, where=where)
+        from nmsparse.recipes.lm.config import load_lm_config
+
+        return load_lm_config(Path(resume_dir) / "config.yaml")
     explicit_overrides(args, lm.LMTrainConfig, context="--task lm")
     values, where = read_config_file(args.config) if args.config else ({}, "--task lm")
     return config_from_args(lm.LMTrainConfig, args, base=values, where=where, context="--task lm")
