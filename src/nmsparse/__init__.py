@@ -41,6 +41,7 @@ __all__ = [
     "get_masks",
     "set_masks_",
     "DynamicSparsifier",
+    "SparseState",
     # calibration without training
     "AdaPruneConfig",
     "adaprune_",
@@ -70,6 +71,7 @@ _LAZY: dict[str, str] = {
     "get_masks": "nmsparse.prune",
     "set_masks_": "nmsparse.prune",
     "DynamicSparsifier": "nmsparse.prune",
+    "SparseState": "nmsparse.prune",
     "AdaPruneConfig": "nmsparse.adaprune",
     "adaprune_": "nmsparse.adaprune",
     "OneShotConfig": "nmsparse.oneshot",
@@ -101,6 +103,7 @@ if TYPE_CHECKING:
     from .prune import (
         DynamicSparsifier,
         LayerSelection,
+        SparseState,
         get_masks,
         is_pruned,
         prune_,

@@ -39,6 +39,7 @@ from torch import nn
 from ._version import __version__
 from .errors import ConfigError, InputError, MaskMismatchError, OverwriteError
 from .nn.parametrize import KeepOrder, NMMask, _as_bool_mask
+from .nn.state import raw_state_dict
 from .pattern import NMPattern
 from .prune._views import mask_fits
 from .prune.select import is_transposed_layer
@@ -345,7 +346,9 @@ def _plain_state_dict(model: nn.Module, *, baked: bool) -> dict[str, torch.Tenso
     keys = _raw_to_plain_keys(model)
     masks = {f"{tensor_fqn(name)}": nm.mask for name, (_, nm) in _pruned_modules(model).items()}
     out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
+    with raw_state_dict():
+        state = model.state_dict()
+    for key, value in state.items():
         plain = keys.get(key, key)
         if plain is None:
             continue
@@ -569,7 +572,8 @@ def _raw_state_dict(model: nn.Module, plain: Mapping[str, Any],
                     masks: Mapping[str, tuple[nn.Module, torch.Tensor, Any]], *, strict: bool) -> dict[str, Any]:
     """The raw state dict the (now pruned) model loads, from plain entries; key and shape checks first."""
     keys = _raw_to_plain_keys(model)
-    expected = model.state_dict(keep_vars=True)
+    with raw_state_dict():
+        expected = model.state_dict(keep_vars=True)
     raw: dict[str, Any] = {}
     used: set[str] = set()
     problems: list[str] = []

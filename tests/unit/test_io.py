@@ -89,6 +89,14 @@ from nmsparse.io import (  # noqa: E402
     save_pruned,
     write_text_atomic,
 )
+from nmsparse.nn.state import raw_state_dict  # noqa: E402
+
+
+def raw_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """nmsparse's raw layout of a pruned model's state (what older writers saved)."""
+    with raw_state_dict():
+        return model.state_dict()
+
 
 
 def _mlp() -> nn.Sequential:
@@ -164,15 +172,15 @@ def test_pattern_and_mode_survive_a_reload(tmp_path):
     # fault 8: after a reload set_masks_ accepted an all-True mask on a 4:8-T model
     model = nmsparse.DynamicSparsifier(_mlp(), "4:8-T", initial_method="greedy", decay=1e-3).model
     all_true = {"0.weight": torch.ones(16, 16, dtype=torch.bool)}
-    reloaded = [load_pruned_state_dict_(_mlp(), model.state_dict()),  # raw state dict
+    reloaded = [load_pruned_state_dict_(_mlp(), raw_state(model)),  # raw state dict
                 load_pruned_(_mlp(), save_pruned(model, tmp_path / "p.safetensors"))]
     for fresh in reloaded:
         nm = fresh[0].parametrizations.weight[0]
         assert str(nm.pattern) == "4:8-T" and nm.straight_through and nm.decay == 1e-3
         with pytest.raises(MaskMismatchError, match="wrong pattern"):
             nmsparse.set_masks_(fresh, all_true, strict=False)
-    twin = nmsparse.prune_(_mlp(), "2:4")  # another pattern: load_state_dict brings 4:8-T with the state
-    twin.load_state_dict(model.state_dict())
+    twin = nmsparse.prune_(_mlp(), "2:4")  # another pattern: load_state_dict brings 4:8-T with the raw state
+    twin.load_state_dict(raw_state(model))
     assert str(twin[0].parametrizations.weight[0].pattern) == "4:8-T"
     with pytest.raises(MaskMismatchError, match="wrong pattern"):
         nmsparse.set_masks_(twin, all_true, strict=False)
@@ -240,7 +248,7 @@ def test_raw_checkpoints_of_older_writers_still_load(tmp_path):
     from safetensors.torch import save_file
 
     model = nmsparse.prune_(_mlp(), "2:4")
-    raw = {k: v.contiguous() for k, v in model.state_dict().items()}
+    raw = {k: v.contiguous() for k, v in raw_state(model).items()}
     save_file(raw, str(tmp_path / "old.safetensors"), metadata={"format": "nmsparse.recipes.train.model"})
     fresh = load_pruned_(_mlp(), tmp_path / "old.safetensors")
     assert str(fresh[0].parametrizations.weight[0].pattern) == "2:4"

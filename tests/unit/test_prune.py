@@ -22,7 +22,14 @@ from nmsparse import (
     squash_masks_,
 )
 from nmsparse.errors import ConfigError, MaskMismatchError, ShapeError
+from nmsparse.nn.state import raw_state_dict
 from nmsparse.testing import ToyCNN, toy_mlp
+
+
+def raw_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """nmsparse's raw layout of a pruned model's state (what its record is built from)."""
+    with raw_state_dict():
+        return model.state_dict()
 
 
 @pytest.fixture(autouse=True)
@@ -196,11 +203,14 @@ def test_pruning_keeps_parameter_objects_and_state_dict_keys():
     before = [id(p) for p in model.parameters()]
     prune_(model, "2:4")
     assert sorted(id(p) for p in model.parameters()) == sorted(before)
-    keys = set(model.state_dict())
+    # the model's own state dict keeps the dense model's keys (effective weights); nmsparse's raw layout is
+    # what its record is built from
+    assert list(model.state_dict()) == list(toy_mlp().state_dict())
+    keys = set(raw_state(model))
     assert {"0.parametrizations.weight.original", "0.parametrizations.weight.0.mask",
             "0.parametrizations.bias.original"} <= keys
     assert "0.weight" not in keys
-    assert model.state_dict()["0.parametrizations.weight.0.mask"].dtype == torch.bool
+    assert raw_state(model)["0.parametrizations.weight.0.mask"].dtype == torch.bool
 
 
 def test_reprune_static_never_revives_pruned_weights():
@@ -324,11 +334,11 @@ def test_squash_refuses_foreign_parametrizations():
 # ------------------------------------------------------------------------------------------- state dicts
 
 
-def test_state_dict_round_trip_into_fresh_pruned_model():
+def test_raw_state_dict_round_trip_into_fresh_pruned_model():
     model = prune_(ToyCNN(), "4:8-T", method="greedy")
     fresh = prune_(ToyCNN(), "4:8-T", method="greedy")  # other weights, other masks
     assert any(not torch.equal(a, b) for a, b in zip(get_masks(model).values(), get_masks(fresh).values()))
-    fresh.load_state_dict(model.state_dict())
+    fresh.load_state_dict(raw_state(model))
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
     for (k1, m1), (k2, m2) in zip(get_masks(model).items(), get_masks(fresh).items()):
@@ -337,11 +347,11 @@ def test_state_dict_round_trip_into_fresh_pruned_model():
 
 def test_load_pruned_state_dict_into_fresh_unpruned_model():
     model = prune_(ToyCNN(), "2:4", method="auto")
-    state = model.state_dict()
+    state = raw_state(model)
     fresh = ToyCNN()
     assert load_pruned_state_dict_(fresh, state) is fresh
     assert set(get_masks(fresh)) == set(get_masks(model))
-    assert set(fresh.state_dict()) == set(state)
+    assert set(raw_state(fresh)) == set(state)
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
     # the loaded masks are static: pruned entries get no gradient
@@ -351,12 +361,12 @@ def test_load_pruned_state_dict_into_fresh_unpruned_model():
 
 
 def test_checkpoint_with_mismatched_masks_is_refused_naming_every_entry():
-    state = prune_(toy_mlp(), "2:4").state_dict()
+    state = raw_state(prune_(toy_mlp(), "2:4"))
     state["2.parametrizations.weight.0.mask"] = torch.ones(5, 5, dtype=torch.bool)  # wrong shape
     state["9.parametrizations.weight.0.mask"] = torch.ones(2, 2, dtype=torch.bool)  # no module 9
     state["1.parametrizations.weight.0.mask"] = torch.ones(2, 2, dtype=torch.bool)  # ReLU: no weight
     fresh = toy_mlp()
-    before = copy.deepcopy(fresh.state_dict())
+    before = copy.deepcopy(raw_state(fresh))
     with pytest.raises(MaskMismatchError) as info:
         load_pruned_state_dict_(fresh, state)
     message = str(info.value)
@@ -364,7 +374,7 @@ def test_checkpoint_with_mismatched_masks_is_refused_naming_every_entry():
     assert "no layer '9' with a weight" in message and "no layer '1' with a weight" in message
     assert "3 entries" in message
     assert not any(is_pruned(m) for m in fresh.modules())
-    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, raw_state(fresh)[k]) for k, v in before.items())
 
 
 def test_load_pruned_state_dict_reports_missing_masks_and_other_keys():
@@ -372,7 +382,7 @@ def test_load_pruned_state_dict_reports_missing_masks_and_other_keys():
     dense_state = toy_mlp().state_dict()
     with pytest.raises(MaskMismatchError, match=r"missing: mask '0.weight'"):
         load_pruned_state_dict_(pruned, dense_state)
-    state = prune_(toy_mlp(), "2:4", include=["0"]).state_dict()
+    state = raw_state(prune_(toy_mlp(), "2:4", include=["0"]))
     state["extra.buffer"] = torch.zeros(1)
     fresh = toy_mlp()
     with pytest.raises(MaskMismatchError, match="unexpected: 'extra.buffer'"):
@@ -407,7 +417,7 @@ def test_set_masks_replaces_in_place_and_lists_every_problem():
 
 def test_loading_a_mask_that_breaks_the_layers_pattern_is_refused():
     model = prune_(toy_mlp(), "2:4-T", method="greedy")
-    state = copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(raw_state(model))
     state["0.parametrizations.weight.0.mask"][:] = True
     with pytest.raises(MaskMismatchError, match=r"wrong pattern: mask '0.weight' breaks 2:4-T"):
         load_pruned_state_dict_(model, state)
@@ -609,7 +619,7 @@ def test_set_masks_applies_a_mask_mapping_to_an_unpruned_model():
 
 def test_nmmask_state_travels_as_a_small_tensor_and_survives_a_cast():
     model = prune_(toy_mlp(), "4:8-T", method="greedy")
-    state = model.state_dict()
+    state = raw_state(model)
     extra = state["0.parametrizations.weight.0._extra_state"]
     assert isinstance(extra, torch.Tensor) and extra.dtype == torch.uint8  # safetensors and weights_only keep it
     cast = {k: (v if v.dtype == torch.bool else v.double()) for k, v in state.items()}

@@ -24,6 +24,7 @@ from nmsparse.errors import BackendUnavailableError, ConfigError, InputError, Ma
 from nmsparse.nn import NMMask, SparseLinear
 from nmsparse.nn import linear as linear_mod
 from nmsparse.nn.linear import _masked_for_packing, greedy_tile_keep, sparse_unavailable_reason
+from nmsparse.nn.state import raw_state_dict
 
 
 def _reference(layer: SparseLinear) -> nn.Linear:
@@ -277,11 +278,15 @@ def test_set_mask_checks_the_pattern() -> None:
 
 def test_state_dict_keys_match_a_pruned_linear_and_load_both_ways() -> None:
     model = nmsparse.prune_(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), "2:4-T")
-    pruned_sd = model.state_dict()
     accelerated = copy.deepcopy(model)
     accelerated[0] = SparseLinear.from_dense(accelerated[0])
     accelerated[2] = SparseLinear.from_dense(accelerated[2])
-    sd = accelerated.state_dict()
+    plain, plain_pruned = accelerated.state_dict(), model.state_dict()  # the dense model's keys, effective weights
+    assert list(plain) == list(plain_pruned) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    for key in plain:
+        assert torch.equal(plain[key], plain_pruned[key]), key
+    with raw_state_dict():  # nmsparse's raw layout: the same keys either way
+        pruned_sd, sd = model.state_dict(), accelerated.state_dict()
     assert list(sd) == list(pruned_sd)
     for key in sd:
         assert torch.equal(sd[key], pruned_sd[key]), key
@@ -298,7 +303,8 @@ def test_load_state_dict_names_missing_keys_and_bad_masks() -> None:
     result = layer.load_state_dict({"bias": torch.zeros(8)}, strict=False)
     assert sorted(result.missing_keys) == [
         "parametrizations.weight.0.mask", "parametrizations.weight.original"]
-    bad = layer.state_dict()
+    with raw_state_dict():
+        bad = layer.state_dict()
     bad["parametrizations.weight.0.mask"] = torch.ones(8, 8, dtype=torch.bool)
     with pytest.raises(RuntimeError, match="breaks pattern 2:4-T"):
         layer.load_state_dict(bad)

@@ -12,6 +12,7 @@ import torch
 
 import nmsparse
 from nmsparse.errors import ConfigError
+from nmsparse.nn.state import raw_state_dict
 from nmsparse.recipes.train import (
     UnstructuredSparsifier,
     build_model,
@@ -97,7 +98,8 @@ def _pruned_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)
     a = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 8)), "2:4")
     b = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 8)), "2:4")
-    b.load_state_dict(a.state_dict())
+    with raw_state_dict():  # masks travel in nmsparse's raw layout, not in the plain state dict
+        b.load_state_dict(a.state_dict())
     return a, b
 
 

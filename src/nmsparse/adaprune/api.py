@@ -10,16 +10,14 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 from .._calibration import batch_samples, materialise, model_device, to_device, token_mask
 from .._logging import logger, progress_enabled
 from ..errors import ConfigError
 from ..nn.batchnorm import recalibrate_batchnorm_
-from ..nn.parametrize import NMMask
 from ..pattern import NMPattern
-from ..prune.static import _nm_mask, layer_mask
+from ..prune.static import _nm_mask, apply_mask_, layer_mask, remove_mask_
 from .config import AdaPruneConfig
 from .fitting import FitResult, fit_layer, survivor_scores
 from .planning import Budget, full_need, keep_fraction, plan_units, select
@@ -38,7 +36,7 @@ def _fold_existing_masks(module: nn.Module) -> None:
     weights.
     """
     if _nm_mask(module) is not None:
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        remove_mask_(module, leave_masked=True)
     if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
         torch_prune.remove(module, "weight")
 
@@ -309,7 +307,7 @@ def _install(layer: LayerView, w_aug: torch.Tensor, mask: torch.Tensor, pattern:
         if layer.bias:
             bias = cast(torch.Tensor, module.bias)
             bias.copy_(w_aug[:, :, layer.k].reshape(bias.shape).to(bias.dtype))
-    parametrize.register_parametrization(module, "weight", NMMask(mask, pattern=pattern), unsafe=True)
+    apply_mask_(module, mask, pattern=pattern)
 
 
 def _report(layer: LayerView, stats: LayerStatistics, fit: FitResult, error_dense: float, pattern: NMPattern,

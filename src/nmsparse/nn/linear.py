@@ -36,6 +36,7 @@ from ..errors import BackendUnavailableError, ConfigError, InputError, MaskMisma
 from ..metrics import is_nm_sparse
 from ..pattern import NMPattern, PatternLike
 from .parametrize import NMMask, _as_bool_mask
+from .state import is_raw, raw_state_dict
 
 __all__ = ["SparseLinear", "sparse_unavailable_reason", "SPARSE_PATTERN", "SHAPE_MULTIPLE"]
 
@@ -68,7 +69,9 @@ def _pruned_linear_keys(bias: bool) -> dict[str, str]:
         pruned: Any = prune_(nn.Sequential(nn.Linear(4, 4, bias=bias)), "2:4")
         probe = pruned[0]
         keys: dict[str, str] = {}
-        for key, value in probe.state_dict(keep_vars=True).items():
+        with raw_state_dict():
+            raw = probe.state_dict(keep_vars=True)
+        for key, value in raw.items():
             if value is probe.parametrizations.weight.original:
                 keys["weight"] = key
             elif key.endswith(".mask") and key.startswith("parametrizations.weight."):
@@ -687,6 +690,12 @@ class SparseLinear(nn.Module):
         def value(t: torch.Tensor) -> torch.Tensor:
             return t if keep_vars else t.detach()
 
+        if not is_raw():  # the dense layer's keys, weight = effective weight (see nmsparse.nn.state)
+            with torch.no_grad():
+                destination[prefix + "weight"] = self.weight.detach() * self.mask
+            if self.bias is not None:
+                destination[prefix + "bias"] = value(self.bias)
+            return
         for role, key in _pruned_linear_keys(self.bias is not None).items():
             if role == "weight":
                 destination[prefix + key] = value(self.weight)
@@ -729,6 +738,11 @@ class SparseLinear(nn.Module):
         for old, new in renames.items():
             if old in state_dict:
                 state_dict[new] = state_dict.pop(old)
+        if prefix + "weight" in state_dict and prefix + "mask" not in state_dict:
+            # the dense layer's keys: the layer keeps its mask (see nmsparse.nn.state)
+            nm = self._as_nmmask()
+            state_dict[prefix + "weight"] = nm.dense_from_effective(state_dict[prefix + "weight"], self.weight)
+            state_dict[prefix + "mask"] = self.mask
         extra = state_dict.pop(prefix + keys["extra"], None) if "extra" in keys else None
         mask_value = state_dict.get(prefix + "mask")
         if isinstance(mask_value, torch.Tensor) and tuple(mask_value.shape) == tuple(self.mask.shape):

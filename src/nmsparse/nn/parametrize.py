@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError, MaskMismatchError
 from ..pattern import NMPattern, PatternLike
+from .sharding import ShardState, gather_rows, is_dtensor, local_tensor
 
 __all__ = ["NMMask", "KeepOrder"]
 
@@ -118,6 +120,122 @@ class NMMask(nn.Module):
         self.pattern = None if pattern is None else NMPattern.parse(pattern)
         self.transposed = bool(transposed)
         self.padded = bool(padded)
+        self._shard: ShardState | None = None
+
+    # ------------------------------------------------------------------------------------------ FSDP2 shards
+
+    @property
+    def sharded(self) -> bool:
+        """Whether FSDP2 shards the weight, so this process holds only its rows of the mask (a ``DTensor``)."""
+        return self._shard is not None
+
+    @property
+    def shard(self) -> ShardState | None:
+        """Where this rank's rows lie (``None`` unless :attr:`sharded`)."""
+        return self._shard
+
+    def local_mask(self) -> torch.Tensor:
+        """The rows of the mask this process holds: the whole mask unless :attr:`sharded`."""
+        return local_tensor(self.mask)
+
+    def adopt_sharding(self, param: torch.Tensor) -> None:
+        """Follow FSDP2's sharding of the weight ``param``: keep only this rank's rows of the mask.
+
+        Called by nmsparse whenever it meets the sharded weight (before each FSDP all-gather, in ``state_dict``,
+        in refreshes); a no-op once done for ``param``. See :mod:`nmsparse.nn.sharding`.
+        """
+        if not is_dtensor(param) or (self._shard is not None and self._shard.param is param):
+            return
+        state = ShardState.of(param)  # type: ignore[arg-type]
+        with torch.no_grad():
+            if is_dtensor(self.mask):  # sharded before (a re-created parameter): the rows are already ours
+                local = local_tensor(self.mask)
+            else:
+                local = self.mask[state.start: state.start + state.count].clone()
+        if tuple(local.shape) != tuple(local_tensor(param).shape):
+            raise MaskMismatchError(f"NMMask: this rank's weight rows {tuple(local_tensor(param).shape)} do not "
+                                    f"match its mask rows {tuple(local.shape)}")
+        self._buffers["mask"] = state.as_dtensor(local)
+        param.register_post_accumulate_grad_hook(self._after_reduce)
+        self._shard = state
+
+    def stash(self) -> None:
+        """Zero the pruned entries of the local weight shard (keeping their dense values when straight-through).
+
+        Runs just before FSDP2 gathers the weight, so the gathered weight is already the effective one.
+        """
+        state = self._shard
+        if state is None or state.stashed:
+            return
+        with torch.no_grad():
+            local, keep = local_tensor(state.param), self.local_mask()
+            if self.straight_through:
+                state.pruned = local[~keep].clone()
+            local.masked_fill_(~keep, 0)
+        state.stashed = True
+
+    def unstash(self) -> None:
+        """Put the stashed dense values back into the local weight shard (see :meth:`stash`)."""
+        state = self._shard
+        if state is None or not state.stashed:
+            return
+        with torch.no_grad():
+            if state.pruned is not None:
+                local_tensor(state.param).masked_scatter_(~self.local_mask(), state.pruned)
+        state.pruned = None
+        state.stashed = False
+
+    def _after_reduce(self, param: torch.Tensor) -> None:
+        """After FSDP2's reduce-scatter: restore dense values, then the mask's gradient rule on the local shard."""
+        state = self._shard
+        if state is None or param is not state.param or param.grad is None:
+            return
+        self.unstash()
+        with torch.no_grad():
+            grad, keep = local_tensor(param.grad), self.local_mask()
+            if not self.straight_through:
+                grad.mul_(keep)
+            elif self.decay:
+                grad.addcmul_(local_tensor(param), ~keep, value=self.decay)
+
+    def effective_weight(self, original: torch.Tensor) -> torch.Tensor:
+        """``original * mask`` without autograd: what the model computes with (zeros where pruned)."""
+        with torch.no_grad():
+            if self._shard is not None and self._shard.stashed:
+                return original.detach()  # the local shard already holds the effective weight
+            return original.detach() * self.mask
+
+    def dense_from_effective(self, value: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """The dense weight to load for ``value`` (see :mod:`nmsparse.nn.state`).
+
+        Static masks: ``value`` itself. Straight-through: when ``value`` is zero wherever the mask prunes (an
+        effective weight), the pruned entries keep their ``current`` dense values; otherwise ``value``.
+        """
+        if is_dtensor(value) != is_dtensor(current):
+            return value
+        if not self.straight_through:
+            self._warn_if_outside(value)
+            return value
+        self.unstash()
+        with torch.no_grad():
+            local, keep = local_tensor(value), self.local_mask()
+            if tuple(local.shape) != tuple(keep.shape) or bool((local[~keep.to(local.device)] != 0).any()):
+                return value
+            keep = keep.to(local.device)
+            merged = torch.where(keep, local, local_tensor(current).to(local))
+        if is_dtensor(value) and self._shard is not None:
+            return self._shard.as_dtensor(merged)
+        return merged
+
+    def _warn_if_outside(self, value: torch.Tensor) -> None:
+        local, keep = local_tensor(value), self.local_mask()
+        if tuple(local.shape) == tuple(keep.shape) and bool((local[~keep.to(local.device)] != 0).any()):
+            warnings.warn(
+                f"NMMask: the loaded weight has {int((local[~keep.to(local.device)] != 0).sum())} non-zero "
+                f"value(s) where this layer's static mask prunes; the layer keeps its mask and masks them out. "
+                f"To load a pruned model's masks too, load nmsparse's record (nmsparse.load_pruned_, or "
+                f"nmsparse.SparseState with torch.distributed.checkpoint), or prune_ after loading to recover "
+                f"masks from the weights' zeros", stacklevel=6)
 
     @property
     def mode(self) -> str:
@@ -171,14 +289,24 @@ class NMMask(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """Return ``weight * mask`` (gradient as described in the class docstring)."""
-        if weight.shape != self.mask.shape:
+        mask = self.mask
+        if is_dtensor(weight):  # the sharded weight, read outside FSDP's forward
+            self.adopt_sharding(weight)
+            mask = self.mask
+        elif self._shard is not None:  # FSDP2's gathered weight
+            if self._shard.stashed:
+                # Gathered from masked shards: already the effective weight. The gradient rule runs on the
+                # shard after the reduce-scatter (_after_reduce).
+                return weight
+            mask = gather_rows(self.local_mask(), self._shard)  # a gather nmsparse did not see coming
+        if weight.shape != mask.shape:
             raise MaskMismatchError(
                 f"NMMask: weight of shape {tuple(weight.shape)} does not match mask of shape "
                 f"{tuple(self.mask.shape)}; set a mask of the weight's shape (nmsparse.set_masks_)"
             )
         if self.straight_through:
-            return _StraightThroughMask.apply(weight, self.mask, self.decay)
-        return weight * self.mask  # measured faster on CPU than where(mask, w, 0) or masked_fill
+            return _StraightThroughMask.apply(weight, mask, self.decay)
+        return weight * mask  # measured faster on CPU than where(mask, w, 0) or masked_fill
 
     def set_decay(self, decay: float) -> None:
         """Change the SR-STE decay (validated like the constructor argument)."""

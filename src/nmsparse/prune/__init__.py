@@ -11,6 +11,7 @@ from typing import Any
 from .dynamic import DynamicSparsifier
 from .report import PrunedLayer, PruneReport, last_report
 from .select import LayerSelection, is_transposed_layer, select_layers
+from .sparse_state import SparseState
 from .static import (
     MASK_KEY_SUFFIX,
     apply_mask_,
@@ -25,6 +26,7 @@ from .static import (
 )
 
 __all__ = [
+    "SparseState",
     "LayerSelection",
     "select_layers",
     "is_transposed_layer",

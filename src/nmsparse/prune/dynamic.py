@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.parametrize import NMMask
+from ..nn.sharding import gather_rows, local_layer_mask, local_tensor, rows_aligned
 from ..pattern import NMPattern, PatternLike
 from ..solvers import Method
 from ._views import mask_fits
@@ -160,12 +161,24 @@ class DynamicSparsifier:
         changed: torch.Tensor | int = 0
         total = 0
         for (name, module), nm in zip(self.layers.items(), self._masks().values()):
-            original = parametrizations_of(module).weight.original
-            new = layer_mask(module, self.pattern, method=self.method, weight=original.detach(),
-                             pad=name in self._padded)
-            changed = changed + (new != nm.mask).sum()
+            original = parametrizations_of(module).weight._parameters["original"]
+            nm.adopt_sharding(original)
+            pad = name in self._padded
+            if nm.shard is not None:  # FSDP2: this rank's rows, solved locally when they hold whole blocks
+                nm.unstash()
+
+                def solve(weight: torch.Tensor, module: nn.Module = module, pad: bool = pad) -> torch.Tensor:
+                    return layer_mask(module, self.pattern, method=self.method, weight=weight, pad=pad)
+
+                new = local_layer_mask(name, nm.shard, local_tensor(original).detach(), self.pattern.m,
+                                       transposed=nm.transposed, transposable=self.pattern.transposable,
+                                       solve=solve)
+            else:
+                new = layer_mask(module, self.pattern, method=self.method, weight=original.detach(), pad=pad)
+            mask = nm.local_mask()
+            changed = changed + (new != mask).sum()
             total += new.numel()
-            nm.mask.copy_(new)
+            mask.copy_(new)
         # .item() waits for the device, so refresh_seconds is honest on CUDA as well.
         fraction = float(changed) / total if total else 0.0
         self.refresh_seconds += time.perf_counter() - start
@@ -175,8 +188,16 @@ class DynamicSparsifier:
 
     def masks_valid(self) -> bool:
         """Whether every mask obeys the pattern on its layer's (padded) matrix view."""
-        return all(mask_fits(nm.mask, self.pattern, transposed=nm.transposed, padded=nm.padded)
+        return all(mask_fits(self._checkable_mask(nm), self.pattern, transposed=nm.transposed, padded=nm.padded)
                    for nm in self._masks().values())
+
+    def _checkable_mask(self, nm: NMMask) -> torch.Tensor:
+        """The local rows when they hold whole groups (FSDP2 or not), else the gathered mask (a collective)."""
+        state = nm.shard
+        if state is None or rows_aligned(state, self.pattern.m, transposed=nm.transposed,
+                                         transposable=self.pattern.transposable):
+            return nm.local_mask()
+        return gather_rows(nm.local_mask(), state)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters and configuration (plain Python values; the masks are in ``model.state_dict()``)."""

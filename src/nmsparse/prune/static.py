@@ -23,6 +23,8 @@ from .._logging import logger, progress
 from ..errors import ConfigError, MaskMismatchError, ShapeError
 from ..layout import fits, from_matrix, to_matrix
 from ..nn.parametrize import KeepOrder, NMMask, _as_bool_mask
+from ..nn.sharding import bump_generation, install_forward_hook
+from ..nn.state import install_state_hooks, remove_state_hooks
 from ..pattern import NMPattern, PatternLike
 from ..solvers import Method, find_mask, list_methods
 from ._views import crop_view, from_view, mask_fits, pad_view, to_view
@@ -180,6 +182,9 @@ def _register_keeping_order(module: nn.Module, nm: NMMask) -> None:
     for name in after:
         if not parametrize.is_parametrized(module, name):
             parametrize.register_parametrization(module, name, KeepOrder(), unsafe=True)
+    install_state_hooks(module)
+    bump_generation()
+    install_forward_hook()
     children = module._modules
     if next(iter(children)) != "parametrizations":
         items = list(children.items())
@@ -223,6 +228,11 @@ def remove_mask_(module: nn.Module, *, leave_masked: bool = True) -> nn.Module:
     cls = type(module)
     module.__class__ = type(cls.__name__, cls.__bases__,
                             {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
+    nm = _nm_mask(module)
+    if nm is not None:
+        nm.unstash()
+    remove_state_hooks(module)
+    bump_generation()
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=leave_masked)
     for name in keepers:
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)

@@ -20,6 +20,7 @@ from torch import nn
 
 from nmsparse._version import __version__
 from nmsparse.io import atomic_path, load_state_dict, read_metadata
+from nmsparse.nn.state import raw_state_dict
 
 __all__ = [
     "MODEL_FILE",
@@ -44,7 +45,9 @@ def save_model(path: str | Path, model: nn.Module, *, metadata: Mapping[str, Any
     """
     from safetensors.torch import save_file
 
-    tensors = {name: value.detach().to("cpu").contiguous().clone() for name, value in model.state_dict().items()}
+    with raw_state_dict():  # nmsparse's raw layout: dense weights and masks (the plain state dict has neither)
+        state = model.state_dict()
+    tensors = {name: value.detach().to("cpu").contiguous().clone() for name, value in state.items()}
     meta = {"format": _FORMAT, "nmsparse_version": __version__}
     for key, value in (metadata or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)

@@ -15,12 +15,11 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from nmsparse._logging import logger
 from nmsparse.errors import ConfigError
 from nmsparse.nn import NMMask
-from nmsparse.prune import select_layers
+from nmsparse.prune import apply_mask_, select_layers
 
 __all__ = ["UnstructuredSparsifier", "magnitude_mask", "LAYER_PATTERN"]
 
@@ -86,9 +85,7 @@ class UnstructuredSparsifier:
         with torch.no_grad():
             for name, module in self.layers.items():
                 mask = magnitude_mask(cast(torch.Tensor, module.weight), self.density)
-                nm = NMMask(mask, straight_through=self.dynamic, decay=self.decay)
-                parametrize.register_parametrization(module, "weight", nm, unsafe=True)
-                self.masks[name] = nm
+                self.masks[name] = apply_mask_(module, mask, straight_through=self.dynamic, decay=self.decay)
         logger.info("UnstructuredSparsifier: %d layer(s) at density %.2f", len(self.layers), self.density)
         self.steps = 0
         self.refreshes = 0
