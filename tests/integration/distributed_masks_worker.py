@@ -22,6 +22,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 import nmsparse
+from nmsparse.nn import SparseLinear
 from nmsparse.nn.sharding import local_tensor
 
 PATTERN = "4:8-T"
@@ -37,6 +38,11 @@ def build(out_features: int) -> nn.Module:
 def attach(model: nn.Module, mode: str) -> nmsparse.DynamicSparsifier | None:
     if mode == "static":
         nmsparse.prune_(model, PATTERN, include=["0", "2"])
+        return None
+    if mode == "sparselinear":  # SparseLinear layers (accelerate_'s swap), masked-dense on CPU
+        nmsparse.prune_(model, "2:4-T", include=["0", "2"])
+        for index in (0, 2):
+            model[index] = SparseLinear.from_dense(model[index])
         return None
     return nmsparse.DynamicSparsifier(model, PATTERN, include=["0", "2"], refresh_every=2, decay=1e-2)
 
@@ -84,7 +90,7 @@ def scenario(parallel: str, mode: str, out_features: int, folder: str) -> dict[s
     result: dict[str, Any] = {"keys": list(model.state_dict())}
     state = {k: full(v) for k, v in model.state_dict().items()}
     result["max_diff"] = max(float((state[k] - v).abs().max()) for k, v in ref.state_dict().items())
-    masks = nmsparse.get_masks(model)
+    masks = nmsparse.get_masks(model) or {f"{i}.weight": model[i].mask for i in (0, 2)}
     result["masks_equal"] = all(torch.equal(full(masks[k]), v) for k, v in nmsparse.get_masks(ref).items())
     result["mask_elements_per_rank"] = sum(local_tensor(m).numel() for m in masks.values())
     result["mask_elements_total"] = sum(m.numel() for m in masks.values())
@@ -139,7 +145,8 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {}
     for parallel, mode, out_features in [("fsdp", "static", 16), ("fsdp", "dynamic", 16), ("fsdp", "dynamic", 24),
-                                         ("ddp", "static", 16), ("ddp", "dynamic", 16)]:
+                                         ("fsdp", "sparselinear", 16), ("ddp", "static", 16),
+                                         ("ddp", "dynamic", 16)]:
         name = f"{parallel}-{mode}-{out_features}"
         results[name] = scenario(parallel, mode, out_features, f"{folder}/{name}")
     if dist.get_rank() == 0:

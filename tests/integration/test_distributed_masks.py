@@ -38,8 +38,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("name", ["fsdp-static-16", "fsdp-dynamic-16", "fsdp-dynamic-24", "ddp-static-16",
-                                  "ddp-dynamic-16"])
+@pytest.mark.parametrize("name", ["fsdp-static-16", "fsdp-dynamic-16", "fsdp-dynamic-24", "fsdp-sparselinear-16",
+                                  "ddp-static-16", "ddp-dynamic-16"])
 def test_data_parallel_training_equals_one_process(results: dict[str, Any], name: str) -> None:
     result = results[name]
     assert result["keys"] == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]  # dense keys
@@ -48,7 +48,7 @@ def test_data_parallel_training_equals_one_process(results: dict[str, Any], name
     assert result["valid"] in (None, True)
 
 
-@pytest.mark.parametrize("name", ["fsdp-static-16", "fsdp-dynamic-16", "fsdp-dynamic-24"])
+@pytest.mark.parametrize("name", ["fsdp-static-16", "fsdp-dynamic-16", "fsdp-dynamic-24", "fsdp-sparselinear-16"])
 def test_fsdp_shards_masks_with_their_weights(results: dict[str, Any], name: str) -> None:
     result = results[name]
     assert result["sharded"]
@@ -60,7 +60,7 @@ def test_refresh_on_aligned_shards_gathers_nothing(results: dict[str, Any]) -> N
     assert results["fsdp-dynamic-24"]["refresh_all_gathers"] == 1  # 12 rows per rank: that layer is gathered
 
 
-@pytest.mark.parametrize("name", ["fsdp-static-16", "fsdp-dynamic-16", "fsdp-dynamic-24"])
+@pytest.mark.parametrize("name", ["fsdp-static-16", "fsdp-dynamic-16", "fsdp-dynamic-24", "fsdp-sparselinear-16"])
 def test_dcp_checkpoint_resumes_exactly(results: dict[str, Any], name: str) -> None:
     assert results[name]["resume_exact"]
 

@@ -145,3 +145,27 @@ def test_static_masks_come_back_from_a_plain_folders_zeros(tmp_path: Path) -> No
                                include=["*layers.*"])
     for fqn, mask in nmsparse.get_masks(model).items():
         assert torch.equal(nmsparse.get_masks(reloaded)[fqn], mask), fqn
+
+
+def test_peft_lora_on_a_pruned_model_saves_an_adapter_that_loads_onto_the_plain_folder(tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    model = nmsparse.prune_(tiny_llama(), "2:4-T", include=["*layers.*"])
+    masks = [v.clone() for v in nmsparse.get_masks(model).values()]
+    model.save_pretrained(tmp_path / "base")  # the pruned base, as a plain folder
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    for batch in _tokens(3, 3):
+        loss = lora(batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = list(nmsparse.get_masks(lora).values())  # PEFT renamed the layers (...q_proj.base_layer)
+    assert len(after) == len(masks) and all(torch.equal(a, b) for a, b in zip(after, masks))
+    x = _tokens(4, 1)[0]
+    with torch.no_grad():
+        expected = lora.eval()(x).logits
+    lora.save_pretrained(tmp_path / "adapter")
+    base = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base")  # no nmsparse involved
+    reloaded = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, expected)

@@ -36,6 +36,7 @@ from ..errors import BackendUnavailableError, ConfigError, InputError, MaskMisma
 from ..metrics import is_nm_sparse
 from ..pattern import NMPattern, PatternLike
 from .parametrize import NMMask, _as_bool_mask
+from .sharding import bump_generation, gather_rows, install_forward_hook, is_dtensor
 from .state import is_raw, raw_state_dict
 
 __all__ = ["SparseLinear", "sparse_unavailable_reason", "SPARSE_PATTERN", "SHAPE_MULTIPLE"]
@@ -429,6 +430,8 @@ class SparseLinear(nn.Module):
         self._packed: torch.Tensor | None = None
         self._packed_key: tuple[Any, ...] | None = None
         self._epoch = 0
+        bump_generation()  # nmsparse's FSDP2 pre-hook looks for masked layers again
+        install_forward_hook()
         self.repacks = 0
 
     @classmethod
@@ -624,9 +627,45 @@ class SparseLinear(nn.Module):
             elif self.backend == "sparse":
                 raise BackendUnavailableError(f"SparseLinear(backend='sparse'): {reason}; use backend='auto' to "
                                               f"fall back to the masked dense product")
+        mask, straight_through, decay = self.mask, self.straight_through, self._current_decay()
+        owner = self._shard_owner(create=False)
+        if owner is not None and owner.shard is not None and not is_dtensor(self.weight):
+            packed = None  # FSDP2 gathers a new weight every forward: masked-dense (docs/distributed.md)
+            if owner.shard.stashed:
+                # gathered from masked shards; the gradient rule runs on the shard after the reduce-scatter
+                mask = torch.ones((), dtype=torch.bool, device=self.weight.device).expand(self.weight.shape)
+                straight_through, decay = True, 0.0
+            else:
+                mask = gather_rows(owner.local_mask(), owner.shard)
         with torch.autocast(x.device.type, enabled=False):
-            return _SparseLinearFunction.apply(x, self.weight, self.mask, self.bias, (packed,), dtype,
-                                               self.straight_through, self._current_decay())
+            return _SparseLinearFunction.apply(x, self.weight, mask, self.bias, (packed,), dtype,
+                                               straight_through, decay)
+
+    # ----------------------------------------------------------------------------------- FSDP2
+
+    def _shard_owner(self, *, create: bool = True) -> NMMask | None:
+        """The :class:`NMMask` that shards this layer's mask under FSDP2 (the linked one, or a private one)."""
+        if self._linked:
+            return self._linked[0]
+        owner = self.__dict__.get("_shard_nm")
+        if owner is None and create:
+            owner = self._as_nmmask()
+            object.__setattr__(self, "_shard_nm", owner)
+        if owner is not None:
+            owner.straight_through, owner.decay = self.straight_through, self._current_decay()
+        return owner
+
+    def prepare_shard_(self, *, stash: bool = True) -> None:
+        """Follow FSDP2's sharding of ``weight`` (this rank's mask rows only) and, with ``stash``, mask the local
+        shard before FSDP gathers it. Called by nmsparse's forward pre-hook (see :mod:`nmsparse.nn.sharding`)."""
+        if not is_dtensor(self.weight):
+            return
+        owner = self._shard_owner()
+        assert owner is not None
+        owner.adopt_sharding(self.weight)
+        self._buffers["mask"] = owner.mask
+        if stash:
+            owner.stash()
 
     # ----------------------------------------------------------------------------------- masks
 
@@ -691,8 +730,13 @@ class SparseLinear(nn.Module):
             return t if keep_vars else t.detach()
 
         if not is_raw():  # the dense layer's keys, weight = effective weight (see nmsparse.nn.state)
-            with torch.no_grad():
-                destination[prefix + "weight"] = self.weight.detach() * self.mask
+            self.prepare_shard_(stash=False)
+            owner = self._shard_owner(create=False)
+            if owner is not None and owner.shard is not None:
+                destination[prefix + "weight"] = owner.effective_weight(self.weight)
+            else:
+                with torch.no_grad():
+                    destination[prefix + "weight"] = self.weight.detach() * self.mask
             if self.bias is not None:
                 destination[prefix + "bias"] = value(self.bias)
             return

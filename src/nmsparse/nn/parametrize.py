@@ -162,16 +162,18 @@ class NMMask(nn.Module):
     def stash(self) -> None:
         """Zero the pruned entries of the local weight shard (keeping their dense values when straight-through).
 
-        Runs just before FSDP2 gathers the weight, so the gathered weight is already the effective one.
+        Runs just before FSDP2 gathers the weight, so the gathered weight is already the effective one. A
+        straight-through mask keeps a copy of its local shard until the reduce-scatter (:meth:`unstash`).
         """
         state = self._shard
         if state is None or state.stashed:
             return
         with torch.no_grad():
-            local, keep = local_tensor(state.param), self.local_mask()
+            local = local_tensor(state.param)
             if self.straight_through:
-                state.pruned = local[~keep].clone()
-            local.masked_fill_(~keep, 0)
+                # a plain copy of the shard: restoring it is one memcpy (boolean indexing measured ~4x slower)
+                state.pruned = local.clone()
+            local.mul_(self.local_mask())
         state.stashed = True
 
     def unstash(self) -> None:
@@ -181,7 +183,7 @@ class NMMask(nn.Module):
             return
         with torch.no_grad():
             if state.pruned is not None:
-                local_tensor(state.param).masked_scatter_(~self.local_mask(), state.pruned)
+                local_tensor(state.param).copy_(state.pruned)  # nothing writes the shard in between
         state.pruned = None
         state.stashed = False
 
@@ -196,7 +198,15 @@ class NMMask(nn.Module):
             if not self.straight_through:
                 grad.mul_(keep)
             elif self.decay:
-                grad.addcmul_(local_tensor(param), ~keep, value=self.decay)
+                grad.addcmul_(local_tensor(param), self._pruned_rows(keep), value=self.decay)
+
+    def _pruned_rows(self, keep: torch.Tensor) -> torch.Tensor:
+        """``~keep``, cached until the mask changes in place (refreshes bump its version counter)."""
+        cached = self.__dict__.get("_inverted")
+        if cached is None or cached[0] is not keep or cached[1] != keep._version:
+            cached = (keep, keep._version, ~keep)
+            self.__dict__["_inverted"] = cached
+        return cached[2]
 
     def effective_weight(self, original: torch.Tensor) -> torch.Tensor:
         """``original * mask`` without autograd: what the model computes with (zeros where pruned)."""

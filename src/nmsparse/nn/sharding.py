@@ -155,7 +155,7 @@ def local_layer_mask(name: str, state: ShardState, local_weight: torch.Tensor, m
 # ----------------------------------------------------------------------------------------------- forward hook
 
 _generation = 0
-_cache: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[tuple[Any, nn.Module]]]] = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[Callable[[], None]]]] = weakref.WeakKeyDictionary()
 _hook: Any = None
 
 
@@ -165,21 +165,34 @@ def bump_generation() -> None:
     _generation += 1
 
 
-def _masks_under(module: nn.Module) -> list[tuple[Any, nn.Module]]:
+def _prepare(nm: Any, plist: nn.Module) -> Callable[[], None]:
+    def prepare() -> None:
+        original = plist._parameters.get("original")
+        if isinstance(original, DTensor):
+            nm.adopt_sharding(original)
+            nm.stash()
+
+    return prepare
+
+
+def _masks_under(module: nn.Module) -> list[Callable[[], None]]:
+    """One "shard and mask the local rows" call per masked weight under ``module`` (cached per generation)."""
     from .parametrize import NMMask
 
     cached = _cache.get(module)
     if cached is not None and cached[0] == _generation:
         return cached[1]
-    found = []
+    found: list[Callable[[], None]] = []
     for sub in module.modules():
+        prepare_shard = getattr(sub, "prepare_shard_", None)
+        if callable(prepare_shard):  # SparseLinear
+            found.append(prepare_shard)
+            continue
         plists = getattr(sub, "parametrizations", None)
         if plists is None or "weight" not in plists:
             continue
         plist = plists["weight"]
-        for p in plist:
-            if isinstance(p, NMMask):
-                found.append((p, plist))
+        found += [_prepare(p, plist) for p in plist if isinstance(p, NMMask)]
     _cache[module] = (_generation, found)
     return found
 
@@ -188,11 +201,8 @@ def _before_forward(module: nn.Module, args: Any) -> None:
     """Process-wide forward pre-hook: before an FSDP module gathers, mask the local shards beneath it."""
     if FSDPModule is None or not isinstance(module, FSDPModule):
         return
-    for nm, plist in _masks_under(module):
-        original = plist._parameters.get("original")
-        if isinstance(original, DTensor):
-            nm.adopt_sharding(original)
-            nm.stash()
+    for prepare in _masks_under(module):
+        prepare()
 
 
 def install_forward_hook() -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import MaskMismatchError
+from ..nn.linear import SparseLinear
 from ..nn.sharding import local_tensor
 from .select import parametrizations_of
 from .static import _pruned_modules, tensor_fqn
@@ -23,6 +24,8 @@ __all__ = ["SparseState"]
 
 class SparseState:
     """The masks of ``model`` (and dense values of straight-through layers), as a DCP ``Stateful``.
+
+    Covers every masked weight: layers pruned by nmsparse's verbs and :class:`~nmsparse.SparseLinear` layers.
 
     ``state_dict()`` maps ``"<layer>.weight.mask"`` to each mask and, for straight-through masks,
     ``"<layer>.weight.dense"`` to the dense weight, as the tensors the model holds (``DTensor`` shards under
@@ -54,6 +57,13 @@ class SparseState:
             nm.adopt_sharding(original)
             nm.unstash()
             out[tensor_fqn(name)] = (nm, original)
+        for name, module in self.model.named_modules():
+            if isinstance(module, SparseLinear) and tensor_fqn(name) not in out:
+                module.prepare_shard_(stash=False)
+                owner = module._shard_owner()
+                assert owner is not None
+                owner.unstash()
+                out[tensor_fqn(name)] = (owner, module.weight)
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
