@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ConfigError, MaskMismatchError
 from ..pattern import NMPattern, PatternLike
-from .sharding import ShardState, gather_rows, is_dtensor, local_tensor
+from .sharding import ShardState, gather_rows, install_forward_hook, is_dtensor, local_tensor
 
 __all__ = ["NMMask", "KeepOrder"]
 
@@ -157,6 +157,7 @@ class NMMask(nn.Module):
                                     f"match its mask rows {tuple(local.shape)}")
         self._buffers["mask"] = state.as_dtensor(local)
         param.register_post_accumulate_grad_hook(self._after_reduce)
+        install_forward_hook()
         self._shard = state
 
     def stash(self) -> None:

@@ -206,11 +206,14 @@ def _before_forward(module: nn.Module, args: Any) -> None:
 
 
 def install_forward_hook() -> None:
-    """Register :func:`_before_forward` once per process (called when the first mask is attached).
+    """Register :func:`_before_forward` once per process, when a process group is up (FSDP2 needs one).
 
-    It runs before every module's own hooks, so before FSDP2's pre-forward all-gather; for modules that are not
-    FSDP modules it returns after one ``isinstance`` check.
+    Called when a mask is attached and when a sharded weight is first met. It runs before every module's own
+    hooks, so before FSDP2's pre-forward all-gather; for modules that are not FSDP modules it returns after one
+    ``isinstance`` check. Single-process runs never install it (``torch.compile`` warns about global hooks). Masks
+    attached before the process group existed work all the same: until the hook is installed, a layer multiplies
+    FSDP2's gathered weight by its full mask.
     """
     global _hook
-    if _hook is None and FSDPModule is not None:
+    if _hook is None and FSDPModule is not None and dist.is_available() and dist.is_initialized():
         _hook = torch.nn.modules.module.register_module_forward_pre_hook(_before_forward)
