@@ -42,8 +42,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmsparse._validation import ConfigBase, Interval, config_field
-from nmsparse.errors import ConfigError, InputError, OverwriteError, ShapeError
+from nmsparse.errors import ConfigError, InputError, ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import GPT2LMHeadModel
@@ -353,7 +351,8 @@ def save_hf(model: GPT, path: str | os.PathLike[str], *, metadata: dict[str, Any
             overwrite: bool = False) -> Path:
     """Write ``model`` as a ``transformers`` GPT-2 folder (``config.json``, ``model.safetensors``).
 
-    The folder is written beside ``path`` and renamed into place, so a crash leaves no half folder.
+    Written by :func:`nmsparse.io.save_pretrained_dense`, nmsparse's one writer of ``transformers`` folders: beside
+    ``path`` and renamed into place, so a crash leaves no half folder.
 
     Args:
         model: a :class:`GPT` (masked weights are exported with their zeros).
@@ -374,33 +373,15 @@ def save_hf(model: GPT, path: str | os.PathLike[str], *, metadata: dict[str, Any
         >>> sorted(p.name for p in folder.iterdir())[:2]
         ['config.json', 'generation_config.json']
     """
+    from nmsparse.io import save_pretrained_dense
+
     target = Path(path)
-    if target.exists() and not (target.is_dir() and not any(target.iterdir())) and not overwrite:
-        raise OverwriteError(f"save_hf: {target} exists; pass overwrite=True (--overwrite) to replace it or "
-                             f"choose another folder")
+    empty_folder = target.is_dir() and not any(target.iterdir())
     if metadata is not None:
         json.dumps(metadata)  # fail before writing anything
-    hf = to_hf_gpt2(model, metadata=metadata)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        hf.save_pretrained(str(tmp), safe_serialization=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp gives 0o700; a folder made by mkdir would follow the umask
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return target
+    # the one writer of transformers folders (atomic, umask respected, never deletes beside the target)
+    return save_pretrained_dense(to_hf_gpt2(model, metadata=metadata), target, metadata=metadata,
+                                 overwrite=overwrite or empty_folder)
 
 
 def load_hf(path: str | os.PathLike[str]) -> GPT:
