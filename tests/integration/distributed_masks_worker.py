@@ -139,6 +139,15 @@ def scenario(parallel: str, mode: str, out_features: int, folder: str) -> dict[s
     return result
 
 
+def pruning_after_fully_shard_is_refused() -> str:
+    model = shard(build(16))
+    try:
+        nmsparse.prune_(model, PATTERN, include=["0", "2"])
+    except nmsparse.NMSparseError as exc:
+        return str(exc)
+    return ""
+
+
 def main() -> None:
     out, folder = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo")
@@ -149,6 +158,7 @@ def main() -> None:
                                          ("ddp", "dynamic", 16)]:
         name = f"{parallel}-{mode}-{out_features}"
         results[name] = scenario(parallel, mode, out_features, f"{folder}/{name}")
+    results["prune-after-shard"] = {"error": pruning_after_fully_shard_is_refused()}
     if dist.get_rank() == 0:
         with open(out, "w") as handle:
             json.dump(results, handle)

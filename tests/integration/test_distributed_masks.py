@@ -68,3 +68,7 @@ def test_dcp_checkpoint_resumes_exactly(results: dict[str, Any], name: str) -> N
 def test_ddp_keeps_full_masks_on_every_rank(results: dict[str, Any]) -> None:
     assert not results["ddp-static-16"]["sharded"]
     assert results["ddp-static-16"]["mask_elements_per_rank"] == results["ddp-static-16"]["mask_elements_total"]
+
+
+def test_pruning_an_already_sharded_model_says_to_prune_first(results: dict[str, Any]) -> None:
+    assert "attach masks before sharding" in results["prune-after-shard"]["error"]

@@ -23,7 +23,7 @@ from .._logging import logger, progress
 from ..errors import ConfigError, MaskMismatchError, ShapeError
 from ..layout import fits, from_matrix, to_matrix
 from ..nn.parametrize import KeepOrder, NMMask, _as_bool_mask
-from ..nn.sharding import bump_generation, install_forward_hook
+from ..nn.sharding import bump_generation, install_forward_hook, is_dtensor
 from ..nn.state import install_state_hooks, remove_state_hooks
 from ..pattern import NMPattern, PatternLike
 from ..solvers import Method, find_mask, list_methods
@@ -153,6 +153,12 @@ def layer_mask(module: nn.Module, pattern: NMPattern, *, method: str, scores: to
     """
     if weight is None:
         weight = _live_weight(module)
+    if is_dtensor(weight):
+        raise ConfigError(
+            f"layer_mask: the weight of {type(module).__name__} is already sharded (a DTensor, fully_shard); "
+            f"attach masks before sharding, the conventional order: prune_ / DynamicSparsifier, then fully_shard, "
+            f"then build the optimizer"
+        )
     if scores is not None and tuple(scores.shape) != tuple(weight.shape):
         raise ShapeError(f"layer_mask: scores must have the weight's shape {tuple(weight.shape)}, got "
                          f"{tuple(scores.shape)}")
