@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 import nmsparse
 from nmsparse.nn import SparseLinear
 from nmsparse.nn.sharding import local_tensor
+from nmsparse.nn.state import raw_state_dict
 
 PATTERN = "4:8-T"
 STEPS = 6
@@ -96,6 +97,14 @@ def scenario(parallel: str, mode: str, out_features: int, folder: str) -> dict[s
     result["mask_elements_total"] = sum(m.numel() for m in masks.values())
     result["sharded"] = all(type(m).__name__ == "DTensor" for m in masks.values())
     result["valid"] = sparsifier.masks_valid() if sparsifier is not None else None
+
+    with torch.no_grad():  # an evaluation forward leaves the local shards masked (stashed) ...
+        wrapped(local[0][0])
+    with raw_state_dict():  # ... but nmsparse's raw record still shows the dense values
+        raw = {k: full(v) for k, v in model.state_dict().items()}
+        ref_raw = ref.state_dict()
+    result["raw_after_eval_diff"] = max(float((raw[k] - v).abs().max()) for k, v in ref_raw.items()
+                                        if v.dtype != torch.bool and k in raw)
 
     if sparsifier is not None:  # collectives a refresh issues
         counts = {"all_gather": 0}

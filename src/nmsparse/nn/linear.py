@@ -729,9 +729,11 @@ class SparseLinear(nn.Module):
         def value(t: torch.Tensor) -> torch.Tensor:
             return t if keep_vars else t.detach()
 
+        self.prepare_shard_(stash=False)
+        owner = self._shard_owner(create=False)
+        if owner is not None:
+            owner.unstash()  # FSDP2: the dense values back into the local shard (see NMMask.stash)
         if not is_raw():  # the dense layer's keys, weight = effective weight (see nmsparse.nn.state)
-            self.prepare_shard_(stash=False)
-            owner = self._shard_owner(create=False)
             if owner is not None and owner.shard is not None:
                 destination[prefix + "weight"] = owner.effective_weight(self.weight)
             else:

@@ -211,9 +211,8 @@ class NMMask(nn.Module):
 
     def effective_weight(self, original: torch.Tensor) -> torch.Tensor:
         """``original * mask`` without autograd: what the model computes with (zeros where pruned)."""
+        self.unstash()
         with torch.no_grad():
-            if self._shard is not None and self._shard.stashed:
-                return original.detach()  # the local shard already holds the effective weight
             return original.detach() * self.mask
 
     def dense_from_effective(self, value: torch.Tensor, current: torch.Tensor) -> torch.Tensor:

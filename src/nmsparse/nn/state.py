@@ -95,13 +95,16 @@ def _renamed(module: nn.Module) -> list[str]:
 
 def _state_dict_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
     """``state_dict`` post-hook: raw parametrize keys -> the dense module's keys, weight = effective weight."""
-    if is_raw():
-        return
     nm = _mask_of(module)
     raw = f"{prefix}parametrizations."
     if nm is None or f"{raw}weight.original" not in state_dict:
         return
     nm.adopt_sharding(_original(module))
+    # Under FSDP2 the local shard may hold the effective weight since the last forward (NMMask.stash): put the
+    # dense values back first (in place, so the raw entry already in ``state_dict`` shows them too).
+    nm.unstash()
+    if is_raw():
+        return
     # This module's entries are the tail of ``state_dict`` (children were added just before this hook ran):
     # rebuild that tail in place so the dense keys keep their position.
     tail = [key for key in state_dict if key.startswith(prefix)]
