@@ -54,8 +54,13 @@ class DynamicSparsifier:
       objects and its state (momentum, Adam moments) stays attached to them.
     * **Devices.** Masks are buffers: ``model.to(device)`` moves them, before or after creating the sparsifier.
       Masks are computed on the weights' device.
-    * **Checkpoints.** Masks live in ``model.state_dict()``; this object's :meth:`state_dict` holds the
-      schedule counters and the configuration. Save both.
+    * **Checkpoints.** ``model.state_dict()`` holds the dense model's keys with effective weights; the masks and
+      the pruned entries' dense values are nmsparse's record (:func:`nmsparse.save_pruned`, or
+      :class:`nmsparse.SparseState` with ``torch.distributed.checkpoint``). This object's :meth:`state_dict`
+      holds the schedule counters and the configuration. Save all of them to resume exactly.
+    * **FSDP2 and DDP.** Create the sparsifier before ``fully_shard``/DDP. Under FSDP2 each rank refreshes its
+      own rows (no all-gather when they hold whole ``m x m`` blocks), and :attr:`last_changed` is that rank's
+      fraction; the SR-STE term is added after the reduce-scatter (see ``docs/distributed.md``).
 
     Args:
         model: the model; pruned in place (see :func:`~nmsparse.prune_` for layer selection and skipping).
