@@ -51,7 +51,6 @@ def test_mask_command_bad_inputs_exit_2_with_one_line(checkpoint, tmp_path, caps
 
 @pytest.mark.parametrize("argv, what", [
     (["compare", "--task", "lm", "--out", "{tmp}/cmp"], "nmsparse compare"),
-    (["train", "--task", "lm", "--out", "{tmp}/run"], "nmsparse train --task lm"),
     (["oneshot", "--pattern", "2:4", "--out", "{tmp}/pruned"], "nmsparse oneshot"),
     (["mask", "{tmp}/nope.pt", "--pattern", "2:4", "--out", "{tmp}/m.safetensors"], "nmsparse mask"),
 ])
@@ -63,6 +62,32 @@ def test_single_process_commands_refuse_torchrun(tmp_path, capsys, monkeypatch, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{what.split(' --')[0]}: error: {what} runs in one process"), lines
     assert "WORLD_SIZE=2" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("world_size", [None, "1"])
+@pytest.mark.parametrize("argv", [
+    ["train", "--task", "lm", "--parallel", "fsdp", "--out", "{tmp}/run"],
+    ["train", "--parallel", "ddp", "--out", "{tmp}/run"],
+])
+def test_parallel_without_torchrun_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, world_size):
+    if world_size is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nmsparse train: error: --parallel "), lines
+    assert "torchrun --nproc_per_node N" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_classify_refuses_fsdp(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--parallel", "fsdp", "--out", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--task classify runs data-parallel with DDP only" in lines[0], lines
     assert list(tmp_path.iterdir()) == []
 
 
@@ -195,7 +220,11 @@ def test_export_writes_plain_weights_that_load_state_dict_reads(tmp_path, capsys
     # the raw state dict of a pruned model (what nmsparse train wrote) exports the same way
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "raw.safetensors"))
+    from nmsparse.nn.state import raw_state_dict
+
+    with raw_state_dict():
+        raw = model.state_dict()
+    save_file({k: v.contiguous() for k, v in raw.items()}, str(tmp_path / "raw.safetensors"))
     assert main(["export", str(tmp_path / "raw.safetensors"), "--out", str(tmp_path / "raw_dense.safetensors")]) == 0
     assert all(torch.equal(a, b) for a, b in zip(load_file(str(out)).values(),
                                                   load_file(str(tmp_path / "raw_dense.safetensors")).values()))
@@ -218,7 +247,7 @@ def test_export_of_a_pruned_transformers_model_is_a_transformers_folder(tmp_path
     model = nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy")
     save_pruned(model, tmp_path / "pruned.safetensors", metadata={"source": f"hf:{source}"})
     out = tmp_path / "exported"
-    assert main(["export", str(tmp_path / "pruned.safetensors"), "--out", str(out)]) == 0
+    assert main(["export", str(tmp_path / "pruned.safetensors"), "--model", f"hf:{source}", "--out", str(out)]) == 0
     loaded = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     ids = torch.randint(0, 64, (2, 8))
     torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
@@ -229,5 +258,5 @@ def test_export_of_a_pruned_transformers_model_is_a_transformers_folder(tmp_path
     again = nmsparse.prune_(loaded, "2:4-T", method="greedy")
     nmsparse.set_masks_(again, masks)
     capsys.readouterr()
-    assert main(["export", str(tmp_path / "pruned.safetensors"), "--out", str(out)]) == 2
+    assert main(["export", str(tmp_path / "pruned.safetensors"), "--model", f"hf:{source}", "--out", str(out)]) == 2
     assert "exists" in _one_error_line(capsys, "nmsparse export: error:")

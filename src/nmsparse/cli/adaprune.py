@@ -37,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="'builtin' (text models: English sentences shipped with Python; image models: the "
                              "training split of their data set) or, for text models, a file with one sentence "
                              "per line (default: builtin)")
+    parser.add_argument("--data", nargs="+", metavar="PATH", default=None,
+                        help="text models: calibration and held-out text from text files, .jsonl files with a "
+                             "\"text\" field, or folders of them (instead of --calibration)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace {MODEL_FILE} / {REPORT_FILE} already in --out (e.g. the source run's)")
@@ -89,10 +92,12 @@ def run(args: argparse.Namespace) -> int:
     if args.eval_size < 0:
         raise ConfigError(f"--eval-size must be >= 0, got {args.eval_size}")
     AdaPruneConfig.from_dict({"pattern": getattr(args, DEST_PREFIX + "pattern")}, where="nmsparse adaprune")
+    if args.data and args.calibration != "builtin":
+        raise ConfigError("--data gives the calibration text; drop --calibration (or --data)")
     _refuse_overwrite(args.out, args.overwrite)
     began = time.perf_counter()
     source = resolve_source(args.model, args.calibration, calibration_size=args.calibration_size,
-                            eval_size=args.eval_size, seed=0)
+                            eval_size=args.eval_size, seed=0, data=args.data)
     config = _config(args, source)
     print(f"model: {source.description}")
     print(f"settings: {config.pattern}, {config.optimizer} x {config.iterations} steps per layer, include "
@@ -115,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - began
     record = {
         "format": "nmsparse.adaprune.report", "nmsparse_version": __version__, "model": args.model,
-        "description": source.description, "calibration": args.calibration,
+        "description": source.description, "calibration": args.calibration, "data": args.data,
         "calibration_batches": len(source.calibration), "threads": threads, "masks_valid": valid,
         "evaluation": {"dense": before, "pruned": after}, **report.as_dict(), "seconds": seconds,
     }

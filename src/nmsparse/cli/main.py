@@ -20,7 +20,7 @@ from ..errors import NMSparseError
 COMMANDS = ("train", "compare", "mask", "export", "diversity", "demo", "adaprune", "oneshot", "info")
 
 #: Commands that run data-parallel under ``torchrun`` (every other one would run once per process, all writing
-#: the same files, so it refuses). ``train --task lm`` refuses in :mod:`nmsparse.cli.train`.
+#: the same files, so it refuses). ``train`` runs DDP (``--task classify``) or FSDP2 / DDP (``--task lm``).
 DATA_PARALLEL_COMMANDS = frozenset({"train"})
 
 
@@ -41,8 +41,7 @@ def refuse_data_parallel(what: str) -> None:
     world_size = torchrun_world_size()
     if world_size > 1:
         raise CLIError(f"{what} runs in one process, but WORLD_SIZE={world_size} (torchrun): every process would "
-                       f"write the same files; run it without torchrun (data-parallel runs: nmsparse train, "
-                       f"task classify)")
+                       f"write the same files; run it without torchrun (data-parallel runs: nmsparse train)")
 
 
 class CLIError(NMSparseError):

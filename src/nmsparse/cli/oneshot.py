@@ -3,9 +3,10 @@
 The source is a ``transformers`` causal-LM folder (``hf:PATH`` or ``PATH``), or a run directory of
 ``nmsparse train --task lm`` (its dense ``baseline/hf`` folder, else its ``hf`` folder). With ``--model lm`` (the
 default) the recipe's default decoder is first trained dense into ``DIR/source-run`` (a few minutes on 2 cores).
-Calibration windows come from the training split of the text embedded in Python (the LM recipe's corpus), and
-perplexity is measured on its held-out split before and after pruning, with the recipe's byte-level tokenizer
-when the folder records it (or has no tokenizer of its own) and the folder's own tokenizer otherwise.
+Calibration windows come from the training split of the text embedded in Python (the LM recipe's corpus), or of
+``--data`` files (text, ``.jsonl`` with a ``"text"`` field, or folders of them: :mod:`nmsparse.recipes.lm.text`),
+and perplexity is measured on its held-out split before and after pruning, with the recipe's byte-level tokenizer
+when the folder records it (or has no tokenizer of its own) and the folder's ``tokenizer.json`` otherwise.
 
 ``DIR`` becomes a normal ``transformers`` folder (dense weights with the zeros baked in, safetensors) that
 ``AutoModelForCausalLM.from_pretrained`` loads, plus ``nmsparse_masks.safetensors`` and ``oneshot.json`` (the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--pattern", required=True, help='e.g. "2:4", "4:8-T", "8:16-T"')
     parser.add_argument("--out", type=Path, required=True, help="output folder (a transformers model folder)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--data", nargs="+", metavar="PATH", default=None,
+                        help="calibration and held-out text: text files, .jsonl files with a \"text\" field, or "
+                             "folders of them (default: the text embedded in Python)")
     parser.add_argument("--calibration-samples", type=int, default=128, metavar="N",
                         help="calibration windows from the training split (default: 128)")
     parser.add_argument("--context", type=int, default=None, metavar="T",
@@ -84,43 +89,24 @@ def _train_default(out: Path, progress: bool | None) -> Path:
 
 
 def _texts_tokenizer(folder: Path, vocab_size: int) -> Any:
-    """``None`` for the recipe's byte tokenizer, else the folder's own tokenizer."""
-    config = json.loads((folder / "config.json").read_text())
-    record = config.get("nmsparse") or {}
-    if isinstance(record, dict) and str(record.get("tokenizer", "")).startswith("bytes"):
-        return None
-    if any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        from transformers import AutoTokenizer
+    """The folder's ``tokenizer.json``, or the recipe's byte tokenizer
+    (:func:`~nmsparse.recipes.lm.text.folder_tokenizer`)."""
+    from nmsparse.recipes.lm.text import folder_tokenizer
 
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    if vocab_size >= 256:
-        return None
-    raise InputError(f"{folder}: the model has no tokenizer and its vocabulary ({vocab_size}) is too small for "
-                     f"the byte tokenizer (256); save its tokenizer into the folder")
+    return folder_tokenizer(folder, vocab_size)
 
 
-def _streams(tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Train and held-out token streams of the LM recipe's embedded corpus."""
+def _streams(tokenizer: Any, data: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Train and held-out token streams of ``--data`` files, or of the LM recipe's embedded corpus."""
     from nmsparse.recipes.lm.data import build_lm_data
 
-    data = build_lm_data()
-    info = data.describe()
-    if tokenizer is None:
-        return data.train.long(), data.heldout.long(), info
-    from nmsparse.recipes.lm.tokenizer import ByteTokenizer
-
-    decode = ByteTokenizer().decode
-    streams = []
-    for stream in (data.train, data.heldout):
-        text = decode(stream.tolist())
-        streams.append(torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long))
-    info["tokenizer"] = type(tokenizer).__name__
-    return streams[0], streams[1], info
+    streams = build_lm_data(files=data, tokenizer=tokenizer)
+    return streams.train.long(), streams.heldout.long(), streams.describe()
 
 
 def run(args: argparse.Namespace) -> int:
     from ..io import write_text_atomic
-    from ..oneshot.hf import calibration_windows, load_causal_lm, perplexity, save_pruned_pretrained
+    from ..oneshot.hf import calibration_windows, perplexity, save_pruned_pretrained
     from ._runtime import configure_runtime
 
     pattern = NMPattern.parse(args.pattern)
@@ -137,15 +123,21 @@ def run(args: argparse.Namespace) -> int:
     threads = configure_runtime(args.threads, None)
     began = time.perf_counter()
 
+    if args.data:
+        from ..recipes.lm.text import read_documents
+
+        read_documents(args.data)  # bad --data is refused before any model is trained or loaded
     folder = _train_default(out, args.progress) if args.model == "lm" else _resolve_folder(args.model)
-    model = load_causal_lm(folder)
+    from ..recipes.lm.pretrained import load_causal_lm_checked
+
+    model = load_causal_lm_checked(folder)  # no remote code, every weight in safetensors, a causal-LM head
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
     limit = int(getattr(model.config, "n_positions", 0) or getattr(model.config, "max_position_embeddings", 0) or 128)
     context = args.context or min(limit, 128)
     if context > limit:
         raise ConfigError(f"--context {context} is longer than the model's {limit} positions")
     tokenizer = _texts_tokenizer(folder, vocab)
-    train, heldout, data_info = _streams(tokenizer)
+    train, heldout, data_info = _streams(tokenizer, args.data)
     if vocab and int(max(train.max(), heldout.max())) >= vocab:
         raise InputError(f"{folder}: token ids reach {int(max(train.max(), heldout.max()))} but the model's "
                          f"vocabulary has {vocab}; the tokenizer does not match the model")
@@ -175,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     }
     save_pruned_pretrained(model, out, pattern=pattern, method=args.method, overwrite=args.overwrite,
                            extra={"perplexity_dense": ppl_dense, "perplexity_pruned": ppl_pruned},
-                           tokenizer=tokenizer)
+                           tokenizer=tokenizer if hasattr(tokenizer, "save_pretrained") else None)
     write_text_atomic(out / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
     print(f"wrote {out} ({report.seconds:.1f} s pruning, working memory {report.peak_tracked_mb:.0f} MiB of "
           f"{report.max_memory_mb:.0f} MiB); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")

@@ -5,7 +5,8 @@ digits with 4:8-T dynamic masks from scratch, then the same model dense, and pri
 Settings come from that recipe (or ``--config FILE.yaml`` / another shipped recipe name), then flags; every
 setting has a flag (generated from the config's fields). ``--task lm`` trains the decoder language model of
 ``nmsparse.recipes.lm`` instead. Under ``torchrun --nproc_per_node=N -m nmsparse train ...`` it runs
-data-parallel (gloo on CPU, nccl on GPU).
+data-parallel (gloo on CPU, nccl on GPU): DDP for --task classify; FSDP2 (default) or DDP (--parallel ddp) for
+--task lm. The global batch is split over the processes and rank 0 alone writes the run directory.
 
 A run killed at any moment continues with ``--resume DIR`` (bit-identical to an uninterrupted run); one killed
 before its first checkpoint also restarts with the same ``--out DIR``. Files of another run are never replaced
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ._runtime import configure_runtime
-from .main import CLIError, refuse_data_parallel
+from .main import CLIError, torchrun_world_size
 
 TASKS = ("classify", "lm")
+PARALLEL_CHOICES = ("fsdp", "ddp")
 
 def lm_config_class() -> Any:
     """``nmsparse.recipes.lm.LMTrainConfig``, or ``None`` when that recipe is not installed."""
@@ -65,6 +67,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the run in DIR from its last checkpoint (settings from its config.yaml; a "
                              "run without a checkpoint starts again)")
+    parser.add_argument("--parallel", choices=PARALLEL_CHOICES, default=None,
+                        help="data-parallel engine under torchrun: fsdp (FSDP2, the default of --task lm) or ddp "
+                             "(--task classify runs ddp)")
     return parser
 
 
@@ -118,9 +123,12 @@ def lm_config(args: argparse.Namespace, lm: Any, *, resume_dir: str | None = Non
         from nmsparse.recipes.lm.config import load_lm_config
 
         return load_lm_config(Path(resume_dir) / "config.yaml")
-    explicit_overrides(args, lm.LMTrainConfig, context="--task lm")
+    given = explicit_overrides(args, lm.LMTrainConfig, context="--task lm")
     values, where = read_config_file(args.config) if args.config else ({}, "--task lm")
-    return config_from_args(lm.LMTrainConfig, args, base=values, where=where, context="--task lm")
+    config = config_from_args(lm.LMTrainConfig, args, base=values, where=where, context="--task lm")
+    from nmsparse.recipes.lm.pretrained import settings_from_folder  # --model hf:FOLDER pruned by nmsparse oneshot
+
+    return settings_from_folder(config, given=set(values) | set(given))
 
 
 def _fmt_pct(value: float | None) -> str:
@@ -197,15 +205,18 @@ def print_lm_summary(s: Any, out_dir: Path) -> None:
         print(f"  masks valid        {'yes' if s.mask_valid else 'NO'}: {len(s.sparse_layers)} sparse layer(s), "
               f"{s.mask_density:.1%} kept; {s.refreshes} refreshes ({s.refresh_seconds:.2f} s)")
     dense = f", dense {s.baseline_train_seconds:.1f} s" if getattr(s, "baseline_train_seconds", None) else ""
+    world = getattr(s, "world_size", 1)
+    procs = f", {world} processes ({s.parallel})" if world > 1 else ""
     print(f"  wall time          {s.wall_seconds:.1f} s (training {s.train_seconds:.1f} s{dense}); "
-          f"{s.threads} thread(s) on {s.device}")
+          f"{s.threads} thread(s) on {s.device}{procs}")
     print(f"  outputs            {out_dir}/")
 
 
 def _run_lm(args: argparse.Namespace) -> int:
+    from nmsparse.recipes.train.distributed import broadcast_object, init_distributed, shutdown_distributed
+
     from .._logging import progress_enabled
 
-    refuse_data_parallel("nmsparse train --task lm")
     lm = lm_module()
     resume = args.resume is not None
     config = None if resume else lm_config(args, lm)
@@ -218,11 +229,41 @@ def _run_lm(args: argparse.Namespace) -> int:
         return 0
     configure_runtime(getattr(config, "threads", None) if config is not None else None, None)
     out_dir = Path(args.resume or args.out or Path("runs") / time.strftime("train-lm-%Y%m%d-%H%M%S"))
-    summary = lm.run_lm_training(config, out_dir, resume=resume, overwrite=args.overwrite,
-                                 progress=progress_enabled(args.progress))
-    if summary is not None:
-        print_lm_summary(summary, out_dir)
+    ctx = init_distributed(device=_lm_device(args, lm, config))
+    try:
+        out_dir = Path(broadcast_object(str(out_dir), ctx))
+        progress = progress_enabled(args.progress) and ctx.is_main
+        if ctx.enabled and ctx.is_main:
+            print(f"nmsparse train --task lm: {'resuming' if resume else 'training'} on {ctx.world_size} processes "
+                  f"({args.parallel or 'fsdp'}, {ctx.backend}) -> {out_dir}", flush=True)
+        summary = lm.run_lm_training(config, out_dir, resume=resume, overwrite=args.overwrite, progress=progress,
+                                     dist=ctx, parallel=args.parallel or "fsdp")
+        if summary is not None and ctx.is_main:
+            print_lm_summary(summary, out_dir)
+    finally:
+        shutdown_distributed(ctx)
     return 0
+
+
+def _lm_device(args: argparse.Namespace, lm: Any, config: Any) -> str:
+    """The device setting of an LM run (of a resumed run's config.yaml; ``auto`` when it cannot be read: the run
+    itself then reports why)."""
+    if config is not None:
+        return str(config.device)
+    try:
+        return str(lm_config(args, lm, resume_dir=args.resume).device)
+    except Exception:  # noqa: BLE001 - reported by the run with its own message
+        return "auto"
+
+
+def _check_parallel(args: argparse.Namespace) -> None:
+    """``--parallel`` needs torchrun; ``--task classify`` runs DDP only."""
+    if args.parallel is None:
+        return
+    if torchrun_world_size() <= 1:
+        raise CLIError(f"--parallel {args.parallel} needs several processes: start the run with 'torchrun "
+                       f"--nproc_per_node N -m nmsparse train ...' (WORLD_SIZE is unset or 1 here), or drop "
+                       f"--parallel")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,8 +278,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.resume is not None:
         _check_resume_args(args)
+    _check_parallel(args)
     if resolve_task(args, args.resume) == "lm":
         return _run_lm(args)
+    if args.parallel == "fsdp":
+        raise CLIError("--parallel fsdp: --task classify runs data-parallel with DDP only; drop --parallel or pass "
+                       "--parallel ddp")
     if args.resume is not None:
         config = resume_config(args.resume, overwrite=args.overwrite)
         out_dir = Path(args.resume)

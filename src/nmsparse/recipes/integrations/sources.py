@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ DEFAULT_SENTENCES = 256
 #: Calibration images taken from a built-in image data set's training split by default.
 DEFAULT_IMAGES = 256
 _EVAL_SENTENCES = 300
+#: Per mille of --data documents held out for evaluation (the LM recipe's default split).
+_DATA_HELDOUT_PERMILLE = 100
 
 
 @dataclass
@@ -86,17 +88,26 @@ def read_sentences(path: str | Path) -> list[str]:
 
 
 def _text_source(name: str, kind: str, model: nn.Module, tokenizer: Any, calibration: str, *, size: int | None,
-                 eval_size: int, include: list[str] | None, keep_first_last: bool) -> ModelSource:
+                 eval_size: int, include: list[str] | None, keep_first_last: bool,
+                 data: Sequence[str] | None = None) -> ModelSource:
     if tokenizer is None:
         raise InputError(f"{name}: the model folder has no tokenizer, so text calibration is not possible")
-    if calibration == "builtin":
+    if data:  # --data: documents of the user's files, split like the LM recipe's (nmsparse.recipes.lm.text)
+        from nmsparse.recipes.lm.text import load_text_corpus
+
+        train_docs, heldout_docs = load_text_corpus(data).split(_DATA_HELDOUT_PERMILLE)
+        sentences = [d.text for d in train_docs][: size or DEFAULT_SENTENCES]
+        held_out = [d.text for d in heldout_docs][:eval_size]
+        origin = f"documents of --data {' '.join(data)}"
+    elif calibration == "builtin":
         sentences = english_sentences("calibration", limit=size or DEFAULT_SENTENCES)
         origin = "sentences from Python's own documentation"
     else:
         sentences = read_sentences(calibration)[: size or None]
         origin = f"lines of {calibration}"
     batches = tokenize_batches(tokenizer, sentences, batch_size=32)
-    held_out = english_sentences("evaluation", limit=eval_size)
+    if not data:
+        held_out = english_sentences("evaluation", limit=eval_size)
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     dense_embeddings: list[torch.Tensor] = []
 
@@ -173,7 +184,7 @@ def _builtin_source(path: Path, calibration: str, *, size: int | None, seed: int
 
 
 def resolve_source(spec: str, calibration: str = "builtin", *, calibration_size: int | None = None,
-                   eval_size: int = _EVAL_SENTENCES, seed: int = 0) -> ModelSource:
+                   eval_size: int = _EVAL_SENTENCES, seed: int = 0, data: Sequence[str] | None = None) -> ModelSource:
     """Load the model named by ``spec`` with its calibration batches and evaluation (see the module docstring).
 
     Args:
@@ -182,6 +193,8 @@ def resolve_source(spec: str, calibration: str = "builtin", *, calibration_size:
         calibration_size: number of calibration sentences / images (default 256).
         eval_size: held-out sentences for text models (``0``: no evaluation).
         seed: seed of the image sample.
+        data: *optional* text files, ``.jsonl`` files or folders (:mod:`nmsparse.recipes.lm.text`) whose training
+            documents calibrate a text model and whose held-out documents evaluate it (instead of ``calibration``).
 
     Raises:
         BackendUnavailableError: ``transformers`` or the MiniLM package is missing.
@@ -192,9 +205,12 @@ def resolve_source(spec: str, calibration: str = "builtin", *, calibration_size:
     if spec == "minilm":
         model, tokenizer = load_minilm()
         return _text_source("minilm", "minilm", model, tokenizer, calibration, size=calibration_size,
-                            eval_size=eval_size, include=["encoder.*"], keep_first_last=False)
+                            eval_size=eval_size, include=["encoder.*"], keep_first_last=False, data=data)
     if spec.startswith("hf:"):
         model, tokenizer = load_hf_model(spec[3:])
         return _text_source(spec, "hf", model, tokenizer, calibration, size=calibration_size, eval_size=eval_size,
-                            include=None, keep_first_last=False)
+                            include=None, keep_first_last=False, data=data)
+    if data:
+        raise ConfigError("--data: image models calibrate on their built-in data set; --data is text for 'minilm' "
+                          "and 'hf:FOLDER' models")
     return _builtin_source(Path(spec).expanduser(), calibration, size=calibration_size, seed=seed)

@@ -4,7 +4,9 @@ No API promise (recipe layer). The three names below are what ``nmsparse train -
 ``nmsparse compare --task lm`` call; the pieces live in the submodules:
 
 * :mod:`.corpus` (the embedded documentation, its hash and held-out split), :mod:`.tokenizer` (bytes),
-  :mod:`.data` (token streams and batches);
+  :mod:`.text` (``--data`` files and a model folder's ``tokenizer.json``), :mod:`.data` (token streams and
+  batches);
+* :mod:`.pretrained` (``--model hf:FOLDER``: a transformers causal LM, its masks, its export);
 * :mod:`.model` (``GPT``, ``GPTConfig``; ``to_hf_gpt2`` / ``save_hf`` export to a ``transformers`` GPT-2 folder);
 * :mod:`.config` (``LMTrainConfig``), :mod:`.task` (the training loop, ``run_lm_training``), :mod:`.compare`
   (``compare_lm``), :mod:`.plots`.

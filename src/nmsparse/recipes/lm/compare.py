@@ -242,6 +242,9 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
         config = saved
     elif config is None:
         raise ConfigError("compare_lm: give a config (or resume=True with an existing comparison)")
+    if config.model is not None or config.mode != "dynamic":
+        raise ConfigError("compare --task lm compares structures trained from scratch on the recipe's decoder with "
+                          "dynamic masks; --model and --mode are for nmsparse train --task lm")
     seed_list = [config.seed] if seeds is None else seeds
     sections = {(name, seed): f"{structure_slug(name)}-seed{seed}" for name in names for seed in seed_list}
     if resume and out is not None:
@@ -254,7 +257,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
     for name in names:
         if name != DENSE:
             diversity[name] = log10_mask_diversity(name, reference_numel)
-    data = build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille)
+    data = build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille, files=config.data)
     base = config.replace(baseline=False)
     if run is not None and not resume:
         run.create(config_text=lm_config_to_yaml(base), config_hash=config_hash(base.to_dict()))

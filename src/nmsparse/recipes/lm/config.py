@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nmsparse._validation import ConfigBase, Interval, Options, PatternString, Predicate, SequenceOf, config_field
 from nmsparse.errors import ConfigError, InputError
@@ -34,6 +34,14 @@ from .model import SPARSE_LAYERS, GPTConfig
 __all__ = ["LMTrainConfig", "DENSE", "UNSTRUCTURED", "load_lm_config", "lm_config_to_yaml", "lm_recipe_path"]
 
 _DATA, _MODEL, _SPARSITY, _OPTIM, _RUN = "data", "model", "sparsity", "optimisation", "run"
+
+
+#: Values of ``mode``.
+MODES = ("dynamic", "static", "dense")
+
+
+def _is_hf_spec(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("hf:") and len(value) > 3
 
 
 def _is_device(value: Any) -> bool:
@@ -57,7 +65,13 @@ class LMTrainConfig(ConfigBase):
                                             help="embedded text: 'topics' (pydoc topics), 'docstrings' (stdlib)")
     heldout_permille: int = config_field(100, group=_DATA,
                                          help="per mille of documents held out (fixed by document name hash)")
+    data: tuple[str, ...] | None = config_field(None, group=_DATA, metavar="PATH",
+                                                help="text files, .jsonl files with a \"text\" field, or folders of "
+                                                     "them, instead of the embedded sources")
     # model
+    model: str | None = config_field(None, group=_MODEL,
+                                     help="'hf:FOLDER': fine-tune that transformers causal LM (dense, or pruned by "
+                                          "nmsparse oneshot) instead of training the recipe's decoder")
     d_model: int = config_field(128, group=_MODEL, help="width of the residual stream")
     n_layer: int = config_field(4, group=_MODEL, help="decoder blocks")
     n_head: int = config_field(4, group=_MODEL, help="attention heads")
@@ -66,6 +80,10 @@ class LMTrainConfig(ConfigBase):
     dropout: float = config_field(0.0, group=_MODEL, help="dropout")
     tie_embeddings: bool = config_field(False, group=_MODEL, help="share the head's weight with the embedding")
     # sparsity
+    mode: Literal["dynamic", "static", "dense"] = config_field(
+        "dynamic", group=_SPARSITY,
+        help="dynamic: masks follow the weights (SR-STE); static: masks fixed (chosen once from the --model "
+             "folder's weights, or the masks that folder carries); dense: no masks")
     pattern: str = config_field("4:8-T", group=_SPARSITY,
                                 help="'4:8-T', '2:4', '2:4-T', ..., 'unstructured' (50%%) or 'dense'")
     method: str = config_field("exact", group=_SPARSITY, help="mask method of refreshes")
@@ -106,6 +124,9 @@ class LMTrainConfig(ConfigBase):
 
     _constraints = {
         "sources": [SequenceOf(Options(SOURCES), min_len=1)],
+        "data": [SequenceOf(str, min_len=1), None],
+        "model": [Predicate(_is_hf_spec, "'hf:FOLDER' (a transformers causal-LM folder)"), None],
+        "mode": [Options(MODES)],
         "heldout_permille": [Interval(int, 1, 999)],
         "d_model": [Interval(int, 1, None)],
         "n_layer": [Interval(int, 1, None)],
@@ -141,7 +162,16 @@ class LMTrainConfig(ConfigBase):
         "accelerate": [bool],
     }
 
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, os.PathLike)):  # one path (the command line, a YAML scalar) is a list of one
+            object.__setattr__(self, "data", (os.fspath(self.data),))
+        super().__post_init__()
+
     def _check(self) -> None:
+        if self.mode == "static" and self.model is None:
+            raise ConfigError("LMTrainConfig: mode 'static' fine-tunes a trained model with fixed masks and needs "
+                              "model: 'hf:FOLDER' (e.g. the hf/ folder of a dense run, or a folder pruned by "
+                              "nmsparse oneshot)")
         if self.d_model % self.n_head:
             raise ConfigError(f"LMTrainConfig: d_model ({self.d_model}) must be a multiple of n_head "
                               f"({self.n_head})")
@@ -153,7 +183,10 @@ class LMTrainConfig(ConfigBase):
 
     @property
     def structure(self) -> str:
-        """The pattern in canonical form (``"4:8-T"``), or ``"dense"`` / ``"unstructured"``."""
+        """The pattern in canonical form (``"4:8-T"``), or ``"dense"`` (also with ``mode: dense``) /
+        ``"unstructured"``."""
+        if self.mode == DENSE:
+            return DENSE
         if self.pattern in (DENSE, UNSTRUCTURED):
             return self.pattern
         from nmsparse.pattern import NMPattern

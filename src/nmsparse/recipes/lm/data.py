@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -34,10 +35,11 @@ class LMData:
     """Tokenised train and held-out streams plus what identifies them.
 
     Attributes:
-        train: ``uint8`` token stream of the training documents (each followed by the end-of-document token).
+        train: token stream of the training documents, each followed by the end-of-document token if the
+            tokenizer has one (``uint8`` for bytes, ``int64`` for a model folder's tokenizer).
         heldout: same for the held-out documents.
         corpus_sha256: hash of the whole corpus (:attr:`nmsparse.recipes.lm.corpus.Corpus.sha256`).
-        tokenizer: the tokenizer's name (``"bytes"``).
+        tokenizer: the tokenizer's name (``"bytes"`` or the model folder's ``tokenizer.json``).
         vocab_size: number of token ids.
         train_documents / heldout_documents: document counts.
         heldout_names: names of the held-out documents (what the split chose).
@@ -107,15 +109,36 @@ class LMData:
             yield batch.to(device)
 
 
-def build_lm_data(*, sources: Sequence[str] = SOURCES, heldout_permille: int = 100) -> LMData:
-    """Collect the corpus, split it by document and tokenise both sides with :class:`ByteTokenizer`.
+def build_lm_data(*, sources: Sequence[str] = SOURCES, heldout_permille: int = 100,
+                  files: Sequence[str] | None = None, tokenizer: Any = None) -> LMData:
+    """Collect the corpus, split it by document and tokenise both sides.
+
+    Args:
+        sources: embedded sources (:data:`~nmsparse.recipes.lm.corpus.SOURCES`), used when ``files`` is not given.
+        heldout_permille: per mille of documents held out (by the hash of their names).
+        files: *optional* ``--data`` files and folders (:func:`nmsparse.recipes.lm.text.read_documents`) instead
+            of the embedded corpus.
+        tokenizer: *optional* tokenizer with ``name``, ``vocab_size`` and ``encode_documents`` (a model folder's,
+            :func:`nmsparse.recipes.lm.text.folder_tokenizer`); default :class:`ByteTokenizer`.
 
     Raises:
         ConfigError: unknown sources or a split that leaves a side empty.
+        InputError: unreadable ``files`` (see :func:`~nmsparse.recipes.lm.text.read_documents`).
     """
-    corpus = load_corpus(sources)
-    train_docs, heldout_docs = corpus.split(heldout_permille)
-    tokenizer = ByteTokenizer()
+    if files:
+        from .text import load_text_corpus
+
+        corpus = load_text_corpus(files)
+    else:
+        corpus = load_corpus(sources)
+    try:
+        train_docs, heldout_docs = corpus.split(heldout_permille)
+    except ConfigError as exc:
+        if not files:
+            raise
+        raise ConfigError(f"--data: {len(corpus.documents)} document(s) (paragraphs of text files, lines of .jsonl "
+                          f"files) do not give both training and held-out text ({exc}); give more text") from None
+    tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
     return LMData(
         train=tokenizer.encode_documents([d.text for d in train_docs]),
         heldout=tokenizer.encode_documents([d.text for d in heldout_docs]),

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +54,36 @@ from nmsparse.errors import ConfigError, InputError
 from nmsparse.prune import DynamicSparsifier, get_masks
 
 from .._common import warm_up_solvers as _warm_up
+from ..train.distributed import DistContext, all_reduce_sum, gather_objects
 from ..train.rundir import Checkpoint, RunDir, config_hash
 from ..train.unstructured import UnstructuredSparsifier
 from .config import DENSE, UNSTRUCTURED, LMTrainConfig, lm_config_to_yaml, load_lm_config
-from .data import LMData, build_lm_data
-from .model import GPT, SPARSE_LAYERS, save_hf
+from .data import LMData
+from .model import GPT
+from .parallel import (
+    DEFAULT_PARALLEL,
+    FSDP_ACCELERATE_REASON,
+    barrier,
+    check_parallel,
+    full_tensors,
+    load_optimizer_state_,
+    local_rows,
+    main_first,
+    masks_agree,
+    rank_device,
+    sharded_heldout_loss,
+    wrap_model,
+)
+from .pretrained import (
+    StaticMasks,
+    attach_masks,
+    carries_masks,
+    default_include,
+    export_lm,
+    lm_data,
+    load_pretrained_lm,
+    logits_of,
+)
 
 __all__ = ["LMTrainer", "LMTrainerResult", "LMRunSummary", "run_lm_training", "heldout_loss", "learning_rate",
            "warm_up_solvers", "TASK", "BASELINE_DIR", "HF_DIR", "PLOT_FILE"]
@@ -101,7 +126,7 @@ def heldout_loss(model: nn.Module, data: LMData, *, context: int, batch_size: in
     try:
         for batch in data.heldout_batches(context=context, batch_size=batch_size, max_tokens=max_tokens,
                                           device=device):
-            logits = model(batch)
+            logits = logits_of(model(batch))
             out = logits[:, :-1]
             total += float(F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), batch[:, 1:].reshape(-1),
                                            reduction="sum"))
@@ -167,6 +192,8 @@ class LMTrainerResult:
     wall_seconds: float = 0.0
     parameters: int = 0
     acceleration: dict[str, Any] | None = None
+    world_size: int = 1
+    parallel: str | None = None
 
 
 class LMTrainer:
@@ -181,15 +208,20 @@ class LMTrainer:
         digest: config hash stored in (and checked against) checkpoints.
         progress: progress bar (``None``: on a terminal).
         label: name in the progress bar and logs.
-        on_eval: ``callback(label, record)`` after every evaluation.
+        on_eval: ``callback(label, record)`` after every evaluation (rank 0 only).
+        dist: data-parallel context (:func:`~nmsparse.recipes.train.distributed.init_distributed`; ``None``: one
+            process). Every rank builds the same model and masks; :meth:`fit` wraps it (:mod:`.parallel`).
+        parallel: ``"fsdp"`` (FSDP2) or ``"ddp"``, with more than one process.
 
     Raises:
-        ConfigError: a structure no block linear can take, or an unavailable device.
+        ConfigError: a structure no block linear can take, an unavailable device, or a global batch that does
+            not split over the ranks.
     """
 
     def __init__(self, config: LMTrainConfig, data: LMData, *, structure: str, run: RunDir | None = None,
                  section: str = "", digest: str = "", progress: bool | None = None, label: str | None = None,
-                 on_eval: EvalCallback | None = None) -> None:
+                 on_eval: EvalCallback | None = None, dist: DistContext | None = None,
+                 parallel: str = DEFAULT_PARALLEL) -> None:
         self.config = config
         self.data = data
         self.structure = structure
@@ -199,33 +231,51 @@ class LMTrainer:
         self.progress = progress
         self.label = label or structure
         self.on_eval = on_eval
-        self.device = _device(config.device)
+        self.dist = dist or DistContext()
+        self.parallel = parallel if self.dist.enabled else None
+        if self.dist.enabled:
+            check_parallel(parallel, config.batch_size, self.dist)
+        self.device = rank_device(_device(config.device), self.dist)
         self.threads = config.torch_threads()
         torch.manual_seed(config.seed)
-        self.model = GPT(config.gpt_config(data.vocab_size)).to(self.device)
-        include = list(config.include) if config.include is not None else list(SPARSE_LAYERS)
+        # --model hf:FOLDER: a transformers causal LM, used through the same interface (forward -> logits_of,
+        # num_parameters) as the recipe's decoder.
+        self.model = GPT(config.gpt_config(data.vocab_size)).to(self.device) if config.model is None else \
+            cast(GPT, load_pretrained_lm(config, device=self.device))
+        include = list(config.include) if config.include is not None else default_include(self.model)
         exclude = list(config.exclude) if config.exclude is not None else None
-        self.sparsifier: DynamicSparsifier | UnstructuredSparsifier | None = None
+        self.sparsifier: DynamicSparsifier | UnstructuredSparsifier | StaticMasks | None = None
         if structure == UNSTRUCTURED:
-            self.sparsifier = UnstructuredSparsifier(self.model, density=0.5, dynamic=True,
+            self.sparsifier = UnstructuredSparsifier(self.model, density=0.5, dynamic=config.mode != "static",
                                                      refresh_every=config.refresh_every, decay=config.decay,
                                                      include=include, exclude=exclude,
                                                      keep_first_last=config.keep_first_last)
+        elif structure != DENSE and config.mode == "static":  # fixed: the folder's masks, or chosen once
+            self.sparsifier = attach_masks(self.model, config, structure, include=include, exclude=exclude)
         elif structure != DENSE:
             self.sparsifier = DynamicSparsifier(self.model, structure, method=config.method,
                                                 initial_method=config.initial_method,
                                                 refresh_every=config.refresh_every, decay=config.decay,
                                                 include=include, exclude=exclude,
                                                 keep_first_last=config.keep_first_last)
+        if self.sparsifier is not None:
+            masks_agree(self.model, self.dist, where=f"{self.label}: initial masks")
         self.acceleration: dict[str, Any] | None = None
-        if config.accelerate:
+        if config.accelerate and self.parallel == "fsdp":
+            self.acceleration = {"reason": FSDP_ACCELERATE_REASON}
+            if self.dist.is_main:
+                logger.warning("lm: %s: --accelerate under FSDP2: %s", self.label, FSDP_ACCELERATE_REASON)
+        elif config.accelerate:
             # After the masks (swapped layers share their Parameters and masks), before the optimizer.
             from ..train.trainer import accelerate_layers
 
             self.acceleration = accelerate_layers(
-                self.model, None if structure == DENSE else structure, tokens=config.batch_size * config.context,
+                self.model, None if structure == DENSE else structure,
+                tokens=config.batch_size // self.dist.world_size * config.context,
                 layers=self.sparse_layers, label="dense baseline" if section == BASELINE_DIR else self.label)
         self.optimizer = self._optimizer()
+        self.module: nn.Module = self.model  # what the training step calls: the model, or its DDP wrapper
+        self._wrapped = False
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
@@ -250,7 +300,8 @@ class LMTrainer:
         if self.sparsifier is None:
             return None
         kept = total = 0
-        for mask in get_masks(self.model).values():
+        masks = get_masks(self.model)
+        for mask in (full_tensors(masks) if self.dist.enabled else masks).values():  # sharded: every rank
             kept += int(mask.sum())
             total += mask.numel()
         return kept / total if total else None
@@ -266,14 +317,23 @@ class LMTrainer:
         if self.run is None:
             return
         tensors, metadata = self._model_tensors()
+        optimizer_state = self.optimizer.state_dict()
+        parallel: dict[str, Any] = {}
+        if self.dist.enabled:  # full tensors (collectives: every rank), written by rank 0
+            tensors, optimizer_state = full_tensors(tensors), full_tensors(optimizer_state)
+            parallel = {"torch_rng_per_rank": gather_objects(torch.get_rng_state(), self.dist),
+                        "world_size": self.dist.world_size, "parallel": self.parallel}
+            if not self.dist.is_main:
+                return
         state = {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
             "structure": self.structure,
+            **parallel,
         }
         self.run.save_checkpoint(Checkpoint(epoch=len(self.history), config_hash=self.digest, tensors=tensors,
                                             tensor_metadata=metadata, state=state, history=self.history,
@@ -312,12 +372,41 @@ class LMTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.sparsifier is not None:
             self.sparsifier.load_state_dict(state["sparsifier"])
-        torch.set_rng_state(state["torch_rng"])
+        per_rank = state.get("torch_rng_per_rank")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.dist.world_size and self.dist.is_main:
+            logger.warning("%s: checkpoint written by %d process(es), resuming with %d: the batches are the same, "
+                           "float summation order is not (not bit-identical)", where, saved_world,
+                           self.dist.world_size)
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            torch.set_rng_state(per_rank[self.dist.rank])
+        else:
+            torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.history = list(ckpt.history)
         self.train_seconds = float(state["train_seconds"])
         self.wall_seconds = float(state["wall_seconds"])
         return True
+
+    def _wrap(self) -> None:
+        """Under ``torchrun``: shard (FSDP2) or wrap (DDP) the model, then rebuild the optimizer on its parameters,
+        carrying over its state (a resumed checkpoint's, cut into shards)."""
+        if self.parallel is None or self._wrapped:
+            return
+        masks_agree(self.model, self.dist, where=f"{self.label}: masks before {self.parallel}")
+        state = self.optimizer.state_dict()
+        self.module = wrap_model(self.model, self.parallel, self.dist, self.device)
+        self._wrapped = True
+        self.optimizer = self._optimizer()
+        load_optimizer_state_(self.optimizer, state)
+
+    def _heldout(self, max_tokens: int | None) -> float:
+        cfg = self.config
+        if self.dist.enabled:
+            return sharded_heldout_loss(self.model, self.data, context=cfg.context, batch_size=cfg.eval_batch_size,
+                                        ctx=self.dist, max_tokens=max_tokens, device=self.device)
+        return heldout_loss(self.model, self.data, context=cfg.context, batch_size=cfg.eval_batch_size,
+                            max_tokens=max_tokens, device=self.device)
 
     def _train_steps(self, until: int, bar: Any) -> dict[str, float]:
         cfg = self.config
@@ -331,7 +420,8 @@ class LMTrainer:
                 group["lr"] = lr
             x, y = self.data.train_batch(step=self.step, batch_size=cfg.batch_size, context=cfg.context,
                                          seed=cfg.seed, device=self.device)
-            logits = self.model(x)  # (B, T, vocab)
+            x, y = local_rows(x, self.dist), local_rows(y, self.dist)  # this rank's rows of the global batch
+            logits = logits_of(self.module(x))  # (B, T, vocab)
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -341,6 +431,7 @@ class LMTrainer:
             self.step += 1
             if self.sparsifier is not None and self.sparsifier.step():
                 torch.set_num_threads(self.threads)  # numba's OpenMP layer may reset torch's thread count
+                masks_agree(self.model, self.dist, where=f"{self.label}: step {self.step} refresh")
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise ConfigError(f"{self.label}: training loss became {value} at step {self.step}; lower the "
@@ -351,7 +442,8 @@ class LMTrainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.3f}")
         refresh = (0.0 if self.sparsifier is None else self.sparsifier.refresh_seconds) - refresh_before
-        return {"train_loss": loss_sum / max(count, 1), "seconds": time.perf_counter() - start,
+        loss_total, count_total = all_reduce_sum([loss_sum, count], self.dist)  # mean over ranks too
+        return {"train_loss": loss_total / max(count_total, 1), "seconds": time.perf_counter() - start,
                 "refresh_seconds": refresh}
 
     # ---------------------------------------------------------------------------------------------- loop
@@ -371,13 +463,14 @@ class LMTrainer:
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            if resume:
-                self.load_checkpoint()
-            elif self.run is not None:
+            if resume:  # rank 0 first: it reconciles metrics.jsonl with the checkpoint
+                main_first(self.load_checkpoint, self.dist)
+            elif self.run is not None and self.dist.is_main:
                 self.run.discard_metrics(self.section)
+            self._wrap()
             last = cfg.steps if stop_after_step is None else min(cfg.steps, stop_after_step)
             bar = None
-            if progress_enabled(self.progress) and self.step < last:
+            if progress_enabled(self.progress) and self.step < last and self.dist.is_main:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=cfg.steps, initial=self.step, desc=self.label, unit="step", leave=False,
@@ -387,8 +480,7 @@ class LMTrainer:
                     session_start = time.perf_counter()
                     boundary = min(cfg.steps, (self.step // cfg.eval_every + 1) * cfg.eval_every)
                     stats = self._train_steps(boundary, bar)
-                    loss = heldout_loss(self.model, self.data, context=cfg.context, batch_size=cfg.eval_batch_size,
-                                        max_tokens=cfg.eval_tokens, device=self.device)
+                    loss = self._heldout(cfg.eval_tokens)
                     self.train_seconds += stats["seconds"]
                     record: dict[str, Any] = {
                         "epoch": len(self.history) + 1, "step": self.step, "lr": learning_rate(cfg, self.step - 1),
@@ -402,15 +494,14 @@ class LMTrainer:
                     self.history.append(record)
                     self.wall_seconds += time.perf_counter() - session_start
                     self._save()
-                    if self.on_eval is not None:
+                    if self.on_eval is not None and self.dist.is_main:
                         self.on_eval(self.label, record)
             finally:
                 if bar is not None:
                     bar.close()
             completed = self.step >= cfg.steps
             if completed:
-                final = heldout_loss(self.model, self.data, context=cfg.context, batch_size=cfg.eval_batch_size,
-                                     device=self.device)
+                final = self._heldout(None)
             else:
                 final = self.history[-1]["heldout_loss"] if self.history else float("nan")
         finally:
@@ -426,7 +517,30 @@ class LMTrainer:
             refresh_seconds=0.0 if self.sparsifier is None else self.sparsifier.refresh_seconds,
             train_seconds=self.train_seconds, wall_seconds=self.wall_seconds,
             parameters=self.model.num_parameters(), acceleration=self.acceleration,
+            world_size=self.dist.world_size, parallel=self.parallel,
         )
+
+    def export_model(self) -> GPT | None:
+        """The trained model as a plain single-process module on rank 0 (``None`` on the other ranks).
+
+        Under FSDP2 the full weights (and masks) are gathered into a fresh copy (a collective: every rank calls
+        it); otherwise it is :attr:`model` itself.
+        """
+        if self.parallel != "fsdp":
+            return self.model if self.dist.is_main else None
+        tensors, metadata = full_tensors(self._model_tensors())
+        if not self.dist.is_main:
+            return None
+        with torch.random.fork_rng(devices=[]):  # a fresh model of the same architecture, on the CPU
+            plain = GPT(self.config.gpt_config(self.data.vocab_size)) if self.config.model is None else \
+                cast(GPT, load_pretrained_lm(self.config, device=torch.device("cpu")))
+        if metadata:
+            from nmsparse.io import load_pruned_state_dict_
+
+            load_pruned_state_dict_(plain, tensors, metadata)
+        else:
+            plain.load_state_dict(tensors)
+        return plain
 
 
 @dataclass
@@ -452,6 +566,7 @@ class LMRunSummary:
         history / baseline_history: the evaluation records.
         acceleration / baseline_acceleration: with ``accelerate``: the ``nmsparse.accelerate_`` report of each
             model (``None`` without ``accelerate`` or without a baseline).
+        world_size / parallel: processes and engine (``"fsdp"``, ``"ddp"``; ``None`` for one process).
     """
 
     task: str
@@ -488,6 +603,8 @@ class LMRunSummary:
     baseline_history: list[dict[str, Any]] = field(default_factory=list)
     acceleration: dict[str, Any] | None = None
     baseline_acceleration: dict[str, Any] | None = None
+    world_size: int = 1
+    parallel: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what ``summary.json`` holds)."""
@@ -510,7 +627,8 @@ def _hf_metadata(config: LMTrainConfig, data: LMData, result: LMTrainerResult) -
 
 def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | None, *, resume: bool = False,
                     overwrite: bool = False, progress: bool | None = None,
-                    on_eval: EvalCallback | None = None) -> LMRunSummary:
+                    on_eval: EvalCallback | None = None, dist: DistContext | None = None,
+                    parallel: str = DEFAULT_PARALLEL) -> LMRunSummary:
     """Train ``config.pattern`` and (``config.baseline``) the same decoder dense; write the run directory.
 
     Args:
@@ -521,6 +639,9 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
         overwrite: replace a run's files in ``out`` (a finished run's summary, with ``resume``).
         progress: progress bars (``None``: on a terminal).
         on_eval: ``callback(label, record)`` after every evaluation.
+        dist: data-parallel context (``None``: one process). Every rank calls this function; rank 0 alone writes
+            the run directory, and every rank returns the summary.
+        parallel: ``"fsdp"`` (FSDP2) or ``"ddp"``, with more than one process (:mod:`.parallel`).
 
     Returns:
         An :class:`LMRunSummary` (also written to ``out/summary.json``).
@@ -531,13 +652,16 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
         ConfigError: bad settings.
     """
     start = time.perf_counter()
+    dist = dist or DistContext()
     sections = (BASELINE_DIR,)
     outputs = (PLOT_FILE, HF_DIR)
     run: RunDir | None = None
     if resume:
         if out is None:
             raise ConfigError("run_lm_training: resume needs the run directory (out)")
-        run = RunDir.open_resume(Path(out), task=TASK, outputs=outputs, sections=sections, overwrite=overwrite)
+        path = Path(out)
+        run = main_first(lambda: RunDir.open_resume(path, task=TASK, outputs=outputs, sections=sections,
+                                                    overwrite=overwrite), dist)
         saved = load_lm_config(run.config_path)
         if config is not None and config != saved:
             diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
@@ -548,17 +672,18 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
         raise ConfigError("run_lm_training: give a config (or resume=True with an existing run)")
     elif out is not None:
         run = RunDir.prepare(Path(out), task=TASK, outputs=outputs, sections=sections, overwrite=overwrite)
-    data = build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille)
+    data = lm_data(config)  # --data files or the embedded text; the --model folder's tokenizer or bytes
     structure = config.structure
     digest = config_hash(config.to_dict())
     # Build the trainers (checks the device, the layers and the masks) before anything is written.
     main = LMTrainer(config, data, structure=structure, run=run, digest=digest, progress=progress,
-                     label=structure, on_eval=on_eval)
+                     label=structure, on_eval=on_eval, dist=dist, parallel=parallel)
     baseline = None
-    if config.baseline and structure != DENSE:
+    if config.baseline and structure != DENSE and not carries_masks(config):  # a pruned folder has no dense twin
         baseline = LMTrainer(config, data, structure=DENSE, run=run, section=BASELINE_DIR, digest=digest,
-                             progress=progress, label="dense", on_eval=on_eval)
-    if run is not None and not resume:
+                             progress=progress, label="dense", on_eval=on_eval, dist=dist, parallel=parallel)
+    barrier(dist)  # every rank has checked the directory (RunDir.prepare) before rank 0 writes into it
+    if run is not None and not resume and dist.is_main:
         run.create(config_text=lm_config_to_yaml(config), config_hash=digest)
         if baseline is not None:
             run.section_dir(BASELINE_DIR).mkdir(parents=True, exist_ok=True)
@@ -571,18 +696,24 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
     dense_trainer = baseline if baseline is not None else (main if structure == DENSE else None)
     hf_folder = baseline_hf = None
     if run is not None and importlib.util.find_spec("transformers") is None:
-        logger.warning("lm: transformers is not installed, so the models are not exported as transformers folders "
-                       "(pip install 'nmsparse[lm]'); the checkpoints hold them")
+        if dist.is_main:
+            logger.warning("lm: transformers is not installed, so the models are not exported as transformers "
+                           "folders (pip install 'nmsparse[lm]'); the checkpoints hold them")
     elif run is not None:
-        save_hf(main.model, run.path / HF_DIR, metadata=_hf_metadata(config, data, result), overwrite=True)
+        exported = main.export_model()  # under FSDP2 a collective: every rank
+        if exported is not None:
+            export_lm(exported, run.path / HF_DIR, config=config, structure=structure,
+                      metadata=_hf_metadata(config, data, result))
         hf_folder = HF_DIR
         if baseline is not None and base_result is not None:
-            save_hf(baseline.model, run.section_dir(BASELINE_DIR) / HF_DIR,
-                    metadata=_hf_metadata(config, data, base_result), overwrite=True)
+            exported = baseline.export_model()
+            if exported is not None:
+                export_lm(exported, run.section_dir(BASELINE_DIR) / HF_DIR, config=config, structure=DENSE,
+                          metadata=_hf_metadata(config, data, base_result))
             baseline_hf = f"{BASELINE_DIR}/{HF_DIR}"
         elif dense_trainer is main:
             baseline_hf = HF_DIR
-    if run is not None:
+    if run is not None and dist.is_main:
         from .plots import plot_lm_curves
 
         curves = {result.structure: result.history}
@@ -614,8 +745,9 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
         baseline_history=[] if base_result is None else base_result.history,
         acceleration=result.acceleration,
         baseline_acceleration=None if base_result is None else base_result.acceleration,
+        world_size=dist.world_size, parallel=main.parallel,
     )
-    if run is not None:
+    if run is not None and dist.is_main:
         run.write_summary(summary.to_dict())
     return summary
 

@@ -134,7 +134,8 @@ class TrainConfig(ConfigBase):
 
     data: str = config_field("digits", group=_GROUP_DATA, metavar="DATA",
                              help="'digits' (built in), 'fake' (synthetic), or a folder: CIFAR-10 (python format), "
-                                  "train/ + val/ class folders, or class folders")
+                                  "train/ + val/ class folders, or class folders; --task lm: a text file, a .jsonl "
+                                  "file with a \"text\" field, or a folder of them")
     test_fraction: float = config_field(0.4, group=_GROUP_DATA,
                                         help="held-out fraction for data without a test split")
     split_seed: int = config_field(0, group=_GROUP_DATA, help="seed of that held-out split")
@@ -145,11 +146,14 @@ class TrainConfig(ConfigBase):
     augment: bool = config_field(True, group=_GROUP_DATA, help="augment training images")
     num_workers: int = config_field(0, group=_GROUP_DATA, help="DataLoader worker processes")
 
-    model: str = config_field("cnn", group=_GROUP_MODEL, help="cnn, mlp, resnet18, resnet34 or resnet50")
+    model: str = config_field("cnn", group=_GROUP_MODEL,
+                              help="cnn, mlp, resnet18, resnet34 or resnet50; --task lm: hf:FOLDER, a transformers "
+                                   "causal LM to fine-tune (default: the recipe's decoder)")
     width: int = config_field(32, group=_GROUP_MODEL, help="channels of the cnn / hidden width of the mlp")
 
     mode: Mode = config_field("dynamic", group=_GROUP_SPARSITY,
-                              help="dynamic: masks follow the weights (SR-STE); static: masks fixed from --init; "
+                              help="dynamic: masks follow the weights (SR-STE); static: masks fixed from --init "
+                                   "(--task lm: from the --model folder's weights, or the masks it carries); "
                                    "dense: no masks")
     pattern: str = config_field("4:8-T", group=_GROUP_SPARSITY, help="'4:8-T', '2:4', '2:4-T', ... or 'unstructured'")
     method: str = config_field("greedy", group=_GROUP_SPARSITY, help="mask method of refreshes")
