@@ -148,6 +148,49 @@ def scenario(parallel: str, mode: str, out_features: int, folder: str) -> dict[s
     return result
 
 
+def gpt2_scenario() -> dict[str, Any]:
+    """GPT-2's Conv1D layers (weights stored [in, out]): FSDP2 shards their input dimension, along which the
+    pattern's groups run; dynamic 4:8-T under FSDP2 against one process."""
+    import transformers
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def make() -> tuple[nn.Module, Any]:
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16,
+                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = transformers.GPT2LMHeadModel(config)
+        return model, nmsparse.DynamicSparsifier(model, PATTERN, include=["transformer.h.*"], refresh_every=2,
+                                                 decay=1e-2)
+
+    torch.manual_seed(3)
+    batches = [torch.randint(0, 64, (4, 16)) for _ in range(STEPS)]
+    ref, ref_sparsifier = make()
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    model, sparsifier = make()
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    half = 4 // world
+    for batch in batches:
+        for net, optimizer, sp, x in ((ref, ref_opt, ref_sparsifier, batch),
+                                      (model, opt, sparsifier, batch[rank * half:(rank + 1) * half])):
+            loss = net(x, labels=x).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            sp.step()
+    state = {k: full(v) for k, v in model.state_dict().items()}
+    masks = nmsparse.get_masks(model)
+    return {
+        "max_diff": max(float((state[k] - v).abs().max()) for k, v in ref.state_dict().items()),
+        "masks_equal": all(torch.equal(full(masks[k]), v) for k, v in nmsparse.get_masks(ref).items()),
+        "sharded": all(type(m).__name__ == "DTensor" for m in masks.values()),
+        "valid": sparsifier.masks_valid(),
+    }
+
+
 def pruning_after_fully_shard_is_refused() -> str:
     model = shard(build(16))
     try:
@@ -168,6 +211,7 @@ def main() -> None:
         name = f"{parallel}-{mode}-{out_features}"
         results[name] = scenario(parallel, mode, out_features, f"{folder}/{name}")
     results["prune-after-shard"] = {"error": pruning_after_fully_shard_is_refused()}
+    results["fsdp-gpt2-conv1d"] = gpt2_scenario()
     if dist.get_rank() == 0:
         with open(out, "w") as handle:
             json.dump(results, handle)

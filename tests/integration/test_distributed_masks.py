@@ -74,3 +74,9 @@ def test_ddp_keeps_full_masks_on_every_rank(results: dict[str, Any]) -> None:
 
 def test_pruning_an_already_sharded_model_says_to_prune_first(results: dict[str, Any]) -> None:
     assert "attach masks before sharding" in results["prune-after-shard"]["error"]
+
+
+def test_gpt2_conv1d_layers_train_under_fsdp_as_in_one_process(results: dict[str, Any]) -> None:
+    result = results["fsdp-gpt2-conv1d"]
+    assert result["sharded"] and result["valid"] and result["masks_equal"]
+    assert result["max_diff"] < 1e-4
