@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmsparse.errors import ConfigError, NMSparseError
+from nmsparse.nn.sharding import is_dtensor
 from nmsparse.prune import get_masks
 
 from ..train.distributed import DistContext, broadcast_object, check_masks_identical
@@ -42,7 +43,7 @@ from .pretrained import logits_of
 
 __all__ = ["PARALLEL_MODES", "DEFAULT_PARALLEL", "FSDP_ACCELERATE_REASON", "check_parallel", "rank_device",
            "wrap_model", "local_rows", "sharded_heldout_loss", "full_tensors", "load_optimizer_state_",
-           "masks_agree", "is_sharded", "main_first", "decoder_blocks", "barrier"]
+           "masks_agree", "main_first", "decoder_blocks", "barrier"]
 
 T = TypeVar("T")
 
@@ -163,19 +164,12 @@ def _collective_device(ctx: DistContext) -> torch.device:
     return torch.device("cpu")
 
 
-def is_sharded(value: object) -> bool:
-    """Whether ``value`` is a DTensor (a parameter, mask or optimizer moment sharded by FSDP2)."""
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(value, DTensor)
-
-
 def full_tensors(obj: Any) -> Any:
     """``obj`` (nested dicts, lists, tuples) with every DTensor replaced by its full tensor, on the CPU.
 
     A collective: every rank must call it on structures with the same DTensors in the same order.
     """
-    if is_sharded(obj):
+    if is_dtensor(obj):
         return obj.full_tensor().detach().cpu()
     if isinstance(obj, dict):
         return {key: full_tensors(value) for key, value in obj.items()}
@@ -197,11 +191,11 @@ def load_optimizer_state_(optimizer: torch.optim.Optimizer, state: dict[str, Any
 
     for group in optimizer.param_groups:
         for param in group["params"]:
-            if not is_sharded(param):
+            if not is_dtensor(param):
                 continue
             slots = optimizer.state.get(param, {})
             for key, value in list(slots.items()):
-                if isinstance(value, torch.Tensor) and not is_sharded(value) and value.shape == param.shape:
+                if isinstance(value, torch.Tensor) and not is_dtensor(value) and value.shape == param.shape:
                     slots[key] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements,
                                                    src_data_rank=None)
 
@@ -214,7 +208,7 @@ def masks_agree(model: nn.Module, ctx: DistContext, *, where: str) -> None:
     """
     if not ctx.enabled:
         return
-    if any(is_sharded(mask) for mask in get_masks(model).values()):
+    if any(is_dtensor(mask) for mask in get_masks(model).values()):
         return
     check_masks_identical(model, ctx, where=where)
 
