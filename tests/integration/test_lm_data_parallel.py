@@ -151,7 +151,7 @@ INTERRUPT = textwrap.dedent(
     if ctx.is_main:
         run.create(config_text=lm_config_to_yaml(config), config_hash=digest)
     trainer.fit(stop_after_step=stop)  # like a kill right after the checkpoint of step `stop`
-    shutdown_distributed(ctx)
+    shutdown_distributed(ctx, completed=True)
     """
 )
 

@@ -96,6 +96,7 @@ MISMATCH_SCRIPT = textwrap.dedent(
         check_masks_identical(model, ctx, where="after divergence")
     except MaskMismatchError as exc:
         print(f"rank {ctx.rank} caught: {exc}")
+    dist.barrier()  # tearing gloo down while the other rank still works can abort it
     dist.destroy_process_group()
     """
 )

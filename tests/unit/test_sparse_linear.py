@@ -377,6 +377,7 @@ DDP_SCRIPT = textwrap.dedent("""
     model(part).square().sum().backward()
     torch.save({"grad": layer.weight.grad, "x": x, "w": layer.weight.detach(), "b": layer.bias.detach(),
                 "mask": layer.mask}, os.path.join(sys.argv[1], f"rank{rank}.pt"))
+    dist.barrier()  # tearing gloo down while the other rank still works can abort it
     dist.destroy_process_group()
 """)
 

@@ -230,6 +230,7 @@ def _run_lm(args: argparse.Namespace) -> int:
     configure_runtime(getattr(config, "threads", None) if config is not None else None, None)
     out_dir = Path(args.resume or args.out or Path("runs") / time.strftime("train-lm-%Y%m%d-%H%M%S"))
     ctx = init_distributed(device=_lm_device(args, lm, config))
+    completed = False
     try:
         out_dir = Path(broadcast_object(str(out_dir), ctx))
         progress = progress_enabled(args.progress) and ctx.is_main
@@ -240,8 +241,9 @@ def _run_lm(args: argparse.Namespace) -> int:
                                      dist=ctx, parallel=args.parallel or "fsdp")
         if summary is not None and ctx.is_main:
             print_lm_summary(summary, out_dir)
+        completed = True
     finally:
-        shutdown_distributed(ctx)
+        shutdown_distributed(ctx, completed=completed)
     return 0
 
 
@@ -296,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
     prepare_run(config, out_dir, resume=args.resume is not None, overwrite=args.overwrite)  # refuse early
     threads = configure_runtime(config.threads, config.model)
     ctx = init_distributed(device=config.device)
+    completed = False
     try:
         out_dir = Path(broadcast_object(str(out_dir), ctx))
         show_bar = progress_enabled(args.progress)
@@ -317,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
                                dist=ctx, progress=show_bar, on_epoch_end=callback, on_start=on_start)
         if ctx.is_main and summary is not None:
             print_summary(summary, out_dir)
+        completed = True
     finally:
-        shutdown_distributed(ctx)
+        shutdown_distributed(ctx, completed=completed)
     return 0

@@ -90,9 +90,17 @@ def init_distributed(*, device: str = "auto") -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=dist.get_backend())
 
 
-def shutdown_distributed(ctx: DistContext) -> None:
-    """Leave the process group joined by :func:`init_distributed` (no-op for a single process)."""
+def shutdown_distributed(ctx: DistContext, *, completed: bool = False) -> None:
+    """Leave the process group joined by :func:`init_distributed` (no-op for a single process).
+
+    With ``completed`` (every rank finished its work) the ranks first meet at a barrier: a rank that tore its
+    gloo group down while another still finished its last collective aborted the other one ("terminate called
+    without an active exception", seen in 2-process runs). After an error there is no barrier, which could wait
+    for a rank that is not coming.
+    """
     if ctx.enabled and dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 
