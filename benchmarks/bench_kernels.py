@@ -18,7 +18,6 @@ Targets (H100/H200, bf16, 8192^2): exact 2:4-T <= 0.15 ms, greedy 4:8-T <= 1 ms,
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, environment, print_environment  # noqa: E402
+from common import RESULTS, environment, print_environment, write_result  # noqa: E402
 
 import nmsparse.kernels as K  # noqa: E402
 from nmsparse.recipes.shapes import resnet50_weight_shapes  # noqa: E402
@@ -173,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=10.0, help="seconds of timed repeats per row at most")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for bench_kernels.json")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the methods that run on the device without host synchronisation (Triton kernels, "
+                             "torch twins of the one-pass kernels, torch's tile kernel): no numba, no torch flow")
+    parser.add_argument("--dry-run", action="store_true", help="parse the arguments, print the plan, exit 0")
     args = parser.parse_args(argv)
 
     device = args.device
@@ -186,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown or unavailable methods {unknown}; here: {sorted(table)}")
         table = {name: table[name] for name in args.methods}
+    if args.gpu_only:
+        table = {name: v for name, v in table.items() if not name.endswith(("-numba", "-torchflow"))}
+    print(f"bench_kernels plan: sizes {sizes}, methods {sorted(table)}, {device}, {str(dtype).removeprefix('torch.')}, "
+          f"{repeats} repeats or {args.budget:g} s per row", flush=True)
+    if args.dry_run:
+        return 0
 
     env = environment(device)
     env["kernels"] = K.capabilities().summary()
@@ -194,7 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copy bandwidth (read + write): {bandwidth / 1e9:.1f} GB/s")
 
     gen = torch.Generator().manual_seed(args.seed)
-    rows_out = []
+    rows_out: list[dict[str, object]] = []
+    print(f"{'size':>12} {'method':<22} {'pattern':<7} {'median ms':>10} {'floor ms':>9} {'GB/s':>8} "
+          f"{'x floor':>8} {'kept |w|':>9}", flush=True)
+
+    def flush_rows() -> None:  # rewritten per row: a run cut short keeps what it measured
+        write_result("bench_kernels", {"environment": env, "copy_bandwidth_bytes_per_s": bandwidth, "rows": rows_out},
+                     args.out)
+
     for size in sizes:
         shapes = weight_set(size, smoke=args.smoke)
         weights = [torch.randn(shape, generator=gen).to(device=device, dtype=dtype) for shape in shapes]
@@ -209,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # one method failing (e.g. a torch build without the tile kernel) is a row
                 print(f"{size:>12} {name:<22} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
                 rows_out.append({"size": size, "method": name, "pattern": pattern, "error": repr(exc)})
+                flush_rows()
                 continue
             kept = sum(float((w.abs().float() * mk).sum()) for w, mk in zip(weights, masks))
             total = sum(float(w.abs().float().sum()) for w in weights)
@@ -216,21 +233,13 @@ def main(argv: list[str] | None = None) -> int:
                              "bytes": nbytes, "median_ms": seconds * 1e3, "floor_ms": floor_s * 1e3,
                              "gb_per_s": nbytes / seconds / 1e9, "x_floor": seconds / floor_s,
                              "kept_fraction": kept / total, "dtype": str(dtype).removeprefix("torch.")})
+            print(f"{size:>12} {name:<22} {pattern:<7} {seconds * 1e3:>10.3f} {floor_s * 1e3:>9.3f} "
+                  f"{nbytes / seconds / 1e9:>8.1f} {seconds / floor_s:>8.1f} {kept / total:>9.4f}", flush=True)
+            flush_rows()
         del copies, weights
 
-    print()
-    print(f"{'size':>12} {'method':<22} {'pattern':<7} {'median ms':>10} {'floor ms':>9} {'GB/s':>8} "
-          f"{'x floor':>8} {'kept |w|':>9}")
-    for row in rows_out:
-        if "error" in row:
-            continue
-        print(f"{row['size']:>12} {row['method']:<22} {row['pattern']:<7} {row['median_ms']:>10.3f} "
-              f"{row['floor_ms']:>9.3f} {row['gb_per_s']:>8.1f} {row['x_floor']:>8.1f} {row['kept_fraction']:>9.4f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "bench_kernels.json"
-    path.write_text(json.dumps({"environment": env, "copy_bandwidth_bytes_per_s": bandwidth, "rows": rows_out},
-                               indent=2, default=str))
-    print(f"results: {path}")
+    flush_rows()
+    print(f"results: {args.out / 'bench_kernels.json'}")
     return 0
 
 

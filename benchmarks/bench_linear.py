@@ -2,7 +2,9 @@
 
 Shapes are transformer MLP and attention products (tokens x in x out). For each shape the same run times
 the dense products on a random weight and the sparse ones on its 2:4-T masked twin (``SparseLinear``'s packed
-``W``/``W^T``), each the median of ``--repeats`` after ``--warmup`` (CUDA events). Two totals are given:
+``W``/``W^T``), each the median pipelined time per call (5 consecutive calls between two CUDA events,
+``--repeats`` calls in all) after ``--warmup``; the sparse products go through the route SparseLinear uses (the
+direct ``torch._cslt_sparse_mm`` call where its self-test passes, else the tensor subclass). Two totals are given:
 ``sum`` (forward + dX + dW + one re-pack, from the per-product medians) and ``step`` (one measured forward +
 backward through ``nn.Linear`` vs ``SparseLinear`` with re-packing forced every step, as after an optimizer step).
 Where the sparse path cannot run (CPU, ``--smoke``) the "sparse" side is the masked-dense fallback, and the
@@ -18,20 +20,25 @@ Target (issue 8, H100/H200 bf16): the 8192-token x 4096 x 16384 ``step`` >= 1.2x
 from __future__ import annotations
 
 import argparse
-import json
 import platform
+import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "src"))
+sys.path.insert(0, str(ROOT))
 
-from nmsparse.accelerate import _periodic_2_4_t_mask, _time_ms, measure_linear  # noqa: E402
+from common import write_result  # noqa: E402
+
+from nmsparse.accelerate import _Clock, _periodic_2_4_t_mask, measure_linear  # noqa: E402
 from nmsparse.nn import SparseLinear  # noqa: E402
-from nmsparse.nn.linear import sparse_unavailable_reason  # noqa: E402
+from nmsparse.nn.linear import _cslt_mm, direct_cslt_reason, sparse_unavailable_reason  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -73,6 +80,15 @@ def environment(device: torch.device) -> dict[str, object]:
     return env
 
 
+def _time_ms(fn: Callable[[], object], *, device: torch.device, warmup: int, repeats: int, calls: int = 5) -> float:
+    """Median over ``repeats`` of the pipelined time per call of ``calls`` consecutive calls (host time overlapped
+    with device time, as in a training step; the anatomy probe reports the synchronised times)."""
+    for _ in range(warmup):
+        fn()
+    clock = _Clock(device)
+    return statistics.median(clock.pipelined_ms(fn, calls) for _ in range(max(1, repeats // calls)))
+
+
 def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dtype, device: torch.device, *,
                 warmup: int, repeats: int) -> dict[str, object]:
     gen = torch.Generator().manual_seed(0)
@@ -94,21 +110,28 @@ def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dty
         "dW": _time_ms(lambda: torch.mm(dy.t(), x), device=device, **kw),
     }
     if reason is None:
-        packed = layer.packed_weight(dtype)
+        packed: Any = layer.packed_weight(dtype)
+        direct = direct_cslt_reason(device, dtype) is None
+        row["route"] = "direct torch._cslt_sparse_mm" if direct else "tensor subclass"
+
+        def fwd() -> torch.Tensor:
+            return _cslt_mm(packed.packed, x, None) if direct else F.linear(x, packed)
+
+        def dgrad() -> torch.Tensor:
+            return _cslt_mm(packed.packed_t, dy, None) if direct else torch.mm(dy, packed)
 
         def repack() -> object:
             layer.invalidate_()
             return layer.packed_weight(dtype)
 
         sparse = {
-            "forward": _time_ms(lambda: F.linear(x, packed), device=device, **kw),
-            "dX": _time_ms(lambda: torch.mm(dy, packed), device=device, **kw),
+            "forward": _time_ms(fwd, device=device, **kw),
+            "dX": _time_ms(dgrad, device=device, **kw),
             "repack": _time_ms(repack, device=device, **kw),
         }
         # correctness of the timed operands, against the masked dense product (bf16 tolerance)
         masked = torch.where(mask, w, 0)
-        for name, got, ref in (("forward", F.linear(x, packed), F.linear(x, masked)),
-                               ("dX", torch.mm(dy, packed), torch.mm(dy, masked))):
+        for name, got, ref in (("forward", fwd(), F.linear(x, masked)), ("dX", dgrad(), torch.mm(dy, masked))):
             err = float((got.float() - ref.float()).norm() / ref.float().norm())
             row[f"rel_err_{name}"] = err
     else:
@@ -136,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 50, smoke 3)")
     parser.add_argument("--shapes", nargs="+", default=None, help="labels to run (default: all)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for bench_linear.json (default: benchmarks/results; with --smoke: none)")
+                        help="folder for bench_linear.json (default: benchmarks/results; with --smoke: none); "
+                             "rewritten after every shape")
+    parser.add_argument("--dry-run", action="store_true", help="parse the arguments, print the plan, exit 0")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
@@ -148,18 +173,29 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [s for s in shapes if s[0] in args.shapes]
     warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
     repeats = args.repeats if args.repeats is not None else (3 if args.smoke else 50)
+    print(f"bench_linear plan: {len(shapes)} shape(s) {[s[0] for s in shapes]}, {device}, "
+          f"{str(dtype).replace('torch.', '')}, {warmup} warm-up + {repeats} timed calls per product", flush=True)
+    if args.dry_run:
+        return 0
     env = environment(device)
     print("environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    out = args.out if args.out is not None else (None if args.smoke else ROOT / "results")
     rows = []
     for label, tokens, d_in, d_out in shapes:
         rows.append(bench_shape(label, tokens, d_in, d_out, dtype, device, warmup=warmup, repeats=repeats))
         if device.type == "cuda":
             torch.cuda.empty_cache()
         r = rows[-1]
-        print(f"  done {label}: step {r['speedup']['step']:.2f}x", flush=True)  # type: ignore[index]
+        x = r["speedup"]
+        print(f"  done {label}: forward {x['forward']:.2f}x, dX {x['dX']:.2f}x, dW {x['dW']:.2f}x, "  # type: ignore[index]
+              f"re-pack {r['sparse_ms']['repack']:.3f} ms, step {x['step']:.2f}x ({r['path']})",  # type: ignore[index]
+              flush=True)
+        if out is not None:  # rewritten per row: a run cut short keeps what it measured
+            write_result("bench_linear", {"environment": env, "warmup": warmup, "repeats": repeats, "rows": rows,
+                                          "complete": len(rows) == len(shapes)}, out)
 
-    print(f"\nbench_linear ({env.get('gpu', device.type)}, {str(dtype).replace('torch.', '')}, median of {repeats} "
-          f"after {warmup} warm-up; ms dense / sparse, speed-up = dense / sparse)")
+    print(f"\nbench_linear ({env.get('gpu', device.type)}, {str(dtype).replace('torch.', '')}, pipelined ms per call, "
+          f"{repeats} calls after {warmup} warm-up; ms dense / sparse, speed-up = dense / sparse)")
     header = (f"{'shape':<16} {'tokens x in x out':>20} {'forward':>17} {'dX':>17} {'dW':>17} {'repack':>7} "
               f"{'sum':>17} {'step':>17}")
     print(header)
@@ -176,13 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         got = target["speedup"]["step"]  # type: ignore[index]
         verdict = "met" if got >= TARGET[1] and target["path"] == "sparse" else "NOT met"
         print(f"target {TARGET[0]} step (fwd + dX + dW + re-pack) >= {TARGET[1]}x dense: {got:.2f}x -> {verdict}")
-    out = args.out if args.out is not None else (None if args.smoke else ROOT / "results")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "bench_linear.json"
-        path.write_text(json.dumps({"environment": env, "warmup": warmup, "repeats": repeats, "rows": rows},
-                                   indent=1))
-        print(f"wrote {path}")
+        print(f"wrote {out / 'bench_linear.json'}")
     return 0
 
 

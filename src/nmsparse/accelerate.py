@@ -2,9 +2,15 @@
 
 Only **2:4** runs on NVIDIA sparse tensor cores, so only **2:4-T** masks speed up both the forward and the
 input-gradient product; 4:8-T and larger masks stay masked-dense (every such layer is reported with that reason).
-Even at 2:4-T, small products run *slower* sparse (each sparse call has a fixed cost of about 0.4 ms on an
-H200), so the choice is made per shape ``(tokens, in, out, dtype)`` by a measured micro-benchmark of one layer's
-forward + ``dX`` + ``dW`` (with the per-step re-packing), cached in memory and optionally in a JSON file.
+Even at 2:4-T, small products run *slower* sparse (DESIGN §6 measured about 0.4 ms more per sparse call on an
+H200, synchronised after every call, so probably host time), so the choice is made per shape
+``(tokens, in, out, dtype, mode, bias)`` by a measured micro-benchmark of one layer's forward + ``dX`` + ``dW``
+(with the per-step re-packing), cached in memory and optionally in a JSON file.
+
+The micro-benchmark is fair to both sides (issue 18): one shared warm-up of at least 100 ms of work (clocks ramp
+up before either side is timed), then dense and sparse repeats interleaved, alternating which goes first; the
+decision uses *pipelined* times (several consecutive calls between two clock reads, as in a training step, where
+host time overlaps device time), and the synchronised single-call times and the spread are reported beside.
 """
 
 from __future__ import annotations
@@ -17,21 +23,22 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ._logging import logger, progress
+from ._version import __version__
 from .errors import ConfigError
 from .io import atomic_path
 from .nn.linear import SparseLinear, sparse_unavailable_reason
 from .nn.parametrize import NMMask
 from .pattern import NMPattern, PatternLike
 
-__all__ = ["accelerate_", "AccelerationReport", "LayerDecision", "measure_linear", "default_cache_file",
-           "refresh_masks_", "PATTERN_NOTE"]
+__all__ = ["accelerate_", "AccelerationReport", "LayerDecision", "LinearTiming", "measure_linear",
+           "default_cache_file", "refresh_masks_", "step_gain_ceiling", "PATTERN_NOTE"]
 
 #: What every report says about patterns other than 2:4-T.
 PATTERN_NOTE = ("only 2:4-T runs on NVIDIA sparse tensor cores (forward and input gradient); 4:8-T and larger "
@@ -39,6 +46,8 @@ PATTERN_NOTE = ("only 2:4-T runs on NVIDIA sparse tensor cores (forward and inpu
 
 _CACHE_VERSION = 1
 _MEMORY_CACHE: dict[str, dict[str, float]] = {}
+#: Shared warm-up of the micro-benchmark: at least this many milliseconds of dense and sparse work, alternating.
+WARMUP_MS = 100.0
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -58,8 +67,14 @@ class LayerDecision:
         swapped: replaced by a :class:`~nmsparse.nn.SparseLinear`.
         sparse: the swapped layer runs on sparse tensor cores (``False``: forced, masked-dense).
         reason: one line: why it was swapped or kept.
-        dense_ms: measured dense forward+backward time (ms), when measured.
-        sparse_ms: measured sparse forward+backward time incl. re-packing (ms), when measured.
+        dense_ms: measured dense forward+backward time (ms per call, pipelined), when measured.
+        sparse_ms: measured sparse forward+backward time incl. re-packing (ms per call, pipelined), when measured.
+        dense_sync_ms: the same dense call synchronised on its own (host and device time not overlapped).
+        sparse_sync_ms: the same sparse call synchronised on its own.
+        spread: relative spread ``(max - min) / median`` of the pipelined repeats (the larger side's).
+        predicted_speedup: what the forward ratio alone predicts for the measured call (forward and ``dX`` at the
+            forward ratio, ``dW`` unchanged, equal shares, no re-pack): compare with :attr:`speedup`.
+        forward_speedup: the measured forward-only ratio (dense / sparse, pipelined) behind the prediction.
     """
 
     name: str
@@ -73,6 +88,11 @@ class LayerDecision:
     reason: str
     dense_ms: float | None = None
     sparse_ms: float | None = None
+    dense_sync_ms: float | None = None
+    sparse_sync_ms: float | None = None
+    spread: float | None = None
+    predicted_speedup: float | None = None
+    forward_speedup: float | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -197,27 +217,162 @@ def _periodic_2_4_t_mask(out_features: int, in_features: int, device: torch.devi
     return tile.repeat(out_features // 4, in_features // 4).to(device)
 
 
+class _Clock:
+    """Times callables on one device: pipelined runs of consecutive calls and synchronised single calls (ms)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def pipelined_ms(self, fn: Callable[[], object], calls: int) -> float:
+        """Milliseconds per call of ``calls`` back-to-back calls (CUDA: between two events, host time hidden)."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end)) / calls
+        import time
+
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / calls
+
+    def synchronised_ms(self, fn: Callable[[], object]) -> float:
+        """Wall milliseconds of one call with the device drained before and after (host + device, serialised)."""
+        import time
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3
+
+
+@dataclass
+class LinearTiming:
+    """What :func:`measure_linear` measured for one shape (milliseconds per call).
+
+    Attributes:
+        dense_ms: median pipelined dense time (the decision uses the pipelined times).
+        sparse_ms: median pipelined sparse time.
+        dense_sync_ms: median synchronised dense time (one call, device drained before and after).
+        sparse_sync_ms: median synchronised sparse time.
+        dense_spread: ``(max - min) / median`` of the dense pipelined repeats.
+        sparse_spread: the same for the sparse side.
+        forward_speedup: dense / sparse pipelined forward-only time, where measured.
+        warmup_ms: work done in the shared warm-up.
+        repeats: interleaved repeats per side.
+    """
+
+    dense_ms: float
+    sparse_ms: float
+    dense_sync_ms: float
+    sparse_sync_ms: float
+    dense_spread: float
+    sparse_spread: float
+    forward_speedup: float | None
+    warmup_ms: float
+    repeats: int
+
+    @property
+    def speedup(self) -> float:
+        """Pipelined dense time over sparse time."""
+        return self.dense_ms / self.sparse_ms if self.sparse_ms else 0.0
+
+    @property
+    def sync_speedup(self) -> float:
+        """Synchronised dense time over sparse time (what a sync after every call shows)."""
+        return self.dense_sync_ms / self.sparse_sync_ms if self.sparse_sync_ms else 0.0
+
+
+def _spread(values: Sequence[float]) -> float:
+    middle = statistics.median(values)
+    return (max(values) - min(values)) / middle if middle > 0 else 0.0
+
+
+def _fair_times(dense: Callable[[], object], sparse: Callable[[], object], *, clock: Any, warmup_ms: float,
+                repeats: int, calls: int, max_warmup_rounds: int = 10_000) -> dict[str, float]:
+    """Shared warm-up, then interleaved repeats (the side that goes first alternates); medians and spreads.
+
+    The warm-up alternates one dense and one sparse call until both together have done ``warmup_ms`` of work
+    (clock ramp-up, allocator, cuSPARSELt plans). Each repeat times ``calls`` consecutive calls pipelined, and one
+    call synchronised, per side.
+    """
+    spent, rounds = 0.0, 0
+    while spent < warmup_ms and rounds < max_warmup_rounds:
+        spent += clock.pipelined_ms(dense, 1) + clock.pipelined_ms(sparse, 1)
+        rounds += 1
+    times: dict[str, list[float]] = {"dense": [], "sparse": [], "dense_sync": [], "sparse_sync": []}
+    for r in range(repeats):
+        order = (("dense", dense), ("sparse", sparse)) if r % 2 == 0 else (("sparse", sparse), ("dense", dense))
+        for side, fn in order:
+            times[side].append(clock.pipelined_ms(fn, calls))
+            times[f"{side}_sync"].append(clock.synchronised_ms(fn))
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out["dense_spread"], out["sparse_spread"] = _spread(times["dense"]), _spread(times["sparse"])
+    out["warmup_ms"] = spent
+    return out
+
+
+@overload
+def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torch.dtype = ...,
+                   device: torch.device | str = ..., *, training: bool = ..., warmup: int = ..., repeats: int = ...,
+                   mode: str = ..., bias: bool = ..., calls: int = ..., warmup_ms: float | None = ...,
+                   detail: Literal[False] = ..., clock: Any = ...) -> tuple[float, float]: ...
+
+
+@overload
+def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torch.dtype = ...,
+                   device: torch.device | str = ..., *, training: bool = ..., warmup: int = ..., repeats: int = ...,
+                   mode: str = ..., bias: bool = ..., calls: int = ..., warmup_ms: float | None = ...,
+                   detail: Literal[True], clock: Any = ...) -> LinearTiming: ...
+
+
 def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16,
                    device: torch.device | str = "cuda", *, training: bool = True, warmup: int = 5,
-                   repeats: int = 20, mode: str = "static") -> tuple[float, float]:
-    """Median ms of one layer step, dense ``nn.Linear`` vs :class:`~nmsparse.nn.SparseLinear`, same run.
+                   repeats: int = 20, mode: str = "static", bias: bool = False, calls: int = 5,
+                   warmup_ms: float | None = None, detail: bool = False,
+                   clock: Any = None) -> tuple[float, float] | LinearTiming:
+    """Milliseconds per call of one layer step, dense ``nn.Linear`` vs :class:`~nmsparse.nn.SparseLinear`, same run.
 
     ``training=True``: forward + backward (``dX`` and ``dW``) of a ``[tokens, in]`` input, the sparse side
     re-packing ``W``/``W^T`` every step as after an optimizer step. ``training=False``: forward only, packed once.
     On a device where the sparse path cannot run the "sparse" side is the masked-dense fallback.
 
+    Fair to both sides: ``warmup`` alternating calls each and at least ``warmup_ms`` (default :data:`WARMUP_MS`)
+    of shared work first, then ``repeats`` interleaved repeats; each repeat times ``calls`` consecutive calls
+    (pipelined: the returned medians) and one synchronised call. The forward-only ratio is timed the same way
+    (a third of the repeats) for the predicted gain.
+
+    Args:
+        tokens: input rows. in_features, out_features: the weight's shape. dtype, device: where it runs.
+        training: time forward + backward with re-packing (else the forward only).
+        warmup: alternating untimed calls before the timed warm-up.
+        repeats: interleaved repeats per side.
+        mode: the SparseLinear's mode. bias: with a bias.
+        calls: consecutive calls per pipelined timing.
+        warmup_ms: shared warm-up work in ms (default :data:`WARMUP_MS`).
+        detail: return a :class:`LinearTiming` instead of ``(dense_ms, sparse_ms)``.
+        clock: *optional* timer with ``pipelined_ms(fn, calls)`` and ``synchronised_ms(fn)`` (tests).
+
     Returns:
-        ``(dense_ms, sparse_ms)``.
+        ``(dense_ms, sparse_ms)``, pipelined medians; with ``detail=True`` a :class:`LinearTiming`.
 
     Example:
         >>> from nmsparse.accelerate import measure_linear
-        >>> dense_ms, sparse_ms = measure_linear(8, 16, 16, torch.float32, "cpu", warmup=1, repeats=2)
+        >>> dense_ms, sparse_ms = measure_linear(8, 16, 16, torch.float32, "cpu", warmup=1, repeats=2,
+        ...                                      warmup_ms=0)
         >>> dense_ms > 0 and sparse_ms > 0
         True
     """
     device = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    dense = nn.Linear(in_features, out_features, bias=False, device=device, dtype=dtype)
+    dense = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
     with torch.no_grad():
         dense.weight.copy_(torch.randn(out_features, in_features, generator=gen).to(dtype))
     mask = _periodic_2_4_t_mask(out_features, in_features, device)
@@ -225,11 +380,11 @@ def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torc
     x = torch.randn(tokens, in_features, generator=gen).to(device=device, dtype=dtype).requires_grad_(training)
     dy = torch.randn(tokens, out_features, generator=gen).to(device=device, dtype=dtype)
 
-    def step(layer: nn.Module, repack: bool) -> Callable[[], object]:
+    def step(layer: nn.Module, repack: bool, backward: bool) -> Callable[[], object]:
         def run() -> object:
             if repack:
                 sparse.invalidate_()
-            if not training:
+            if not backward:
                 with torch.no_grad():
                     return layer(x)
             dense.weight.grad = None
@@ -239,23 +394,94 @@ def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torc
             return y
         return run
 
-    dense_ms = _time_ms(step(dense, False), warmup=warmup, repeats=repeats, device=device)
-    sparse_ms = _time_ms(step(sparse, training), warmup=warmup, repeats=repeats, device=device)
-    return dense_ms, sparse_ms
+    dense_fn, sparse_fn = step(dense, False, training), step(sparse, training, training)
+    for _ in range(warmup):
+        dense_fn()
+        sparse_fn()
+    timer = _Clock(device) if clock is None else clock
+    main = _fair_times(dense_fn, sparse_fn, clock=timer, warmup_ms=WARMUP_MS if warmup_ms is None else warmup_ms,
+                       repeats=repeats, calls=calls)
+    forward_speedup: float | None = None
+    if training:
+        fwd = _fair_times(step(dense, False, False), step(sparse, False, False), clock=timer, warmup_ms=0.0,
+                          repeats=max(2, repeats // 3), calls=calls)
+        forward_speedup = fwd["dense"] / fwd["sparse"] if fwd["sparse"] else None
+    timing = LinearTiming(main["dense"], main["sparse"], main["dense_sync"], main["sparse_sync"],
+                          main["dense_spread"], main["sparse_spread"], forward_speedup, main["warmup_ms"], repeats)
+    if detail:
+        return timing
+    return timing.dense_ms, timing.sparse_ms
+
+
+def predicted_layer_speedup(forward_speedup: float | None, *, training: bool) -> float | None:
+    """What the forward ratio alone predicts for a layer call: forward and ``dX`` at that ratio, ``dW`` dense.
+
+    Three equal products (same FLOPs), no re-pack, no fixed costs: ``3 / (2 / r + 1)`` for a training call, ``r``
+    for a forward-only one. The gap to the measured call is the re-pack and per-call overhead.
+
+    Example:
+        >>> from nmsparse.accelerate import predicted_layer_speedup
+        >>> round(predicted_layer_speedup(2.0, training=True), 3)
+        1.5
+    """
+    if forward_speedup is None or forward_speedup <= 0:
+        return None
+    return 3.0 / (2.0 / forward_speedup + 1.0) if training else forward_speedup
+
+
+def step_gain_ceiling(linear_share: float, forward_ratio: float, dx_ratio: float | None = None, *,
+                      dw_ratio: float = 1.0, overhead_share: float = 0.0) -> float:
+    """Ceiling of a training step's speed-up from accelerating its linear layers (Amdahl's law, three products).
+
+    A step spends ``linear_share`` of its dense time in linear layers, split evenly over the forward, ``dX`` and
+    ``dW`` products (they have the same FLOPs); sparse tensor cores divide the forward by ``forward_ratio`` and
+    ``dX`` by ``dx_ratio`` (default: the forward's), ``dW`` by ``dw_ratio`` (1: it stays dense); re-packing, mask
+    refreshes and other added work cost ``overhead_share`` of the dense step. The rest of the step is unchanged.
+
+    ``step_gain_ceiling(1.0, 2.0)`` is the textbook 1.5x: every product of the step in linears, a perfect 2x on
+    two of three, nothing else. A decoder step at d_model 2048 spends about 60% in its linears, which run about
+    1.3x faster: ``step_gain_ceiling(0.6, 1.3)`` is about 1.10x, before re-packing.
+
+    Example:
+        >>> from nmsparse.accelerate import step_gain_ceiling
+        >>> round(step_gain_ceiling(1.0, 2.0), 3), round(step_gain_ceiling(0.6, 1.3), 3)
+        (1.5, 1.102)
+    """
+    for name, value in (("linear_share", linear_share), ("overhead_share", overhead_share)):
+        if not 0.0 <= value <= 1.0 and not (name == "overhead_share" and value >= 0):
+            raise ConfigError(f"step_gain_ceiling: {name} must be in [0, 1], got {value!r}")
+    dx = forward_ratio if dx_ratio is None else dx_ratio
+    if min(forward_ratio, dx, dw_ratio) <= 0:
+        raise ConfigError("step_gain_ceiling: ratios must be > 0")
+    linears = linear_share * (1.0 / forward_ratio + 1.0 / dx + 1.0 / dw_ratio) / 3.0
+    return 1.0 / ((1.0 - linear_share) + linears + overhead_share)
 
 
 def _measured(tokens: int, in_features: int, out_features: int, dtype: torch.dtype, device: torch.device, *,
-              training: bool, cache_path: Path | None, cache: dict[str, dict[str, float]]) -> tuple[float, float]:
-    key = (f"{_environment_key(device)}|{str(dtype).replace('torch.', '')}|{tokens}x{in_features}x{out_features}"
-           f"|{'train' if training else 'infer'}")
+              training: bool, cache_path: Path | None, cache: dict[str, dict[str, float]], mode: str = "static",
+              bias: bool = False) -> dict[str, float]:
+    key = (f"{_environment_key(device)}|nmsparse {__version__}|{str(dtype).replace('torch.', '')}|"
+           f"{tokens}x{in_features}x{out_features}|{'train' if training else 'infer'}|{mode}|"
+           f"{'bias' if bias else 'no-bias'}")
     if key not in cache:
-        dense_ms, sparse_ms = measure_linear(tokens, in_features, out_features, dtype, device, training=training)
-        cache[key] = {"dense_ms": dense_ms, "sparse_ms": sparse_ms}
+        result = measure_linear(tokens, in_features, out_features, dtype, device, training=training, mode=mode,
+                                bias=bias, detail=True)
+        if isinstance(result, LinearTiming):
+            entry = {"dense_ms": result.dense_ms, "sparse_ms": result.sparse_ms,
+                     "dense_sync_ms": result.dense_sync_ms, "sparse_sync_ms": result.sparse_sync_ms,
+                     "spread": max(result.dense_spread, result.sparse_spread)}
+            predicted = predicted_layer_speedup(result.forward_speedup, training=training)
+            if predicted is not None:
+                entry["predicted_speedup"] = predicted
+            if result.forward_speedup is not None:
+                entry["forward_speedup"] = result.forward_speedup
+        else:  # a plain (dense_ms, sparse_ms) pair
+            entry = {"dense_ms": float(result[0]), "sparse_ms": float(result[1])}
+        cache[key] = entry
         _MEMORY_CACHE[key] = cache[key]
         if cache_path is not None:
             _write_cache(cache_path, cache)
-    entry = cache[key]
-    return float(entry["dense_ms"]), float(entry["sparse_ms"])
+    return {k: float(v) for k, v in cache[key].items() if isinstance(v, (int, float))}
 
 
 # ----------------------------------------------------------------------------------------------- swap
@@ -322,9 +548,11 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
     2. a capability probe (:func:`~nmsparse.nn.linear.sparse_unavailable_reason`): pattern 2:4-T, CUDA, sm80+,
        fp16/bf16, cuSPARSELt in the torch build, both dimensions multiples of 128, a tiny self-test;
     3. a measured micro-benchmark at the layer's shape (``tokens`` rows per call, from ``tokens`` or one forward
-       of ``sample``): swapped when dense time / sparse time (re-packing included when ``training``) is at least
-       ``min_speedup``. Timings are cached per GPU, torch and cuSPARSELt version, in memory and, with
-       ``cache_file``, in a JSON file.
+       of ``sample``): swapped when the pipelined dense time / sparse time (re-packing included when
+       ``training``; shared warm-up, interleaved repeats, see :func:`measure_linear`) is at least
+       ``min_speedup``. The report gives the synchronised ratio, the spread and the gain predicted from the
+       forward ratio beside it. Timings are cached per GPU, torch, cuSPARSELt and nmsparse version, dtype,
+       shape, mode and bias, in memory and, with ``cache_file``, in a JSON file.
 
     Swapped layers share the old layer's Parameter objects (optimizers keep working) and, when pruned, its mask
     tensor (a ``DynamicSparsifier`` created before keeps refreshing it). Call it after moving the model to its
@@ -455,13 +683,30 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
                     f"accelerate_: layer {name!r} can run sparse but its token count is unknown; pass tokens= "
                     f"(rows of its 2-D input per call, e.g. batch*sequence) or sample= (an example input)")
             if count is not None:
-                decision.dense_ms, decision.sparse_ms = _measured(count, in_f, out_f, compute, weight.device,
-                                                                  training=training, cache_path=cache_path,
-                                                                  cache=cache)
+                layer_mode = ("straight-through" if nm.straight_through else "static") if nm is not None else (
+                    mode or "static")
+                has_bias = getattr(mod, "bias", None) is not None
+                entry = _measured(count, in_f, out_f, compute, weight.device, training=training,
+                                  cache_path=cache_path, cache=cache, mode=layer_mode, bias=has_bias)
+                decision.dense_ms, decision.sparse_ms = entry["dense_ms"], entry["sparse_ms"]
+                decision.dense_sync_ms = entry.get("dense_sync_ms")
+                decision.sparse_sync_ms = entry.get("sparse_sync_ms")
+                decision.spread = entry.get("spread")
+                decision.predicted_speedup = entry.get("predicted_speedup")
+                decision.forward_speedup = entry.get("forward_speedup")
                 speed = decision.speedup or 0.0
                 timing = (f"measured {speed:.2f}x (dense {decision.dense_ms:.3f} ms, sparse "
                           f"{decision.sparse_ms:.3f} ms at {count} tokens"
                           f"{', re-packing included' if training else ', forward only'})")
+                extra = []
+                if decision.dense_sync_ms and decision.sparse_sync_ms:
+                    extra.append(f"pipelined; synchronised {decision.dense_sync_ms / decision.sparse_sync_ms:.2f}x")
+                if decision.spread is not None:
+                    extra.append(f"spread {decision.spread:.0%}")
+                if decision.predicted_speedup is not None:
+                    extra.append(f"predicted {decision.predicted_speedup:.2f}x from the forward ratio")
+                if extra:
+                    timing += f" [{'; '.join(extra)}]"
                 if speed < min_speedup and not force:
                     decision.reason = f"{timing} < min_speedup {min_speedup:g}"
                     continue

@@ -39,7 +39,7 @@ from .parametrize import NMMask, _as_bool_mask
 from .sharding import bump_generation, gather_rows, install_forward_hook, is_dtensor
 from .state import is_raw, raw_state_dict
 
-__all__ = ["SparseLinear", "sparse_unavailable_reason", "SPARSE_PATTERN", "SHAPE_MULTIPLE"]
+__all__ = ["SparseLinear", "sparse_unavailable_reason", "direct_cslt_reason", "SPARSE_PATTERN", "SHAPE_MULTIPLE"]
 
 Mode = Literal["static", "straight-through"]
 Backend = Literal["auto", "sparse", "dense"]
@@ -53,6 +53,16 @@ _MODES = ("static", "straight-through")
 _BACKENDS = ("auto", "sparse", "dense")
 _KEYS_CACHE: dict[bool, dict[str, str]] = {}
 _PROBE_CACHE: dict[tuple[str, str], str | None] = {}
+_DIRECT_CACHE: dict[tuple[str, str], str | None] = {}
+#: cuSPARSELt algorithm id per (device, dtype, packed shape, dense rows, bias): searched once per shape.
+_ALG_CACHE: dict[tuple[Any, ...], int] = {}
+#: Call ``torch._cslt_sparse_mm`` directly (row-major output, no tensor-subclass dispatch) where the probe passes;
+#: ``False`` forces the tensor-subclass route (``F.linear(x, Ws)`` / ``torch.mm(dY, Ws)``) everywhere.
+DIRECT_CSLT = True
+#: Search the fastest cuSPARSELt algorithm (``torch._cslt_sparse_mm_search``) the first time a shape runs.
+ALGORITHM_SEARCH = True
+#: cuSPARSELt's fp16/bf16 dense operand needs a multiple of 8 rows (tokens); fewer are zero-padded.
+_CSLT_ROW_MULTIPLE = 8
 
 
 # ------------------------------------------------------------------------------------------- state-dict keys
@@ -211,6 +221,131 @@ def _pack(masked: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tenso
             masked, algorithm="largest_abs_values_greedy")
 
 
+def _alg_key(values: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | None) -> tuple[Any, ...]:
+    return (str(values.device), values.dtype, tuple(values.shape), int(dense.shape[0]), bias is not None)
+
+
+def _cslt_algorithm(values: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | None) -> int:
+    """cuSPARSELt algorithm id for ``values @ dense^T`` at this shape: searched once, then cached (0 on failure)."""
+    key = _alg_key(values, dense, bias)
+    alg = _ALG_CACHE.get(key)
+    if alg is None:
+        alg = 0
+        search = getattr(torch, "_cslt_sparse_mm_search", None)
+        capturing = values.is_cuda and torch.cuda.is_current_stream_capturing()
+        if ALGORITHM_SEARCH and search is not None and not capturing:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    found = search(values, dense.t(), bias, transpose_result=True)
+                alg = int(found[0] if isinstance(found, (tuple, list)) else found)
+            except Exception:  # noqa: BLE001 - the default algorithm always works
+                alg = 0
+        _ALG_CACHE[key] = alg
+    return alg
+
+
+def _cslt_mm(values: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``dense @ A^T (+ bias)`` as a row-major ``[rows, A.rows]`` tensor, ``A`` = the cuSPARSELt-packed ``values``.
+
+    One ``torch._cslt_sparse_mm(values, dense.t(), bias, transpose_result=True)``: the forward with the packed
+    ``W`` and ``dX`` with the packed ``W^T`` (no tensor-subclass dispatch, no custom op, row-major output on torch
+    2.11 to 2.13). Rows of ``dense`` are zero-padded to a multiple of 8 where needed.
+    """
+    rows = int(dense.shape[0])
+    pad = (-rows) % _CSLT_ROW_MULTIPLE
+    if pad:
+        dense = F.pad(dense, (0, 0, 0, pad))
+    alg = _cslt_algorithm(values, dense, bias)
+    try:
+        out = torch._cslt_sparse_mm(values, dense.t(), bias, transpose_result=True, alg_id=alg)
+    except RuntimeError:
+        if alg == 0:
+            raise
+        _ALG_CACHE[_alg_key(values, dense, bias)] = 0  # a searched id the plan rejects: the default from now on
+        out = torch._cslt_sparse_mm(values, dense.t(), bias, transpose_result=True, alg_id=0)
+    return out[:rows] if pad else out
+
+
+def _is_direct(packed: Any) -> bool:
+    """Whether ``packed`` carries the raw cuSPARSELt tensors of ``W`` and ``W^T`` the direct route needs."""
+    return getattr(packed, "packed", None) is not None and getattr(packed, "packed_t", None) is not None
+
+
+def direct_cslt_reason(device: torch.device | str, dtype: torch.dtype) -> str | None:
+    """Why :class:`SparseLinear` uses the tensor-subclass route rather than ``torch._cslt_sparse_mm``, or ``None``.
+
+    The direct route (``_cslt_sparse_mm(W_packed, x.t(), bias, transpose_result=True)`` forward, the same with
+    the packed ``W^T`` for ``dX``) skips the subclass's Python dispatch and custom op and always returns a
+    row-major result. It is used where a tiny self-test of both products passes (cached per device and dtype);
+    elsewhere the class route (``F.linear(x, Ws)``, ``torch.mm(dY, Ws)``) stays as the fallback.
+
+    Example:
+        >>> import torch
+        >>> from nmsparse.nn.linear import direct_cslt_reason
+        >>> direct_cslt_reason("cpu", torch.bfloat16)[:8]
+        'no CUDA:'
+    """
+    if not DIRECT_CSLT:
+        return "nmsparse.nn.linear.DIRECT_CSLT is False (tensor-subclass route forced)"
+    device = torch.device(device)
+    reason = _device_reason(device, dtype)
+    if reason is not None:
+        return reason
+    if not hasattr(torch, "_cslt_sparse_mm"):
+        return f"this torch build ({torch.__version__}) lacks torch._cslt_sparse_mm"
+    key = (str(device), str(dtype))
+    if key not in _DIRECT_CACHE:
+        _DIRECT_CACHE[key] = _direct_probe(device, dtype)
+    return _DIRECT_CACHE[key]
+
+
+def _direct_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+    try:
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        w = torch.randn(SHAPE_MULTIPLE, 2 * SHAPE_MULTIPLE, generator=gen)
+        from ..solvers import find_mask
+
+        mask = find_mask(w, SPARSE_PATTERN, method="exact")
+        w = (w * mask).to(device=device, dtype=dtype)
+        packed: Any = _pack(w)
+        if not _is_direct(packed):
+            return "the packed tensor has no raw packed / packed_t tensors"
+        x = torch.randn(60, 2 * SHAPE_MULTIPLE, generator=gen).to(device=device, dtype=dtype)  # 60: padded rows
+        dy = torch.randn(60, SHAPE_MULTIPLE, generator=gen).to(device=device, dtype=dtype)
+        y, dx = _cslt_mm(packed.packed, x, None), _cslt_mm(packed.packed_t, dy, None)
+        for name, got, ref in (("forward", y, x @ w.t()), ("dX", dx, dy @ w)):
+            if tuple(got.shape) != tuple(ref.shape) or not got.is_contiguous():
+                return f"direct {name} gave shape {tuple(got.shape)}, strides {got.stride()} (want row-major)"
+            err = float((got.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
+            if not err < 2e-2:
+                return f"direct {name} self-test: relative error {err:.2e}"
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the class route
+        first_line = str(exc).splitlines()[0][:160] if str(exc) else ""
+        return f"direct self-test raised {type(exc).__name__}: {first_line}"
+    return None
+
+
+_EAGER_FORWARD: list[Any] = []
+
+
+def _eager_forward() -> Any:
+    """``SparseLinear._forward`` under ``torch.compiler.disable`` (made on first use: importing torch._dynamo
+    costs most of a second, which CPU-only users need not pay)."""
+    if not _EAGER_FORWARD:
+        _EAGER_FORWARD.append(torch.compiler.disable(SparseLinear._forward))
+    return _EAGER_FORWARD[0]
+
+
+def _version_of(t: torch.Tensor) -> int | None:
+    """``t._version``, or ``None`` for an inference tensor (made under ``inference_mode``: no version counter).
+
+    Inference tensors cannot be written outside ``inference_mode``; a re-pack after writing one inside it needs
+    :meth:`SparseLinear.invalidate_` (or a new tensor: the data pointer is part of the key).
+    """
+    return None if t.is_inference() else t._version
+
+
 def greedy_tile_keep(x: torch.Tensor) -> torch.Tensor:
     """Torch twin of torch's ``largest_abs_values_greedy`` 4x4 tile rule (reference for tests and docs).
 
@@ -259,19 +394,24 @@ class _SparseLinearFunction(torch.autograd.Function):
     """``Y = X (W*M)^T + b``; ``dX = dY (W*M)``; ``dW`` = masked (static) or straight-through + SR-STE decay.
 
     ``packed_box[0]`` is the cuSPARSELt tensor of ``where(M, W, 0)`` (with its transpose) or ``None`` for the masked
-    dense path. Everything runs in ``weight.dtype`` of the compute weight; the returned ``dW`` has the master
-    weight's dtype.
+    dense path; ``packed_box[1]`` (optional, default ``False``) chooses the direct ``torch._cslt_sparse_mm`` route
+    over the tensor-subclass one (see :func:`direct_cslt_reason`). Everything runs in ``weight.dtype`` of the
+    compute weight; the returned ``dW`` has the master weight's dtype.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
-                packed_box: tuple[torch.Tensor | None], compute_dtype: torch.dtype, straight_through: bool,
+                packed_box: tuple[Any, ...], compute_dtype: torch.dtype, straight_through: bool,
                 decay: float) -> torch.Tensor:
         packed = packed_box[0]
+        direct = packed is not None and len(packed_box) > 1 and bool(packed_box[1])
         shape = x.shape
         x2d = x.reshape(-1, shape[-1])
         b = None if bias is None else bias.to(compute_dtype)
-        if packed is not None:
+        if direct:
+            y = _cslt_mm(packed.packed, x2d.contiguous(), b)
+            masked = None
+        elif packed is not None:
             y = F.linear(x2d.contiguous(), packed, b)
             masked = None
         else:
@@ -279,6 +419,7 @@ class _SparseLinearFunction(torch.autograd.Function):
             masked = w * mask
             y = F.linear(x2d, masked, b)
         ctx.packed = packed
+        ctx.direct = direct
         ctx.straight_through = straight_through
         ctx.decay = decay
         ctx.has_bias = bias is not None
@@ -295,7 +436,9 @@ class _SparseLinearFunction(torch.autograd.Function):
         g2d = grad.reshape(-1, grad.shape[-1])
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            if ctx.packed is not None:
+            if ctx.direct:
+                grad_x = _cslt_mm(ctx.packed.packed_t, g2d.contiguous(), None)
+            elif ctx.packed is not None:
                 grad_x = torch.mm(g2d.contiguous(), ctx.packed)
             else:
                 grad_x = g2d.mm(masked)
@@ -592,7 +735,7 @@ class SparseLinear(nn.Module):
 
     def _cache_key(self, dtype: torch.dtype) -> tuple[Any, ...]:
         w, m = self.weight, self.mask
-        return (w._version, m._version, w.data_ptr(), m.data_ptr(), w.device, dtype, self._epoch)
+        return (_version_of(w), _version_of(m), w.data_ptr(), m.data_ptr(), w.device, dtype, self._epoch)
 
     def _packed_for(self, dtype: torch.dtype) -> torch.Tensor:
         key = self._cache_key(dtype)
@@ -607,7 +750,19 @@ class SparseLinear(nn.Module):
     # ----------------------------------------------------------------------------------- forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ (weight * mask).T + bias`` (sparse tensor cores where :attr:`sparse_reason` is ``None``)."""
+        """``x @ (weight * mask).T + bias`` (sparse tensor cores where :attr:`sparse_reason` is ``None``).
+
+        On CUDA the forward runs outside ``torch.compile`` (``torch.compiler.disable``: a graph break around the
+        layer) until compiling the sparse path is tested; the masked-dense CPU path stays traceable.
+        """
+        if x.is_cuda and self.backend != "dense":
+            return self._forward_eager(x)
+        return self._forward(x)
+
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        return _eager_forward()(self, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype(x)
         autocast = torch.is_autocast_enabled(x.device.type)
         if autocast and x.is_floating_point():
@@ -637,8 +792,9 @@ class SparseLinear(nn.Module):
                 straight_through, decay = True, 0.0
             else:
                 mask = gather_rows(owner.local_mask(), owner.shard)
+        direct = packed is not None and _is_direct(packed) and direct_cslt_reason(x.device, dtype) is None
         with torch.autocast(x.device.type, enabled=False):
-            return _SparseLinearFunction.apply(x, self.weight, mask, self.bias, (packed,), dtype,
+            return _SparseLinearFunction.apply(x, self.weight, mask, self.bias, (packed, direct), dtype,
                                                straight_through, decay)
 
     # ----------------------------------------------------------------------------------- FSDP2
@@ -801,8 +957,13 @@ class SparseLinear(nn.Module):
                                       error_msgs)
         missing_keys[first_missing:] = [public.get(k, k) for k in missing_keys[first_missing:]]
         if extra is not None:
-            try:  # validated the way NMMask validates its own saved state
-                self._as_nmmask().set_extra_state(extra)
+            try:  # validated the way NMMask validates its own saved state, then adopted: mode and decay
+                saved = NMMask(self.mask, pattern=self.pattern)
+                saved.set_extra_state(extra)
+                self.mode = "straight-through" if saved.straight_through else "static"
+                self.decay = saved.decay
+                if self._linked:
+                    self._linked[0].straight_through, self._linked[0].decay = saved.straight_through, saved.decay
             except Exception as exc:  # noqa: BLE001 - reported through load_state_dict's error list
                 error_msgs.append(f"{prefix + keys['extra']}: {exc}")
         self.invalidate_()
