@@ -55,6 +55,7 @@ __all__ = [
     "read_metadata",
     "save_masks",
     "load_masks",
+    "LoadedMasks",
     "pruned_state_dict",
     "load_pruned_state_dict_",
     "save_pruned",
@@ -158,12 +159,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, overwrite: boo
 
 def _save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str],
                       *, overwrite: bool) -> Path:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     # contiguous CPU copies: safetensors refuses views and tensors that share memory (tied weights)
     data = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
     with atomic_path(path, overwrite=overwrite) as tmp:
-        save_file(data, str(tmp), metadata=metadata)
+        try:
+            save_file(data, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # e.g. a full disk: an OSError like any other failed write
+            raise OSError(f"{path}: could not be written ({' '.join(str(exc).split())}); nothing was "
+                          f"replaced") from exc
     return Path(path)
 
 
@@ -297,24 +303,55 @@ def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike[str], 
     return _save_safetensors(tensors, path, meta, overwrite=overwrite)
 
 
-def load_masks(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+class LoadedMasks(dict[str, torch.Tensor]):
+    """The masks of a file (a plain ``dict``) plus ``pattern``, the pattern the file records for all of them.
+
+    :func:`nmsparse.set_masks_` checks and records that pattern when it is not given one, so
+    ``set_masks_(model, load_masks(path))`` keeps the file's pattern (a later mask that breaks it is refused).
+    """
+
+    pattern: NMPattern | None = None
+
+
+def load_masks(path: str | os.PathLike[str]) -> LoadedMasks:
     """Read the masks of a file written by :func:`save_masks`, ``nmsparse mask`` or :func:`save_pruned`.
 
-    Keys are tensor names (``"0.weight"``), ready for :func:`nmsparse.set_masks_`. The file's metadata (pattern,
-    method, ...) is read with :func:`read_metadata`.
+    Keys are tensor names (``"0.weight"``), ready for :func:`nmsparse.set_masks_`. The result is a ``dict`` whose
+    ``pattern`` attribute is the pattern the file records for every mask (``None`` when it records none, or
+    several); the rest of the file's metadata (method, ...) is read with :func:`read_metadata`.
 
     Raises:
-        InputError: missing or unreadable file, another kind of nmsparse file, or non-bool tensors.
+        InputError: missing or unreadable file, another kind of nmsparse file, non-bool tensors, or an invalid
+            recorded pattern.
     """
     path = Path(path)
     tensors = load_state_dict(path)
-    kind = _check_format(read_metadata(path), ("masks", "pruned"), where=str(path))
+    meta = read_metadata(path)
+    kind = _check_format(meta, ("masks", "pruned"), where=str(path))
+    out = LoadedMasks()
+    recorded: Any = meta.get("pattern")
     if kind == "pruned":
-        return {key[len(MASK_PREFIX):]: value for key, value in tensors.items() if key.startswith(MASK_PREFIX)}
-    bad = [key for key, value in tensors.items() if value.dtype != torch.bool]
-    if bad:
-        raise InputError(f"{path}: {bad[:5]} are not bool masks; expected a masks file (nmsparse mask / save_masks)")
-    return tensors
+        out.update({key[len(MASK_PREFIX):]: value for key, value in tensors.items() if key.startswith(MASK_PREFIX)})
+        problems: list[str] = []
+        _, _, info = _split({}, meta, problems)
+        if problems:
+            raise InputError(f"{path}: {problems[0]}")
+        entries = [info.get(key) or {} for key in out]
+        patterns = {entry.get("pattern") for entry in entries}
+        padded = any(entry.get("padded") for entry in entries)
+        recorded = next(iter(patterns)) if len(patterns) == 1 and not padded else None
+    else:
+        bad = [key for key, value in tensors.items() if value.dtype != torch.bool]
+        if bad:
+            raise InputError(f"{path}: {bad[:5]} are not bool masks; expected a masks file (nmsparse mask / "
+                             f"save_masks)")
+        out.update(tensors)
+    if recorded is not None:
+        try:
+            out.pattern = NMPattern.parse(recorded)
+        except ValueError as exc:
+            raise InputError(f"{path}: the pattern in its metadata is not valid ({exc})") from None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- pruned models
@@ -397,6 +434,15 @@ def _decode_extra_state(value: Any, key: str, problems: list[str]) -> dict[str, 
         return None
 
 
+def _add_mask(masks: dict[str, Any], fqn: str, value: Any, key: str, problems: list[str]) -> None:
+    """``masks[fqn] = value`` unless another key already gave that mask (a file must not hold two)."""
+    if fqn in masks:
+        problems.append(f"duplicate: {key!r} is a second mask for {fqn!r}; the file holds two, so neither is "
+                        f"taken")
+        return
+    masks[fqn] = value
+
+
 def _split(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None,
            problems: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
     """``(plain entries, masks, mask info)`` of either layout: plain keys + MASK_PREFIX, or a raw state dict."""
@@ -406,7 +452,12 @@ def _split(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None,
             parsed = json.loads(metadata["masks"])
             if not isinstance(parsed, dict):
                 raise ValueError("not a JSON object")
-            info.update(parsed)
+            for fqn, entry in parsed.items():
+                if isinstance(entry, dict):
+                    info[fqn] = entry
+                else:
+                    problems.append(f"wrong metadata: 'masks' entry {fqn!r} is {entry!r}, not a JSON object of "
+                                    f"mask settings")
         except ValueError as exc:
             problems.append(f"wrong metadata: 'masks' is not a JSON object of mask settings ({exc})")
     masks: dict[str, Any] = {}
@@ -417,14 +468,14 @@ def _split(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None,
     plain: dict[str, Any] = {}
     for key, value in tensors.items():
         if key.startswith(MASK_PREFIX):
-            masks[key[len(MASK_PREFIX):]] = value
+            _add_mask(masks, key[len(MASK_PREFIX):], value, key, problems)
             continue
         head, sep, tail = key.partition("parametrizations.")
         module = head[:-1] if head.endswith(".") else head
         if sep and (head == "" or head.endswith(".")) and module in raw_modules:
             prefix = head
             if tail == "weight.0.mask":
-                masks[tensor_fqn(module)] = value
+                _add_mask(masks, tensor_fqn(module), value, key, problems)
                 continue
             if tail == "weight.0._extra_state":
                 decoded = _decode_extra_state(value, key, problems)
@@ -511,9 +562,23 @@ def load_pruned_state_dict_(model: nn.Module, tensors: Mapping[str, torch.Tensor
         if nm is None and parametrize_other(module):
             problems.append(f"unexpected: mask {fqn!r}: {name!r}.weight already carries another parametrization")
             continue
+        if settings is not None and not isinstance(settings, dict):
+            problems.append(f"wrong metadata: mask {fqn!r}: its settings are {settings!r}, not a JSON object")
+            continue
         pattern = (settings or {}).get("pattern") or (None if nm is None or nm.pattern is None else str(nm.pattern))
-        transposed = bool((settings or {}).get("transposed", is_transposed_layer(module)))
-        padded = bool((settings or {}).get("padded", False if nm is None else nm.padded))
+        # The file's layout claims are checked against the module: a crafted "transposed" would test the mask
+        # against the wrong axis, and only JSON true/false count (the string "false" is not false).
+        transposed = (settings or {}).get("transposed", is_transposed_layer(module))
+        padded = (settings or {}).get("padded", False if nm is None else nm.padded)
+        if not isinstance(transposed, bool) or not isinstance(padded, bool):
+            problems.append(f"wrong metadata: mask {fqn!r}: 'transposed' and 'padded' must be true or false, got "
+                            f"{transposed!r} and {padded!r}")
+            continue
+        if transposed != is_transposed_layer(module):
+            problems.append(f"wrong metadata: mask {fqn!r}: the file says transposed={transposed} but "
+                            f"{type(module).__name__} {name!r} stores its weight "
+                            f"{'[in, out]' if is_transposed_layer(module) else '[out, in]'}")
+            continue
         if pattern is not None:
             try:
                 ok = mask_fits(mask, NMPattern.parse(pattern), transposed=transposed, padded=padded)
@@ -799,9 +864,12 @@ def _write_pretrained_folder(model: nn.Module, folder: str | os.PathLike[str], *
     if not callable(getattr(model, "save_pretrained", None)):
         raise ConfigError(f"{where}: {type(model).__name__} is not a transformers model (no "
                           f"save_pretrained){hint}")
-    target = Path(folder)
+    # Resolved, so that ``"."`` or ``"run/.."`` name a real folder (and its parent) rather than an empty name.
+    target = Path(folder).expanduser().resolve()
     if os.path.lexists(target) and not overwrite:
         raise OverwriteError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if os.path.lexists(target):
+        _check_replaceable_folder(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     masks = get_masks(model)
     info = masks_info(model)
@@ -811,22 +879,67 @@ def _write_pretrained_folder(model: nn.Module, folder: str | os.PathLike[str], *
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())
-        model.save_pretrained(str(staging), state_dict=dense, safe_serialization=True)  # type: ignore[operator]
+        from safetensors import SafetensorError
+
+        try:
+            model.save_pretrained(str(staging), state_dict=dense, safe_serialization=True)  # type: ignore[operator]
+        except SafetensorError as exc:  # e.g. a full disk: an OSError like any other failed write
+            raise OSError(f"{target}: could not be written ({' '.join(str(exc).split())}); nothing was "
+                          f"replaced") from exc
         if fill is not None:
             fill(staging)
         save_masks(masks, staging / MASKS_FILE, overwrite=True)
         record = {"format": FORMAT, "kind": "dense", "nmsparse_version": __version__, "masks": info,
                   "metadata": dict(metadata or {})}
         write_text_atomic(staging / "nmsparse.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        _chmod_files(staging)  # safetensors and save_pretrained write 0o600; a plain open respects the umask
         if os.path.lexists(target):
             # A fresh folder for the old one: never deletes anything of the caller's beside ``folder``.
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(target, old / target.name)
+                try:
+                    os.replace(staging, target)
+                except OSError:
+                    os.replace(old / target.name, target)  # put the old folder back
+                    raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return Path(folder)
+
+
+def _chmod_files(folder: Path) -> None:
+    """Give every file under ``folder`` the mode a plain ``open`` would (``0o666 & ~umask``)."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
+def _check_replaceable_folder(target: Path) -> None:
+    """Refuse to replace ``target`` unless it is a folder nmsparse wrote (its ``nmsparse.json`` says so).
+
+    ``overwrite=True`` replaces the whole folder; a folder of the caller's (a run folder, a source model, the
+    current directory) would lose files nmsparse never wrote.
+
+    Raises:
+        OverwriteError: ``target`` is not such a folder, or holds the current working directory.
+    """
+    record = target / "nmsparse.json"
+    try:
+        ours = (target.is_dir() and not target.is_symlink()
+                and json.loads(record.read_text(encoding="utf-8")).get("format") == FORMAT)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise OverwriteError(f"{target} exists and is not a folder nmsparse wrote (no nmsparse.json of format "
+                             f"{FORMAT}); overwrite replaces only those, so remove it yourself or choose another "
+                             f"output")
+    cwd = Path.cwd().resolve()
+    if cwd == target or target in cwd.parents:
+        raise OverwriteError(f"{target} holds the current directory; choose another output")

@@ -88,7 +88,7 @@ def test_greedy_blocks_transposable_and_repair_fills():
 @pytest.mark.parametrize(
     "shape, pattern, match",
     [((4, 6), "2:4", "reduction dimension"), ((6, 8), "4:8-T", "output dimension"), ((4,), "2:4", "1-D"),
-     ((2, 4, 4), "2:4", "3-D"), ((0, 4), "2:4", "empty"), ((8, 3, 3, 3), "2:4", r"in\*kh\*kw")],
+     ((2, 4, 4, 4, 4), "2:4", "5-D"), ((0, 4), "2:4", "empty"), ((8, 3, 3, 3), "2:4", r"in\*kh\*kw")],
 )
 def test_shape_errors(shape, pattern, match):
     with pytest.raises(ShapeError, match=match):

@@ -5,7 +5,8 @@ and unstructured 50% (per-layer magnitude masks, refreshed like the n:m ones), a
 the same layers. Prints a table of test accuracy and exact mask diversity (log10, per a reference tensor of 4096
 weights) and writes compare.json and compare.png (accuracy against diversity). ``--task lm`` compares the
 structures on the decoder language model of ``nmsparse.recipes.lm`` (held-out loss and perplexity).
-An output directory holding another run or comparison is refused unless ``--overwrite``.
+An output directory holding another run or comparison is refused unless ``--overwrite``. A killed comparison (either
+task) continues with ``--resume DIR``: its settings, structures and seeds come from the files it wrote there.
 """
 
 from __future__ import annotations
@@ -34,8 +35,53 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--reference-numel", type=int, default=DEFAULT_REFERENCE_NUMEL,
                         help=f"tensor size of the mask-diversity column (default {DEFAULT_REFERENCE_NUMEL})")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<date>-<time>)")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="continue the interrupted comparison in DIR (settings, structures and seeds from the "
+                             "files it wrote there; each run from its last checkpoint)")
     add_common_arguments(parser)
     return parser
+
+
+def _check_printable(args: argparse.Namespace) -> None:
+    """The comparison's own settings, checked before ``--print-config`` prints anything (issue 16: it printed
+    settings the run then refused)."""
+    from nmsparse.recipes._common import check_structures
+
+    if args.structures is not None:
+        check_structures(args.structures)
+    if args.seeds is not None and (not args.seeds or min(args.seeds) < 0 or len(set(args.seeds)) != len(args.seeds)):
+        raise CLIError(f"--seeds must be distinct integers >= 0, got {args.seeds}")
+    if args.reference_numel < 64 or args.reference_numel % 64:
+        raise CLIError(f"--reference-numel must be a positive multiple of 64 (8x8 blocks), got {args.reference_numel}")
+
+
+def _resume_plan(args: argparse.Namespace) -> str:
+    """Check a ``--resume DIR`` command line, fill in the recorded structures, seeds and reference size, and
+    return the comparison's task (``"classify"`` or ``"lm"``)."""
+    from nmsparse.recipes._common import read_compare_plan
+    from nmsparse.recipes.train.rundir import RunDir
+
+    from .train import _check_resume_args
+
+    _check_resume_args(args)
+    folder = Path(args.resume)
+    if not folder.is_dir():
+        raise CLIError(f"--resume {args.resume}: no such comparison directory")
+    recorded = RunDir.task_of(folder)
+    tasks = {"compare": "classify", "lm-compare": "lm"}
+    if recorded not in tasks:
+        raise CLIError(f"--resume {args.resume}: not a comparison directory (its run.json names "
+                       f"{recorded or 'no task'}); resume a train run with nmsparse train --resume")
+    task = tasks[recorded]
+    if args.task is not None and args.task != task:
+        raise CLIError(f"{args.resume} is a --task {task} comparison; drop --task {args.task}")
+    plan = read_compare_plan(folder)
+    if plan is not None:
+        args.structures = args.structures if args.structures is not None else plan["structures"]
+        args.seeds = args.seeds if args.seeds is not None else plan["seeds"]
+        args.reference_numel = plan["reference_numel"]
+    args.out = str(folder)
+    return task
 
 
 def _print_table(rows: list[dict[str, Any]], reference_numel: int, seeds: list[int]) -> None:
@@ -96,7 +142,12 @@ def _run_lm(args: argparse.Namespace) -> int:
     lm = lm_module()
     if not hasattr(lm, "compare_lm"):
         raise CLIError("compare --task lm: nmsparse.recipes.lm has no compare_lm in this nmsparse version")
-    config = lm_config(args, lm)
+    resume = args.resume is not None
+    config = lm_config(args, lm, resume_dir=args.resume) if resume else lm_config(args, lm)
+    _check_printable(args)
+    if config.model is not None or config.mode != "dynamic":  # what compare_lm refuses: refused before printing
+        raise CLIError("compare --task lm compares structures trained from scratch on the recipe's decoder with "
+                       "dynamic masks; --model and --mode are for nmsparse train --task lm")
     if args.print_config:
         import yaml
 
@@ -105,13 +156,13 @@ def _run_lm(args: argparse.Namespace) -> int:
     configure_runtime(getattr(config, "threads", None), None)
     out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("compare-lm-%Y%m%d-%H%M%S")
     kwargs: dict[str, Any] = {"overwrite": args.overwrite, "progress": progress_enabled(args.progress),
-                              "reference_numel": args.reference_numel}
+                              "reference_numel": args.reference_numel, "resume": resume}
     if args.structures is not None:
         kwargs["structures"] = args.structures
     if args.seeds is not None:
         kwargs["seeds"] = args.seeds
-    print(f"nmsparse compare --task lm -> {out_dir}", flush=True)
-    result = lm.compare_lm(config, out_dir, **kwargs)
+    print(f"nmsparse compare --task lm {'(resuming) ' if resume else ''}-> {out_dir}", flush=True)
+    result = lm.compare_lm(None if resume else config, out_dir, **kwargs)
     print()
     _print_lm_table(result)
     print(f"  outputs: {out_dir}/compare.json, {out_dir}/compare.png")
@@ -128,11 +179,18 @@ def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
         print_recipes()
         return 0
-    if (args.task or "classify") == "lm":
+    task = _resume_plan(args) if args.resume is not None else (args.task or "classify")
+    if task == "lm":
         return _run_lm(args)
     if args.reference_numel < 64 or args.reference_numel % 64:
         raise CLIError(f"--reference-numel must be a positive multiple of 64 (8x8 blocks), got {args.reference_numel}")
-    config = classify_config(args)
+    if args.resume is not None:
+        from nmsparse.recipes.train.config import load_config
+
+        config = load_config(Path(args.resume) / "config.yaml")
+    else:
+        config = classify_config(args)
+    _check_printable(args)
     if args.print_config:
         print(config_to_yaml(config), end="")
         return 0
@@ -154,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         result = compare_structures(config, structures=structures, seeds=seeds, out_dir=out_dir,
                                     reference_numel=args.reference_numel, dist=ctx,
                                     progress=progress_enabled(args.progress), on_run_end=on_run_end,
-                                    overwrite=args.overwrite)
+                                    overwrite=args.overwrite, resume=args.resume is not None)
         if ctx.is_main:
             print()
             _print_table(result.rows, result.reference_numel, result.seeds)

@@ -1,14 +1,16 @@
 """``nmsparse export CHECKPOINT --out OUT``: a pruned checkpoint as plain weights with the zeros baked in.
 
-* A pruned checkpoint of a ``transformers`` model (its metadata names ``source: hf:FOLDER``, as ``nmsparse
-  adaprune`` writes, or ``--model hf:FOLDER`` is given) becomes a normal ``transformers`` folder that
-  ``from_pretrained`` loads: ``save_pretrained`` safetensors with the zeros in, the source folder's tokenizer
-  files, the masks in ``nmsparse_masks.safetensors`` and the pattern per tensor in ``nmsparse.json``.
+* With ``--model hf:FOLDER`` (the ``transformers`` folder the checkpoint was pruned from), a pruned checkpoint
+  becomes a normal ``transformers`` folder that ``from_pretrained`` loads: ``save_pretrained`` safetensors with
+  the zeros in, the source folder's tokenizer files (a fixed list, :data:`_COPIED`), the masks in
+  ``nmsparse_masks.safetensors`` and the pattern per tensor in ``nmsparse.json``. The folder is taken from the
+  command line only, never from the checkpoint's metadata (a file must not decide what a command reads).
 * Any other pruned checkpoint (``save_pruned``, ``nmsparse train``'s ``model.safetensors``, a run folder) becomes
   ``OUT`` (``.safetensors``, loaded by a plain ``model.load_state_dict``) plus ``OUT``'s ``.masks.safetensors``
   side file with the masks, keyed by tensor name.
 
-Nothing existing is replaced without ``--overwrite``.
+Nothing existing is replaced without ``--overwrite``; even with it, the checkpoint, the model folder and folders
+nmsparse did not write are never replaced.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from pathlib import Path
 
 from ..errors import ConfigError, InputError, OverwriteError
 
-#: Files of a transformers folder that export does not copy (the weights and what save_pretrained writes).
-_NOT_COPIED = ("config.json", "generation_config.json", "model.safetensors.index.json",
-               "pytorch_model.bin.index.json")
+#: The files export copies from the ``--model`` folder: a tokenizer's and a processor's, nothing else (the
+#: weights and config are what save_pretrained writes; anything else of the folder is not export's to carry).
+_COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+           "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+           "chat_template.jinja", "chat_template.json", "preprocessor_config.json")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -36,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", type=Path, required=True,
                         help="output: a .safetensors file, or a folder for transformers models")
     parser.add_argument("--model", default=None, metavar="hf:FOLDER",
-                        help="the transformers folder the checkpoint was pruned from (default: from its metadata)")
+                        help="the transformers folder the checkpoint was pruned from (to write a transformers folder)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
 
@@ -51,6 +55,12 @@ def _refuse(path: Path, overwrite: bool) -> None:
         raise OverwriteError(f"{path} exists; pass --overwrite to replace it")
 
 
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 def _build_hf(folder: Path):  # noqa: ANN202 - a transformers PreTrainedModel
     try:
         import transformers
@@ -58,12 +68,17 @@ def _build_hf(folder: Path):  # noqa: ANN202 - a transformers PreTrainedModel
         raise InputError("exporting a transformers model needs transformers (pip install transformers)") from exc
     if not (folder / "config.json").is_file():
         raise InputError(f"--model hf:{folder}: no config.json there; expected a folder written by save_pretrained")
-    config = transformers.AutoConfig.from_pretrained(str(folder))
-    architectures = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, architectures[0], None) if architectures else None
-    if cls is None:
-        return transformers.AutoModel.from_config(config)
-    return cls(config)
+    try:  # never runs a folder's own code (auto_map is refused), and a bad config.json is one line
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        architectures = getattr(config, "architectures", None) or []
+        cls = getattr(transformers, architectures[0], None) if architectures else None
+        if cls is None:
+            return transformers.AutoModel.from_config(config)
+        return cls(config)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"--model hf:{folder}: transformers cannot build the model ({type(exc).__name__}: "
+                         f"{first})") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,16 +102,25 @@ def run(args: argparse.Namespace) -> int:
     if source.resolve() == args.out.resolve() or args.checkpoint.resolve() == args.out.resolve():
         raise OverwriteError(f"--out {args.out} is the checkpoint itself; choose another output")
     meta = read_metadata(source)
-    model_spec = args.model or (meta.get("source") if str(meta.get("source", "")).startswith("hf:") else None)
+    # The model folder comes from the command line only: a checkpoint's metadata must not decide which folder
+    # this command reads or copies files from (it only words the hint below).
+    model_spec = args.model
     if model_spec is not None and not model_spec.startswith("hf:"):
         raise ConfigError(f"--model must be hf:FOLDER, got {model_spec!r}")
+    recorded = str(meta.get("source", ""))
+    if model_spec is None and recorded.startswith("hf:") and args.out.suffix != ".safetensors":
+        raise ConfigError(f"{source} was pruned from a transformers model ({recorded}, says its metadata); pass "
+                          f"--model hf:FOLDER to write a transformers folder (export reads a model folder only "
+                          f"when the command line names it), or an --out ending in .safetensors for plain weights")
     if model_spec is not None:
         folder = Path(model_spec[3:]).expanduser()
+        if _within(source, args.out) or _within(folder, args.out):
+            raise OverwriteError(f"--out {args.out} holds the checkpoint or the model folder being exported; "
+                                 f"choose another output")
         _refuse(args.out, args.overwrite)
         model = _build_hf(folder)
         load_pruned_(model, source)
-        extra = [p for p in sorted(folder.iterdir()) if p.is_file() and p.name not in _NOT_COPIED
-                 and not p.name.endswith((".safetensors", ".bin", ".pt", ".pth")) and p.name != "nmsparse.json"]
+        extra = [folder / name for name in _COPIED if (folder / name).is_file()]
         save_pretrained_dense(model, args.out, overwrite=args.overwrite, extra_files=extra,
                               metadata={"source": model_spec, "checkpoint": str(source)})
         masks = get_masks(model)
@@ -107,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .safetensors for a checkpoint without a transformers model, got "
                           f"{str(args.out)!r} (pass --model hf:FOLDER to write a transformers folder)")
     side = masks_side_file(args.out)
+    if side.resolve() in (source.resolve(), args.checkpoint.resolve()):
+        raise OverwriteError(f"--out {args.out} would write its masks to {side}, the checkpoint itself; choose "
+                             f"another output")
     _refuse(args.out, args.overwrite)
     _refuse(side, args.overwrite)
     dense, masks, info = dense_from_pruned(load_state_dict(source), meta or None)

@@ -72,15 +72,20 @@ def _load_hf(folder: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     state: dict[str, torch.Tensor] = {}
     for file in files:
         state.update(load_state_dict(file))
-    config = transformers.AutoConfig.from_pretrained(str(folder))
-    architectures = getattr(config, "architectures", None) or []
-    cls = getattr(transformers, architectures[0], None) if architectures else None
-    if cls is None:
-        cls = transformers.AutoModel
-        model = cls.from_config(config)
-    else:
-        with torch.device("meta"):
-            model = cls(config)
+    try:  # never runs a folder's own code (auto_map is refused), and a bad config.json is one line
+        config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        architectures = getattr(config, "architectures", None) or []
+        cls = getattr(transformers, architectures[0], None) if architectures else None
+        if cls is None:
+            cls = transformers.AutoModel
+            model = cls.from_config(config)
+        else:
+            with torch.device("meta"):
+                model = cls(config)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"hf:{folder}: transformers cannot build the model ({type(exc).__name__}: {first})"
+                         ) from exc
     flipped = transposed_keys(model)
     known = set(model.state_dict())
     # a checkpoint of the bare model under a head's prefix (or the reverse): match keys by suffix

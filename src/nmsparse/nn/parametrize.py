@@ -270,10 +270,13 @@ class NMMask(nn.Module):
         pattern = info.get("pattern")
         straight_through = mode == "straight-through"
         decay = _check_decay(info.get("decay", 0.0), straight_through)
+        layout = {key: info.get(key, False) for key in ("transposed", "padded")}
+        for key, value in layout.items():
+            if not isinstance(value, bool):  # the string "false" is not false
+                raise MaskMismatchError(f"{where}: {key!r} must be true or false, got {value!r}")
         self.pattern = None if pattern is None else NMPattern.parse(pattern)
         self.straight_through, self.decay = straight_through, decay
-        self.transposed = bool(info.get("transposed", False))
-        self.padded = bool(info.get("padded", False))
+        self.transposed, self.padded = layout["transposed"], layout["padded"]
 
     def get_extra_state(self) -> torch.Tensor:
         """The :meth:`describe` dict as UTF-8 JSON in a ``uint8`` tensor (so every tensor file format keeps it)."""

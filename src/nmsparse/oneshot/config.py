@@ -76,7 +76,8 @@ class OneShotLayerReport:
         shape: matrix view ``(out, in)``.
         block: index of the decoder block it belongs to.
         tokens: calibration tokens in its statistics (0 without calibration).
-        relative_error: ``||X (W - W')^T||^2 / ||X W^T||^2`` on its calibration inputs (NaN without them).
+        relative_error: ``||X (W - W')^T|| / ||X W^T||`` (Frobenius norms, not squared) on its calibration
+            inputs (NaN without them).
         damping: SparseGPT damping actually used (0 for other methods).
         seconds: wall time of the solve.
     """

@@ -61,13 +61,43 @@ def hf_folder(source: str | os.PathLike[str]) -> Path:
 def load_causal_lm(source: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> nn.Module:
     """``AutoModelForCausalLM.from_pretrained`` of a local folder (``"hf:PATH"`` or ``PATH``), in eval mode.
 
-    Never downloads (``local_files_only=True``). A folder saved by :func:`save_pruned_pretrained` loads as its dense
-    weights with zeros; call :func:`load_masks_into_` to get the masks back as parametrizations.
+    Never downloads (``local_files_only=True``) and never runs a folder's own code (``trust_remote_code=False``). A
+    folder saved by :func:`save_pruned_pretrained` loads as its dense weights with zeros; call
+    :func:`load_masks_into_` to get the masks back as parametrizations.
+
+    Raises:
+        InputError: not a model folder, a folder transformers cannot load (truncated or pickled weights, remote
+            code, an unknown ``model_type``), or weights that do not fit the model: missing ones (transformers would
+            initialise them at random, e.g. ``config.json`` asks for more layers than the weights hold, or a BERT
+            folder has no language-model head), unexpected ones, or ones of another shape.
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     folder = hf_folder(source)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the missing and unexpected weights are raised below, as one line
+    hf_logging.disable_progress_bar()
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
+                                                      dtype=dtype, output_loading_info=True)
+    except Exception as exc:  # noqa: BLE001 - transformers, safetensors and torch raise many types here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{folder}: transformers cannot load this model folder ({type(exc).__name__}: "
+                         f"{first})") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
+    problems = [f"missing {key}" for key in sorted(info.get("missing_keys") or [])]
+    problems += [f"unexpected {key}" for key in sorted(info.get("unexpected_keys") or [])]
+    problems += [f"wrong shape {entry[0] if isinstance(entry, tuple) else entry}"
+                 for entry in info.get("mismatched_keys") or []]
+    if problems:
+        shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise InputError(f"{folder}: its weights do not fit {type(model).__name__} (transformers would initialise "
+                         f"the missing ones at random): {shown}")
     return model.eval()
 
 
@@ -147,10 +177,22 @@ def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
     masks = load_masks(path)
     info: dict[str, Any] = {}
     if (root / "nmsparse.json").is_file():
-        info = json.loads((root / "nmsparse.json").read_text()).get("masks", {}) or {}
+        try:
+            record = json.loads((root / "nmsparse.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"load_masks_into_: {root / 'nmsparse.json'} is not valid JSON ({exc})") from None
+        recorded = record.get("masks", {}) if isinstance(record, dict) else None
+        if not isinstance(recorded, dict) or not all(isinstance(v, dict) for v in recorded.values()):
+            raise InputError(f"load_masks_into_: {root / 'nmsparse.json'}: 'masks' is not a JSON object of mask "
+                             f"settings per tensor")
+        info = recorded
+    from ..prune._views import mask_fits
+    from ..prune.select import is_transposed_layer
+    from ..prune.static import remove_mask_
+
     modules = dict(model.named_modules())
     problems: list[str] = []
-    plan: list[tuple[nn.Module, torch.Tensor, str | None]] = []
+    plan: list[tuple[nn.Module, torch.Tensor, str | None, bool]] = []
     for key, mask in masks.items():
         name = key[: -len(".weight")] if key.endswith(".weight") else None
         module = modules.get(name) if name is not None else None
@@ -168,12 +210,33 @@ def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
             problems.append(f"{key!r}: the weight is non-zero where the mask prunes; it was not saved with it")
             continue
         pattern = (info.get(key) or {}).get("pattern")
-        plan.append((module, mask.bool().to(weight.device), pattern))
+        padded = (info.get(key) or {}).get("padded", False)
+        if not isinstance(padded, bool):
+            problems.append(f"{key!r}: 'padded' must be true or false in nmsparse.json, got {padded!r}")
+            continue
+        if pattern is not None:  # checked here, so that a later broken mask leaves no earlier one attached
+            try:
+                fits = mask_fits(mask.bool(), NMPattern.parse(pattern), transposed=is_transposed_layer(module),
+                                 padded=padded)
+            except ValueError as exc:
+                problems.append(f"{key!r}: {exc}")
+                continue
+            if not fits:
+                problems.append(f"{key!r}: the mask breaks {pattern}, the pattern nmsparse.json records for it")
+                continue
+        plan.append((module, mask.bool().to(weight.device), pattern, padded))
     if problems:
         raise MaskMismatchError("load_masks_into_: the masks do not fit the model, nothing was attached:\n"
                                 + "\n".join(f"  - {p}" for p in problems))
-    for module, mask, pattern in plan:
-        apply_mask_(module, mask, pattern=pattern)
+    attached: list[nn.Module] = []
+    try:
+        for module, mask, pattern, padded in plan:
+            apply_mask_(module, mask, pattern=pattern, padded=padded)
+            attached.append(module)
+    except Exception:
+        for module in attached:  # nothing changes on a mismatch
+            remove_mask_(module, leave_masked=False)
+        raise
     return masks
 
 

@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 from .._calibration import materialise
 from .._logging import logger
 from .._logging import progress as _progress
-from ..errors import ConfigError, InputError, ShapeError
+from ..errors import ConfigError, InputError, NMSparseError, ShapeError
 from ..layout import check_fits
 from ..pattern import NMPattern, PatternLike
 
@@ -208,6 +208,22 @@ class _Call:
         return total
 
 
+def _feed_batch(model: nn.Module, batch: Any, index: int, device: torch.device, where: str) -> None:
+    """:func:`_feed` of calibration batch ``index``; a batch the model cannot take is one :class:`InputError`."""
+    try:
+        _feed(model, _to_device(batch, device))
+    except (_Stop, NMSparseError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the batch and call style named
+        style = "model(**batch)" if isinstance(batch, Mapping) else (
+            "model(*batch)" if isinstance(batch, (tuple, list)) else "model(batch)")
+        raise InputError(
+            f"{where}: calibration batch {index} cannot be fed to the model as {style}: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}; every batch must be a valid model input (token ids [batch, seq], a dict "
+            f"passed as keyword arguments, a tuple/list as positional arguments)"
+        ) from exc
+
+
 def _capture(model: nn.Module, first_block: nn.Module, batches: list[Any], device: torch.device,
              where: str) -> list[_Call]:
     calls: list[_Call] = []
@@ -218,10 +234,10 @@ def _capture(model: nn.Module, first_block: nn.Module, batches: list[Any], devic
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for batch in batches:
+        for index, batch in enumerate(batches):
             before = len(calls)
             try:
-                _feed(model, _to_device(batch, device))
+                _feed_batch(model, batch, index, device, where)
             except _Stop:
                 pass
             if len(calls) == before:
@@ -499,8 +515,8 @@ def prune_oneshot_(model: nn.Module, calibration: Iterable[Any] | None, pattern:
                 _check_budget(grouped, method, itemsize, 0, True, config, report)
                 block_began = time.perf_counter()
                 with _Grams(model_layers, dtype, device, tracker) as grams:
-                    for batch in batches:
-                        _feed(model, _to_device(batch, device))
+                    for batch_index, batch in enumerate(batches):
+                        _feed_batch(model, batch, batch_index, device, "prune_oneshot_")
                         grams.end_batch()
                 _prune_block(report, grams, model_layers, 0, method, pattern, config, dtype, tracker)
                 report.block_seconds.append(time.perf_counter() - block_began)
@@ -555,7 +571,7 @@ def _prune_layer(report: OneShotReport, name: str, module: nn.Module, index: int
                                   block_size=config.block_size, where=where)
         if gram is not None:
             error, power = reconstruction_error(dense, result.weight, gram)
-            relative = error / power if power > 0 else 0.0
+            relative = math.sqrt(error / power) if power > 0 else 0.0  # ||dY|| / ||Y||, not its square
         else:
             relative = math.nan
         _attach(module, result.weight, result.mask, pattern)

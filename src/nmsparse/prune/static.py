@@ -495,8 +495,8 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
         masks: tensor name (``"0.weight"``, as :func:`get_masks`, :func:`nmsparse.io.load_masks` and
             ``nmsparse mask`` give) -> mask (``torch.bool``, or 0/1 of any dtype; any device).
         strict: require a mask for every pruned layer; with ``False``, layers without an entry keep theirs.
-        pattern: *optional* pattern every mask must obey (recorded on layers pruned here; e.g. the
-            ``"pattern"`` of :func:`nmsparse.io.read_metadata` of a masks file).
+        pattern: *optional* pattern every mask must obey (recorded on layers pruned here); by default the
+            ``pattern`` attribute of ``masks`` when it has one (what :func:`nmsparse.io.load_masks` returns).
 
     Returns:
         ``model``.
@@ -513,6 +513,8 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
     """
     if not isinstance(masks, Mapping):
         raise MaskMismatchError(f"set_masks_: masks must map tensor names to tensors, got {type(masks).__name__}")
+    if pattern is None:  # the pattern a masks file records (nmsparse.io.load_masks), checked and kept
+        pattern = getattr(masks, "pattern", None)
     required = None if pattern is None else NMPattern.parse(pattern)
     pruned = {tensor_fqn(name): entry for name, entry in _pruned_modules(model).items()}
     layers = {tensor_fqn(name): module for name, module in model.named_modules()

@@ -11,7 +11,8 @@ from nmsparse.errors import ConfigError
 from nmsparse.pattern import NMPattern
 
 __all__ = ["DENSE", "UNSTRUCTURED", "DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "COMPARE_JSON", "COMPARE_PLOT",
-           "RunCallback", "structure_slug", "check_structures", "warm_up_solvers"]
+           "COMPARE_PLAN", "RunCallback", "structure_slug", "check_structures", "warm_up_solvers",
+           "write_compare_plan", "read_compare_plan", "check_compare_plan"]
 
 #: Structure name of the dense baseline in a comparison.
 DENSE = "dense"
@@ -24,6 +25,8 @@ DEFAULT_REFERENCE_NUMEL = 4096
 #: Files a comparison writes into its directory.
 COMPARE_JSON = "compare.json"
 COMPARE_PLOT = "compare.png"
+#: What a comparison trains (structures, seeds, reference size), written when it starts: ``--resume`` reads it.
+COMPARE_PLAN = "compare_plan.json"
 
 #: ``callback(record)`` after each run of a comparison.
 RunCallback = Callable[[dict[str, Any]], None]
@@ -80,3 +83,56 @@ def warm_up_solvers(patterns: Iterable[str], methods: Iterable[str]) -> float:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return seconds
+
+
+def write_compare_plan(folder: Any, structures: Sequence[str], seeds: Sequence[int], reference_numel: int) -> None:
+    """Record the structures, seeds and reference size of a comparison in ``folder`` (:data:`COMPARE_PLAN`)."""
+    import json
+    from pathlib import Path
+
+    from nmsparse.io import write_text_atomic
+
+    plan = {"structures": list(structures), "seeds": [int(s) for s in seeds], "reference_numel": int(reference_numel)}
+    write_text_atomic(Path(folder) / COMPARE_PLAN, json.dumps(plan, indent=2) + "\n")
+
+
+def read_compare_plan(folder: Any) -> dict[str, Any] | None:
+    """The plan :func:`write_compare_plan` recorded in ``folder`` (``None`` when there is none).
+
+    Raises:
+        InputError: a plan file that is not what :func:`write_compare_plan` writes.
+    """
+    import json
+    from pathlib import Path
+
+    from nmsparse.errors import InputError
+
+    path = Path(folder) / COMPARE_PLAN
+    if not path.is_file():
+        return None
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable comparison plan ({exc})") from None
+    if not (isinstance(plan, dict) and isinstance(plan.get("structures"), list) and isinstance(plan.get("seeds"), list)
+            and all(isinstance(s, int) and not isinstance(s, bool) for s in plan["seeds"])
+            and isinstance(plan.get("reference_numel"), int)):
+        raise InputError(f"{path}: expected {{'structures': [...], 'seeds': [...], 'reference_numel': N}}")
+    return plan
+
+
+def check_compare_plan(folder: Any, structures: Sequence[str], seeds: Sequence[int], reference_numel: int) -> None:
+    """Refuse to resume the comparison in ``folder`` with other structures, seeds or reference size than its plan.
+
+    Raises:
+        ConfigError: they differ (the message says what the comparison recorded).
+    """
+    plan = read_compare_plan(folder)
+    if plan is None:
+        return
+    given = {"structures": list(structures), "seeds": [int(s) for s in seeds], "reference_numel": int(reference_numel)}
+    differ = [key for key in given if given[key] != plan[key]]
+    if differ:
+        shown = ", ".join(f"{key} {plan[key]} (given {given[key]})" for key in differ)
+        raise ConfigError(f"compare: the comparison in {folder} was started with {shown}; resume it with its own "
+                          f"settings (nmsparse compare --resume {folder})")

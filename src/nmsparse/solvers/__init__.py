@@ -139,17 +139,19 @@ def _check_result(spec: SolverSpec, mask: object, scores: torch.Tensor, pattern:
 def find_mask(weight: torch.Tensor, pattern: PatternLike, *, method: Method | str = "auto",
               backend: Backend | str = "auto", scores: torch.Tensor | None = None,
               progress: bool | None = None) -> torch.Tensor:
-    """Find an n:m or transposable n:m mask for a Linear or Conv2d weight.
+    """Find an n:m or transposable n:m mask for a Linear, Conv1d or Conv2d weight.
 
     The importance of each weight is ``|weight|`` (or ``scores`` when given); the mask keeps as much of it as the
     method can. Conv2d weights ``[out, in, kh, kw]`` are masked through their matrix view ``[out, kh*kw*in]``,
-    so groups run along input channels; transposable blocks span ``m`` output rows x ``m`` input columns.
+    so groups run along input channels (Conv1d weights ``[out, in, k]`` as the Conv2d ``[out, in, 1, k]``);
+    transposable blocks span ``m`` output rows x ``m`` input columns.
 
     The method and backend select a registered solver (:func:`list_solvers`); its result is checked (dtype,
     shape, device, pattern) before it is returned.
 
     Args:
-        weight: ``[out, in]`` or ``[out, in, kh, kw]`` floating tensor (fp32, fp16, bf16 or fp64), any device.
+        weight: ``[out, in]``, ``[out, in, k]`` or ``[out, in, kh, kw]`` floating tensor (fp32, fp16, bf16 or
+            fp64), any device.
         pattern: ``"2:4"``, ``"4:8-T"``, ... or an :class:`~nmsparse.NMPattern`.
         method: ``"auto"`` (topn for plain n:m, exact for transposable), ``"topn"`` (per-group top-n, plain
             patterns only), ``"exact"`` (the optimal transposable mask among those keeping exactly ``n`` per row
@@ -170,7 +172,7 @@ def find_mask(weight: torch.Tensor, pattern: PatternLike, *, method: Method | st
 
     Raises:
         PatternError: unparseable pattern.
-        ShapeError: rank other than 2 or 4, empty tensor, or a dimension that is not a multiple of ``m``.
+        ShapeError: rank other than 2, 3 or 4, empty tensor, or a dimension that is not a multiple of ``m``.
         InputError: not a dense floating tensor with data (lists, meta or sparse tensors), non-finite values.
         ConfigError: unknown method or backend, or ``"topn"`` with a transposable pattern.
         BackendUnavailableError: the explicit ``backend`` cannot run this request (the message lists those
@@ -190,6 +192,11 @@ def find_mask(weight: torch.Tensor, pattern: PatternLike, *, method: Method | st
         raise ConfigError(f"find_mask: backend must be a string, 'auto' or one of {available_backends()}; "
                           f"got {backend!r}")
     weight = check_tensor(weight, "weight", "find_mask", floating=True, finite=True)
+    if weight.dim() == 3:  # nn.Conv1d [out, in, k]: the Conv2d [out, in, 1, k] (groups along input channels)
+        if isinstance(scores, torch.Tensor) and scores.dim() == 3:
+            scores = scores.unsqueeze(2)
+        return find_mask(weight.unsqueeze(2), pattern, method=method, backend=backend, scores=scores,
+                         progress=progress).squeeze(2)
     if method == "auto":
         method = "exact" if pattern.transposable else "topn"
     if method not in list_methods():

@@ -62,5 +62,9 @@ def warmup(patterns: Iterable[PatternLike] | None = None, methods: Iterable[str]
                 find_mask(weight, pattern, method=spec.name, backend=spec.backend, progress=False)
                 if weight.device.type == "cuda":
                     torch.cuda.synchronize(weight.device)
+                if spec.backend == "numba":  # a first greedy call compiles in the background: wait for it
+                    from .greedy_cpu import wait_compiled
+
+                    wait_compiled()
                 times[f"{spec.label} {pattern} {str(dtype).removeprefix('torch.')}"] = time.perf_counter() - start
     return times

@@ -5,7 +5,8 @@ entries in every row and every column and maximise the kept score. Two exact sol
 
 * ``m = 4``: enumerate every valid block mask (24, 90, 24 of them for ``n = 1, 2, 3``) and take the argmax of
   one matrix product (:mod:`nmsparse.solvers.enumerate`). Runs on the input's device.
-* ``m >= 8``: min-cost flow by successive shortest paths, compiled with numba and parallel over blocks. It
+* ``m >= 8``: min-cost flow by successive shortest paths, compiled with numba (a serial ``nogil`` kernel run on
+  slices of the blocks by a thread pool: see :mod:`nmsparse.solvers._threads`). It
   starts from the best mask that ignores the column limits (row-wise top-n, optimal for its own column counts,
   with dual potentials that certify it), then moves one unit from an over-full to an under-full column along a
   shortest alternating path (Dijkstra on reduced costs from all over-full columns at once, stopping at the
@@ -17,10 +18,10 @@ entries in every row and every column and maximise the kept score. Two exact sol
 kernel, plus a zero-cost bypass from every row to the sink), whose optimum can be larger: see
 :func:`exact_blocks`.
 
-Threads: the kernel uses numba's thread pool (``NUMBA_NUM_THREADS``, all cores by default). numba's and
-torch's OpenMP runtimes both spin-wait between parallel regions; on a machine shared with other busy
-processes that spinning can cost several times the useful work: ``OMP_WAIT_POLICY=PASSIVE`` (or one thread)
-avoids it.
+Threads: numba's thread count (``NUMBA_NUM_THREADS``, all cores by default, or ``numba.set_num_threads``)
+Python threads each run the compiled kernel on a slice of the blocks. torch's OpenMP runtime spin-waits between
+parallel regions; on a machine shared with other busy processes that spinning can cost several times the useful
+work: ``OMP_WAIT_POLICY=PASSIVE`` (or one thread) avoids it.
 """
 
 from __future__ import annotations
@@ -39,19 +40,22 @@ from .._logging import logger
 from ..errors import InputError, PatternError
 from ..pattern import NMPattern
 from ._blocks import solve_blocks
+from ._threads import run_split
 from .enumerate import MAX_ENUM_M, enumerate_blocks
 
 __all__ = ["exact_matrix", "exact_blocks", "flow_blocks", "flow_kernel", "KERNEL_INFO", "enumerate_matrix",
            "flow_matrix_numba", "flow_matrix_python"]
 
-# Replaced by ``numba.prange`` when the kernel is compiled (see ``flow_kernel``); in plain Python, and for the
-# kernel's ``.py_func`` twin, ``numba.prange`` is ``range`` as well.
+# The kernel's loop over runs of blocks is serial (``range``); threads split the blocks instead (issue 16: a
+# ``numba.prange`` kernel took three times longer to compile, which every fresh machine paid on its first mask).
 prange = range
 
 #: Largest number of float64 values handed to one kernel call (32 MiB): bounds the float64 copy of a chunk.
 _KERNEL_VALUES = 1 << 22
-#: The kernel splits its blocks into this many contiguous runs for its threads (scratch arrays per run).
-_KERNEL_RUNS = 256
+#: Contiguous runs of blocks per kernel call, each with its own scratch arrays. The kernel is serial and threads
+#: split the blocks before the call (see :mod:`nmsparse.solvers._threads`), so one run: scratch is allocated once
+#: per call (256 runs per call cost more allocations than the solve of a small slice).
+_KERNEL_RUNS = 1
 
 #: Filled on first use: ``backend`` ("numba" or "python") and ``compile_s`` (seconds of the first call,
 #: including numba's compilation or its load from the on-disk cache).
@@ -268,12 +272,13 @@ _KERNEL_LOCK = threading.Lock()
 def flow_kernel() -> Callable[[np.ndarray, int, bool, np.ndarray], None]:
     """The compiled flow kernel ``(blocks float64 [B, m, m], n, at_most, out bool [B, m, m]) -> None``.
 
-    numba is imported here, not at package import. The kernel is built with ``@njit(cache=True,
-    parallel=True)``: the first call in a process compiles it (or loads it from numba's on-disk cache) and is
-    timed into :data:`KERNEL_INFO`. Its ``.py_func`` is the same code run by the Python interpreter. Without
-    numba, the uncompiled function is returned after one warning.
+    numba is imported here, not at package import. The kernel is built with ``@njit(cache=True, nogil=True)``
+    (serial; :func:`flow_blocks` runs it on slices of the blocks from several threads): the first call in a
+    process compiles it (or loads it from numba's on-disk cache) and is timed into :data:`KERNEL_INFO`. Its
+    ``.py_func`` is the same code run by the Python interpreter. Without numba, the uncompiled function is
+    returned after one warning.
     """
-    global _KERNEL, prange
+    global _KERNEL
     if _KERNEL is not None:
         return _KERNEL
     with _KERNEL_LOCK:
@@ -290,8 +295,7 @@ def flow_kernel() -> Callable[[np.ndarray, int, bool, np.ndarray], None]:
                 KERNEL_INFO.update(backend="python", compile_s=0.0)
                 _KERNEL = _flow_blocks_py
             else:
-                prange = numba.prange  # the parfor pass recognises numba.prange by identity
-                kernel = numba.njit(cache=True, parallel=True)(_flow_blocks_py)
+                kernel = numba.njit(cache=True, nogil=True)(_flow_blocks_py)
                 KERNEL_INFO.update(backend="numba", compile_s=None)
                 _KERNEL = _timed_first_call(kernel)
     return _KERNEL
@@ -321,7 +325,15 @@ def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False, compiled
     step = max(1, _KERNEL_VALUES // (m * m))
     for start in range(0, nblocks, step):
         chunk = blocks[start:start + step].detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
-        kernel(chunk, n, bool(at_most), out[start:start + step])
+        part = out[start:start + step]
+
+        def solve(a: int, b: int, chunk: np.ndarray = chunk, part: np.ndarray = part) -> None:
+            kernel(chunk[a:b], n, bool(at_most), part[a:b])
+
+        if compiled:  # a slice of at least ~0.1 ms of work: an m x m block costs about m**3 / 100 us
+            run_split(solve, chunk.shape[0], min_blocks=max(1, 16384 // m ** 3))
+        else:  # the interpreter holds the GIL: threads would only take turns
+            solve(0, chunk.shape[0])
     return torch.from_numpy(out).to(device)
 
 

@@ -5,6 +5,9 @@ vectorised torch version (:func:`nmsparse.solvers.greedy.greedy_blocks`), which 
 for other devices. numba is imported on first use, not at package import; the kernel is compiled with
 ``cache=True`` (numba's on-disk cache), so only the first process ever pays the compilation, and
 :func:`nmsparse.solvers.warmup` moves that cost out of timed work.
+
+A first call never waits for the compiler (issue 16): while the kernel for a dtype is being compiled (or loaded
+from the cache) on a background thread, masks come from the bit-equal torch version, so the result is the same.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ._threads import run_split
 from .greedy import blockwise_greedy, greedy_blocks
 
 __all__ = ["greedy_blocks_cpu", "greedy_kernel", "greedy_numba_matrix", "greedy_repair_numba_matrix"]
@@ -23,7 +27,8 @@ __all__ = ["greedy_blocks_cpu", "greedy_kernel", "greedy_numba_matrix", "greedy_
 #: Blocks per parallel work item: scratch arrays are allocated once per item, not once per block.
 _ITEM = 256
 
-# Replaced by ``numba.prange`` when the kernel is compiled (the parfor pass recognises it by identity).
+# Serial (``range``): threads split the blocks instead (see :mod:`nmsparse.solvers._threads`; a ``numba.prange``
+# kernel took several times longer to compile, which every fresh machine paid on its first mask).
 _prange = range
 
 
@@ -56,12 +61,38 @@ def _greedy_kernel(blocks: np.ndarray, n: int, keep: np.ndarray) -> None:  # pra
 
 _KERNEL: Callable[[np.ndarray, int, np.ndarray], None] | None = None
 _LOCK = threading.Lock()
+#: dtype name -> the thread compiling (or loading) the kernel for it; a dtype is ready once its thread is done.
+_BUILDS: dict[str, threading.Thread] = {}
+
+
+def _ready(kernel: Callable[[np.ndarray, int, np.ndarray], None], dtype: np.dtype) -> bool:
+    """Whether ``kernel`` is compiled for ``dtype``; the first time, start compiling it on a background thread."""
+    key = np.dtype(dtype).name
+    with _LOCK:
+        build = _BUILDS.get(key)
+        if build is None:
+            def compile_now() -> None:
+                try:
+                    kernel(np.zeros((1, 2, 2), dtype=dtype), 1, np.zeros((1, 2, 2), dtype=np.bool_))
+                except Exception:  # noqa: BLE001, S110 - the next call on the caller's thread raises it
+                    pass
+
+            build = threading.Thread(target=compile_now, name=f"nmsparse-greedy-compile-{key}", daemon=True)
+            _BUILDS[key] = build
+            build.start()
+    return not build.is_alive()
+
+
+def wait_compiled() -> None:
+    """Wait for every kernel compile started so far (what :func:`nmsparse.solvers.warmup` needs)."""
+    for build in list(_BUILDS.values()):
+        build.join()
 
 
 def greedy_kernel() -> Callable[[np.ndarray, int, np.ndarray], None] | None:
     """The compiled kernel ``(blocks [B, m, m] float32/float64, n, keep bool [B, m, m]) -> None``, or ``None``
     without numba. Compiling happens on the first call for each dtype (or loads numba's on-disk cache)."""
-    global _KERNEL, _prange
+    global _KERNEL
     if _KERNEL is None:
         with _LOCK:
             if _KERNEL is None:
@@ -69,8 +100,7 @@ def greedy_kernel() -> Callable[[np.ndarray, int, np.ndarray], None] | None:
                     import numba
                 except ImportError:
                     return None
-                _prange = numba.prange
-                _KERNEL = numba.njit(cache=True, parallel=True, nogil=True)(_greedy_kernel)
+                _KERNEL = numba.njit(cache=True, nogil=True)(_greedy_kernel)
     return _KERNEL
 
 
@@ -84,9 +114,14 @@ def greedy_blocks_cpu(blocks: torch.Tensor, n: int) -> torch.Tensor:
         warnings.warn("numba is not installed: greedy masks use the slower vectorised torch path", stacklevel=2)
         return greedy_blocks(blocks, n)
     array = blocks.detach().to("cpu").contiguous().numpy()
+    if not _ready(kernel, array.dtype):  # still compiling: the bit-equal torch version, no wait
+        return greedy_blocks(blocks, n)
     keep = np.zeros(array.shape, dtype=np.bool_)
     if array.shape[0]:
-        kernel(array, n, keep)
+        def solve(a: int, b: int) -> None:
+            kernel(array[a:b], n, keep[a:b])
+
+        run_split(solve, array.shape[0], min_blocks=max(16, 8192 // array.shape[1] ** 2))
     return torch.from_numpy(keep).to(blocks.device)
 
 

@@ -31,12 +31,15 @@ from nmsparse.errors import ConfigError
 
 from .._common import (
     COMPARE_JSON,
+    COMPARE_PLAN,
     COMPARE_PLOT,
     DEFAULT_REFERENCE_NUMEL,
     DEFAULT_STRUCTURES,
     RunCallback,
+    check_compare_plan,
     check_structures,
     structure_slug,
+    write_compare_plan,
 )
 from ..train.rundir import RunDir, config_hash
 from .config import DENSE, LMTrainConfig, lm_config_to_yaml, load_lm_config
@@ -198,6 +201,29 @@ def paired_separation(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any
     return out
 
 
+def _check_fits(config: LMTrainConfig, data: Any, names: Sequence[str]) -> None:
+    """Every n:m structure can mask at least one layer of the decoder (issue 16: a failure after the first run
+    left ``config.yaml`` and ``run.json`` behind). Built on the meta device: no memory, no draw from the RNG."""
+    import torch
+
+    from nmsparse.pattern import NMPattern
+    from nmsparse.prune.select import require_selected, select_layers
+
+    from .config import UNSTRUCTURED
+    from .model import GPT
+    from .pretrained import default_include
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = GPT(config.gpt_config(data.vocab_size))
+    include = list(config.include) if config.include is not None else default_include(model)
+    exclude = list(config.exclude) if config.exclude is not None else None
+    for name in names:
+        if name not in (DENSE, UNSTRUCTURED):
+            selection = select_layers(model, name, include=include, exclude=exclude,
+                                      keep_first_last=config.keep_first_last)
+            require_selected(selection, NMPattern.parse(name), where=f"compare: structure {name!r}")
+
+
 def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None = None, *,
                structures: Sequence[str] = DEFAULT_STRUCTURES, seeds: Sequence[int] | None = None,
                resume: bool = False, overwrite: bool = False, progress: bool | None = None,
@@ -230,7 +256,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
                 or len(set(seeds)) != len(seeds):
             raise ConfigError(f"compare: seeds must be distinct integers >= 0, got {seeds}")
-    outputs = (COMPARE_JSON, COMPARE_PLOT)
+    outputs = (COMPARE_JSON, COMPARE_PLOT, COMPARE_PLAN)
     run: RunDir | None = None
     if resume:
         if out is None:
@@ -250,6 +276,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
     if resume and out is not None:
         run = RunDir.open_resume(Path(out), task=COMPARE_TASK, outputs=outputs, sections=tuple(sections.values()),
                                  overwrite=overwrite)
+        check_compare_plan(run.path, names, seed_list, reference_numel)  # the structures and seeds it started with
     elif out is not None:
         run = RunDir.prepare(Path(out), task=COMPARE_TASK, outputs=outputs, sections=tuple(sections.values()),
                              overwrite=overwrite)
@@ -259,8 +286,11 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
             diversity[name] = log10_mask_diversity(name, reference_numel)
     data = build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille, files=config.data)
     base = config.replace(baseline=False)
+    if not resume:
+        _check_fits(base, data, names)  # a structure no layer takes fails now, before anything is written
     if run is not None and not resume:
         run.create(config_text=lm_config_to_yaml(base), config_hash=config_hash(base.to_dict()))
+        write_compare_plan(run.path, names, seed_list, reference_numel)
     compile_seconds = warm_up_solvers(base, names)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for seed in seed_list:

@@ -22,14 +22,17 @@ from nmsparse.errors import ConfigError
 
 from .._common import (
     COMPARE_JSON,
+    COMPARE_PLAN,
     COMPARE_PLOT,
     DEFAULT_REFERENCE_NUMEL,
     DEFAULT_STRUCTURES,
     RunCallback,
+    check_compare_plan,
     check_structures,
     structure_slug,
+    write_compare_plan,
 )
-from .config import UNSTRUCTURED, TrainConfig, config_to_yaml
+from .config import UNSTRUCTURED, TrainConfig, config_to_yaml, load_config
 from .data import DataBundle, build_data
 from .distributed import DistContext
 from .models import build_model
@@ -72,22 +75,24 @@ def _run_config(config: TrainConfig, name: str, seed: int) -> TrainConfig:
 
 def _check_fits(config: TrainConfig, data: DataBundle, names: Sequence[str]) -> None:
     """Every structure can prune at least one layer of the model (raised now, before anything is written)."""
-    from nmsparse.prune import select_layers
+    from nmsparse.pattern import NMPattern
+    from nmsparse.prune.select import require_selected, select_layers
 
     model = build_model(config.model, in_channels=data.in_channels, num_classes=data.num_classes,
                         image_size=data.image_size, width=config.width)
     for name in names:
         if name in ("dense", UNSTRUCTURED):
             continue
-        select_layers(model, name, include=config.include, exclude=config.exclude,
-                      keep_first_last=config.keep_first_last)
+        selection = select_layers(model, name, include=config.include, exclude=config.exclude,
+                                  keep_first_last=config.keep_first_last)
+        require_selected(selection, NMPattern.parse(name), where=f"compare: structure {name!r}")
 
 
 def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAULT_STRUCTURES,
                        seeds: Sequence[int] | None = None, out_dir: str | Path | None = None,
                        reference_numel: int = DEFAULT_REFERENCE_NUMEL, dist: DistContext | None = None,
                        progress: bool | None = None, on_run_end: RunCallback | None = None,
-                       overwrite: bool = False) -> CompareResult:
+                       overwrite: bool = False, resume: bool = False) -> CompareResult:
     """Train ``config``'s model once per structure and seed; report accuracy against exact mask diversity.
 
     Args:
@@ -101,6 +106,9 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
         progress: progress bars.
         on_run_end: ``callback(record)`` after each run, with ``structure``, ``seed`` and ``test_accuracy``.
         overwrite: replace the files of an earlier comparison (or run) in ``out_dir``.
+        resume: continue the interrupted comparison in ``out_dir`` (each run from its last checkpoint; bit-identical
+            to an uninterrupted comparison). ``config`` must be its ``config.yaml``, and ``structures``, ``seeds``
+            and ``reference_numel`` those it recorded in ``compare_plan.json``.
 
     Returns:
         A :class:`CompareResult`.
@@ -125,23 +133,34 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
     run_names = {(name, seed): structure_slug(name) if len(seed_list) == 1 else f"{structure_slug(name)}-seed{seed}"
                  for seed in seed_list for name in names}
     run: RunDir | None = None
-    if out_dir is not None:
-        run = RunDir.prepare(out_dir, task=TASK, outputs=(COMPARE_JSON, COMPARE_PLOT, MODEL_FILE),
-                             sections=tuple(run_names.values()), overwrite=overwrite)
+    outputs = (COMPARE_JSON, COMPARE_PLOT, MODEL_FILE, COMPARE_PLAN)
+    if resume:
+        if out_dir is None:
+            raise ConfigError("compare: resume needs the comparison directory (out_dir)")
+        run = RunDir.open_resume(out_dir, task=TASK, outputs=outputs, sections=tuple(run_names.values()),
+                                 overwrite=overwrite)
+        if config_hash(load_config(run.config_path).to_dict()) != config_hash(config.to_dict()):
+            raise ConfigError(f"compare: settings differ from the comparison's {run.config_path}; resume without "
+                              f"overrides")
+        check_compare_plan(run.path, names, seed_list, reference_numel)
+    elif out_dir is not None:
+        run = RunDir.prepare(out_dir, task=TASK, outputs=outputs, sections=tuple(run_names.values()),
+                             overwrite=overwrite)
     # Everything is checked before the first file is written: settings, data, that each structure fits.
     run_configs = {key: _run_config(config, key[0], key[1]) for key in run_names}
     data = build_data(config)
     _check_fits(config, data, names)
     compile_seconds = max(warm_up_solvers(cfg) for cfg in run_configs.values())
-    if run is not None and dist.is_main:
+    if run is not None and dist.is_main and not resume:
         run.create(config_text=config_to_yaml(config), config_hash=config_hash(config.to_dict()))
+        write_compare_plan(run.path, names, seed_list, reference_numel)
     sparse_mode = "dynamic" if config.mode == "dense" else config.mode
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for seed in seed_list:
         for name in names:
             start = time.perf_counter()
             result = Trainer(run_configs[name, seed], data, run=run, section=run_names[name, seed], dist=dist,
-                             progress=progress, label=f"{name} (seed {seed})").fit()
+                             progress=progress, label=f"{name} (seed {seed})").fit(resume=resume)
             record = {"structure": name, "seed": seed, "test_accuracy": result.test_accuracy,
                       "mask_valid": result.mask_valid, "refresh_overhead": result.refresh_overhead,
                       "train_seconds": result.train_seconds, "seconds": time.perf_counter() - start}

@@ -288,18 +288,48 @@ def recipe_path(name: str) -> Path:
     )
 
 
+def _unique_key_loader() -> Any:
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                        key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_config_file(source: str | Path) -> tuple[dict[str, Any], str]:
     """``(values, where)`` of a YAML config file or shipped recipe name, unvalidated (any config class).
 
     Raises:
-        InputError: missing or unparseable YAML file.
+        InputError: missing or unparseable YAML file, not UTF-8, or a key given twice in one mapping.
         ConfigError: the top level is not a mapping.
     """
     path = recipe_path(str(source))
     import yaml
 
     try:
-        loaded = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config as UTF-8"
+                         ) from None
+    try:
+        loaded = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if loaded is None:
