@@ -411,3 +411,34 @@ def tiny_gpt2(*, n_embd: int = 32, n_layer: int = 1, n_head: int = 2, vocab_size
                                      n_positions=n_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                      bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(config).eval()
+
+
+def masked_linear_twin(layer: nn.Module) -> nn.Linear:
+    """A masked dense ``nn.Linear`` (:class:`~nmsparse.NMMask` parametrization) with a copy of a
+    :class:`~nmsparse.SparseLinear`'s weights, mask, mode and decay: the reference its fast paths are tested against.
+
+    Example:
+        >>> from nmsparse.nn import SparseLinear
+        >>> layer = SparseLinear(8, 8)
+        >>> x = torch.randn(2, 8)
+        >>> torch.allclose(masked_linear_twin(layer)(x), layer(x))
+        True
+    """
+    from torch.nn.utils import parametrize
+
+    from .nn.parametrize import NMMask
+
+    weight: torch.Tensor = layer.weight  # type: ignore[assignment]
+    bias: torch.Tensor | None = layer.bias  # type: ignore[assignment]
+    twin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype,
+                     device=weight.device)
+    with torch.no_grad():
+        twin.weight.copy_(weight)
+        if bias is not None:
+            twin.bias.copy_(bias)
+    mask: torch.Tensor = layer.mask  # type: ignore[assignment]
+    parametrize.register_parametrization(
+        twin, "weight", NMMask(mask.clone(), straight_through=bool(layer.straight_through),
+                               decay=float(layer.decay)),  # type: ignore[arg-type]
+        unsafe=True)
+    return twin

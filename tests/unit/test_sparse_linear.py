@@ -17,28 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 import nmsparse
 from nmsparse.errors import BackendUnavailableError, ConfigError, InputError, MaskMismatchError
-from nmsparse.nn import NMMask, SparseLinear
+from nmsparse.nn import SparseLinear
 from nmsparse.nn import linear as linear_mod
 from nmsparse.nn.linear import _masked_for_packing, greedy_tile_keep, sparse_unavailable_reason
 from nmsparse.nn.state import raw_state_dict
+from nmsparse.testing import masked_linear_twin
 
 
-def _reference(layer: SparseLinear) -> nn.Linear:
-    """A masked dense nn.Linear (NMMask parametrization) with a copy of ``layer``'s weights and mask."""
-    ref = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                    dtype=layer.weight.dtype, device=layer.weight.device)
-    with torch.no_grad():
-        ref.weight.copy_(layer.weight)
-        if layer.bias is not None:
-            ref.bias.copy_(layer.bias)
-    parametrize.register_parametrization(
-        ref, "weight", NMMask(layer.mask.clone(), straight_through=layer.straight_through, decay=layer.decay),
-        unsafe=True)
-    return ref
+def _reference(layer: SparseLinear) -> torch.nn.Linear:
+    return masked_linear_twin(layer)
 
 
 def _grads(module: nn.Module, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, ...]:

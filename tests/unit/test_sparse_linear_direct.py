@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import torch
-from torch.nn.utils import parametrize
 
-from nmsparse.nn import NMMask, SparseLinear
+from nmsparse.nn import SparseLinear
 from nmsparse.nn import linear as linear_mod
+from nmsparse.testing import masked_linear_twin
 
 
 class FakePacked:
@@ -57,16 +57,7 @@ def fake_direct(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 
 
 def _reference(layer: SparseLinear) -> torch.nn.Linear:
-    ref = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                          dtype=layer.weight.dtype)
-    with torch.no_grad():
-        ref.weight.copy_(layer.weight)
-        if layer.bias is not None:
-            ref.bias.copy_(layer.bias)
-    parametrize.register_parametrization(
-        ref, "weight", NMMask(layer.mask.clone(), straight_through=layer.straight_through, decay=layer.decay),
-        unsafe=True)
-    return ref
+    return masked_linear_twin(layer)
 
 
 def _grads(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
