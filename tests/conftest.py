@@ -84,6 +84,15 @@ def _seed_everything() -> None:
 
 
 @pytest.fixture
+def restore_runtime(monkeypatch: pytest.MonkeyPatch):
+    """The commands set torch's thread count and NUMBA_THREADING_LAYER: undo both after the test."""
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "workqueue"))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def one_torch_thread():
     """Run a test with one torch thread (small models are faster so on a shared 2-core machine), then restore."""
     threads = torch.get_num_threads()

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from nmsparse.cli.main import main
 
@@ -19,12 +16,7 @@ LM = ["--task", "lm", "--sources", "topics", "--d-model", "32", "--n-layer", "1"
       "--refresh-every", "4", "--threads", "1", "--no-progress", "--structures", "dense", "2:4-T", "--seeds", "3"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "workqueue"))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_runtime")  # tests/conftest.py
 
 
 def _kill_after_first_run(monkeypatch: pytest.MonkeyPatch, owner: type) -> None:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 import nmsparse
 from nmsparse.cli.main import main
@@ -17,14 +14,7 @@ from nmsparse.recipes.train import TrainConfig
 from nmsparse.recipes.train.checkpoint import read_model_metadata
 from nmsparse.recipes.train.compare import compare_structures
 
-
-@pytest.fixture(autouse=True)
-def _restore_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The commands set torch's thread count and NUMBA_THREADING_LAYER: undo both after each test."""
-    monkeypatch.setenv("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "workqueue"))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_runtime")  # tests/conftest.py
 
 
 TINY = ["--width", "8", "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "32", "--initial-method",

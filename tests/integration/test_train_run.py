@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,17 +16,9 @@ from nmsparse.recipes.train.checkpoint import read_model_metadata
 from nmsparse.recipes.train.trainer import Trainer
 from nmsparse.testing import load_run_model, run_tensors
 
+pytestmark = pytest.mark.usefixtures("restore_runtime")  # tests/conftest.py
 
 # Tiny but real: the digits CNN at width 8 (conv2 16x72, conv3 16x144 take 4:8-T), 4 steps per epoch.
-@pytest.fixture(autouse=True)
-def _restore_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The commands set torch's thread count and NUMBA_THREADING_LAYER: undo both after each test."""
-    monkeypatch.setenv("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "workqueue"))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = ["--width", "8", "--epochs", "2", "--steps-per-epoch", "4", "--batch-size", "32", "--no-progress"]
 TIMING_KEYS = {"epoch_seconds", "refresh_seconds"}
 
