@@ -157,19 +157,26 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, overwrite: boo
     return Path(path)
 
 
+@contextlib.contextmanager
+def _write_errors_as_oserror(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A failed safetensors write (e.g. a full disk) raised as an ``OSError`` like any other failed write."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as exc:
+        raise OSError(f"{path}: could not be written ({' '.join(str(exc).split())}); nothing was "
+                      f"replaced") from exc
+
+
 def _save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str],
                       *, overwrite: bool) -> Path:
-    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     # contiguous CPU copies: safetensors refuses views and tensors that share memory (tied weights)
     data = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        try:
-            save_file(data, str(tmp), metadata=metadata)
-        except SafetensorError as exc:  # e.g. a full disk: an OSError like any other failed write
-            raise OSError(f"{path}: could not be written ({' '.join(str(exc).split())}); nothing was "
-                          f"replaced") from exc
+    with atomic_path(path, overwrite=overwrite) as tmp, _write_errors_as_oserror(path):
+        save_file(data, str(tmp), metadata=metadata)
     return Path(path)
 
 
@@ -879,13 +886,8 @@ def _write_pretrained_folder(model: nn.Module, folder: str | os.PathLike[str], *
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         os.chmod(staging, 0o777 & ~_umask())
-        from safetensors import SafetensorError
-
-        try:
+        with _write_errors_as_oserror(target):
             model.save_pretrained(str(staging), state_dict=dense, safe_serialization=True)  # type: ignore[operator]
-        except SafetensorError as exc:  # e.g. a full disk: an OSError like any other failed write
-            raise OSError(f"{target}: could not be written ({' '.join(str(exc).split())}); nothing was "
-                          f"replaced") from exc
         if fill is not None:
             fill(staging)
         save_masks(masks, staging / MASKS_FILE, overwrite=True)
