@@ -125,17 +125,13 @@ class NMMask(nn.Module):
     # ------------------------------------------------------------------------------------------ FSDP2 shards
 
     @property
-    def sharded(self) -> bool:
-        """Whether FSDP2 shards the weight, so this process holds only its rows of the mask (a ``DTensor``)."""
-        return self._shard is not None
-
-    @property
     def shard(self) -> ShardState | None:
-        """Where this rank's rows lie (``None`` unless :attr:`sharded`)."""
+        """Where this rank's rows lie when FSDP2 shards the weight (the mask is then a ``DTensor`` of those rows);
+        ``None`` otherwise."""
         return self._shard
 
     def local_mask(self) -> torch.Tensor:
-        """The rows of the mask this process holds: the whole mask unless :attr:`sharded`."""
+        """The rows of the mask this process holds: the whole mask unless FSDP2 shards the weight (:attr:`shard`)."""
         return local_tensor(self.mask)
 
     def adopt_sharding(self, param: torch.Tensor) -> None:
