@@ -107,40 +107,37 @@ def tile24_mask(w: torch.Tensor) -> torch.Tensor:
 
 def methods(device: str) -> dict[str, tuple[str, TimedFn, MaskFn]]:
     """``name -> (pattern, timed fn(W), fn(W) -> mask)`` of every method that can run on ``device``."""
-    def exact24(backend: str) -> MaskFn:
-        return lambda w: K.exact_2_4_t(w, absolute=True, backend=backend, check_finite=False)
+    # The plain kernels and solvers, resolved once: the timings hold no per-call input checks.
+    from nmsparse import find_mask
+    from nmsparse.pattern import NMPattern
+    from nmsparse.solvers import resolve
 
-    def greedy(n: int, m: int, backend: str) -> MaskFn:
-        return lambda w: K.greedy_nm_t(w, n, m, absolute=True, backend=backend, check_finite=False)
-
-    def flow(n: int, m: int) -> MaskFn:
-        return lambda w: K.exact_nm_t(w, n, m, absolute=True, backend="torch", check_finite=False)
+    def solver(method: str, pattern: str, backend: str) -> MaskFn:
+        solve = resolve(method, pattern, device, backend=backend)
+        return lambda w: solve(w.abs())
 
     def numba_exact(pattern: str) -> MaskFn:
-        from nmsparse import find_mask
-
         return lambda w: find_mask(w, pattern, method="exact", backend="numba")
 
     out: dict[str, tuple[str, MaskFn]] = {}  # timed fn = mask fn, except for the baseline below
     if K.triton_runnable(device) is None:
-        out["exact24-triton"] = ("2:4-T", exact24("triton"))
-        out["exact24-masked-triton"] = ("2:4-T", lambda w: K.exact_2_4_t_masked(w, backend="triton",
-                                                                              check_finite=False)[0])
-        out["greedy24-triton"] = ("2:4-T", greedy(2, 4, "triton"))
-        out["greedy48-triton"] = ("4:8-T", greedy(4, 8, "triton"))
-        out["greedy816-triton"] = ("8:16-T", greedy(8, 16, "triton"))
-        out["exact48-triton"] = ("4:8-T", lambda w: K.exact_nm_t(w, 4, 8, absolute=True, backend="triton",
-                                                                 check_finite=False))
-        out["exact816-triton"] = ("8:16-T", lambda w: K.exact_nm_t(w, 8, 16, absolute=True, backend="triton",
-                                                                   check_finite=False))
-        out["topn24-triton"] = ("2:4", lambda w: K.topn_nm(w, 2, 4, absolute=True, backend="triton",
-                                                            check_finite=False))
-    out["exact24-torch"] = ("2:4-T", exact24("torch"))
-    out["greedy48-torch"] = ("4:8-T", greedy(4, 8, "torch"))
-    out["exact48-torchflow"] = ("4:8-T", flow(4, 8))
-    out["exact816-torchflow"] = ("8:16-T", flow(8, 16))
+        from nmsparse.kernels import triton_kernels as tk
+
+        out["exact24-triton"] = ("2:4-T", lambda w: tk.exact4_triton(w, 2, absolute=True))
+        out["exact24-masked-triton"] = ("2:4-T", lambda w: tk.exact4_triton(w, 2, absolute=True,
+                                                                              out=torch.empty_like(w)))
+        out["greedy24-triton"] = ("2:4-T", lambda w: tk.greedy_t_triton(w, 2, 4, absolute=True))
+        out["greedy48-triton"] = ("4:8-T", lambda w: tk.greedy_t_triton(w, 4, 8, absolute=True))
+        out["greedy816-triton"] = ("8:16-T", lambda w: tk.greedy_t_triton(w, 8, 16, absolute=True))
+        out["exact48-triton"] = ("4:8-T", lambda w: tk.flow_t_triton(w, 4, 8, absolute=True))
+        out["exact816-triton"] = ("8:16-T", lambda w: tk.flow_t_triton(w, 8, 16, absolute=True))
+        out["topn24-triton"] = ("2:4", lambda w: tk.topn_triton(w, 2, 4, absolute=True))
+    out["exact24-torch"] = ("2:4-T", lambda w: K.reference.exact_2_4_t_reference(w.abs()))
+    out["greedy48-torch"] = ("4:8-T", solver("greedy", "4:8-T", "torch"))
+    out["exact48-torchflow"] = ("4:8-T", lambda w: K.flow_matrix_torch(w.abs(), NMPattern(4, 8, True)))
+    out["exact816-torchflow"] = ("8:16-T", lambda w: K.flow_matrix_torch(w.abs(), NMPattern(8, 16, True)))
     out["exact48-numba"] = ("4:8-T", numba_exact("4:8-T"))
-    out["topn24-torch"] = ("2:4", lambda w: K.topn_nm(w, 2, 4, absolute=True, backend="torch", check_finite=False))
+    out["topn24-torch"] = ("2:4", solver("topn", "2:4", "torch"))
     table: dict[str, tuple[str, TimedFn, MaskFn]] = {name: (pat, fn, fn) for name, (pat, fn) in out.items()}
     if device == "cuda" and hasattr(torch, "_sparse_semi_structured_tile"):
         table["tile24-torch"] = ("2:4-T", tile24, tile24_mask)

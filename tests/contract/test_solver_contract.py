@@ -10,9 +10,10 @@ negative scores, subnormals, values near the dtype's maximum, tiny and non-conti
 * exact solvers reach the optimum of an independent reference: brute force over every block mask for ``m = 4``,
   scipy's HiGHS LP for larger blocks, the sorted top-n for plain groups (values compared on every block scaled by
   a power of two, so sums cannot overflow);
-* backends of ``topn``, ``greedy`` and ``greedy-repair`` (whose tie rule is defined) are bit-equal to the torch one.
+* backends of ``topn``, ``greedy``, ``greedy-repair`` and ``exact`` at m = 4 (whose tie rule is defined) are
+  bit-equal to the torch one.
 
-GPU backends are included where registered (``nmsparse.kernels.register_kernels``) and runnable.
+GPU backends are included where registered (``nmsparse.solvers._kernels``) and runnable.
 """
 
 from __future__ import annotations
@@ -28,15 +29,11 @@ from nmsparse.errors import SolverError
 from nmsparse.layout import to_blocks, to_matrix
 from nmsparse.pattern import NMPattern
 from nmsparse.solvers import SolverSpec, find_mask, list_solvers, registered_solver
+from nmsparse.solvers._kernels import register_gpu_solvers
 from nmsparse.solvers.greedy import greedy_matrix
 from nmsparse.testing import assert_valid_mask, bruteforce_block_optimum, linprog_blocks_optimum
 
-try:  # GPU solvers register themselves here (helper G1); absent or failing imports leave the built-ins
-    from nmsparse.kernels import register_kernels
-except ImportError:  # pragma: no cover - depends on the tree
-    register_kernels = None
-if register_kernels is not None:
-    register_kernels()
+register_gpu_solvers()  # again for CPU tensors when TRITON_INTERPRET=1 was set after nmsparse was imported
 
 #: Patterns run with every kind of input and dtype ...
 PATTERNS = ["2:4", "4:8", "2:4-T", "3:4-T", "4:8-T", "6:8-T"]
@@ -188,6 +185,8 @@ TWIN_METHODS = ["topn", "greedy", "greedy-repair"]
 
 TWIN_CASES = [(method, pattern) for method in TWIN_METHODS
               for pattern in (["2:4", "4:8", "3:8"] if method == "topn" else ["2:4-T", "4:8-T", "8:16-T"])]
+# exact with m = 4 has a tie rule too (the mask keeping the lower flat indices): exact/torch is the Triton twin.
+TWIN_CASES += [("exact", pattern) for pattern in ["1:4-T", "2:4-T", "3:4-T"]]
 
 
 @pytest.mark.parametrize(("method", "pattern"), TWIN_CASES)

@@ -283,7 +283,7 @@ def test_dtype_declaration_widens_half_precision_only():
             nmsparse.find_mask(torch.randn(2, 4, dtype=torch.float64), "2:4", method="rec", backend="test")
 
 
-# --- inputs from other libraries become nmsparse errors (issue 7, fault 9) ----------------------------------
+# --- inputs from other libraries become nmsparse errors (issue 7) ----------------------------------
 
 
 @pytest.mark.parametrize("fn", ["find_mask", "is_nm_sparse", "retained_magnitude"])

@@ -112,26 +112,42 @@ def triton_runnable(device: torch.device | str) -> str | None:
 
 
 @cache
-def _cusparselt_error() -> str | None:
-    cap = cuda_capability()
-    if cap is None:
-        return "no CUDA device is visible, so cuSPARSELt cannot run"
-    if cap < (8, 0):
-        return f"2:4 sparse tensor cores need compute capability >= 8.0, found {cap[0]}.{cap[1]}"
+def _cusparselt_error(index: int) -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA: torch.cuda.is_available() is False"
+    major, minor = torch.cuda.get_device_capability(index)
+    if major < 8:
+        return (f"GPU {torch.cuda.get_device_name(index)} is sm{major}{minor}; 2:4 sparse tensor cores need "
+                f"sm80+")
     backends = getattr(torch.backends, "cusparselt", None)
     if backends is None or not backends.is_available():
         return f"this torch build ({torch.__version__}) has no cuSPARSELt (torch.backends.cusparselt)"
     return None
 
 
-def has_cusparselt() -> bool:
-    """Whether torch's cuSPARSELt backend can run here (CUDA sm80+ and a torch built with it; cached)."""
-    return _cusparselt_error() is None
+def _device_index(device: torch.device | str | int | None) -> int:
+    if device is None:
+        return 0
+    if isinstance(device, int):
+        return device
+    device = torch.device(device)
+    if device.index is not None:
+        return device.index
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
-def cusparselt_reason() -> str | None:
-    """``None`` when cuSPARSELt can run, else one line saying why not."""
-    return _cusparselt_error()
+def has_cusparselt(device: torch.device | str | int | None = None) -> bool:
+    """Whether torch's cuSPARSELt backend can run on ``device`` (default: CUDA device 0): CUDA sm80+ and a torch
+    built with it (cached per device)."""
+    return cusparselt_reason(device) is None
+
+
+def cusparselt_reason(device: torch.device | str | int | None = None) -> str | None:
+    """``None`` when cuSPARSELt can run on CUDA ``device`` (default: device 0), else one line saying why not.
+
+    The one cuSPARSELt capability probe of the package (:mod:`nmsparse.nn.linear` asks it too). Cached per device.
+    """
+    return _cusparselt_error(_device_index(device))
 
 
 @dataclass(frozen=True)

@@ -25,26 +25,14 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError, PatternError
+from ..errors import PatternError
+from ._scaling import scale_blocks
+from .reference import check_blocks
 
 __all__ = ["flow_blocks_torch", "flow_matrix_torch", "CHUNK_BLOCKS"]
 
 #: Blocks solved per batch: ``[chunk, m, m]`` float64 temporaries (8x8: 32 MiB each on the CPU, 512 MiB on CUDA).
 CHUNK_BLOCKS = {"cpu": 1 << 16, "cuda": 1 << 20}
-
-
-def _scale(s: torch.Tensor) -> torch.Tensor:
-    """Blocks ``[B, m, m]`` times a power of two each, so the largest |value| of every block is in [0.5, 1).
-
-    The factor is applied in two halves: ``2 ** -e`` alone overflows for subnormal blocks (``e`` near -1074).
-    """
-    amax = s.abs().amax(dim=(1, 2))
-    _, exponent = torch.frexp(amax)
-    exponent = torch.where(amax > 0, exponent, torch.zeros_like(exponent))
-    one = torch.ones_like(amax)
-    first = torch.div(-exponent, 2, rounding_mode="floor")
-    second = -exponent - first
-    return s * torch.ldexp(one, first)[:, None, None] * torch.ldexp(one, second)[:, None, None]
 
 
 def _solve_chunk(s: torch.Tensor, n: int) -> torch.Tensor:
@@ -128,11 +116,7 @@ def flow_blocks_torch(blocks: torch.Tensor, n: int, *, chunk: int | None = None)
         >>> flow_blocks_torch(s, 2)[0].int().tolist()
         [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
     """
-    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2]:
-        shape = tuple(blocks.shape) if isinstance(blocks, torch.Tensor) else type(blocks).__name__
-        raise InputError(f"flow_blocks_torch: expected a [B, m, m] tensor of block scores, got {shape}")
-    if not blocks.is_floating_point():
-        raise InputError(f"flow_blocks_torch: expected floating scores, got {blocks.dtype}; convert with .float()")
+    check_blocks(blocks, "flow_blocks_torch")
     m = blocks.shape[1]
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < m:
         raise PatternError(f"flow_blocks_torch: need an int n with 1 <= n < m={m}, got {n!r}")
@@ -142,7 +126,7 @@ def flow_blocks_torch(blocks: torch.Tensor, n: int, *, chunk: int | None = None)
     flip = 2 * n > m
     step = chunk or CHUNK_BLOCKS.get(blocks.device.type, 1 << 16)
     for start in range(0, blocks.shape[0], step):
-        s = _scale(blocks[start:start + step].detach().to(torch.float64))
+        s = scale_blocks(blocks[start:start + step].detach().to(torch.float64))
         if flip:
             out[start:start + step] = ~_solve_chunk(-s, m - n)
         else:

@@ -1,7 +1,7 @@
 """Triton mask kernels (imported lazily: only when a Triton backend runs).
 
 * :func:`exact4_triton`: exact n:4-T (n = 1, 2, 3; 2:4-T is the one that matters), one pass over W (the
-  generated kernels in ``_triton_exact24_kernel``).
+  generated kernels in ``_generated_exact24_triton``, made by ``tools/gen_exact24.py``).
 * :func:`greedy_t_triton`: the greedy (2-approximation) n:m-T mask, one program per ``BB`` blocks, each
   block's ``m * m`` scores in registers. Instead of sorting, each of the ``n * m`` steps keeps the largest *eligible*
   entry (row and column below ``n``, not yet kept; ties: lowest flat index). An entry the sorted visit would
@@ -16,7 +16,7 @@ Each wrapper takes a ``[rows, K]`` matrix of any strides and returns a new conti
 inputs are read in their own dtype. Comparisons (greedy, top-n) run on integer keys built from the float bits,
 exact on any hardware (subnormals included, which a GPU's float compare may flush to zero); the float64 sums of
 the exact kernels read bf16 as bits widened by a shift for the same reason. Shapes and
-devices are checked by the callers in :mod:`nmsparse.kernels`.
+devices are checked once by the solver registry (:func:`nmsparse.find_mask`), which calls these wrappers.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_exact24_kernel import exact14_kernel, exact24_kernel, exact34_kernel
+from ..layout import from_blocks, to_blocks
+from ._generated_exact24_triton import exact14_kernel, exact24_kernel, exact34_kernel
+from ._scaling import scale_blocks
 
 __all__ = ["exact4_triton", "greedy_t_triton", "topn_triton", "flow_t_triton", "GREEDY_MS", "TOPN_MAX_M", "FLOW_MS"]
 
@@ -277,10 +279,7 @@ def flow_t_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = Fals
     rows, cols = scores.shape
     src = scores.abs() if absolute else scores
     if src.dtype == torch.float64:  # the twin's per-block power-of-two scaling, so fp64 extremes behave the same
-        from ..layout import from_blocks, to_blocks
-        from .exact_flow import _scale
-
-        src = from_blocks(_scale(to_blocks(src, m)), rows, cols)
+        src = from_blocks(scale_blocks(to_blocks(src, m)), rows, cols)
     mask = torch.empty((rows, cols), dtype=torch.bool, device=scores.device)
     n_blocks = (rows // m) * (cols // m)
     bb = max(1, 256 // (m * m)) if m >= 16 else 4

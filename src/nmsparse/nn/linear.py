@@ -33,11 +33,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import BackendUnavailableError, ConfigError, InputError, MaskMismatchError
+from ..kernels._capability import cusparselt_reason
 from ..metrics import is_nm_sparse
 from ..pattern import NMPattern, PatternLike
 from .parametrize import NMMask, _as_bool_mask
 from .sharding import bump_generation, gather_rows, install_forward_hook, is_dtensor
-from .state import is_raw, raw_state_dict
+from .state import is_raw
 
 __all__ = ["SparseLinear", "sparse_unavailable_reason", "direct_cslt_reason", "SPARSE_PATTERN", "SHAPE_MULTIPLE"]
 
@@ -51,7 +52,6 @@ SHAPE_MULTIPLE = 128
 _SPARSE_DTYPES = (torch.float16, torch.bfloat16)
 _MODES = ("static", "straight-through")
 _BACKENDS = ("auto", "sparse", "dense")
-_KEYS_CACHE: dict[bool, dict[str, str]] = {}
 _PROBE_CACHE: dict[tuple[str, str], str | None] = {}
 _DIRECT_CACHE: dict[tuple[str, str], str | None] = {}
 #: cuSPARSELt algorithm id per (device, dtype, packed shape, dense rows, bias): searched once per shape.
@@ -71,28 +71,17 @@ _CSLT_ROW_MULTIPLE = 8
 def _pruned_linear_keys(bias: bool) -> dict[str, str]:
     """Role (weight, mask, extra, bias) -> state-dict key of an ``nn.Linear`` pruned by :func:`nmsparse.prune_`.
 
-    Read off a tiny pruned layer once, in its order, so a SparseLinear's state dict has exactly the keys (and key
-    order) of the masked-dense layer it replaces, whatever the parametrization layout of this nmsparse version.
+    The layout of a pruned layer, in its state-dict order: :class:`~nmsparse.NMMask` is the first (index 0)
+    parametrization of ``weight`` (torch stores the dense value as ``original``, the mask buffer and the extra
+    state under the index), and the bias sits behind :class:`~nmsparse.nn.parametrize.KeepOrder` so that the
+    parameter order stays as it was (``test_state_dict_keys_match_a_pruned_linear_and_load_both_ways`` checks
+    them against a layer pruned by ``prune_``).
     """
-    if bias not in _KEYS_CACHE:
-        from ..prune import prune_
-
-        pruned: Any = prune_(nn.Sequential(nn.Linear(4, 4, bias=bias)), "2:4")
-        probe = pruned[0]
-        keys: dict[str, str] = {}
-        with raw_state_dict():
-            raw = probe.state_dict(keep_vars=True)
-        for key, value in raw.items():
-            if value is probe.parametrizations.weight.original:
-                keys["weight"] = key
-            elif key.endswith(".mask") and key.startswith("parametrizations.weight."):
-                keys["mask"] = key
-            elif key.endswith("_extra_state") and key.startswith("parametrizations.weight."):
-                keys["extra"] = key
-            elif key == "bias" or key.startswith("parametrizations.bias."):
-                keys["bias"] = key
-        _KEYS_CACHE[bias] = keys
-    return _KEYS_CACHE[bias]
+    keys = {"weight": "parametrizations.weight.original", "mask": "parametrizations.weight.0.mask",
+            "extra": "parametrizations.weight.0._extra_state"}
+    if bias:
+        keys["bias"] = "parametrizations.bias.original"
+    return keys
 
 
 # ------------------------------------------------------------------------------------------- capability
@@ -119,12 +108,9 @@ def _device_reason_uncached(device: torch.device, dtype: torch.dtype) -> str | N
         return "no CUDA: torch.cuda.is_available() is False"
     if dtype not in _SPARSE_DTYPES:
         return f"dtype {str(dtype).replace('torch.', '')} is not fp16/bf16 (2:4 sparse products need half precision)"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        return f"GPU {torch.cuda.get_device_name(device)} is sm{major}{minor}; 2:4 sparse tensor cores need sm80+"
-    backends = getattr(torch.backends, "cusparselt", None)
-    if backends is None or not backends.is_available():
-        return f"this torch build ({torch.__version__}) has no cuSPARSELt (torch.backends.cusparselt)"
+    reason = cusparselt_reason(device)  # compute capability and the torch build: the package's one probe
+    if reason is not None:
+        return reason
     if not hasattr(torch, "_sparse_semi_structured_tile"):
         return f"this torch build ({torch.__version__}) lacks torch._sparse_semi_structured_tile (fused 2:4-T packing)"
     return None
@@ -830,8 +816,8 @@ class SparseLinear(nn.Module):
         """Recompute the mask from the live weight, in place, and return the fraction of entries that changed.
 
         Straight-through layers score the dense ``|W|`` (pruned weights may come back); static layers score
-        ``|W * mask|`` (pruned weights stay pruned). ``method="exact"`` on a CUDA 2:4-T layer runs the one-pass
-        GPU kernel :func:`nmsparse.kernels.exact_2_4_t`; otherwise :func:`~nmsparse.find_mask` with ``method``.
+        ``|W * mask|`` (pruned weights stay pruned), by :func:`~nmsparse.find_mask` with ``method`` (whose registry
+        runs the one-pass exact 2:4-T Triton kernel for CUDA weights where triton is installed).
         The mask tensor is overwritten, not replaced, so a linked :class:`~nmsparse.NMMask` sees the new mask too.
 
         Example:
@@ -844,15 +830,7 @@ class SparseLinear(nn.Module):
             0.0
         """
         live = self.weight.detach() if self.straight_through else self.weight.detach() * self.mask
-        new: torch.Tensor | None = None
-        if method == "exact" and self.pattern == SPARSE_PATTERN and live.is_cuda:
-            # the one-pass GPU kernel (optimal 2:4-T); find_mask's exact solver otherwise
-            from ..kernels import exact_2_4_t
-
-            new = exact_2_4_t(live.abs())
-        if new is None:
-            new = self._solve_mask(live, method=method)
-        new = new.to(self.mask.device)
+        new = self._solve_mask(live, method=method).to(self.mask.device)
         changed = float((new != self.mask).sum()) / max(new.numel(), 1)
         self.mask.copy_(new)
         return changed

@@ -176,9 +176,11 @@ def _prepare(nm: Any, plist: nn.Module) -> Callable[[], None]:
 
 
 def _masks_under(module: nn.Module) -> list[Callable[[], None]]:
-    """One "shard and mask the local rows" call per masked weight under ``module`` (cached per generation)."""
-    from .parametrize import NMMask
+    """One "shard and mask the local rows" call per masked weight under ``module`` (cached per generation).
 
+    An ``NMMask`` is recognised by what this module calls on it (``adopt_sharding`` and ``stash``), not by class:
+    ``nn.parametrize`` imports this module, and this module does not import it back.
+    """
     cached = _cache.get(module)
     if cached is not None and cached[0] == _generation:
         return cached[1]
@@ -192,7 +194,8 @@ def _masks_under(module: nn.Module) -> list[Callable[[], None]]:
         if plists is None or "weight" not in plists:
             continue
         plist = plists["weight"]
-        found += [_prepare(p, plist) for p in plist if isinstance(p, NMMask)]
+        found += [_prepare(p, plist) for p in plist if callable(getattr(p, "adopt_sharding", None))
+                  and callable(getattr(p, "stash", None))]
     _cache[module] = (_generation, found)
     return found
 

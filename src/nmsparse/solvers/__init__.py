@@ -23,9 +23,11 @@ from .registry import (
     available_backends,
     list_methods,
     list_solvers,
+    normalize_method,
     numba_available,
     register_solver,
     registered_solver,
+    resolve,
     select_solver,
     unregister_solver,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "unregister_solver",
     "registered_solver",
     "SolverSpec",
+    "resolve",
     "warmup",
     "Method",
     "Backend",
@@ -84,15 +87,9 @@ register_solver("greedy-repair", _greedy_numba(True), backend="numba", transposa
                 description="greedy-repair with the numba greedy (bit-equal to greedy-repair/torch)")
 
 
-def _register_gpu_kernels() -> None:
-    """GPU backends (``nmsparse.kernels``: Triton kernels, the on-device exact flow) join the registry here, so
-    ``backend="auto"`` sees them; importing them loads neither triton nor CUDA."""
-    from ..kernels import register_kernels
-
-    register_kernels()
-
-
-_register_gpu_kernels()
+# GPU backends (``nmsparse.kernels``: Triton kernels, the on-device exact flow) join the registry here, so
+# ``backend="auto"`` sees them; importing them loads neither triton nor CUDA.
+from . import _kernels  # noqa: E402, F401
 
 
 def _check_result(spec: SolverSpec, mask: object, scores: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
@@ -197,17 +194,7 @@ def find_mask(weight: torch.Tensor, pattern: PatternLike, *, method: Method | st
             scores = scores.unsqueeze(2)
         return find_mask(weight.unsqueeze(2), pattern, method=method, backend=backend, scores=scores,
                          progress=progress).squeeze(2)
-    if method == "auto":
-        method = "exact" if pattern.transposable else "topn"
-    if method not in list_methods():
-        raise ConfigError(f"find_mask: unknown method {method!r}; choose one of {list_methods()}")
-    if method == "topn" and pattern.transposable:
-        raise ConfigError(
-            f"find_mask: method 'topn' does not make transposable masks (pattern {pattern}); use 'exact', "
-            f"'greedy' or 'greedy-repair', or the plain pattern '{pattern.n}:{pattern.m}'"
-        )
-    if not pattern.transposable and not any(spec.plain for spec in list_solvers(method)):
-        method = "topn"
+    method = normalize_method(method, pattern)
     if scores is None:
         importance = weight.detach().abs()
     else:

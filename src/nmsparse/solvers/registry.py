@@ -75,6 +75,9 @@ __all__ = [
     "list_solvers",
     "available_backends",
     "select_solver",
+    "normalize_method",
+    "resolve",
+    "ResolvedSolver",
     "numba_available",
 ]
 
@@ -248,7 +251,7 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
     """
     kind = None if device is None else torch.device(device).type
     return sorted({spec.backend for spec in _SOLVERS.values()
-                   if spec.is_available() and (kind is None or spec.devices is None or kind in spec.devices)})
+                   if (kind is None or spec.devices is None or kind in spec.devices) and spec.is_available()})
 
 
 def select_solver(method: str, backend: str, pattern: NMPattern, device: str, dtype: torch.dtype) -> SolverSpec:
@@ -291,6 +294,83 @@ def select_solver(method: str, backend: str, pattern: NMPattern, device: str, dt
             f"that can: {choices} (or backend='auto')"
         )
     return next(spec for spec in specs if spec.backend == backend)
+
+
+def normalize_method(method: object, pattern: NMPattern, *, where: str = "find_mask") -> str:
+    """The registered method that runs ``method`` on ``pattern``: ``"auto"`` is ``"exact"`` for transposable
+    patterns and ``"topn"`` for plain ones, and a method without a plain solver runs ``"topn"`` on plain patterns
+    (every built-in rule reduces to per-group top-n when only groups are constrained).
+
+    Raises:
+        ConfigError: not a string, an unknown method, or ``"topn"`` with a transposable pattern.
+    """
+    if not isinstance(method, str):
+        raise ConfigError(f"{where}: method must be a string, one of {list_methods()}; got {method!r}")
+    if method == "auto":
+        method = "exact" if pattern.transposable else "topn"
+    if method not in list_methods():
+        raise ConfigError(f"{where}: unknown method {method!r}; choose one of {list_methods()}")
+    if method == "topn" and pattern.transposable:
+        raise ConfigError(
+            f"{where}: method 'topn' does not make transposable masks (pattern {pattern}); use 'exact', "
+            f"'greedy' or 'greedy-repair', or the plain pattern '{pattern.n}:{pattern.m}'"
+        )
+    if not pattern.transposable and not any(spec.plain for spec in list_solvers(method)):
+        method = "topn"
+    return method
+
+
+@dataclass(frozen=True)
+class ResolvedSolver:
+    """One registered solver chosen for one request, validated once; calling it checks nothing.
+
+    ``solver(scores)`` runs ``spec.fn(scores, pattern, progress)`` directly. The caller guarantees what
+    :func:`nmsparse.find_mask` would otherwise check: ``scores`` is a contiguous ``[rows, K]`` matrix of
+    :attr:`dtype` on the resolved device, finite, with ``K`` (and ``rows`` for transposable patterns) a multiple of
+    ``m``. The result is the solver's mask (``torch.bool [rows, K]``), not re-checked.
+    """
+
+    spec: SolverSpec
+    pattern: NMPattern
+    dtype: torch.dtype
+
+    def __call__(self, scores: torch.Tensor, progress: bool | None = False) -> torch.Tensor:
+        return self.spec.fn(scores, self.pattern, progress)
+
+
+def resolve(method: str, pattern: NMPattern | str, device: torch.device | str,
+            dtype: torch.dtype = torch.float32, *, backend: str = "auto") -> ResolvedSolver:
+    """Validate a request once and return its solver as a plain callable ``scores [rows, K] -> mask``.
+
+    For inner loops that solve many matrices of one layer (e.g. SparseGPT, once per block of columns for all
+    rows): the method, backend, pattern, device and dtype are checked here, the per-call input checks of
+    :func:`nmsparse.find_mask` are skipped (see :class:`ResolvedSolver` for what the caller guarantees).
+
+    Args:
+        method: as in ``find_mask`` (``"auto"``, ``"topn"``, ``"exact"``, ...).
+        pattern: ``"2:4"``, ``"4:8-T"``, ... or an :class:`~nmsparse.NMPattern`.
+        device: where the scores live.
+        dtype: dtype of the scores; the solver gets :attr:`ResolvedSolver.dtype` (fp16/bf16 widen to float32
+            for solvers that declare only float32/float64).
+        backend: ``"auto"`` or a registered backend name.
+
+    Raises:
+        ConfigError, BackendUnavailableError: as :func:`nmsparse.find_mask`.
+
+    Example:
+        >>> import torch
+        >>> solve = resolve("auto", "2:4", "cpu")
+        >>> solve(torch.tensor([[0.1, -0.9, 0.3, 0.4]]).abs()).int().tolist()
+        [[0, 1, 0, 1]]
+    """
+    pattern = NMPattern.parse(pattern)
+    method = normalize_method(method, pattern, where="resolve")
+    if not isinstance(backend, str):
+        raise ConfigError(f"resolve: backend must be a string, got {backend!r}")
+    spec = select_solver(method, backend, pattern, torch.device(device).type, dtype)
+    score_dtype = spec.score_dtype(dtype)
+    assert score_dtype is not None  # select_solver checked it
+    return ResolvedSolver(spec, pattern, score_dtype)
 
 
 def numba_available() -> bool:
