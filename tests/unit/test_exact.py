@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 
@@ -238,8 +239,12 @@ def test_kernel_matches_python_twin_bit_for_bit(m: int, ns: range | tuple[int, .
 
 def test_kernel_reports_compile_time() -> None:
     exact.flow_kernel()
-    assert exact.KERNEL_INFO["backend"] in ("numba", "python")
-    assert isinstance(exact.KERNEL_INFO["compile_s"], float) and exact.KERNEL_INFO["compile_s"] >= 0.0
+    info = exact.KERNEL_INFO
+    assert info["backend"] in ("numba", "python")
+    if info["backend"] == "python":
+        assert info["compile_s"] == 0.0  # nothing to compile
+    else:  # flow_kernel times the first call of the compiled kernel before returning it
+        assert isinstance(info["compile_s"], float) and math.isfinite(info["compile_s"])
 
 
 def test_python_fallback_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -344,7 +349,7 @@ def test_cuda_matches_cpu(pattern: str) -> None:
     np.testing.assert_allclose(on_cuda, _values(blocks, to_blocks(cpu, p.m)), rtol=1e-6)
 
 
-# --- extreme float64 (issue 7, fault 1) -----------------------------------------------------------
+# --- extreme float64 (issue 7) -----------------------------------------------------------
 
 
 def _scaled_optimum(blocks: torch.Tensor, masks: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:

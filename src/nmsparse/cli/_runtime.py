@@ -51,6 +51,7 @@ def configure_runtime(threads: int | None, model: str | None = None) -> int:
         pass
     else:
         numba.set_num_threads(max(1, min(count, int(getattr(numba.config, "NUMBA_NUM_THREADS", count)))))
+        torch.set_num_threads(count)  # starting numba's threading layer can reset torch's count
     return torch.get_num_threads()
 
 

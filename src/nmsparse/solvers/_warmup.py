@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 
 from ..pattern import NMPattern, PatternLike
+from ._threads import wait_builds
 from .registry import list_solvers
 
 __all__ = ["warmup", "DEFAULT_WARMUP_PATTERNS"]
@@ -62,9 +63,7 @@ def warmup(patterns: Iterable[PatternLike] | None = None, methods: Iterable[str]
                 find_mask(weight, pattern, method=spec.name, backend=spec.backend, progress=False)
                 if weight.device.type == "cuda":
                     torch.cuda.synchronize(weight.device)
-                if spec.backend == "numba":  # a first greedy call compiles in the background: wait for it
-                    from .greedy_cpu import wait_compiled
-
-                    wait_compiled()
+                if spec.backend == "numba":  # a first call answers, then compiles in the background: wait
+                    wait_builds()
                 times[f"{spec.label} {pattern} {str(dtype).removeprefix('torch.')}"] = time.perf_counter() - start
     return times

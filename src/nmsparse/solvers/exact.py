@@ -14,6 +14,11 @@ entries in every row and every column and maximise the kept score. Two exact sol
   augmentations per block instead of the ``n * m = 32`` of a cold start. For ``n > m / 2`` it solves the
   complement (drop ``m - n``), whose warm start is cheaper. Always runs on the CPU, in float64.
 
+  The first call of a process does not wait for numba (issue 16: compiling the kernel takes seconds): up to
+  ``_TWIN_WORK`` it is answered by the kernel's vectorised numpy twin (:func:`_flow_blocks_np`, the same steps
+  in lockstep over the blocks: the same masks bit for bit, several times slower), and the kernel then compiles
+  (or loads from numba's on-disk cache) on a background thread; calls keep taking the twin until it is ready.
+
 ``exact_blocks(..., at_most=True)`` solves the relaxation "at most ``n`` per row and column" instead (same
 kernel, plus a zero-cost bypass from every row to the sink), whose optimum can be larger: see
 :func:`exact_blocks`.
@@ -40,7 +45,7 @@ from .._logging import logger
 from ..errors import InputError, PatternError
 from ..pattern import NMPattern
 from ._blocks import solve_blocks
-from ._threads import run_split
+from ._threads import run_split, start_build
 from .enumerate import MAX_ENUM_M, enumerate_blocks
 
 __all__ = ["exact_matrix", "exact_blocks", "flow_blocks", "flow_kernel", "KERNEL_INFO", "enumerate_matrix",
@@ -56,6 +61,10 @@ _KERNEL_VALUES = 1 << 22
 #: split the blocks before the call (see :mod:`nmsparse.solvers._threads`), so one run: scratch is allocated once
 #: per call (256 runs per call cost more allocations than the solve of a small slice).
 _KERNEL_RUNS = 1
+
+#: Largest first call (``blocks * m**3``; 8192 blocks of 8x8, 2048 of 16x16) answered by the numpy twin of the
+#: kernel while numba compiles it in the background (about 0.1-0.3 s on a quiet 2-core machine).
+_TWIN_WORK = 1 << 23
 
 #: Filled on first use: ``backend`` ("numba" or "python") and ``compile_s`` (seconds of the first call,
 #: including numba's compilation or its load from the on-disk cache).
@@ -265,6 +274,107 @@ def _flow_blocks_py(blocks: np.ndarray, n: int, at_most: bool, out: np.ndarray) 
                     out[b, i, j] = x[i, j] != flip
 
 
+def _flow_blocks_np(blocks: np.ndarray, n: int, out: np.ndarray) -> None:
+    """The kernel's vectorised numpy twin for ``at_most=False``: the same masks, bit for bit, without numba.
+
+    It answers a first call while numba compiles the kernel on a background thread (issue 16: a compile takes
+    seconds). Every block runs the kernel's own steps in lockstep: the same scaling (``ldexp``), the same warm
+    start, then one Dijkstra per round with the same float64 expressions evaluated in the same order and the
+    same tie rules (the first minimum; columns before rows; nodes ``0..m-1`` are the columns, ``m..2m-1`` the
+    rows), one augmentation per block and round. Blocks leave the batch once every column holds ``n``.
+    """
+    nblocks, m, _ = blocks.shape
+    flip = 2 * n > m
+    if flip:
+        n = m - n
+    amax = np.abs(blocks).max(axis=(1, 2))
+    shift = np.where(amax > 0.0, -np.frexp(amax)[1], 0)
+    s = np.ldexp(blocks, shift[:, None, None])
+    if flip:
+        s = -1.0 * s
+    order = np.argsort(-s, axis=2, kind="stable")  # top-n of every row, ties to the lower column
+    x = np.zeros(s.shape, dtype=np.bool_)
+    np.put_along_axis(x, order[:, :, :n], True, axis=2)
+    pr = np.take_along_axis(s, order[:, :, n:n + 1], axis=2)[:, :, 0].copy()  # the best unkept score
+    pc = np.zeros((nblocks, m))
+    deg = x.sum(axis=1)
+    excess = np.maximum(deg - n, 0).sum(axis=1)
+    ids = np.arange(nblocks)
+    inf = np.inf
+    arcs = np.empty((nblocks, 2 * m, m))  # reused every round: fresh large temporaries cost page faults
+    while True:
+        finished = excess == 0
+        if finished.any():
+            out[ids[finished]] = x[finished] != flip
+            keep = ~finished
+            if not keep.any():
+                return
+            s, x, pr, pc, deg, excess, ids = (a[keep] for a in (s, x, pr, pc, deg, excess, ids))
+        count = ids.size
+        ar = np.arange(count)
+        # This round's arc costs, inf where there is no arc: arcs[b, j, i] from column j to row i over a kept
+        # entry (s - pr + pc), arcs[b, m + i, k] from row i to column k over an unkept one (pr - pc - s); both
+        # clamped at 0 like the kernel's (np.maximum keeps -0.0 where the kernel does too).
+        to_rows = arcs[:count, :m]
+        np.subtract(s.transpose(0, 2, 1), pr[:, None, :], out=to_rows)
+        to_rows += pc[:, :, None]
+        np.maximum(to_rows, 0.0, out=to_rows)
+        np.copyto(to_rows, inf, where=~x.transpose(0, 2, 1))
+        to_cols = arcs[:count, m:]
+        np.subtract(pr[:, :, None], pc[:, None, :], out=to_cols)
+        to_cols -= s
+        np.maximum(to_cols, 0.0, out=to_cols)
+        np.copyto(to_cols, inf, where=x)
+        over = deg > n
+        dist = np.full((count, 2 * m), inf)
+        pred = np.full((count, 2 * m), -1)
+        done = np.zeros((count, 2 * m), dtype=np.bool_)
+        dist[:, :m][over] = 0.0
+        done[:, :m] = over
+        sources = np.where(over[:, :, None], to_rows, inf)  # [block, over-full column, row]
+        dist[:, m:] = sources.min(axis=1)
+        pred[:, m:] = np.where(dist[:, m:] < inf, sources.argmin(axis=1), -1)
+        target = np.full(count, -1)
+        reach = np.zeros(count)
+        live = ar
+        while live.size:
+            d = np.where(done[live], inf, dist[live])
+            u = d.argmin(axis=1)
+            best = d[np.arange(live.size), u]
+            found = best < inf  # always, for 1 <= n < m
+            if not found.all():
+                live, u, best = live[found], u[found], best[found]
+            done[live, u] = True
+            hit = (u < m) & (deg[live, np.minimum(u, m - 1)] < n)  # an under-full column: the target
+            if hit.any():
+                target[live[hit]] = u[hit]
+                reach[live[hit]] = best[hit]
+                go = ~hit
+                live, u, best = live[go], u[go], best[go]
+            halves = np.full((live.size, 2, m), inf)  # a column reaches rows (half 1), a row columns (half 0)
+            halves[np.arange(live.size), (u < m).astype(np.intp)] = best[:, None] + arcs[live, u]
+            nd = halves.reshape(live.size, 2 * m)
+            cur = dist[live]
+            better = (nd < cur) & ~done[live]
+            dist[live] = np.where(better, nd, cur)
+            pred[live] = np.where(better, u[:, None], pred[live])
+        pc += np.where(done[:, :m], dist[:, :m], reach[:, None])
+        pr += np.where(done[:, m:], dist[:, m:], reach[:, None])
+        idx = ar[target >= 0]
+        col = target[idx]
+        deg[idx, col] += 1
+        while idx.size:  # flip each alternating path back from its target to its source column
+            row = pred[idx, col] - m
+            more = row >= 0
+            if not more.all():
+                deg[idx[~more], col[~more]] -= 1
+                idx, col, row = idx[more], col[more], row[more]
+            x[idx, row, col] = True
+            col = pred[idx, m + row]
+            x[idx, row, col] = False
+        excess -= 1
+
+
 _KERNEL: Callable[[np.ndarray, int, bool, np.ndarray], None] | None = None
 _KERNEL_LOCK = threading.Lock()
 
@@ -318,9 +428,18 @@ def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False, compiled
     device. Deterministic: the same scores always give the same mask. ``at_most``: see :func:`exact_blocks`.
     ``compiled=False`` runs the kernel's plain-Python twin (the ``"python"`` backend).
     """
-    kernel = flow_kernel() if compiled else _flow_blocks_py
     device = blocks.device
     nblocks, m, _ = blocks.shape
+    if (compiled and _KERNEL is None and not at_most and nblocks * m ** 3 <= _TWIN_WORK
+            and importlib.util.find_spec("numba") is not None):
+        # numba's compile takes seconds: answer with the kernel's bit-equal numpy twin, then compile in the
+        # background (issue 16). A bigger first call waits for the compiler instead: its share of the wait is less.
+        array = blocks.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
+        out = np.empty(array.shape, dtype=np.bool_)
+        _flow_blocks_np(array, n, out)
+        start_build("exact", flow_kernel)
+        return torch.from_numpy(out).to(device)
+    kernel = flow_kernel() if compiled else _flow_blocks_py
     out = np.empty((nblocks, m, m), dtype=np.bool_)
     step = max(1, _KERNEL_VALUES // (m * m))
     for start in range(0, nblocks, step):

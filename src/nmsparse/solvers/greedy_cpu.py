@@ -6,12 +6,15 @@ for other devices. numba is imported on first use, not at package import; the ke
 ``cache=True`` (numba's on-disk cache), so only the first process ever pays the compilation, and
 :func:`nmsparse.solvers.warmup` moves that cost out of timed work.
 
-A first call never waits for the compiler (issue 16): while the kernel for a dtype is being compiled (or loaded
-from the cache) on a background thread, masks come from the bit-equal torch version, so the result is the same.
+A first call never waits for the compiler (issue 16): it answers with the bit-equal torch version, then starts
+the compile (or cache load) of the kernel for its dtype on a background thread; until that is done, masks keep
+coming from the torch version, so the result is the same.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import threading
 import warnings
 from collections.abc import Callable
@@ -19,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._threads import run_split
+from ._threads import build_done, run_split, start_build, wait_builds
 from .greedy import blockwise_greedy, greedy_blocks
 
 __all__ = ["greedy_blocks_cpu", "greedy_kernel", "greedy_numba_matrix", "greedy_repair_numba_matrix"]
@@ -61,32 +64,18 @@ def _greedy_kernel(blocks: np.ndarray, n: int, keep: np.ndarray) -> None:  # pra
 
 _KERNEL: Callable[[np.ndarray, int, np.ndarray], None] | None = None
 _LOCK = threading.Lock()
-#: dtype name -> the thread compiling (or loading) the kernel for it; a dtype is ready once its thread is done.
-_BUILDS: dict[str, threading.Thread] = {}
 
 
-def _ready(kernel: Callable[[np.ndarray, int, np.ndarray], None], dtype: np.dtype) -> bool:
-    """Whether ``kernel`` is compiled for ``dtype``; the first time, start compiling it on a background thread."""
-    key = np.dtype(dtype).name
-    with _LOCK:
-        build = _BUILDS.get(key)
-        if build is None:
-            def compile_now() -> None:
-                try:
-                    kernel(np.zeros((1, 2, 2), dtype=dtype), 1, np.zeros((1, 2, 2), dtype=np.bool_))
-                except Exception:  # noqa: BLE001, S110 - the next call on the caller's thread raises it
-                    pass
-
-            build = threading.Thread(target=compile_now, name=f"nmsparse-greedy-compile-{key}", daemon=True)
-            _BUILDS[key] = build
-            build.start()
-    return not build.is_alive()
+def _compile(dtype: np.dtype) -> None:
+    """Compile (or load from numba's cache) the kernel for ``dtype`` blocks: one call on a tiny block."""
+    kernel = greedy_kernel()
+    if kernel is not None:
+        kernel(np.zeros((1, 2, 2), dtype=dtype), 1, np.zeros((1, 2, 2), dtype=np.bool_))
 
 
 def wait_compiled() -> None:
     """Wait for every kernel compile started so far (what :func:`nmsparse.solvers.warmup` needs)."""
-    for build in list(_BUILDS.values()):
-        build.join()
+    wait_builds()
 
 
 def greedy_kernel() -> Callable[[np.ndarray, int, np.ndarray], None] | None:
@@ -107,14 +96,22 @@ def greedy_kernel() -> Callable[[np.ndarray, int, np.ndarray], None] | None:
 def greedy_blocks_cpu(blocks: torch.Tensor, n: int) -> torch.Tensor:
     """Greedy mask of CPU ``blocks [B, m, m]`` (float32/float64) with the compiled kernel.
 
-    Falls back to the vectorised torch version (one warning) when numba is missing.
+    Until the kernel for the blocks' dtype is compiled (on a background thread, started by the first call), and
+    when numba is missing (one warning), the vectorised torch version answers: the same mask.
     """
+    array = blocks.detach().to("cpu").contiguous().numpy()
+    build = f"greedy-{array.dtype.name}"
+    if not build_done(build):  # the first call answers first, then starts the compile
+        if importlib.util.find_spec("numba") is None:
+            warnings.warn("numba is not installed: greedy masks use the slower vectorised torch path",
+                          stacklevel=2)
+            return greedy_blocks(blocks, n)
+        keep_torch = greedy_blocks(blocks, n)
+        start_build(build, functools.partial(_compile, array.dtype))
+        return keep_torch
     kernel = greedy_kernel()
     if kernel is None:
         warnings.warn("numba is not installed: greedy masks use the slower vectorised torch path", stacklevel=2)
-        return greedy_blocks(blocks, n)
-    array = blocks.detach().to("cpu").contiguous().numpy()
-    if not _ready(kernel, array.dtype):  # still compiling: the bit-equal torch version, no wait
         return greedy_blocks(blocks, n)
     keep = np.zeros(array.shape, dtype=np.bool_)
     if array.shape[0]:
