@@ -109,7 +109,7 @@ def bench_minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _train_cnn(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
-    from nmsparse.recipes.train import Trainer, build_data, load_config
+    from nmsparse.recipes.classify import Trainer, build_data, load_config
 
     cfg = load_config(None, mode="dense", model="cnn", data="digits", epochs=args.cnn_epochs, baseline=False,
                       device=args.device, width=args.cnn_width, seed=args.seed)
@@ -169,7 +169,7 @@ def bench_resnet50(args: argparse.Namespace) -> dict[str, Any]:
     """Scale check: every fitting conv of a randomly initialised ResNet-50 (53 layers), peak memory and time."""
     import resource
 
-    from nmsparse.recipes.train import build_model
+    from nmsparse.recipes.classify import build_model
 
     torch.manual_seed(args.seed)
     model = build_model("resnet50", in_channels=3, num_classes=1000, image_size=args.resnet_size).to(args.device)

@@ -122,9 +122,9 @@ def _lm_part(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     for method in methods:
         for pattern in patterns:
             pruned = copy.deepcopy(model)
-            config = OneShotConfig(max_memory_mb=args.budget_mb)
+            config = OneShotConfig(memory_budget=str(int(args.budget_mb * 2**20)))
             report, rss, seconds = _measured(functools.partial(prune_oneshot_, pruned, calibration, pattern,
-                                                               method=method, config=config, progress=False))
+                                                               algorithm=method, config=config, progress=False))
             ppl = perplexity(pruned, evaluation, context=context)
             row = {"method": method, "pattern": pattern, "perplexity": ppl, "increase_pct": 100 * (ppl / dense - 1),
                    "seconds": seconds, "block_seconds_mean": statistics.mean(report.block_seconds),
@@ -178,9 +178,9 @@ def _llama_part(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for method, pattern in [(m, p) for m in args.llama_methods for p in args.llama_patterns]:
         pruned = copy.deepcopy(model) if len(args.llama_methods) * len(args.llama_patterns) > 1 else model
-        config = OneShotConfig(max_memory_mb=args.llama_budget_mb)
+        config = OneShotConfig(memory_budget=str(int(args.llama_budget_mb * 2**20)))
         report, rss, seconds = _measured(functools.partial(prune_oneshot_, pruned, calibration, pattern,
-                                                           method=method, config=config, progress=args.progress))
+                                                           algorithm=method, config=config, progress=args.progress))
         within = rss is not None and rss <= args.llama_budget_mb
         row = {"method": method, "pattern": pattern, "seconds": seconds, "block_seconds": report.block_seconds,
                "memory_estimate_mb": report.memory_estimate_mb, "peak_tracked_mb": report.peak_tracked_mb,
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-samples", type=int, default=128, help="part 1 calibration windows")
     parser.add_argument("--context", type=int, default=128, help="part 1 window length")
     parser.add_argument("--eval-tokens", type=int, default=65536, help="part 1 held-out tokens")
-    parser.add_argument("--budget-mb", type=float, default=1024.0, help="part 1 max_memory_mb")
+    parser.add_argument("--budget-mb", type=float, default=1024.0, help="part 1 memory budget, MiB")
     parser.add_argument("--skip-lm", action="store_true", help="skip part 1")
     parser.add_argument("--skip-llama", action="store_true", help="skip part 2")
     parser.add_argument("--llama-layers", type=int, default=4, help="part 2 decoder layers (default: 4)")
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-batch", type=int, default=4, help="part 2 sequences per batch")
     parser.add_argument("--llama-context", type=int, default=256, help="part 2 sequence length")
     parser.add_argument("--llama-vocab", type=int, default=1024, help="part 2 vocabulary (embeddings stay small)")
-    parser.add_argument("--llama-budget-mb", type=float, default=1024.0, help="part 2 max_memory_mb")
+    parser.add_argument("--llama-budget-mb", type=float, default=1024.0, help="part 2 memory budget, MiB")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
                         help="progress bars of part 2 on stderr (default: off)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(cores, 4))")

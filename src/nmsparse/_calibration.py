@@ -1,30 +1,56 @@
 """Calibration batches: how a batch is fed to a model, moved to a device, counted and checked.
 
-Shared by AdaPrune (:mod:`nmsparse.adaprune`) and batch-norm re-estimation (:mod:`nmsparse.nn.batchnorm`): a
-calibration set is any re-iterable of batches; a mapping is fed as ``model(**batch)`` (tokenizer output), a tuple
-or list as ``model(*batch)``, anything else as ``model(batch)``.
+Shared by one-shot calibration (:mod:`nmsparse.oneshot`) and batch-norm re-estimation
+(:mod:`nmsparse.nn.batchnorm`): a calibration set is any re-iterable of batches; a mapping is fed as
+``model(**batch)`` (tokenizer output), a tuple or list as ``model(*batch)``, anything else as ``model(batch)``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, NMSparseError
 
-__all__ = ["feed", "call_style", "to_device", "model_device", "token_mask", "materialise", "batch_samples"]
+__all__ = ["feed", "feed_checked", "StopForward", "call_style", "to_device", "model_device", "token_mask",
+           "materialise", "batch_samples"]
 
 
-def feed(model: nn.Module, batch: Any) -> Any:
-    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list, ``model(batch)`` otherwise."""
+class StopForward(Exception):
+    """Raised by a hook once everything needed from a forward pass is recorded: the rest is not run."""
+
+
+def feed(model: nn.Module, batch: Any, **extra: Any) -> Any:
+    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list, ``model(batch)`` otherwise (plus
+    keyword arguments ``extra``, which a mapping's own keys override)."""
     if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
+        return model(**{**extra, **batch})
+    return model(*batch, **extra) if isinstance(batch, (tuple, list)) else model(batch, **extra)
+
+
+def feed_checked(model: nn.Module, batch: Any, index: int, device: torch.device, *, where: str) -> Any:
+    """:func:`feed` of calibration batch ``index`` on ``device``, with ``use_cache=False`` where the model takes it;
+    a batch the model cannot take becomes one :class:`InputError` naming it (:class:`StopForward` passes)."""
+    extra: dict[str, Any] = {}
+    try:
+        if "use_cache" in inspect.signature(model.forward).parameters:
+            extra["use_cache"] = False
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        pass
+    try:
+        return feed(model, to_device(batch, device), **extra)
+    except (StopForward, NMSparseError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the batch and call style named
+        raise InputError(
+            f"{where}: calibration batch {index} cannot be fed to the model as {call_style(batch)}: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}; every batch must be a valid model input (a dict "
+            f"is passed as keyword arguments, a tuple/list as positional arguments)"
+        ) from exc
 
 
 def call_style(batch: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import nmsparse
 from nmsparse.errors import ConfigError, InputError, OverwriteError
 from nmsparse.layout import to_blocks
 from nmsparse.oneshot import OneShotConfig, find_blocks, prune_oneshot_
-from nmsparse.oneshot.layer import prune_matrix, reconstruction_error, sparsegpt, sparsegpt_reference
+from nmsparse.oneshot.layer import reconstruction_error, sparsegpt
 from nmsparse.pattern import NMPattern
 from nmsparse.testing import assert_valid_mask, bruteforce_block_optimum, linprog_block_optimum
 
@@ -24,6 +25,37 @@ PATTERNS = ["2:4", "4:8", "2:4-T", "4:8-T"]
 def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """``get_masks`` keyed by module name (the tensor name without its ``.weight``)."""
     return {k.removesuffix(".weight"): v for k, v in nmsparse.get_masks(model).items()}
+
+
+def sparsegpt_reference(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *,
+                        damping: float = 0.01) -> SimpleNamespace:
+    """Slow, plain twin of :func:`sparsegpt` (float64, one column at a time, explicit inverses).
+
+    For column ``j`` (columns ``F = j, j+1, ...`` not yet pruned) it forms ``G = (H_FF)^-1`` explicitly. When
+    ``j`` starts a group of ``m`` columns, the group's mask is chosen on the saliency ``w_k^2 / [(H_{k:,k:})^-1]_00``
+    of the current weights; then the pruned part of column ``j`` is removed and the remaining columns get the OBS
+    update ``w_F -= (w_j - q_j) / G_00 * G_0,:``. Dead inputs (``H_jj = 0``) get ``H_jj = 1`` and zero weights.
+    """
+    rows, cols = weight.shape
+    m = pattern.m
+    hessian, w = gram.double().clone(), weight.double().clone()
+    diag = torch.diagonal(hessian)
+    dead = diag == 0
+    w[:, dead] = 0.0
+    diag[dead] = 1.0
+    diag += damping * float(diag.mean())
+    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    for j in range(cols):
+        if j % m == 0:
+            d2 = torch.stack([torch.linalg.inv(hessian[k:, k:])[0, 0] for k in range(j, j + m)])
+            saliency = w[:, j:j + m] ** 2 / d2
+            mask[:, j:j + m] = nmsparse.find_mask(w[:, j:j + m], pattern, scores=saliency,
+                                                  method="exact" if pattern.transposable else "topn")
+        inverse = torch.linalg.inv(hessian[j:, j:])
+        q = w[:, j] * mask[:, j]
+        w[:, j:] -= ((w[:, j] - q) / inverse[0, 0]).unsqueeze(1) * inverse[0].unsqueeze(0)
+        w[:, j] = q
+    return SimpleNamespace(weight=w, mask=mask)
 
 
 def _problem(rows: int, cols: int, tokens: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +78,18 @@ def test_sparsegpt_matches_reference(pattern):
     assert_valid_mask(fast.mask, pattern, exact_n=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("pattern", ["2:4", "4:8-T"])
+def test_sparsegpt_error_from_its_sweep_equals_the_reconstruction_error(pattern, dtype):
+    """The sweep's OBS losses, less the damping's share, are tr(dW H dW^T) on the undamped H (the report's)."""
+    weight, gram = _problem(32, 64, tokens=40)  # fewer tokens than inputs: the damping carries the factorisation
+    gram[5, :] = gram[:, 5] = 0.0
+    weight, gram = weight.to(dtype), gram.to(dtype)
+    result = sparsegpt(weight, gram, NMPattern.parse(pattern), damping=0.05, block_size=16)
+    expected = reconstruction_error(weight, result.weight, gram)[0]
+    assert result.error == pytest.approx(expected, rel=1e-9 if dtype == torch.float64 else 2e-6)
+
+
 def test_sparsegpt_float32_close_to_float64():
     weight, gram = _problem(32, 64)
     pattern = NMPattern.parse("2:4")
@@ -58,12 +102,19 @@ def test_sparsegpt_float32_close_to_float64():
     assert abs(e32 - e64) / e64 < 0.02
 
 
+def _score_prune(method: str, weight: torch.Tensor, gram: torch.Tensor, p: NMPattern) -> torch.Tensor:
+    """Mask of magnitude (``|w|``) or Wanda (``|w| * sqrt(diag H)``) from the solver the engine uses."""
+    scores = weight.abs() * (torch.diagonal(gram).sqrt() if method == "wanda" else 1.0)
+    return nmsparse.find_mask(weight, p, method="exact" if p.transposable else "topn", scores=scores)
+
+
 @pytest.mark.parametrize("pattern", PATTERNS)
 def test_sparsegpt_beats_magnitude_and_wanda_on_its_objective(pattern):
     weight, gram = _problem(32, 64, seed=1)
     p = NMPattern.parse(pattern)
-    errors = {m: reconstruction_error(weight, prune_matrix(m, weight, gram, p).weight, gram)[0]
-              for m in ("magnitude", "wanda", "sparsegpt")}
+    errors = {m: reconstruction_error(weight, weight * _score_prune(m, weight, gram, p), gram)[0]
+              for m in ("magnitude", "wanda")}
+    errors["sparsegpt"] = reconstruction_error(weight, sparsegpt(weight, gram, p).weight, gram)[0]
     assert errors["sparsegpt"] < errors["wanda"] and errors["sparsegpt"] < errors["magnitude"]
 
 
@@ -87,11 +138,18 @@ def test_sparsegpt_transposable_groups_are_optimal_for_their_saliency(pattern):
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
 def test_transposable_masks_of_score_methods_are_exact_for_their_scores(method):
     p = NMPattern.parse("2:4-T")
-    weight, gram = _problem(16, 32, seed=3)
-    result = prune_matrix(method, weight, gram, p)
-    scores = weight.abs() * (torch.diagonal(gram).sqrt() if method == "wanda" else 1.0)
-    assert torch.equal(result.mask, nmsparse.find_mask(weight, p, method="exact", scores=scores))
-    for block, keep in zip(to_blocks(scores, 4), to_blocks(result.mask, 4)):
+    weight, _ = _problem(16, 32, seed=3)
+    x = torch.randn(300, 32, generator=torch.Generator().manual_seed(3))
+    layer = nn.Linear(32, 16, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    prune_oneshot_(layer, [x], p, algorithm=method, config=OneShotConfig(dtype="float64"))
+    mask = nmsparse.get_masks(layer)["weight"]
+    gram = x.double().T @ x.double()
+    scores = weight.float().double().abs() * (
+        torch.diagonal(gram).sqrt() if method == "wanda" else 1.0)
+    assert torch.equal(mask, nmsparse.find_mask(scores, p, method="exact"))
+    for block, keep in zip(to_blocks(scores, 4), to_blocks(mask, 4)):
         best, _ = bruteforce_block_optimum(block, 2)
         assert float(block[keep].sum()) == pytest.approx(best, rel=1e-12)
 
@@ -132,7 +190,7 @@ def test_blocks_found_and_outside_layers_stay_dense():
     torch.manual_seed(0)
     model = _Stack()
     assert [n for n, _ in find_blocks(model, ["blocks.0.up", "head"])] == ["blocks.0", "blocks.1", "blocks.2"]
-    report = prune_oneshot_(model, _calibration(), "4:8-T", method="sparsegpt")
+    report = prune_oneshot_(model, _calibration(), "4:8-T", algorithm="sparsegpt")
     assert [r.name for r in report.layers] == [f"blocks.{i}.{k}" for i in range(3) for k in ("up", "down")]
     assert set(report.skipped) == {"embed", "head"}
     assert "outside" in report.skipped["head"]
@@ -150,9 +208,9 @@ def test_sequential_blocks_see_the_pruned_blocks_outputs():
     expected_model = copy.deepcopy(model)
     dense = copy.deepcopy(model)
     calibration = _calibration()
-    prune_oneshot_(model, calibration, "2:4", method="wanda")
+    prune_oneshot_(model, calibration, "2:4", algorithm="wanda")
 
-    prune_oneshot_(expected_model, calibration, "2:4", method="wanda", config=OneShotConfig(include=["blocks.0.*"]))
+    prune_oneshot_(expected_model, calibration, "2:4", algorithm="wanda", config=OneShotConfig(include=["blocks.0.*"]))
     inputs = []
     hook = expected_model.blocks[1].up.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
     with torch.no_grad():
@@ -179,7 +237,7 @@ def test_sequential_false_uses_dense_activations():
     model = _Stack(depth=2)
     reference = copy.deepcopy(model)
     calibration = _calibration()
-    prune_oneshot_(model, calibration, "2:4", method="wanda", config=OneShotConfig(sequential=False))
+    prune_oneshot_(model, calibration, "2:4", algorithm="wanda", config=OneShotConfig(sequential=False))
     inputs = []
     hook = reference.blocks[1].up.register_forward_pre_hook(lambda _m, args: inputs.append(args[0]))
     with torch.no_grad():
@@ -204,7 +262,7 @@ def test_memory_budget_refusal_leaves_model_unchanged():
 
 def test_budget_covers_tracked_working_memory():
     torch.manual_seed(0)
-    report = prune_oneshot_(_Stack(width=32), _calibration(), "2:4", method="sparsegpt")
+    report = prune_oneshot_(_Stack(width=32), _calibration(), "2:4", algorithm="sparsegpt")
     assert 0 < report.peak_tracked_mb <= report.memory_estimate_mb <= report.max_memory_mb
 
 
@@ -212,37 +270,63 @@ def test_magnitude_needs_no_calibration_and_equals_find_mask():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8))
     weight = model[0].weight.detach().clone()
-    report = prune_oneshot_(model, None, "2:4-T", method="magnitude")
+    report = prune_oneshot_(model, None, "2:4-T", algorithm="magnitude")
     assert [r.name for r in report.layers] == ["0", "2"]
     assert torch.equal(_masks(model)["0"], nmsparse.find_mask(weight, "2:4-T", method="exact"))
 
 
 def test_bad_inputs_are_clear_errors():
     model = _Stack()
-    with pytest.raises(ConfigError, match="method must be one of"):
-        prune_oneshot_(model, _calibration(), "2:4", method="obs")
+    with pytest.raises(ConfigError, match="algorithm must be one of"):
+        prune_oneshot_(model, _calibration(), "2:4", algorithm="obs")
     with pytest.raises(InputError, match="needs calibration data"):
-        prune_oneshot_(model, None, "2:4", method="sparsegpt")
+        prune_oneshot_(model, None, "2:4", algorithm="sparsegpt")
     with pytest.raises(InputError, match="wrap one batch in a list"):
         prune_oneshot_(model, torch.randn(2, 8), "2:4")
     with pytest.raises(InputError, match="empty"):
         prune_oneshot_(model, [], "2:4")
     with pytest.raises(ConfigError, match="OneShotConfig"):
         prune_oneshot_(model, _calibration(), "2:4", config={"damping": 0.1})
-    with pytest.raises(ConfigError, match="no linear layer"):
+    with pytest.raises(ConfigError, match="no layer of the model can take pattern 2:4"):
         prune_oneshot_(nn.Sequential(nn.Linear(6, 6)), [torch.randn(2, 6)], "2:4")
     with pytest.raises(ConfigError, match="damping"):
-        OneShotConfig(damping=-1.0)
+        OneShotConfig(options={"damping": -1.0})
+    with pytest.raises(ConfigError, match="block_size.*did you mean"):
+        OneShotConfig(algorithm="adaprune", options={"block_size": 4})
     assert OneShotConfig.from_dict(OneShotConfig(include=["a.*"]).to_dict()) == OneShotConfig(include=("a.*",))
 
 
-def test_already_pruned_layers_are_skipped_with_reason():
+def test_already_pruned_layers_are_re_pruned_on_their_survivors():
     torch.manual_seed(0)
     model = _Stack(depth=1)
-    nmsparse.prune_(model, "2:4", include=["blocks.0.up"])
-    report = prune_oneshot_(model, _calibration(), "2:4", method="wanda")
-    assert [r.name for r in report.layers] == ["blocks.0.down"]
-    assert "already carries a parametrization" in report.skipped["blocks.0.up"]
+    nmsparse.prune_(model, "4:8", include=["blocks.0.up"])
+    survivors = model.blocks[0].up.weight.detach() != 0
+    report = prune_oneshot_(model, _calibration(), "2:8", algorithm="wanda")
+    assert [r.name for r in report.layers] == ["blocks.0.up", "blocks.0.down"]
+    assert bool((_masks(model)["blocks.0.up"] <= survivors).all())  # the new mask keeps only survivors
+
+
+def test_layers_outside_the_blocks_are_pruned_last_when_asked():
+    torch.manual_seed(0)
+    model = _Stack(depth=2)
+    report = prune_oneshot_(model, _calibration(), "2:4", algorithm="wanda",
+                            config=OneShotConfig(prune_outside_blocks=True))
+    assert report.pruned[-2:] == ["embed", "head"] and report.blocks == 3 and not report.skipped
+    assert report.layers[-1].block == 2 and report.layers[-1].tokens == 4 * 10 * 3
+
+
+def test_old_names_are_deprecated_but_work():
+    calibration = _calibration()
+    torch.manual_seed(0)
+    new = prune_oneshot_(_Stack(), calibration, "2:4", algorithm="sparsegpt",
+                         config=OneShotConfig(options={"damping": 0.05}, memory_budget="64MiB"))
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match="algorithm"):
+        old = prune_oneshot_(_Stack(), calibration, "2:4", method="sparsegpt",
+                             config=OneShotConfig(damping=0.05, max_memory_mb=64.0))
+    assert [r.relative_error for r in old] == [r.relative_error for r in new]
+    assert old.memory_budget == new.memory_budget == 64 << 20
+    assert torch.equal(old.model.blocks[0].up.weight, new.model.blocks[0].up.weight)
 
 
 # ------------------------------------------------------------------------------------------ transformers models
@@ -287,7 +371,7 @@ def test_verb_on_transformers_models(build, method, pattern, tmp_path):
     model = build()
     linears = [n for n, m in model.named_modules()
                if type(m).__name__ in ("Linear", "Conv1D") and n != "lm_head"]
-    report = prune_oneshot_(model, _tokens(), pattern, method=method,
+    report = prune_oneshot_(model, _tokens(), pattern, algorithm=method,
                             config=OneShotConfig(adaprune_iterations=5))
     masks = _masks(model)
     assert sorted(r.name for r in report.layers) == sorted(linears) == sorted(masks)
@@ -305,7 +389,7 @@ def test_saved_folder_reloads_to_identical_logits(build, tmp_path):
 
     torch.manual_seed(0)
     model = build()
-    prune_oneshot_(model, _tokens(), "2:4-T", method="sparsegpt")
+    prune_oneshot_(model, _tokens(), "2:4-T", algorithm="sparsegpt")
     ids = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         expected = model(ids).logits

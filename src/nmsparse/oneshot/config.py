@@ -1,147 +1,186 @@
-"""Settings and reports of :func:`nmsparse.prune_oneshot_`."""
+"""Settings of :func:`nmsparse.prune_oneshot_`: one config for every layer method, memory in bytes.
+
+The per-layer *algorithm* (``algorithm="sparsegpt"``, ``"wanda"``, ...) is named apart from the *mask solver*
+(``method="auto"``, ``"exact"``, ... of :func:`nmsparse.find_mask`); each algorithm's own settings live in
+``options``, checked against the option table it registered (:mod:`nmsparse.oneshot.methods`).
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from .._validation import ConfigBase, Interval, Options, SequenceOf, config_field
+from ..config import ConfigBase, Interval, Options, Predicate, SequenceOf, config_field
+from ..errors import ConfigError
+from ..pattern import NMPattern
+from ..solvers import list_methods
 
-__all__ = ["OneShotConfig", "OneShotLayerReport", "OneShotReport", "DEFAULT_MAX_MEMORY_MB"]
+__all__ = ["OneShotConfig", "parse_memory", "DEFAULT_MEMORY_BUDGET", "solver_for"]
 
-#: Default working-memory budget of one-shot pruning (MiB).
-DEFAULT_MAX_MEMORY_MB = 4096.0
+#: Default bound on what one-shot calibration holds at once (activations, statistics, one solve).
+DEFAULT_MEMORY_BUDGET = "4GiB"
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "tb": 1000**4, "t": 1000**4}
+
+#: Old settings, accepted for one release with a DeprecationWarning: name -> what replaces it.
+_DEPRECATED = {"max_memory_mb": "memory_budget (bytes, or a size such as '4GiB')",
+               "damping": "options={'damping': ...}", "block_size": "options={'block_size': ...}",
+               "adaprune_iterations": "options={'iterations': ...} with algorithm='adaprune'"}
+
+
+def parse_memory(value: int | float | str) -> int:
+    """Bytes from an int or a string such as ``"512MiB"``, ``"2GiB"``, ``"1.5GB"``.
+
+    Raises:
+        ConfigError: not a positive size.
+
+    Example:
+        >>> parse_memory("2GiB"), parse_memory(4096)
+        (2147483648, 4096)
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"memory_budget: expected bytes or a size such as '1GiB', got {value!r}")
+    number = value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ConfigError(f"memory_budget: cannot read {value!r}; write a number of bytes or a size such as "
+                              f"'512MiB', '2GiB', '1.5GB'")
+        number = float(match.group(1)) * _UNITS[unit]
+    if int(number) <= 0:
+        raise ConfigError(f"memory_budget: must be positive, got {value!r}")
+    return int(number)
+
+
+def _readable_memory(value: object) -> bool:
+    try:
+        parse_memory(value)  # type: ignore[arg-type]
+    except ConfigError:
+        return False
+    return True
+
+
+#: The constraint of ``memory_budget`` (also :class:`~nmsparse.adaprune.AdaPruneConfig`'s).
+MEMORY_CONSTRAINT = Predicate(_readable_memory, "a size such as '512MiB', '4GiB' or a number of bytes")
+
+
+def normalise_fields(config: Any) -> None:
+    """In a frozen config's ``__post_init__``: a memory size in bytes becomes a string, a lone glob a tuple."""
+    if isinstance(config.memory_budget, int) and not isinstance(config.memory_budget, bool):
+        object.__setattr__(config, "memory_budget", str(config.memory_budget))
+    for name in ("include", "exclude"):
+        if isinstance(getattr(config, name), str):  # a lone string is one glob
+            object.__setattr__(config, name, (getattr(config, name),))
+
+
+def solver_for(pattern: NMPattern, method: str, where: str) -> str:
+    """The mask solver ``method`` resolves to for ``pattern`` (``"auto"``: top-n, or exact for ``-T``)."""
+    solver = method if method != "auto" else ("exact" if pattern.transposable else "topn")
+    if solver == "topn" and pattern.transposable:
+        raise ConfigError(f"{where}: method='topn' does not make transposable masks (pattern {pattern}); use "
+                          f"'exact', 'greedy' or 'greedy-repair', or the plain pattern '{pattern.n}:{pattern.m}'")
+    return solver
 
 
 @dataclass(frozen=True, kw_only=True)
 class OneShotConfig(ConfigBase):
-    """Settings of :func:`nmsparse.prune_oneshot_` (the method and pattern are arguments of the verb).
-
-    Attributes:
-        damping: SparseGPT's damping ``lambda`` of ``H + lambda I``, as a fraction of ``mean(diag(H))``.
-        block_size: SparseGPT's lazy-update block, in columns (rounded down to a multiple of ``m``).
-        sequential: block ``k`` is calibrated on the outputs of the already pruned blocks before it
-            (``False``: every block sees the dense model's activations).
-        include: fnmatch globs of module names; only matching linears are pruned.
-        exclude: fnmatch globs of module names kept dense.
-        max_memory_mb: budget for what one-shot pruning holds at once (calibration activations of one block's
-            input and output, the statistics of one block, one layer's solve), in MiB; checked before the model
-            changes.
-        dtype: floating type of the statistics and the solve ("float32" or "float64").
-        adaprune_iterations: conjugate-gradient iterations of the AdaPrune fit per layer (``method="adaprune"``).
+    """Settings of :func:`nmsparse.prune_oneshot_` (the pattern is an argument of the verb).
 
     Example:
         >>> from nmsparse.oneshot import OneShotConfig
-        >>> OneShotConfig(damping=0.05).to_dict()["damping"]
-        0.05
-        >>> OneShotConfig(block_size=0)
+        >>> config = OneShotConfig(algorithm="sparsegpt", options={"damping": 0.05}, memory_budget="2GiB")
+        >>> config.memory_bytes, config.method_options().damping
+        (2147483648, 0.05)
+        >>> OneShotConfig(options={"block_size": 0})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        nmsparse.errors.ConfigError: OneShotConfig: block_size must be an int in [1, inf); got 0
+        nmsparse.errors.ConfigError: OneShotConfig.options (...): SparseGPTOptions: block_size must be an int in [1, ...
     """
 
-    damping: float = config_field(0.01, help="SparseGPT damping of H + lambda*I, relative to mean(diag(H))")
-    block_size: int = config_field(128, help="SparseGPT lazy-update block, in columns")
-    sequential: bool = config_field(True, help="calibrate each decoder block on the pruned blocks' outputs")
+    algorithm: str = config_field("sparsegpt", help="per-layer algorithm: magnitude, wanda, sparsegpt, adaprune, "
+                                                    "or any registered with register_method")
+    method: str = config_field("auto", help="mask solver of find_mask (auto: top-n for plain, exact for -T)")
+    options: Mapping[str, Any] | None = config_field(None, help="the algorithm's own settings", flag=False)
     include: tuple[str, ...] | None = config_field(None, help="only prune modules matching these globs",
                                                   metavar="GLOB")
     exclude: tuple[str, ...] | None = config_field(None, help="keep modules matching these globs dense",
                                                   metavar="GLOB")
-    max_memory_mb: float = config_field(DEFAULT_MAX_MEMORY_MB,
-                                        help="working-memory budget in MiB (activations, statistics, one solve)",
-                                        metavar="MIB")
-    dtype: str = config_field("float32", help="dtype of the statistics and the solve")
-    adaprune_iterations: int = config_field(50, help="AdaPrune fit iterations per layer (method adaprune)")
+    keep_first_last: bool = config_field(False, help="keep the model's first and last prunable layers dense")
+    sequential: bool = config_field(True, help="calibrate on the outputs of the already pruned layers (no: every "
+                                               "layer sees the dense model's activations)")
+    memory_budget: str = config_field(DEFAULT_MEMORY_BUDGET, help="working memory held at once (activations, "
+                                      "statistics, one solve), e.g. 512MiB, 4GiB", metavar="SIZE")
+    prune_outside_blocks: bool = config_field(False, help="also prune the layers outside the model's repeated "
+                                              "blocks (last, on the whole model); no: embeddings and head stay dense")
+    dtype: str = config_field("float32", help="dtype of Gram statistics and solves")
+    ignore_padding: bool = config_field(True, help="leave padding tokens (attention_mask == 0) out of the statistics")
+    recalibrate_bn: bool = config_field(True, help="re-estimate batch-norm statistics on the calibration data")
+    max_memory_mb: float | None = config_field(None, help="deprecated: use --memory-budget", metavar="MIB")
+    damping: float | None = config_field(None, help="deprecated: use options", flag=False)
+    block_size: int | None = config_field(None, help="deprecated: use options", flag=False)
+    adaprune_iterations: int | None = config_field(None, help="deprecated: use options", flag=False)
 
     _constraints = {
-        "damping": [Interval(float, 0, None, closed="left")],
-        "block_size": [Interval(int, 1, None, closed="left")],
-        "sequential": [bool],
+        "algorithm": [str],
+        "method": [Options(list_methods() + ["auto"])],
+        "options": [Mapping, None],
         "include": [SequenceOf(str), None],
         "exclude": [SequenceOf(str), None],
-        "max_memory_mb": [Interval(float, 0, None, closed="neither")],
+        "keep_first_last": [bool],
+        "sequential": [bool],
+        "memory_budget": [MEMORY_CONSTRAINT],
+        "prune_outside_blocks": [bool],
         "dtype": [Options({"float32", "float64"})],
-        "adaprune_iterations": [Interval(int, 0, None, closed="left")],
+        "ignore_padding": [bool],
+        "recalibrate_bn": [bool],
+        "max_memory_mb": [Interval(float, 0, None, closed="neither"), None],
+        "damping": [Interval(float, 0, None, closed="left"), None],
+        "block_size": [Interval(int, 1, None, closed="left"), None],
+        "adaprune_iterations": [Interval(int, 0, None, closed="left"), None],
     }
 
+    def __post_init__(self) -> None:
+        normalise_fields(self)
+        if self.options is not None:
+            object.__setattr__(self, "options", dict(self.options))
+        for name, instead in _DEPRECATED.items():
+            if getattr(self, name) is not None:
+                warnings.warn(f"OneShotConfig({name}=...) is deprecated and will be removed in the next release; "
+                              f"use {instead}", DeprecationWarning, stacklevel=3)
+        super().__post_init__()
 
-@dataclass(frozen=True)
-class OneShotLayerReport:
-    """What one-shot pruning did to one layer.
+    def _check(self) -> None:
+        from .methods import get_method
 
-    Attributes:
-        name: qualified module name.
-        kind: module class (``"Linear"``, ``"Conv1D"``).
-        shape: matrix view ``(out, in)``.
-        block: index of the decoder block it belongs to.
-        tokens: calibration tokens in its statistics (0 without calibration).
-        relative_error: ``||X (W - W')^T|| / ||X W^T||`` (Frobenius norms, not squared) on its calibration
-            inputs (NaN without them).
-        damping: SparseGPT damping actually used (0 for other methods).
-        seconds: wall time of the solve.
-    """
+        get_method(self.algorithm, where="OneShotConfig")
+        self.method_options()
 
-    name: str
-    kind: str
-    shape: tuple[int, int]
-    block: int
-    tokens: int
-    relative_error: float
-    damping: float
-    seconds: float
-
-
-@dataclass
-class OneShotReport:
-    """Result of :func:`nmsparse.prune_oneshot_`.
-
-    Attributes:
-        method, pattern: what was run.
-        config: the settings (``OneShotConfig.to_dict()``).
-        layers: one :class:`OneShotLayerReport` per pruned layer, in model order.
-        skipped: module name -> why it stays dense.
-        blocks: decoder blocks processed (1 when the model has no repeated blocks).
-        block_seconds: wall time per block (statistics, solves and the forward passes).
-        seconds: total wall time.
-        memory_estimate_mb: working memory planned (the figure checked against the budget).
-        peak_tracked_mb: largest working memory actually held (activations, statistics, solve), in MiB.
-        max_memory_mb: the budget.
-    """
-
-    method: str
-    pattern: str
-    config: dict[str, Any]
-    layers: list[OneShotLayerReport] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    blocks: int = 0
-    block_seconds: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    memory_estimate_mb: float = 0.0
-    peak_tracked_mb: float = 0.0
-    max_memory_mb: float = 0.0
+    def _values(self) -> dict[str, Any]:
+        values = super()._values()
+        return {k: v for k, v in values.items() if not (k in _DEPRECATED and v is None)}
 
     @property
-    def mean_relative_error(self) -> float:
-        """Mean of the layers' relative reconstruction errors (NaN without calibration)."""
-        values = [r.relative_error for r in self.layers if not math.isnan(r.relative_error)]
-        return sum(values) / len(values) if values else math.nan
+    def memory_bytes(self) -> int:
+        """The budget in bytes (``max_memory_mb``, when given, wins for one release)."""
+        if self.max_memory_mb is not None:
+            return int(self.max_memory_mb * (1 << 20))
+        return parse_memory(self.memory_budget)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        out = asdict(self)
-        out["layers"] = [asdict(r) | {"shape": list(r.shape)} for r in self.layers]
-        out["mean_relative_error"] = self.mean_relative_error
-        return out
+    def method_options(self, algorithm: str | None = None) -> Any:
+        """The algorithm's options object, validated by its option table (deprecated flat settings folded in)."""
+        from .methods import get_method
 
-    def describe(self) -> str:
-        """A table: one line per layer, then the totals."""
-        lines = [f"{'layer':<44} {'shape':>11} {'block':>5} {'tokens':>7} {'rel.err':>8} {'s':>6}"]
-        for r in self.layers:
-            lines.append(f"{r.name:<44} {r.shape[0]:>5}x{r.shape[1]:<5} {r.block:>5} {r.tokens:>7} "
-                         f"{r.relative_error:>8.4f} {r.seconds:>6.2f}")
-        lines.append(f"{self.method} {self.pattern}: {len(self.layers)} layer(s) in {self.blocks} block(s), "
-                     f"{len(self.skipped)} skipped, {self.seconds:.1f} s, working memory {self.peak_tracked_mb:.0f} "
-                     f"MiB of {self.max_memory_mb:.0f} MiB")
-        lines += [f"  - {name}: {reason}" for name, reason in self.skipped.items()]
-        return "\n".join(lines)
+        name = algorithm or self.algorithm
+        spec = get_method(name, where="OneShotConfig")
+        values: dict[str, Any] = {}
+        if name == "sparsegpt":
+            values.update({k: getattr(self, k) for k in ("damping", "block_size") if getattr(self, k) is not None})
+        if name == "adaprune" and self.adaprune_iterations is not None:
+            values["iterations"] = self.adaprune_iterations
+        values.update(self.options or {})
+        return spec.options.from_dict(values, where=f"OneShotConfig.options (algorithm {name!r})")

@@ -131,7 +131,7 @@ def save_pruned_pretrained(model: nn.Module, out: str | os.PathLike[str], *, pat
         >>> from nmsparse.oneshot import prune_oneshot_
         >>> config = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=32, n_positions=16)
         >>> model = transformers.GPT2LMHeadModel(config).eval()
-        >>> _ = prune_oneshot_(model, [torch.randint(0, 32, (2, 8))], "2:4", method="wanda")
+        >>> _ = prune_oneshot_(model, [torch.randint(0, 32, (2, 8))], "2:4", algorithm="wanda")
         >>> folder = save_pruned_pretrained(model, pathlib.Path(tempfile.mkdtemp()) / "pruned", pattern="2:4")
         >>> reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
         >>> ids = torch.randint(0, 32, (1, 8))

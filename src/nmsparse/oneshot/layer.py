@@ -1,28 +1,24 @@
-"""One layer of one-shot pruning: calibration statistics, saliency, masks and the SparseGPT reconstruction.
+"""SparseGPT on one layer (Frantar & Alistarh, 2023), and the reconstruction error of any pruned layer.
 
 Every function here works on the *matrix view* ``W`` of a layer, ``[out, in]`` (an ``nn.Linear`` weight as is, a
 ``transformers`` ``Conv1D`` weight transposed), and on the layer's input Gram matrix ``H = sum_t x_t x_t^T``
 (``[in, in]``, summed over every calibration token ``t``). ``H`` is all a linear layer's calibration data
 contributes: the squared output error of any weight ``W'`` is ``tr((W - W') H (W - W')^T)``.
 
-Methods:
+SparseGPT damps ``H`` by ``damping * mean(diag(H))``, takes the upper Cholesky factor ``U`` of ``H^-1`` and sweeps
+the columns left to right in lazy blocks of ``block_size``. When the sweep reaches a group of ``m`` columns, the
+group's mask is chosen on the saliency ``w_ij^2 / U_jj^2`` of the weights *as updated so far* (``U_jj^2`` is the
+``[H_F^-1]_jj`` of the columns ``F`` not yet pruned), and every pruned weight's error is spread over the columns
+to its right by the OBS rule. ``U`` is ``V^-1`` for the upper triangular ``V`` with ``V V^T = H`` (one Cholesky
+factorisation), and the sweep needs only its diagonal blocks.
 
-* ``magnitude``: keep the largest ``|w|``; no update.
-* ``wanda`` (Sun et al., 2023): keep the largest ``|w_ij| * ||x_j||_2`` (``||x_j||_2 = sqrt(H_jj)``); no update.
-* ``sparsegpt`` (Frantar & Alistarh, 2023): damp ``H`` by ``damping * mean(diag(H))``, take the upper Cholesky
-  factor ``U`` of ``H^-1`` and sweep the columns left to right in lazy blocks of ``block_size``. When the sweep
-  reaches a group of ``m`` columns, the group's mask is chosen on the saliency ``w_ij^2 / U_jj^2`` of the weights
-  *as updated so far* (``U_jj^2`` is the ``[H_F^-1]_jj`` of the columns ``F`` not yet pruned), and every pruned
-  weight's error is spread over the columns to its right by the OBS rule.
-
-Masks are always chosen by :func:`nmsparse.find_mask`: per-row top-n for plain patterns, and the exact
-transposable solver (``method="exact"``) for ``-T`` patterns. A transposable ``m x m`` block spans ``m`` rows and
-the ``m`` columns of one group, so SparseGPT's group-at-a-time sweep carries over unchanged: the masks of the
-``out / m`` blocks of the group are solved jointly and exactly on the group's saliency, fixed, and only then are
-the group's columns pruned and the error propagated. Magnitude and Wanda solve the whole matrix at once.
-
-:func:`sparsegpt_reference` is the slow twin of :func:`sparsegpt`: float64, one column at a time, the OBS update
-from an explicit inverse of the remaining columns' Hessian, no Cholesky factor and no lazy blocks.
+Masks are chosen by the solver :func:`nmsparse.find_mask` runs (looked up once per layer and called per group
+without the input checks): per-row top-n for plain patterns, and the exact transposable solver
+(``method="exact"``) for ``-T`` patterns. A transposable ``m x m`` block spans ``m`` rows and the ``m`` columns of
+one group, so the group-at-a-time sweep carries over unchanged: the masks of the ``out / m`` blocks of the group
+are solved jointly and exactly on the group's saliency, fixed, and only then are the group's columns pruned and
+the error propagated. Its slow twin (float64, one column at a time, explicit inverses) is the oracle of
+``tests/unit/test_oneshot.py``.
 """
 
 from __future__ import annotations
@@ -32,24 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .._inputs import check_tensor
 from .._logging import logger
 from ..errors import InputError, ShapeError
 from ..pattern import NMPattern
-from ..solvers import find_mask
+from ..solvers.registry import select_solver
 
-__all__ = [
-    "METHODS",
-    "LayerResult",
-    "prune_matrix",
-    "sparsegpt",
-    "sparsegpt_reference",
-    "saliency_mask",
-    "reconstruction_error",
-    "gram_update_",
-]
-
-#: One-shot methods of :func:`nmsparse.prune_oneshot_`.
-METHODS = ("sparsegpt", "wanda", "magnitude", "adaprune")
+__all__ = ["LayerResult", "sparsegpt", "reconstruction_error", "quadratic"]
 
 #: How often a failed Cholesky factorisation retries with ten times the damping.
 _CHOLESKY_RETRIES = 4
@@ -57,31 +42,32 @@ _CHOLESKY_RETRIES = 4
 
 @dataclass
 class LayerResult:
-    """Output of :func:`prune_matrix`: the new matrix view (zeros at pruned positions) and its mask."""
+    """Output of :func:`sparsegpt`: the new matrix view (zeros at pruned positions), its mask, the damping used
+    and the squared output error."""
 
     weight: torch.Tensor
     mask: torch.Tensor
     damping: float = 0.0
+    #: ``tr((W - W') H (W - W')^T)`` on the undamped Gram matrix, when the method computed it (``None``: not).
+    error: float | None = None
 
 
-def gram_update_(gram: torch.Tensor, x: torch.Tensor) -> int:
-    """Add ``x^T x`` of the rows of ``x`` (``[..., in]``, flattened to tokens) to ``gram`` in place.
+def _group_solver(pattern: NMPattern, device: torch.device,
+                  dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``solve(scores [rows, m]) -> mask``: the registered solver :func:`~nmsparse.find_mask` runs, looked up once.
 
-    Returns:
-        The number of rows (tokens) added.
+    SparseGPT asks for ``in / m`` group masks per layer, on saliencies it computed itself (finite, contiguous,
+    of the right shape and dtype), so it calls the solver's function directly: no input or result checks per
+    group (the solver contract test checks every registration), one registry lookup per layer (the masks
+    are those of :func:`~nmsparse.find_mask`).
     """
-    rows = x.reshape(-1, x.shape[-1]).to(gram.dtype)
-    gram.addmm_(rows.T, rows)
-    return int(rows.shape[0])
+    spec = select_solver("exact" if pattern.transposable else "topn", "auto", pattern, device.type, dtype)
+    score_dtype, fn = spec.score_dtype(dtype), spec.fn
 
+    def solve(scores: torch.Tensor) -> torch.Tensor:
+        return fn(scores.to(score_dtype).contiguous(), pattern, False)
 
-def _solver_method(pattern: NMPattern) -> str:
-    return "exact" if pattern.transposable else "topn"
-
-
-def saliency_mask(weight: torch.Tensor, saliency: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
-    """Mask of a ``[rows, cols]`` matrix keeping the most ``saliency``: top-n per group, or exact ``-T`` blocks."""
-    return find_mask(weight, pattern, method=_solver_method(pattern), scores=saliency, progress=False)
+    return solve
 
 
 def _check_shapes(weight: torch.Tensor, gram: torch.Tensor | None, pattern: NMPattern, where: str) -> None:
@@ -95,51 +81,57 @@ def _check_shapes(weight: torch.Tensor, gram: torch.Tensor | None, pattern: NMPa
                          f"{tuple(gram.shape)}")
 
 
-def _damped(gram: torch.Tensor, weight: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(H + damping * mean(diag H) * I, W)`` with dead inputs (``H_jj = 0``) given ``H_jj = 1`` and ``W_:j = 0``.
+def _damped(gram: torch.Tensor, weight: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(J (H + shift * I) J, W, shift)``, ``shift = damping * mean(diag H)``, with dead inputs (``H_jj = 0``)
+    given ``H_jj = 1`` and ``W_:j = 0``; ``J`` reverses the order of rows and columns (``W`` keeps its own).
 
     A dead input never reaches the output, so its weights are free: they are zeroed, which makes them the cheapest
     to prune, and their Hessian row becomes the identity's so the factorisation stays defined.
     """
-    hessian = gram.clone()
     weight = weight.clone()
-    diag = torch.diagonal(hessian)
+    diag = torch.diagonal(gram)
     dead = diag == 0
+    values = torch.where(dead, torch.ones((), dtype=diag.dtype, device=diag.device), diag)
     if bool(dead.any()):
-        diag[dead] = 1.0
         weight[:, dead] = 0.0
-    mean = float(diag.mean())
-    diag += damping * (mean if mean > 0 else 1.0)
-    return hessian, weight
+    mean = float(values.mean())
+    shift = damping * (mean if mean > 0 else 1.0)
+    values = values + shift
+    hessian = gram.flip(0, 1)
+    torch.diagonal(hessian).copy_(values.flip(0))
+    return hessian, weight, shift
 
 
-def _inverse_cholesky(gram: torch.Tensor, weight: torch.Tensor, damping: float, *,
-                      where: str) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Upper Cholesky factor ``U`` of ``(damped H)^-1``, the cleaned weight and the damping used.
+def _hessian_factor(gram: torch.Tensor, weight: torch.Tensor, damping: float, *,
+                    where: str) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Upper triangular ``V`` with ``V V^T = damped H``, the cleaned weight, the damping used and its diagonal shift.
 
-    A factorisation that fails (an ill-conditioned ``H`` in float32) is retried with ten times the damping.
+    ``V`` is the lower Cholesky factor of ``J H J`` (``J`` reverses the order) read backwards, so ``V^-1`` is the
+    upper Cholesky factor ``U`` of ``H^-1`` (``H^-1 = U^T U``) that SparseGPT sweeps with: one factorisation
+    instead of a factorisation, an inverse and a second factorisation. A factorisation that fails (an
+    ill-conditioned ``H`` in float32) is retried with ten times the damping.
     """
     used = damping
     for attempt in range(_CHOLESKY_RETRIES + 1):
-        hessian, clean = _damped(gram, weight, used)
+        hessian, clean, shift = _damped(gram, weight, used)
         lower, info = torch.linalg.cholesky_ex(hessian)
         del hessian  # at most two [in, in] matrices alive at once
         if int(info) == 0:
-            inverse = torch.cholesky_inverse(lower)
+            factor = lower.flip(0, 1)
             del lower
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse
-            if int(info) == 0:
-                if attempt:
-                    logger.warning("%s: the Hessian needed damping %.3g (asked %.3g) to factorise", where, used,
-                                   damping)
-                return upper, clean, used
+            if attempt:
+                logger.warning("%s: the Hessian needed damping %.3g (asked %.3g) to factorise", where, used, damping)
+            return factor, clean, used, shift
         used = used * 10 if used > 0 else 1e-6
     raise InputError(
         f"{where}: the damped Hessian is not positive definite even with damping {used / 10:.3g}; the calibration "
         f"inputs of this layer hold non-finite values or too few tokens: use more calibration samples or "
         f"dtype='float64'"
     )
+
+
+#: Rows of the Gram matrix per product in :func:`reconstruction_error`.
+_SOLVE_BLOCK = 512
 
 
 def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *, damping: float = 0.01,
@@ -160,83 +152,61 @@ def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *, d
         where: prefix of error messages.
 
     Returns:
-        :class:`LayerResult` with the reconstructed weight (exact zeros where the mask is ``False``).
+        :class:`LayerResult` with the reconstructed weight (exact zeros where the mask is ``False``) and its
+        squared output error ``tr((W - W') H (W - W')^T)`` on the undamped ``gram``, from the sweep's OBS losses.
     """
     _check_shapes(weight, gram, pattern, where)
+    check_tensor(weight, "weight", where, floating=True)
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(weight))).all()):  # one pass; NaN propagates
+        raise InputError(f"{where}: weight holds non-finite values (NaN or inf); pruning needs finite weights")
     rows, cols = weight.shape
     m = pattern.m
     step = max(m, (block_size // m) * m)
-    upper, w, used = _inverse_cholesky(gram.to(weight.dtype), weight, damping, where=where)
-    mask = torch.zeros(rows, cols, dtype=torch.bool, device=weight.device)
+    # H = V V^T with V upper; the sweep's U (H^-1 = U^T U) is V^-1, of which it needs only the diagonal blocks:
+    # the lazy update of block [i1, i2) by every block before it is (W - W')[:, :i1] V[:i1, i1:i2] V_b^-1
+    # (V_b = V[i1:i2, i1:i2]), the same as the sum of the earlier blocks' Err @ U[.., i1:i2].
+    factor, clean, used, shift = _hessian_factor(gram.to(weight.dtype), weight, damping, where=where)
+    solve = _group_solver(pattern, weight.device, weight.dtype)
+    # Work on transposed copies: a column of W is a contiguous row of W^T.
+    w_t = clean.T.contiguous()  # [in, out]: the current weights, then the final ones (swept rows)
+    del clean
+    delta_t = torch.empty_like(w_t)  # (W - W')^T of the swept columns
+    mask_t = torch.empty(cols, rows, dtype=torch.bool, device=weight.device)
+    errs = torch.empty(step, rows, dtype=weight.dtype, device=weight.device)  # the block's err rows
+    loss = 0.0  # sum of err^2 = sum of (w_i - q_i)^2 / U_ii^2: the OBS loss, tr(dW H_damped dW^T)
     for i1 in range(0, cols, step):
         i2 = min(i1 + step, cols)
-        w1 = w[:, i1:i2].clone()
-        q1 = torch.zeros_like(w1)
-        err1 = torch.zeros_like(w1)
-        u1 = upper[i1:i2, i1:i2]
-        d = torch.diagonal(u1)
-        m1 = torch.zeros_like(w1, dtype=torch.bool)
+        v_b = factor[i1:i2, i1:i2]
+        eye = torch.eye(i2 - i1, dtype=factor.dtype, device=factor.device)
+        u_b = torch.linalg.solve_triangular(v_b, eye, upper=True)  # U[i1:i2, i1:i2]
+        d = torch.diagonal(u_b)
+        d2 = d ** 2
+        block = w_t[i1:i2]  # view: the block's weights, not yet reached by any update
+        delta = delta_t[i1:i2]
+        delta.copy_(block)
+        if i1:
+            lazy = factor[:i1, i1:i2].T @ delta_t[:i1]  # [b, out]
+            block += torch.linalg.solve_triangular(v_b.T, lazy, upper=False)
         for i in range(i2 - i1):
             if i % m == 0:
-                saliency = w1[:, i:i + m] ** 2 / d[i:i + m] ** 2
-                group = saliency_mask(w1[:, i:i + m], saliency, pattern)
-                m1[:, i:i + m] = group
+                saliency = torch.square(block[i:i + m].T, out=block.new_empty(rows, m))  # [out, m]
+                saliency /= d2[i:i + m]
+                group = solve(saliency)
+                mask_t[i1 + i:i1 + i + m] = group.T
                 if record is not None:
                     record(i1 + i, saliency, group)
-            col = w1[:, i]
-            q = col * m1[:, i]
-            q1[:, i] = q
-            err = (col - q) / d[i]
-            w1[:, i:] -= err.unsqueeze(1) * u1[i, i:].unsqueeze(0)
-            err1[:, i] = err
-        w[:, i1:i2] = q1
-        mask[:, i1:i2] = m1
-        w[:, i2:] -= err1 @ upper[i1:i2, i2:]
-    return LayerResult(w, mask, used)
-
-
-def sparsegpt_reference(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *,
-                        damping: float = 0.01) -> LayerResult:
-    """Slow, plain twin of :func:`sparsegpt` (float64, one column at a time, explicit inverses).
-
-    For column ``j`` (columns ``F = j, j+1, ...`` not yet pruned) it forms ``G = (H_FF)^-1`` explicitly. When
-    ``j`` starts a group of ``m`` columns, the group's mask is chosen on the saliency ``w_k^2 / [(H_{k:,k:})^-1]_00``
-    of the current weights; then the pruned part of column ``j`` is removed and the remaining columns get the OBS
-    update ``w_F -= (w_j - q_j) / G_00 * G_0,:``. Use on small layers only (cost ``O(in^4)``).
-    """
-    _check_shapes(weight, gram, pattern, "sparsegpt_reference")
-    rows, cols = weight.shape
-    m = pattern.m
-    hessian, w = _damped(gram.double(), weight.double(), damping)
-    mask = torch.zeros(rows, cols, dtype=torch.bool)
-    for j in range(cols):
-        if j % m == 0:
-            d2 = torch.stack([torch.linalg.inv(hessian[k:, k:])[0, 0] for k in range(j, j + m)])
-            saliency = w[:, j:j + m] ** 2 / d2
-            mask[:, j:j + m] = saliency_mask(w[:, j:j + m], saliency, pattern)
-        inverse = torch.linalg.inv(hessian[j:, j:])
-        q = w[:, j] * mask[:, j]
-        w[:, j:] -= ((w[:, j] - q) / inverse[0, 0]).unsqueeze(1) * inverse[0].unsqueeze(0)
-        w[:, j] = q
-    return LayerResult(w, mask, damping)
-
-
-def prune_matrix(method: str, weight: torch.Tensor, gram: torch.Tensor | None, pattern: NMPattern, *,
-                 damping: float = 0.01, block_size: int = 128, where: str = "prune_oneshot_") -> LayerResult:
-    """Prune one ``[out, in]`` matrix by ``method`` (``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``)."""
-    _check_shapes(weight, gram, pattern, where)
-    if method == "magnitude":
-        mask = saliency_mask(weight, weight.abs(), pattern)
-        return LayerResult(weight * mask, mask)
-    if gram is None:
-        raise InputError(f"{where}: method {method!r} needs calibration statistics")
-    if method == "wanda":
-        norms = torch.diagonal(gram).clamp_min(0).sqrt().to(weight.dtype)
-        mask = saliency_mask(weight, weight.abs() * norms.unsqueeze(0), pattern)
-        return LayerResult(weight * mask, mask)
-    if method == "sparsegpt":
-        return sparsegpt(weight, gram, pattern, damping=damping, block_size=block_size, where=where)
-    raise InputError(f"{where}: prune_matrix does not handle method {method!r}")
+            col = block[i]
+            q = col * mask_t[i1 + i]
+            err = torch.div(col - q, d[i], out=errs[i])
+            # OBS: the pruned part of column i is spread over the block's columns to its right (w_j -= err U_ij)
+            block[i + 1:].addcmul_(u_b[i, i + 1:].unsqueeze(1), err.unsqueeze(0), value=-1)
+            block[i] = q
+        delta -= block
+        loss += float(errs[:i2 - i1].square().sum(dtype=torch.float64))
+    # undamped: tr(dW H dW^T) = tr(dW (H + shift I) dW^T) - shift ||dW||^2 (dead inputs: dW = 0 and H = 0 there)
+    error = max(loss - shift * float(delta_t.square().sum(dtype=torch.float64)), 0.0)
+    del delta_t, factor
+    return LayerResult(w_t.T.contiguous(), mask_t.T.contiguous(), used, error)
 
 
 def reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor) -> tuple[float, float]:
@@ -247,6 +217,22 @@ def reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, gram: torch.
     """
     dense = dense.to(gram.dtype)
     delta = dense - pruned.to(gram.dtype)
-    error = float(((delta @ gram) * delta).sum(dtype=torch.float64))
-    power = float(((dense @ gram) * dense).sum(dtype=torch.float64))
-    return max(error, 0.0), max(power, 0.0)
+    return max(quadratic(delta, gram), 0.0), max(quadratic(dense, gram), 0.0)
+
+
+def quadratic(a: torch.Tensor, gram: torch.Tensor) -> float:
+    """``tr(A H A^T)`` of a symmetric ``H`` from the blocks on and above its diagonal (half a full product's work).
+
+    Column block ``j`` adds ``sum((A_j H_jj + 2 A_<j H_<j,j) * A_j)``; row sums in ``a``'s dtype, their total in
+    float64.
+    """
+    cols = gram.shape[0]
+    total = 0.0
+    for start in range(0, cols, _SOLVE_BLOCK):
+        stop = min(start + _SOLVE_BLOCK, cols)
+        part = a[:, start:stop] @ gram[start:stop, start:stop]
+        if start:
+            part.addmm_(a[:, :start], gram[:start, start:stop], alpha=2.0)
+        part *= a[:, start:stop]
+        total += float(part.sum(dim=1).sum(dtype=torch.float64))
+    return total

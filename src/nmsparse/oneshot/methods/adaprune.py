@@ -1,0 +1,543 @@
+"""``algorithm="adaprune"`` (Hubara et al., NeurIPS 2021): mask, then fit the kept weights to a target output.
+
+For every layer, in execution order: its input ``X`` and target output ``Y`` (the dense model's output of the
+layer, by default; or the layer's own dense output on its input) are folded into exact float64 statistics
+``G = [X 1]^T [X 1]``, ``C = [X 1]^T Y`` and ``sum(Y^2)`` (:class:`LayerStatistics`); the mask keeps the largest
+``|w|`` (or ``|w| * ||x||``), with *absorb mean* (each group's pruned sum shared among its kept weights); then
+the layer's exact calibration MSE is minimised over its kept weights and bias with the mask fixed, keeping the
+best iterate: conjugate gradients on the exact quadratic (default) or the paper's Adam (:func:`fit_layer`).
+
+Fitting against the *dense model's* outputs with inputs from the already pruned model (``target="model"``,
+``sequential=True``, the defaults) lets each layer correct the error of the layers before it; on the packaged
+MiniLM at 4:8-T it measured 0.884 mean cosine to the dense embeddings on held-out sentences, against 0.863 when
+each layer was fitted to its own dense output (the former ``prune_oneshot_(method="adaprune")``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ...config import ConfigBase, Interval, Options, config_field
+from ...errors import InputError, ShapeError
+from ...layout import from_matrix, to_matrix
+from . import Layer, LayerSolution, register_method
+
+__all__ = ["AdaPruneOptions", "LayerStatistics", "FitResult", "fit_layer", "absorb_mean"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaPruneOptions(ConfigBase):
+    """Settings of AdaPrune's per-layer step (defaults: those of :func:`nmsparse.adaprune_`)."""
+
+    scores: Literal["magnitude", "activation"] = config_field(
+        "magnitude", help="mask importance: |w|, or |w| * ||x|| of the input column on the calibration data",
+        group="fit")
+    optimizer: Literal["cg", "adam"] = config_field(
+        "cg", help="per-layer fit with the mask fixed: cg (conjugate gradients on the exact quadratic) or adam "
+                   "(the paper)", group="fit")
+    iterations: int = config_field(
+        50, help="steps per layer: CG iterations (stops early once converged) or Adam steps (the paper: 1000); "
+                 "0: masks with absorb-mean only", metavar="N", group="fit")
+    damping: float = config_field(
+        0.1, help="cg: ridge pull towards the masked start, relative to each input's power (regularises the fit "
+                  "to a small calibration set)", metavar="X", group="fit")
+    batch_size: int | None = config_field(
+        None, help="adam: calibration samples per step (the paper: 50); none: exact full-batch steps",
+        metavar="N", group="fit")
+    lr: float = config_field(1e-3, help="adam: learning rate of the weights", metavar="X", group="fit")
+    bias_lr: float = config_field(1e-2, help="adam: learning rate of the bias", metavar="X", group="fit")
+    absorb_mean: bool = config_field(
+        True, help="share each group's pruned sum among its kept weights before fitting", group="fit")
+    validation: float = config_field(
+        0.0, help="share of calibration rows held out to pick the best iterate (0: all rows)", metavar="X",
+        group="fit")
+    target: Literal["model", "layer"] = config_field(
+        "model", help="sequential target: the dense model's output of the layer (keeps a dense copy of the "
+                      "block) or the layer's own dense output on its pruned-path input", group="recording")
+    seed: int = config_field(0, help="seed of row subsets and mini-batch order", metavar="N", group="recording")
+
+    _constraints = {
+        "scores": [Options({"magnitude", "activation"})],
+        "optimizer": [Options({"cg", "adam"})],
+        "iterations": [Interval(int, 0, None, closed="left")],
+        "damping": [Interval(float, 0, None, closed="left")],
+        "batch_size": [None, Interval(int, 1, None, closed="left")],
+        "lr": [Interval(float, 0, None, closed="left")],
+        "bias_lr": [Interval(float, 0, None, closed="left")],
+        "absorb_mean": [bool],
+        "validation": [Interval(float, 0, 1, closed="left")],
+        "target": [Options({"model", "layer"})],
+        "seed": [Interval(int, 0, None, closed="left")],
+    }
+
+    @property
+    def stores_rows(self) -> bool:
+        """Whether rows are stored for Adam mini-batch steps."""
+        return self.optimizer == "adam" and self.batch_size is not None and self.iterations > 0
+
+
+class LayerStatistics:
+    """Running ``G = sum [x 1]^T [x 1]``, ``C = sum [x 1]^T y``, ``sum y^2`` and the row count, per group, in
+    float64; optionally a held-out share of rows and a seeded random subset of rows for mini-batch steps.
+
+    Args:
+        in_features: inputs ``K`` per group (a conv: ``in/groups * kh * kw``).
+        out_features: outputs per group.
+        bias: whether the layer has a bias (adds the column of ones).
+        groups: independent row maps (grouped convs); ``1`` for a Linear.
+        device: where the statistics live.
+        capacity: rows to store for mini-batch steps (``0``: none).
+        keep_fraction: share of each batch's rows stored (a seeded random subset when below 1).
+        validation: share of rows held out (also in the totals; never stored).
+        seed: seed of the row subsets.
+        name: layer name for messages.
+
+    Example:
+        >>> import torch
+        >>> from nmsparse.oneshot.methods.adaprune import LayerStatistics
+        >>> x = torch.randn(100, 8); y = x @ torch.randn(8, 4)
+        >>> stats = LayerStatistics(8, 4, bias=False)
+        >>> stats.add(x, y)
+        >>> stats.rows, tuple(stats.gram.shape)
+        (100, (1, 8, 8))
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, groups: int = 1,
+                 device: torch.device | str | None = None, capacity: int = 0, keep_fraction: float = 1.0,
+                 validation: float = 0.0, seed: int = 0, name: str = "layer") -> None:
+        self.name = name
+        self.k, self.out, self.groups, self.bias = int(in_features), int(out_features), int(groups), bool(bias)
+        g, w, o = self.groups, self.width, self.out
+        self.gram = torch.zeros(g, w, w, dtype=torch.float64, device=device)
+        self.cross = torch.zeros(g, w, o, dtype=torch.float64, device=device)
+        self.yy = torch.zeros((), dtype=torch.float64, device=device)
+        self.rows = 0
+        # held-out rows (a seeded random share ``validation``), also included in the totals above
+        self.validation = validation
+        self.gram_val = torch.zeros_like(self.gram) if validation > 0 else None
+        self.cross_val = torch.zeros_like(self.cross) if validation > 0 else None
+        self.rows_val = 0
+        self.keep_fraction = keep_fraction
+        self.seed = seed
+        self._chunk = 0
+        self._filled = 0
+        self._x: torch.Tensor | None = None
+        self._y: torch.Tensor | None = None
+        if capacity > 0:
+            # Preallocated once, so the stored rows never exceed their share of the memory budget.
+            self._x = torch.empty(capacity, g, w, dtype=torch.float32, device=device)
+            self._y = torch.empty(capacity, g, o, dtype=torch.float32, device=device)
+
+    @property
+    def width(self) -> int:
+        """Columns of the augmented input ``[X 1]``."""
+        return self.k + int(self.bias)
+
+    def add(self, x_rows: torch.Tensor, y_rows: torch.Tensor) -> None:
+        """Fold rows in: ``x_rows`` ``[R, K]`` or ``[R, groups, K]``, ``y_rows`` ``[R, out]`` or
+        ``[R, groups, out]`` (float32 or float64)."""
+        if x_rows.dim() == 2 and self.groups == 1:
+            x_rows = x_rows.unsqueeze(1)
+        if y_rows.dim() == 2 and self.groups == 1:
+            y_rows = y_rows.unsqueeze(1)
+        if x_rows.shape[0] != y_rows.shape[0]:
+            raise InputError(
+                f"adaprune_: layer {self.name!r} produced {y_rows.shape[0]} output rows for "
+                f"{x_rows.shape[0]} input rows; the model's forward is not deterministic in shape"
+            )
+        if tuple(x_rows.shape[1:]) != (self.groups, self.k) or tuple(y_rows.shape[1:]) != (self.groups, self.out):
+            raise ShapeError(
+                f"LayerStatistics.add: expected rows [R, {self.groups}, {self.k}] and [R, {self.groups}, "
+                f"{self.out}], got {list(x_rows.shape)} and {list(y_rows.shape)}"
+            )
+        if x_rows.shape[0] == 0:
+            return
+        if self.bias:
+            x_rows = torch.cat([x_rows, x_rows.new_ones(x_rows.shape[0], x_rows.shape[1], 1)], dim=2)
+        xt = x_rows.transpose(0, 1)  # [g, R, w]
+        yt = y_rows.transpose(0, 1)  # [g, R, o]
+        self.gram += (xt.transpose(1, 2) @ xt).double()
+        self.cross += (xt.transpose(1, 2) @ yt).double()
+        self.yy += y_rows.double().square().sum()
+        self.rows += int(x_rows.shape[0])
+        if self.gram_val is not None and self.cross_val is not None:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_033 + self._chunk)
+            held = (torch.rand(x_rows.shape[0], generator=generator) < self.validation).to(x_rows.device)
+            xv, yv = x_rows[held].transpose(0, 1), y_rows[held].transpose(0, 1)
+            self.gram_val += (xv.transpose(1, 2) @ xv).double()
+            self.cross_val += (xv.transpose(1, 2) @ yv).double()
+            self.rows_val += int(held.sum())
+            x_rows, y_rows = x_rows[~held], y_rows[~held]  # mini-batch steps never see held-out rows
+        if self._x is not None and self._y is not None:
+            count = int(x_rows.shape[0])
+            kept = count if self.keep_fraction >= 1 else int(count * self.keep_fraction)
+            keep = min(kept, self._x.shape[0] - self._filled)
+            if keep < count:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._chunk)
+                index = torch.randperm(count, generator=generator)[:keep].to(x_rows.device)
+                x_rows, y_rows = x_rows[index], y_rows[index]
+            self._x[self._filled:self._filled + keep] = x_rows
+            self._y[self._filled:self._filled + keep] = y_rows
+            self._filled += keep
+        self._chunk += 1
+
+    def stored(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stored ``[R, g, w]`` input rows and ``[R, g, o]`` target rows (``None`` when none)."""
+        if self._x is None or self._y is None or self._filled == 0:
+            return None
+        return self._x[: self._filled], self._y[: self._filled]
+
+    def error(self, w_aug: torch.Tensor) -> float:
+        """Exact MSE per output value of augmented weights ``[groups, out, width]`` over every row."""
+        w = w_aug.double()
+        total = ((w @ self.gram) * w).sum() - 2.0 * (w * self.cross.transpose(1, 2)).sum() + self.yy
+        return max(float(total), 0.0) / (max(self.rows, 1) * self.groups * self.out)
+
+    @property
+    def target_power(self) -> float:
+        """Mean squared target value (divide an error by it for a relative error)."""
+        return float(self.yy) / max(self.rows * self.groups * self.out, 1)
+
+
+_ADAM_BETAS = (0.9, 0.999)
+_ADAM_EPS = 1e-8
+#: With mini-batches or a held-out share, the selection error is evaluated every this many steps and at the last.
+EVAL_EVERY = 10
+
+
+def absorb_mean(weight: torch.Tensor, mask: torch.Tensor, m: int) -> torch.Tensor:
+    """``weight * mask`` with each group's pruned sum shared equally among its kept weights."""
+    w = to_matrix(weight).reshape(-1, m)
+    k = to_matrix(mask).reshape(-1, m).to(w.dtype)
+    kept = k.sum(dim=1, keepdim=True)
+    pruned_sum = (w * (1 - k)).sum(dim=1, keepdim=True)
+    shifted = (w + pruned_sum / kept.clamp_min(1)) * k
+    return from_matrix(shifted.reshape(to_matrix(weight).shape), weight.shape)
+
+
+@dataclass
+class FitResult:
+    """Outcome of fitting one layer: ``w_aug`` (fitted ``[groups, out, K (+1 for the bias)]``, float32, zero where
+    masked), the exact MSE of the masked start (``error_before``) and of ``w_aug`` (``error_after``, never above
+    it), the step kept (``best_iteration``, 0 = the start) and the steps run."""
+
+    w_aug: torch.Tensor
+    error_before: float
+    error_after: float
+    best_iteration: int
+    iterations: int
+    in_features: int = 0
+    has_bias: bool = False
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The fitted weight as ``[groups * out, K]`` (a Linear's ``[out, in]``)."""
+        return self.w_aug[:, :, : self.in_features].reshape(-1, self.in_features)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The fitted bias ``[groups * out]``, or ``None`` when the layer has none."""
+        return self.w_aug[:, :, self.in_features].reshape(-1) if self.has_bias else None
+
+
+def _selection(stats: LayerStatistics) -> tuple[bool, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised (fit, selection) statistics: with a held-out share, gradients use the other rows and iterates
+    are ranked on the held-out ones; otherwise both are every row. Returns ``(held_out, gram_fit, cross_fit,
+    gram_sel, cross_sel)`` in float32, ``cross`` as ``[g, o, w]``."""
+    rows = stats.rows
+    held_out = stats.gram_val is not None and stats.cross_val is not None and 0 < stats.rows_val < rows
+    if held_out:
+        assert stats.gram_val is not None and stats.cross_val is not None
+        fit_rows = rows - stats.rows_val
+        gram_fit = ((stats.gram - stats.gram_val) / fit_rows).float()
+        cross_fit = ((stats.cross - stats.cross_val) / fit_rows).transpose(1, 2).float().contiguous()
+        gram_sel = (stats.gram_val / stats.rows_val).float()
+        cross_sel = (stats.cross_val / stats.rows_val).transpose(1, 2).float().contiguous()
+    else:
+        gram_fit = gram_sel = (stats.gram / rows).float()
+        cross_fit = cross_sel = (stats.cross / rows).transpose(1, 2).float().contiguous()  # [g, o, w]
+    return held_out, gram_fit, cross_fit, gram_sel, cross_sel
+
+
+def _finish(stats: LayerStatistics, start: torch.Tensor, best_w: torch.Tensor, best_it: int, iterations: int,
+            error_start: float) -> FitResult:
+    error_best = stats.error(best_w)
+    if error_best > error_start:  # float32 ranking noise near the start, or a held-out pick: keep the start
+        return FitResult(start.clone(), error_start, error_start, 0, iterations, in_features=stats.k,
+                         has_bias=stats.bias)
+    return FitResult(best_w, error_start, error_best, best_it, iterations, in_features=stats.k,
+                     has_bias=stats.bias)
+
+
+def optimise_adam(stats: LayerStatistics, start: torch.Tensor, mask_aug: torch.Tensor, *, iterations: int,
+                  batch_rows: int | None, lr: float, bias_lr: float, seed: int) -> FitResult:
+    """Adam on the masked augmented weights ``[g, o, w]`` from ``start``, keeping the best iterate.
+
+    Full batch (``batch_rows=None``): the exact gradient ``2 (W G - C^T) / (rows * outputs)`` from the
+    statistics. Mini-batch: gradients on ``batch_rows`` stored rows. Iterates are ranked by their exact error on
+    every calibration row (full batch: every step, for free; mini-batch: every ``EVAL_EVERY`` steps) or, with a
+    validation share, on the held-out rows only (every ``EVAL_EVERY`` steps; gradients then use the other
+    rows). The returned weights are never worse than ``start`` by the exact float64 error over all rows.
+    """
+    outputs = stats.groups * stats.out
+    error_start = stats.error(start)
+    if iterations == 0 or stats.rows == 0:
+        return _finish(stats, start, start, 0, 0, error_start)
+    held_out, gram_fit, cross_fit, gram_sel, cross_sel = _selection(stats)
+    stored = stats.stored() if batch_rows is not None else None
+    every = 1 if stored is None and not held_out else EVAL_EVERY
+    mask_f = mask_aug.to(start.dtype)
+    lr_cols = torch.full((stats.width,), lr, dtype=start.dtype, device=start.device)
+    if stats.bias:
+        lr_cols[-1] = bias_lr
+    generator = torch.Generator().manual_seed(seed)
+    perm: torch.Tensor | None = None
+    cursor = 0
+
+    def rank(w: torch.Tensor, product: torch.Tensor | None = None) -> float:
+        # selection error * outputs - yy / rows: enough to rank iterates
+        if product is None:
+            product = w @ gram_sel
+        return float(((product - 2.0 * cross_sel) * w).sum())
+
+    w = start.clone()
+    exp_avg = torch.zeros_like(w)
+    exp_sq = torch.zeros_like(w)
+    beta1, beta2 = _ADAM_BETAS
+    best_w, best_rank, best_it = w.clone(), math.inf, 0
+    for step in range(1, iterations + 1):
+        evaluate = (step - 1) % every == 0
+        if stored is None:
+            product = w @ gram_fit
+            if evaluate:
+                current = rank(w, None if held_out else product)
+                if current < best_rank:
+                    best_w, best_rank, best_it = w.clone(), current, step - 1
+            grad = (product - cross_fit) * (2.0 / outputs)
+        else:
+            assert batch_rows is not None
+            if evaluate:
+                current = rank(w)
+                if current < best_rank:
+                    best_w, best_rank, best_it = w.clone(), current, step - 1
+            x_all, y_all = stored
+            if perm is None or cursor + batch_rows > perm.numel():
+                perm = torch.randperm(x_all.shape[0], generator=generator).to(x_all.device)
+                cursor = 0
+            index = perm[cursor:cursor + batch_rows]
+            cursor += batch_rows
+            xb, yb = x_all[index].transpose(0, 1), y_all[index].transpose(0, 1)  # [g, r, w], [g, r, o]
+            resid = xb @ w.transpose(1, 2) - yb  # [g, r, o]
+            grad = (resid.transpose(1, 2) @ xb) * (2.0 / (outputs * xb.shape[1]))
+        grad.mul_(mask_f)
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        exp_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (exp_sq / (1 - beta2**step)).sqrt_().add_(_ADAM_EPS)
+        w.sub_(exp_avg / denom * (lr_cols / (1 - beta1**step)))
+        w.mul_(mask_f)
+    if rank(w) < best_rank:
+        best_w, best_it = w, iterations
+    return _finish(stats, start, best_w, best_it, iterations, error_start)
+
+
+def optimise_cg(stats: LayerStatistics, start: torch.Tensor, mask_aug: torch.Tensor, *, iterations: int,
+                damping: float, tol: float = 1e-4) -> FitResult:
+    """Preconditioned conjugate gradients on the masked quadratic, one problem per output row, from ``start``.
+
+    Minimises ``tr(W G W^T) - 2 tr(W C) + lam * sum_j d_j ||W[:, j] - start[:, j]||^2`` over the kept entries,
+    with ``G`` and ``C`` the (fit-row) statistics normalised per row, ``d = diag(G)`` (bias column: 1) and
+    ``lam = damping``; Jacobi-preconditioned (``d``). Rows stop once their residual norm falls below ``tol`` times
+    its start. With a held-out share, the best iterate is picked on the held-out rows (checked every step);
+    otherwise CG decreases the objective monotonically and the last iterate is kept. Never worse than ``start``
+    by the exact float64 error over all rows.
+    """
+    error_start = stats.error(start)
+    if iterations == 0 or stats.rows == 0:
+        return _finish(stats, start, start, 0, 0, error_start)
+    held_out, gram_fit, cross_fit, gram_sel, cross_sel = _selection(stats)
+    mask_f = mask_aug.to(start.dtype)
+    diag = torch.diagonal(gram_fit, dim1=1, dim2=2).clamp_min(0)  # [g, w]
+    if stats.bias:
+        diag = diag.clone()
+        diag[:, -1] = 1.0
+    scale = diag.mean(dim=1, keepdim=True).clamp_min(1e-30)  # [g, 1]
+    diag = torch.where(diag > 0, diag, scale * 1e-6)  # dead inputs: a tiny positive curvature
+    ridge = (damping * diag).unsqueeze(1)  # [g, 1, w]
+    precond = (1.0 / (diag * (1.0 + damping))).unsqueeze(1) * mask_f  # [g, o, w], zero off the mask
+
+    def hess(p: torch.Tensor) -> torch.Tensor:
+        return (p @ gram_fit + ridge * p) * mask_f
+
+    w = start.clone()
+    r = (cross_fit - w @ gram_fit) * mask_f  # minus half the gradient (the ridge term is 0 at the start)
+    z = r * precond
+    p = z.clone()
+    rz = (r * z).sum(dim=2, keepdim=True)  # [g, o, 1]
+    r0 = r.square().sum(dim=2, keepdim=True).sqrt()
+    active = r0 > 0
+
+    def rank(v: torch.Tensor) -> float:
+        return float(((v @ gram_sel - 2.0 * cross_sel) * v).sum())
+
+    best_w, best_rank, best_it = w.clone(), rank(w) if held_out else math.inf, 0
+    steps = 0
+    for step in range(1, iterations + 1):
+        steps = step
+        hp = hess(p)
+        php = (p * hp).sum(dim=2, keepdim=True)
+        alpha = torch.where(active & (php > 0), rz / php.clamp_min(1e-30), torch.zeros_like(php))
+        w.add_(alpha * p)
+        r.sub_(alpha * hp)
+        z = r * precond
+        rz_new = (r * z).sum(dim=2, keepdim=True)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
+        p = z + beta * p
+        rz = rz_new
+        active = active & (r.square().sum(dim=2, keepdim=True).sqrt() > tol * r0)
+        if held_out:
+            current = rank(w)
+            if current < best_rank:
+                best_w, best_rank, best_it = w.clone(), current, step
+        if not bool(active.any()):
+            break
+    if not held_out:
+        best_w, best_it = w, steps
+    return _finish(stats, start, best_w * mask_f, best_it, steps, error_start)
+
+
+def _augment(weight: torch.Tensor, bias: torch.Tensor | None, stats: LayerStatistics) -> torch.Tensor:
+    natural = weight.reshape(stats.groups, stats.out, stats.k)
+    if bias is None:
+        return natural.contiguous()
+    return torch.cat([natural, bias.reshape(stats.groups, stats.out, 1)], dim=2).contiguous()
+
+
+def fit_layer(weight: torch.Tensor, mask: torch.Tensor, stats: LayerStatistics, config: Any, *,
+              bias: torch.Tensor | None = None, batch_rows: int | None = None, seed: int = 0,
+              m: int | None = None) -> FitResult:
+    """Fit one layer's kept weights (and bias) to its calibration targets with the mask fixed.
+
+    The start is ``weight * mask``, with absorb-mean when ``config.absorb_mean`` (each group of ``m``
+    shares its pruned sum among its kept weights); then ``config.optimizer`` (``"cg"``: conjugate gradients,
+    ``"adam"``: Adam) runs ``config.iterations`` steps on the exact objective of ``stats``, and the best iterate
+    is returned, never worse than the start.
+
+    Args:
+        weight: dense weight, ``[out, in]`` for a Linear (a conv: its weight, with ``stats.groups`` groups).
+        mask: boolean mask of the weight's shape (kept = True); never changed.
+        stats: the layer's :class:`~nmsparse.adaprune.LayerStatistics` (``bias=True`` iff ``bias`` is given).
+        config: settings used: ``optimizer``, ``iterations``, ``damping``, ``lr``, ``bias_lr``, ``absorb_mean``
+            (an :class:`AdaPruneOptions`, or an :class:`~nmsparse.adaprune.AdaPruneConfig`, whose pattern gives
+            ``m``).
+        bias: the dense bias (``[out]``), fitted too; ``None`` for a layer without one.
+        batch_rows: Adam only: stored rows per mini-batch step (``None``: exact full-batch steps).
+        seed: Adam mini-batch order.
+        m: group size for absorb-mean (default: ``config.nm_pattern.m``).
+
+    Returns:
+        A :class:`FitResult`: ``.weight`` (``[out, in]``, zero where masked), ``.bias``, ``.error_before`` and
+        ``.error_after`` (exact MSE per output value over every row), ``.best_iteration``, ``.iterations``.
+
+    Raises:
+        ShapeError: weight, mask, bias and statistics disagree.
+
+    Example:
+        >>> import torch
+        >>> from nmsparse import find_mask
+        >>> from nmsparse.adaprune import AdaPruneConfig, LayerStatistics, fit_layer
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> layer = torch.nn.Linear(16, 8)
+        >>> x = torch.randn(256, 16)
+        >>> stats = LayerStatistics(16, 8, bias=True)
+        >>> stats.add(x, layer(x).detach())
+        >>> mask = find_mask(layer.weight.detach(), "2:4")
+        >>> fit = fit_layer(layer.weight.detach(), mask, stats, AdaPruneConfig(pattern="2:4"),
+        ...                 bias=layer.bias.detach())
+        >>> fit.error_after < fit.error_before, bool((fit.weight[~mask] == 0).all())
+        (True, True)
+    """
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise ShapeError(f"fit_layer: mask shape {tuple(mask.shape)} differs from weight shape "
+                         f"{tuple(weight.shape)}")
+    if weight.numel() != stats.groups * stats.out * stats.k:
+        raise ShapeError(f"fit_layer: weight {tuple(weight.shape)} does not match statistics of "
+                         f"{stats.groups} group(s) x {stats.out} outputs x {stats.k} inputs")
+    if (bias is not None) != stats.bias:
+        raise ShapeError("fit_layer: pass bias exactly when the statistics were built with bias=True "
+                         f"(statistics: bias={stats.bias}, bias given: {bias is not None})")
+    if bias is not None and bias.numel() != stats.groups * stats.out:
+        raise ShapeError(f"fit_layer: bias has {bias.numel()} values for {stats.groups * stats.out} outputs")
+    weight = weight.detach().float()
+    bias = bias.detach().float() if bias is not None else None
+    mask = mask.to(device=weight.device, dtype=torch.bool)
+    group = m if m is not None else config.nm_pattern.m
+    start = absorb_mean(weight, mask, group) if config.absorb_mean else weight * mask
+    ones = torch.ones_like(bias) if bias is not None else None
+    mask_aug = _augment(mask.to(weight.dtype), ones, stats)
+    start_aug = _augment(start, bias, stats)
+    if config.optimizer == "cg":
+        return optimise_cg(stats, start_aug, mask_aug, iterations=config.iterations, damping=config.damping)
+    return optimise_adam(stats, start_aug, mask_aug, iterations=config.iterations, batch_rows=batch_rows,
+                         lr=config.lr, bias_lr=config.bias_lr, seed=seed)
+
+
+def make_statistics(k: int, out: int, groups: int, bias: bool, rows: int, room: int, options: AdaPruneOptions,
+                    seed: int, name: str, device: torch.device) -> LayerStatistics:
+    """Statistics of one layer; with Adam mini-batches, as many of its ``rows`` stored as fit in ``room`` bytes."""
+    capacity, fraction = 0, 1.0
+    if options.stores_rows:
+        width = k + int(bias)
+        row_bytes = 4 * groups * (width + out)
+        fraction = min(1.0, max(room, 0) / max(rows * row_bytes, 1))
+        capacity = rows if fraction >= 1 else int(rows * fraction)
+    return LayerStatistics(k, out, bias=bias, groups=groups, device=device, capacity=capacity,
+                           keep_fraction=fraction, validation=options.validation, seed=seed, name=name)
+
+
+def statistics_bytes(k: int, out: int, groups: int, bias: bool) -> int:
+    """Bytes of one layer's float64 statistics."""
+    width = k + int(bias)
+    return 8 * groups * (width * width + width * out + 1)
+
+
+def solve(layer: Layer) -> LayerSolution:
+    options: AdaPruneOptions = layer.options
+    stats: LayerStatistics = layer.stats
+    module_weight = layer.module.weight
+    assert isinstance(module_weight, torch.Tensor)
+    shape = tuple(module_weight.shape) if module_weight.dim() == 4 else (-1, stats.k)
+    weight = torch.cat(layer.weights).float().reshape(shape)  # a conv as stored: absorb-mean groups by layout
+    natural = weight.reshape(stats.groups, stats.out, stats.k)
+    if options.scores == "activation":
+        norms = torch.diagonal(stats.gram, dim1=1, dim2=2)[:, : stats.k].clamp_min(0).sqrt().float()  # [g, k]
+        score = natural.abs() * norms.unsqueeze(1)
+    else:
+        score = natural.abs()
+    mask = torch.cat(layer.masks(list(score))).reshape(shape)
+    bias = layer.bias
+    error_dense = stats.error(_augment(natural, bias, stats))
+    rows_per_step = None
+    stored = stats.stored()
+    if options.optimizer == "adam" and options.batch_size is not None and stored is not None:
+        kept = stored[0].shape[0]
+        rows_per_step = max(1, min(kept, round(options.batch_size * kept / max(layer.samples, 1))))
+    fit = fit_layer(weight, mask, stats, options, bias=bias, batch_rows=rows_per_step,
+                    seed=options.seed * 104729 + layer.index, m=layer.pattern.m)
+    weights = list((fit.w_aug[:, :, : stats.k] * mask.reshape(stats.groups, stats.out, stats.k)).unbind(0))
+    relative = math.sqrt(fit.error_after / stats.target_power) if stats.target_power > 0 else 0.0
+    info = {"error_dense": error_dense, "error_before": fit.error_before, "error_after": fit.error_after,
+            "best_iteration": fit.best_iteration, "iterations": fit.iterations, "target_power": stats.target_power,
+            "stored_rows": 0 if stored is None else int(stored[0].shape[0]), "relative_error": relative}
+    masks = list(mask.reshape(stats.groups, stats.out, stats.k).unbind(0))
+    return LayerSolution(weights, masks, bias=fit.bias, info=info)
+
+
+register_method("adaprune", solve, options=AdaPruneOptions, statistics="targets", layerwise=True,
+                solve_bytes=lambda rows, cols, itemsize: 4 * (cols * cols + 8 * rows * cols),
+                dense_targets=lambda options: options.target == "model", make_statistics=make_statistics,
+                statistics_bytes=statistics_bytes)

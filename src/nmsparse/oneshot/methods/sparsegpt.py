@@ -1,0 +1,59 @@
+"""``algorithm="sparsegpt"`` (Frantar & Alistarh, 2023): OBS reconstruction with a damped Hessian, the mask chosen
+group by group during the sweep (the math: :func:`nmsparse.oneshot.layer.sparsegpt`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...config import ConfigBase, Interval, config_field
+from ...errors import ConfigError
+from ..layer import sparsegpt
+from . import Layer, LayerSolution, register_method
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseGPTOptions(ConfigBase):
+    """Settings of SparseGPT.
+
+    Attributes:
+        damping: ``lambda`` of ``H + lambda I``, as a fraction of ``mean(diag(H))``.
+        block_size: lazy-update block, in columns (rounded down to a multiple of ``m``).
+    """
+
+    damping: float = config_field(0.01, help="sparsegpt: damping of H + lambda*I, relative to mean(diag(H))")
+    block_size: int = config_field(128, help="sparsegpt: lazy-update block, in columns")
+
+    _constraints = {"damping": [Interval(float, 0, None, closed="left")],
+                    "block_size": [Interval(int, 1, None, closed="left")]}
+
+
+def solve(layer: Layer) -> LayerSolution:
+    if layer.solver != ("exact" if layer.pattern.transposable else "topn"):
+        raise ConfigError(f"{layer.where}: sparsegpt chooses each group's mask inside its sweep (top-n, or exact for "
+                          f"-T patterns); method={layer.solver!r} does not apply: leave method='auto'")
+    weights, masks, damping, error = [], [], 0.0, 0.0
+    for w, gram in zip(layer.weights, layer.stats.gram):
+        perm = layer.columns
+        if perm is not None:  # a conv: sweep the columns in the pattern's order (input channels innermost)
+            w, gram = w[:, perm], gram[perm][:, perm]
+        result = sparsegpt(w, gram, layer.pattern, damping=layer.options.damping,
+                           block_size=layer.options.block_size, where=layer.where)
+        new, mask = result.weight, result.mask
+        if perm is not None:
+            new, mask = torch.empty_like(new), torch.empty_like(mask)
+            new[:, perm], mask[:, perm] = result.weight, result.mask
+        weights.append(new)
+        masks.append(mask)
+        damping = max(damping, result.damping)
+        error += result.error or 0.0
+    return LayerSolution(weights, masks, info={"damping": damping}, error=error)
+
+
+def solve_bytes(rows: int, cols: int, itemsize: int) -> int:
+    """Weight copies, mask and the Hessian factors of one solve."""
+    return (3 * cols * cols + 4 * rows * cols) * itemsize + rows * cols
+
+
+register_method("sparsegpt", solve, options=SparseGPTOptions, statistics="gram", solve_bytes=solve_bytes)
