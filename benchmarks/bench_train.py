@@ -127,7 +127,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> list
         return model
 
     runners = [Runner("dense", fresh(), x, None),
-               Runner("static", nmsparse.prune_(fresh(), args.pattern, method="greedy"), x, None)]
+               Runner("static", nmsparse.prune_(fresh(), args.pattern, method="greedy").model, x, None)]
     pattern = nmsparse.NMPattern.parse(args.pattern)
     for method in args.methods:
         model = fresh()

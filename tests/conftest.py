@@ -26,7 +26,9 @@ os.environ.setdefault("NUMBA_CACHE_DIR", tempfile.mkdtemp(prefix="nmsparse-numba
 try:
     from hypothesis import settings
 
-    settings.register_profile("ci", max_examples=60, deadline=None, database=None)
+    # "ci" (the default): few examples, derandomized, so every run checks the same inputs in a few seconds;
+    # "dev": a longer random search (HYPOTHESIS_PROFILE=dev).
+    settings.register_profile("ci", max_examples=20, deadline=None, database=None, derandomize=True)
     settings.register_profile("dev", max_examples=400, deadline=None, database=None)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # pragma: no cover - hypothesis is in the test extra

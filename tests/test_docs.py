@@ -45,5 +45,6 @@ def _markdown_blocks() -> list:
 def test_markdown_examples_run(where, code, tmp_path, monkeypatch, one_torch_thread):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NMSPARSE_PROGRESS", "0")
-    exec(compile(code, where, "exec"), {"__name__": "__docs__"})  # noqa: S102 - our own documentation
+    # dont_inherit: run each block as a reader would, without this file's `from __future__ import annotations`
+    exec(compile(code, where, "exec", dont_inherit=True), {"__name__": "__docs__"})  # noqa: S102 - our own docs
     assert os.getcwd() == str(tmp_path)

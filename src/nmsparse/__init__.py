@@ -1,7 +1,12 @@
 """nmsparse: N:M and transposable N:M sparsity for PyTorch.
 
-The library is the names below (``nmsparse.__all__``) and the modules they come from; ``nmsparse.recipes`` (training
-recipes, data, built-in models, bridges) and ``nmsparse.cli`` sit on top of it with no API promise.
+The library is the names below (``nmsparse.__all__``) and the modules they come from, plus ``nmsparse.config``
+(``ConfigBase`` and the constraint types every config is checked with); ``nmsparse.recipes`` (training recipes,
+data, built-in models, bridges) and ``nmsparse.cli`` sit on top of it with no API promise.
+
+Verbs that decide something (``prune_``, ``adaprune_``, ``prune_oneshot_``, ``accelerate_``) return a report whose
+``.model`` is the model; verbs that only apply state (``set_masks_``, ``squash_masks_``, ``load_pruned_``) return
+the model. Long verbs take ``progress=`` (``None``: a bar only on a terminal).
 
 Importing this package creates no CUDA context and loads no optional dependency: the model-level verbs, I/O and
 kernels are imported on first use.
@@ -47,6 +52,9 @@ __all__ = [
     "adaprune_",
     "OneShotConfig",
     "prune_oneshot_",
+    # channel permutations (before pruning)
+    "permute_",
+    "PermuteReport",
     # acceleration
     "SparseLinear",
     "accelerate_",
@@ -76,6 +84,8 @@ _LAZY: dict[str, str] = {
     "adaprune_": "nmsparse.adaprune",
     "OneShotConfig": "nmsparse.oneshot",
     "prune_oneshot_": "nmsparse.oneshot",
+    "permute_": "nmsparse.permute",
+    "PermuteReport": "nmsparse.permute",
     "accelerate_": "nmsparse.accelerate",
     "save_masks": "nmsparse.io",
     "load_masks": "nmsparse.io",
@@ -100,6 +110,7 @@ if TYPE_CHECKING:
     from .nn import NMMask, SparseLinear
     from .nn.batchnorm import recalibrate_batchnorm_
     from .oneshot import OneShotConfig, prune_oneshot_
+    from .permute import PermuteReport, permute_
     from .prune import (
         DynamicSparsifier,
         LayerSelection,

@@ -29,3 +29,13 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, enab
     from tqdm.auto import tqdm
 
     yield from tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, file=sys.stderr, dynamic_ncols=True)
+
+
+def renamed_progress(progress: bool | None, progress_bar: bool | None, *, where: str) -> bool | None:
+    """The ``progress`` argument of a verb that used to call it ``progress_bar`` (a DeprecationWarning when used)."""
+    if progress_bar is None:
+        return progress
+    import warnings
+
+    warnings.warn(f"{where}: progress_bar= is deprecated; use progress=", DeprecationWarning, stacklevel=3)
+    return progress_bar if progress is None else progress

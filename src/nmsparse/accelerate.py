@@ -2,8 +2,8 @@
 
 Only **2:4** runs on NVIDIA sparse tensor cores, so only **2:4-T** masks speed up both the forward and the
 input-gradient product; 4:8-T and larger masks stay masked-dense (every such layer is reported with that reason).
-Even at 2:4-T, small products run *slower* sparse (DESIGN §6 measured about 0.4 ms more per sparse call on an
-H200, synchronised after every call, so probably host time), so the choice is made per shape
+Even at 2:4-T, small products run *slower* sparse (plain torch calls measured about 0.4 ms more per sparse call
+on an H200, synchronised after every call, so probably host time), so the choice is made per shape
 ``(tokens, in, out, dtype, mode, bias)`` by a measured micro-benchmark of one layer's forward + ``dX`` + ``dW``
 (with the per-step re-packing), cached in memory and optionally in a JSON file.
 
@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._logging import logger, progress
+from ._logging import logger, renamed_progress
+from ._logging import progress as with_progress
 from ._version import __version__
 from .errors import ConfigError
 from .io import atomic_path
@@ -111,12 +112,15 @@ class AccelerationReport:
         min_speedup: the threshold used.
         layers: qualified name -> decision, in model order.
         note: the pattern note (:data:`PATTERN_NOTE`).
+        model: the model after the swaps (the model passed in, changed in place; a bare ``nn.Linear`` passed as
+            the model is itself replaced, so use ``report.model``); not part of :meth:`to_dict` or ``repr``.
     """
 
     pattern: str
     min_speedup: float
     layers: dict[str, LayerDecision] = field(default_factory=dict)
     note: str = PATTERN_NOTE
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def swapped(self) -> dict[str, LayerDecision]:
@@ -521,6 +525,8 @@ def _record_tokens(model: nn.Module, names: Sequence[str], sample: Any) -> dict[
 
 
 def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
+    if not name:  # the model itself is the layer: the caller takes the new one from the report
+        return
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -538,7 +544,8 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
                 dtype: torch.dtype | None = None, include: Sequence[str] | None = None,
                 exclude: Sequence[str] | None = None, mode: str | None = None, decay: float | None = None,
                 method: str = "exact", training: bool = True, cache_file: str | os.PathLike[str] | bool | None = None,
-                force: bool = False, progress_bar: bool | None = None) -> AccelerationReport:
+                force: bool = False, progress: bool | None = None,
+                progress_bar: bool | None = None) -> AccelerationReport:
     """Swap ``nn.Linear`` layers for :class:`~nmsparse.nn.SparseLinear` where 2:4 sparse tensor cores are faster.
 
     For every ``nn.Linear`` (selected by ``include``/``exclude`` globs on qualified names):
@@ -559,7 +566,7 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
     GPU and dtype, after pruning, and before wrapping in DDP or compiling.
 
     Args:
-        model: the model; modified in place.
+        model: the model; modified in place (a bare ``nn.Linear`` is replaced: take ``report.model``).
         pattern: pattern for plain (unpruned) layers; only ``"2:4-T"`` accelerates.
         min_speedup: swap only when the measured speed-up reaches this.
         tokens: rows of each layer's 2-D input per call (batch x sequence), one int or per-layer-name ints.
@@ -574,10 +581,12 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
         cache_file: ``None``/``False``: in-memory cache only; ``True``: :func:`default_cache_file`; or a path.
         force: swap every layer that can take the pattern, whatever the probe or timing says (layers that cannot
             run sparse compute masked-dense; for tests and CPU runs).
-        progress_bar: show a progress bar over the layers (``None``: on a terminal only).
+        progress: show a progress bar over the layers (``None``: on a terminal only).
+        progress_bar: deprecated name of ``progress``.
 
     Returns:
-        An :class:`AccelerationReport` naming every layer considered and why it was or was not swapped.
+        An :class:`AccelerationReport` naming every layer considered and why it was or was not swapped, with the
+        model as ``.model``.
 
     Raises:
         ConfigError: bad arguments, or a capable GPU layer whose token count is unknown (pass ``tokens`` or
@@ -591,9 +600,10 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
         >>> print(report.kept["0"])
         no CUDA: tensors are on cpu (sparse tensor cores need an NVIDIA GPU)
         >>> report = accelerate_(model, force=True)  # masked-dense SparseLinear, for testing
-        >>> type(model[0]).__name__, len(report.swapped)
-        ('SparseLinear', 2)
+        >>> type(report.model[0]).__name__, len(report.swapped), report.model is model
+        ('SparseLinear', 2, True)
     """
+    progress = renamed_progress(progress, progress_bar, where="accelerate_")
     target = NMPattern.parse(pattern)
     _check_number("min_speedup", min_speedup, minimum=0.0)
     if tokens is not None and not isinstance(tokens, Mapping):
@@ -606,7 +616,7 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
     exclude_globs = [exclude] if isinstance(exclude, str) else list(exclude or ())
 
     candidates: dict[str, nn.Linear] = {}
-    report = AccelerationReport(pattern=str(target), min_speedup=float(min_speedup))
+    report = AccelerationReport(pattern=str(target), min_speedup=float(min_speedup), model=model)
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
             continue
@@ -640,8 +650,8 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
 
     replaced: dict[int, SparseLinear] = {}
     mod: Any  # parametrized attributes are invisible to type checkers
-    for name, mod in progress(candidates.items(), desc="accelerate_", total=len(candidates), unit="layer",
-                                 enabled=progress_bar):
+    for name, mod in with_progress(candidates.items(), desc="accelerate_", total=len(candidates), unit="layer",
+                                   enabled=progress):
         nm = _mask_of(mod)
         weight: torch.Tensor = mod.parametrizations.weight.original if nm is not None else mod.weight
         if isinstance(weight, nn.parameter.UninitializedParameter):
@@ -725,6 +735,8 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
                                       mode=None if nm is not None else (mode or "static"),  # type: ignore[arg-type]
                                       decay=None if nm is not None else decay, method=method)
         _set_child(model, name, new)
+        if not name:
+            report.model = new
         replaced[id(mod)] = new
         decision.swapped = True
     summary = report.describe()

@@ -418,7 +418,7 @@ def pruned_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[s
 
     Example:
         >>> import torch, nmsparse
-        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4")
+        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4").model
         >>> tensors, meta = pruned_state_dict(model)
         >>> sorted(tensors), meta["kind"]
         (['0.bias', '0.weight', '__nmsparse_mask__.0.weight'], 'pruned')
@@ -528,7 +528,7 @@ def load_pruned_state_dict_(model: nn.Module, tensors: Mapping[str, torch.Tensor
     Example:
         >>> import torch, nmsparse
         >>> from nmsparse.io import load_pruned_state_dict_, pruned_state_dict
-        >>> pruned = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4")
+        >>> pruned = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4").model
         >>> fresh = load_pruned_state_dict_(torch.nn.Sequential(torch.nn.Linear(8, 4)), *pruned_state_dict(pruned))
         >>> torch.equal(fresh[0].weight, pruned[0].weight), str(fresh[0].parametrizations.weight[0].pattern)
         (True, '2:4')
@@ -703,7 +703,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, metadata: Map
         >>> import tempfile, pathlib, torch, nmsparse
         >>> from nmsparse.io import load_pruned_, save_pruned
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.safetensors"
-        >>> _ = save_pruned(nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "4:8"), path)
+        >>> _ = save_pruned(nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "4:8").model, path)
         >>> list(nmsparse.get_masks(load_pruned_(torch.nn.Sequential(torch.nn.Linear(8, 4)), path)))
         ['0.weight']
     """
@@ -733,7 +733,7 @@ def export_dense(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Example:
         >>> import torch, nmsparse
-        >>> pruned = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4")
+        >>> pruned = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4").model
         >>> plain = torch.nn.Sequential(torch.nn.Linear(8, 4))
         >>> _ = plain.load_state_dict(export_dense(pruned))
         >>> int((plain[0].weight == 0).sum())
@@ -792,7 +792,7 @@ def dense_from_pruned(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
 
     Example:
         >>> import torch, nmsparse
-        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4")
+        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4").model
         >>> dense, masks, info = dense_from_pruned(*pruned_state_dict(model))
         >>> sorted(dense), info["0.weight"]["pattern"], int((dense["0.weight"] == 0).sum())
         (['0.bias', '0.weight'], '2:4', 16)

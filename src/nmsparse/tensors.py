@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._logging import progress
+from ._logging import progress as with_progress
+from ._logging import renamed_progress
 from .errors import ConfigError, ShapeError
 from .layout import check_fits
 from .pattern import NMPattern, PatternLike
@@ -98,8 +99,8 @@ def _selected(name: str, include: Sequence[str] | None, exclude: Sequence[str] |
 
 def mask_state_dict(state_dict: Mapping[str, torch.Tensor], pattern: PatternLike, *, method: str = "auto",
                     include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                    progress_bar: bool | None = None, transposed: Sequence[str] | None = None,
-                    include_embeddings: bool = False) -> StateDictMasks:
+                    progress: bool | None = None, transposed: Sequence[str] | None = None,
+                    include_embeddings: bool = False, progress_bar: bool | None = None) -> StateDictMasks:
     """Solve a mask for every prunable weight of ``state_dict``.
 
     Prunable: floating 2-D, 3-D or 4-D tensors whose name ends in ``weight`` (after ``include``/``exclude``
@@ -112,9 +113,10 @@ def mask_state_dict(state_dict: Mapping[str, torch.Tensor], pattern: PatternLike
         method: :func:`~nmsparse.find_mask` method.
         include: *optional* key globs; only matching tensors.
         exclude: *optional* key globs to skip.
-        progress_bar: show a progress bar (``None``: when the output is a terminal).
+        progress: show a progress bar (``None``: when the output is a terminal).
         transposed: *optional* exact keys or globs of weights stored ``[in, out]`` (``Conv1D``).
         include_embeddings: also mask 2-D tables whose key names an embedding (:data:`EMBEDDING_GLOBS`).
+        progress_bar: deprecated name of ``progress``.
 
     Raises:
         ConfigError: when no tensor can take the pattern (the message lists why for each candidate).
@@ -126,6 +128,7 @@ def mask_state_dict(state_dict: Mapping[str, torch.Tensor], pattern: PatternLike
         >>> list(out.masks), out.skipped["odd.weight"][:28]
         (['fc.weight'], 'the reduction dimension (in)')
     """
+    progress = renamed_progress(progress, progress_bar, where="mask_state_dict")
     pattern = NMPattern.parse(pattern)
     candidates: dict[str, torch.Tensor] = {}
     skipped: dict[str, str] = {}
@@ -151,12 +154,12 @@ def mask_state_dict(state_dict: Mapping[str, torch.Tensor], pattern: PatternLike
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no 2-D, 3-D or 4-D floating '*weight' tensors"
         raise ConfigError(f"nothing to prune with pattern {pattern}: {reasons}")
     out = StateDictMasks({}, [], skipped)
-    for name in progress(candidates, desc=f"{pattern} masks", total=len(candidates), enabled=progress_bar,
-                         unit="tensor"):
+    for name in with_progress(candidates, desc=f"{pattern} masks", total=len(candidates), enabled=progress,
+                              unit="tensor"):
         weight = candidates[name]
         start = time.perf_counter()
         flip = is_flipped[name]
-        mask = from_view(find_mask(to_view(weight, transposed=flip), pattern, method=method, progress=progress_bar),
+        mask = from_view(find_mask(to_view(weight, transposed=flip), pattern, method=method, progress=progress),
                          tuple(weight.shape), transposed=flip)
         seconds = time.perf_counter() - start
         out.masks[name] = mask

@@ -44,9 +44,10 @@ def test_cpu_reports_every_layer_not_swapped_with_the_reason() -> None:
 
 
 def test_force_swaps_to_masked_dense_with_the_same_function() -> None:
-    model = nmsparse.prune_(_mlp(), "2:4-T")
+    model = nmsparse.prune_(_mlp(), "2:4-T").model
     ref = copy.deepcopy(model)
     report = accelerate_(model, force=True)
+    assert report.model is model, "the report holds the model, changed in place"
     assert isinstance(model[0], SparseLinear) and isinstance(model[2], SparseLinear)
     assert isinstance(model[4], nn.Linear), "6 outputs cannot take 2:4-T, even forced"
     assert report.swapped["0"].reason.startswith("forced: runs masked-dense (no CUDA")
@@ -77,6 +78,23 @@ def test_include_exclude_and_non_linear_models() -> None:
     assert list(report.layers) == ["0"] and isinstance(model[0], SparseLinear)
     assert isinstance(model[2], nn.Linear)
     assert accelerate_(nn.Sequential(nn.Conv2d(3, 8, 3))).layers == {}
+
+
+def test_a_bare_linear_model_is_replaced_and_returned_in_the_report() -> None:
+    layer = nn.Linear(128, 128)
+    report = accelerate_(layer, force=True)
+    assert isinstance(report.model, SparseLinear) and list(report.swapped) == [""]
+    assert dict(layer.named_children()) == {}, "the old layer gets no child named ''"
+    x = torch.randn(3, 128)
+    assert report.model(x).shape == (3, 128)
+    assert "model" not in report.to_dict() and "model=" not in repr(report)
+
+
+def test_progress_has_one_name_and_the_old_one_warns() -> None:
+    report = accelerate_(_mlp(), tokens=8, progress=False)
+    assert list(report.layers) == ["0", "2", "4"]
+    with pytest.warns(DeprecationWarning, match="progress_bar= is deprecated; use progress="):
+        accelerate_(_mlp(), tokens=8, progress_bar=False)
 
 
 def test_argument_errors() -> None:

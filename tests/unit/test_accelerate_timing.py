@@ -133,7 +133,7 @@ def test_cache_key_names_version_mode_and_bias(fake_gpu_timing: list[dict[str, A
 
 def test_gain_model() -> None:
     assert step_gain_ceiling(1.0, 2.0) == pytest.approx(1.5), "the textbook ceiling: all linears, 2x on two of three"
-    assert step_gain_ceiling(0.6, 1.3) == pytest.approx(1.102, abs=1e-3), "DESIGN §6: ~60% in linears at ~1.3x"
+    assert step_gain_ceiling(0.6, 1.3) == pytest.approx(1.102, abs=1e-3), "a step ~60% in linears at ~1.3x gains ~1.10x"
     assert step_gain_ceiling(0.6, 1.4, 1.3, overhead_share=0.02) < step_gain_ceiling(0.6, 1.4, 1.3)
     assert step_gain_ceiling(0.0, 5.0) == 1.0
     assert predicted_layer_speedup(2.0, training=True) == pytest.approx(1.5)

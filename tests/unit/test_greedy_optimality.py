@@ -103,7 +103,7 @@ def test_half_bound_is_tight_on_the_classic_instance(n: int) -> None:
     optimum = float(_values(block, exact.exact_blocks(block, 1, at_most=True))[0])
     assert optimum == pytest.approx(2.0) and greedy == pytest.approx(1.0 + eps)
     assert greedy >= 0.5 * optimum
-    # And for every n on Gaussian blocks, greedy stays close to the optimum on average (DESIGN: 98-99%).
+    # And for every n on Gaussian blocks, greedy stays close to the optimum on average (98-99% in practice).
     blocks = torch.randn(2000, m, m).abs()
     optimum = _values(blocks, exact.exact_blocks(blocks, n, at_most=True)).sum()
     ratio = float(_values(blocks, greedy_blocks(blocks, n)).sum() / optimum)

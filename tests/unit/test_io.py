@@ -111,12 +111,12 @@ def umask(request):
 
 
 def test_written_files_get_the_mode_of_a_plain_open(tmp_path, umask):
-    # fault 6: mkstemp's private 0600 leaked into every file written through the atomic writer
+    # Regression: mkstemp's private 0600 leaked into every file written through the atomic writer
     with open(tmp_path / "reference.txt", "w") as handle:
         handle.write("x")
     expected = stat.S_IMODE(os.stat(tmp_path / "reference.txt").st_mode)
     assert expected == 0o666 & ~umask
-    model = nmsparse.prune_(_mlp(), "2:4")
+    model = nmsparse.prune_(_mlp(), "2:4").model
     written = [
         write_text_atomic(tmp_path / "a.txt", "hello"),
         save_masks(nmsparse.get_masks(model), tmp_path / "m.safetensors"),
@@ -133,7 +133,7 @@ def test_written_files_get_the_mode_of_a_plain_open(tmp_path, umask):
 
 
 def test_overwrite_false_refuses_an_existing_file_and_keeps_it(tmp_path):
-    model = nmsparse.prune_(_mlp(), "2:4")
+    model = nmsparse.prune_(_mlp(), "2:4").model
     target = tmp_path / "m.safetensors"
     target.write_bytes(b"user data")
     for call in (lambda: save_masks(nmsparse.get_masks(model), target),
@@ -150,7 +150,7 @@ def test_overwrite_false_refuses_an_existing_file_and_keeps_it(tmp_path):
 
 
 def test_pruned_state_dict_layout_and_round_trip(tmp_path):
-    model = nmsparse.prune_(_mlp(), "4:8-T", method="greedy")
+    model = nmsparse.prune_(_mlp(), "4:8-T", method="greedy").model
     tensors, meta = pruned_state_dict(model)
     assert set(tensors) == {"0.weight", "0.bias", "2.weight", "2.bias", MASK_PREFIX + "0.weight",
                             MASK_PREFIX + "2.weight"}
@@ -169,7 +169,7 @@ def test_pruned_state_dict_layout_and_round_trip(tmp_path):
 
 
 def test_pattern_and_mode_survive_a_reload(tmp_path):
-    # fault 8: after a reload set_masks_ accepted an all-True mask on a 4:8-T model
+    # Regression: after a reload set_masks_ accepted an all-True mask on a 4:8-T model
     model = nmsparse.DynamicSparsifier(_mlp(), "4:8-T", initial_method="greedy", decay=1e-3).model
     all_true = {"0.weight": torch.ones(16, 16, dtype=torch.bool)}
     reloaded = [load_pruned_state_dict_(_mlp(), raw_state(model)),  # raw state dict
@@ -179,7 +179,7 @@ def test_pattern_and_mode_survive_a_reload(tmp_path):
         assert str(nm.pattern) == "4:8-T" and nm.straight_through and nm.decay == 1e-3
         with pytest.raises(MaskMismatchError, match="wrong pattern"):
             nmsparse.set_masks_(fresh, all_true, strict=False)
-    twin = nmsparse.prune_(_mlp(), "2:4")  # another pattern: load_state_dict brings 4:8-T with the raw state
+    twin = nmsparse.prune_(_mlp(), "2:4").model  # another pattern: load_state_dict brings 4:8-T with the raw state
     twin.load_state_dict(raw_state(model))
     assert str(twin[0].parametrizations.weight[0].pattern) == "4:8-T"
     with pytest.raises(MaskMismatchError, match="wrong pattern"):
@@ -187,8 +187,8 @@ def test_pattern_and_mode_survive_a_reload(tmp_path):
 
 
 def test_export_dense_loads_into_a_plain_model(tmp_path):
-    # fault 13: a pruned model's weights needed five manual steps to become a normal state dict
-    model = nmsparse.prune_(_mlp(), "2:4")
+    # Regression: a pruned model's weights needed five manual steps to become a normal state dict
+    model = nmsparse.prune_(_mlp(), "2:4").model
     x = torch.randn(3, 16)
     plain = _mlp()
     plain.load_state_dict(export_dense(model))  # strict
@@ -200,12 +200,12 @@ def test_export_dense_loads_into_a_plain_model(tmp_path):
     assert read_metadata(path)["kind"] == "dense"
     assert json.loads(read_metadata(path)["masks"])["2.weight"]["pattern"] == "2:4"
     assert nmsparse.is_pruned(model[0])  # the model itself is unchanged
-    again = nmsparse.prune_(_mlp(), "2:4")
+    again = nmsparse.prune_(_mlp(), "2:4").model
     nmsparse.set_masks_(again, load_masks(tmp_path / "masks.safetensors"))
 
 
 def test_load_pruned_refuses_a_masks_file_and_names_mismatches(tmp_path):
-    model = nmsparse.prune_(_mlp(), "2:4")
+    model = nmsparse.prune_(_mlp(), "2:4").model
     masks_path = save_masks(nmsparse.get_masks(model), tmp_path / "m.safetensors")
     with pytest.raises(InputError, match="kind='masks'"):
         load_pruned_(_mlp(), masks_path)
@@ -220,7 +220,7 @@ def test_load_pruned_refuses_a_masks_file_and_names_mismatches(tmp_path):
 
 
 def test_pruning_keeps_the_parameter_order_for_optimizer_state():
-    # fault 10: parametrizing moved each weight behind its bias, so Adam state saved before pruning did not
+    # Regression: parametrizing moved each weight behind its bias, so Adam state saved before pruning did not
     # load into an optimizer built after (size mismatch), and the ASP workflow relied on an accident
     model = _mlp()
     names = [n for n, _ in model.named_parameters()]
@@ -247,7 +247,7 @@ def test_pruning_keeps_the_parameter_order_for_optimizer_state():
 def test_raw_checkpoints_of_older_writers_still_load(tmp_path):
     from safetensors.torch import save_file
 
-    model = nmsparse.prune_(_mlp(), "2:4")
+    model = nmsparse.prune_(_mlp(), "2:4").model
     raw = {k: v.contiguous() for k, v in raw_state(model).items()}
     save_file(raw, str(tmp_path / "old.safetensors"), metadata={"format": "nmsparse.recipes.train.model"})
     fresh = load_pruned_(_mlp(), tmp_path / "old.safetensors")
@@ -267,7 +267,7 @@ def test_save_pretrained_dense_leaves_the_model_pruned_and_working(tmp_path):
     from nmsparse.io import MASKS_FILE, save_pretrained_dense
     from nmsparse.testing import tiny_gpt2
 
-    model = nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy")
+    model = nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy").model
     ids = torch.randint(0, 64, (1, 8))
     expected = model(ids).logits
     save_pretrained_dense(model, tmp_path / "out", metadata={"note": "x"})

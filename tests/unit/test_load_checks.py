@@ -17,7 +17,7 @@ from nmsparse.io import MASK_PREFIX, load_masks, load_pruned_state_dict_, pruned
 
 def _linear_file(settings: dict) -> tuple[dict, dict]:
     """A save_pruned record of one 8x8 Linear whose mask is 2:4 along dim 0 only (its transpose is 2:4)."""
-    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4")
+    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4").model
     tensors, meta = pruned_state_dict(model)
     rows = torch.tensor([True, True, False, False] * 2).expand(8, 8)
     tensors[MASK_PREFIX + "0.weight"] = rows.t().contiguous()  # breaks 2:4 on the rows of an nn.Linear
@@ -29,7 +29,7 @@ def _linear_file(settings: dict) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("claim", [True, "false", "yes"])
 def test_load_pruned_state_dict_checks_the_layout_claims_against_the_module(claim):
-    # item 4: "transposed": true on an nn.Linear tested the mask on the wrong axis; the string "false" was true
+    # Regression: "transposed": true on an nn.Linear tested the mask on the wrong axis; the string "false" was true
     tensors, meta = _linear_file({"transposed": claim})
     fresh = nn.Sequential(nn.Linear(8, 8))
     with pytest.raises(MaskMismatchError, match="transposed"):
@@ -44,8 +44,8 @@ def test_load_pruned_state_dict_refuses_a_padded_claim_that_is_not_a_bool():
 
 
 def test_load_pruned_state_dict_masks_entry_not_an_object_is_a_mismatch():
-    # item 9: a 'masks' entry that is not a JSON object raised a bare AttributeError
-    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4")
+    # Regression: a 'masks' entry that is not a JSON object raised a bare AttributeError
+    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4").model
     tensors, meta = pruned_state_dict(model)
     meta["masks"] = json.dumps({"0.weight": "2:4"})
     with pytest.raises(MaskMismatchError, match="not a JSON object"):
@@ -59,7 +59,7 @@ def test_export_run_masks_entry_not_an_object_is_one_line(tmp_path, capsys):
 
     from nmsparse.cli.main import main
 
-    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4")
+    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4").model
     tensors, meta = pruned_state_dict(model)
     meta["masks"] = json.dumps({"0.weight": [1, 2]})
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "p.safetensors"), metadata=meta)
@@ -69,8 +69,8 @@ def test_export_run_masks_entry_not_an_object_is_one_line(tmp_path, capsys):
 
 
 def test_load_pruned_state_dict_refuses_two_keys_for_one_mask():
-    # item 14: a file with two keys for one mask loaded one of them without a word
-    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4")
+    # Regression: a file with two keys for one mask loaded one of them without a word
+    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4").model
     tensors, meta = pruned_state_dict(model)
     tensors["0.parametrizations.weight.0.mask"] = torch.ones(8, 8, dtype=torch.bool)
     tensors["0.parametrizations.weight.original"] = tensors.pop("0.weight")
@@ -79,7 +79,7 @@ def test_load_pruned_state_dict_refuses_two_keys_for_one_mask():
 
 
 def test_sparse_linear_load_state_dict_keeps_the_saved_mode_and_decay():
-    # item 5: the layer came back static with decay 0
+    # Regression: the layer came back static with decay 0
     from nmsparse.nn import SparseLinear
 
     try:
@@ -102,7 +102,7 @@ def test_sparse_linear_load_state_dict_keeps_the_saved_mode_and_decay():
 
 
 def test_load_masks_into_attaches_nothing_when_a_later_mask_breaks_its_pattern(tmp_path):
-    # item 10: the masks before the broken one stayed attached
+    # Regression: the masks before the broken one stayed attached
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file, save_file
 
@@ -110,7 +110,7 @@ def test_load_masks_into_attaches_nothing_when_a_later_mask_breaks_its_pattern(t
     from nmsparse.oneshot.hf import load_masks_into_, save_pruned_pretrained
     from nmsparse.testing import tiny_gpt2
 
-    model = nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy")
+    model = nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy").model
     folder = save_pruned_pretrained(model, tmp_path / "out", pattern="2:4-T")
     path = folder / MASKS_FILE
     masks, meta = load_file(str(path)), read_metadata(path)
@@ -124,19 +124,19 @@ def test_load_masks_into_attaches_nothing_when_a_later_mask_breaks_its_pattern(t
 
 
 def test_load_masks_into_invalid_nmsparse_json_is_an_input_error(tmp_path):
-    # item 9: an invalid nmsparse.json raised a raw JSONDecodeError
+    # Regression: an invalid nmsparse.json raised a raw JSONDecodeError
     pytest.importorskip("transformers")
     from nmsparse.oneshot.hf import load_masks_into_, save_pruned_pretrained
     from nmsparse.testing import tiny_gpt2
 
-    folder = save_pruned_pretrained(nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy"), tmp_path / "out")
+    folder = save_pruned_pretrained(nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy").model, tmp_path / "out")
     (folder / "nmsparse.json").write_text("{not json")
     with pytest.raises(InputError, match="nmsparse.json"):
         load_masks_into_(tiny_gpt2(), folder)
 
 
 def test_find_mask_accepts_conv1d_weights():
-    # item 12: the README says Conv1d weights work; find_mask refused 3-D tensors
+    # Regression: the README says Conv1d weights work; find_mask refused 3-D tensors
     torch.manual_seed(0)
     weight = torch.randn(16, 8, 3)
     mask = nmsparse.find_mask(weight, "4:8-T")
@@ -147,8 +147,8 @@ def test_find_mask_accepts_conv1d_weights():
 
 
 def test_set_masks_keeps_the_pattern_of_a_loaded_masks_file(tmp_path):
-    # item 12: set_masks_(model, load_masks(path)) attached masks without their pattern
-    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4")
+    # Regression: set_masks_(model, load_masks(path)) attached masks without their pattern
+    model = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4").model
     save_masks(nmsparse.get_masks(model), tmp_path / "m.safetensors", pattern="2:4")
     fresh = nn.Sequential(nn.Linear(8, 8))
     nmsparse.set_masks_(fresh, load_masks(tmp_path / "m.safetensors"))
@@ -158,14 +158,14 @@ def test_set_masks_keeps_the_pattern_of_a_loaded_masks_file(tmp_path):
 
 
 def test_prune_oneshot_relative_error_is_the_unsquared_ratio():
-    # item 15: the per-layer "rel. error" was ||dY||^2 / ||Y||^2 under a header that did not say so
+    # Regression: the per-layer "rel. error" was ||dY||^2 / ||Y||^2 under a header that did not say so
     from nmsparse.oneshot import prune_oneshot_
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 16, bias=False))
     dense = model[0].weight.detach().clone()
     calibration = [torch.randn(6, 16) for _ in range(2)]
-    report = prune_oneshot_(model, calibration, "2:4", method="wanda")
+    report = prune_oneshot_(model, calibration, "2:4", algorithm="wanda")
     x = torch.cat(calibration).double()
     pruned = model[0].weight.detach().double()
     expected = float((x @ (dense.double() - pruned).t()).norm() / (x @ dense.double().t()).norm())

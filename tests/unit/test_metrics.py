@@ -45,8 +45,8 @@ def test_retained_magnitude():
         nmsparse.retained_magnitude(w, torch.ones(2, 2, dtype=torch.bool))
 
 
-def test_gaussian_kept_fractions_match_the_brief():
-    # DESIGN section 3: row-only n:m on Gaussian weights keeps 0.7445 (2:4) and 0.7683 (4:8)
+def test_gaussian_kept_fractions_match_the_known_values():
+    # Row-only n:m on Gaussian weights keeps 0.7445 (2:4) and 0.7683 (4:8) of |w|
     torch.manual_seed(0)
     w = torch.randn(1024, 1024)
     assert nmsparse.retained_magnitude(w, nmsparse.find_mask(w, "2:4")) == pytest.approx(0.7445, abs=2e-3)
@@ -54,7 +54,7 @@ def test_gaussian_kept_fractions_match_the_brief():
 
 
 def test_retained_magnitude_is_finite_for_extreme_float64():
-    # Regression (issue 7, fault 1): the float64 sum of values near 1e308 overflowed and inf / inf gave NaN.
+    # Regression (issue 7): the float64 sum of values near 1e308 overflowed and inf / inf gave NaN.
     big = torch.full((2, 4), torch.finfo(torch.float64).max, dtype=torch.float64)
     mask = torch.tensor([[True, True, False, False]] * 2)
     assert nmsparse.retained_magnitude(big, mask) == 0.5

@@ -43,7 +43,7 @@ def test_pattern_passes_through_and_is_hashable():
 @pytest.mark.parametrize(("spec", "hint"), [(" 2:4", "remove the spaces"), ("2 : 4", "remove the spaces"),
                                             ("\u0662:\u0664", "ASCII digits")])
 def test_rejected_spellings_say_why(spec, hint):
-    # Regression (issue 7, fault 9): surrounding and inner spaces and non-ASCII digits were accepted.
+    # Regression (issue 7): surrounding and inner spaces and non-ASCII digits were accepted.
     with pytest.raises(PatternError, match=hint) as info:
         NMPattern.parse(spec)
     assert '"N:M-T"' in str(info.value)  # and the accepted forms
@@ -52,7 +52,7 @@ def test_rejected_spellings_say_why(spec, hint):
 @pytest.mark.parametrize(("value", "quoted"), [(124, "'2:4'"), (248, "'4:8'"), (64, "'1:4'"), (496, "'8:16'"),
                                                (992, "'16:32'")])
 def test_yaml_base60_integer_says_quote_it(value, quoted):
-    # Regression (issue 7, fault 9): YAML 1.1 turns an unquoted 2:4 into 124 (base 60).
+    # Regression (issue 7): YAML 1.1 turns an unquoted 2:4 into 124 (base 60).
     with pytest.raises(PatternError, match=f"quote it: {quoted}"):
         NMPattern.parse(value)  # type: ignore[arg-type]
 

@@ -226,14 +226,14 @@ def test_reprune_static_never_revives_pruned_weights():
 
 
 def test_dtype_change_keeps_bool_mask():
-    model = prune_(toy_mlp(), "2:4").to(torch.float64)
+    model = prune_(toy_mlp(), "2:4").model.to(torch.float64)
     assert model[0].parametrizations.weight[0].mask.dtype == torch.bool
     assert model[0].weight.dtype == torch.float64
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_masks_move_with_the_model_to_cuda():
-    model = prune_(toy_mlp(), "2:4-T", method="greedy").to("cuda")
+    model = prune_(toy_mlp(), "2:4-T", method="greedy").model.to("cuda")
     assert model[0].parametrizations.weight[0].mask.device.type == "cuda"
     assert model(torch.randn(3, 32, device="cuda")).device.type == "cuda"
 
@@ -324,7 +324,7 @@ def test_squash_refuses_foreign_parametrizations():
         def forward(self, w: torch.Tensor) -> torch.Tensor:
             return 2 * w
 
-    model = prune_(toy_mlp(), "2:4")
+    model = prune_(toy_mlp(), "2:4").model
     parametrize.register_parametrization(model[0], "weight", Double())
     with pytest.raises(ConfigError, match=r"\['0'\]"):
         squash_masks_(model)
@@ -335,8 +335,8 @@ def test_squash_refuses_foreign_parametrizations():
 
 
 def test_raw_state_dict_round_trip_into_fresh_pruned_model():
-    model = prune_(ToyCNN(), "4:8-T", method="greedy")
-    fresh = prune_(ToyCNN(), "4:8-T", method="greedy")  # other weights, other masks
+    model = prune_(ToyCNN(), "4:8-T", method="greedy").model
+    fresh = prune_(ToyCNN(), "4:8-T", method="greedy").model  # other weights, other masks
     assert any(not torch.equal(a, b) for a, b in zip(get_masks(model).values(), get_masks(fresh).values()))
     fresh.load_state_dict(raw_state(model))
     x = torch.randn(2, 3, 8, 8)
@@ -346,7 +346,7 @@ def test_raw_state_dict_round_trip_into_fresh_pruned_model():
 
 
 def test_load_pruned_state_dict_into_fresh_unpruned_model():
-    model = prune_(ToyCNN(), "2:4", method="auto")
+    model = prune_(ToyCNN(), "2:4", method="auto").model
     state = raw_state(model)
     fresh = ToyCNN()
     assert load_pruned_state_dict_(fresh, state) is fresh
@@ -361,7 +361,7 @@ def test_load_pruned_state_dict_into_fresh_unpruned_model():
 
 
 def test_checkpoint_with_mismatched_masks_is_refused_naming_every_entry():
-    state = raw_state(prune_(toy_mlp(), "2:4"))
+    state = raw_state(prune_(toy_mlp(), "2:4").model)
     state["2.parametrizations.weight.0.mask"] = torch.ones(5, 5, dtype=torch.bool)  # wrong shape
     state["9.parametrizations.weight.0.mask"] = torch.ones(2, 2, dtype=torch.bool)  # no module 9
     state["1.parametrizations.weight.0.mask"] = torch.ones(2, 2, dtype=torch.bool)  # ReLU: no weight
@@ -378,11 +378,11 @@ def test_checkpoint_with_mismatched_masks_is_refused_naming_every_entry():
 
 
 def test_load_pruned_state_dict_reports_missing_masks_and_other_keys():
-    pruned = prune_(toy_mlp(), "2:4")
+    pruned = prune_(toy_mlp(), "2:4").model
     dense_state = toy_mlp().state_dict()
     with pytest.raises(MaskMismatchError, match=r"missing: mask '0.weight'"):
         load_pruned_state_dict_(pruned, dense_state)
-    state = raw_state(prune_(toy_mlp(), "2:4", include=["0"]))
+    state = raw_state(prune_(toy_mlp(), "2:4", include=["0"]).model)
     state["extra.buffer"] = torch.zeros(1)
     fresh = toy_mlp()
     with pytest.raises(MaskMismatchError, match="unexpected: 'extra.buffer'"):
@@ -393,9 +393,9 @@ def test_load_pruned_state_dict_reports_missing_masks_and_other_keys():
 
 
 def test_set_masks_replaces_in_place_and_lists_every_problem():
-    model = prune_(toy_mlp(), "2:4-T", method="greedy")
+    model = prune_(toy_mlp(), "2:4-T", method="greedy").model
     buffer = model[0].parametrizations.weight[0].mask
-    new = get_masks(prune_(toy_mlp(), "2:4-T", method="greedy"))
+    new = get_masks(prune_(toy_mlp(), "2:4-T", method="greedy").model)
     set_masks_(model, new)
     assert model[0].parametrizations.weight[0].mask is buffer
     assert all(torch.equal(get_masks(model)[k], v) for k, v in new.items())
@@ -416,7 +416,7 @@ def test_set_masks_replaces_in_place_and_lists_every_problem():
 
 
 def test_loading_a_mask_that_breaks_the_layers_pattern_is_refused():
-    model = prune_(toy_mlp(), "2:4-T", method="greedy")
+    model = prune_(toy_mlp(), "2:4-T", method="greedy").model
     state = copy.deepcopy(raw_state(model))
     state["0.parametrizations.weight.0.mask"][:] = True
     with pytest.raises(MaskMismatchError, match=r"wrong pattern: mask '0.weight' breaks 2:4-T"):
@@ -428,7 +428,7 @@ def test_loading_a_mask_that_breaks_the_layers_pattern_is_refused():
 
 
 def test_gpt2_conv1d_layers_are_first_class_and_masked_along_their_input_dimension():
-    # issue 9 part 5: select_layers/prune_ picked only GPT-2's tied lm_head; Conv1D weights are [in, out]
+    # Regression (issue 9): select_layers/prune_ picked only GPT-2's tied lm_head; Conv1D weights are [in, out]
     pytest.importorskip("transformers")
     from nmsparse.testing import tiny_gpt2
 
@@ -449,7 +449,7 @@ def test_gpt2_conv1d_layers_are_first_class_and_masked_along_their_input_dimensi
         # the product's matrix view [out, in] obeys the pattern: groups run along dim 0 of the stored weight
         assert torch.equal(mask.t(), nmsparse.find_mask(weight.t(), "4:8-T", method="greedy"))
         assert nmsparse.is_nm_sparse(mask.t(), "4:8-T")
-    plain = nmsparse.prune_(tiny_gpt2(), "2:4", include=["*c_fc"])
+    plain = nmsparse.prune_(tiny_gpt2(), "2:4", include=["*c_fc"]).model
     fc = get_masks(plain)["transformer.h.0.mlp.c_fc.weight"]  # [32, 128]
     assert bool((fc.t().reshape(128, 8, 4).sum(-1) == 2).all())  # 2 of every 4 inputs of each output
     squash_masks_(model)
@@ -502,9 +502,7 @@ def test_dynamic_sparsifier_refreshes_conv1d_along_the_input_dimension():
 
 
 def test_pad_masks_layers_that_do_not_fit_without_keeping_padded_entries():
-    # fault 11: layers that do not fit m (a 3-channel stem, odd sizes) could only be skipped
-    from nmsparse.prune import last_report
-
+    # Regression: layers that do not fit m (a 3-channel stem, odd sizes) could only be skipped
     model = ToyCNN()
     assert "stem" in select_layers(model, "4:8-T").skipped
     assert "pad=True" in select_layers(model, "4:8-T").skipped["stem"]
@@ -513,8 +511,7 @@ def test_pad_masks_layers_that_do_not_fit_without_keeping_padded_entries():
     assert "not offered for grouped convs" in sel.skipped["depthwise"]
     assert sel.padded["stem"] == (16, 32) and sel.padded["head"] == (8, 16)
     dense = copy.deepcopy(model)
-    prune_(model, "4:8-T", method="exact", pad=True)
-    report = last_report(model)
+    report = prune_(model, "4:8-T", method="exact", pad=True)
     assert set(report.padded) == {"stem", "head"}
     assert set(select_layers(ToyCNN(), "2:4", pad=True).padded) == {"stem", "depthwise"}
     assert {layer.name: layer.padded_to for layer in report.pruned}["stem"] == (16, 32)
@@ -566,25 +563,45 @@ def test_pad_with_plain_pattern_and_dynamic_refresh():
 
 
 def test_prune_report_lists_pruned_and_skipped_layers():
-    # fault 12: skip warnings went to a logger with only a NullHandler; nothing said what stayed dense
+    # Regression: skip warnings went to a logger with only a NullHandler; nothing said what stayed dense
     import json
 
-    from nmsparse.prune import PruneReport, last_report
+    from nmsparse.prune import PruneReport
 
     model = ToyCNN()
-    assert last_report(model) is None
-    assert prune_(model, "4:8-T", method="greedy") is model
-    report = last_report(model)
+    report = prune_(model, "4:8-T", method="greedy")
     assert isinstance(report, PruneReport) and report.verb == "prune_" and report.method == "greedy"
+    assert report.model is model  # the report holds the model, pruned in place
     assert [layer.name for layer in report.pruned] == ["conv", "grouped", "narrow_groups", "conv1d", "fc"]
     assert set(report.skipped) == {"stem", "depthwise", "head"} and not report.padded
     assert report.pruned[0].tensor == "conv.weight" and 0.5 < report.pruned[0].kept_magnitude < 1
-    data = json.loads(json.dumps(report.to_dict()))
+    data = json.loads(json.dumps(report.to_dict()))  # the model stays out of the record
+    assert "model" not in data and "model=" not in repr(report)
     assert data["pruned"][3]["layer_type"] == "Conv1d" and data["skipped"]["head"] == report.skipped["head"]
     text = report.describe()
     assert "5 layer(s) pruned to 4:8-T" in text and "- stem:" in text
     sparsifier = nmsparse.DynamicSparsifier(ToyCNN(), "4:8-T", initial_method="greedy")
     assert sparsifier.report.verb == "DynamicSparsifier" and "stem" in sparsifier.report.skipped
+    assert sparsifier.report.model is sparsifier.model
+
+
+def test_prune_report_names_the_fix_for_code_that_expects_the_model():
+    report = prune_(toy_mlp(), "2:4")
+    with pytest.raises(AttributeError, match=r"report\.model\.parameters"):
+        report.parameters()
+    with pytest.raises(TypeError, match=r"report\.model\[\.\.\.\]"):
+        report[0]
+    with pytest.raises(TypeError, match=r"report\.model\(x\)"):
+        report(torch.randn(2, 32))
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_thing'$"):
+        report.no_such_thing  # noqa: B018
+
+
+def test_prune_progress_argument():
+    import inspect
+
+    assert inspect.signature(prune_).parameters["progress"].default is None
+    prune_(toy_mlp(), "2:4", progress=False)
 
 
 def test_keep_first_last_has_one_default_false():
@@ -598,7 +615,7 @@ def test_keep_first_last_has_one_default_false():
 
 
 def test_set_masks_applies_a_mask_mapping_to_an_unpruned_model():
-    # fault 7 (held-out style): a masks file applied to a freshly built model through the public API
+    # Regression: a masks file could not be applied to a freshly built model through the public API
     source = toy_mlp()
     masks = {k: nmsparse.find_mask(v, "4:8-T") for k, v in source.state_dict().items() if k.endswith("weight")}
     model = toy_mlp()
@@ -618,12 +635,12 @@ def test_set_masks_applies_a_mask_mapping_to_an_unpruned_model():
 
 
 def test_nmmask_state_travels_as_a_small_tensor_and_survives_a_cast():
-    model = prune_(toy_mlp(), "4:8-T", method="greedy")
+    model = prune_(toy_mlp(), "4:8-T", method="greedy").model
     state = raw_state(model)
     extra = state["0.parametrizations.weight.0._extra_state"]
     assert isinstance(extra, torch.Tensor) and extra.dtype == torch.uint8  # safetensors and weights_only keep it
     cast = {k: (v if v.dtype == torch.bool else v.double()) for k, v in state.items()}
-    twin = prune_(toy_mlp(), "2:4")
+    twin = prune_(toy_mlp(), "2:4").model
     twin.load_state_dict(cast)
     assert str(twin[0].parametrizations.weight[0].pattern) == "4:8-T"
     with pytest.raises(MaskMismatchError, match="JSON"):
@@ -631,7 +648,7 @@ def test_nmmask_state_travels_as_a_small_tensor_and_survives_a_cast():
 
 
 def test_squashing_a_deep_copy_leaves_the_original_pruned():
-    model = prune_(toy_mlp(), "2:4")
+    model = prune_(toy_mlp(), "2:4").model
     x = torch.randn(2, 32)
     expected = model(x)
     twin = squash_masks_(copy.deepcopy(model))

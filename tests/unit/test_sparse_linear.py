@@ -107,7 +107,7 @@ def test_from_dense_shares_parameters_and_keeps_the_function() -> None:
 def test_from_dense_errors() -> None:
     with pytest.raises(ConfigError, match="expected an nn.Linear"):
         SparseLinear.from_dense(nn.Conv2d(4, 4, 1))  # type: ignore[arg-type]
-    pruned = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4-T")[0]
+    pruned = nmsparse.prune_(nn.Sequential(nn.Linear(8, 8)), "2:4-T").model[0]
     with pytest.raises(ConfigError, match="pruned with 2:4-T, not 4:8-T"):
         SparseLinear.from_dense(pruned, pattern="4:8-T")
     with pytest.raises(ConfigError, match="static, not straight-through"):
@@ -267,7 +267,7 @@ def test_set_mask_checks_the_pattern() -> None:
 
 
 def test_state_dict_keys_match_a_pruned_linear_and_load_both_ways() -> None:
-    model = nmsparse.prune_(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), "2:4-T")
+    model = nmsparse.prune_(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), "2:4-T").model
     accelerated = copy.deepcopy(model)
     accelerated[0] = SparseLinear.from_dense(accelerated[0])
     accelerated[2] = SparseLinear.from_dense(accelerated[2])

@@ -1,4 +1,4 @@
-"""Constraint tables (nmsparse._validation) and flags generated from config dataclasses (nmsparse.cli._flags)."""
+"""Constraint tables (nmsparse.config) and flags generated from config dataclasses (nmsparse.cli._flags)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Literal
 
 import pytest
 
-from nmsparse._validation import (
+from nmsparse.cli._flags import add_config_arguments, config_from_args, explicit_overrides
+from nmsparse.config import (
     ConfigBase,
     InstanceOf,
     Interval,
@@ -19,7 +20,6 @@ from nmsparse._validation import (
     config_field,
     validate_params,
 )
-from nmsparse.cli._flags import add_config_arguments, config_from_args, explicit_overrides
 from nmsparse.errors import ConfigError
 
 
@@ -199,3 +199,12 @@ def test_percent_signs_in_help_are_shown_once():
 
     text = _parser(Pct).format_help()
     assert "50% of weights" in text and "50% escaped" in text and "%%" not in text
+
+
+def test_config_is_the_public_home_and_the_old_private_module_still_imports() -> None:
+    import nmsparse._validation as old
+    import nmsparse.config as public
+
+    assert set(old.__all__) == set(public.__all__)
+    for name in public.__all__:
+        assert getattr(old, name) is getattr(public, name), name

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         state_dict, flipped = load_state_dict(args.checkpoint), []
     solved = mask_state_dict(state_dict, pattern, method=args.method, include=args.include, exclude=args.exclude,
-                             progress_bar=args.progress, transposed=flipped + list(args.transposed or []),
+                             progress=args.progress, transposed=flipped + list(args.transposed or []),
                              include_embeddings=args.include_embeddings)
     method = args.method if args.method != "auto" else ("exact" if pattern.transposable else "topn")
     save_masks(solved.masks, args.out, pattern=pattern, overwrite=args.overwrite,

@@ -55,7 +55,7 @@ def raw_state_dict() -> Iterator[None]:
 
     Example:
         >>> import torch, nmsparse
-        >>> model = nmsparse.prune_(torch.nn.Linear(8, 4), "2:4")
+        >>> model = nmsparse.prune_(torch.nn.Linear(8, 4), "2:4").model
         >>> sorted(model.state_dict())
         ['bias', 'weight']
         >>> with raw_state_dict():

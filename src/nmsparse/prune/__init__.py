@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .dynamic import DynamicSparsifier
-from .report import PrunedLayer, PruneReport, last_report
+from .report import PrunedLayer, PruneReport
 from .select import LayerSelection, is_transposed_layer, select_layers
 from .sparse_state import SparseState
 from .static import (
@@ -33,7 +33,6 @@ __all__ = [
     "prune_",
     "PruneReport",
     "PrunedLayer",
-    "last_report",
     "squash_masks_",
     "get_masks",
     "set_masks_",

@@ -1,21 +1,19 @@
 """What a pruning verb did: which layers got masks (and how), which stayed dense and why.
 
-:func:`nmsparse.prune_` returns the model, as every in-place verb does; its report is kept beside the model and
-read with :func:`last_report` (``DynamicSparsifier`` has it as ``.report``). The CLI prints
-:meth:`PruneReport.describe` and run files record :meth:`PruneReport.to_dict`.
+A verb that decides something returns its report, and the report holds the model: :func:`nmsparse.prune_`
+returns a :class:`PruneReport` whose ``.model`` is the (in place) pruned model; ``DynamicSparsifier`` keeps its
+initial one as ``.report``. The CLI prints :meth:`PruneReport.describe` and run files record
+:meth:`PruneReport.to_dict` (without the model).
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from torch import nn
 
-__all__ = ["PrunedLayer", "PruneReport", "last_report"]
-
-_REPORTS: weakref.WeakKeyDictionary[nn.Module, PruneReport] = weakref.WeakKeyDictionary()
+__all__ = ["PrunedLayer", "PruneReport"]
 
 
 @dataclass(frozen=True)
@@ -52,14 +50,16 @@ class PruneReport:
         method: the mask method actually used.
         pruned: the masked layers, in model order.
         skipped: qualified module name -> why it stayed dense, for every candidate layer that did.
+        model: the model the verb pruned (in place), so ``prune_(...).model`` is the model to use next; not part
+            of :meth:`to_dict`, of ``repr`` or of ``==``.
 
     Example:
         >>> import torch, nmsparse
-        >>> from nmsparse.prune import last_report
-        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)), "4:8-T")
-        >>> report = last_report(model)
+        >>> report = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 3)), "4:8-T")
         >>> [layer.tensor for layer in report.pruned], list(report.skipped)
         (['0.weight'], ['1'])
+        >>> type(report.model).__name__, nmsparse.is_pruned(report.model[0])
+        ('Sequential', True)
     """
 
     verb: str
@@ -67,6 +67,7 @@ class PruneReport:
     method: str
     pruned: list[PrunedLayer] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
     def padded(self) -> list[str]:
@@ -74,13 +75,14 @@ class PruneReport:
         return [layer.name for layer in self.pruned if layer.padded_to is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable values (for run files)."""
-        out = asdict(self)
-        for layer in out["pruned"]:
+        """Plain JSON-serialisable values (for run files); the model is left out."""
+        pruned = [asdict(layer) for layer in self.pruned]
+        for layer in pruned:
             layer["shape"] = list(layer["shape"])
             if layer["padded_to"] is not None:
                 layer["padded_to"] = list(layer["padded_to"])
-        return out
+        return {"verb": self.verb, "pattern": self.pattern, "method": self.method, "pruned": pruned,
+                "skipped": dict(self.skipped)}
 
     def describe(self) -> str:
         """One line per pruned and per skipped layer, for printing."""
@@ -94,22 +96,18 @@ class PruneReport:
         lines += [f"  - {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
 
+    if not TYPE_CHECKING:  # at run time only, so type checkers still flag these uses
+        # Code written when prune_ returned the model: name the fix instead of a bare AttributeError/TypeError.
+        def __getattr__(self, name: str) -> NoReturn:
+            if not name.startswith("__") and hasattr(nn.Module, name):
+                raise AttributeError(f"'PruneReport' object has no attribute {name!r}: prune_ returns a "
+                                     f"PruneReport; the pruned model is its .model (report.model.{name})")
+            raise AttributeError(f"'PruneReport' object has no attribute {name!r}")
 
-def record_report(model: nn.Module, report: PruneReport) -> PruneReport:
-    """Keep ``report`` as the latest report of ``model`` (weakly: it never keeps the model alive)."""
-    _REPORTS[model] = report
-    return report
+        def __getitem__(self, key: Any) -> NoReturn:
+            raise TypeError("'PruneReport' object is not subscriptable: prune_ returns a PruneReport; the pruned "
+                            "model is its .model (report.model[...])")
 
-
-def last_report(model: nn.Module) -> PruneReport | None:
-    """The :class:`PruneReport` of the latest :func:`nmsparse.prune_` / ``DynamicSparsifier`` call on ``model``.
-
-    Returns ``None`` for a model never pruned in this process (a loaded one, say).
-
-    Example:
-        >>> import torch, nmsparse
-        >>> from nmsparse.prune import last_report
-        >>> last_report(torch.nn.Linear(4, 4)) is None
-        True
-    """
-    return _REPORTS.get(model)
+        def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+            raise TypeError("'PruneReport' object is not callable: prune_ returns a PruneReport; the pruned model "
+                            "is its .model (report.model(x))")

@@ -36,10 +36,10 @@ class SparseState:
     Example (one process; the same code runs under ``torchrun`` with FSDP2):
         >>> import tempfile, torch, nmsparse
         >>> import torch.distributed.checkpoint as dcp
-        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 8)), "2:4")
+        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 8)), "2:4").model
         >>> folder = tempfile.mkdtemp()
         >>> _ = dcp.save({"model": model.state_dict(), "sparse": nmsparse.SparseState(model)}, checkpoint_id=folder)
-        >>> fresh = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 8)), "2:4")
+        >>> fresh = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 8)), "2:4").model
         >>> state = {"model": fresh.state_dict(), "sparse": nmsparse.SparseState(fresh)}
         >>> dcp.load(state, checkpoint_id=folder)
         >>> _ = fresh.load_state_dict(state["model"])

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .._logging import logger, progress
+from .._logging import logger
+from .._logging import progress as with_progress
 from ..errors import ConfigError, MaskMismatchError, ShapeError
 from ..layout import fits, from_matrix, to_matrix
 from ..nn.parametrize import KeepOrder, NMMask, _as_bool_mask
@@ -28,7 +29,7 @@ from ..nn.state import install_state_hooks, remove_state_hooks
 from ..pattern import NMPattern, PatternLike
 from ..solvers import Method, find_mask, list_methods
 from ._views import crop_view, from_view, mask_fits, pad_view, to_view
-from .report import PrunedLayer, PruneReport, record_report
+from .report import PrunedLayer, PruneReport
 from .select import (
     _is_candidate,
     _select,
@@ -216,7 +217,7 @@ def remove_mask_(module: nn.Module, *, leave_masked: bool = True) -> nn.Module:
     Example:
         >>> import torch, nmsparse
         >>> from nmsparse.prune import remove_mask_
-        >>> layer = remove_mask_(nmsparse.prune_(torch.nn.Linear(8, 4), "2:4"))
+        >>> layer = remove_mask_(nmsparse.prune_(torch.nn.Linear(8, 4), "2:4").model)
         >>> nmsparse.is_pruned(layer), int((layer.weight == 0).sum())
         (False, 16)
     """
@@ -336,8 +337,8 @@ def _check_scores(model: nn.Module, scores: Mapping[str, torch.Tensor] | None, *
 
 def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequence[str] | None,
            exclude: Sequence[str] | None, keep_first_last: bool, scores: Mapping[str, torch.Tensor] | None,
-           straight_through: bool, decay: float, where: str,
-           pad: bool = False) -> tuple[dict[str, nn.Module], PruneReport]:
+           straight_through: bool, decay: float, where: str, pad: bool = False,
+           progress: bool | None = None) -> tuple[dict[str, nn.Module], PruneReport]:
     """Shared body of :func:`prune_` and :class:`DynamicSparsifier`; returns the pruned modules and the report."""
     pattern = NMPattern.parse(pattern)
     method = _check_method(method, pattern, where=where)
@@ -356,12 +357,12 @@ def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequ
     # Compute every mask before attaching any, so a failing solver leaves the model untouched.
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        items = progress(selection.selected.items(), desc=f"{where} {pattern}", total=len(selection.selected),
-                         unit="layer")
+        items = with_progress(selection.selected.items(), desc=f"{where} {pattern}", total=len(selection.selected),
+                              unit="layer", enabled=progress)
         for name, module in items:
             masks[name] = layer_mask(module, pattern, method=method, pad=name in selection.padded,
                                      scores=None if by_module is None else by_module.get(name))
-    report = PruneReport(verb=where, pattern=str(pattern), method=used, skipped=dict(selection.skipped))
+    report = PruneReport(verb=where, pattern=str(pattern), method=used, skipped=dict(selection.skipped), model=model)
     for name, module in selection.selected.items():
         score = None if by_module is None else by_module.get(name)
         kept = _kept_fraction(_live_weight(module) if score is None else score, masks[name])
@@ -373,7 +374,6 @@ def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequ
             padded_to=selection.padded.get(name), kept_magnitude=kept,
         ))
     logger.info("%s: %d layer(s) pruned to %s with method %r", where, len(masks), pattern, used)
-    record_report(model, report)
     return dict(selection.selected), report
 
 
@@ -391,12 +391,12 @@ def _layer_type(module: nn.Module) -> str:
 def prune_(model: nn.Module, pattern: PatternLike, *, method: Method | str = "auto",
            include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
            keep_first_last: bool = False, scores: Mapping[str, torch.Tensor] | None = None,
-           straight_through: bool = False, pad: bool = False) -> nn.Module:
+           straight_through: bool = False, pad: bool = False, progress: bool | None = None) -> PruneReport:
     """Attach n:m (or transposable n:m) masks to the Linear, Conv1d, Conv2d and Conv1D weights of ``model``.
 
     Layers are chosen by :func:`select_layers` (``include``/``exclude`` globs, ``keep_first_last``, tied weights,
-    shape fit); every layer left dense is listed with its reason in the call's :class:`~nmsparse.prune.PruneReport`
-    (read it with :func:`nmsparse.prune.last_report`; layers that cannot take the pattern are also logged with
+    shape fit); every layer left dense is listed with its reason in the returned
+    :class:`~nmsparse.prune.PruneReport` (layers that cannot take the pattern are also logged with
     ``logger.warning`` on the ``"nmsparse"`` logger). Each selected weight gets a mask from
     :func:`~nmsparse.find_mask` (grouped convs: one per group's slice; ``Conv1D`` weights ``[in, out]`` along
     dim 0, the reduction dimension) attached as an :class:`~nmsparse.NMMask` parametrization. The dense weight stays the
@@ -408,7 +408,7 @@ def prune_(model: nn.Module, pattern: PatternLike, *, method: Method | str = "au
     is straight-through, and on ``weight * mask`` otherwise (so statically pruned weights never come back).
 
     Args:
-        model: the model; modified in place and returned.
+        model: the model; modified in place (and held by the report as ``.model``).
         pattern: ``"2:4"``, ``"4:8-T"``, ... or an :class:`~nmsparse.NMPattern`.
         method: :func:`~nmsparse.find_mask` method; ``"auto"`` is top-n for plain patterns and ``"exact"``
             for transposable ones.
@@ -423,9 +423,11 @@ def prune_(model: nn.Module, pattern: PatternLike, *, method: Method | str = "au
         pad: zero-pad the matrix view of layers whose sizes are not multiples of ``m`` (a 3-channel stem, an
             odd vocabulary) instead of leaving them dense; padded entries are never kept, and the report lists
             the padded shape per layer.
+        progress: show a progress bar over the layers (``None``: when stderr is a terminal).
 
     Returns:
-        ``model``.
+        A :class:`~nmsparse.prune.PruneReport`: every pruned layer (kept magnitude, padding), every layer left
+        dense with its reason, and ``.model``, the pruned ``model`` itself.
 
     Raises:
         PatternError: unparseable pattern.
@@ -436,19 +438,20 @@ def prune_(model: nn.Module, pattern: PatternLike, *, method: Method | str = "au
     Example:
         >>> import torch, nmsparse
         >>> model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-        >>> _ = nmsparse.prune_(model, "4:8-T", method="greedy")  # the 8x3 output layer cannot take -T
-        >>> list(nmsparse.get_masks(model))
-        ['0.weight']
-        >>> nmsparse.prune.last_report(model).skipped["2"][:40]
+        >>> report = nmsparse.prune_(model, "4:8-T", method="greedy")  # the 8x3 output layer cannot take -T
+        >>> list(nmsparse.get_masks(report.model)), report.model is model
+        (['0.weight'], True)
+        >>> report.skipped["2"][:40]
         'Linear weight: the output dimension has '
         >>> nmsparse.is_nm_sparse(model[0].weight, "4:8-T")
         True
     """
     if not isinstance(straight_through, bool):
         raise ConfigError(f"prune_: straight_through must be a bool, got {straight_through!r}")
-    _prune(model, pattern, method=method, include=include, exclude=exclude, keep_first_last=keep_first_last,
-           scores=scores, straight_through=straight_through, decay=0.0, where="prune_", pad=pad)
-    return model
+    _, report = _prune(model, pattern, method=method, include=include, exclude=exclude,
+                       keep_first_last=keep_first_last, scores=scores, straight_through=straight_through, decay=0.0,
+                       where="prune_", pad=pad, progress=progress)
+    return report
 
 
 def is_pruned(module: nn.Module) -> bool:
@@ -457,7 +460,7 @@ def is_pruned(module: nn.Module) -> bool:
     Example:
         >>> import torch, nmsparse
         >>> layer = torch.nn.Linear(8, 8)
-        >>> nmsparse.is_pruned(layer), nmsparse.is_pruned(nmsparse.prune_(layer, "2:4"))
+        >>> nmsparse.is_pruned(layer), nmsparse.is_pruned(nmsparse.prune_(layer, "2:4").model)
         (False, True)
     """
     return _nm_mask(module) is not None
@@ -472,7 +475,7 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Example:
         >>> import torch, nmsparse
-        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(4, 2)), "1:4")
+        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(4, 2)), "1:4").model
         >>> {k: v.sum().item() for k, v in nmsparse.get_masks(model).items()}
         {'0.weight': 2}
     """
@@ -589,7 +592,7 @@ def squash_masks_(model: nn.Module) -> nn.Module:
 
     Example:
         >>> import torch, nmsparse
-        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4")
+        >>> model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(8, 4)), "2:4").model
         >>> model = nmsparse.squash_masks_(model)
         >>> nmsparse.is_pruned(model[0]), type(model[0].weight).__name__, int((model[0].weight != 0).sum())
         (False, 'Parameter', 16)
