@@ -332,25 +332,6 @@ def run_tensors(path: str) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
-def load_run_model(path: str, *, width: int = 8, model: str = "cnn", in_channels: int = 1, num_classes: int = 10,
-                   image_size: int = 8) -> torch.nn.Module:
-    """The recipe model saved as ``model.safetensors`` by ``nmsparse train`` (masks re-attached).
-
-    Reads the file through :mod:`nmsparse.io`'s pruned-model loader.
-    """
-    from .recipes.train.models import build_model
-
-    module = build_model(model, in_channels=in_channels, num_classes=num_classes, image_size=image_size,
-                         width=width)
-    from . import io
-
-    if hasattr(io, "load_pruned_"):
-        return io.load_pruned_(module, path)
-    from .prune import load_pruned_state_dict_
-
-    return load_pruned_state_dict_(module, io.load_state_dict(path))
-
-
 # ----------------------------------------------------------------------------------------------- toy models
 
 

@@ -13,7 +13,9 @@ Every field of a config class (``TrainConfig``, ``AdaPruneConfig``, ...) becomes
 
 Several classes can share one parser (``add_config_arguments(parser, TrainConfig, LMTrainConfig)``): a field
 name they share is one flag. :func:`explicit_overrides` then returns the given flags that one class has and
-refuses the others by name (``--width does not apply to --task lm``).
+refuses the others by name (``--width does not apply to --task lm``). With ``hidden=True`` a class adds only the
+flags the parser lacks, left out of ``--help``: a task's command then shows its own flags and still names a flag
+of another task in its error.
 
 Example:
     >>> import argparse
@@ -149,7 +151,7 @@ def _widen(action: argparse.Action, cls: type, name: str, hint: Any, optional: b
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigBase],
-                         exclude: Iterable[str] = ()) -> None:
+                         exclude: Iterable[str] = (), hidden: bool = False) -> None:
     """Add one flag per field of each config class in ``classes`` (shared field names become one flag).
 
     Args:
@@ -158,6 +160,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigB
             ``tuple[T, ...]``, optionally ``| None``).
         exclude: field names that get no flag (e.g. settings the command sets itself); a field whose metadata
             has ``flag=False`` gets none either.
+        hidden: add only the fields the parser has no flag for yet, without help (flags of another class that
+            :func:`explicit_overrides` refuses by name); shared flags keep their values.
     """
     excluded = set(exclude)
     registry = _registry(parser)
@@ -170,7 +174,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigB
             hint, optional = _strip_optional(hints[f.name])
             if f.name in registry["fields"]:  # a setting both classes have: one flag that admits either's values
                 registry["fields"][f.name].add(cls)
-                _widen(registry["actions"][f.name], cls, f.name, hint, optional)
+                if not hidden:
+                    _widen(registry["actions"][f.name], cls, f.name, hint, optional)
                 continue
             registry["fields"][f.name] = {cls}
             help_text = (f.metadata.get("help") or doc_help.get(f.name, "")) + _default_text(f)
@@ -194,7 +199,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigB
                     kwargs["help"] += f"; one of {', '.join(map(str, choices))} or none"
                 if optional:
                     kwargs["help"] += "; 'none' unsets it" if "none" not in kwargs["help"] else ""
-            group_title = f.metadata.get("group")
+            if "metavar" not in kwargs and "choices" not in kwargs and "action" not in kwargs:
+                kwargs["metavar"] = f.name.upper()  # not argparse's default, the dest ("CONFIG:EPOCHS")
+            if hidden:
+                kwargs["help"] = argparse.SUPPRESS
+            group_title = None if hidden else f.metadata.get("group")
             target: Any = parser
             if group_title:
                 target = registry["groups"].get(group_title)

@@ -1,12 +1,17 @@
 """``nmsparse compare``: train one model under several sparsity structures with identical seeds.
 
-Default: the shipped recipe ``digits_cnn_4x8t_dynamic`` (the built-in digits CNN) as dense, 2:4, 4:8, 2:4-T, 4:8-T
-and unstructured 50% (per-layer magnitude masks, refreshed like the n:m ones), all with dynamic SR-STE masks on
-the same layers. Prints a table of test accuracy and exact mask diversity (log10, per a reference tensor of 4096
-weights) and writes compare.json and compare.png (accuracy against diversity). ``--task lm`` compares the
-structures on the decoder language model of ``nmsparse.recipes.lm`` (held-out loss and perplexity).
-An output directory holding another run or comparison is refused unless ``--overwrite``. A killed comparison (either
-task) continues with ``--resume DIR``: its settings, structures and seeds come from the files it wrote there.
+One subcommand per task, each with its own flags (``nmsparse compare classify -h``, ``nmsparse compare lm -h``):
+
+  classify  (the default) the shipped recipe ``digits_cnn_4x8t_dynamic`` (the built-in digits CNN) as dense, 2:4,
+            4:8, 2:4-T, 4:8-T and unstructured 50% (per-layer magnitude masks, refreshed like the n:m ones), all
+            with dynamic SR-STE masks on the same layers: a table of test accuracy and exact mask diversity (log10,
+            per a reference tensor of 4096 weights), compare.json and compare.png (accuracy against diversity)
+  lm        the same structures on the decoder language model of ``nmsparse.recipes.lm`` (held-out loss and
+            perplexity)
+
+``--task classify|lm`` (older command lines) is the same as the subcommand. An output directory holding another
+run or comparison is refused unless ``--overwrite``. A killed comparison continues with ``--resume DIR``: its task,
+settings, structures and seeds come from the files it wrote there.
 """
 
 from __future__ import annotations
@@ -18,28 +23,33 @@ from typing import Any
 
 from ._runtime import configure_runtime
 from .main import CLIError
-from .train import add_common_arguments, classify_config, lm_config, lm_module, print_recipes
+from .train import add_common_arguments, add_task_command, classify_config, lm_config, lm_module, print_recipes
+
+#: Task of a comparison directory's run.json -> the subcommand that resumes it.
+RECORDED_TASKS = {"compare": "classify", "lm-compare": "lm"}
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from nmsparse.recipes.train.compare import DEFAULT_REFERENCE_NUMEL, DEFAULT_STRUCTURES
+def _add_compare_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    from nmsparse.recipes._common import DEFAULT_REFERENCE_NUMEL, DEFAULT_STRUCTURES
 
-    parser = subparsers.add_parser(
-        "compare", help="train one model under several sparsity structures and compare with mask diversity",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     parser.add_argument("--structures", nargs="+", default=None, metavar="S",
                         help=f"structures to train (default: {' '.join(DEFAULT_STRUCTURES)})")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="N",
                         help="seeds (every structure trains with each; default: --seed, 0)")
     parser.add_argument("--reference-numel", type=int, default=DEFAULT_REFERENCE_NUMEL,
                         help=f"tensor size of the mask-diversity column (default {DEFAULT_REFERENCE_NUMEL})")
-    parser.add_argument("--out", metavar="DIR", help="output directory (default: runs/compare-<date>-<time>)")
+    stamp = "compare-lm" if task == "lm" else "compare"
+    parser.add_argument("--out", metavar="DIR", help=f"output directory (default: runs/{stamp}-<date>-<time>)")
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the interrupted comparison in DIR (settings, structures and seeds from the "
                              "files it wrote there; each run from its last checkpoint)")
-    add_common_arguments(parser)
-    return parser
+    add_common_arguments(parser, task)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    return add_task_command(subparsers, "compare", help="train one model under several sparsity structures and "
+                                                        "compare with mask diversity", description=__doc__,
+                            recorded_tasks=RECORDED_TASKS, add_arguments=_add_compare_arguments)
 
 
 def _check_printable(args: argparse.Namespace) -> None:
@@ -59,7 +69,7 @@ def _resume_plan(args: argparse.Namespace) -> str:
     """Check a ``--resume DIR`` command line, fill in the recorded structures, seeds and reference size, and
     return the comparison's task (``"classify"`` or ``"lm"``)."""
     from nmsparse.recipes._common import read_compare_plan
-    from nmsparse.recipes.train.rundir import RunDir
+    from nmsparse.recipes.rundir import RunDir
 
     from .train import _check_resume_args
 
@@ -68,13 +78,13 @@ def _resume_plan(args: argparse.Namespace) -> str:
     if not folder.is_dir():
         raise CLIError(f"--resume {args.resume}: no such comparison directory")
     recorded = RunDir.task_of(folder)
-    tasks = {"compare": "classify", "lm-compare": "lm"}
-    if recorded not in tasks:
+    if recorded not in RECORDED_TASKS:
         raise CLIError(f"--resume {args.resume}: not a comparison directory (its run.json names "
                        f"{recorded or 'no task'}); resume a train run with nmsparse train --resume")
-    task = tasks[recorded]
+    task = RECORDED_TASKS[recorded]
     if args.task is not None and args.task != task:
-        raise CLIError(f"{args.resume} is a --task {task} comparison; drop --task {args.task}")
+        raise CLIError(f"{args.resume} is a comparison of the {task} task; resume it with nmsparse compare {task} "
+                       f"--resume {args.resume} (or without a task)")
     plan = read_compare_plan(folder)
     if plan is not None:
         args.structures = args.structures if args.structures is not None else plan["structures"]
@@ -141,13 +151,13 @@ def _run_lm(args: argparse.Namespace) -> int:
 
     lm = lm_module()
     if not hasattr(lm, "compare_lm"):
-        raise CLIError("compare --task lm: nmsparse.recipes.lm has no compare_lm in this nmsparse version")
+        raise CLIError("compare lm: nmsparse.recipes.lm has no compare_lm in this nmsparse version")
     resume = args.resume is not None
     config = lm_config(args, lm, resume_dir=args.resume) if resume else lm_config(args, lm)
     _check_printable(args)
     if config.model is not None or config.mode != "dynamic":  # what compare_lm refuses: refused before printing
-        raise CLIError("compare --task lm compares structures trained from scratch on the recipe's decoder with "
-                       "dynamic masks; --model and --mode are for nmsparse train --task lm")
+        raise CLIError("nmsparse compare lm compares structures trained from scratch on the recipe's decoder with "
+                       "dynamic masks; --model and --mode are for nmsparse train lm")
     if args.print_config:
         import yaml
 
@@ -161,7 +171,7 @@ def _run_lm(args: argparse.Namespace) -> int:
         kwargs["structures"] = args.structures
     if args.seeds is not None:
         kwargs["seeds"] = args.seeds
-    print(f"nmsparse compare --task lm {'(resuming) ' if resume else ''}-> {out_dir}", flush=True)
+    print(f"nmsparse compare lm {'(resuming) ' if resume else ''}-> {out_dir}", flush=True)
     result = lm.compare_lm(None if resume else config, out_dir, **kwargs)
     print()
     _print_lm_table(result)
@@ -170,9 +180,10 @@ def _run_lm(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nmsparse.recipes.train.compare import COMPARE_JSON, COMPARE_PLOT, DEFAULT_STRUCTURES, compare_structures
-    from nmsparse.recipes.train.config import config_to_yaml
-    from nmsparse.recipes.train.distributed import broadcast_object, init_distributed, shutdown_distributed
+    from nmsparse.recipes._common import COMPARE_JSON, COMPARE_PLOT, DEFAULT_STRUCTURES
+    from nmsparse.recipes.classify.compare import compare_structures
+    from nmsparse.recipes.classify.config import config_to_yaml
+    from nmsparse.recipes.distributed import broadcast_object, init_distributed, shutdown_distributed
 
     from .._logging import progress_enabled
 
@@ -185,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reference_numel < 64 or args.reference_numel % 64:
         raise CLIError(f"--reference-numel must be a positive multiple of 64 (8x8 blocks), got {args.reference_numel}")
     if args.resume is not None:
-        from nmsparse.recipes.train.config import load_config
+        from nmsparse.recipes.classify.config import load_config
 
         config = load_config(Path(args.resume) / "config.yaml")
     else:

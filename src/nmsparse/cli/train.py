@@ -1,30 +1,41 @@
 """``nmsparse train``: train a model with n:m masks (dynamic SR-STE or static fine-tuning) and a dense baseline.
 
-With no arguments it runs the shipped recipe ``digits_cnn_4x8t_dynamic``: a small CNN on scikit-learn's 8x8
-digits with 4:8-T dynamic masks from scratch, then the same model dense, and prints both test accuracies.
-Settings come from that recipe (or ``--config FILE.yaml`` / another shipped recipe name), then flags; every
-setting has a flag (generated from the config's fields). ``--task lm`` trains the decoder language model of
-``nmsparse.recipes.lm`` instead. Under ``torchrun --nproc_per_node=N -m nmsparse train ...`` it runs
-data-parallel (gloo on CPU, nccl on GPU): DDP for --task classify; FSDP2 (default) or DDP (--parallel ddp) for
---task lm. The global batch is split over the processes and rank 0 alone writes the run directory.
+One subcommand per task, each with its own flags (``nmsparse train classify -h``, ``nmsparse train lm -h``):
 
-A run killed at any moment continues with ``--resume DIR`` (bit-identical to an uninterrupted run); one killed
-before its first checkpoint also restarts with the same ``--out DIR``. Files of another run are never replaced
-without ``--overwrite``.
+  classify  (the default) a model on images: with no arguments it runs the shipped recipe
+            ``digits_cnn_4x8t_dynamic``, a small CNN on scikit-learn's 8x8 digits with 4:8-T dynamic masks from
+            scratch, then the same model dense, and prints both test accuracies
+  lm        the decoder language model of ``nmsparse.recipes.lm`` on text shipped with Python
+
+Settings come from a recipe (``--config FILE.yaml`` or a shipped recipe name), then flags; every setting has a flag
+(generated from the task's config fields). ``--task classify|lm`` (older command lines) is the same as the
+subcommand. Under ``torchrun --nproc_per_node=N -m nmsparse train ...`` it runs data-parallel (gloo on CPU, nccl
+on GPU): DDP for classify; FSDP2 (default) or DDP (--parallel ddp) for lm. The global batch is split over the
+processes and rank 0 alone writes the run directory.
+
+A run killed at any moment continues with ``--resume DIR`` (bit-identical to an uninterrupted run; the task comes
+from DIR); one killed before its first checkpoint also restarts with the same ``--out DIR``. Files of another run
+are never replaced without ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._runtime import configure_runtime
 from .main import CLIError, torchrun_world_size
 
 TASKS = ("classify", "lm")
 PARALLEL_CHOICES = ("fsdp", "ddp")
+#: What each task trains (the subcommands' help).
+TASK_HELP = {"classify": "image classification (the default task): a CNN, MLP or ResNet on images",
+             "lm": "the decoder language model of nmsparse.recipes.lm (held-out loss and perplexity)"}
+
 
 def lm_config_class() -> Any:
     """``nmsparse.recipes.lm.LMTrainConfig``, or ``None`` when that recipe is not installed."""
@@ -35,20 +46,131 @@ def lm_config_class() -> Any:
     return LMTrainConfig
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``train`` and ``compare``: the task, every config field of both tasks, files, threads, progress."""
-    from nmsparse.recipes.train.config import DEFAULT_RECIPE, TrainConfig
+def config_classes(task: str) -> tuple[Any, list[Any]]:
+    """``(the task's config class, the other tasks' config classes)``."""
+    from nmsparse.recipes.classify.config import TrainConfig
+
+    lm = lm_config_class()
+    if task == "lm":
+        return lm, [TrainConfig]
+    return TrainConfig, [c for c in (lm,) if c is not None]
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``nmsparse train lm: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+class TaskCommandParser(OneLineErrorParser):
+    """A command with one subcommand per task (``nmsparse train classify|lm``).
+
+    The task may also come as ``--task X`` anywhere on the line (older command lines); without either, it is the
+    task recorded in the ``--resume DIR`` folder (:attr:`recorded_tasks` maps its ``run.json`` task to a
+    subcommand), else :attr:`default_task`. ``-h`` alone shows the command, then the default task's flags.
+    """
+
+    default_task = TASKS[0]
+    recorded_tasks: Mapping[str, str] = {}
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        return super().parse_known_args(self._task_first(list(sys.argv[1:] if args is None else args)), namespace)
+
+    def _task_first(self, args: list[str]) -> list[str]:
+        explicit = args[0] if args and args[0] in TASKS else None
+        rest = args[1:] if explicit else list(args)
+        flagged = None
+        for index, item in enumerate(rest):
+            if item == "--":
+                break
+            if item == "--task" or item.startswith("--task="):
+                value = item.partition("=")[2] if "=" in item else (rest[index + 1] if index + 1 < len(rest) else "")
+                if value not in TASKS:
+                    self.error(f"argument --task: invalid choice: {value!r} (choose from {', '.join(TASKS)})")
+                flagged = value
+                del rest[index:index + (1 if "=" in item else 2)]
+                break
+        if explicit and flagged and explicit != flagged:
+            self.error(f"the task is {explicit} but --task says {flagged}; drop --task")
+        task = explicit or flagged
+        if task is None:
+            if "-h" in rest or "--help" in rest:
+                return rest
+            task = self._recorded(rest) or self.default_task
+        return [task, *rest]
+
+    def _recorded(self, args: list[str]) -> str | None:
+        for index, item in enumerate(args):
+            folder = item.partition("=")[2] if item.startswith("--resume=") else \
+                (args[index + 1] if item == "--resume" and index + 1 < len(args) else None)
+            if folder:
+                from nmsparse.recipes.rundir import RunDir
+
+                return self.recorded_tasks.get(RunDir.task_of(folder) or "")
+        return None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        default = self._task_parsers().get(self.default_task)
+        if default is None:
+            return text
+        flags = default.format_help()
+        flags = flags[flags.find("options:"):] if "options:" in flags else flags
+        return (f"{text}\nflags of {self.prog} {self.default_task} (the default task; "
+                f"'{self.prog} TASK -h' lists another task's):\n\n{flags}")
+
+    def _task_parsers(self) -> dict[str, argparse.ArgumentParser]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+
+def add_task_command(subparsers: Any, name: str, *, help: str, description: str | None,
+                     recorded_tasks: Mapping[str, str],
+                     add_arguments: Callable[[argparse.ArgumentParser, str], None]) -> argparse.ArgumentParser:
+    """``nmsparse NAME [classify|lm] ...``: a :class:`TaskCommandParser` whose task subcommands get their flags
+    from ``add_arguments(parser, task)``."""
+    previous = subparsers._parser_class
+    subparsers._parser_class = TaskCommandParser
+    try:
+        parser = subparsers.add_parser(name, help=help, description=description,
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    finally:
+        subparsers._parser_class = previous
+    parser.recorded_tasks = dict(recorded_tasks)
+    parser.add_argument("--task", choices=TASKS, default=argparse.SUPPRESS,
+                        help="the task as a flag, anywhere on the line (older command lines): the same as the "
+                             "subcommand")
+    tasks = parser.add_subparsers(dest="task", metavar="TASK", parser_class=OneLineErrorParser)
+    for task in TASKS:
+        sub = tasks.add_parser(task, help=TASK_HELP[task], description=f"{parser.prog} {task}: {TASK_HELP[task]}.",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(sub, task)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show full tracebacks and debug logging")
+    return parser
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    """Flags of a task of ``train`` and ``compare``: its config fields (the other tasks' fields are accepted, left
+    out of ``--help`` and refused by name), files, progress."""
+    from nmsparse.recipes.classify.config import DEFAULT_RECIPE
 
     from ._flags import add_config_arguments
 
-    parser.add_argument("--task", choices=TASKS, default=None,
-                        help="classify: image classification (default); lm: the decoder language model "
-                             "(nmsparse.recipes.lm)")
-    classes = [TrainConfig] + [c for c in (lm_config_class(),) if c is not None]
-    add_config_arguments(parser, *classes)
+    own, others = config_classes(task)
+    if own is None:  # the LM recipe cannot be imported here: its flags are the classify ones, refused when run
+        own, others = others[0], []
+    add_config_arguments(parser, own)
+    for other in others:
+        add_config_arguments(parser, other, hidden=True)
+    default = f"; default: {DEFAULT_RECIPE}" if task == "classify" else ""
     parser.add_argument("--config", metavar="FILE.yaml",
                         help=f"YAML settings under the flags (flags win), or a shipped recipe name (see "
-                             f"--list-recipes); default for --task classify: {DEFAULT_RECIPE}")
+                             f"--list-recipes){default}")
     parser.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -57,43 +179,56 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace the files of an existing run in the output directory")
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "train", help="train with n:m masks (4:8-T dynamic by default) and a dense baseline",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_arguments(parser)
-    parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/train-<date>-<time>)")
+def _add_train_arguments(parser: argparse.ArgumentParser, task: str) -> None:
+    add_common_arguments(parser, task)
+    stamp = "train-lm" if task == "lm" else "train"
+    parser.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{stamp}-<date>-<time>)")
     parser.add_argument("--resume", metavar="DIR",
                         help="continue the run in DIR from its last checkpoint (settings from its config.yaml; a "
                              "run without a checkpoint starts again)")
+    how = ("fsdp (FSDP2, the default) or ddp" if task == "lm" else
+           "ddp (the classify task runs DDP only)")
     parser.add_argument("--parallel", choices=PARALLEL_CHOICES, default=None,
-                        help="data-parallel engine under torchrun: fsdp (FSDP2, the default of --task lm) or ddp "
-                             "(--task classify runs ddp)")
-    return parser
+                        help=f"data-parallel engine under torchrun: {how}")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    return add_task_command(subparsers, "train", help="train with n:m masks (4:8-T dynamic by default) and a dense "
+                                                      "baseline", description=__doc__,
+                            recorded_tasks={"classify": "classify", "lm": "lm"}, add_arguments=_add_train_arguments)
 
 
 def print_recipes() -> None:
-    from nmsparse.recipes.train.config import list_recipes, recipe_path
+    from nmsparse.recipes._common import list_recipes, recipe_path
 
     for name in list_recipes():
         first = recipe_path(name).read_text().splitlines()[0].lstrip("# ").strip()
         print(f"{name:40s} {first}")
 
 
-def resolve_task(args: argparse.Namespace, resume_dir: str | None = None) -> str:
-    """The task of this command: ``--task``, else the one recorded in a resumed run, else ``classify``."""
-    from nmsparse.recipes.train.rundir import RunDir
+def resolve_task(args: argparse.Namespace, resume_dir: str | None = None, *, command: str = "train",
+                 recorded_tasks: Mapping[str, str] | None = None) -> str:
+    """The task of this command (the subcommand, ``--task``, else the one recorded in a resumed run, else
+    ``classify``), which must be the resumed run's own.
+
+    Raises:
+        CLIError: a task other than the resumed run's.
+    """
+    from nmsparse.recipes.rundir import RunDir
 
     recorded = RunDir.task_of(resume_dir) if resume_dir else None
-    if recorded is not None and args.task is not None and recorded != args.task:
-        raise CLIError(f"{resume_dir} is a --task {recorded} run; drop --task {args.task}")
-    return args.task or recorded or "classify"
+    if recorded is not None and recorded_tasks is not None:
+        recorded = recorded_tasks.get(recorded, recorded)
+    task = getattr(args, "task", None)
+    if recorded in TASKS and task is not None and recorded != task:
+        raise CLIError(f"{resume_dir} is a run of the {recorded} task; resume it with nmsparse {command} {recorded} "
+                       f"--resume {resume_dir} (or without a task)")
+    return task or recorded or "classify"
 
 
 def classify_config(args: argparse.Namespace) -> Any:
     """TrainConfig of the flags: defaults < ``--config`` (or the default recipe) < flags given."""
-    from nmsparse.recipes.train.config import DEFAULT_RECIPE, TrainConfig, read_config_file
+    from nmsparse.recipes.classify.config import DEFAULT_RECIPE, TrainConfig, read_config_file
 
     from ._flags import config_from_args
 
@@ -106,16 +241,16 @@ def lm_module() -> Any:
     try:
         import nmsparse.recipes.lm as lm
     except ImportError as exc:
-        raise CLIError(f"--task lm needs nmsparse.recipes.lm, which cannot be imported here ({exc})") from None
+        raise CLIError(f"the lm task needs nmsparse.recipes.lm, which cannot be imported here ({exc})") from None
     for name in ("LMTrainConfig", "run_lm_training"):
         if not hasattr(lm, name):
-            raise CLIError(f"--task lm: nmsparse.recipes.lm has no {name} in this nmsparse version")
+            raise CLIError(f"the lm task: nmsparse.recipes.lm has no {name} in this nmsparse version")
     return lm
 
 
 def lm_config(args: argparse.Namespace, lm: Any, *, resume_dir: str | None = None) -> Any:
     """LMTrainConfig of the flags (or of a resumed run's config.yaml)."""
-    from nmsparse.recipes.train.config import read_config_file
+    from nmsparse.recipes._common import read_config_file
 
     from ._flags import config_from_args, explicit_overrides
 
@@ -136,7 +271,7 @@ def _fmt_pct(value: float | None) -> str:
 
 
 def print_summary(summary: Any, out_dir: Path) -> None:
-    """Human-readable :class:`~nmsparse.recipes.train.summary.RunSummary`."""
+    """Human-readable :class:`~nmsparse.recipes.classify.summary.RunSummary`."""
     s = summary
     print(f"nmsparse train: {s.model} on {s.data_description}")
     if s.mode == "dense":
@@ -195,7 +330,7 @@ def _check_resume_args(args: argparse.Namespace) -> None:
 
 def print_lm_summary(s: Any, out_dir: Path) -> None:
     """Human-readable ``LMRunSummary`` of :func:`nmsparse.recipes.lm.run_lm_training` (losses in nats/token)."""
-    print(f"nmsparse train --task lm: {getattr(s, 'parameters', 0):,}-parameter decoder, structure {s.pattern}")
+    print(f"nmsparse train lm: {getattr(s, 'parameters', 0):,}-parameter decoder, structure {s.pattern}")
     line = f"  held-out loss      {s.heldout_loss:.4f} (perplexity {s.heldout_perplexity:.2f})"
     if getattr(s, "baseline_heldout_loss", None) is not None:
         line += (f"   dense baseline {s.baseline_heldout_loss:.4f} (perplexity {s.baseline_heldout_perplexity:.2f}), "
@@ -213,7 +348,7 @@ def print_lm_summary(s: Any, out_dir: Path) -> None:
 
 
 def _run_lm(args: argparse.Namespace) -> int:
-    from nmsparse.recipes.train.distributed import broadcast_object, init_distributed, shutdown_distributed
+    from nmsparse.recipes.distributed import broadcast_object, init_distributed, shutdown_distributed
 
     from .._logging import progress_enabled
 
@@ -235,7 +370,7 @@ def _run_lm(args: argparse.Namespace) -> int:
         out_dir = Path(broadcast_object(str(out_dir), ctx))
         progress = progress_enabled(args.progress) and ctx.is_main
         if ctx.enabled and ctx.is_main:
-            print(f"nmsparse train --task lm: {'resuming' if resume else 'training'} on {ctx.world_size} processes "
+            print(f"nmsparse train lm: {'resuming' if resume else 'training'} on {ctx.world_size} processes "
                   f"({args.parallel or 'fsdp'}, {ctx.backend}) -> {out_dir}", flush=True)
         summary = lm.run_lm_training(config, out_dir, resume=resume, overwrite=args.overwrite, progress=progress,
                                      dist=ctx, parallel=args.parallel or "fsdp")
@@ -259,7 +394,7 @@ def _lm_device(args: argparse.Namespace, lm: Any, config: Any) -> str:
 
 
 def _check_parallel(args: argparse.Namespace) -> None:
-    """``--parallel`` needs torchrun; ``--task classify`` runs DDP only."""
+    """``--parallel`` needs torchrun (the classify task runs DDP only)."""
     if args.parallel is None:
         return
     if torchrun_world_size() <= 1:
@@ -269,9 +404,9 @@ def _check_parallel(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nmsparse.recipes.train.config import config_to_yaml
-    from nmsparse.recipes.train.distributed import broadcast_object, init_distributed, shutdown_distributed
-    from nmsparse.recipes.train.trainer import prepare_run, resume_config, run_training
+    from nmsparse.recipes.classify.config import config_to_yaml
+    from nmsparse.recipes.classify.trainer import prepare_run, resume_config, run_training
+    from nmsparse.recipes.distributed import broadcast_object, init_distributed, shutdown_distributed
 
     from .._logging import progress_enabled
 

@@ -1,18 +1,22 @@
-"""Pieces shared by the training recipes (``recipes.train`` and ``recipes.lm``): what a structure comparison trains and
-writes."""
+"""Pieces shared by the training recipes (``recipes.classify`` and ``recipes.lm``): the structure names, what a
+structure comparison trains and writes, and the YAML settings files (shipped recipes in ``recipes/configs/``)."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
-from nmsparse.errors import ConfigError
+from nmsparse.errors import ConfigError, InputError
 from nmsparse.pattern import NMPattern
 
 __all__ = ["DENSE", "UNSTRUCTURED", "DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "COMPARE_JSON", "COMPARE_PLOT",
            "COMPARE_PLAN", "RunCallback", "structure_slug", "check_structures", "warm_up_solvers",
-           "write_compare_plan", "read_compare_plan", "check_compare_plan"]
+           "write_compare_plan", "read_compare_plan", "check_compare_plan", "list_recipes", "recipe_path",
+           "read_config_file"]
 
 #: Structure name of the dense baseline in a comparison.
 DENSE = "dense"
@@ -87,9 +91,6 @@ def warm_up_solvers(patterns: Iterable[str], methods: Iterable[str]) -> float:
 
 def write_compare_plan(folder: Any, structures: Sequence[str], seeds: Sequence[int], reference_numel: int) -> None:
     """Record the structures, seeds and reference size of a comparison in ``folder`` (:data:`COMPARE_PLAN`)."""
-    import json
-    from pathlib import Path
-
     from nmsparse.io import write_text_atomic
 
     plan = {"structures": list(structures), "seeds": [int(s) for s in seeds], "reference_numel": int(reference_numel)}
@@ -102,11 +103,6 @@ def read_compare_plan(folder: Any) -> dict[str, Any] | None:
     Raises:
         InputError: a plan file that is not what :func:`write_compare_plan` writes.
     """
-    import json
-    from pathlib import Path
-
-    from nmsparse.errors import InputError
-
     path = Path(folder) / COMPARE_PLAN
     if not path.is_file():
         return None
@@ -136,3 +132,81 @@ def check_compare_plan(folder: Any, structures: Sequence[str], seeds: Sequence[i
         shown = ", ".join(f"{key} {plan[key]} (given {given[key]})" for key in differ)
         raise ConfigError(f"compare: the comparison in {folder} was started with {shown}; resume it with its own "
                           f"settings (nmsparse compare --resume {folder})")
+
+
+# ----------------------------------------------------------------------------------------------- YAML files
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped in ``nmsparse/recipes/configs/`` (pass one to ``--config``)."""
+    root = resources.files("nmsparse.recipes") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(name: str) -> Path:
+    """Path of a shipped recipe by name (``"resnet50_imagenet_4x8t_dynamic"``), or of a YAML file as given.
+
+    Raises:
+        InputError: neither an existing file nor a shipped recipe name.
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    candidate = resources.files("nmsparse.recipes") / "configs" / f"{stem}.yaml"
+    if candidate.is_file():
+        return Path(str(candidate))
+    raise InputError(
+        f"config {name!r} is neither a file nor a shipped recipe; shipped recipes: {', '.join(list_recipes())}"
+    )
+
+
+def _unique_key_loader() -> Any:
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                        key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def read_config_file(source: str | Path) -> tuple[dict[str, Any], str]:
+    """``(values, where)`` of a YAML config file or shipped recipe name, unvalidated (any config class).
+
+    Raises:
+        InputError: missing or unparseable YAML file, not UTF-8, or a key given twice in one mapping.
+        ConfigError: the top level is not a mapping.
+    """
+    path = recipe_path(str(source))
+    import yaml
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config as UTF-8"
+                         ) from None
+    try:
+        loaded = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of setting: value at the top, got {type(loaded).__name__}")
+    return dict(loaded), str(path)

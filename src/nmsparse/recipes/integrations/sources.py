@@ -132,8 +132,8 @@ def _text_source(name: str, kind: str, model: nn.Module, tokenizer: Any, calibra
 
 def _builtin_source(path: Path, calibration: str, *, size: int | None, seed: int) -> ModelSource:
     from nmsparse.io import FORMAT, load_pruned_, load_pruned_state_dict_, load_state_dict
-    from nmsparse.recipes.train import TrainConfig, build_data, build_model
-    from nmsparse.recipes.train.checkpoint import read_model_metadata
+    from nmsparse.recipes.classify import TrainConfig, build_data, build_model
+    from nmsparse.recipes.classify.checkpoint import read_model_metadata
 
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():

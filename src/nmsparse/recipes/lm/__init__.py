@@ -1,7 +1,8 @@
 """Language-model recipe: a GPT-style decoder trained dense and n:m / n:m-T sparse on text shipped with Python.
 
-No API promise (recipe layer). The three names below are what ``nmsparse train --task lm`` and
-``nmsparse compare --task lm`` call; the pieces live in the submodules:
+No API promise (recipe layer). The three names below are what ``nmsparse train lm`` and ``nmsparse compare lm``
+call; the pieces live in the submodules (the run loop it shares with the classify recipe is
+:mod:`nmsparse.recipes._run`):
 
 * :mod:`.corpus` (the embedded documentation, its hash and held-out split), :mod:`.tokenizer` (bytes),
   :mod:`.text` (``--data`` files and a model folder's ``tokenizer.json``), :mod:`.data` (token streams and
@@ -9,7 +10,7 @@ No API promise (recipe layer). The three names below are what ``nmsparse train -
 * :mod:`.pretrained` (``--model hf:FOLDER``: a transformers causal LM, its masks, its export);
 * :mod:`.model` (``GPT``, ``GPTConfig``; ``to_hf_gpt2`` / ``save_hf`` export to a ``transformers`` GPT-2 folder);
 * :mod:`.config` (``LMTrainConfig``), :mod:`.task` (the training loop, ``run_lm_training``), :mod:`.compare`
-  (``compare_lm``), :mod:`.plots`.
+  (``compare_lm``), :mod:`.parallel` (FSDP2 / DDP under ``torchrun``).
 """
 
 from __future__ import annotations

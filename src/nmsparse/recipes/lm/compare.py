@@ -1,5 +1,5 @@
 """Train the decoder under several sparsity structures with identical seeds and batches; relate held-out loss to
-exact mask diversity (``nmsparse compare --task lm``).
+exact mask diversity (``nmsparse compare lm``).
 
 Default structures: dense, 2:4, 4:8, 2:4-T, 4:8-T and unstructured 50%. Every sparse structure masks the same
 layers (the block linears) with the same recipe (dynamic SR-STE masks refreshed every ``refresh_every`` steps;
@@ -16,32 +16,26 @@ structure and seed (``4x8-T-seed0/``); ``resume=True`` continues an interrupted 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nmsparse.diversity import log10_mask_diversity
 from nmsparse.errors import ConfigError
 
+from .. import _run
 from .._common import (
-    COMPARE_JSON,
-    COMPARE_PLAN,
-    COMPARE_PLOT,
     DEFAULT_REFERENCE_NUMEL,
     DEFAULT_STRUCTURES,
     RunCallback,
-    check_compare_plan,
     check_structures,
     structure_slug,
-    write_compare_plan,
 )
-from ..train.rundir import RunDir, config_hash
+from ..distributed import DistContext
+from ..rundir import config_hash
 from .config import DENSE, LMTrainConfig, lm_config_to_yaml, load_lm_config
 from .data import build_lm_data
 from .task import LMTrainer, warm_up_solvers
@@ -248,7 +242,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
 
     Raises:
         ConfigError: bad structures, seeds or settings.
-        OverwriteError: ``out`` holds files of another run (see :class:`~nmsparse.recipes.train.rundir.RunDir`).
+        OverwriteError: ``out`` holds files of another run (see :class:`~nmsparse.recipes.rundir.RunDir`).
     """
     names = check_structures(structures)
     if seeds is not None:
@@ -256,61 +250,45 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
                 or len(set(seeds)) != len(seeds):
             raise ConfigError(f"compare: seeds must be distinct integers >= 0, got {seeds}")
-    outputs = (COMPARE_JSON, COMPARE_PLOT, COMPARE_PLAN)
-    run: RunDir | None = None
     if resume:
         if out is None:
             raise ConfigError("compare_lm: resume needs the comparison directory (out)")
         saved = load_lm_config(Path(out) / "config.yaml")
-        if config is not None and config.replace(baseline=False) != saved:
-            raise ConfigError(f"compare: settings differ from the comparison's {Path(out) / 'config.yaml'}; "
-                              f"resume without overrides")
+        if config is not None:
+            _run.check_same_settings(config.replace(baseline=False).to_dict(), saved.to_dict(),
+                                     where=Path(out) / "config.yaml", what="compare", owner="comparison")
         config = saved
     elif config is None:
         raise ConfigError("compare_lm: give a config (or resume=True with an existing comparison)")
     if config.model is not None or config.mode != "dynamic":
-        raise ConfigError("compare --task lm compares structures trained from scratch on the recipe's decoder with "
-                          "dynamic masks; --model and --mode are for nmsparse train --task lm")
+        raise ConfigError("nmsparse compare lm compares structures trained from scratch on the recipe's decoder with "
+                          "dynamic masks; --model and --mode are for nmsparse train lm")
     seed_list = [config.seed] if seeds is None else seeds
     sections = {(name, seed): f"{structure_slug(name)}-seed{seed}" for name in names for seed in seed_list}
-    if resume and out is not None:
-        run = RunDir.open_resume(Path(out), task=COMPARE_TASK, outputs=outputs, sections=tuple(sections.values()),
-                                 overwrite=overwrite)
-        check_compare_plan(run.path, names, seed_list, reference_numel)  # the structures and seeds it started with
-    elif out is not None:
-        run = RunDir.prepare(Path(out), task=COMPARE_TASK, outputs=outputs, sections=tuple(sections.values()),
-                             overwrite=overwrite)
-    diversity: dict[str, float | None] = {DENSE: None}
-    for name in names:
-        if name != DENSE:
-            diversity[name] = log10_mask_diversity(name, reference_numel)
+    run = _run.open_comparison(out, task=COMPARE_TASK, sections=tuple(sections.values()), names=names,
+                               seeds=seed_list, reference_numel=reference_numel, resume=resume, overwrite=overwrite)
+    diversity = _run.diversity_column(names, reference_numel)
     data = build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille, files=config.data)
     base = config.replace(baseline=False)
     if not resume:
         _check_fits(base, data, names)  # a structure no layer takes fails now, before anything is written
-    if run is not None and not resume:
-        run.create(config_text=lm_config_to_yaml(base), config_hash=config_hash(base.to_dict()))
-        write_compare_plan(run.path, names, seed_list, reference_numel)
+    if not resume:
+        _run.start_comparison(run, config_text=lm_config_to_yaml(base), digest=config_hash(base.to_dict()),
+                              names=names, seeds=seed_list, reference_numel=reference_numel)
     compile_seconds = warm_up_solvers(base, names)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for seed in seed_list:
+
+    def train(name: str, seed: int) -> dict[str, Any]:
         cfg = base.replace(seed=seed)
-        digest = config_hash(cfg.to_dict())
-        for name in names:
-            section = sections[(name, seed)]
-            if run is not None:
-                run.section_dir(section).mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            trainer = LMTrainer(cfg, data, structure=name, run=run, section=section, digest=digest,
-                                progress=progress, label=f"{name} (seed {seed})")
-            result = trainer.fit(resume=resume)
-            record = {"structure": name, "seed": seed, "heldout_loss": result.heldout_loss,
-                      "heldout_perplexity": result.heldout_perplexity, "mask_valid": result.mask_valid,
-                      "train_seconds": result.train_seconds, "seconds": time.perf_counter() - start,
-                      "history": result.history}
-            runs[name].append(record)
-            if on_run_end is not None:
-                on_run_end(record)
+        section = sections[(name, seed)]
+        if run is not None:
+            run.section_dir(section).mkdir(parents=True, exist_ok=True)
+        trainer = LMTrainer(cfg, data, structure=name, run=run, section=section, digest=config_hash(cfg.to_dict()),
+                            progress=progress, label=f"{name} (seed {seed})")
+        result = trainer.fit(resume=resume)
+        return {"heldout_loss": result.heldout_loss, "heldout_perplexity": result.heldout_perplexity,
+                "mask_valid": result.mask_valid, "train_seconds": result.train_seconds, "history": result.history}
+
+    runs = _run.train_structures(names, seed_list, train, on_run_end=on_run_end)
     dense_losses = [r["heldout_loss"] for r in runs[DENSE]] if DENSE in runs else None
     dense_loss = statistics.fmean(dense_losses) if dense_losses is not None else None
     rows: list[dict[str, Any]] = []
@@ -338,7 +316,7 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
                                  out_dir=None if run is None else run.path, spearman_loss_vs_diversity=rho,
                                  separation=separation(rows), paired_separation=paired_separation(rows))
     if run is not None:
-        from .plots import plot_loss_vs_diversity
+        from ..plots import plot_loss_vs_diversity
 
         payload = {"task": "lm", "config": base.to_dict(), "data": data.describe(), "seeds": seed_list,
                    "reference_numel": reference_numel,
@@ -349,9 +327,9 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
                    "paired_separation": result_obj.paired_separation,
                    "paired_separation_rule": "one-sample t-test of the per-seed loss differences, two-sided, 95%",
                    "compile_seconds": compile_seconds, "rows": rows}
-        run.write_text(COMPARE_JSON, json.dumps(payload, indent=2) + "\n")
-        plot_loss_vs_diversity(rows, run.path / COMPARE_PLOT, reference_numel=reference_numel,
-                               title=f"{base.n_layer}x{base.d_model} byte decoder, {base.steps} steps, "
-                                     f"{len(seed_list)} seed(s)")
+        _run.write_comparison(run, DistContext(), payload=payload, plot=plot_loss_vs_diversity,
+                              reference_numel=reference_numel,
+                              title=f"{base.n_layer}x{base.d_model} byte decoder, {base.steps} steps, "
+                                    f"{len(seed_list)} seed(s)")
         run.write_summary(result_obj.to_dict())
     return result_obj

@@ -1,6 +1,6 @@
 """``LMTrainConfig``: every setting of a language-model run, frozen and validated, with dict and YAML round-trips.
 
-The command-line flags of ``nmsparse train --task lm`` / ``nmsparse compare --task lm`` are generated from these
+The command-line flags of ``nmsparse train lm`` / ``nmsparse compare lm`` are generated from these
 fields (:mod:`nmsparse.cli._flags`); fields that ``TrainConfig`` shares (``pattern``, ``lr``, ``seed``, ...) have
 the same names and types.
 
@@ -26,8 +26,7 @@ from nmsparse._validation import ConfigBase, Interval, Options, PatternString, P
 from nmsparse.errors import ConfigError, InputError
 from nmsparse.solvers import list_methods
 
-from .._common import DENSE, UNSTRUCTURED
-from ..train.config import read_config_file
+from .._common import DENSE, UNSTRUCTURED, read_config_file
 from .corpus import SOURCES
 from .model import SPARSE_LAYERS, GPTConfig
 
@@ -69,7 +68,7 @@ class LMTrainConfig(ConfigBase):
                                                 help="text files, .jsonl files with a \"text\" field, or folders of "
                                                      "them, instead of the embedded sources")
     # model
-    model: str | None = config_field(None, group=_MODEL,
+    model: str | None = config_field(None, group=_MODEL, metavar="hf:FOLDER",
                                      help="'hf:FOLDER': fine-tune that transformers causal LM (dense, or pruned by "
                                           "nmsparse oneshot) instead of training the recipe's decoder")
     d_model: int = config_field(128, group=_MODEL, help="width of the residual stream")

@@ -1,8 +1,8 @@
-"""Data-parallel pieces of ``nmsparse train --task lm`` under ``torchrun``: DDP or FSDP2, batch split, evaluation.
+"""Data-parallel pieces of ``nmsparse train lm`` under ``torchrun``: DDP or FSDP2, batch split, evaluation.
 
-``torchrun --nproc_per_node N -m nmsparse train --task lm [--parallel fsdp|ddp]`` runs one
+``torchrun --nproc_per_node N -m nmsparse train lm [--parallel fsdp|ddp]`` runs one
 :class:`~nmsparse.recipes.lm.task.LMTrainer` per process. The process group comes from
-:func:`nmsparse.recipes.train.distributed.init_distributed` (gloo on CPU, nccl on CUDA), the machinery the
+:func:`nmsparse.recipes.distributed.init_distributed` (gloo on CPU, nccl on CUDA), the machinery the
 classify task uses. What this module adds:
 
 * :func:`wrap_model`: the conventional order, on a model whose masks are already attached: ``fully_shard`` on
@@ -25,27 +25,25 @@ classify task uses. What this module adds:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from nmsparse.errors import ConfigError, NMSparseError
+from nmsparse.errors import ConfigError
 from nmsparse.nn.sharding import is_dtensor
 from nmsparse.prune import get_masks
 
-from ..train.distributed import DistContext, broadcast_object, check_masks_identical
+from ..distributed import DistContext, check_masks_identical, collective_device
 from .data import LMData
 from .pretrained import logits_of
 
-__all__ = ["PARALLEL_MODES", "DEFAULT_PARALLEL", "FSDP_ACCELERATE_REASON", "check_parallel", "rank_device",
+__all__ = ["PARALLEL_MODES", "DEFAULT_PARALLEL", "FSDP_ACCELERATE_REASON", "check_parallel",
            "wrap_model", "local_rows", "sharded_heldout_loss", "full_tensors", "load_optimizer_state_",
-           "masks_agree", "main_first", "decoder_blocks", "barrier"]
+           "masks_agree", "decoder_blocks"]
 
-T = TypeVar("T")
 
 #: Data-parallel engines of ``--parallel``.
 PARALLEL_MODES = ("fsdp", "ddp")
@@ -68,13 +66,6 @@ def check_parallel(mode: str, batch_size: int, ctx: DistContext) -> None:
     if batch_size % ctx.world_size:
         raise ConfigError(f"batch_size {batch_size} is the global batch and must be divisible by the "
                           f"{ctx.world_size} processes; pick a multiple of {ctx.world_size}")
-
-
-def rank_device(device: torch.device, ctx: DistContext) -> torch.device:
-    """``device``, pinned to this process's GPU (``LOCAL_RANK``) when it is an unindexed CUDA device."""
-    if ctx.enabled and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", ctx.local_rank)
-    return device
 
 
 def wrap_model(model: nn.Module, mode: str, ctx: DistContext, device: torch.device) -> nn.Module:
@@ -152,16 +143,10 @@ def sharded_heldout_loss(model: nn.Module, data: LMData, *, context: int, batch_
             total += float((per_token.sum(dim=1).double().cpu() * w).sum())
     finally:
         model.train(training)
-    summed = torch.tensor([total], dtype=torch.float64, device=_collective_device(ctx))
+    summed = torch.tensor([total], dtype=torch.float64, device=collective_device(ctx))
     if ctx.enabled:
         dist.all_reduce(summed)
     return float(summed.cpu()[0]) / (count * (context - 1))
-
-
-def _collective_device(ctx: DistContext) -> torch.device:
-    if ctx.backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def full_tensors(obj: Any) -> Any:
@@ -201,7 +186,7 @@ def load_optimizer_state_(optimizer: torch.optim.Optimizer, state: dict[str, Any
 
 
 def masks_agree(model: nn.Module, ctx: DistContext, *, where: str) -> None:
-    """:func:`~nmsparse.recipes.train.distributed.check_masks_identical` where every rank holds whole masks.
+    """:func:`~nmsparse.recipes.distributed.check_masks_identical` where every rank holds whole masks.
 
     Masks sharded with their weights (DTensors under FSDP2) differ between ranks by construction; they are
     checked by the mask code itself and skipped here.
@@ -211,32 +196,3 @@ def masks_agree(model: nn.Module, ctx: DistContext, *, where: str) -> None:
     if any(is_dtensor(mask) for mask in get_masks(model).values()):
         return
     check_masks_identical(model, ctx, where=where)
-
-
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (no-op for one process)."""
-    if ctx.enabled:
-        dist.barrier()
-
-
-def main_first(action: Callable[[], T], ctx: DistContext) -> T:
-    """``action()`` on rank 0, then (when it succeeded) on the other ranks; rank 0's error is raised everywhere.
-
-    For steps that may write (opening a run directory to resume reconciles its files): the other ranks repeat
-    them once rank 0 is done, when there is nothing left to write.
-    """
-    if not ctx.enabled:
-        return action()
-    result: T | None = None
-    error: NMSparseError | None = None
-    if ctx.is_main:
-        try:
-            result = action()
-        except NMSparseError as exc:
-            error = exc
-    error = broadcast_object(error, ctx)
-    if error is not None:
-        raise error
-    if not ctx.is_main:
-        result = action()
-    return result  # type: ignore[return-value]

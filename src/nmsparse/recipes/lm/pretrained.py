@@ -1,4 +1,4 @@
-"""Hugging Face causal LMs in the LM recipe: ``nmsparse train --task lm --model hf:FOLDER``.
+"""Hugging Face causal LMs in the LM recipe: ``nmsparse train lm --model hf:FOLDER``.
 
 The folder is checked before anything is loaded or written (:func:`check_causal_lm_folder`): no remote code
 (``auto_map``), safetensors weights present, a causal-LM architecture (GPT-2, LLaMA, ...; a BERT encoder is
@@ -234,7 +234,7 @@ def default_include(model: nn.Module) -> list[str]:
     ``model.layers``); embeddings and the head stay dense."""
     if isinstance(model, GPT):
         return list(SPARSE_LAYERS)
-    from nmsparse.oneshot.prune import find_blocks, linear_types
+    from nmsparse.oneshot.engine import find_blocks, linear_types
 
     types = linear_types()
     names = [name for name, module in model.named_modules() if isinstance(module, types)]

@@ -1,12 +1,13 @@
-"""The language-model training loop and ``nmsparse train --task lm``: a sparse decoder and its dense baseline.
+"""The language-model training loop and ``nmsparse train lm``: a sparse decoder and its dense baseline.
 
 :class:`LMTrainer` trains one decoder under one structure (dense, dynamic n:m / n:m-T masks through
 :class:`nmsparse.DynamicSparsifier`, or dynamic unstructured 50% masks) with AdamW, a linear warm-up and a cosine
-decay, evaluating on the held-out text every ``eval_every`` steps. :func:`run_lm_training` is the job behind
-``nmsparse train --task lm``: the sparse model, then (``baseline``) the same model dense with the same seed and the
+decay, evaluating on the held-out text every ``eval_every`` steps (each stretch of the
+:mod:`nmsparse.recipes._run` loop is one evaluation interval). :func:`run_lm_training` is the job behind
+``nmsparse train lm``: the sparse model, then (``baseline``) the same model dense with the same seed and the
 same batches, then ``summary.json``, the curves and the dense model as a ``transformers`` folder.
 
-A run directory (:mod:`nmsparse.recipes.train.rundir`) holds::
+A run directory (:mod:`nmsparse.recipes.rundir`) holds::
 
     run.json, config.yaml          marker and resolved settings (what --resume reads)
     checkpoint.safetensors         the sparse trainer's one atomic checkpoint (weights, masks, AdamW moments,
@@ -34,43 +35,40 @@ Example:
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmsparse._logging import logger, progress_enabled
+from nmsparse._logging import logger
 from nmsparse._version import __version__
-from nmsparse.errors import ConfigError, InputError
+from nmsparse.errors import ConfigError
 from nmsparse.prune import DynamicSparsifier, get_masks
 
+from .. import _run
 from .._common import warm_up_solvers as _warm_up
-from ..train.distributed import DistContext, all_reduce_sum, gather_objects
-from ..train.rundir import Checkpoint, RunDir, config_hash
-from ..train.unstructured import UnstructuredSparsifier
+from .._run import BASELINE_DIR, PLOT_FILE
+from ..distributed import DistContext, all_reduce_sum, barrier, gather_objects, main_first
+from ..rundir import Checkpoint, RunDir, config_hash
+from ..unstructured import UnstructuredSparsifier
 from .config import DENSE, UNSTRUCTURED, LMTrainConfig, lm_config_to_yaml, load_lm_config
 from .data import LMData
 from .model import GPT
 from .parallel import (
     DEFAULT_PARALLEL,
     FSDP_ACCELERATE_REASON,
-    barrier,
     check_parallel,
     full_tensors,
     load_optimizer_state_,
     local_rows,
-    main_first,
     masks_agree,
-    rank_device,
     sharded_heldout_loss,
     wrap_model,
 )
@@ -89,9 +87,7 @@ __all__ = ["LMTrainer", "LMTrainerResult", "LMRunSummary", "run_lm_training", "h
            "warm_up_solvers", "TASK", "BASELINE_DIR", "HF_DIR", "PLOT_FILE"]
 
 TASK = "lm"
-BASELINE_DIR = "baseline"
 HF_DIR = "hf"
-PLOT_FILE = "curves.png"
 _LN2 = math.log(2.0)
 
 EvalCallback = Callable[[str, dict[str, Any]], None]
@@ -105,12 +101,8 @@ def learning_rate(config: LMTrainConfig, step: int) -> float:
         >>> learning_rate(cfg, 0), learning_rate(cfg, 9), round(learning_rate(cfg, 99), 6)
         (0.0001, 0.001, 0.0001)
     """
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.steps - 1 - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    floor = config.min_lr_ratio
-    return config.lr * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return _run.warmup_cosine_lr(step, peak=config.lr, warmup=config.warmup_steps,
+                            decay_steps=config.steps - 1 - config.warmup_steps, floor=config.min_lr_ratio)
 
 
 @torch.no_grad()
@@ -142,61 +134,32 @@ def warm_up_solvers(config: LMTrainConfig, structures: list[str] | None = None) 
     return _warm_up(structures or [config.structure], {config.method, config.initial_method})
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"LM training: device {name!r} was asked for but CUDA is not available here; use "
-                          f"--device cpu (or auto)")
-    return torch.device(name)
-
-
-@dataclass
-class LMTrainerResult:
-    """Outcome of :meth:`LMTrainer.fit` (losses in nats per token).
+@dataclass(kw_only=True)
+class LMTrainerResult(_run.FitResult):
+    """Outcome of :meth:`LMTrainer.fit` (losses in nats per token): the fields of every
+    :class:`~nmsparse.recipes._run.FitResult` (one history record per evaluation), and
 
     Attributes:
-        structure: ``"dense"``, an n:m pattern or ``"unstructured"``.
         seed: the run's seed.
-        completed: all steps done.
         step: optimizer steps done.
         heldout_loss / heldout_perplexity / heldout_bits_per_byte: on the whole held-out stream, at the end.
         train_loss: mean training loss over the last evaluation interval.
-        history: one record per evaluation (what ``metrics.jsonl`` holds).
-        mask_valid / mask_density: masks obey the structure / fraction of the sparse layers' weights kept
-            (``None`` for dense).
-        sparse_layers: masked layers.
-        refreshes / refresh_seconds: mask refreshes and their time.
-        train_seconds: training-loop time (evaluation and checkpoints excluded), over resumed sessions too.
-        wall_seconds: time in training, evaluation and checkpoints, over resumed sessions too.
         parameters: parameter count of the model.
-        acceleration: with ``accelerate``: the ``nmsparse.accelerate_`` report (``AccelerationReport.to_dict()``,
-            or a ``reason`` when nothing was considered).
+        world_size / parallel: processes and engine (``"fsdp"``, ``"ddp"``; ``None`` for one process).
     """
 
-    structure: str
     seed: int
-    completed: bool
     step: int
     heldout_loss: float
     heldout_perplexity: float
     heldout_bits_per_byte: float
     train_loss: float | None
-    history: list[dict[str, Any]]
-    mask_valid: bool | None = None
-    mask_density: float | None = None
-    sparse_layers: list[str] = field(default_factory=list)
-    refreshes: int = 0
-    refresh_seconds: float = 0.0
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0
     parameters: int = 0
-    acceleration: dict[str, Any] | None = None
     world_size: int = 1
     parallel: str | None = None
 
 
-class LMTrainer:
+class LMTrainer(_run.RecipeTrainer):
     """Trains one :class:`~nmsparse.recipes.lm.model.GPT` under one structure, checkpointing every evaluation.
 
     Args:
@@ -209,7 +172,7 @@ class LMTrainer:
         progress: progress bar (``None``: on a terminal).
         label: name in the progress bar and logs.
         on_eval: ``callback(label, record)`` after every evaluation (rank 0 only).
-        dist: data-parallel context (:func:`~nmsparse.recipes.train.distributed.init_distributed`; ``None``: one
+        dist: data-parallel context (:func:`~nmsparse.recipes.distributed.init_distributed`; ``None``: one
             process). Every rank builds the same model and masks; :meth:`fit` wraps it (:mod:`.parallel`).
         parallel: ``"fsdp"`` (FSDP2) or ``"ddp"``, with more than one process.
 
@@ -235,9 +198,9 @@ class LMTrainer:
         self.parallel = parallel if self.dist.enabled else None
         if self.dist.enabled:
             check_parallel(parallel, config.batch_size, self.dist)
-        self.device = rank_device(_device(config.device), self.dist)
+        self.device = _run.resolve_device(config.device, self.dist)
         self.threads = config.torch_threads()
-        torch.manual_seed(config.seed)
+        _run.seed_everything(config.seed)
         # --model hf:FOLDER: a transformers causal LM, used through the same interface (forward -> logits_of,
         # num_parameters) as the recipe's decoder.
         self.model = GPT(config.gpt_config(data.vocab_size)).to(self.device) if config.model is None else \
@@ -267,19 +230,14 @@ class LMTrainer:
                 logger.warning("lm: %s: --accelerate under FSDP2: %s", self.label, FSDP_ACCELERATE_REASON)
         elif config.accelerate:
             # After the masks (swapped layers share their Parameters and masks), before the optimizer.
-            from ..train.trainer import accelerate_layers
-
-            self.acceleration = accelerate_layers(
+            self.acceleration = _run.accelerate_layers(
                 self.model, None if structure == DENSE else structure,
                 tokens=config.batch_size // self.dist.world_size * config.context,
                 layers=self.sparse_layers, label="dense baseline" if section == BASELINE_DIR else self.label)
         self.optimizer = self._optimizer()
         self.module: nn.Module = self.model  # what the training step calls: the model, or its DDP wrapper
         self._wrapped = False
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.train_seconds = 0.0
-        self.wall_seconds = 0.0
+        self._start_loop()
 
     # --------------------------------------------------------------------------------------------- pieces
 
@@ -330,8 +288,7 @@ class LMTrainer:
             "optimizer": optimizer_state,
             "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "train_seconds": self.train_seconds,
-            "wall_seconds": self.wall_seconds,
+            **self._loop_state(),
             "structure": self.structure,
             **parallel,
         }
@@ -382,10 +339,7 @@ class LMTrainer:
             torch.set_rng_state(per_rank[self.dist.rank])
         else:
             torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
-        self.history = list(ckpt.history)
-        self.train_seconds = float(state["train_seconds"])
-        self.wall_seconds = float(state["wall_seconds"])
+        self._restore_loop(state, ckpt.history)
         return True
 
     def _wrap(self) -> None:
@@ -430,12 +384,10 @@ class LMTrainer:
             self.optimizer.step()
             self.step += 1
             if self.sparsifier is not None and self.sparsifier.step():
-                torch.set_num_threads(self.threads)  # numba's OpenMP layer may reset torch's thread count
+                _run.keep_threads(self.threads)  # numba's OpenMP layer may reset torch's thread count
                 masks_agree(self.model, self.dist, where=f"{self.label}: step {self.step} refresh")
             value = float(loss.detach())
-            if not math.isfinite(value):
-                raise ConfigError(f"{self.label}: training loss became {value} at step {self.step}; lower the "
-                                  f"learning rate (--lr, now {cfg.lr:g})")
+            _run.check_finite_loss(value, label=self.label, when=f"at step {self.step}", lr=cfg.lr)
             loss_sum += value
             count += 1
             if bar is not None:
@@ -447,6 +399,16 @@ class LMTrainer:
                 "refresh_seconds": refresh}
 
     # ---------------------------------------------------------------------------------------------- loop
+
+    def _interval(self, bar: Any) -> tuple[dict[str, Any], float]:
+        """Steps to the next evaluation, and the evaluation: its metrics record and training seconds."""
+        cfg = self.config
+        boundary = min(cfg.steps, (self.step // cfg.eval_every + 1) * cfg.eval_every)
+        stats = self._train_steps(boundary, bar)
+        loss = self._heldout(cfg.eval_tokens)
+        return {"epoch": len(self.history) + 1, "step": self.step, "lr": learning_rate(cfg, self.step - 1),
+                "train_loss": stats["train_loss"], "heldout_loss": loss, "heldout_perplexity": math.exp(loss),
+                "seconds": stats["seconds"], "refresh_seconds": stats["refresh_seconds"]}, stats["seconds"]
 
     def fit(self, *, resume: bool = False, stop_after_step: int | None = None) -> LMTrainerResult:
         """Train to ``config.steps`` (or ``stop_after_step``), evaluating and checkpointing every ``eval_every``.
@@ -469,36 +431,9 @@ class LMTrainer:
                 self.run.discard_metrics(self.section)
             self._wrap()
             last = cfg.steps if stop_after_step is None else min(cfg.steps, stop_after_step)
-            bar = None
-            if progress_enabled(self.progress) and self.step < last and self.dist.is_main:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=cfg.steps, initial=self.step, desc=self.label, unit="step", leave=False,
-                           dynamic_ncols=True)
-            try:
-                while self.step < last:
-                    session_start = time.perf_counter()
-                    boundary = min(cfg.steps, (self.step // cfg.eval_every + 1) * cfg.eval_every)
-                    stats = self._train_steps(boundary, bar)
-                    loss = self._heldout(cfg.eval_tokens)
-                    self.train_seconds += stats["seconds"]
-                    record: dict[str, Any] = {
-                        "epoch": len(self.history) + 1, "step": self.step, "lr": learning_rate(cfg, self.step - 1),
-                        "train_loss": stats["train_loss"], "heldout_loss": loss,
-                        "heldout_perplexity": math.exp(loss), "seconds": stats["seconds"],
-                        "refresh_seconds": stats["refresh_seconds"],
-                    }
-                    if self.sparsifier is not None:
-                        record["refreshes"] = self.sparsifier.refreshes
-                        record["mask_changed"] = self.sparsifier.last_changed
-                    self.history.append(record)
-                    self.wall_seconds += time.perf_counter() - session_start
-                    self._save()
-                    if self.on_eval is not None and self.dist.is_main:
-                        self.on_eval(self.label, record)
-            finally:
-                if bar is not None:
-                    bar.close()
+            bar = _run.progress_bar(self.progress, total=cfg.steps, initial=self.step, desc=self.label,
+                                    show=self.step < last and self.dist.is_main)
+            self._loop(bar, more=lambda: self.step < last, stretch=self._interval, callback=self.on_eval)
             completed = self.step >= cfg.steps
             if completed:
                 final = self._heldout(None)
@@ -544,8 +479,8 @@ class LMTrainer:
 
 
 @dataclass
-class LMRunSummary:
-    """What ``nmsparse train --task lm`` reports and writes to ``summary.json`` (losses in nats per token).
+class LMRunSummary(_run.JSONRecord):
+    """What ``nmsparse train lm`` reports and writes to ``summary.json`` (losses in nats per token).
 
     Attributes:
         task: ``"lm"``.
@@ -606,10 +541,6 @@ class LMRunSummary:
     world_size: int = 1
     parallel: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (what ``summary.json`` holds)."""
-        return asdict(self)
-
 
 def _load_average() -> list[float] | None:
     try:
@@ -653,25 +584,16 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
     """
     start = time.perf_counter()
     dist = dist or DistContext()
-    sections = (BASELINE_DIR,)
-    outputs = (PLOT_FILE, HF_DIR)
-    run: RunDir | None = None
-    if resume:
-        if out is None:
-            raise ConfigError("run_lm_training: resume needs the run directory (out)")
-        path = Path(out)
-        run = main_first(lambda: RunDir.open_resume(path, task=TASK, outputs=outputs, sections=sections,
-                                                    overwrite=overwrite), dist)
-        saved = load_lm_config(run.config_path)
-        if config is not None and config != saved:
-            diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
-            raise ConfigError(f"resume: settings differ from the run's {run.config_path} ({diff}); resume without "
-                              f"overrides")
-        config = saved
-    elif config is None:
+    if config is None and not resume:
         raise ConfigError("run_lm_training: give a config (or resume=True with an existing run)")
-    elif out is not None:
-        run = RunDir.prepare(Path(out), task=TASK, outputs=outputs, sections=sections, overwrite=overwrite)
+    run = _run.open_run(out, task=TASK, outputs=(PLOT_FILE, HF_DIR), sections=(BASELINE_DIR,), resume=resume,
+                   overwrite=overwrite, dist=dist, what="run_lm_training")
+    if run is not None and resume:
+        saved = load_lm_config(run.config_path)
+        if config is not None:
+            _run.check_same_settings(config.to_dict(), saved.to_dict(), where=run.config_path)
+        config = saved
+    assert config is not None
     data = lm_data(config)  # --data files or the embedded text; the --model folder's tokenizer or bytes
     structure = config.structure
     digest = config_hash(config.to_dict())
@@ -713,14 +635,6 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
             baseline_hf = f"{BASELINE_DIR}/{HF_DIR}"
         elif dense_trainer is main:
             baseline_hf = HF_DIR
-    if run is not None and dist.is_main:
-        from .plots import plot_lm_curves
-
-        curves = {result.structure: result.history}
-        if base_result is not None:
-            curves["dense"] = base_result.history
-        plot_lm_curves(curves, run.path / PLOT_FILE, title=f"{config.n_layer}x{config.d_model} decoder on embedded "
-                                                            f"Python docs (bytes)")
     gap = None
     if base_result is not None:
         gap = 100.0 * (result.heldout_loss - base_result.heldout_loss) / base_result.heldout_loss
@@ -747,18 +661,11 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
         baseline_acceleration=None if base_result is None else base_result.acceleration,
         world_size=dist.world_size, parallel=main.parallel,
     )
-    if run is not None and dist.is_main:
-        run.write_summary(summary.to_dict())
+    from ..plots import plot_lm_curves
+
+    curves = {result.structure: result.history}
+    if base_result is not None:
+        curves["dense"] = base_result.history
+    _run.finish_run(run, dist, summary=summary, curves=curves, plot=plot_lm_curves,
+               title=f"{config.n_layer}x{config.d_model} decoder on embedded Python docs (bytes)")
     return summary
-
-
-def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The parsed ``summary.json`` of a finished run directory.
-
-    Raises:
-        InputError: no summary there.
-    """
-    file = Path(path) / "summary.json"
-    if not file.is_file():
-        raise InputError(f"{path}: no summary.json; the run has not finished (resume it with --resume {path})")
-    return json.loads(file.read_text())

@@ -1,5 +1,5 @@
 """Text for language models from the user's files, and the tokenizer of a model folder: the one place where
-``nmsparse train --task lm``, ``nmsparse oneshot`` and ``nmsparse adaprune`` read ``--data`` and tokenise it.
+``nmsparse train lm``, ``nmsparse oneshot`` and ``nmsparse adaprune`` read ``--data`` and tokenise it.
 
 ``--data`` names UTF-8 files or folders:
 

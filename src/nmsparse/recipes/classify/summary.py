@@ -6,13 +6,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from nmsparse.errors import InputError
+from .._run import FitResult, JSONRecord
 
 __all__ = ["TrainerResult", "RunSummary", "SUMMARY_VERSION"]
 
@@ -20,56 +17,37 @@ __all__ = ["TrainerResult", "RunSummary", "SUMMARY_VERSION"]
 SUMMARY_VERSION = 2
 
 
-@dataclass
-class TrainerResult:
-    """Outcome of :meth:`~nmsparse.recipes.train.trainer.Trainer.fit` (accuracies in percent).
+@dataclass(kw_only=True)
+class TrainerResult(FitResult):
+    """Outcome of :meth:`~nmsparse.recipes.classify.trainer.Trainer.fit` (accuracies in percent): the fields of
+    every :class:`~nmsparse.recipes._run.FitResult` (one history record per epoch), and
 
     Attributes:
-        structure: ``"dense"``, an n:m pattern or ``"unstructured"``.
         mode: ``"dense"``, ``"dynamic"`` or ``"static"``.
-        completed: all epochs done (``False`` when stopped early with ``stop_after_epoch``).
         epoch: epochs done.
         test_accuracy / test_loss: after the last epoch done.
-        history: one record per epoch (what ``metrics.jsonl`` holds).
-        mask_valid: every mask obeys the structure (``None`` for dense runs).
-        mask_density: fraction of the sparse layers' weights kept (``None`` for dense runs).
-        mask_checksum: :func:`~nmsparse.recipes.train.distributed.mask_checksum` of the final masks.
-        steps, refreshes, refresh_seconds: optimizer steps, mask refreshes and their total time.
+        mask_checksum: :func:`~nmsparse.recipes.distributed.mask_checksum` of the final masks.
+        steps: optimizer steps.
         refresh_overhead: ``refresh_seconds`` over the rest of the training-loop time; ``None`` without refreshes.
-        train_seconds: training-loop time (evaluation and checkpoints excluded), summed over resumed sessions.
-        wall_seconds: time spent in epochs (training, evaluation, checkpoints), summed over resumed sessions.
-        sparse_layers / dense_layers: pruned layer names; layers left dense with the reason.
+        dense_layers: layers left dense with the reason.
         sparse_weight_fraction: share of the Linear/Conv2d weights that sit in sparse layers.
         prune_report: the pruning report of the initial masks (``PruneReport.to_dict()``), when available.
-        acceleration: with ``accelerate``: what :func:`nmsparse.accelerate_` did per Linear layer
-            (``AccelerationReport.to_dict()``, or a ``reason`` when nothing was considered).
     """
 
-    structure: str
     mode: str
-    completed: bool
     epoch: int
     test_accuracy: float
     test_loss: float
-    history: list[dict[str, Any]]
-    mask_valid: bool | None = None
-    mask_density: float | None = None
     mask_checksum: int | None = None
     steps: int = 0
-    refreshes: int = 0
-    refresh_seconds: float = 0.0
     refresh_overhead: float | None = None
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    sparse_layers: list[str] = field(default_factory=list)
     dense_layers: dict[str, str] = field(default_factory=dict)
     sparse_weight_fraction: float = 0.0
     prune_report: dict[str, Any] | None = None
-    acceleration: dict[str, Any] | None = None
 
 
 @dataclass
-class RunSummary:
+class RunSummary(JSONRecord):
     """What ``nmsparse train`` reports and writes to ``summary.json`` (accuracies in percent, times in seconds).
 
     Attributes:
@@ -132,30 +110,4 @@ class RunSummary:
     acceleration: dict[str, Any] | None = None
     baseline_acceleration: dict[str, Any] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``summary.json``), with a ``version`` key."""
-        return {"version": SUMMARY_VERSION, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> RunSummary:
-        """Read :meth:`to_dict`'s output.
-
-        Raises:
-            InputError: unknown or missing keys, or another version.
-        """
-        values = dict(values)
-        version = values.pop("version", None)
-        if version != SUMMARY_VERSION:
-            raise InputError(f"summary: version {version!r} is not {SUMMARY_VERSION} (written by another nmsparse)")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in values if k not in names]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise InputError(f"summary: unknown key {unknown[0]!r}{hint}")
-        required = [f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        missing = [k for k in required if k not in values]
-        if missing:
-            raise InputError(f"summary: missing keys {missing}")
-        return cls(**values)
+    VERSION: ClassVar[int | None] = SUMMARY_VERSION

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import nmsparse
-from nmsparse.recipes.train import Trainer, build_data, build_model, load_config
-from nmsparse.recipes.train.checkpoint import save_model
+from nmsparse.recipes.classify import Trainer, build_data, build_model, load_config
+from nmsparse.recipes.classify.checkpoint import save_model
 
 # Overrides that shrink a recipe to a smoke test: 32x32 fake images, 4 classes, batch 4, no workers, and
 # 2 steps for ResNet-18, 1 for ResNet-50 (every step of it reads and writes ~25M weights several times).

@@ -1,19 +1,23 @@
-"""Training workflow on top of the model-mask API: data, models, the trainer, checkpoints, comparisons, DDP.
+"""The image-classification recipe (``nmsparse train classify``, ``nmsparse compare classify``): data, models, the
+epoch loop, comparisons.
 
-Needs the ``train`` extra (scikit-learn for the built-in digits, matplotlib for plots, PyYAML for configs).
+It plugs into the run loop both recipes share (:mod:`nmsparse.recipes._run`: device, seeds, schedules, the run
+directory with resume, ``--accelerate``, summaries; :mod:`nmsparse.recipes.rundir`, :mod:`nmsparse.recipes.plots`,
+:mod:`nmsparse.recipes.distributed`). Needs the ``train`` extra (scikit-learn for the built-in digits, matplotlib
+for plots, PyYAML for configs).
 """
 
 from __future__ import annotations
 
+from ..distributed import DistContext, check_masks_identical, init_distributed, mask_checksum
+from ..rundir import Checkpoint, RunDir
+from ..unstructured import UnstructuredSparsifier, magnitude_mask
 from .compare import DEFAULT_STRUCTURES, CompareResult, compare_structures
 from .config import CONFIG_VERSION, UNSTRUCTURED, TrainConfig, list_recipes, load_config, recipe_path
 from .data import DataBundle, build_data
-from .distributed import DistContext, check_masks_identical, init_distributed, mask_checksum
 from .models import build_model, list_models
-from .rundir import Checkpoint, RunDir
 from .summary import RunSummary, TrainerResult
 from .trainer import RunResult, Trainer, learning_rate, resume_config, run_training
-from .unstructured import UnstructuredSparsifier, magnitude_mask
 
 __all__ = [
     "TrainConfig",

@@ -1,10 +1,11 @@
-"""The epoch loop: one model, one structure (dense, static or dynamic masks), checkpointed every epoch.
+"""The classify task's trainer: one model, one structure (dense, static or dynamic masks), checkpointed every
+epoch, on the loop of :mod:`nmsparse.recipes._run` (each stretch of it is an epoch).
 
-:class:`Trainer` trains one model; :func:`run_training` is the job behind ``nmsparse train``: the sparse model,
+:class:`Trainer` trains one model; :func:`run_training` is the job behind ``nmsparse train classify``: the sparse model,
 then (by default) the same model dense with the same seed, then ``summary.json`` (a typed
-:class:`~nmsparse.recipes.train.summary.RunSummary`) and a plot of the curves. Where files go, how checkpoints
+:class:`~nmsparse.recipes.classify.summary.RunSummary`) and a plot of the curves. Where files go, how checkpoints
 are written atomically and verified on resume, and when an existing directory is refused, is the business of
-:mod:`nmsparse.recipes.train.rundir`. A run directory holds::
+:mod:`nmsparse.recipes.rundir`. A run directory holds::
 
     run.json, config.yaml     marker and resolved settings (what --resume reads)
     checkpoint.safetensors    ONE atomic file: weights + masks (nmsparse.io's pruned layout, pattern and mode
@@ -23,47 +24,45 @@ wherever it was killed (a run killed before its first checkpoint starts again).
 
 from __future__ import annotations
 
-import glob
 import json
-import math
 import platform
-import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from nmsparse._logging import logger, progress_enabled
+from nmsparse._logging import logger
 from nmsparse._version import __version__
 from nmsparse.errors import ConfigError, InputError, MaskMismatchError
 from nmsparse.io import MASK_PREFIX, load_pruned_state_dict_, save_pruned
 from nmsparse.metrics import is_nm_sparse
 from nmsparse.pattern import NMPattern
-from nmsparse.prune import DynamicSparsifier, get_masks, last_report, prune_, select_layers, squash_masks_
+from nmsparse.prune import DynamicSparsifier, get_masks, prune_, select_layers, squash_masks_
 from nmsparse.prune.static import MASK_KEY_SUFFIX
 
+from .. import _run
 from .._common import warm_up_solvers as _warm_up
-from .checkpoint import capture_rng_state, load_model_file, restore_rng_state
-from .config import UNSTRUCTURED, TrainConfig, config_to_yaml, load_config
-from .data import DataBundle, build_data, collate_images
-from .distributed import (
+from .._run import BASELINE_DIR, PLOT_FILE
+from ..distributed import (
     DistContext,
     all_reduce_sum,
     average_batchnorm_stats_,
     check_masks_identical,
     gather_objects,
 )
+from ..rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Checkpoint, RunDir, config_hash
+from ..unstructured import UnstructuredSparsifier
+from .checkpoint import capture_rng_state, load_model_file, restore_rng_state
+from .config import UNSTRUCTURED, TrainConfig, config_to_yaml, load_config
+from .data import DataBundle, build_data, collate_images
 from .models import build_model
-from .rundir import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, Checkpoint, RunDir, config_hash
 from .summary import RunSummary, TrainerResult
-from .unstructured import UnstructuredSparsifier
 
 __all__ = [
     "Trainer",
@@ -81,14 +80,11 @@ __all__ = [
     "MODEL_FILE",
     "PLOT_FILE",
     "BASELINE_DIR",
-    "accelerate_layers",
 ]
 
 #: Task name recorded in the run directories of this recipe.
 TASK = "classify"
 MODEL_FILE = "model.safetensors"
-PLOT_FILE = "curves.png"
-BASELINE_DIR = "baseline"
 #: Files of the run besides rundir's own (overwrite checks count them as the run's).
 OUTPUTS = (MODEL_FILE, PLOT_FILE)
 
@@ -107,34 +103,12 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         (1.0, 0.5)
     """
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    if cfg.schedule == "constant":
+    if step >= warmup and cfg.schedule == "constant":
         return cfg.lr
-    if cfg.schedule == "step":
+    if step >= warmup and cfg.schedule == "step":
         epoch = step / steps_per_epoch
         return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
-    total = cfg.epochs * steps_per_epoch
-    fraction = (step - warmup) / max(1, total - warmup)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, fraction)))
-
-
-def _resolve_device(setting: str, ctx: DistContext) -> torch.device:
-    if setting == "cpu":
-        return torch.device("cpu")
-    if setting == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ConfigError(f"device {setting!r} requested but CUDA is not available here; use --device cpu or auto")
-    if setting.startswith("cuda:"):
-        return torch.device(setting)
-    return torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    return _run.warmup_cosine_lr(step, peak=cfg.lr, warmup=warmup, decay_steps=cfg.epochs * steps_per_epoch - warmup)
 
 
 def _prunable_weights(model: nn.Module) -> dict[str, int]:
@@ -155,56 +129,6 @@ def _is_pruned(state: dict[str, torch.Tensor], meta: dict[str, str]) -> bool:
     return any(key.endswith(MASK_KEY_SUFFIX) or key == MASK_KEY_SUFFIX[1:] for key in state)
 
 
-def accelerate_layers(model: nn.Module, pattern: str | None, *, tokens: int, layers: Sequence[str],
-                      dense_layers: Mapping[str, str] | None = None, label: str = "",
-                      log: bool = True) -> dict[str, Any]:
-    """``--accelerate``: :func:`nmsparse.accelerate_` on the pruned Linear layers of ``model``; the report as a dict.
-
-    Only ``layers`` (the layers this run pruned) are considered, with their own masks; every other Linear layer is
-    reported "not pruned by this run" and left alone (``accelerate_`` would otherwise give it a new mask).
-    ``pattern=None`` (a dense run) or ``"unstructured"`` accelerates nothing and records why.
-
-    Args:
-        model: the model, masks attached, on its device; modified in place (call before DDP and the optimizer).
-        pattern: the run's n:m pattern, ``"unstructured"``, or ``None`` for a dense run.
-        tokens: rows of each Linear layer's 2-D input per step on this rank (batch, or batch x sequence).
-        layers: pruned layer names.
-        dense_layers: layers left dense -> why (used in their reasons).
-        label: the run's name (``"dense baseline"``, ...) for reasons and the log line.
-        log: log the report's :meth:`~nmsparse.accelerate.AccelerationReport.describe`.
-
-    Returns:
-        ``AccelerationReport.to_dict()``, or ``{"pattern": ..., "reason": ..., "layers": {}}`` when nothing was
-        considered.
-    """
-    from nmsparse.accelerate import LayerDecision, accelerate_
-
-    if pattern is None or pattern == UNSTRUCTURED:
-        reason = (f"{label or 'dense run'}: not accelerated" if pattern is None else
-                  f"{label or pattern}: not accelerated (unstructured masks; only 2:4-T runs on sparse tensor "
-                  f"cores)")
-        if log:
-            logger.info("%s", reason)
-        return {"pattern": pattern, "reason": reason, "layers": {}}
-    linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-    names = [name for name in layers if name in linears]
-    report = accelerate_(model, pattern=pattern, tokens=tokens, include=[glob.escape(n) for n in names],
-                         cache_file=True, progress_bar=False)
-    ordered = {}
-    for name, module in linears.items():  # model order, every Linear layer named
-        if name in report.layers:
-            ordered[name] = report.layers[name]
-            continue
-        why = (dense_layers or {}).get(name)
-        ordered[name] = LayerDecision(name, int(module.out_features), int(module.in_features), None,
-                                      str(module.weight.dtype).replace("torch.", ""), None, False, False,
-                                      "not pruned by this run" + (f" ({why})" if why else ""))
-    report.layers = ordered
-    if log:
-        logger.info("%s%s", f"{label}: " if label else "", report.describe())
-    return report.to_dict()
-
-
 def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     expected = model.state_dict()
     problems = [f"missing {k!r}" for k in expected if k not in state]
@@ -214,7 +138,7 @@ def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> list
     return problems
 
 
-class Trainer:
+class Trainer(_run.RecipeTrainer):
     """Train one model under one structure, with an atomic checkpoint every epoch.
 
     Args:
@@ -258,9 +182,9 @@ class Trainer:
                 f"batch_size {config.batch_size} is the global batch and must be divisible by the "
                 f"{self.dist.world_size} processes; pick a multiple of {self.dist.world_size}"
             )
-        self.device = _resolve_device(config.device, self.dist)
+        self.device = _run.resolve_device(config.device, self.dist)
 
-        _seed_everything(config.seed)
+        _run.seed_everything(config.seed)
         model = build_model(config.model, in_channels=self.data.in_channels, num_classes=self.data.num_classes,
                             image_size=self.data.image_size, width=config.width)
         if config.init is not None:
@@ -279,12 +203,12 @@ class Trainer:
         if config.accelerate:
             # After the masks (swapped layers share their Parameters and masks), before DDP and the optimizer.
             # The models' Linear layers take flattened features: one row per image.
-            self.acceleration = accelerate_layers(
+            self.acceleration = _run.accelerate_layers(
                 model, config.pattern if config.sparse else None, tokens=config.batch_size // self.dist.world_size,
                 layers=self.sparse_layers, dense_layers=self.dense_layers,
                 label="dense baseline" if section == BASELINE_DIR else self.label, log=self.dist.is_main)
         # Ranks share the weights' seed; reseeding per rank gives each its own augmentation stream.
-        _seed_everything(config.seed * 1_000_003 + 7919 * self.dist.rank + 1)
+        _run.seed_everything(config.seed * 1_000_003 + 7919 * self.dist.rank + 1)
         self.model = model
         self.ddp: nn.Module = model
         if self.dist.enabled:
@@ -313,16 +237,12 @@ class Trainer:
         if config.steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
         self.epoch = 0
-        self.step = 0
-        self.history: list[dict[str, Any]] = []
-        self.train_seconds = 0.0
-        self.wall_seconds = 0.0
+        self._start_loop()
 
     # ------------------------------------------------------------------------------------------------ set-up
 
     def _restore_threads(self) -> None:
-        if torch.get_num_threads() != self._threads:
-            torch.set_num_threads(self._threads)
+        _run.keep_threads(self._threads)
 
     def _load_init(self, model: nn.Module, path: str) -> None:
         state, meta = load_model_file(path)
@@ -367,20 +287,19 @@ class Trainer:
                 self.sparsifier = DynamicSparsifier(model, cfg.pattern, method=cfg.method,
                                                     initial_method=cfg.initial_method,
                                                     refresh_every=cfg.refresh_every, decay=cfg.decay, **common)
+                self.prune_report = self.sparsifier.report.to_dict()
             else:
-                prune_(model, cfg.pattern, method=cfg.initial_method, **common)
+                report = prune_(model, cfg.pattern, method=cfg.initial_method, **common)
+                self.prune_report = report.to_dict()
             layers, skipped = [_module_name(name) for name in get_masks(model)], selection.skipped
         self.sparse_layers = layers
         self.dense_layers = dict(skipped)
-        report = last_report(model)
-        if report is not None:
-            self.prune_report = report.to_dict()
 
     # ------------------------------------------------------------------------------------------- checkpoints
 
     @property
     def config_hash(self) -> str:
-        """:func:`~nmsparse.recipes.train.rundir.config_hash` of this trainer's settings."""
+        """:func:`~nmsparse.recipes.rundir.config_hash` of this trainer's settings."""
         return config_hash(self.config.to_dict())
 
     def _save(self) -> None:
@@ -398,8 +317,7 @@ class Trainer:
             "sparsifier": None if self.sparsifier is None else self.sparsifier.state_dict(),
             "rng": rng_states,
             "world_size": self.dist.world_size,
-            "train_seconds": self.train_seconds,
-            "wall_seconds": self.wall_seconds,
+            **self._loop_state(),
         }
         self.run.save_checkpoint(Checkpoint(epoch=self.epoch, config_hash=self.config_hash, tensors=tensors,
                                             tensor_metadata=tensor_metadata, state=state,
@@ -433,10 +351,7 @@ class Trainer:
                            "rank 0 are reused", where, len(rng), self.dist.world_size)
         restore_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
         self.epoch = checkpoint.epoch
-        self.step = int(state["step"])
-        self.history = [dict(record) for record in checkpoint.history]
-        self.train_seconds = float(state["train_seconds"])
-        self.wall_seconds = float(state["wall_seconds"])
+        self._restore_loop(state, checkpoint.history)
         if self.dist.enabled and self.config.sparse:
             check_masks_identical(self.model, self.dist, where=f"{self.label}: resumed masks")
 
@@ -496,16 +411,26 @@ class Trainer:
                 count += labels.numel()
             if bar is not None:
                 bar.update(1)
-        if not math.isfinite(loss_sum):
-            raise ConfigError(
-                f"{self.label}: training loss became {loss_sum} in epoch {self.epoch + 1}; lower the learning rate "
-                f"(--lr, now {cfg.lr:g})"
-            )
+        _run.check_finite_loss(loss_sum, label=self.label, when=f"in epoch {self.epoch + 1}", lr=cfg.lr)
         seconds = time.perf_counter() - start
         loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], self.dist)
         refresh = (self.sparsifier.refresh_seconds if self.sparsifier is not None else 0.0) - refresh_before
         return {"train_loss": loss_sum / max(count, 1.0), "train_accuracy": 100.0 * correct / max(count, 1.0),
                 "seconds": seconds, "refresh_seconds": refresh}
+
+    def _epoch(self, bar: Any) -> tuple[dict[str, Any], float]:
+        """One epoch and the evaluation after it: its metrics record and training seconds."""
+        stats = self._train_epoch(bar)
+        average_batchnorm_stats_(self.model, self.dist)
+        accuracy, loss = self.evaluate()
+        self.epoch += 1
+        if bar is not None:
+            bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test=f"{accuracy:.2f}%")
+        return {"epoch": self.epoch, "step": self.step,
+                "lr": learning_rate(self.config, max(self.step - 1, 0), self.steps_per_epoch),
+                "train_loss": stats["train_loss"], "train_accuracy": stats["train_accuracy"], "test_loss": loss,
+                "test_accuracy": accuracy, "epoch_seconds": stats["seconds"],
+                "refresh_seconds": stats["refresh_seconds"]}, stats["seconds"]
 
     def fit(self, *, resume: bool = False, stop_after_epoch: int | None = None) -> TrainerResult:
         """Train until ``config.epochs`` (or ``stop_after_epoch``) epochs are done, checkpointing each epoch.
@@ -532,40 +457,9 @@ class Trainer:
         if self.dist.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
-        bar = None
-        if self.dist.is_main and progress_enabled(self.progress) and self.epoch < last_epoch:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=(last_epoch - self.epoch) * self.steps_per_epoch, desc=self.label, unit="step",
-                       leave=False, dynamic_ncols=True)
-        try:
-            while self.epoch < last_epoch:
-                epoch_start = time.perf_counter()
-                stats = self._train_epoch(bar)
-                average_batchnorm_stats_(self.model, self.dist)
-                accuracy, loss = self.evaluate()
-                self.epoch += 1
-                self.train_seconds += stats["seconds"]
-                record: dict[str, Any] = {
-                    "epoch": self.epoch, "step": self.step,
-                    "lr": learning_rate(cfg, max(self.step - 1, 0), self.steps_per_epoch),
-                    "train_loss": stats["train_loss"], "train_accuracy": stats["train_accuracy"],
-                    "test_loss": loss, "test_accuracy": accuracy, "epoch_seconds": stats["seconds"],
-                    "refresh_seconds": stats["refresh_seconds"],
-                }
-                if self.sparsifier is not None:
-                    record["refreshes"] = self.sparsifier.refreshes
-                    record["mask_changed"] = self.sparsifier.last_changed
-                self.history.append(record)
-                self.wall_seconds += time.perf_counter() - epoch_start
-                self._save()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test=f"{accuracy:.2f}%")
-                if self.on_epoch_end is not None and self.dist.is_main:
-                    self.on_epoch_end(self.label, record)
-        finally:
-            if bar is not None:
-                bar.close()
+        bar = _run.progress_bar(self.progress, total=(last_epoch - self.epoch) * self.steps_per_epoch,
+                                desc=self.label, show=self.dist.is_main and self.epoch < last_epoch)
+        self._loop(bar, more=lambda: self.epoch < last_epoch, stretch=self._epoch, callback=self.on_epoch_end)
         if not self.history:
             accuracy, loss = self.evaluate()
         else:
@@ -646,10 +540,10 @@ def prepare_run(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fals
             false; with ``resume``: the run finished already.
         InputError / CheckpointError: see :meth:`RunDir.open_resume`.
     """
-    kwargs = {"task": TASK, "outputs": OUTPUTS, "sections": _sections(config)}
-    if resume:
-        return RunDir.open_resume(out_dir, overwrite=overwrite, **kwargs)  # type: ignore[arg-type]
-    return RunDir.prepare(out_dir, overwrite=overwrite, **kwargs)  # type: ignore[arg-type]
+    run = _run.open_run(out_dir, task=TASK, outputs=OUTPUTS, sections=_sections(config), resume=resume,
+                   overwrite=overwrite)
+    assert run is not None
+    return run
 
 
 def resume_config(directory: str | Path, *, overwrite: bool = False) -> TrainConfig:
@@ -760,10 +654,8 @@ def run_training(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fal
         histories["dense baseline"] = baseline.history
     summary = _summary(config, data, main, baseline, dist, trainer.device, time.perf_counter() - start,
                        compile_seconds, resume)
-    if dist.is_main:
-        from .plots import plot_training_curves
+    from ..plots import plot_training_curves
 
-        title = f"{config.model} on {data.name}: {trainer.label}" + (" vs dense" if baseline is not None else "")
-        plot_training_curves(histories, run.path / PLOT_FILE, title=title)
-        run.write_summary(summary.to_dict())
+    _run.finish_run(run, dist, summary=summary, curves=histories, plot=plot_training_curves,
+               title=f"{config.model} on {data.name}: {trainer.label}" + (" vs dense" if baseline is not None else ""))
     return summary

@@ -1,9 +1,9 @@
 """Model files and random-generator states of training runs.
 
-The resumable checkpoint itself (one atomic file per trainer) is :mod:`nmsparse.recipes.train.rundir`'s; this
+The resumable checkpoint itself (one atomic file per trainer) is :mod:`nmsparse.recipes.rundir`'s; this
 module writes the user-facing model file of older layouts (:func:`save_model`), reads model files given as
 ``init`` and captures / restores every random generator (stored in checkpoints through
-:func:`~nmsparse.recipes.train.rundir.pack_state`).
+:func:`~nmsparse.recipes.rundir.pack_state`).
 """
 
 from __future__ import annotations

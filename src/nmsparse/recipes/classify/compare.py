@@ -1,7 +1,7 @@
 """Train one model under several sparsity structures with identical seeds, and relate accuracy to mask diversity.
 
 Default structures: dense, 2:4, 4:8, 2:4-T, 4:8-T and unstructured 50%. Every structure sparsifies the same
-layers (those that take ``4:8-T``; see :mod:`nmsparse.recipes.train.unstructured`) with the same training recipe
+layers (those that take ``4:8-T``; see :mod:`nmsparse.recipes.unstructured`) with the same training recipe
 (dynamic SR-STE masks refreshed every ``refresh_every`` steps by default; unstructured masks are per-layer
 magnitude masks refreshed the same way). Mask diversity is the exact count of :func:`nmsparse.mask_diversity`
 for a reference tensor of ``reference_numel`` weights at 50% density, shown as ``log10``.
@@ -9,34 +9,27 @@ for a reference tensor of ``reference_numel`` weights at 50% density, shown as `
 
 from __future__ import annotations
 
-import json
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nmsparse.diversity import log10_mask_diversity
 from nmsparse.errors import ConfigError
 
+from .. import _run
 from .._common import (
-    COMPARE_JSON,
-    COMPARE_PLAN,
-    COMPARE_PLOT,
     DEFAULT_REFERENCE_NUMEL,
     DEFAULT_STRUCTURES,
     RunCallback,
-    check_compare_plan,
     check_structures,
     structure_slug,
-    write_compare_plan,
 )
+from ..distributed import DistContext
+from ..rundir import config_hash
 from .config import UNSTRUCTURED, TrainConfig, config_to_yaml, load_config
 from .data import DataBundle, build_data
-from .distributed import DistContext
 from .models import build_model
-from .rundir import RunDir, config_hash
 from .trainer import MODEL_FILE, Trainer, warm_up_solvers
 
 __all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "CompareResult", "compare_structures",
@@ -123,50 +116,35 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
     seed_list = [config.seed] if seeds is None else [int(s) for s in seeds]
     if not seed_list or any(s < 0 for s in seed_list):
         raise ConfigError(f"compare: seeds must be integers >= 0, got {list(seeds or [])}")
-    diversity: dict[str, float | None] = {"dense": None}
-    for name in names:
-        if name != "dense":
-            diversity[name] = log10_mask_diversity(name, reference_numel)
+    diversity = _run.diversity_column(names, reference_numel)
     if reference_numel < 64 or reference_numel % 64:
         raise ConfigError(f"compare: reference_numel must be a positive multiple of 64 (8x8 blocks), got "
                           f"{reference_numel}")
     run_names = {(name, seed): structure_slug(name) if len(seed_list) == 1 else f"{structure_slug(name)}-seed{seed}"
                  for seed in seed_list for name in names}
-    run: RunDir | None = None
-    outputs = (COMPARE_JSON, COMPARE_PLOT, MODEL_FILE, COMPARE_PLAN)
-    if resume:
-        if out_dir is None:
-            raise ConfigError("compare: resume needs the comparison directory (out_dir)")
-        run = RunDir.open_resume(out_dir, task=TASK, outputs=outputs, sections=tuple(run_names.values()),
-                                 overwrite=overwrite)
-        if config_hash(load_config(run.config_path).to_dict()) != config_hash(config.to_dict()):
-            raise ConfigError(f"compare: settings differ from the comparison's {run.config_path}; resume without "
-                              f"overrides")
-        check_compare_plan(run.path, names, seed_list, reference_numel)
-    elif out_dir is not None:
-        run = RunDir.prepare(out_dir, task=TASK, outputs=outputs, sections=tuple(run_names.values()),
-                             overwrite=overwrite)
+    run = _run.open_comparison(out_dir, task=TASK, outputs=(MODEL_FILE,), sections=tuple(run_names.values()),
+                               names=names, seeds=seed_list, reference_numel=reference_numel, resume=resume,
+                               overwrite=overwrite)
+    if resume and run is not None:
+        _run.check_same_settings(config.to_dict(), load_config(run.config_path).to_dict(),
+                                 where=run.config_path, what="compare", owner="comparison")
     # Everything is checked before the first file is written: settings, data, that each structure fits.
     run_configs = {key: _run_config(config, key[0], key[1]) for key in run_names}
     data = build_data(config)
     _check_fits(config, data, names)
     compile_seconds = max(warm_up_solvers(cfg) for cfg in run_configs.values())
-    if run is not None and dist.is_main and not resume:
-        run.create(config_text=config_to_yaml(config), config_hash=config_hash(config.to_dict()))
-        write_compare_plan(run.path, names, seed_list, reference_numel)
+    if dist.is_main and not resume:
+        _run.start_comparison(run, config_text=config_to_yaml(config), digest=config_hash(config.to_dict()),
+                              names=names, seeds=seed_list, reference_numel=reference_numel)
     sparse_mode = "dynamic" if config.mode == "dense" else config.mode
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for seed in seed_list:
-        for name in names:
-            start = time.perf_counter()
-            result = Trainer(run_configs[name, seed], data, run=run, section=run_names[name, seed], dist=dist,
-                             progress=progress, label=f"{name} (seed {seed})").fit(resume=resume)
-            record = {"structure": name, "seed": seed, "test_accuracy": result.test_accuracy,
-                      "mask_valid": result.mask_valid, "refresh_overhead": result.refresh_overhead,
-                      "train_seconds": result.train_seconds, "seconds": time.perf_counter() - start}
-            runs[name].append(record)
-            if on_run_end is not None and dist.is_main:
-                on_run_end(record)
+
+    def train(name: str, seed: int) -> dict[str, Any]:
+        result = Trainer(run_configs[name, seed], data, run=run, section=run_names[name, seed], dist=dist,
+                         progress=progress, label=f"{name} (seed {seed})").fit(resume=resume)
+        return {"test_accuracy": result.test_accuracy, "mask_valid": result.mask_valid,
+                "refresh_overhead": result.refresh_overhead, "train_seconds": result.train_seconds}
+
+    runs = _run.train_structures(names, seed_list, train, on_run_end=on_run_end, show=dist.is_main)
     rows = []
     for name in names:
         accuracies = [r["test_accuracy"] for r in runs[name]]
@@ -184,16 +162,13 @@ def compare_structures(config: TrainConfig, *, structures: Sequence[str] = DEFAU
     root = None if run is None else run.path
     outcome = CompareResult(rows=rows, reference_numel=reference_numel, seeds=seed_list, out_dir=root,
                             compile_seconds=compile_seconds)
-    if root is not None and dist.is_main:
-        from .plots import plot_accuracy_vs_diversity
+    from ..plots import plot_accuracy_vs_diversity
 
-        payload = {"model": config.model, "data": config.data, "mode": sparse_mode, "epochs": config.epochs,
-                   "seeds": seed_list, "reference_numel": reference_numel, "compile_seconds": compile_seconds,
-                   "diversity": "exact log10 mask diversity at 50% density (nmsparse.log10_mask_diversity)",
-                   "rows": rows}
-        assert run is not None
-        run.write_text(COMPARE_JSON, json.dumps(payload, indent=2) + "\n")
-        plot_accuracy_vs_diversity(rows, root / COMPARE_PLOT, reference_numel=reference_numel,
-                                   title=f"{config.model} on {data.name}, {sparse_mode} masks, "
-                                         f"{len(seed_list)} seed(s)")
+    payload = {"model": config.model, "data": config.data, "mode": sparse_mode, "epochs": config.epochs,
+               "seeds": seed_list, "reference_numel": reference_numel, "compile_seconds": compile_seconds,
+               "diversity": "exact log10 mask diversity at 50% density (nmsparse.log10_mask_diversity)",
+               "rows": rows}
+    _run.write_comparison(run, dist, payload=payload, plot=plot_accuracy_vs_diversity,
+                          reference_numel=reference_numel,
+                          title=f"{config.model} on {data.name}, {sparse_mode} masks, {len(seed_list)} seed(s)")
     return outcome

@@ -10,7 +10,6 @@ import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,11 +23,11 @@ from nmsparse._validation import (
     SequenceOf,
     config_field,
 )
-from nmsparse.errors import ConfigError, InputError
+from nmsparse.errors import ConfigError
 from nmsparse.pattern import NMPattern
 from nmsparse.solvers import list_methods
 
-from .._common import UNSTRUCTURED
+from .._common import UNSTRUCTURED, list_recipes, read_config_file, recipe_path
 
 __all__ = [
     "TrainConfig",
@@ -105,7 +104,7 @@ class TrainConfig(ConfigBase):
         num_workers: DataLoader worker processes.
 
     Model:
-        model: see :func:`nmsparse.recipes.train.models.list_models`; width: base channels / hidden width.
+        model: see :func:`nmsparse.recipes.classify.models.list_models`; width: base channels / hidden width.
 
     Sparsity:
         mode: ``"dynamic"`` (masks follow the weights, SR-STE, refreshed every ``refresh_every`` steps),
@@ -134,8 +133,7 @@ class TrainConfig(ConfigBase):
 
     data: str = config_field("digits", group=_GROUP_DATA, metavar="DATA",
                              help="'digits' (built in), 'fake' (synthetic), or a folder: CIFAR-10 (python format), "
-                                  "train/ + val/ class folders, or class folders; --task lm: a text file, a .jsonl "
-                                  "file with a \"text\" field, or a folder of them")
+                                  "train/ + val/ class folders, or class folders")
     test_fraction: float = config_field(0.4, group=_GROUP_DATA,
                                         help="held-out fraction for data without a test split")
     split_seed: int = config_field(0, group=_GROUP_DATA, help="seed of that held-out split")
@@ -147,13 +145,11 @@ class TrainConfig(ConfigBase):
     num_workers: int = config_field(0, group=_GROUP_DATA, help="DataLoader worker processes")
 
     model: str = config_field("cnn", group=_GROUP_MODEL,
-                              help="cnn, mlp, resnet18, resnet34 or resnet50; --task lm: hf:FOLDER, a transformers "
-                                   "causal LM to fine-tune (default: the recipe's decoder)")
+                              help="cnn, mlp, resnet18, resnet34 or resnet50")
     width: int = config_field(32, group=_GROUP_MODEL, help="channels of the cnn / hidden width of the mlp")
 
     mode: Mode = config_field("dynamic", group=_GROUP_SPARSITY,
-                              help="dynamic: masks follow the weights (SR-STE); static: masks fixed from --init "
-                                   "(--task lm: from the --model folder's weights, or the masks it carries); "
+                              help="dynamic: masks follow the weights (SR-STE); static: masks fixed from --init; "
                                    "dense: no masks")
     pattern: str = config_field("4:8-T", group=_GROUP_SPARSITY, help="'4:8-T', '2:4', '2:4-T', ... or 'unstructured'")
     method: str = config_field("greedy", group=_GROUP_SPARSITY, help="mask method of refreshes")
@@ -262,81 +258,6 @@ class TrainConfig(ConfigBase):
 
 
 # ----------------------------------------------------------------------------------------------- YAML files
-
-
-def list_recipes() -> list[str]:
-    """Names of the recipes shipped in ``nmsparse/recipes/configs/`` (pass one to ``--config``)."""
-    root = resources.files("nmsparse.recipes") / "configs"
-    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def recipe_path(name: str) -> Path:
-    """Path of a shipped recipe by name (``"resnet50_imagenet_4x8t_dynamic"``), or of a YAML file as given.
-
-    Raises:
-        InputError: neither an existing file nor a shipped recipe name.
-    """
-    path = Path(name)
-    if path.is_file():
-        return path
-    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
-    candidate = resources.files("nmsparse.recipes") / "configs" / f"{stem}.yaml"
-    if candidate.is_file():
-        return Path(str(candidate))
-    raise InputError(
-        f"config {name!r} is neither a file nor a shipped recipe; shipped recipes: {', '.join(list_recipes())}"
-    )
-
-
-def _unique_key_loader() -> Any:
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
-    import yaml
-
-    class UniqueKeyLoader(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=deep)
-                try:
-                    duplicate = key in seen
-                    seen.add(key)
-                except TypeError:  # an unhashable key: the base class reports it
-                    continue
-                if duplicate:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
-                        key_node.start_mark)
-            return super().construct_mapping(node, deep=deep)
-
-    return UniqueKeyLoader
-
-
-def read_config_file(source: str | Path) -> tuple[dict[str, Any], str]:
-    """``(values, where)`` of a YAML config file or shipped recipe name, unvalidated (any config class).
-
-    Raises:
-        InputError: missing or unparseable YAML file, not UTF-8, or a key given twice in one mapping.
-        ConfigError: the top level is not a mapping.
-    """
-    path = recipe_path(str(source))
-    import yaml
-
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config as UTF-8"
-                         ) from None
-    try:
-        loaded = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-    if loaded is None:
-        loaded = {}
-    if not isinstance(loaded, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of setting: value at the top, got {type(loaded).__name__}")
-    return dict(loaded), str(path)
 
 
 def load_config(source: str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> TrainConfig:

@@ -10,9 +10,9 @@ import pytest
 import nmsparse
 from nmsparse.cli.main import main
 from nmsparse.errors import ConfigError
-from nmsparse.recipes.train import TrainConfig
-from nmsparse.recipes.train.checkpoint import read_model_metadata
-from nmsparse.recipes.train.compare import compare_structures
+from nmsparse.recipes.classify import TrainConfig
+from nmsparse.recipes.classify.checkpoint import read_model_metadata
+from nmsparse.recipes.classify.compare import compare_structures
 
 pytestmark = pytest.mark.usefixtures("restore_runtime")  # tests/conftest.py
 

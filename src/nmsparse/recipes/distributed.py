@@ -12,15 +12,16 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from nmsparse.errors import ConfigError, MaskMismatchError
+from nmsparse.errors import ConfigError, MaskMismatchError, NMSparseError
 from nmsparse.prune import get_masks
 
 __all__ = [
@@ -33,7 +34,13 @@ __all__ = [
     "average_batchnorm_stats_",
     "gather_objects",
     "broadcast_object",
+    "collective_device",
+    "barrier",
+    "main_first",
 ]
+
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -109,7 +116,8 @@ def shutdown_distributed(ctx: DistContext, *, completed: bool = False) -> None:
         dist.destroy_process_group()
 
 
-def _collective_device(ctx: DistContext) -> torch.device:
+def collective_device(ctx: DistContext) -> torch.device:
+    """Where tensors of collectives live: the current GPU under nccl, else the CPU."""
     if ctx.backend == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -144,7 +152,7 @@ def check_masks_identical(model: nn.Module, ctx: DistContext, *, where: str) -> 
     checksum, kept = mask_checksum(model)
     if not ctx.enabled:
         return checksum
-    device = _collective_device(ctx)
+    device = collective_device(ctx)
     local = torch.tensor([checksum, kept], dtype=torch.int64, device=device)
     gathered = [torch.zeros_like(local) for _ in range(ctx.world_size)]
     dist.all_gather(gathered, local)
@@ -163,7 +171,7 @@ def all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
     """Sum a short list of numbers over ranks (float64; identity for a single process)."""
     if not ctx.enabled:
         return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device(ctx))
+    tensor = torch.tensor(values, dtype=torch.float64, device=collective_device(ctx))
     dist.all_reduce(tensor)
     return [float(v) for v in tensor.cpu()]
 
@@ -200,3 +208,32 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op for one process)."""
+    if ctx.enabled:
+        dist.barrier()
+
+
+def main_first(action: Callable[[], T], ctx: DistContext) -> T:
+    """``action()`` on rank 0, then (when it succeeded) on the other ranks; rank 0's error is raised everywhere.
+
+    For steps that may write (opening a run directory to resume reconciles its files): the other ranks repeat
+    them once rank 0 is done, when there is nothing left to write.
+    """
+    if not ctx.enabled:
+        return action()
+    result: T | None = None
+    error: NMSparseError | None = None
+    if ctx.is_main:
+        try:
+            result = action()
+        except NMSparseError as exc:
+            error = exc
+    error = broadcast_object(error, ctx)
+    if error is not None:
+        raise error
+    if not ctx.is_main:
+        result = action()
+    return result  # type: ignore[return-value]

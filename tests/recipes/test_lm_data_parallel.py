@@ -138,8 +138,8 @@ INTERRUPT = textwrap.dedent(
     from nmsparse.recipes.lm.config import LMTrainConfig, lm_config_to_yaml
     from nmsparse.recipes.lm.data import build_lm_data
     from nmsparse.recipes.lm.task import BASELINE_DIR, LMTrainer, TASK
-    from nmsparse.recipes.train.distributed import init_distributed, shutdown_distributed
-    from nmsparse.recipes.train.rundir import RunDir, config_hash
+    from nmsparse.recipes.distributed import init_distributed, shutdown_distributed
+    from nmsparse.recipes.rundir import RunDir, config_hash
 
     out, parallel, settings, stop = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
     config = LMTrainConfig.from_dict(settings)

@@ -441,7 +441,7 @@ def _image_folder(root: Path, cfg: TrainConfig) -> DataBundle:
 
 
 def build_data(cfg: TrainConfig) -> DataBundle:
-    """The data set named by ``cfg.data`` (see :class:`~nmsparse.recipes.train.TrainConfig`), with its test split.
+    """The data set named by ``cfg.data`` (see :class:`~nmsparse.recipes.classify.TrainConfig`), with its test split.
 
     Raises:
         InputError: a folder that does not exist or holds no recognisable data set.

@@ -1,4 +1,6 @@
-"""PNG plots of training runs and comparisons (matplotlib without pyplot, written atomically)."""
+"""PNG plots of training runs and structure comparisons, for both recipes: the curves of a run, and a metric
+against exact mask diversity (matplotlib without pyplot, no global backend state; written atomically through
+:func:`nmsparse.io.atomic_path`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from typing import Any
 
 from nmsparse.io import atomic_path
 
-__all__ = ["plot_training_curves", "plot_accuracy_vs_diversity"]
+__all__ = ["plot_curves", "plot_metric_vs_diversity", "plot_training_curves", "plot_accuracy_vs_diversity",
+           "plot_lm_curves", "plot_loss_vs_diversity"]
 
 
 def figure_axes(ncols: int, width: float) -> tuple[Any, Any]:
@@ -30,7 +33,7 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str 
                 panels: Sequence[tuple[str, Mapping[str, Any]]], title: str = "") -> Path:
     """One panel per ``(key, axis settings)`` of ``panels``: ``record[key]`` against ``record[x]``, a line per run.
 
-    The shared body of :func:`plot_training_curves` and the LM recipe's ``plot_lm_curves``.
+    The shared body of :func:`plot_training_curves` and :func:`plot_lm_curves`.
     """
     figure, grid = figure_axes(len(panels), 9.0)
     axes = list(grid) if len(panels) > 1 else [grid]
@@ -52,7 +55,7 @@ def plot_metric_vs_diversity(rows: Sequence[Mapping[str, Any]], path: str | Path
                              legend_loc: str, reference_numel: int, title: str = "") -> Path:
     """``row[metric]`` (error bars ``row[metric + "_std"]``) against ``log10`` mask diversity, dense as a line.
 
-    The shared body of :func:`plot_accuracy_vs_diversity` and the LM recipe's ``plot_loss_vs_diversity``.
+    The shared body of :func:`plot_accuracy_vs_diversity` and :func:`plot_loss_vs_diversity`.
     """
     figure, ax = figure_axes(1, 6.5)
     for row in rows:
@@ -76,34 +79,34 @@ def plot_metric_vs_diversity(rows: Sequence[Mapping[str, Any]], path: str | Path
 
 def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *,
                          title: str = "") -> Path:
-    """Training loss and test accuracy per epoch, one line per run.
-
-    Args:
-        histories: run label -> per-epoch records with ``epoch``, ``train_loss`` and ``test_accuracy``.
-        path: PNG file to write.
-        title: figure title.
-
-    Returns:
-        ``path``.
-    """
+    """Classify runs: training loss and test accuracy per epoch (records with ``epoch``, ``train_loss``,
+    ``test_accuracy``), one line per run label; returns ``path``."""
     return plot_curves(histories, path, x="epoch", title=title,
                        panels=[("train_loss", {"ylabel": "training loss", "yscale": "log"}),
                                ("test_accuracy", {"ylabel": "test accuracy (%)"})])
 
 
+def plot_lm_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, *,
+                   title: str = "") -> Path:
+    """LM runs: training and held-out loss per evaluation step (records with ``step``, ``train_loss``,
+    ``heldout_loss``), one line per run label; returns ``path``."""
+    return plot_curves(histories, path, x="step", title=title,
+                       panels=[("train_loss", {"ylabel": "training loss (nats/byte)"}),
+                               ("heldout_loss", {"ylabel": "held-out loss (nats/byte)"})])
+
+
 def plot_accuracy_vs_diversity(rows: Sequence[Mapping[str, Any]], path: str | Path, *, reference_numel: int,
                                title: str = "") -> Path:
-    """Test accuracy against ``log10`` mask diversity, one point per structure (dense as a horizontal line).
-
-    Args:
-        rows: records with ``structure``, ``log10_mask_diversity`` (``None`` for dense), ``test_accuracy`` and
-            optionally ``test_accuracy_std`` (error bars over seeds).
-        path: PNG file to write.
-        reference_numel: tensor size the diversity was computed for (axis label).
-        title: figure title.
-
-    Returns:
-        ``path``.
-    """
+    """Classify comparisons: test accuracy (rows with ``test_accuracy`` and optionally ``test_accuracy_std``)
+    against ``log10`` mask diversity; see :func:`plot_metric_vs_diversity`."""
     return plot_metric_vs_diversity(rows, path, metric="test_accuracy", ylabel="test accuracy (%)",
                                     legend_loc="lower right", reference_numel=reference_numel, title=title)
+
+
+def plot_loss_vs_diversity(rows: Sequence[Mapping[str, Any]], path: str | Path, *, reference_numel: int,
+                           title: str = "") -> Path:
+    """LM comparisons: held-out loss (rows with ``heldout_loss`` and optionally ``heldout_loss_std``) against
+    ``log10`` mask diversity; see :func:`plot_metric_vs_diversity`."""
+    return plot_metric_vs_diversity(rows, path, metric="heldout_loss",
+                                    ylabel="held-out loss (nats/byte, lower is better)", legend_loc="upper right",
+                                    reference_numel=reference_numel, title=title)

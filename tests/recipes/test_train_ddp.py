@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from nmsparse.io import load_state_dict
-from nmsparse.recipes.train import TrainConfig, run_training
+from nmsparse.recipes.classify import TrainConfig, run_training
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -83,11 +83,11 @@ MISMATCH_SCRIPT = textwrap.dedent(
     """
     import torch, torch.distributed as dist, nmsparse
     from nmsparse.errors import MaskMismatchError
-    from nmsparse.recipes.train.distributed import init_distributed, check_masks_identical
+    from nmsparse.recipes.distributed import init_distributed, check_masks_identical
 
     ctx = init_distributed(device="cpu")
     torch.manual_seed(0)
-    model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(16, 16)), "2:4")
+    model = nmsparse.prune_(torch.nn.Sequential(torch.nn.Linear(16, 16)), "2:4").model
     check_masks_identical(model, ctx, where="same")  # identical: passes
     if ctx.rank == 1:
         mask = model[0].parametrizations.weight[0].mask

@@ -40,7 +40,7 @@ def _rows(folder: Path, key: str) -> list:
 @pytest.mark.parametrize("task", ["classify", "lm"])
 def test_compare_run_resumes_a_killed_comparison(tmp_path, monkeypatch, capsys, task):
     if task == "classify":
-        from nmsparse.recipes.train.trainer import Trainer as owner
+        from nmsparse.recipes.classify.trainer import Trainer as owner
         argv, key = CLASSIFY, "accuracies"
     else:
         from nmsparse.recipes.lm.task import LMTrainer as owner

@@ -10,17 +10,23 @@ import torch
 
 import nmsparse
 from nmsparse.cli.main import main
-from nmsparse.io import load_state_dict
-from nmsparse.recipes.train import TrainConfig, build_data, run_training
-from nmsparse.recipes.train.checkpoint import read_model_metadata
-from nmsparse.recipes.train.trainer import Trainer
-from nmsparse.testing import load_run_model, run_tensors
+from nmsparse.io import load_pruned_, load_state_dict
+from nmsparse.recipes.classify import TrainConfig, build_data, run_training
+from nmsparse.recipes.classify.checkpoint import read_model_metadata
+from nmsparse.recipes.classify.models import build_model
+from nmsparse.recipes.classify.trainer import Trainer
+from nmsparse.testing import run_tensors
 
 pytestmark = pytest.mark.usefixtures("restore_runtime")  # tests/conftest.py
 
 # Tiny but real: the digits CNN at width 8 (conv2 16x72, conv3 16x144 take 4:8-T), 4 steps per epoch.
 TINY = ["--width", "8", "--epochs", "2", "--steps-per-epoch", "4", "--batch-size", "32", "--no-progress"]
 TIMING_KEYS = {"epoch_seconds", "refresh_seconds"}
+
+
+def load_run_model(path: Path, *, width: int = 8) -> torch.nn.Module:
+    """The CNN that ``nmsparse train`` saved as ``model.safetensors``, masks re-attached by the library's loader."""
+    return load_pruned_(build_model("cnn", in_channels=1, num_classes=10, image_size=8, width=width), path)
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -56,7 +62,7 @@ def test_train_writes_every_artefact_with_sane_values(tmp_path: Path, capsys: py
     assert summary["sparse_layers"] == ["conv2", "conv3"] and set(summary["dense_layers"]) == {"conv1", "fc"}
     assert summary["mask_density"] == pytest.approx(0.5, abs=0.03)
     assert summary["compile_seconds"] >= 0.0 and summary["threads"] == 1 and summary["version"] == 2
-    from nmsparse.recipes.train import RunSummary
+    from nmsparse.recipes.classify import RunSummary
 
     assert RunSummary.from_dict(summary).to_dict() == summary  # typed summary round trip
 
@@ -77,7 +83,7 @@ def test_train_writes_every_artefact_with_sane_values(tmp_path: Path, capsys: py
     assert nmsparse.is_nm_sparse(model.conv2.weight, "4:8-T") and nmsparse.is_nm_sparse(model.conv3.weight, "4:8-T")
 
 
-@pytest.mark.slow  # several whole runs; tests/unit/test_train_rundir.py covers the logic fast
+@pytest.mark.slow  # several whole runs; tests/recipes/test_train_rundir.py covers the logic fast
 def test_resume_equals_uninterrupted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # 3 epochs of 4 steps, refresh every 3 steps (refreshes straddle the interruption), augmentation on.
     # Bit-equality needs the same CPU thread count in every session (reductions split by thread): the command
@@ -194,7 +200,7 @@ def test_resume_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     _one_line_error(code, err, "drop --width, --config")
 
 
-@pytest.mark.slow  # several whole runs; tests/unit/test_train_rundir.py covers the logic fast
+@pytest.mark.slow  # several whole runs; tests/recipes/test_train_rundir.py covers the logic fast
 def test_run_killed_in_its_first_epoch_is_not_stuck(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Fault 3: a run directory without a checkpoint resumes from nothing, and the same --out restarts it."""
     run_dir = tmp_path / "run"
@@ -213,7 +219,7 @@ def test_run_killed_in_its_first_epoch_is_not_stuck(tmp_path: Path, capsys: pyte
     assert json.loads((run_dir / "summary.json").read_text())["test_accuracy"] == reference["test_accuracy"]
 
 
-@pytest.mark.slow  # several whole runs; tests/unit/test_train_rundir.py covers the logic fast
+@pytest.mark.slow  # several whole runs; tests/recipes/test_train_rundir.py covers the logic fast
 def test_no_silent_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Fault 5: compare --out on a train run, --resume on a finished run, train --out on any run: refused."""
     run_dir = tmp_path / "run"
@@ -259,7 +265,7 @@ def test_lm_flags_do_not_apply_to_classification(tmp_path: Path, capsys: pytest.
         pytest.skip("nmsparse.recipes.lm.LMTrainConfig is not available")
     import dataclasses
 
-    from nmsparse.recipes.train import TrainConfig
+    from nmsparse.recipes.classify import TrainConfig
 
     only_lm = sorted(set(f.name for f in dataclasses.fields(lm)) - set(f.name for f in dataclasses.fields(TrainConfig)))
     assert only_lm, "LMTrainConfig has settings of its own"
