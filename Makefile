@@ -1,7 +1,7 @@
 # Two commands do all the set-up from a fresh clone:
 #   make run   -> virtual environment + CPU torch + nmsparse, then the main job
 #   make test  -> same set-up, then lint + type check + the whole test suite
-# Other targets: make test-fast (pytest -m "not slow", the edit loop), make lint, make bench.
+# Other targets: make test-fast (unit + contract + kernels, the edit loop), make lint, make bench.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -35,8 +35,9 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The edit loop: the library's unit, contract and kernel tests (recipes, CLI, docs and benchmarks run in `make test`).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" --durations=10 tests/unit tests/contract tests/kernels
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_solvers.py
