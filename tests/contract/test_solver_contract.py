@@ -63,6 +63,14 @@ CASES = _cases(PATTERNS)
 LIGHT_CASES = _cases(LIGHT_PATTERNS)
 
 
+def _params(cases: list[tuple[SolverSpec, str]]) -> list[object]:
+    """The cases as pytest params; Triton on a CPU (the interpreter) at m >= 8 is slow: ``make test`` runs it."""
+    return [pytest.param(spec, pattern, id=f"{spec.label}-{pattern}",
+                         marks=[pytest.mark.slow] if spec.backend == "triton" and not torch.cuda.is_available()
+                         and NMPattern.parse(pattern).m >= 8 else [])
+            for spec, pattern in cases]
+
+
 def _weight(kind: str, pattern: NMPattern, dtype: torch.dtype, generator: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight, scores or None)`` of ``kind`` in ``dtype`` for ``pattern``."""
@@ -160,13 +168,13 @@ def _run(spec: SolverSpec, pattern_text: str, kind: str, dtype: torch.dtype, dev
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize(("spec", "pattern"), CASES, ids=[f"{s.label}-{p}" for s, p in CASES])
+@pytest.mark.parametrize(("spec", "pattern"), _params(CASES))
 def test_solver_contract(spec: SolverSpec, pattern: str, kind: str) -> None:
     _run_everywhere(spec, pattern, kind, DTYPES if kind != "conv2d" else [torch.float32])
 
 
 @pytest.mark.parametrize("kind", LIGHT_KINDS)
-@pytest.mark.parametrize(("spec", "pattern"), LIGHT_CASES, ids=[f"{s.label}-{p}" for s, p in LIGHT_CASES])
+@pytest.mark.parametrize(("spec", "pattern"), _params(LIGHT_CASES))
 def test_solver_contract_more_patterns(spec: SolverSpec, pattern: str, kind: str) -> None:
     _run_everywhere(spec, pattern, kind, [torch.float32, torch.float64])
 

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def test_import_is_lean():
     code = (
@@ -20,6 +22,7 @@ def test_import_is_lean():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+@pytest.mark.slow
 def test_every_module_imports_first():
     """Each module can be the first nmsparse module a program imports (catches import cycles between packages)."""
     code = (
