@@ -29,7 +29,8 @@ run: $(STAMP)
 	$(VENV)/bin/nmsparse train
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
 	$(VENV)/bin/mypy
 
 test: lint

@@ -45,17 +45,23 @@ def _timing(reports: Any) -> dict[str, Any]:
     by_shape: dict[str, list[float]] = {}
     for r in reports:
         by_shape.setdefault("x".join(map(str, r.shape)), []).append(r.seconds)
-    return {"layers": len(seconds), "total_s": sum(seconds),
-            "per_layer_median_s": statistics.median(seconds) if seconds else 0.0,
-            "per_layer_max_s": max(seconds) if seconds else 0.0,
-            "per_layer_by_shape_s": {k: statistics.mean(v) for k, v in by_shape.items()},
-            "per_layer_s": {r.name: r.seconds for r in reports}}
+    return {
+        "layers": len(seconds),
+        "total_s": sum(seconds),
+        "per_layer_median_s": statistics.median(seconds) if seconds else 0.0,
+        "per_layer_max_s": max(seconds) if seconds else 0.0,
+        "per_layer_by_shape_s": {k: statistics.mean(v) for k, v in by_shape.items()},
+        "per_layer_s": {r.name: r.seconds for r in reports},
+    }
 
 
 def _config(args: argparse.Namespace, pattern: str, **settings: Any) -> AdaPruneConfig:
     """The defaults, with the fit settings given on the command line, then ``settings``."""
-    given = {key: getattr(args, key) for key in ("optimizer", "iterations", "damping", "lr", "bias_lr")
-             if getattr(args, key) is not None}
+    given = {
+        key: getattr(args, key)
+        for key in ("optimizer", "iterations", "damping", "lr", "bias_lr")
+        if getattr(args, key) is not None
+    }
     if args.batch_size is not None:
         given["batch_size"] = None if args.batch_size == "full" else args.batch_size
     return AdaPruneConfig(pattern=pattern, **{**given, **settings})
@@ -71,39 +77,61 @@ def bench_minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
 
     model, tokenizer = load_minilm(device=args.device)
-    calibration = tokenize_batches(tokenizer, english_sentences("calibration", limit=args.sentences),
-                                   batch_size=32)
+    calibration = tokenize_batches(tokenizer, english_sentences("calibration", limit=args.sentences), batch_size=32)
     held_out = english_sentences("evaluation", limit=args.eval_sentences)
     dense = encode(model, tokenizer, held_out)
     include = ["encoder.layer.1.*"] if args.smoke else ["encoder.*"]
     shown = _config(args, args.patterns[0])
-    print(f"\nMiniLM: {args.sentences} calibration sentences, {len(held_out)} held-out, layers {include}, "
-          f"{shown.optimizer} x {shown.iterations} steps, damping {shown.damping}, batch size "
-          f"{shown.batch_size or 'full'}, {torch.get_num_threads()} thread(s)")
+    print(
+        f"\nMiniLM: {args.sentences} calibration sentences, {len(held_out)} held-out, layers {include}, "
+        f"{shown.optimizer} x {shown.iterations} steps, damping {shown.damping}, batch size "
+        f"{shown.batch_size or 'full'}, {torch.get_num_threads()} thread(s)"
+    )
     rows = []
     for pattern in args.patterns:
         for scores in args.scores:
-            for adaprune in ((True,) if args.adaprune_only else (False, True)):
+            for adaprune in (True,) if args.adaprune_only else (False, True):
                 candidate = copy.deepcopy(model)
                 extra: dict[str, Any] = {} if adaprune else {"iterations": 0, "absorb_mean": False}
-                config = _config(args, pattern, include=include, scores=scores, sequential=not args.parallel,
-                                 target=args.target, **extra)
+                config = _config(
+                    args,
+                    pattern,
+                    include=include,
+                    scores=scores,
+                    sequential=not args.parallel,
+                    target=args.target,
+                    **extra,
+                )
                 start, cpu = time.perf_counter(), time.process_time()
                 reports = nmsparse.adaprune_(candidate, calibration, config, progress=False)
                 wall, cpu = time.perf_counter() - start, time.process_time() - cpu
                 agreement = embedding_agreement(dense, encode(candidate, tokenizer, held_out))
-                row = {"model": "minilm", "pattern": pattern, "scores": scores, "adaprune": adaprune,
-                       "config": config.to_dict(), "cpu_s": cpu, "load_after": os.getloadavg(),
-                       "mean_cosine": agreement.mean_cosine, "min_cosine": agreement.min_cosine,
-                       "nn_agreement": agreement.nn_agreement, "top10_overlap": agreement.top10_overlap,
-                       "wall_s": wall, **_timing(reports)}
+                row = {
+                    "model": "minilm",
+                    "pattern": pattern,
+                    "scores": scores,
+                    "adaprune": adaprune,
+                    "config": config.to_dict(),
+                    "cpu_s": cpu,
+                    "load_after": os.getloadavg(),
+                    "mean_cosine": agreement.mean_cosine,
+                    "min_cosine": agreement.min_cosine,
+                    "nn_agreement": agreement.nn_agreement,
+                    "top10_overlap": agreement.top10_overlap,
+                    "wall_s": wall,
+                    **_timing(reports),
+                }
                 rows.append(row)
-                print(f"  {pattern:6s} {scores:10s} {'adaprune' if adaprune else 'masks only':10s} "
-                      f"cos {row['mean_cosine']:.4f}  min {row['min_cosine']:.3f}  nn {row['nn_agreement']:.3f}  "
-                      f"top10 {row['top10_overlap']:.3f}  {wall:7.1f} s wall, {cpu:7.1f} s CPU "
-                      f"({row['per_layer_median_s']:.2f} s/layer "
-                      f"median; by shape: " + ", ".join(f"{k} {v:.2f} s" for k, v in
-                                                       row["per_layer_by_shape_s"].items()) + ")", flush=True)
+                print(
+                    f"  {pattern:6s} {scores:10s} {'adaprune' if adaprune else 'masks only':10s} "
+                    f"cos {row['mean_cosine']:.4f}  min {row['min_cosine']:.3f}  nn {row['nn_agreement']:.3f}  "
+                    f"top10 {row['top10_overlap']:.3f}  {wall:7.1f} s wall, {cpu:7.1f} s CPU "
+                    f"({row['per_layer_median_s']:.2f} s/layer "
+                    f"median; by shape: "
+                    + ", ".join(f"{k} {v:.2f} s" for k, v in row["per_layer_by_shape_s"].items())
+                    + ")",
+                    flush=True,
+                )
                 del candidate
     return rows
 
@@ -111,8 +139,17 @@ def bench_minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _train_cnn(args: argparse.Namespace) -> tuple[torch.nn.Module, Any]:
     from nmsparse.recipes.classify import Trainer, build_data, load_config
 
-    cfg = load_config(None, mode="dense", model="cnn", data="digits", epochs=args.cnn_epochs, baseline=False,
-                      device=args.device, width=args.cnn_width, seed=args.seed)
+    cfg = load_config(
+        None,
+        mode="dense",
+        model="cnn",
+        data="digits",
+        epochs=args.cnn_epochs,
+        baseline=False,
+        device=args.device,
+        width=args.cnn_width,
+        seed=args.seed,
+    )
     data = build_data(cfg)
     trainer = Trainer(cfg, data, progress=False)
     if args.cnn_checkpoint:
@@ -143,8 +180,7 @@ def bench_cnn(args: argparse.Namespace) -> list[dict[str, Any]]:
     variants = {
         "masks only": {"iterations": 0, "absorb_mean": False, "recalibrate_bn": False},
         "masks + BN re-estimation": {"iterations": 0, "absorb_mean": False},
-        "AdaPrune (adam, batch 50)": {"optimizer": "adam", "iterations": args.iterations or 1000,
-                                      "batch_size": 50},
+        "AdaPrune (adam, batch 50)": {"optimizer": "adam", "iterations": args.iterations or 1000, "batch_size": 50},
         "AdaPrune (default)": {},
     }
     rows = []
@@ -152,16 +188,28 @@ def bench_cnn(args: argparse.Namespace) -> list[dict[str, Any]]:
         for name, kwargs in variants.items():
             candidate = copy.deepcopy(dense)
             start = time.perf_counter()
-            reports = nmsparse.adaprune_(candidate, calibration, AdaPruneConfig(pattern=pattern, **kwargs),
-                                         progress=False)
+            reports = nmsparse.adaprune_(
+                candidate, calibration, AdaPruneConfig(pattern=pattern, **kwargs), progress=False
+            )
             wall = time.perf_counter() - start
             acc = accuracy(candidate)
-            row = {"model": "cnn-digits", "pattern": pattern, "variant": name, "dense_accuracy": dense_acc,
-                   "accuracy": acc, "drop": dense_acc - acc, "pruned_layers": [r.name for r in reports],
-                   "wall_s": wall, **_timing(reports)}
+            row = {
+                "model": "cnn-digits",
+                "pattern": pattern,
+                "variant": name,
+                "dense_accuracy": dense_acc,
+                "accuracy": acc,
+                "drop": dense_acc - acc,
+                "pruned_layers": [r.name for r in reports],
+                "wall_s": wall,
+                **_timing(reports),
+            }
             rows.append(row)
-            print(f"  {pattern:6s} {name:26s} {acc:6.2f}%  (drop {dense_acc - acc:+.2f})  {wall:6.1f} s  "
-                  f"layers {row['pruned_layers']}", flush=True)
+            print(
+                f"  {pattern:6s} {name:26s} {acc:6.2f}%  (drop {dense_acc - acc:+.2f})  {wall:6.1f} s  "
+                f"layers {row['pruned_layers']}",
+                flush=True,
+            )
     return rows
 
 
@@ -174,20 +222,32 @@ def bench_resnet50(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     model = build_model("resnet50", in_channels=3, num_classes=1000, image_size=args.resnet_size).to(args.device)
     generator = torch.Generator().manual_seed(args.seed)
-    calibration = [torch.randn(8, 3, args.resnet_size, args.resnet_size, generator=generator).to(args.device)
-                   for _ in range(args.resnet_images // 8)]
+    calibration = [
+        torch.randn(8, 3, args.resnet_size, args.resnet_size, generator=generator).to(args.device)
+        for _ in range(args.resnet_images // 8)
+    ]
     start = time.perf_counter()
     config = _config(args, args.resnet_pattern, iterations=args.resnet_iterations, keep_first_last=True)
     reports = nmsparse.adaprune_(model.eval(), calibration, config, progress=False)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    row = {"model": "resnet50-random", "pattern": args.resnet_pattern, "images": len(calibration) * 8,
-           "image_size": args.resnet_size, "iterations": args.resnet_iterations, "wall_s": wall,
-           "peak_rss_mib": peak, "all_errors_down": all(r.error_after <= r.error_before for r in reports),
-           **_timing(reports)}
-    print(f"\nResNet-50 (random weights, {row['images']} images {args.resnet_size}x{args.resnet_size}, "
-          f"{args.resnet_pattern}, {args.resnet_iterations} steps): {row['layers']} layers in {wall:.1f} s, "
-          f"{row['per_layer_median_s']:.2f} s/layer median, peak RSS {peak:.0f} MiB (process)", flush=True)
+    row = {
+        "model": "resnet50-random",
+        "pattern": args.resnet_pattern,
+        "images": len(calibration) * 8,
+        "image_size": args.resnet_size,
+        "iterations": args.resnet_iterations,
+        "wall_s": wall,
+        "peak_rss_mib": peak,
+        "all_errors_down": all(r.error_after <= r.error_before for r in reports),
+        **_timing(reports),
+    }
+    print(
+        f"\nResNet-50 (random weights, {row['images']} images {args.resnet_size}x{args.resnet_size}, "
+        f"{args.resnet_pattern}, {args.resnet_iterations} steps): {row['layers']} layers in {wall:.1f} s, "
+        f"{row['per_layer_median_s']:.2f} s/layer median, peak RSS {peak:.0f} MiB (process)",
+        flush=True,
+    )
     return row
 
 
@@ -203,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--damping", type=float, default=None, help="cg: default AdaPruneConfig's")
     parser.add_argument("--lr", type=float, default=None, help="adam: default AdaPruneConfig's")
     parser.add_argument("--bias-lr", type=float, default=None, help="adam: default AdaPruneConfig's")
-    parser.add_argument("--batch-size", type=_batch_size, default=None,
-                        help="adam: integer or 'full' (default: AdaPruneConfig's)")
+    parser.add_argument(
+        "--batch-size", type=_batch_size, default=None, help="adam: integer or 'full' (default: AdaPruneConfig's)"
+    )
     parser.add_argument("--parallel", action="store_true", help="the paper's parallel version")
     parser.add_argument("--adaprune-only", action="store_true", help="MiniLM: skip the masks-only runs")
     parser.add_argument("--target", default="model", choices=("model", "layer"))

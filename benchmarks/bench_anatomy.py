@@ -44,8 +44,7 @@ from bench_linear import SHAPES, environment  # noqa: E402
 from common import write_result  # noqa: E402
 
 #: (label, tokens, in, out) timed here: the issue's reference linear and the bench_linear shapes of device_check.
-ANATOMY_SHAPES = [s for s in SHAPES if s[0] in ("mlp.fc1 d4096", "attn.proj d4096", "mlp.fc1 d2048",
-                                                "attn.proj d2048")]
+ANATOMY_SHAPES = [s for s in SHAPES if s[0] in ("mlp.fc1 d4096", "attn.proj d4096", "mlp.fc1 d2048", "attn.proj d2048")]
 SECTIONS = ("layout", "contiguity", "host_vs_device", "repack", "algorithm_search")
 #: Relative error above which a sparse product counts as wrong (bf16 products of 4096-long dot products).
 PRODUCT_TOLERANCE = 2e-2
@@ -205,11 +204,14 @@ def run(args: argparse.Namespace, res: Results) -> int:
         "class forward F.linear(x, Ws)": lambda: torch.nn.functional.linear(x, ws),
         "class dX torch.mm(dy, Ws)": lambda: torch.mm(dy, ws),
         "direct forward _cslt_sparse_mm(packed, x.t())": lambda: torch._cslt_sparse_mm(
-            ws.packed, x.t(), None, transpose_result=True),
+            ws.packed, x.t(), None, transpose_result=True
+        ),
         "direct dX _cslt_sparse_mm(packed_t, dy.t())": lambda: torch._cslt_sparse_mm(
-            ws.packed_t, dy.t(), None, transpose_result=True),
+            ws.packed_t, dy.t(), None, transpose_result=True
+        ),
         "cslt_compress forward (reference packing)": lambda: torch._cslt_sparse_mm(
-            ref_packed, x.t(), None, transpose_result=True),
+            ref_packed, x.t(), None, transpose_result=True
+        ),
     }
     outputs: dict[str, torch.Tensor] = {}
     for name, fn in routes.items():
@@ -228,20 +230,31 @@ def run(args: argparse.Namespace, res: Results) -> int:
 
     # ------------------------------------------------------------------ 2. contiguity
     for name, out in outputs.items():
-        res.add("contiguity", {"route": name, "shape": tuple(out.shape), "stride": tuple(out.stride()),
-                               "contiguous": out.is_contiguous()})
+        res.add(
+            "contiguity",
+            {
+                "route": name,
+                "shape": tuple(out.shape),
+                "stride": tuple(out.stride()),
+                "contiguous": out.is_contiguous(),
+            },
+        )
 
     # ------------------------------------------------------------------ 3. host vs device
     calls = args.calls
     timed: dict[str, tuple[Callable[[], object], str | None]] = {
         "dense forward": (lambda: torch.nn.functional.linear(x, masked), None),
         "class forward": (routes["class forward F.linear(x, Ws)"], "class forward F.linear(x, Ws)"),
-        "direct forward": (routes["direct forward _cslt_sparse_mm(packed, x.t())"],
-                           "direct forward _cslt_sparse_mm(packed, x.t())"),
+        "direct forward": (
+            routes["direct forward _cslt_sparse_mm(packed, x.t())"],
+            "direct forward _cslt_sparse_mm(packed, x.t())",
+        ),
         "dense dX": (lambda: torch.mm(dy, masked), None),
         "class dX": (routes["class dX torch.mm(dy, Ws)"], "class dX torch.mm(dy, Ws)"),
-        "direct dX": (routes["direct dX _cslt_sparse_mm(packed_t, dy.t())"],
-                      "direct dX _cslt_sparse_mm(packed_t, dy.t())"),
+        "direct dX": (
+            routes["direct dX _cslt_sparse_mm(packed_t, dy.t())"],
+            "direct dX _cslt_sparse_mm(packed_t, dy.t())",
+        ),
     }
     host_us: dict[str, float] = {}
     for name, (timed_fn, route) in timed.items():
@@ -250,9 +263,14 @@ def run(args: argparse.Namespace, res: Results) -> int:
             continue
         for _ in range(5):
             timed_fn()
-        row = {"call": name, "shape": f"{tokens}x{cols}x{rows}",
-               "synchronised_ms": synchronised_ms(timed_fn, calls), "pipelined_ms": pipelined_ms(timed_fn, calls),
-               "host_enqueue_ms": host_enqueue_ms(timed_fn, calls), "graph_ms": graph_ms(timed_fn, calls)}
+        row = {
+            "call": name,
+            "shape": f"{tokens}x{cols}x{rows}",
+            "synchronised_ms": synchronised_ms(timed_fn, calls),
+            "pipelined_ms": pipelined_ms(timed_fn, calls),
+            "host_enqueue_ms": host_enqueue_ms(timed_fn, calls),
+            "graph_ms": graph_ms(timed_fn, calls),
+        }
         host_us[name] = row["host_enqueue_ms"] * 1e3
         res.add("host_vs_device", row)
 
@@ -262,24 +280,35 @@ def run(args: argparse.Namespace, res: Results) -> int:
             warnings.simplefilter("ignore")
             return _pack(_masked_for_packing(w, mask, dtype))
 
-    row = {"method": "two-pass: where + prune_dense_static_sort", "pipelined_ms": pipelined_ms(two_pass, 10),
-           "synchronised_ms": synchronised_ms(two_pass, 10)}
+    row = {
+        "method": "two-pass: where + prune_dense_static_sort",
+        "pipelined_ms": pipelined_ms(two_pass, 10),
+        "synchronised_ms": synchronised_ms(two_pass, 10),
+    }
     res.add("repack", row)
     bitmask = ws.compressed_swizzled_bitmask
     apply = getattr(torch, "_sparse_semi_structured_apply", None)
     if apply is None or bitmask is None:
-        res.add("repack", {"method": "bitmask apply", "skipped": "torch._sparse_semi_structured_apply or the "
-                                                                 "packer's bitmask is missing"})
+        res.add(
+            "repack",
+            {
+                "method": "bitmask apply",
+                "skipped": "torch._sparse_semi_structured_apply or the packer's bitmask is missing",
+            },
+        )
     else:
         try:
             packed_a, packed_t_a = apply(w, bitmask)
             same = (torch.equal(_bits(packed_a), _bits(ws.packed)), torch.equal(_bits(packed_t_a), _bits(ws.packed_t)))
-            row = {"method": "bitmask apply: _sparse_semi_structured_apply(W, bitmask)",
-                   "pipelined_ms": pipelined_ms(lambda: apply(w, bitmask), 10),
-                   "synchronised_ms": synchronised_ms(lambda: apply(w, bitmask), 10),
-                   "packed_bit_equal": same[0], "packed_t_bit_equal": same[1],
-                   "note": "compared with the fused cuSPARSELt packing; apply has no use_cutlass flag and may "
-                           "write CUTLASS's layout, in which case it cannot replace the re-pack as is"}
+            row = {
+                "method": "bitmask apply: _sparse_semi_structured_apply(W, bitmask)",
+                "pipelined_ms": pipelined_ms(lambda: apply(w, bitmask), 10),
+                "synchronised_ms": synchronised_ms(lambda: apply(w, bitmask), 10),
+                "packed_bit_equal": same[0],
+                "packed_t_bit_equal": same[1],
+                "note": "compared with the fused cuSPARSELt packing; apply has no use_cutlass flag and may "
+                "write CUTLASS's layout, in which case it cannot replace the re-pack as is",
+            }
         except Exception as exc:  # noqa: BLE001
             row = {"method": "bitmask apply", "error": f"{type(exc).__name__}: {str(exc)[:120]}"}
         res.add("repack", row)
@@ -290,8 +319,13 @@ def run(args: argparse.Namespace, res: Results) -> int:
         if search is None:
             res.add("algorithm_search", {"shape": label, "skipped": "torch._cslt_sparse_mm_search is missing"})
             break
-        sw: Any = _pack(_masked_for_packing(torch.randn(d_out, d_in, generator=gen).to(device, dtype),
-                                       transposable_mask(d_out, d_in, device, gen), dtype))
+        sw: Any = _pack(
+            _masked_for_packing(
+                torch.randn(d_out, d_in, generator=gen).to(device, dtype),
+                transposable_mask(d_out, d_in, device, gen),
+                dtype,
+            )
+        )
         xs = torch.randn(t, d_in, generator=gen).to(device, dtype)
         dys = torch.randn(t, d_out, generator=gen).to(device, dtype)
         for product, packed, dense in (("forward", sw.packed, xs), ("dX", sw.packed_t, dys)):
@@ -302,19 +336,34 @@ def run(args: argparse.Namespace, res: Results) -> int:
                 best_id = int(best[0] if isinstance(best, (tuple, list)) else best)
                 ms0 = pipelined_ms(_cslt_call(packed, dense, 0), 20)
                 msb = pipelined_ms(_cslt_call(packed, dense, best_id), 20)
-                res.add("algorithm_search", {"shape": label, "product": product, "best_alg_id": best_id,
-                                             "alg0_ms": ms0, "best_ms": msb, "gain": ms0 / msb})
+                res.add(
+                    "algorithm_search",
+                    {
+                        "shape": label,
+                        "product": product,
+                        "best_alg_id": best_id,
+                        "alg0_ms": ms0,
+                        "best_ms": msb,
+                        "gain": ms0 / msb,
+                    },
+                )
             except Exception as exc:  # noqa: BLE001
-                res.add("algorithm_search", {"shape": label, "product": product,
-                                             "error": f"{type(exc).__name__}: {str(exc)[:120]}"})
+                res.add(
+                    "algorithm_search",
+                    {"shape": label, "product": product, "error": f"{type(exc).__name__}: {str(exc)[:120]}"},
+                )
         del sw, xs, dys
 
     if layout_ok:
-        text = (f"layout OK: products right (class route {'ok' if class_ok else 'WRONG'}, direct route "
-                f"{'ok' if direct_ok else 'WRONG'}); fused packer bit-equal to _cslt_compress: {layout_equal}")
+        text = (
+            f"layout OK: products right (class route {'ok' if class_ok else 'WRONG'}, direct route "
+            f"{'ok' if direct_ok else 'WRONG'}); fused packer bit-equal to _cslt_compress: {layout_equal}"
+        )
     else:
-        text = ("layout WRONG: sparse products of the fused packer's output disagree with the dense product; the "
-                "speed steps would time wrong results")
+        text = (
+            "layout WRONG: sparse products of the fused packer's output disagree with the dense product; the "
+            "speed steps would time wrong results"
+        )
     if host_us:
         text += "; host enqueue per call (us, target <= 50): " + ", ".join(f"{k} {v:.0f}" for k, v in host_us.items())
     res.verdict(text, layout_ok)

@@ -34,8 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_out_argument, environment, print_environment, write_result  # noqa: E402
 
 #: (pattern, method) pairs the README uses: find_mask's default for each pattern, and greedy refreshes.
-CASES = [("2:4", "auto"), ("4:8", "auto"), ("2:4-T", "auto"), ("4:8-T", "auto"), ("8:16-T", "auto"),
-         ("2:4-T", "greedy"), ("4:8-T", "greedy")]
+CASES = [
+    ("2:4", "auto"),
+    ("4:8", "auto"),
+    ("2:4-T", "auto"),
+    ("4:8-T", "auto"),
+    ("8:16-T", "auto"),
+    ("2:4-T", "greedy"),
+    ("4:8-T", "greedy"),
+]
 SMOKE_CASES = [("4:8-T", "auto"), ("4:8-T", "greedy")]
 
 _CHILD = r"""
@@ -77,8 +84,14 @@ def _child(pattern: str, method: str, cache: str, steady_repeats: int, src: str 
     env = {**os.environ, "NUMBA_CACHE_DIR": cache}
     if src is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
-    result = subprocess.run([sys.executable, "-c", _CHILD, pattern, method, str(steady_repeats)], env=env,
-                            capture_output=True, text=True, check=False, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, pattern, method, str(steady_repeats)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{pattern} {method}: child failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -91,8 +104,14 @@ def _measure(pattern: str, method: str, steady_repeats: int, src: str | None) ->
         second = _child(pattern, method, cache, steady_repeats, src)
     if src is not None and not str(first["source"]).startswith(str(Path(src).resolve())):
         raise RuntimeError(f"--baseline {src}: the child imported {first['source']} instead")
-    return {"cold_s": first["first_s"], "second_s": first["second_s"], "cache_warm_s": second["first_s"],
-            "steady_s": second["steady_s"], "import_s": first["import_s"], "load": os.getloadavg()[0]}
+    return {
+        "cold_s": first["first_s"],
+        "second_s": first["second_s"],
+        "cache_warm_s": second["first_s"],
+        "steady_s": second["steady_s"],
+        "import_s": first["import_s"],
+        "load": os.getloadavg()[0],
+    }
 
 
 def _summary(runs: list[dict[str, float]]) -> dict[str, object]:
@@ -106,10 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="4:8-T exact and greedy, one process each")
     parser.add_argument("--repeats", type=int, default=3, help="fresh cold/warm process pairs per case")
     parser.add_argument("--steady", type=int, default=20, help="calls timed after the first (median)")
-    parser.add_argument("--cases", nargs="+", default=None, metavar="PATTERN:METHOD",
-                        help="cases to run, e.g. 4:8-T:auto 4:8-T:greedy (default: every README pattern)")
-    parser.add_argument("--baseline", default=None, metavar="SRC",
-                        help="also run the nmsparse package in SRC (another checkout's src folder), interleaved")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        metavar="PATTERN:METHOD",
+        help="cases to run, e.g. 4:8-T:auto 4:8-T:greedy (default: every README pattern)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="SRC",
+        help="also run the nmsparse package in SRC (another checkout's src folder), interleaved",
+    )
     add_out_argument(parser)
     args = parser.parse_args(argv)
     cases = SMOKE_CASES if args.smoke else CASES
@@ -134,18 +162,24 @@ def main(argv: list[str] | None = None) -> int:
             if baseline:
                 old_runs.append(_measure(pattern, method, steady_repeats, baseline))
         row = {"pattern": pattern, "method": method, "repeats": repeats, **_summary(new_runs)}
-        line = (f"{pattern:<8} {method:<7} {row['cold_s']:>7.2f} {row['second_s']:>6.2f} {row['cache_warm_s']:>12.2f} "
-                f"{row['steady_s'] * 1000:>10.1f}")
+        line = (
+            f"{pattern:<8} {method:<7} {row['cold_s']:>7.2f} {row['second_s']:>6.2f} {row['cache_warm_s']:>12.2f} "
+            f"{row['steady_s'] * 1000:>10.1f}"
+        )
         if baseline:
             old = _summary(old_runs)
             row["baseline"] = old
             ratio = row["steady_s"] / old["steady_s"]  # type: ignore[operator]
-            line += (f" | {old['cold_s']:>10.2f} {old['cache_warm_s']:>10.2f} {old['steady_s'] * 1000:>13.1f} "
-                     f"{ratio:>12.2f}")
+            line += (
+                f" | {old['cold_s']:>10.2f} {old['cache_warm_s']:>10.2f} {old['steady_s'] * 1000:>13.1f} {ratio:>12.2f}"
+            )
         rows.append(row)
         print(line + f" {row['import_s']:>8.2f} {row['load']:>5.1f}", flush=True)
-    path = write_result("cold_start" + ("_smoke" if args.smoke else ""),
-                        {"environment": env, "baseline": baseline, "rows": rows}, args.out)
+    path = write_result(
+        "cold_start" + ("_smoke" if args.smoke else ""),
+        {"environment": env, "baseline": baseline, "rows": rows},
+        args.out,
+    )
     print(f"wrote {path}")
     return 0
 

@@ -47,18 +47,24 @@ def _worker(settings: dict[str, Any], out: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.set_num_threads(1)
-    config = transformers.LlamaConfig(hidden_size=settings["hidden"], intermediate_size=settings["mlp"],
-                                      num_hidden_layers=settings["layers"], num_attention_heads=settings["heads"],
-                                      num_key_value_heads=settings["kv_heads"], vocab_size=settings["vocab"],
-                                      max_position_embeddings=settings["tokens"])
+    config = transformers.LlamaConfig(
+        hidden_size=settings["hidden"],
+        intermediate_size=settings["mlp"],
+        num_hidden_layers=settings["layers"],
+        num_attention_heads=settings["heads"],
+        num_key_value_heads=settings["kv_heads"],
+        vocab_size=settings["vocab"],
+        max_position_embeddings=settings["tokens"],
+    )
 
     def build(sparse: bool) -> tuple[Any, Any, Any]:
         torch.manual_seed(0)
         model = transformers.LlamaForCausalLM(config)
         sparsifier = None
         if sparse:
-            sparsifier = nmsparse.DynamicSparsifier(model, "2:4-T", include=["model.layers.*"], method="exact",
-                                                    refresh_every=10**9, decay=2e-4)
+            sparsifier = nmsparse.DynamicSparsifier(
+                model, "2:4-T", include=["model.layers.*"], method="exact", refresh_every=10**9, decay=2e-4
+            )
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
@@ -89,7 +95,7 @@ def _worker(settings: dict[str, Any], out: str) -> None:
     refresh: dict[str, list[float]] = {"local": [], "gathered": []}
     aligned = sharding.rows_aligned
     for i in range(settings["refreshes"]):
-        for name in (["local", "gathered"] if i % 2 == 0 else ["gathered", "local"]):
+        for name in ["local", "gathered"] if i % 2 == 0 else ["gathered", "local"]:
             if name == "gathered":
                 sharding.rows_aligned = lambda *a, **k: False  # type: ignore[assignment]
             dist.barrier()
@@ -107,7 +113,9 @@ def _worker(settings: dict[str, Any], out: str) -> None:
     result = {
         "step_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
         "refresh_ms": {k: 1e3 * statistics.median(v) for k, v in refresh.items()},
-        "mask_bytes_per_rank": per_rank, "mask_bytes_total": total_bytes, "masks_valid": bool(valid),
+        "mask_bytes_per_rank": per_rank,
+        "mask_bytes_total": total_bytes,
+        "masks_valid": bool(valid),
         "sparse_layers": len(masks),
     }
     result["step_ratio"] = result["step_ms"]["sparse"] / result["step_ms"]["dense"]
@@ -128,15 +136,47 @@ def main() -> None:
     if args.worker:
         _worker(json.loads(args.settings), args.worker)
         return
-    settings = dict(hidden=512, mlp=1408, layers=2, heads=8, kv_heads=4, vocab=1024, tokens=128, batch=4,
-                    warmup=3, steps=args.steps, refreshes=5)
+    settings = dict(
+        hidden=512,
+        mlp=1408,
+        layers=2,
+        heads=8,
+        kv_heads=4,
+        vocab=1024,
+        tokens=128,
+        batch=4,
+        warmup=3,
+        steps=args.steps,
+        refreshes=5,
+    )
     if args.smoke:
-        settings.update(hidden=64, mlp=128, layers=1, heads=4, kv_heads=2, vocab=128, tokens=16, batch=2, warmup=1,
-                        steps=2, refreshes=1)
+        settings.update(
+            hidden=64,
+            mlp=128,
+            layers=1,
+            heads=4,
+            kv_heads=2,
+            vocab=128,
+            tokens=16,
+            batch=2,
+            warmup=1,
+            steps=2,
+            refreshes=1,
+        )
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-                   "--worker", str(out), "--settings", json.dumps(settings)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            __file__,
+            "--worker",
+            str(out),
+            "--settings",
+            json.dumps(settings),
+        ]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
         if done.returncode != 0 or not out.exists():
@@ -145,20 +185,29 @@ def main() -> None:
     env_info = environment("cpu")
     env_info["processes"] = 2
     print_environment(env_info)
-    print(f"LLaMA-shaped: hidden {settings['hidden']}, MLP {settings['mlp']}, {settings['layers']} layers, "
-          f"{settings['batch']} x {settings['tokens']} tokens per rank, 2:4-T on {result['sparse_layers']} linears, "
-          f"FSDP2 (fully_shard per decoder layer + root), gloo, 1 thread per process")
+    print(
+        f"LLaMA-shaped: hidden {settings['hidden']}, MLP {settings['mlp']}, {settings['layers']} layers, "
+        f"{settings['batch']} x {settings['tokens']} tokens per rank, 2:4-T on {result['sparse_layers']} linears, "
+        f"FSDP2 (fully_shard per decoder layer + root), gloo, 1 thread per process"
+    )
     print(f"{'measure':<34}{'dense / local':>15}{'sparse / gathered':>19}{'ratio':>8}")
     step = result["step_ms"]
     print(f"{'FSDP2 step, median ms':<34}{step['dense']:>15.1f}{step['sparse']:>19.1f}{result['step_ratio']:>8.2f}")
     refresh = result["refresh_ms"]
-    print(f"{'refresh, median ms':<34}{refresh['local']:>15.1f}{refresh['gathered']:>19.1f}"
-          f"{refresh['gathered'] / refresh['local']:>8.2f}")
+    print(
+        f"{'refresh, median ms':<34}{refresh['local']:>15.1f}{refresh['gathered']:>19.1f}"
+        f"{refresh['gathered'] / refresh['local']:>8.2f}"
+    )
     share = max(result["mask_bytes_per_rank"]) / result["mask_bytes_total"]
-    print(f"mask bytes per rank {result['mask_bytes_per_rank']} of {result['mask_bytes_total']} in all "
-          f"({share:.2f} per rank); masks valid: {result['masks_valid']}")
-    write_result("bench_distributed" + ("_smoke" if args.smoke else ""),
-                 {"environment": env_info, "settings": settings, **result}, args.out)
+    print(
+        f"mask bytes per rank {result['mask_bytes_per_rank']} of {result['mask_bytes_total']} in all "
+        f"({share:.2f} per rank); masks valid: {result['masks_valid']}"
+    )
+    write_result(
+        "bench_distributed" + ("_smoke" if args.smoke else ""),
+        {"environment": env_info, "settings": settings, **result},
+        args.out,
+    )
 
 
 if __name__ == "__main__":

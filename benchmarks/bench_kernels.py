@@ -42,8 +42,12 @@ def gpt2_medium_shapes(scale: int = 1) -> list[tuple[str, tuple[int, int]]]:
     d = 1024 // scale
     shapes = []
     for layer in range(24 if scale == 1 else 1):
-        shapes += [(f"h.{layer}.attn.c_attn", (3 * d, d)), (f"h.{layer}.attn.c_proj", (d, d)),
-                   (f"h.{layer}.mlp.c_fc", (4 * d, d)), (f"h.{layer}.mlp.c_proj", (d, 4 * d))]
+        shapes += [
+            (f"h.{layer}.attn.c_attn", (3 * d, d)),
+            (f"h.{layer}.attn.c_proj", (d, d)),
+            (f"h.{layer}.mlp.c_fc", (4 * d, d)),
+            (f"h.{layer}.mlp.c_proj", (d, 4 * d)),
+        ]
     return shapes
 
 
@@ -58,7 +62,7 @@ def weight_set(size: str, *, smoke: bool) -> list[tuple[int, int]]:
                 views.append((out, k))
         return views[:3] if smoke else views
     if size == "gpt2-medium":
-        return [s for _, s in gpt2_medium_shapes(16 if smoke else 1)][:2 if smoke else None]
+        return [s for _, s in gpt2_medium_shapes(16 if smoke else 1)][: 2 if smoke else None]
     rows, cols = (int(v) for v in size.lower().split("x"))
     return [(rows, cols)]
 
@@ -124,8 +128,10 @@ def methods(device: str) -> dict[str, tuple[str, TimedFn, MaskFn]]:
         from nmsparse.kernels import triton_kernels as tk
 
         out["exact24-triton"] = ("2:4-T", lambda w: tk.exact4_triton(w, 2, absolute=True))
-        out["exact24-masked-triton"] = ("2:4-T", lambda w: tk.exact4_triton(w, 2, absolute=True,
-                                                                              out=torch.empty_like(w)))
+        out["exact24-masked-triton"] = (
+            "2:4-T",
+            lambda w: tk.exact4_triton(w, 2, absolute=True, out=torch.empty_like(w)),
+        )
         out["greedy24-triton"] = ("2:4-T", lambda w: tk.greedy_t_triton(w, 2, 4, absolute=True))
         out["greedy48-triton"] = ("4:8-T", lambda w: tk.greedy_t_triton(w, 4, 8, absolute=True))
         out["greedy816-triton"] = ("8:16-T", lambda w: tk.greedy_t_triton(w, 8, 16, absolute=True))
@@ -160,25 +166,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat (runs on a CPU in seconds)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
-                        help="weight dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--sizes", nargs="+", default=None,
-                        help="RxC, resnet50 or gpt2-medium (default: 4096x4096 8192x8192 resnet50 gpt2-medium)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16"],
+        help="weight dtype (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=None,
+        help="RxC, resnet50 or gpt2-medium (default: 4096x4096 8192x8192 resnet50 gpt2-medium)",
+    )
     parser.add_argument("--methods", nargs="+", default=None, help="subset of method names (default: all)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--budget", type=float, default=10.0, help="seconds of timed repeats per row at most")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for bench_kernels.json")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gpu-only", action="store_true",
-                        help="only the methods that run on the device without host synchronisation (Triton kernels, "
-                             "torch twins of the one-pass kernels, torch's tile kernel): no numba, no torch flow")
+    parser.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="only the methods that run on the device without host synchronisation (Triton kernels, "
+        "torch twins of the one-pass kernels, torch's tile kernel): no numba, no torch flow",
+    )
     parser.add_argument("--dry-run", action="store_true", help="parse the arguments, print the plan, exit 0")
     args = parser.parse_args(argv)
 
     device = args.device
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
-    sizes = args.sizes or (["64x64", "resnet50", "gpt2-medium"] if args.smoke
-                           else ["4096x4096", "8192x8192", "resnet50", "gpt2-medium"])
+    sizes = args.sizes or (
+        ["64x64", "resnet50", "gpt2-medium"] if args.smoke else ["4096x4096", "8192x8192", "resnet50", "gpt2-medium"]
+    )
     repeats = 1 if args.smoke else args.repeats
     table = methods(device)
     if args.methods:
@@ -188,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         table = {name: table[name] for name in args.methods}
     if args.gpu_only:
         table = {name: v for name, v in table.items() if not name.endswith(("-numba", "-torchflow"))}
-    print(f"bench_kernels plan: sizes {sizes}, methods {sorted(table)}, {device}, {str(dtype).removeprefix('torch.')}, "
-          f"{repeats} repeats or {args.budget:g} s per row", flush=True)
+    print(
+        f"bench_kernels plan: sizes {sizes}, methods {sorted(table)}, {device}, {str(dtype).removeprefix('torch.')}, "
+        f"{repeats} repeats or {args.budget:g} s per row",
+        flush=True,
+    )
     if args.dry_run:
         return 0
 
@@ -201,12 +222,16 @@ def main(argv: list[str] | None = None) -> int:
 
     gen = torch.Generator().manual_seed(args.seed)
     rows_out: list[dict[str, object]] = []
-    print(f"{'size':>12} {'method':<22} {'pattern':<7} {'median ms':>10} {'floor ms':>9} {'GB/s':>8} "
-          f"{'x floor':>8} {'kept |w|':>9}", flush=True)
+    print(
+        f"{'size':>12} {'method':<22} {'pattern':<7} {'median ms':>10} {'floor ms':>9} {'GB/s':>8} "
+        f"{'x floor':>8} {'kept |w|':>9}",
+        flush=True,
+    )
 
     def flush_rows() -> None:  # rewritten per row: a run cut short keeps what it measured
-        write_result("bench_kernels", {"environment": env, "copy_bandwidth_bytes_per_s": bandwidth, "rows": rows_out},
-                     args.out)
+        write_result(
+            "bench_kernels", {"environment": env, "copy_bandwidth_bytes_per_s": bandwidth, "rows": rows_out}, args.out
+        )
 
     for size in sizes:
         shapes = weight_set(size, smoke=args.smoke)
@@ -226,12 +251,26 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             kept = sum(float((w.abs().float() * mk).sum()) for w, mk in zip(weights, masks))
             total = sum(float(w.abs().float().sum()) for w in weights)
-            rows_out.append({"size": size, "method": name, "pattern": pattern, "matrices": len(weights),
-                             "bytes": nbytes, "median_ms": seconds * 1e3, "floor_ms": floor_s * 1e3,
-                             "gb_per_s": nbytes / seconds / 1e9, "x_floor": seconds / floor_s,
-                             "kept_fraction": kept / total, "dtype": str(dtype).removeprefix("torch.")})
-            print(f"{size:>12} {name:<22} {pattern:<7} {seconds * 1e3:>10.3f} {floor_s * 1e3:>9.3f} "
-                  f"{nbytes / seconds / 1e9:>8.1f} {seconds / floor_s:>8.1f} {kept / total:>9.4f}", flush=True)
+            rows_out.append(
+                {
+                    "size": size,
+                    "method": name,
+                    "pattern": pattern,
+                    "matrices": len(weights),
+                    "bytes": nbytes,
+                    "median_ms": seconds * 1e3,
+                    "floor_ms": floor_s * 1e3,
+                    "gb_per_s": nbytes / seconds / 1e9,
+                    "x_floor": seconds / floor_s,
+                    "kept_fraction": kept / total,
+                    "dtype": str(dtype).removeprefix("torch."),
+                }
+            )
+            print(
+                f"{size:>12} {name:<22} {pattern:<7} {seconds * 1e3:>10.3f} {floor_s * 1e3:>9.3f} "
+                f"{nbytes / seconds / 1e9:>8.1f} {seconds / floor_s:>8.1f} {kept / total:>9.4f}",
+                flush=True,
+            )
             flush_rows()
         del copies, weights
 

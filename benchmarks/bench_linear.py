@@ -61,8 +61,12 @@ TARGET = ("mlp.fc1 d4096", 1.2)
 
 def environment(device: torch.device) -> dict[str, object]:
     """Machine and library versions printed beside the table."""
-    env: dict[str, object] = {"python": platform.python_version(), "torch": torch.__version__,
-                              "machine": platform.machine(), "device": str(device)}
+    env: dict[str, object] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
@@ -73,8 +77,17 @@ def environment(device: torch.device) -> dict[str, object]:
     try:
         import subprocess
 
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=ROOT, check=False, timeout=10).stdout.strip() or "unknown"
+        env["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                check=False,
+                timeout=10,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         env["commit"] = "unknown"
     return env
@@ -89,8 +102,17 @@ def _time_ms(fn: Callable[[], object], *, device: torch.device, warmup: int, rep
     return statistics.median(clock.pipelined_ms(fn, calls) for _ in range(max(1, repeats // calls)))
 
 
-def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dtype, device: torch.device, *,
-                warmup: int, repeats: int) -> dict[str, object]:
+def bench_shape(
+    label: str,
+    tokens: int,
+    d_in: int,
+    d_out: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    warmup: int,
+    repeats: int,
+) -> dict[str, object]:
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(d_out, d_in, generator=gen).to(device=device, dtype=dtype)
     x = torch.randn(tokens, d_in, generator=gen).to(device=device, dtype=dtype)
@@ -101,9 +123,14 @@ def bench_shape(label: str, tokens: int, d_in: int, d_out: int, dtype: torch.dty
         layer.weight.copy_(w)
     reason = sparse_unavailable_reason(device, dtype, in_features=d_in, out_features=d_out)
     kw = {"warmup": warmup, "repeats": repeats}
-    row: dict[str, object] = {"label": label, "tokens": tokens, "in": d_in, "out": d_out,
-                              "dtype": str(dtype).replace("torch.", ""),
-                              "path": "sparse" if reason is None else f"masked-dense ({reason})"}
+    row: dict[str, object] = {
+        "label": label,
+        "tokens": tokens,
+        "in": d_in,
+        "out": d_out,
+        "dtype": str(dtype).replace("torch.", ""),
+        "path": "sparse" if reason is None else f"masked-dense ({reason})",
+    }
     dense = {
         "forward": _time_ms(lambda: F.linear(x, w), device=device, **kw),
         "dX": _time_ms(lambda: torch.mm(dy, w), device=device, **kw),
@@ -158,9 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 10, smoke 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 50, smoke 3)")
     parser.add_argument("--shapes", nargs="+", default=None, help="labels to run (default: all)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for bench_linear.json (default: benchmarks/results; with --smoke: none); "
-                             "rewritten after every shape")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for bench_linear.json (default: benchmarks/results; with --smoke: none); "
+        "rewritten after every shape",
+    )
     parser.add_argument("--dry-run", action="store_true", help="parse the arguments, print the plan, exit 0")
     args = parser.parse_args(argv)
 
@@ -173,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [s for s in shapes if s[0] in args.shapes]
     warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 10)
     repeats = args.repeats if args.repeats is not None else (3 if args.smoke else 50)
-    print(f"bench_linear plan: {len(shapes)} shape(s) {[s[0] for s in shapes]}, {device}, "
-          f"{str(dtype).replace('torch.', '')}, {warmup} warm-up + {repeats} timed calls per product", flush=True)
+    print(
+        f"bench_linear plan: {len(shapes)} shape(s) {[s[0] for s in shapes]}, {device}, "
+        f"{str(dtype).replace('torch.', '')}, {warmup} warm-up + {repeats} timed calls per product",
+        flush=True,
+    )
     if args.dry_run:
         return 0
     env = environment(device)
@@ -187,24 +221,41 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
         r = rows[-1]
         x = r["speedup"]
-        print(f"  done {label}: forward {x['forward']:.2f}x, dX {x['dX']:.2f}x, dW {x['dW']:.2f}x, "  # type: ignore[index]
-              f"re-pack {r['sparse_ms']['repack']:.3f} ms, step {x['step']:.2f}x ({r['path']})",  # type: ignore[index]
-              flush=True)
+        print(
+            f"  done {label}: forward {x['forward']:.2f}x, dX {x['dX']:.2f}x, dW {x['dW']:.2f}x, "  # type: ignore[index]
+            f"re-pack {r['sparse_ms']['repack']:.3f} ms, step {x['step']:.2f}x ({r['path']})",  # type: ignore[index]
+            flush=True,
+        )
         if out is not None:  # rewritten per row: a run cut short keeps what it measured
-            write_result("bench_linear", {"environment": env, "warmup": warmup, "repeats": repeats, "rows": rows,
-                                          "complete": len(rows) == len(shapes)}, out)
+            write_result(
+                "bench_linear",
+                {
+                    "environment": env,
+                    "warmup": warmup,
+                    "repeats": repeats,
+                    "rows": rows,
+                    "complete": len(rows) == len(shapes),
+                },
+                out,
+            )
 
-    print(f"\nbench_linear ({env.get('gpu', device.type)}, {str(dtype).replace('torch.', '')}, pipelined ms per call, "
-          f"{repeats} calls after {warmup} warm-up; ms dense / sparse, speed-up = dense / sparse)")
-    header = (f"{'shape':<16} {'tokens x in x out':>20} {'forward':>17} {'dX':>17} {'dW':>17} {'repack':>7} "
-              f"{'sum':>17} {'step':>17}")
+    print(
+        f"\nbench_linear ({env.get('gpu', device.type)}, {str(dtype).replace('torch.', '')}, pipelined ms per call, "
+        f"{repeats} calls after {warmup} warm-up; ms dense / sparse, speed-up = dense / sparse)"
+    )
+    header = (
+        f"{'shape':<16} {'tokens x in x out':>20} {'forward':>17} {'dX':>17} {'dW':>17} {'repack':>7} "
+        f"{'sum':>17} {'step':>17}"
+    )
     print(header)
     for r in rows:
         d, s, x = r["dense_ms"], r["sparse_ms"], r["speedup"]  # type: ignore[assignment]
         cells = [f"{d[k]:6.3f}/{s[k]:6.3f} {x[k]:4.2f}x" for k in ("forward", "dX", "dW")]  # type: ignore[index]
-        print(f"{r['label']:<16} {r['tokens']:>6}x{r['in']:>6}x{r['out']:>6} {cells[0]:>17} {cells[1]:>17} "
-              f"{cells[2]:>17} {s['repack']:7.3f} {d['sum']:6.2f}/{s['sum']:6.2f} {x['sum']:4.2f}x "  # type: ignore[index]
-              f"{d['step']:6.2f}/{s['step']:6.2f} {x['step']:4.2f}x")  # type: ignore[index]
+        print(
+            f"{r['label']:<16} {r['tokens']:>6}x{r['in']:>6}x{r['out']:>6} {cells[0]:>17} {cells[1]:>17} "
+            f"{cells[2]:>17} {s['repack']:7.3f} {d['sum']:6.2f}/{s['sum']:6.2f} {x['sum']:4.2f}x "  # type: ignore[index]
+            f"{d['step']:6.2f}/{s['step']:6.2f} {x['step']:4.2f}x"
+        )  # type: ignore[index]
     paths = {str(r["path"]) for r in rows}
     print("path: " + "; ".join(sorted(paths)))
     target = next((r for r in rows if r["label"] == TARGET[0]), None)

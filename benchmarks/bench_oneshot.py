@@ -80,8 +80,9 @@ def _lm_source(args: argparse.Namespace, out_dir: Path) -> tuple[torch.nn.Module
         import transformers
 
         torch.manual_seed(0)
-        config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=256, n_positions=64,
-                                         bos_token_id=0, eos_token_id=0)
+        config = transformers.GPT2Config(
+            n_embd=64, n_layer=2, n_head=2, vocab_size=256, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
         model = transformers.GPT2LMHeadModel(config).eval()
         generator = torch.Generator().manual_seed(0)
         stream = torch.randint(0, 256, (20000,), generator=generator)
@@ -93,8 +94,12 @@ def _lm_source(args: argparse.Namespace, out_dir: Path) -> tuple[torch.nn.Module
 
         run_dir = out_dir / "lm-source"
         print(f"training the LM recipe's default decoder dense into {run_dir}")
-        run_lm_training(LMTrainConfig(pattern="dense", baseline=False), run_dir,
-                        resume=(run_dir / "summary.json").exists(), progress=False)
+        run_lm_training(
+            LMTrainConfig(pattern="dense", baseline=False),
+            run_dir,
+            resume=(run_dir / "summary.json").exists(),
+            progress=False,
+        )
         folder = _resolve_folder(str(run_dir))
     else:
         folder = _resolve_folder(args.model)
@@ -111,30 +116,47 @@ def _lm_part(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     calibration = calibration_windows(train, samples=args.calibration_samples, context=context, seed=0)
     evaluation = heldout[: args.eval_tokens]
     dense = perplexity(model, evaluation, context=context)
-    print(f"\npart 1: {source}; context {context}, {args.calibration_samples} calibration windows, "
-          f"{evaluation.numel()} held-out tokens; dense perplexity {dense:.3f}")
+    print(
+        f"\npart 1: {source}; context {context}, {args.calibration_samples} calibration windows, "
+        f"{evaluation.numel()} held-out tokens; dense perplexity {dense:.3f}"
+    )
     rows = []
     methods = args.methods or list(METHODS)
     patterns = args.patterns or list(PATTERNS)
-    header = f"{'method':<10} {'pattern':<7} {'ppl':>9} {'vs dense':>9} {'s/block':>8} {'tracked MiB':>11} " \
-             f"{'RSS+ MiB':>9} {'rel.err':>8}"
+    header = (
+        f"{'method':<10} {'pattern':<7} {'ppl':>9} {'vs dense':>9} {'s/block':>8} {'tracked MiB':>11} "
+        f"{'RSS+ MiB':>9} {'rel.err':>8}"
+    )
     print(header)
     for method in methods:
         for pattern in patterns:
             pruned = copy.deepcopy(model)
             config = OneShotConfig(memory_budget=str(int(args.budget_mb * 2**20)))
-            report, rss, seconds = _measured(functools.partial(prune_oneshot_, pruned, calibration, pattern,
-                                                               algorithm=method, config=config, progress=False))
+            report, rss, seconds = _measured(
+                functools.partial(
+                    prune_oneshot_, pruned, calibration, pattern, algorithm=method, config=config, progress=False
+                )
+            )
             ppl = perplexity(pruned, evaluation, context=context)
-            row = {"method": method, "pattern": pattern, "perplexity": ppl, "increase_pct": 100 * (ppl / dense - 1),
-                   "seconds": seconds, "block_seconds_mean": statistics.mean(report.block_seconds),
-                   "peak_tracked_mb": report.peak_tracked_mb, "memory_estimate_mb": report.memory_estimate_mb,
-                   "rss_peak_increase_mb": rss, "mean_relative_error": report.mean_relative_error,
-                   "layers": len(report.layers)}
+            row = {
+                "method": method,
+                "pattern": pattern,
+                "perplexity": ppl,
+                "increase_pct": 100 * (ppl / dense - 1),
+                "seconds": seconds,
+                "block_seconds_mean": statistics.mean(report.block_seconds),
+                "peak_tracked_mb": report.peak_tracked_mb,
+                "memory_estimate_mb": report.memory_estimate_mb,
+                "rss_peak_increase_mb": rss,
+                "mean_relative_error": report.mean_relative_error,
+                "layers": len(report.layers),
+            }
             rows.append(row)
-            print(f"{method:<10} {pattern:<7} {ppl:>9.3f} {row['increase_pct']:>+8.1f}% "
-                  f"{row['block_seconds_mean']:>8.2f} {report.peak_tracked_mb:>11.1f} "
-                  f"{'-' if rss is None else f'{rss:.0f}':>9} {report.mean_relative_error:>8.4f}")
+            print(
+                f"{method:<10} {pattern:<7} {ppl:>9.3f} {row['increase_pct']:>+8.1f}% "
+                f"{row['block_seconds_mean']:>8.2f} {report.peak_tracked_mb:>11.1f} "
+                f"{'-' if rss is None else f'{rss:.0f}':>9} {report.mean_relative_error:>8.4f}"
+            )
             del pruned
     by = {(r["method"], r["pattern"]): r for r in rows}
     checks: dict[str, Any] = {}
@@ -142,12 +164,20 @@ def _lm_part(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         s, m = by[("sparsegpt", "2:4")]["perplexity"] - dense, by[("magnitude", "2:4")]["perplexity"] - dense
         checks["sparsegpt_2:4_increase_over_magnitude_increase"] = s / m if m > 0 else None
     if ("sparsegpt", "4:8-T") in by and ("sparsegpt", "4:8") in by:
-        checks["sparsegpt_4:8-T_over_4:8_perplexity"] = (by[("sparsegpt", "4:8-T")]["perplexity"]
-                                                         / by[("sparsegpt", "4:8")]["perplexity"])
+        checks["sparsegpt_4:8-T_over_4:8_perplexity"] = (
+            by[("sparsegpt", "4:8-T")]["perplexity"] / by[("sparsegpt", "4:8")]["perplexity"]
+        )
     for key, value in checks.items():
         print(f"  {key}: {'-' if value is None else f'{value:.3f}'}")
-    return {"source": source, "context": context, "calibration_samples": args.calibration_samples,
-            "eval_tokens": int(evaluation.numel()), "dense_perplexity": dense, "runs": rows, "checks": checks}
+    return {
+        "source": source,
+        "context": context,
+        "calibration_samples": args.calibration_samples,
+        "eval_tokens": int(evaluation.numel()),
+        "dense_perplexity": dense,
+        "runs": rows,
+        "checks": checks,
+    }
 
 
 # ------------------------------------------------------------------------------------------ part 2
@@ -159,37 +189,67 @@ def _llama_part(args: argparse.Namespace) -> dict[str, Any]:
     if args.smoke:
         sizes = {"hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 2, "num_attention_heads": 4}
     else:
-        sizes = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": args.llama_layers,
-                 "num_attention_heads": 16}
-    config = transformers.LlamaConfig(**sizes, num_key_value_heads=sizes["num_attention_heads"],
-                                      vocab_size=args.llama_vocab, max_position_embeddings=args.llama_context,
-                                      bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+        sizes = {
+            "hidden_size": 2048,
+            "intermediate_size": 5632,
+            "num_hidden_layers": args.llama_layers,
+            "num_attention_heads": 16,
+        }
+    config = transformers.LlamaConfig(
+        **sizes,
+        num_key_value_heads=sizes["num_attention_heads"],
+        vocab_size=args.llama_vocab,
+        max_position_embeddings=args.llama_context,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
     generator = torch.Generator().manual_seed(0)
-    calibration = [torch.randint(0, args.llama_vocab, (args.llama_batch, args.llama_context), generator=generator)
-                   for _ in range(max(1, args.llama_samples // args.llama_batch))]
+    calibration = [
+        torch.randint(0, args.llama_vocab, (args.llama_batch, args.llama_context), generator=generator)
+        for _ in range(max(1, args.llama_samples // args.llama_batch))
+    ]
     tokens = sum(b.numel() for b in calibration)
     params = sum(p.numel() for p in model.parameters())
-    print(f"\npart 2: LLaMA-architecture {sizes}, {params / 1e6:.0f} M parameters (random), {tokens} calibration "
-          f"tokens, budget {args.llama_budget_mb:g} MiB")
-    print(f"{'method':<10} {'pattern':<7} {'s/block':>8} {'max s/block':>11} {'estimate MiB':>12} {'tracked MiB':>11} "
-          f"{'RSS+ MiB':>9} {'within budget':>13}")
+    print(
+        f"\npart 2: LLaMA-architecture {sizes}, {params / 1e6:.0f} M parameters (random), {tokens} calibration "
+        f"tokens, budget {args.llama_budget_mb:g} MiB"
+    )
+    print(
+        f"{'method':<10} {'pattern':<7} {'s/block':>8} {'max s/block':>11} {'estimate MiB':>12} {'tracked MiB':>11} "
+        f"{'RSS+ MiB':>9} {'within budget':>13}"
+    )
     rows = []
     for method, pattern in [(m, p) for m in args.llama_methods for p in args.llama_patterns]:
         pruned = copy.deepcopy(model) if len(args.llama_methods) * len(args.llama_patterns) > 1 else model
         config = OneShotConfig(memory_budget=str(int(args.llama_budget_mb * 2**20)))
-        report, rss, seconds = _measured(functools.partial(prune_oneshot_, pruned, calibration, pattern,
-                                                           algorithm=method, config=config, progress=args.progress))
+        report, rss, seconds = _measured(
+            functools.partial(
+                prune_oneshot_, pruned, calibration, pattern, algorithm=method, config=config, progress=args.progress
+            )
+        )
         within = rss is not None and rss <= args.llama_budget_mb
-        row = {"method": method, "pattern": pattern, "seconds": seconds, "block_seconds": report.block_seconds,
-               "memory_estimate_mb": report.memory_estimate_mb, "peak_tracked_mb": report.peak_tracked_mb,
-               "rss_peak_increase_mb": rss, "budget_mb": args.llama_budget_mb, "rss_within_budget": within,
-               "layer_seconds": {r.name: r.seconds for r in report.layers}}
+        row = {
+            "method": method,
+            "pattern": pattern,
+            "seconds": seconds,
+            "block_seconds": report.block_seconds,
+            "memory_estimate_mb": report.memory_estimate_mb,
+            "peak_tracked_mb": report.peak_tracked_mb,
+            "rss_peak_increase_mb": rss,
+            "budget_mb": args.llama_budget_mb,
+            "rss_within_budget": within,
+            "layer_seconds": {r.name: r.seconds for r in report.layers},
+        }
         rows.append(row)
-        print(f"{method:<10} {pattern:<7} {statistics.mean(report.block_seconds):>8.2f} "
-              f"{max(report.block_seconds):>11.2f} {report.memory_estimate_mb:>12.0f} {report.peak_tracked_mb:>11.0f} "
-              f"{'-' if rss is None else f'{rss:.0f}':>9} {str(within):>13}")
+        print(
+            f"{method:<10} {pattern:<7} {statistics.mean(report.block_seconds):>8.2f} "
+            f"{max(report.block_seconds):>11.2f} {report.memory_estimate_mb:>12.0f} {report.peak_tracked_mb:>11.0f} "
+            f"{'-' if rss is None else f'{rss:.0f}':>9} {str(within):>13}"
+        )
         del pruned
     return {"sizes": sizes, "parameters": params, "calibration_tokens": tokens, "runs": rows}
 
@@ -197,9 +257,12 @@ def _llama_part(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few runs (seconds)")
-    parser.add_argument("--model", default=None,
-                        help="part 1 model: hf:FOLDER or an 'nmsparse train --task lm' run (default: train the "
-                             "recipe's default decoder dense first)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="part 1 model: hf:FOLDER or an 'nmsparse train --task lm' run (default: train the "
+        "recipe's default decoder dense first)",
+    )
     parser.add_argument("--methods", nargs="*", choices=METHODS, help="part 1 methods (default: all)")
     parser.add_argument("--patterns", nargs="*", help=f"part 1 patterns (default: {' '.join(PATTERNS)})")
     parser.add_argument("--calibration-samples", type=int, default=128, help="part 1 calibration windows")
@@ -216,8 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llama-context", type=int, default=256, help="part 2 sequence length")
     parser.add_argument("--llama-vocab", type=int, default=1024, help="part 2 vocabulary (embeddings stay small)")
     parser.add_argument("--llama-budget-mb", type=float, default=1024.0, help="part 2 memory budget, MiB")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False,
-                        help="progress bars of part 2 on stderr (default: off)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="progress bars of part 2 on stderr (default: off)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(cores, 4))")
     add_out_argument(parser)
     args = parser.parse_args(argv)

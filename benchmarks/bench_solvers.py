@@ -33,8 +33,9 @@ from nmsparse.solvers import warmup  # noqa: E402
 from nmsparse.testing import networkx_block_optimum  # noqa: E402
 
 
-def networkx_seconds_per_block(weights: dict[str, torch.Tensor], pattern: NMPattern, sample: int,
-                               seed: int = 0) -> tuple[float, int]:
+def networkx_seconds_per_block(
+    weights: dict[str, torch.Tensor], pattern: NMPattern, sample: int, seed: int = 0
+) -> tuple[float, int]:
     """Median-free mean time of one networkx min-cost flow per block over ``sample`` random blocks."""
     blocks = torch.cat([to_blocks(to_matrix(w.abs()), pattern.m) for w in weights.values() if fits(w.shape, pattern)])
     generator = torch.Generator().manual_seed(seed)
@@ -49,15 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny run: a few layers, one repeat")
     parser.add_argument("--patterns", nargs="+", default=["4:8-T", "2:4-T"])
-    parser.add_argument("--methods", nargs="+", default=["exact", "greedy", "greedy-repair", "topn"],
-                        help="topn runs the plain n:m pattern of the same n and m, as the no-transpose reference")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["exact", "greedy", "greedy-repair", "topn"],
+        help="topn runs the plain n:m pattern of the same n and m, as the no-transpose reference",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--networkx-sample", type=int, default=300, help="blocks timed with networkx")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="auto", help="find_mask backend (default: auto)")
-    parser.add_argument("--warmup", action="store_true",
-                        help="compile/load the solvers' kernels with nmsparse.solvers.warmup() before timing")
+    parser.add_argument(
+        "--warmup",
+        action="store_true",
+        help="compile/load the solvers' kernels with nmsparse.solvers.warmup() before timing",
+    )
     add_out_argument(parser)
     args = parser.parse_args(argv)
 
@@ -72,36 +80,64 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         warmup(args.patterns, args.methods, device=args.device)
         print(f"warmup: {time.perf_counter() - start:.2f} s")
-    print(f"weights: {len(weights)} tensors, {sum(w.numel() for w in weights.values()):,} Gaussian values; "
-          f"median of {args.repeats} run(s) after one warm-up (numba compile excluded)\n")
+    print(
+        f"weights: {len(weights)} tensors, {sum(w.numel() for w in weights.values()):,} Gaussian values; "
+        f"median of {args.repeats} run(s) after one warm-up (numba compile excluded)\n"
+    )
 
     rows: list[dict[str, Any]] = []
     for spec in args.patterns:
         pattern = NMPattern.parse(spec)
         nx_per_block, nblocks = networkx_seconds_per_block(weights, pattern, args.networkx_sample, args.seed)
         baseline = nx_per_block * nblocks
-        rows.append({"pattern": str(pattern), "method": "networkx flow/block (extrapolated)", "seconds": baseline,
-                     "kept": float("nan"), "valid": True, "exact_n": True, "blocks": nblocks})
+        rows.append(
+            {
+                "pattern": str(pattern),
+                "method": "networkx flow/block (extrapolated)",
+                "seconds": baseline,
+                "kept": float("nan"),
+                "valid": True,
+                "exact_n": True,
+                "blocks": nblocks,
+            }
+        )
         for method in args.methods:
             target = f"{pattern.n}:{pattern.m}" if method == "topn" else str(pattern)
             warm = time.perf_counter()
             first = run_method(weights, target, method, backend=args.backend)
             first_seconds = time.perf_counter() - warm
-            results = [first] if args.repeats == 0 else [run_method(weights, target, method, backend=args.backend)
-                                                         for _ in range(args.repeats)]
+            results = (
+                [first]
+                if args.repeats == 0
+                else [run_method(weights, target, method, backend=args.backend) for _ in range(args.repeats)]
+            )
             seconds = statistics.median(r.seconds for r in results)
-            rows.append({"pattern": target, "method": method, "seconds": seconds, "kept": first.kept_magnitude,
-                         "valid": first.valid, "exact_n": first.exact_n, "blocks": first.groups,
-                         "first_call_seconds": first_seconds, "speedup_vs_networkx": baseline / seconds})
+            rows.append(
+                {
+                    "pattern": target,
+                    "method": method,
+                    "seconds": seconds,
+                    "kept": first.kept_magnitude,
+                    "valid": first.valid,
+                    "exact_n": first.exact_n,
+                    "blocks": first.groups,
+                    "first_call_seconds": first_seconds,
+                    "speedup_vs_networkx": baseline / seconds,
+                }
+            )
             print(f"  {target:<6} {method:<14} {seconds:8.3f} s", flush=True)
 
-    print(f"\n{'pattern':<7} {'method':<36} {'seconds':>10} {'kept |w|':>9} {'valid':>6} {'exactly n':>9} "
-          f"{'vs networkx':>12}")
+    print(
+        f"\n{'pattern':<7} {'method':<36} {'seconds':>10} {'kept |w|':>9} {'valid':>6} {'exactly n':>9} "
+        f"{'vs networkx':>12}"
+    )
     for row in rows:
         kept = "" if math.isnan(row["kept"]) else f"{100 * row['kept']:.2f}%"
         ratio = f"{row['speedup_vs_networkx']:.0f}x" if "speedup_vs_networkx" in row else "1x"
-        print(f"{row['pattern']:<7} {row['method']:<36} {row['seconds']:10.3f} {kept:>9} "
-              f"{'yes' if row['valid'] else 'NO':>6} {'yes' if row['exact_n'] else 'no':>9} {ratio:>12}")
+        print(
+            f"{row['pattern']:<7} {row['method']:<36} {row['seconds']:10.3f} {kept:>9} "
+            f"{'yes' if row['valid'] else 'NO':>6} {'yes' if row['exact_n'] else 'no':>9} {ratio:>12}"
+        )
     name = f"solvers_{'smoke' if args.smoke else 'resnet50'}_{args.device}"
     path = write_result(name, {"environment": env, "rows": rows}, args.out)
     print(f"\nwrote {path}")

@@ -108,12 +108,12 @@ class ReferenceSparseGPT:
                 w = w1[:, i]
                 d = inverse1[i, i]
                 if i % m == 0:
-                    saliency = w1[:, i:i + m] ** 2 / (torch.diag(inverse1)[i:i + m].reshape((1, -1))) ** 2
+                    saliency = w1[:, i : i + m] ** 2 / (torch.diag(inverse1)[i : i + m].reshape((1, -1))) ** 2
                     mask1.scatter_(1, i + torch.topk(saliency, m - n, dim=1, largest=False)[1], True)
                 q = w.clone()
                 q[mask1[:, i]] = 0
                 q1[:, i] = q
-                losses1[:, i] = (w - q) ** 2 / d ** 2
+                losses1[:, i] = (w - q) ** 2 / d**2
                 err = (w - q) / d
                 w1[:, i:] -= err.unsqueeze(1).matmul(inverse1[i, i:].unsqueeze(0))
                 err1[:, i] = err
@@ -177,8 +177,12 @@ def _relative_error(dense: torch.Tensor, pruned: torch.Tensor, calibration: list
     return float((x @ (dense.double() - pruned.double()).T).norm() / (x @ dense.double().T).norm())
 
 
-def _compare(dense: torch.Tensor, ours: tuple[torch.Tensor, torch.Tensor], theirs: tuple[torch.Tensor, torch.Tensor],
-             calibration: list[torch.Tensor]) -> tuple[dict[str, float], list[str]]:
+def _compare(
+    dense: torch.Tensor,
+    ours: tuple[torch.Tensor, torch.Tensor],
+    theirs: tuple[torch.Tensor, torch.Tensor],
+    calibration: list[torch.Tensor],
+) -> tuple[dict[str, float], list[str]]:
     """How far nmsparse's result is from the reference's, and what breaks "equal up to float rounding".
 
     Float rounding flips the mask where two saliencies of a group nearly tie; a flipped row then follows its own
@@ -191,9 +195,13 @@ def _compare(dense: torch.Tensor, ours: tuple[torch.Tensor, torch.Tensor], their
     scale = float(dense.abs().max())
     deviation = float((w_ours - w_ref)[rows].abs().max()) / scale if bool(rows.any()) else 0.0
     e_ours, e_ref = _relative_error(dense, w_ours, calibration), _relative_error(dense, w_ref, calibration)
-    measures = {"mask_agreement": agree, "rows_with_equal_masks": float(rows.float().mean()),
-                "max_weight_deviation_equal_rows": deviation, "relative_error_nmsparse": e_ours,
-                "relative_error_reference": e_ref}
+    measures = {
+        "mask_agreement": agree,
+        "rows_with_equal_masks": float(rows.float().mean()),
+        "max_weight_deviation_equal_rows": deviation,
+        "relative_error_nmsparse": e_ours,
+        "relative_error_reference": e_ref,
+    }
     failures = []
     if agree < MIN_MASK_AGREEMENT:
         failures.append(f"masks agree on only {agree:.5f} of the weights (< {MIN_MASK_AGREEMENT})")
@@ -260,8 +268,9 @@ def _run_shape(out_features: int, in_features: int, args: argparse.Namespace) ->
     checks: dict[str, Any] = {}
     for pattern in args.reference_patterns:
         if f"nmsparse {pattern}" in results:
-            checks[pattern], failed = _compare(dense, results[f"nmsparse {pattern}"], results[f"reference {pattern}"],
-                                               calibration)
+            checks[pattern], failed = _compare(
+                dense, results[f"nmsparse {pattern}"], results[f"reference {pattern}"], calibration
+            )
             failures += [f"{shape} {pattern}: {f}" for f in failed]
     ratios: dict[str, dict[str, float]] = {}
     for kind, table in (("wall", medians), ("cpu", cpu_medians)):
@@ -276,8 +285,10 @@ def _run_shape(out_features: int, in_features: int, args: argparse.Namespace) ->
                 ratios.setdefault(label, {})[kind] = table[f"nmsparse {pattern}"] / table[f"nmsparse {plain}"]
 
     tokens = args.samples * args.seq
-    print(f"\nlayer [out, in] = {shape}, {tokens} calibration tokens ({args.samples} x {args.seq}), "
-          f"{torch.get_num_threads()} thread(s), median of {args.repeats}")
+    print(
+        f"\nlayer [out, in] = {shape}, {tokens} calibration tokens ({args.samples} x {args.seq}), "
+        f"{torch.get_num_threads()} thread(s), median of {args.repeats}"
+    )
     print(f"{'variant':<20} {'wall s':>8} {'cpu s':>8}  wall s of each round (cpu s)")
     for name, _ in variants:
         rounds = " ".join(f"{t:.3f} ({c:.3f})" for t, c in zip(times[name], cpu_times[name]))
@@ -289,9 +300,17 @@ def _run_shape(out_features: int, in_features: int, args: argparse.Namespace) ->
         print(f"  nmsparse vs reference at {pattern}: " + ", ".join(f"{k} {v:.6g}" for k, v in measures.items()))
     for failure in failures:
         print(f"  FAIL {failure}")
-    return {"shape": [out_features, in_features], "tokens": tokens, "seconds": times, "cpu_seconds": cpu_times,
-            "failures": failures, "median_seconds": medians, "median_cpu_seconds": cpu_medians, "ratios": ratios,
-            "checks": checks}
+    return {
+        "shape": [out_features, in_features],
+        "tokens": tokens,
+        "seconds": times,
+        "cpu_seconds": cpu_times,
+        "failures": failures,
+        "median_seconds": medians,
+        "median_cpu_seconds": cpu_medians,
+        "ratios": ratios,
+        "checks": checks,
+    }
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -305,13 +324,23 @@ def _shape(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="small shapes, one round (seconds)")
-    parser.add_argument("--shapes", nargs="*", type=_shape, default=None, metavar="OUTxIN",
-                        help="linear layers [out, in] (default: 5632x2048 2048x5632)")
+    parser.add_argument(
+        "--shapes",
+        nargs="*",
+        type=_shape,
+        default=None,
+        metavar="OUTxIN",
+        help="linear layers [out, in] (default: 5632x2048 2048x5632)",
+    )
     parser.add_argument("--samples", type=int, default=4, help="calibration sequences (default: 4)")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (default: 128)")
     parser.add_argument("--patterns", nargs="*", default=list(PATTERNS), help="nmsparse patterns")
-    parser.add_argument("--reference-patterns", nargs="*", default=["2:4"],
-                        help="patterns also run by the reference (plain n:m only; default: 2:4)")
+    parser.add_argument(
+        "--reference-patterns",
+        nargs="*",
+        default=["2:4"],
+        help="patterns also run by the reference (plain n:m only; default: 2:4)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default: 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     add_out_argument(parser)

@@ -73,8 +73,15 @@ class SmallResNet(nn.Module):
 
 
 def mlp(width: int, classes: int = 10) -> nn.Module:
-    return nn.Sequential(nn.Linear(width, 4 * width), nn.ReLU(), nn.Linear(4 * width, 4 * width), nn.ReLU(),
-                         nn.Linear(4 * width, width), nn.ReLU(), nn.Linear(width, classes))
+    return nn.Sequential(
+        nn.Linear(width, 4 * width),
+        nn.ReLU(),
+        nn.Linear(4 * width, 4 * width),
+        nn.ReLU(),
+        nn.Linear(4 * width, width),
+        nn.ReLU(),
+        nn.Linear(width, classes),
+    )
 
 
 def build(name: str, smoke: bool, batch: int | None, device: torch.device) -> tuple[nn.Module, torch.Tensor]:
@@ -93,8 +100,9 @@ def build(name: str, smoke: bool, batch: int | None, device: torch.device) -> tu
 class Runner:
     """One variant: a model, its optimizer, and (for dynamic variants) its sparsifier."""
 
-    def __init__(self, name: str, model: nn.Module, x: torch.Tensor,
-                 sparsifier: nmsparse.DynamicSparsifier | None) -> None:
+    def __init__(
+        self, name: str, model: nn.Module, x: torch.Tensor, sparsifier: nmsparse.DynamicSparsifier | None
+    ) -> None:
         self.name, self.model, self.x, self.sparsifier = name, model, x, sparsifier
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-5)
         self.target = torch.randint(0, 10, (x.shape[0],), device=x.device)
@@ -126,14 +134,17 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> list
         model.load_state_dict(state)
         return model
 
-    runners = [Runner("dense", fresh(), x, None),
-               Runner("static", nmsparse.prune_(fresh(), args.pattern, method="greedy").model, x, None)]
+    runners = [
+        Runner("dense", fresh(), x, None),
+        Runner("static", nmsparse.prune_(fresh(), args.pattern, method="greedy").model, x, None),
+    ]
     pattern = nmsparse.NMPattern.parse(args.pattern)
     for method in args.methods:
         model = fresh()
         # initial masks with greedy too: the initial solve is not part of the timed loop
-        sparsifier = nmsparse.DynamicSparsifier(model, pattern, method=method, initial_method="greedy",
-                                                refresh_every=args.refresh_every)
+        sparsifier = nmsparse.DynamicSparsifier(
+            model, pattern, method=method, initial_method="greedy", refresh_every=args.refresh_every
+        )
         runners.append(Runner(f"dynamic-{method}", model, x, sparsifier))
 
     # Interleave the variants step by step, so load from other processes hits them all alike.
@@ -151,30 +162,46 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> list
     for r in runners:
         median = statistics.median(r.times)
         mean = statistics.fmean(r.times)
-        row: dict[str, object] = {"model": name, "variant": r.name, "median_ms": median * 1e3,
-                                  "mean_ms": mean * 1e3, "ratio": median / dense_median,
-                                  "mean_ratio": mean / statistics.fmean(runners[0].times)}
+        row: dict[str, object] = {
+            "model": name,
+            "variant": r.name,
+            "median_ms": median * 1e3,
+            "mean_ms": mean * 1e3,
+            "ratio": median / dense_median,
+            "mean_ratio": mean / statistics.fmean(runners[0].times),
+        }
         if r.sparsifier is not None:
             refreshes = r.sparsifier.refreshes - r.refresh_start[0]
             per_refresh = (r.sparsifier.refresh_seconds - r.refresh_start[1]) / max(refreshes, 1)
-            row.update(refreshes=refreshes, refresh_ms=per_refresh * 1e3,
-                       refresh_share=per_refresh / args.refresh_every / dense_median,
-                       masks_valid=r.sparsifier.masks_valid(), layers=len(r.sparsifier.layers))
+            row.update(
+                refreshes=refreshes,
+                refresh_ms=per_refresh * 1e3,
+                refresh_share=per_refresh / args.refresh_every / dense_median,
+                masks_valid=r.sparsifier.masks_valid(),
+                layers=len(r.sparsifier.layers),
+            )
         rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict[str, object]], refresh_every: int, *, header_line: bool = True) -> None:
-    header = (f"{'model':<8} {'variant':<16} {'median ms':>10} {'vs dense':>9} {'mean vs dense':>13} {'refreshes':>9} "
-              f"{'ms/refresh':>11} {f'share@{refresh_every}':>10}")
+    header = (
+        f"{'model':<8} {'variant':<16} {'median ms':>10} {'vs dense':>9} {'mean vs dense':>13} {'refreshes':>9} "
+        f"{'ms/refresh':>11} {f'share@{refresh_every}':>10}"
+    )
     if header_line:
         print(header)
         print("-" * len(header))
     for r in rows:
-        refresh = (f"{r['refreshes']:>9} {r['refresh_ms']:>11.2f} {100 * r['refresh_share']:>9.2f}%"
-                   if "refreshes" in r else f"{'':>9} {'':>11} {'':>10}")
-        print(f"{r['model']:<8} {r['variant']:<16} {r['median_ms']:>10.2f} {r['ratio']:>8.2f}x "
-              f"{r['mean_ratio']:>12.2f}x {refresh}")
+        refresh = (
+            f"{r['refreshes']:>9} {r['refresh_ms']:>11.2f} {100 * r['refresh_share']:>9.2f}%"
+            if "refreshes" in r
+            else f"{'':>9} {'':>11} {'':>10}"
+        )
+        print(
+            f"{r['model']:<8} {r['variant']:<16} {r['median_ms']:>10.2f} {r['ratio']:>8.2f}x "
+            f"{r['mean_ratio']:>12.2f}x {refresh}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,10 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch and numba CPU threads (default: min(cores, 4), which does not oversubscribe)")
-    parser.add_argument("--out", metavar="DIR", default=None, help="where the result JSON goes (default "
-                                                                   "benchmarks/results/)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and numba CPU threads (default: min(cores, 4), which does not oversubscribe)",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", default=None, help="where the result JSON goes (default benchmarks/results/)"
+    )
     parser.add_argument("--no-save", action="store_true", help="write no result JSON")
     args = parser.parse_args(argv)
     if args.steps is None:
@@ -221,9 +253,11 @@ def main(argv: list[str] | None = None) -> int:
 
     env = environment(args.device)
     print_environment(env)
-    print(f"pattern {args.pattern}, refresh every {args.refresh_every} steps, {args.steps} timed steps after "
-          f"{args.warmup} warm-up steps, SGD momentum 0.9, {threads} thread(s); solver compile/load before timing: "
-          f"{compile_seconds:.2f} s")
+    print(
+        f"pattern {args.pattern}, refresh every {args.refresh_every} steps, {args.steps} timed steps after "
+        f"{args.warmup} warm-up steps, SGD momentum 0.9, {threads} thread(s); solver compile/load before timing: "
+        f"{compile_seconds:.2f} s"
+    )
     rows: list[dict[str, object]] = []
     for i, name in enumerate(args.models):
         model_rows = run_model(name, args, device)
@@ -232,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         rows += model_rows
     if not args.no_save:
         tag = "smoke" if args.smoke else "full"
-        path = write_result(f"bench_train_{tag}_{args.device.replace(':', '')}_{args.pattern.replace(':', '-')}",
-                            {"env": env, "args": vars(args), "threads": threads,
-                             "compile_seconds": compile_seconds, "rows": rows}, args.out)
+        path = write_result(
+            f"bench_train_{tag}_{args.device.replace(':', '')}_{args.pattern.replace(':', '-')}",
+            {"env": env, "args": vars(args), "threads": threads, "compile_seconds": compile_seconds, "rows": rows},
+            args.out,
+        )
         print(f"wrote {path}")
     return 0
 

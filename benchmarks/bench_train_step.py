@@ -55,8 +55,9 @@ def build_decoder(args: argparse.Namespace) -> tuple[nn.Module, str]:
     """The LM recipe's GPT-2-style decoder (it imports no optional dependency) at the benchmark's size."""
     from nmsparse.recipes.lm.model import GPT, GPTConfig
 
-    config = GPTConfig(vocab_size=args.vocab, context=args.seq, d_model=args.d_model, n_layer=args.layers,
-                       n_head=args.heads)
+    config = GPTConfig(
+        vocab_size=args.vocab, context=args.seq, d_model=args.d_model, n_layer=args.layers, n_head=args.heads
+    )
     return GPT(config), "nmsparse.recipes.lm.GPT"
 
 
@@ -86,10 +87,12 @@ def linear_share(model: nn.Module, step: Any, device: torch.device, losses: list
 
     hooks = []
     for m in linears:
-        hooks += [m.register_forward_pre_hook(lambda mod, _i: begin(mod, "f")),
-                  m.register_forward_hook(lambda mod, _i, _o: finish(mod, "f")),
-                  m.register_full_backward_pre_hook(lambda mod, _g: begin(mod, "b")),
-                  m.register_full_backward_hook(lambda mod, _gi, _go: finish(mod, "b"))]
+        hooks += [
+            m.register_forward_pre_hook(lambda mod, _i: begin(mod, "f")),
+            m.register_forward_hook(lambda mod, _i, _o: finish(mod, "f")),
+            m.register_full_backward_pre_hook(lambda mod, _g: begin(mod, "b")),
+            m.register_full_backward_hook(lambda mod, _gi, _go: finish(mod, "b")),
+        ]
     try:
         start = mark()
         losses.append(step())
@@ -126,10 +129,12 @@ def calculator(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ceiling = step_gain_ceiling(share, fwd, dx)
     measured = {r["mode"]: rows[0]["mean_ms"] / r["mean_ms"] for r in rows if r["mode"].startswith("sparse")}
     got = ", ".join(f"{k} {v:.3f}x" for k, v in measured.items())
-    return (f"calculator: block linears {share:.0%} of the dense step; forward {fwd:.2f}x, dX {dx:.2f}x ({source}"
-            f"{'' if args.dx_ratio is not None else '; dX taken = forward'}) -> ceiling {ceiling:.3f}x "
-            f"= 1 / ((1 - s) + s (1/fwd + 1/dX + 1) / 3), before re-packing and refreshes; measured: {got}. "
-            f"The textbook 1.5x is this formula with s = 100% and exactly 2x on forward and dX.")
+    return (
+        f"calculator: block linears {share:.0%} of the dense step; forward {fwd:.2f}x, dX {dx:.2f}x ({source}"
+        f"{'' if args.dx_ratio is not None else '; dX taken = forward'}) -> ceiling {ceiling:.3f}x "
+        f"= 1 / ((1 - s) + s (1/fwd + 1/dX + 1) / 3), before re-packing and refreshes; measured: {got}. "
+        f"The textbook 1.5x is this formula with s = 100% and exactly 2x on forward and dX."
+    )
 
 
 def run_mode(mode: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -139,11 +144,23 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device, dtype: t
     sparsifier = None
     report = None
     if mode != "dense":
-        sparsifier = nmsparse.DynamicSparsifier(model, "2:4-T", method="exact", initial_method="exact",
-                                                refresh_every=args.refresh_every, decay=2e-4, include=[SPARSE_GLOB])
+        sparsifier = nmsparse.DynamicSparsifier(
+            model,
+            "2:4-T",
+            method="exact",
+            initial_method="exact",
+            refresh_every=args.refresh_every,
+            decay=2e-4,
+            include=[SPARSE_GLOB],
+        )
     if mode in ("sparse", "sparse-all"):
-        report = accelerate_(model, tokens=args.batch * args.seq, include=[SPARSE_GLOB],
-                             min_speedup=args.min_speedup, force=mode == "sparse-all" or device.type != "cuda")
+        report = accelerate_(
+            model,
+            tokens=args.batch * args.seq,
+            include=[SPARSE_GLOB],
+            min_speedup=args.min_speedup,
+            force=mode == "sparse-all" or device.type != "cuda",
+        )
     gen = torch.Generator().manual_seed(args.seed + 1)
     idx = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(device)
     targets = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen).to(device)
@@ -178,11 +195,17 @@ def run_mode(mode: str, args: argparse.Namespace, device: torch.device, dtype: t
     swapped = sum(isinstance(m, SparseLinear) for m in model.modules())
     on_cores = 0 if report is None else len(report.accelerated)
     row: dict[str, Any] = {
-        "mode": mode, "decoder": source, "mean_ms": statistics.fmean(times), "median_ms": statistics.median(times),
+        "mode": mode,
+        "decoder": source,
+        "mean_ms": statistics.fmean(times),
+        "median_ms": statistics.median(times),
         "tokens_per_s": args.batch * args.seq / (statistics.fmean(times) / 1e3),
         "refreshes_timed": 0 if sparsifier is None else sparsifier.refreshes - refreshes_before,
         "refresh_ms_timed": 0.0 if sparsifier is None else (sparsifier.refresh_seconds - refresh_before) * 1e3,
-        "swapped_layers": swapped, "sparse_core_layers": on_cores, "first_loss": losses[0], "last_loss": losses[-1],
+        "swapped_layers": swapped,
+        "sparse_core_layers": on_cores,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
         "finite": all(math.isfinite(v) for v in losses),
         "accelerate_report": None if report is None else report.to_dict(),
         "linear_share": share,
@@ -210,14 +233,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="also time every block linear swapped (sparse-all)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for bench_train_step.json (default: benchmarks/results; with --smoke: none); "
-                             "rewritten after every mode")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for bench_train_step.json (default: benchmarks/results; with --smoke: none); "
+        "rewritten after every mode",
+    )
     parser.add_argument("--dry-run", action="store_true", help="parse the arguments, print the plan, exit 0")
-    parser.add_argument("--fwd-ratio", type=float, default=None,
-                        help="calculator: forward speed-up of the linears (default: what accelerate_ measured)")
-    parser.add_argument("--dx-ratio", type=float, default=None,
-                        help="calculator: dX speed-up of the linears (default: the forward ratio)")
+    parser.add_argument(
+        "--fwd-ratio",
+        type=float,
+        default=None,
+        help="calculator: forward speed-up of the linears (default: what accelerate_ measured)",
+    )
+    parser.add_argument(
+        "--dx-ratio",
+        type=float,
+        default=None,
+        help="calculator: dX speed-up of the linears (default: the forward ratio)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.d_model, args.layers, args.heads, args.seq, args.batch, args.vocab = 64, 2, 2, 32, 2, 256
@@ -227,9 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
     dtype = DTYPES[args.dtype] if device.type == "cuda" else torch.float32
     modes = ["dense", "masked", "sparse"] + (["sparse-all"] if args.all else [])
-    print(f"bench_train_step plan: modes {modes}, d_model {args.d_model}, {args.layers} layers, {args.batch} x "
-          f"{args.seq} tokens, {args.warmup} warm-up + {args.steps} timed steps per mode, refresh every "
-          f"{args.refresh_every}, {device}", flush=True)
+    print(
+        f"bench_train_step plan: modes {modes}, d_model {args.d_model}, {args.layers} layers, {args.batch} x "
+        f"{args.seq} tokens, {args.warmup} warm-up + {args.steps} timed steps per mode, refresh every "
+        f"{args.refresh_every}, {device}",
+        flush=True,
+    )
     if args.dry_run:
         return 0
     env = environment(device)
@@ -240,30 +278,49 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_mode(mode, args, device, dtype))
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        print(f"  done {mode}: {rows[-1]['mean_ms']:.1f} ms/step (median {rows[-1]['median_ms']:.1f}, "
-              f"{rows[-1]['sparse_core_layers']}/{rows[-1]['swapped_layers']} layers on sparse cores)", flush=True)
+        print(
+            f"  done {mode}: {rows[-1]['mean_ms']:.1f} ms/step (median {rows[-1]['median_ms']:.1f}, "
+            f"{rows[-1]['sparse_core_layers']}/{rows[-1]['swapped_layers']} layers on sparse cores)",
+            flush=True,
+        )
         if out is not None:  # rewritten per mode: a run cut short keeps what it measured
-            write_result("bench_train_step", {"environment": env, "args": vars(args) | {"out": str(args.out)},
-                                              "rows": rows, "complete": len(rows) == len(modes)}, out)
+            write_result(
+                "bench_train_step",
+                {
+                    "environment": env,
+                    "args": vars(args) | {"out": str(args.out)},
+                    "rows": rows,
+                    "complete": len(rows) == len(modes),
+                },
+                out,
+            )
     dense = rows[0]["mean_ms"]
     tokens = args.batch * args.seq
     dtype_name = str(dtype).replace("torch.", "")
-    print(f"\nbench_train_step ({env.get('gpu', device.type)}, {dtype_name}, {rows[0]['decoder']}: "
-          f"d_model {args.d_model}, {args.layers} layers, {args.batch} x {args.seq} = {tokens} tokens/step, "
-          f"refresh every {args.refresh_every}; {args.steps} timed steps after {args.warmup})")
-    print(f"{'mode':<11} {'mean ms':>9} {'median ms':>10} {'vs dense':>9} {'tokens/s':>11} {'sparse-core':>12} "
-          f"{'refresh ms':>11} {'loss first->last':>18}")
+    print(
+        f"\nbench_train_step ({env.get('gpu', device.type)}, {dtype_name}, {rows[0]['decoder']}: "
+        f"d_model {args.d_model}, {args.layers} layers, {args.batch} x {args.seq} = {tokens} tokens/step, "
+        f"refresh every {args.refresh_every}; {args.steps} timed steps after {args.warmup})"
+    )
+    print(
+        f"{'mode':<11} {'mean ms':>9} {'median ms':>10} {'vs dense':>9} {'tokens/s':>11} {'sparse-core':>12} "
+        f"{'refresh ms':>11} {'loss first->last':>18}"
+    )
     for r in rows:
         layers = f"{r['sparse_core_layers']}/{r['swapped_layers']}" if r["mode"].startswith("sparse") else "-"
-        print(f"{r['mode']:<11} {r['mean_ms']:9.2f} {r['median_ms']:10.2f} {dense / r['mean_ms']:8.3f}x "
-              f"{r['tokens_per_s']:11.0f} {layers:>12} {r['refresh_ms_timed']:11.1f} "
-              f"{r['first_loss']:8.3f}->{r['last_loss']:.3f}")
+        print(
+            f"{r['mode']:<11} {r['mean_ms']:9.2f} {r['median_ms']:10.2f} {dense / r['mean_ms']:8.3f}x "
+            f"{r['tokens_per_s']:11.0f} {layers:>12} {r['refresh_ms_timed']:11.1f} "
+            f"{r['first_loss']:8.3f}->{r['last_loss']:.3f}"
+        )
         if not r["finite"]:
             print(f"  WARNING: non-finite loss in mode {r['mode']}")
     sparse = next(r for r in rows if r["mode"] == "sparse")
     ratio = dense / sparse["mean_ms"]
-    print(f"target: sparse step (refresh + re-pack included) >= 1.1x dense: {ratio:.3f}x -> "
-          f"{'met' if ratio >= 1.1 and sparse['sparse_core_layers'] else 'NOT met'}")
+    print(
+        f"target: sparse step (refresh + re-pack included) >= 1.1x dense: {ratio:.3f}x -> "
+        f"{'met' if ratio >= 1.1 and sparse['sparse_core_layers'] else 'NOT met'}"
+    )
     print(calculator(rows, args))
     if out is not None:
         print(f"wrote {out / 'bench_train_step.json'}")

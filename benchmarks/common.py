@@ -20,8 +20,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def environment(device: str = "cpu") -> dict[str, object]:
     """Machine, library versions and git commit, to print beside every table."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=False).stdout.strip() or "unknown"
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                check=False,
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         commit = "unknown"
     env: dict[str, object] = {
@@ -56,9 +64,13 @@ def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 1) -
 
 def add_out_argument(parser: argparse.ArgumentParser) -> None:
     """``--out DIR``: where result files go (default ``benchmarks/results/``, git-ignored)."""
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help=f"folder for the result files (default: {RESULTS}, git-ignored); nothing else is "
-                             f"written")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"folder for the result files (default: {RESULTS}, git-ignored); nothing else is written",
+    )
 
 
 def write_result(name: str, payload: dict[str, object], out_dir: Path | str | None = None) -> Path:

@@ -39,15 +39,34 @@ def _tree_files() -> set[str] | None:
     """Untracked files (ignored ones included) under the source folders, or None outside a git checkout."""
     try:
         out = subprocess.run(
-            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all", "--", "src", "tests", "benchmarks",
-             "docs"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--ignored",
+                "--untracked-files=all",
+                "--",
+                "src",
+                "tests",
+                "benchmarks",
+                "docs",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return {line[3:] for line in out.splitlines()
-            if line[:2] in ("??", "!!") and "__pycache__" not in line and not line.endswith((".pyc", ".egg-info/"))
-            and ".egg-info/" not in line}
+    return {
+        line[3:]
+        for line in out.splitlines()
+        if line[:2] in ("??", "!!")
+        and "__pycache__" not in line
+        and not line.endswith((".pyc", ".egg-info/"))
+        and ".egg-info/" not in line
+    }
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

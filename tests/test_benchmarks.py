@@ -15,8 +15,14 @@ BENCHMARKS = sorted((Path(__file__).resolve().parent.parent / "benchmarks").glob
 def test_benchmark_smoke(script, tmp_path):
     # The kernel tests switch Triton's interpreter on for this process; a benchmark runs as a user would, without it.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path / "results")],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke", "--out", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert result.stdout.strip(), "a benchmark prints its table"
 
@@ -27,8 +33,9 @@ DEVICE_CHECK = BENCHMARKS[0].parent / "device_check.sh"
 def _device_check(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PLAN_ONLY")}
     env.update({"PYTHON": sys.executable, "OUT": str(tmp_path / "out"), "CUDA_VISIBLE_DEVICES": "", **extra})
-    return subprocess.run(["bash", str(DEVICE_CHECK)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env=env)
+    return subprocess.run(
+        ["bash", str(DEVICE_CHECK)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
 
 
 def test_device_check_plan_fits_the_budget(tmp_path):
@@ -37,8 +44,15 @@ def test_device_check_plan_fits_the_budget(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     total = int(result.stdout.split("total: ")[1].split()[0])
     assert total <= 450
-    order = ["versions", "anatomy", "sparse-linear-tests", "bench_linear", "bench_train_step", "bench_kernels",
-             "kernel-tests"]
+    order = [
+        "versions",
+        "anatomy",
+        "sparse-linear-tests",
+        "bench_linear",
+        "bench_train_step",
+        "bench_kernels",
+        "kernel-tests",
+    ]
     positions = [result.stdout.index(f" {name} ") for name in order]
     assert positions == sorted(positions)
 

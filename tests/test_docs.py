@@ -16,8 +16,9 @@ import pytest
 import nmsparse
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = sorted(m.name for m in pkgutil.walk_packages(nmsparse.__path__, "nmsparse.")
-                 if not m.name.endswith("__main__"))
+MODULES = sorted(
+    m.name for m in pkgutil.walk_packages(nmsparse.__path__, "nmsparse.") if not m.name.endswith("__main__")
+)
 _BLOCK = re.compile(r"(?P<skip><!-- no-run -->\s*\n)?```python\n(?P<code>.*?)\n```", re.DOTALL)
 
 

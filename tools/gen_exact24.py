@@ -97,8 +97,10 @@ def _render_body(lines: list[str], n: int) -> None:
             bit = 15 - (4 * r + c)
             emit(f"    k{r}{c} = ((code >> {bit}) & 1) != 0\n")
             emit(f"    tl.store(mp + {r} * stride_mr + {c}, k{r}{c}.to(tl.uint8), mask=valid)\n")
-            emit(f"    if WRITE_OUT:\n        tl.store(op + {r} * stride_or + {c}, "
-                 f"tl.where(k{r}{c}, w{r}{c}, tl.zeros_like(w{r}{c})), mask=valid)\n")
+            emit(
+                f"    if WRITE_OUT:\n        tl.store(op + {r} * stride_or + {c}, "
+                f"tl.where(k{r}{c}, w{r}{c}, tl.zeros_like(w{r}{c})), mask=valid)\n"
+            )
 
 
 def main() -> None:

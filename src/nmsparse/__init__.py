@@ -91,7 +91,6 @@ _LAZY: dict[str, str] = {
     "load_masks": "nmsparse.io",
     "save_pruned": "nmsparse.io",
     "load_pruned_": "nmsparse.io",
-
     "list_methods": "nmsparse.solvers",
     "log10_mask_diversity": "nmsparse.diversity",
     "transposable_block_count": "nmsparse.diversity",

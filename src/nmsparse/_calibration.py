@@ -16,8 +16,17 @@ from torch import nn
 
 from .errors import InputError, NMSparseError
 
-__all__ = ["feed", "feed_checked", "StopForward", "call_style", "to_device", "model_device", "token_mask",
-           "materialise", "batch_samples"]
+__all__ = [
+    "feed",
+    "feed_checked",
+    "StopForward",
+    "call_style",
+    "to_device",
+    "model_device",
+    "token_mask",
+    "materialise",
+    "batch_samples",
+]
 
 
 class StopForward(Exception):
@@ -122,8 +131,9 @@ def batch_samples(batch: Any) -> int:
     """Samples in a batch: dim 0 of its first tensor (``1`` when it has none)."""
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() else 1
-    values: Iterable[Any] = batch.values() if isinstance(batch, Mapping) else (
-        batch if isinstance(batch, (tuple, list)) else ())
+    values: Iterable[Any] = (
+        batch.values() if isinstance(batch, Mapping) else (batch if isinstance(batch, (tuple, list)) else ())
+    )
     for value in values:
         if isinstance(value, torch.Tensor) and value.dim():
             return int(value.shape[0])

@@ -11,8 +11,7 @@ __all__ = ["FLOAT_DTYPES", "check_tensor"]
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def check_tensor(value: object, name: str, where: str, *, floating: bool = False,
-                 finite: bool = False) -> torch.Tensor:
+def check_tensor(value: object, name: str, where: str, *, floating: bool = False, finite: bool = False) -> torch.Tensor:
     """Return ``value`` if it is a dense tensor with data (and floating / finite when asked), else raise.
 
     Raises:

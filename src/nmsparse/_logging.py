@@ -20,8 +20,15 @@ def progress_enabled(enabled: bool | None) -> bool:
     return bool(enabled)
 
 
-def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, enabled: bool | None = None,
-             unit: str = "it", leave: bool = False) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T],
+    *,
+    desc: str,
+    total: int | None = None,
+    enabled: bool | None = None,
+    unit: str = "it",
+    leave: bool = False,
+) -> Iterator[T]:
     """Iterate with a tqdm bar on stderr when :func:`progress_enabled` says so."""
     if not progress_enabled(enabled):
         yield from iterable

@@ -38,12 +38,23 @@ from .nn.linear import SparseLinear, sparse_unavailable_reason
 from .nn.parametrize import NMMask
 from .pattern import NMPattern, PatternLike
 
-__all__ = ["accelerate_", "AccelerationReport", "LayerDecision", "LinearTiming", "measure_linear",
-           "default_cache_file", "refresh_masks_", "step_gain_ceiling", "PATTERN_NOTE"]
+__all__ = [
+    "accelerate_",
+    "AccelerationReport",
+    "LayerDecision",
+    "LinearTiming",
+    "measure_linear",
+    "default_cache_file",
+    "refresh_masks_",
+    "step_gain_ceiling",
+    "PATTERN_NOTE",
+]
 
 #: What every report says about patterns other than 2:4-T.
-PATTERN_NOTE = ("only 2:4-T runs on NVIDIA sparse tensor cores (forward and input gradient); 4:8-T and larger "
-                "masks stay masked-dense")
+PATTERN_NOTE = (
+    "only 2:4-T runs on NVIDIA sparse tensor cores (forward and input gradient); 4:8-T and larger "
+    "masks stay masked-dense"
+)
 
 _CACHE_VERSION = 1
 _MEMORY_CACHE: dict[str, dict[str, float]] = {}
@@ -139,8 +150,10 @@ class AccelerationReport:
 
     def describe(self) -> str:
         """Multi-line summary: a count line, one line per layer, and the pattern note."""
-        lines = [f"accelerate_ {self.pattern}: {len(self.accelerated)} layer(s) on sparse tensor cores, "
-                 f"{len(self.swapped) - len(self.accelerated)} swapped masked-dense, {len(self.kept)} not swapped"]
+        lines = [
+            f"accelerate_ {self.pattern}: {len(self.accelerated)} layer(s) on sparse tensor cores, "
+            f"{len(self.swapped) - len(self.accelerated)} swapped masked-dense, {len(self.kept)} not swapped"
+        ]
         for name, d in self.layers.items():
             tag = "swapped" if d.swapped else "not swapped"
             lines.append(f"  {name} [{d.out_features}x{d.in_features} {d.dtype}]: {tag}: {d.reason}")
@@ -149,8 +162,12 @@ class AccelerationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for run files)."""
-        return {"pattern": self.pattern, "min_speedup": self.min_speedup, "note": self.note,
-                "layers": {k: {**asdict(v), "speedup": v.speedup} for k, v in self.layers.items()}}
+        return {
+            "pattern": self.pattern,
+            "min_speedup": self.min_speedup,
+            "note": self.note,
+            "layers": {k: {**asdict(v), "speedup": v.speedup} for k, v in self.layers.items()},
+        }
 
     def __str__(self) -> str:
         return self.describe()
@@ -179,12 +196,14 @@ def _read_cache(path: Path) -> dict[str, dict[str, float]]:
     except (OSError, ValueError) as exc:
         logger.warning("accelerate_: ignoring unreadable timing cache %s (%s); it will be rewritten", path, exc)
         return {}
-    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("timings"),
-                                                                                                  dict):
+    if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION or not isinstance(data.get("timings"), dict):
         logger.warning("accelerate_: ignoring timing cache %s of another format; it will be rewritten", path)
         return {}
-    return {k: v for k, v in data["timings"].items()
-            if isinstance(v, dict) and all(isinstance(v.get(x), (int, float)) for x in ("dense_ms", "sparse_ms"))}
+    return {
+        k: v
+        for k, v in data["timings"].items()
+        if isinstance(v, dict) and all(isinstance(v.get(x), (int, float)) for x in ("dense_ms", "sparse_ms"))
+    }
 
 
 def _write_cache(path: Path, timings: Mapping[str, Mapping[str, float]]) -> None:
@@ -299,8 +318,16 @@ def _spread(values: Sequence[float]) -> float:
     return (max(values) - min(values)) / middle if middle > 0 else 0.0
 
 
-def _fair_times(dense: Callable[[], object], sparse: Callable[[], object], *, clock: Any, warmup_ms: float,
-                repeats: int, calls: int, max_warmup_rounds: int = 10_000) -> dict[str, float]:
+def _fair_times(
+    dense: Callable[[], object],
+    sparse: Callable[[], object],
+    *,
+    clock: Any,
+    warmup_ms: float,
+    repeats: int,
+    calls: int,
+    max_warmup_rounds: int = 10_000,
+) -> dict[str, float]:
     """Shared warm-up, then interleaved repeats (the side that goes first alternates); medians and spreads.
 
     The warm-up alternates one dense and one sparse call until both together have done ``warmup_ms`` of work
@@ -324,24 +351,62 @@ def _fair_times(dense: Callable[[], object], sparse: Callable[[], object], *, cl
 
 
 @overload
-def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torch.dtype = ...,
-                   device: torch.device | str = ..., *, training: bool = ..., warmup: int = ..., repeats: int = ...,
-                   mode: str = ..., bias: bool = ..., calls: int = ..., warmup_ms: float | None = ...,
-                   detail: Literal[False] = ..., clock: Any = ...) -> tuple[float, float]: ...
+def measure_linear(
+    tokens: int,
+    in_features: int,
+    out_features: int,
+    dtype: torch.dtype = ...,
+    device: torch.device | str = ...,
+    *,
+    training: bool = ...,
+    warmup: int = ...,
+    repeats: int = ...,
+    mode: str = ...,
+    bias: bool = ...,
+    calls: int = ...,
+    warmup_ms: float | None = ...,
+    detail: Literal[False] = ...,
+    clock: Any = ...,
+) -> tuple[float, float]: ...
 
 
 @overload
-def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torch.dtype = ...,
-                   device: torch.device | str = ..., *, training: bool = ..., warmup: int = ..., repeats: int = ...,
-                   mode: str = ..., bias: bool = ..., calls: int = ..., warmup_ms: float | None = ...,
-                   detail: Literal[True], clock: Any = ...) -> LinearTiming: ...
+def measure_linear(
+    tokens: int,
+    in_features: int,
+    out_features: int,
+    dtype: torch.dtype = ...,
+    device: torch.device | str = ...,
+    *,
+    training: bool = ...,
+    warmup: int = ...,
+    repeats: int = ...,
+    mode: str = ...,
+    bias: bool = ...,
+    calls: int = ...,
+    warmup_ms: float | None = ...,
+    detail: Literal[True],
+    clock: Any = ...,
+) -> LinearTiming: ...
 
 
-def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torch.dtype = torch.bfloat16,
-                   device: torch.device | str = "cuda", *, training: bool = True, warmup: int = 5,
-                   repeats: int = 20, mode: str = "static", bias: bool = False, calls: int = 5,
-                   warmup_ms: float | None = None, detail: bool = False,
-                   clock: Any = None) -> tuple[float, float] | LinearTiming:
+def measure_linear(
+    tokens: int,
+    in_features: int,
+    out_features: int,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cuda",
+    *,
+    training: bool = True,
+    warmup: int = 5,
+    repeats: int = 20,
+    mode: str = "static",
+    bias: bool = False,
+    calls: int = 5,
+    warmup_ms: float | None = None,
+    detail: bool = False,
+    clock: Any = None,
+) -> tuple[float, float] | LinearTiming:
     """Milliseconds per call of one layer step, dense ``nn.Linear`` vs :class:`~nmsparse.nn.SparseLinear`, same run.
 
     ``training=True``: forward + backward (``dX`` and ``dW``) of a ``[tokens, in]`` input, the sparse side
@@ -396,6 +461,7 @@ def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torc
             y = layer(x)
             y.backward(dy)
             return y
+
         return run
 
     dense_fn, sparse_fn = step(dense, False, training), step(sparse, training, training)
@@ -403,15 +469,36 @@ def measure_linear(tokens: int, in_features: int, out_features: int, dtype: torc
         dense_fn()
         sparse_fn()
     timer = _Clock(device) if clock is None else clock
-    main = _fair_times(dense_fn, sparse_fn, clock=timer, warmup_ms=WARMUP_MS if warmup_ms is None else warmup_ms,
-                       repeats=repeats, calls=calls)
+    main = _fair_times(
+        dense_fn,
+        sparse_fn,
+        clock=timer,
+        warmup_ms=WARMUP_MS if warmup_ms is None else warmup_ms,
+        repeats=repeats,
+        calls=calls,
+    )
     forward_speedup: float | None = None
     if training:
-        fwd = _fair_times(step(dense, False, False), step(sparse, False, False), clock=timer, warmup_ms=0.0,
-                          repeats=max(2, repeats // 3), calls=calls)
+        fwd = _fair_times(
+            step(dense, False, False),
+            step(sparse, False, False),
+            clock=timer,
+            warmup_ms=0.0,
+            repeats=max(2, repeats // 3),
+            calls=calls,
+        )
         forward_speedup = fwd["dense"] / fwd["sparse"] if fwd["sparse"] else None
-    timing = LinearTiming(main["dense"], main["sparse"], main["dense_sync"], main["sparse_sync"],
-                          main["dense_spread"], main["sparse_spread"], forward_speedup, main["warmup_ms"], repeats)
+    timing = LinearTiming(
+        main["dense"],
+        main["sparse"],
+        main["dense_sync"],
+        main["sparse_sync"],
+        main["dense_spread"],
+        main["sparse_spread"],
+        forward_speedup,
+        main["warmup_ms"],
+        repeats,
+    )
     if detail:
         return timing
     return timing.dense_ms, timing.sparse_ms
@@ -433,8 +520,14 @@ def predicted_layer_speedup(forward_speedup: float | None, *, training: bool) ->
     return 3.0 / (2.0 / forward_speedup + 1.0) if training else forward_speedup
 
 
-def step_gain_ceiling(linear_share: float, forward_ratio: float, dx_ratio: float | None = None, *,
-                      dw_ratio: float = 1.0, overhead_share: float = 0.0) -> float:
+def step_gain_ceiling(
+    linear_share: float,
+    forward_ratio: float,
+    dx_ratio: float | None = None,
+    *,
+    dw_ratio: float = 1.0,
+    overhead_share: float = 0.0,
+) -> float:
     """Ceiling of a training step's speed-up from accelerating its linear layers (Amdahl's law, three products).
 
     A step spends ``linear_share`` of its dense time in linear layers, split evenly over the forward, ``dX`` and
@@ -461,19 +554,36 @@ def step_gain_ceiling(linear_share: float, forward_ratio: float, dx_ratio: float
     return 1.0 / ((1.0 - linear_share) + linears + overhead_share)
 
 
-def _measured(tokens: int, in_features: int, out_features: int, dtype: torch.dtype, device: torch.device, *,
-              training: bool, cache_path: Path | None, cache: dict[str, dict[str, float]], mode: str = "static",
-              bias: bool = False) -> dict[str, float]:
-    key = (f"{_environment_key(device)}|nmsparse {__version__}|{str(dtype).replace('torch.', '')}|"
-           f"{tokens}x{in_features}x{out_features}|{'train' if training else 'infer'}|{mode}|"
-           f"{'bias' if bias else 'no-bias'}")
+def _measured(
+    tokens: int,
+    in_features: int,
+    out_features: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    training: bool,
+    cache_path: Path | None,
+    cache: dict[str, dict[str, float]],
+    mode: str = "static",
+    bias: bool = False,
+) -> dict[str, float]:
+    key = (
+        f"{_environment_key(device)}|nmsparse {__version__}|{str(dtype).replace('torch.', '')}|"
+        f"{tokens}x{in_features}x{out_features}|{'train' if training else 'infer'}|{mode}|"
+        f"{'bias' if bias else 'no-bias'}"
+    )
     if key not in cache:
-        result = measure_linear(tokens, in_features, out_features, dtype, device, training=training, mode=mode,
-                                bias=bias, detail=True)
+        result = measure_linear(
+            tokens, in_features, out_features, dtype, device, training=training, mode=mode, bias=bias, detail=True
+        )
         if isinstance(result, LinearTiming):
-            entry = {"dense_ms": result.dense_ms, "sparse_ms": result.sparse_ms,
-                     "dense_sync_ms": result.dense_sync_ms, "sparse_sync_ms": result.sparse_sync_ms,
-                     "spread": max(result.dense_spread, result.sparse_spread)}
+            entry = {
+                "dense_ms": result.dense_ms,
+                "sparse_ms": result.sparse_ms,
+                "dense_sync_ms": result.dense_sync_ms,
+                "sparse_sync_ms": result.sparse_sync_ms,
+                "spread": max(result.dense_spread, result.sparse_spread),
+            }
             predicted = predicted_layer_speedup(result.forward_speedup, training=training)
             if predicted is not None:
                 entry["predicted_speedup"] = predicted
@@ -506,9 +616,11 @@ def _record_tokens(model: nn.Module, names: Sequence[str], sample: Any) -> dict[
     seen: dict[str, int] = {}
     handles = []
     for name in names:
+
         def hook(module: nn.Module, inputs: tuple[Any, ...], name: str = name) -> None:
             x = inputs[0]
             seen[name] = max(seen.get(name, 0), int(x.numel() // x.shape[-1]))
+
         handles.append(modules[name].register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
@@ -539,13 +651,25 @@ def _check_number(name: str, value: object, *, minimum: float, integer: bool = F
         raise ConfigError(f"accelerate_: {name} must be {kind} >= {minimum:g}, got {value!r}")
 
 
-def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup: float = 1.05,
-                tokens: int | Mapping[str, int] | None = None, sample: Any = None,
-                dtype: torch.dtype | None = None, include: Sequence[str] | None = None,
-                exclude: Sequence[str] | None = None, mode: str | None = None, decay: float | None = None,
-                method: str = "exact", training: bool = True, cache_file: str | os.PathLike[str] | bool | None = None,
-                force: bool = False, progress: bool | None = None,
-                progress_bar: bool | None = None) -> AccelerationReport:
+def accelerate_(
+    model: nn.Module,
+    *,
+    pattern: PatternLike = "2:4-T",
+    min_speedup: float = 1.05,
+    tokens: int | Mapping[str, int] | None = None,
+    sample: Any = None,
+    dtype: torch.dtype | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    mode: str | None = None,
+    decay: float | None = None,
+    method: str = "exact",
+    training: bool = True,
+    cache_file: str | os.PathLike[str] | bool | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+    progress_bar: bool | None = None,
+) -> AccelerationReport:
     """Swap ``nn.Linear`` layers for :class:`~nmsparse.nn.SparseLinear` where 2:4 sparse tensor cores are faster.
 
     For every ``nn.Linear`` (selected by ``include``/``exclude`` globs on qualified names):
@@ -650,19 +774,38 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
 
     replaced: dict[int, SparseLinear] = {}
     mod: Any  # parametrized attributes are invisible to type checkers
-    for name, mod in with_progress(candidates.items(), desc="accelerate_", total=len(candidates), unit="layer",
-                                   enabled=progress):
+    for name, mod in with_progress(
+        candidates.items(), desc="accelerate_", total=len(candidates), unit="layer", enabled=progress
+    ):
         nm = _mask_of(mod)
         weight: torch.Tensor = mod.parametrizations.weight.original if nm is not None else mod.weight
         if isinstance(weight, nn.parameter.UninitializedParameter):
-            report.layers[name] = LayerDecision(name, 0, 0, None, "unknown", None, False, False,
-                                                "lazy layer whose weight is not initialised; run one forward first")
+            report.layers[name] = LayerDecision(
+                name,
+                0,
+                0,
+                None,
+                "unknown",
+                None,
+                False,
+                False,
+                "lazy layer whose weight is not initialised; run one forward first",
+            )
             continue
         out_f, in_f = int(weight.shape[0]), int(weight.shape[1])
         layer_pattern = target if nm is None else nm.pattern
         compute = weight.dtype if dtype is None else dtype
-        decision = LayerDecision(name, out_f, in_f, None if layer_pattern is None else str(layer_pattern),
-                                 str(compute).replace("torch.", ""), None, False, False, "")
+        decision = LayerDecision(
+            name,
+            out_f,
+            in_f,
+            None if layer_pattern is None else str(layer_pattern),
+            str(compute).replace("torch.", ""),
+            None,
+            False,
+            False,
+            "",
+        )
         report.layers[name] = decision
         if id(mod) in replaced:
             _set_child(model, name, replaced[id(mod)])
@@ -676,28 +819,42 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
             decision.reason = "pruned without a recorded pattern; re-prune with nmsparse.prune_(..., pattern)"
             continue
         if out_f % layer_pattern.m or in_f % layer_pattern.m:
-            decision.reason = (f"weight {out_f}x{in_f} cannot take {layer_pattern} (both dimensions must be "
-                               f"multiples of {layer_pattern.m})")
+            decision.reason = (
+                f"weight {out_f}x{in_f} cannot take {layer_pattern} (both dimensions must be "
+                f"multiples of {layer_pattern.m})"
+            )
             continue
-        if parametrize.is_parametrized(mod) and any(k not in ("weight", "bias")
-                                                       for k in mod.parametrizations.keys()):
+        if parametrize.is_parametrized(mod) and any(k not in ("weight", "bias") for k in mod.parametrizations.keys()):
             decision.reason = "other tensors of the layer are parametrized"
             continue
-        reason = sparse_unavailable_reason(weight.device, compute, in_features=in_f, out_features=out_f,
-                                           pattern=layer_pattern)
+        reason = sparse_unavailable_reason(
+            weight.device, compute, in_features=in_f, out_features=out_f, pattern=layer_pattern
+        )
         if reason is None:
             count = seen_tokens.get(name, tokens if isinstance(tokens, int) else None)
             decision.tokens = count
             if count is None and not force:
                 raise ConfigError(
                     f"accelerate_: layer {name!r} can run sparse but its token count is unknown; pass tokens= "
-                    f"(rows of its 2-D input per call, e.g. batch*sequence) or sample= (an example input)")
+                    f"(rows of its 2-D input per call, e.g. batch*sequence) or sample= (an example input)"
+                )
             if count is not None:
-                layer_mode = ("straight-through" if nm.straight_through else "static") if nm is not None else (
-                    mode or "static")
+                layer_mode = (
+                    ("straight-through" if nm.straight_through else "static") if nm is not None else (mode or "static")
+                )
                 has_bias = getattr(mod, "bias", None) is not None
-                entry = _measured(count, in_f, out_f, compute, weight.device, training=training,
-                                  cache_path=cache_path, cache=cache, mode=layer_mode, bias=has_bias)
+                entry = _measured(
+                    count,
+                    in_f,
+                    out_f,
+                    compute,
+                    weight.device,
+                    training=training,
+                    cache_path=cache_path,
+                    cache=cache,
+                    mode=layer_mode,
+                    bias=has_bias,
+                )
                 decision.dense_ms, decision.sparse_ms = entry["dense_ms"], entry["sparse_ms"]
                 decision.dense_sync_ms = entry.get("dense_sync_ms")
                 decision.sparse_sync_ms = entry.get("sparse_sync_ms")
@@ -705,9 +862,11 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
                 decision.predicted_speedup = entry.get("predicted_speedup")
                 decision.forward_speedup = entry.get("forward_speedup")
                 speed = decision.speedup or 0.0
-                timing = (f"measured {speed:.2f}x (dense {decision.dense_ms:.3f} ms, sparse "
-                          f"{decision.sparse_ms:.3f} ms at {count} tokens"
-                          f"{', re-packing included' if training else ', forward only'})")
+                timing = (
+                    f"measured {speed:.2f}x (dense {decision.dense_ms:.3f} ms, sparse "
+                    f"{decision.sparse_ms:.3f} ms at {count} tokens"
+                    f"{', re-packing included' if training else ', forward only'})"
+                )
                 extra = []
                 if decision.dense_sync_ms and decision.sparse_sync_ms:
                     extra.append(f"pipelined; synchronised {decision.dense_sync_ms / decision.sparse_sync_ms:.2f}x")
@@ -731,9 +890,13 @@ def accelerate_(model: nn.Module, *, pattern: PatternLike = "2:4-T", min_speedup
         else:
             decision.reason = reason
             continue
-        new = SparseLinear.from_dense(mod, None if nm is not None else layer_pattern,
-                                      mode=None if nm is not None else (mode or "static"),  # type: ignore[arg-type]
-                                      decay=None if nm is not None else decay, method=method)
+        new = SparseLinear.from_dense(
+            mod,
+            None if nm is not None else layer_pattern,
+            mode=None if nm is not None else (mode or "static"),  # type: ignore[arg-type]
+            decay=None if nm is not None else decay,
+            method=method,
+        )
         _set_child(model, name, new)
         if not name:
             report.model = new
@@ -768,4 +931,3 @@ def refresh_masks_(model: nn.Module, method: str = "exact") -> float:
             changed += module.refresh_mask_(method) * module.mask.numel()
             total += module.mask.numel()
     return changed / total if total else 0.0
-

@@ -150,8 +150,14 @@ class Interval(Constraint):
         (True, 'an int in [1, inf)')
     """
 
-    def __init__(self, kind: type, low: float | None, high: float | None, *,
-                 closed: Literal["both", "left", "right", "neither"] = "both") -> None:
+    def __init__(
+        self,
+        kind: type,
+        low: float | None,
+        high: float | None,
+        *,
+        closed: Literal["both", "left", "right", "neither"] = "both",
+    ) -> None:
         if closed not in ("both", "left", "right", "neither"):
             raise ValueError(f"closed must be 'both', 'left', 'right' or 'neither', got {closed!r}")
         if low is not None and high is not None and low > high:
@@ -270,8 +276,7 @@ class PatternString(Constraint):
     def hint(self, value: Any) -> str | None:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 60:
             text = f"{value // 60}:{value % 60}"
-            return (f"YAML reads an unquoted {text} as the base-60 integer {value}: quote it, "
-                    f"{self.name}: '{text}'")
+            return f"YAML reads an unquoted {text} as the base-60 integer {value}: quote it, {self.name}: '{text}'"
         if isinstance(value, str):
             from nmsparse.errors import PatternError
             from nmsparse.pattern import NMPattern
@@ -363,8 +368,15 @@ def validate_params(owner: str, values: Mapping[str, Any], constraints: Mapping[
         raise ConfigError(message)
 
 
-def config_field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
-                 flag: bool = True, metavar: str | None = None, group: str | None = None) -> Any:
+def config_field(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    default_factory: Any = dataclasses.MISSING,
+    flag: bool = True,
+    metavar: str | None = None,
+    group: str | None = None,
+) -> Any:
     """A dataclass field with the metadata the generated CLI flags use.
 
     Args:
@@ -435,8 +447,9 @@ class ConfigBase:
             close = difflib.get_close_matches(str(key), names, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         plural = "s" if len(unknown) > 1 else ""
-        raise ConfigError(f"{where or cls.__name__}: unknown setting{plural} {', '.join(hints)}; valid settings: "
-                          f"{', '.join(names)}")
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown setting{plural} {', '.join(hints)}; valid settings: {', '.join(names)}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-ready dict with a ``version`` key first (tuples become lists)."""
@@ -458,8 +471,10 @@ class ConfigBase:
         values = dict(values)
         version = values.pop("version", cls._version)
         if version != cls._version:
-            raise ConfigError(f"{where}: config version {version!r} is not supported (this nmsparse reads "
-                              f"version {cls._version}); remove the 'version' key or upgrade nmsparse")
+            raise ConfigError(
+                f"{where}: config version {version!r} is not supported (this nmsparse reads "
+                f"version {cls._version}); remove the 'version' key or upgrade nmsparse"
+            )
         cls.check_keys(values, where=where)
         try:
             return cls(**values)

@@ -97,9 +97,7 @@ def _check_int(value: object, name: str, where: str) -> int:
 def _check_numel(numel: object, where: str) -> int:
     count = _check_int(numel, "numel", where)
     if count <= 0:
-        raise ShapeError(
-            f"{where}: numel must be a positive number of weights, got {count}; pass the tensor's numel()"
-        )
+        raise ShapeError(f"{where}: numel must be a positive number of weights, got {count}; pass the tensor's numel()")
     return count
 
 
@@ -137,8 +135,7 @@ def _fit_problem(pattern: NMPattern | None, numel: int, density: float) -> tuple
         if numel % block:
             return (
                 f"numel not a multiple of m^2 = {block}",
-                f"{pattern} tiles the tensor into {pattern.m}x{pattern.m} blocks; "
-                f"use a numel divisible by {block}",
+                f"{pattern} tiles the tensor into {pattern.m}x{pattern.m} blocks; use a numel divisible by {block}",
             )
     elif numel % pattern.m:
         return (
@@ -456,9 +453,7 @@ def log10_mask_diversity(pattern: str | NMPattern, numel: int, *, density: float
     return spec.numel // (m * m) * math.log10(_tau(m, n))
 
 
-def estimate_log10_mask_diversity(
-    pattern: str | NMPattern, numel: int, *, density: float | None = None
-) -> float:
+def estimate_log10_mask_diversity(pattern: str | NMPattern, numel: int, *, density: float | None = None) -> float:
     """ESTIMATE of ``log10`` mask diversity, for transposable patterns of any block size (e.g. 16:32-T).
 
     Transposable patterns use :func:`estimate_log10_transposable_block_count` per block (Canfield-McKay; it
@@ -544,9 +539,7 @@ def diversity_summary(
         max_digits = _check_int(max_digits, "max_digits", where)
     name = _UNSTRUCTURED if parsed is None else str(parsed)
     value = _check_density(density, where)
-    shown_density = (
-        value if value is not None else (DEFAULT_UNSTRUCTURED_DENSITY if parsed is None else parsed.density)
-    )
+    shown_density = value if value is not None else (DEFAULT_UNSTRUCTURED_DENSITY if parsed is None else parsed.density)
     try:
         spec = _resolve(pattern, count, density, where)
     except ShapeError:
@@ -592,6 +585,4 @@ def diversity_summary(
         )
     log10_md = log10_mask_diversity(pattern, count, density=density)
     exact = mask_diversity(pattern, count, density=density) if small_enough(log10_md) else None
-    return DiversitySummary(
-        name, spec.density, count, "exact", mask_diversity=exact, log10_mask_diversity=log10_md
-    )
+    return DiversitySummary(name, spec.density, count, "exact", mask_diversity=exact, log10_mask_diversity=log10_md)

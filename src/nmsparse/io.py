@@ -165,12 +165,12 @@ def _write_errors_as_oserror(path: str | os.PathLike[str]) -> Iterator[None]:
     try:
         yield
     except SafetensorError as exc:
-        raise OSError(f"{path}: could not be written ({' '.join(str(exc).split())}); nothing was "
-                      f"replaced") from exc
+        raise OSError(f"{path}: could not be written ({' '.join(str(exc).split())}); nothing was replaced") from exc
 
 
-def _save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str],
-                      *, overwrite: bool) -> Path:
+def _save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str], *, overwrite: bool
+) -> Path:
     from safetensors.torch import save_file
 
     # contiguous CPU copies: safetensors refuses views and tensors that share memory (tied weights)
@@ -277,8 +277,14 @@ def _check_format(metadata: Mapping[str, str], kinds: tuple[str, ...], *, where:
 # ----------------------------------------------------------------------------------------------- masks
 
 
-def save_masks(masks: Mapping[str, torch.Tensor], path: str | os.PathLike[str], *, pattern: Any = None,
-               metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+def save_masks(
+    masks: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    *,
+    pattern: Any = None,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write bool masks (keyed by tensor name, e.g. ``"0.weight"``) to a safetensors file atomically.
 
     Args:
@@ -338,7 +344,7 @@ def load_masks(path: str | os.PathLike[str]) -> LoadedMasks:
     out = LoadedMasks()
     recorded: Any = meta.get("pattern")
     if kind == "pruned":
-        out.update({key[len(MASK_PREFIX):]: value for key, value in tensors.items() if key.startswith(MASK_PREFIX)})
+        out.update({key[len(MASK_PREFIX) :]: value for key, value in tensors.items() if key.startswith(MASK_PREFIX)})
         problems: list[str] = []
         _, _, info = _split({}, meta, problems)
         if problems:
@@ -350,8 +356,9 @@ def load_masks(path: str | os.PathLike[str]) -> LoadedMasks:
     else:
         bad = [key for key, value in tensors.items() if value.dtype != torch.bool]
         if bad:
-            raise InputError(f"{path}: {bad[:5]} are not bool masks; expected a masks file (nmsparse mask / "
-                             f"save_masks)")
+            raise InputError(
+                f"{path}: {bad[:5]} are not bool masks; expected a masks file (nmsparse mask / save_masks)"
+            )
         out.update(tensors)
     if recorded is not None:
         try:
@@ -444,14 +451,14 @@ def _decode_extra_state(value: Any, key: str, problems: list[str]) -> dict[str, 
 def _add_mask(masks: dict[str, Any], fqn: str, value: Any, key: str, problems: list[str]) -> None:
     """``masks[fqn] = value`` unless another key already gave that mask (a file must not hold two)."""
     if fqn in masks:
-        problems.append(f"duplicate: {key!r} is a second mask for {fqn!r}; the file holds two, so neither is "
-                        f"taken")
+        problems.append(f"duplicate: {key!r} is a second mask for {fqn!r}; the file holds two, so neither is taken")
         return
     masks[fqn] = value
 
 
-def _split(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None,
-           problems: list[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+def _split(
+    tensors: Mapping[str, Any], metadata: Mapping[str, str] | None, problems: list[str]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
     """``(plain entries, masks, mask info)`` of either layout: plain keys + MASK_PREFIX, or a raw state dict."""
     info: dict[str, dict[str, Any]] = {}
     if metadata and "masks" in metadata:
@@ -463,8 +470,9 @@ def _split(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None,
                 if isinstance(entry, dict):
                     info[fqn] = entry
                 else:
-                    problems.append(f"wrong metadata: 'masks' entry {fqn!r} is {entry!r}, not a JSON object of "
-                                    f"mask settings")
+                    problems.append(
+                        f"wrong metadata: 'masks' entry {fqn!r} is {entry!r}, not a JSON object of mask settings"
+                    )
         except ValueError as exc:
             problems.append(f"wrong metadata: 'masks' is not a JSON object of mask settings ({exc})")
     masks: dict[str, Any] = {}
@@ -475,7 +483,7 @@ def _split(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None,
     plain: dict[str, Any] = {}
     for key, value in tensors.items():
         if key.startswith(MASK_PREFIX):
-            _add_mask(masks, key[len(MASK_PREFIX):], value, key, problems)
+            _add_mask(masks, key[len(MASK_PREFIX) :], value, key, problems)
             continue
         head, sep, tail = key.partition("parametrizations.")
         module = head[:-1] if head.endswith(".") else head
@@ -497,8 +505,13 @@ def _split(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None,
     return plain, masks, info
 
 
-def load_pruned_state_dict_(model: nn.Module, tensors: Mapping[str, torch.Tensor],
-                            metadata: Mapping[str, str] | None = None, *, strict: bool = True) -> nn.Module:
+def load_pruned_state_dict_(
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    strict: bool = True,
+) -> nn.Module:
     """Load a pruned model's state into ``model``, re-creating its masks with their pattern and mode.
 
     Accepts what :func:`pruned_state_dict` returns (plain keys, masks under :data:`MASK_PREFIX`, settings in
@@ -534,8 +547,9 @@ def load_pruned_state_dict_(model: nn.Module, tensors: Mapping[str, torch.Tensor
         (True, '2:4')
     """
     if not isinstance(tensors, Mapping):
-        raise MaskMismatchError(f"load_pruned_state_dict_: expected a mapping of names to tensors, got "
-                                f"{type(tensors).__name__}")
+        raise MaskMismatchError(
+            f"load_pruned_state_dict_: expected a mapping of names to tensors, got {type(tensors).__name__}"
+        )
     if metadata:
         _check_format(metadata, ("pruned",), where="load_pruned_state_dict_")
     problems: list[str] = []
@@ -578,13 +592,17 @@ def load_pruned_state_dict_(model: nn.Module, tensors: Mapping[str, torch.Tensor
         transposed = (settings or {}).get("transposed", is_transposed_layer(module))
         padded = (settings or {}).get("padded", False if nm is None else nm.padded)
         if not isinstance(transposed, bool) or not isinstance(padded, bool):
-            problems.append(f"wrong metadata: mask {fqn!r}: 'transposed' and 'padded' must be true or false, got "
-                            f"{transposed!r} and {padded!r}")
+            problems.append(
+                f"wrong metadata: mask {fqn!r}: 'transposed' and 'padded' must be true or false, got "
+                f"{transposed!r} and {padded!r}"
+            )
             continue
         if transposed != is_transposed_layer(module):
-            problems.append(f"wrong metadata: mask {fqn!r}: the file says transposed={transposed} but "
-                            f"{type(module).__name__} {name!r} stores its weight "
-                            f"{'[in, out]' if is_transposed_layer(module) else '[out, in]'}")
+            problems.append(
+                f"wrong metadata: mask {fqn!r}: the file says transposed={transposed} but "
+                f"{type(module).__name__} {name!r} stores its weight "
+                f"{'[in, out]' if is_transposed_layer(module) else '[out, in]'}"
+            )
             continue
         if pattern is not None:
             try:
@@ -598,8 +616,10 @@ def load_pruned_state_dict_(model: nn.Module, tensors: Mapping[str, torch.Tensor
         ready[fqn] = (module, mask.to(weight.device), settings)
     for fqn in pruned:
         if fqn not in masks:
-            problems.append(f"missing: mask {fqn!r}: that layer of the model is pruned but the state has no mask "
-                            f"for it (squash_masks_ the model first to load dense weights)")
+            problems.append(
+                f"missing: mask {fqn!r}: that layer of the model is pruned but the state has no mask "
+                f"for it (squash_masks_ the model first to load dense weights)"
+            )
     if problems:
         raise MaskMismatchError(
             f"load_pruned_state_dict_: {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} do not fit the "
@@ -640,8 +660,13 @@ def parametrize_other(module: nn.Module) -> bool:
     return parametrize.is_parametrized(module, "weight") and _nm_mask(module) is None
 
 
-def _raw_state_dict(model: nn.Module, plain: Mapping[str, Any],
-                    masks: Mapping[str, tuple[nn.Module, torch.Tensor, Any]], *, strict: bool) -> dict[str, Any]:
+def _raw_state_dict(
+    model: nn.Module,
+    plain: Mapping[str, Any],
+    masks: Mapping[str, tuple[nn.Module, torch.Tensor, Any]],
+    *,
+    strict: bool,
+) -> dict[str, Any]:
     """The raw state dict the (now pruned) model loads, from plain entries; key and shape checks first."""
     keys = _raw_to_plain_keys(model)
     with raw_state_dict():
@@ -664,11 +689,15 @@ def _raw_state_dict(model: nn.Module, plain: Mapping[str, Any],
             continue
         value = plain[plain_key]
         used.add(plain_key)
-        if (isinstance(value, torch.Tensor) and isinstance(target, torch.Tensor)
-                and not isinstance(target, nn.parameter.UninitializedParameter)
-                and tuple(value.shape) != tuple(target.shape)):
-            problems.append(f"wrong shape: {plain_key!r} is {tuple(value.shape)}, the model expects "
-                            f"{tuple(target.shape)}")
+        if (
+            isinstance(value, torch.Tensor)
+            and isinstance(target, torch.Tensor)
+            and not isinstance(target, nn.parameter.UninitializedParameter)
+            and tuple(value.shape) != tuple(target.shape)
+        ):
+            problems.append(
+                f"wrong shape: {plain_key!r} is {tuple(value.shape)}, the model expects {tuple(target.shape)}"
+            )
             continue
         raw[key] = value
     if strict:
@@ -682,8 +711,13 @@ def _raw_state_dict(model: nn.Module, plain: Mapping[str, Any],
     return raw
 
 
-def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None,
-                overwrite: bool = False) -> Path:
+def save_pruned(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write :func:`pruned_state_dict` of ``model`` to one safetensors file, atomically.
 
     Args:
@@ -748,8 +782,14 @@ def export_dense(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_dense(model: nn.Module, path: str | os.PathLike[str], *, masks_path: str | os.PathLike[str] | None = None,
-               metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
+def save_dense(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    masks_path: str | os.PathLike[str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write :func:`export_dense` to a safetensors file (``kind="dense"``, the masks' settings in its metadata).
 
     Args:
@@ -779,8 +819,9 @@ def save_dense(model: nn.Module, path: str | os.PathLike[str], *, masks_path: st
     return _save_safetensors(export_dense(model), path, meta, overwrite=overwrite)
 
 
-def dense_from_pruned(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+def dense_from_pruned(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """``(dense state dict with zeros baked in, masks, mask settings)`` of a pruned checkpoint, without a model.
 
     Accepts both layouts :func:`load_pruned_state_dict_` reads (a :func:`save_pruned` file, or the raw
@@ -818,14 +859,20 @@ def dense_from_pruned(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
             continue
         dense[fqn] = weight * bool_masks[fqn]
     if problems:
-        raise MaskMismatchError("dense_from_pruned: the checkpoint is inconsistent:\n"
-                                + "\n".join(f"  - {p}" for p in problems))
+        raise MaskMismatchError(
+            "dense_from_pruned: the checkpoint is inconsistent:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     return dense, bool_masks, {k: v for k, v in info.items() if k in bool_masks}
 
 
-def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
-                          metadata: Mapping[str, Any] | None = None, overwrite: bool = False,
-                          extra_files: Sequence[str | os.PathLike[str]] = ()) -> Path:
+def save_pretrained_dense(
+    model: nn.Module,
+    folder: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    extra_files: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
     """Save a pruned ``transformers`` model as a normal ``transformers`` folder with the zeros baked in.
 
     The folder is what ``save_pretrained(..., safe_serialization=True)`` writes for the model's
@@ -853,14 +900,27 @@ def save_pretrained_dense(model: nn.Module, folder: str | os.PathLike[str], *,
         for extra in extra_files:
             shutil.copy2(extra, staging / Path(extra).name)
 
-    return _write_pretrained_folder(model, folder, metadata=metadata, overwrite=overwrite, fill=copy_extras,
-                                    where="save_pretrained_dense",
-                                    hint="; use save_dense for a plain safetensors file")
+    return _write_pretrained_folder(
+        model,
+        folder,
+        metadata=metadata,
+        overwrite=overwrite,
+        fill=copy_extras,
+        where="save_pretrained_dense",
+        hint="; use save_dense for a plain safetensors file",
+    )
 
 
-def _write_pretrained_folder(model: nn.Module, folder: str | os.PathLike[str], *,
-                             metadata: Mapping[str, Any] | None, overwrite: bool,
-                             fill: Callable[[Path], None] | None = None, where: str, hint: str = "") -> Path:
+def _write_pretrained_folder(
+    model: nn.Module,
+    folder: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any] | None,
+    overwrite: bool,
+    fill: Callable[[Path], None] | None = None,
+    where: str,
+    hint: str = "",
+) -> Path:
     """The folder of :func:`save_pretrained_dense` (also :func:`nmsparse.oneshot.save_pruned_pretrained`'s).
 
     ``fill`` adds more files to the staging folder after ``save_pretrained``, before the masks and
@@ -869,8 +929,7 @@ def _write_pretrained_folder(model: nn.Module, folder: str | os.PathLike[str], *
     from .prune.static import get_masks
 
     if not callable(getattr(model, "save_pretrained", None)):
-        raise ConfigError(f"{where}: {type(model).__name__} is not a transformers model (no "
-                          f"save_pretrained){hint}")
+        raise ConfigError(f"{where}: {type(model).__name__} is not a transformers model (no save_pretrained){hint}")
     # Resolved, so that ``"."`` or ``"run/.."`` name a real folder (and its parent) rather than an empty name.
     target = Path(folder).expanduser().resolve()
     if os.path.lexists(target) and not overwrite:
@@ -891,8 +950,13 @@ def _write_pretrained_folder(model: nn.Module, folder: str | os.PathLike[str], *
         if fill is not None:
             fill(staging)
         save_masks(masks, staging / MASKS_FILE, overwrite=True)
-        record = {"format": FORMAT, "kind": "dense", "nmsparse_version": __version__, "masks": info,
-                  "metadata": dict(metadata or {})}
+        record = {
+            "format": FORMAT,
+            "kind": "dense",
+            "nmsparse_version": __version__,
+            "masks": info,
+            "metadata": dict(metadata or {}),
+        }
         write_text_atomic(staging / "nmsparse.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
         _chmod_files(staging)  # safetensors and save_pretrained write 0o600; a plain open respects the umask
         if os.path.lexists(target):
@@ -934,14 +998,19 @@ def _check_replaceable_folder(target: Path) -> None:
     """
     record = target / "nmsparse.json"
     try:
-        ours = (target.is_dir() and not target.is_symlink()
-                and json.loads(record.read_text(encoding="utf-8")).get("format") == FORMAT)
+        ours = (
+            target.is_dir()
+            and not target.is_symlink()
+            and json.loads(record.read_text(encoding="utf-8")).get("format") == FORMAT
+        )
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
-        raise OverwriteError(f"{target} exists and is not a folder nmsparse wrote (no nmsparse.json of format "
-                             f"{FORMAT}); overwrite replaces only those, so remove it yourself or choose another "
-                             f"output")
+        raise OverwriteError(
+            f"{target} exists and is not a folder nmsparse wrote (no nmsparse.json of format "
+            f"{FORMAT}); overwrite replaces only those, so remove it yourself or choose another "
+            f"output"
+        )
     cwd = Path.cwd().resolve()
     if cwd == target or target in cwd.parents:
         raise OverwriteError(f"{target} holds the current directory; choose another output")

@@ -28,8 +28,9 @@ __all__ = ["NMPattern", "PatternLike", "SUPPORTED_TRANSPOSABLE_M"]
 SUPPORTED_TRANSPOSABLE_M = (4, 8, 16, 32)
 
 _PATTERN_RE = re.compile(r"([0-9]+):([0-9]+)(-[Tt])?")  # used with fullmatch: ASCII digits, no spaces
-_ACCEPTED = ('"N:M" or "N:M-T" (also "-t") with ASCII integers 1 <= N < M and no spaces, e.g. "2:4", "1:4", '
-             '"4:8-T", "8:16-T"')
+_ACCEPTED = (
+    '"N:M" or "N:M-T" (also "-t") with ASCII integers 1 <= N < M and no spaces, e.g. "2:4", "1:4", "4:8-T", "8:16-T"'
+)
 
 
 @dataclass(frozen=True)

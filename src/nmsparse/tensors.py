@@ -25,13 +25,27 @@ from .pattern import NMPattern, PatternLike
 from .prune._views import from_view, to_view
 from .solvers import find_mask
 
-__all__ = ["TensorMaskResult", "StateDictMasks", "mask_state_dict", "transposed_keys", "EMBEDDING_GLOBS",
-           "is_embedding_key"]
+__all__ = [
+    "TensorMaskResult",
+    "StateDictMasks",
+    "mask_state_dict",
+    "transposed_keys",
+    "EMBEDDING_GLOBS",
+    "is_embedding_key",
+]
 
 #: Key globs of embedding tables (token, position, type embeddings), left dense by :func:`mask_state_dict`
 #: unless ``include_embeddings=True``: an embedding is a lookup, no product runs over its rows.
-EMBEDDING_GLOBS: tuple[str, ...] = ("*embed*", "*wte.weight", "*wpe.weight", "wte.weight", "wpe.weight",
-                                    "*shared.weight", "shared.weight", "*embedding*")
+EMBEDDING_GLOBS: tuple[str, ...] = (
+    "*embed*",
+    "*wte.weight",
+    "*wpe.weight",
+    "wte.weight",
+    "wpe.weight",
+    "*shared.weight",
+    "shared.weight",
+    "*embedding*",
+)
 
 
 def is_embedding_key(name: str) -> bool:
@@ -55,8 +69,9 @@ def transposed_keys(model: nn.Module) -> list[str]:
     """
     from .prune.select import is_transposed_layer
 
-    return [f"{name}.weight" if name else "weight" for name, module in model.named_modules()
-            if is_transposed_layer(module)]
+    return [
+        f"{name}.weight" if name else "weight" for name, module in model.named_modules() if is_transposed_layer(module)
+    ]
 
 
 @dataclass(frozen=True)
@@ -97,10 +112,18 @@ def _selected(name: str, include: Sequence[str] | None, exclude: Sequence[str] |
     return not (exclude and any(fnmatch.fnmatchcase(name, g) for g in exclude))
 
 
-def mask_state_dict(state_dict: Mapping[str, torch.Tensor], pattern: PatternLike, *, method: str = "auto",
-                    include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                    progress: bool | None = None, transposed: Sequence[str] | None = None,
-                    include_embeddings: bool = False, progress_bar: bool | None = None) -> StateDictMasks:
+def mask_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    pattern: PatternLike,
+    *,
+    method: str = "auto",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    progress: bool | None = None,
+    transposed: Sequence[str] | None = None,
+    include_embeddings: bool = False,
+    progress_bar: bool | None = None,
+) -> StateDictMasks:
     """Solve a mask for every prunable weight of ``state_dict``.
 
     Prunable: floating 2-D, 3-D or 4-D tensors whose name ends in ``weight`` (after ``include``/``exclude``
@@ -154,13 +177,17 @@ def mask_state_dict(state_dict: Mapping[str, torch.Tensor], pattern: PatternLike
         reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no 2-D, 3-D or 4-D floating '*weight' tensors"
         raise ConfigError(f"nothing to prune with pattern {pattern}: {reasons}")
     out = StateDictMasks({}, [], skipped)
-    for name in with_progress(candidates, desc=f"{pattern} masks", total=len(candidates), enabled=progress,
-                              unit="tensor"):
+    for name in with_progress(
+        candidates, desc=f"{pattern} masks", total=len(candidates), enabled=progress, unit="tensor"
+    ):
         weight = candidates[name]
         start = time.perf_counter()
         flip = is_flipped[name]
-        mask = from_view(find_mask(to_view(weight, transposed=flip), pattern, method=method, progress=progress),
-                         tuple(weight.shape), transposed=flip)
+        mask = from_view(
+            find_mask(to_view(weight, transposed=flip), pattern, method=method, progress=progress),
+            tuple(weight.shape),
+            transposed=flip,
+        )
         seconds = time.perf_counter() - start
         out.masks[name] = mask
         if flip:

@@ -64,8 +64,9 @@ def block_value(block: torch.Tensor | np.ndarray, mask: torch.Tensor | np.ndarra
     return math.fsum(scores[keep.astype(bool)].tolist())
 
 
-def networkx_block_optimum(block: torch.Tensor | np.ndarray, n: int, *,
-                           exact_n: bool = True) -> tuple[float, torch.Tensor]:
+def networkx_block_optimum(
+    block: torch.Tensor | np.ndarray, n: int, *, exact_n: bool = True
+) -> tuple[float, torch.Tensor]:
     """Optimal ``n``-per-row-and-column mask of one ``m x m`` block by networkx's network simplex.
 
     Min-cost flow: source -> row (capacity ``n``), row -> column (capacity 1, cost ``-score``), column -> sink
@@ -125,8 +126,9 @@ def _lp_constraints(m: int, count: int):  # noqa: ANN202 - scipy sparse matrix
     return sparse.block_diag([single] * count, format="csr")
 
 
-def linprog_blocks_optimum(blocks: torch.Tensor | np.ndarray, n: int, *,
-                           exact_n: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+def linprog_blocks_optimum(
+    blocks: torch.Tensor | np.ndarray, n: int, *, exact_n: bool = True
+) -> tuple[np.ndarray, torch.Tensor]:
     """Optimal masks of many ``m x m`` blocks at once by one LP (scipy HiGHS dual simplex).
 
     The blocks' LPs are independent, so batches of them are stacked into one block-diagonal LP, which HiGHS
@@ -169,21 +171,22 @@ def linprog_blocks_optimum(blocks: torch.Tensor | np.ndarray, n: int, *,
     scaled = np.ldexp(array, -exponent[:, None, None])
     solution = np.empty((count, m * m))
     for start in range(0, count, _LP_BATCH):  # batches: the simplex slows down on very large stacked LPs
-        part = scaled[start:start + _LP_BATCH]
+        part = scaled[start : start + _LP_BATCH]
         size = part.shape[0]
         matrix, bound = _lp_constraints(m, size), np.full(2 * m * size, float(n))
         limits = {"A_eq": matrix, "b_eq": bound} if exact_n else {"A_ub": matrix, "b_ub": bound}
         result = linprog(-part.ravel(), **limits, bounds=(0.0, 1.0), method="highs-ds")
         assert result.status == 0, f"linprog_blocks_optimum: HiGHS failed: {result.message}"
-        solution[start:start + size] = result.x.reshape(size, m * m)
+        solution[start : start + size] = result.x.reshape(size, m * m)
     assert np.abs(solution - np.round(solution)).max() < 1e-6, "HiGHS returned a fractional vertex"
     masks = torch.from_numpy(solution.reshape(count, m, m) > 0.5)
     values = np.array([block_value(array[index], masks[index]) for index in range(count)])
     return values, masks
 
 
-def linprog_block_optimum(block: torch.Tensor | np.ndarray, n: int, *,
-                          exact_n: bool = True) -> tuple[float, torch.Tensor]:
+def linprog_block_optimum(
+    block: torch.Tensor | np.ndarray, n: int, *, exact_n: bool = True
+) -> tuple[float, torch.Tensor]:
     """Optimal ``n``-per-row-and-column mask of one ``m x m`` block by scipy's HiGHS LP.
 
     Args:
@@ -227,9 +230,7 @@ def bruteforce_block_optimum(block: torch.Tensor | np.ndarray, n: int) -> tuple[
     scores = _as_block(block, n, "bruteforce_block_optimum")
     m = scores.shape[0]
     if m > BRUTEFORCE_MAX_M:
-        raise InputError(
-            f"bruteforce_block_optimum: m={m} is too large to enumerate; need m <= {BRUTEFORCE_MAX_M}"
-        )
+        raise InputError(f"bruteforce_block_optimum: m={m} is too large to enumerate; need m <= {BRUTEFORCE_MAX_M}")
     best_value, best_mask = -math.inf, None
     for mask in _all_block_masks(m, n):  # lower flat indices first, so only a strictly larger sum wins
         value = math.fsum(scores[mask].tolist())
@@ -255,8 +256,9 @@ def _first_bad(counts: torch.Tensor, bad: torch.Tensor) -> tuple[int, int, int]:
     return flat // width, flat % width, int(counts.reshape(-1)[flat])
 
 
-def assert_valid_mask(mask: torch.Tensor, pattern: PatternLike, *, exact_n: bool = False,
-                      shape: Sequence[int] | None = None) -> None:
+def assert_valid_mask(
+    mask: torch.Tensor, pattern: PatternLike, *, exact_n: bool = False, shape: Sequence[int] | None = None
+) -> None:
     """Assert that ``mask`` is a valid mask for ``pattern``, with a message that locates the first violation.
 
     Checks: ``torch.bool`` dtype; the shape (``shape`` when given, and one that can take the pattern); at most
@@ -378,8 +380,9 @@ class ToyCNN(nn.Module):
         return self.head(torch.relu(self.fc(x)))
 
 
-def tiny_gpt2(*, n_embd: int = 32, n_layer: int = 1, n_head: int = 2, vocab_size: int = 64,
-              n_positions: int = 16, seed: int = 0) -> nn.Module:
+def tiny_gpt2(
+    *, n_embd: int = 32, n_layer: int = 1, n_head: int = 2, vocab_size: int = 64, n_positions: int = 16, seed: int = 0
+) -> nn.Module:
     """A tiny ``transformers`` ``GPT2LMHeadModel`` built from a config (no download), in eval mode.
 
     Its linears are ``Conv1D`` layers (weights stored ``[in, out]``) and its ``lm_head`` is tied to ``wte``.
@@ -388,9 +391,18 @@ def tiny_gpt2(*, n_embd: int = 32, n_layer: int = 1, n_head: int = 2, vocab_size
     import transformers
 
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(n_embd=n_embd, n_layer=n_layer, n_head=n_head, vocab_size=vocab_size,
-                                     n_positions=n_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return transformers.GPT2LMHeadModel(config).eval()
 
 
@@ -411,15 +423,16 @@ def masked_linear_twin(layer: nn.Module) -> nn.Linear:
 
     weight: torch.Tensor = layer.weight  # type: ignore[assignment]
     bias: torch.Tensor | None = layer.bias  # type: ignore[assignment]
-    twin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype,
-                     device=weight.device)
+    twin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
     with torch.no_grad():
         twin.weight.copy_(weight)
         if bias is not None:
             twin.bias.copy_(bias)
     mask: torch.Tensor = layer.mask  # type: ignore[assignment]
     parametrize.register_parametrization(
-        twin, "weight", NMMask(mask.clone(), straight_through=bool(layer.straight_through),
-                               decay=float(layer.decay)),  # type: ignore[arg-type]
-        unsafe=True)
+        twin,
+        "weight",
+        NMMask(mask.clone(), straight_through=bool(layer.straight_through), decay=float(layer.decay)),  # type: ignore[arg-type]
+        unsafe=True,
+    )
     return twin

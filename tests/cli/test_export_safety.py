@@ -54,8 +54,12 @@ def test_export_run_never_replaces_the_folder_holding_the_checkpoint(tmp_path, c
     (run / "notes.txt").write_text("mine")
     before = sorted(p.name for p in run.iterdir())
     for out in (run, source, tmp_path):
-        assert main(["export", str(run / "model.safetensors"), "--model", f"hf:{source}", "--out", str(out),
-                     "--overwrite"]) == 2
+        assert (
+            main(
+                ["export", str(run / "model.safetensors"), "--model", f"hf:{source}", "--out", str(out), "--overwrite"]
+            )
+            == 2
+        )
         assert "choose another output" in _one_error_line(capsys)
     assert sorted(p.name for p in run.iterdir()) == before and (source / "private.txt").is_file()
 
@@ -82,8 +86,10 @@ def test_export_run_out_dot_leaves_no_old_folder(tmp_path, capsys, monkeypatch, 
     assert main(["export", str(tmp_path / "pruned.safetensors"), "--model", f"hf:{source}", "--out", str(out)]) == 0
     capsys.readouterr()
     monkeypatch.chdir(out)
-    assert main(["export", str(tmp_path / "pruned.safetensors"), "--model", f"hf:{source}", "--out", ".",
-                 "--overwrite"]) == 2
+    assert (
+        main(["export", str(tmp_path / "pruned.safetensors"), "--model", f"hf:{source}", "--out", ".", "--overwrite"])
+        == 2
+    )
     assert "current directory" in _one_error_line(capsys)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")] and (out / MASKS_FILE).is_file()
 
@@ -112,4 +118,3 @@ def test_write_pretrained_folder_gives_files_the_umask_mode(tmp_path, gpt2_sourc
     modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
     assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}, modes
     assert json.loads((folder / "nmsparse.json").read_text())["format"] == "nmsparse/1"
-

@@ -71,13 +71,16 @@ def test_build_hf_bad_model_folder_is_one_line(tmp_path, capsys, damage):
         del config["model_type"]
         config.pop("architectures", None)
     elif damage == "auto_map":
-        config.update(model_type="evil", architectures=["Evil"],
-                      auto_map={"AutoConfig": "configuration_evil.EvilConfig"})
+        config.update(
+            model_type="evil", architectures=["Evil"], auto_map={"AutoConfig": "configuration_evil.EvilConfig"}
+        )
         (folder / "configuration_evil.py").write_text("raise SystemExit('remote code ran')\n")
     (folder / "config.json").write_text("{oops" if damage == "not_json" else json.dumps(config))
     save_pruned(nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy").model, tmp_path / "p.safetensors")
     capsys.readouterr()
-    assert main(["export", str(tmp_path / "p.safetensors"), "--model", f"hf:{folder}", "--out",
-                 str(tmp_path / "out")]) == 2
+    assert (
+        main(["export", str(tmp_path / "p.safetensors"), "--model", f"hf:{folder}", "--out", str(tmp_path / "out")])
+        == 2
+    )
     assert str(folder) in _one_error_line(capsys, "nmsparse export: error:")
     assert not (tmp_path / "out").exists()

@@ -13,8 +13,9 @@ transformers = pytest.importorskip("transformers")
 
 
 def _gpt2_folder(path):
-    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=256, n_positions=32,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=256, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(config).save_pretrained(str(path))
     return path
@@ -35,8 +36,9 @@ def test_existing_out_needs_overwrite(tmp_path, capsys):
 
 
 def test_bad_generated_flag_is_refused(tmp_path, capsys):
-    code = main(["oneshot", "--model", str(tmp_path), "--pattern", "2:4", "--out", str(tmp_path / "o"),
-                 "--damping", "-1"])
+    code = main(
+        ["oneshot", "--model", str(tmp_path), "--pattern", "2:4", "--out", str(tmp_path / "o"), "--damping", "-1"]
+    )
     assert code == 2 and "damping" in capsys.readouterr().err
 
 
@@ -47,9 +49,30 @@ def test_oneshot_command_on_a_gpt2_folder(tmp_path, capsys):
 
     source = _gpt2_folder(tmp_path / "gpt2")
     out = tmp_path / "pruned"
-    code = main(["oneshot", "--model", f"hf:{source}", "--method", "sparsegpt", "--pattern", "2:4-T", "--out",
-                 str(out), "--calibration-samples", "8", "--context", "32", "--eval-tokens", "1024",
-                 "--damping", "0.02", "--threads", "1", "--no-progress"])
+    code = main(
+        [
+            "oneshot",
+            "--model",
+            f"hf:{source}",
+            "--method",
+            "sparsegpt",
+            "--pattern",
+            "2:4-T",
+            "--out",
+            str(out),
+            "--calibration-samples",
+            "8",
+            "--context",
+            "32",
+            "--eval-tokens",
+            "1024",
+            "--damping",
+            "0.02",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "held-out perplexity" in printed
@@ -73,8 +96,7 @@ def test_command_module_imports_in_a_fresh_process():
     import sys
 
     for module in ("nmsparse.cli.oneshot", "nmsparse.oneshot.hf"):
-        result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -85,8 +107,9 @@ def test_algorithm_and_its_options_are_flags_and_foreign_options_are_refused(tmp
 
     parser = build_parser()
     base = ["oneshot", "--pattern", "2:4", "--out", str(tmp_path / "o")]
-    config = config_from_flags(parser.parse_args([*base, "--algorithm", "adaprune", "--iterations", "7",
-                                                  "--memory-budget", "2GiB"]))
+    config = config_from_flags(
+        parser.parse_args([*base, "--algorithm", "adaprune", "--iterations", "7", "--memory-budget", "2GiB"])
+    )
     assert config.algorithm == "adaprune" and config.method_options().iterations == 7
     assert config.memory_bytes == 2 << 30
     old = config_from_flags(parser.parse_args([*base, "--method", "wanda"]))  # the old spelling of --algorithm

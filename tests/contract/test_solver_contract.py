@@ -41,8 +41,18 @@ PATTERNS = ["2:4", "4:8", "2:4-T", "3:4-T", "4:8-T", "6:8-T"]
 LIGHT_PATTERNS = ["1:4", "8:16", "1:4-T", "8:16-T"]
 LIGHT_KINDS = ["gaussian", "ties", "huge"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-KINDS = ["gaussian", "ties", "zeros", "negative-scores", "signed-scores", "subnormal", "huge", "tiny-shape",
-         "non-contiguous", "conv2d"]
+KINDS = [
+    "gaussian",
+    "ties",
+    "zeros",
+    "negative-scores",
+    "signed-scores",
+    "subnormal",
+    "huge",
+    "tiny-shape",
+    "non-contiguous",
+    "conv2d",
+]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 #: Kept sums may differ from the reference by this fraction of the block's total |score| (fp32 sums on GPUs).
 RTOL = 2e-6
@@ -65,14 +75,22 @@ LIGHT_CASES = _cases(LIGHT_PATTERNS)
 
 def _params(cases: list[tuple[SolverSpec, str]]) -> list[object]:
     """The cases as pytest params; Triton on a CPU (the interpreter) at m >= 8 is slow: ``make test`` runs it."""
-    return [pytest.param(spec, pattern, id=f"{spec.label}-{pattern}",
-                         marks=[pytest.mark.slow] if spec.backend == "triton" and not torch.cuda.is_available()
-                         and NMPattern.parse(pattern).m >= 8 else [])
-            for spec, pattern in cases]
+    return [
+        pytest.param(
+            spec,
+            pattern,
+            id=f"{spec.label}-{pattern}",
+            marks=[pytest.mark.slow]
+            if spec.backend == "triton" and not torch.cuda.is_available() and NMPattern.parse(pattern).m >= 8
+            else [],
+        )
+        for spec, pattern in cases
+    ]
 
 
-def _weight(kind: str, pattern: NMPattern, dtype: torch.dtype, generator: torch.Generator
-            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _weight(
+    kind: str, pattern: NMPattern, dtype: torch.dtype, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight, scores or None)`` of ``kind`` in ``dtype`` for ``pattern``."""
     m = pattern.m
     rows = m if pattern.transposable else 2
@@ -136,7 +154,7 @@ def _assert_optimal(importance: torch.Tensor, mask: torch.Tensor, pattern: NMPat
     else:
         blocks = _scaled(matrix.reshape(-1, pattern.m).numpy())
         masks = keep.reshape(-1, pattern.m).numpy()
-        reference = -np.sort(-blocks, axis=1)[:, :pattern.n].sum(axis=1)
+        reference = -np.sort(-blocks, axis=1)[:, : pattern.n].sum(axis=1)
     axes = tuple(range(1, blocks.ndim))
     ours = (blocks * masks).sum(axis=axes)
     tolerance = RTOL * np.abs(blocks).sum(axis=axes) + 1e-300
@@ -191,8 +209,11 @@ def _run_everywhere(spec: SolverSpec, pattern: str, kind: str, dtypes: list[torc
 TWIN_METHODS = ["topn", "greedy", "greedy-repair"]
 
 
-TWIN_CASES = [(method, pattern) for method in TWIN_METHODS
-              for pattern in (["2:4", "4:8", "3:8"] if method == "topn" else ["2:4-T", "4:8-T", "8:16-T"])]
+TWIN_CASES = [
+    (method, pattern)
+    for method in TWIN_METHODS
+    for pattern in (["2:4", "4:8", "3:8"] if method == "topn" else ["2:4-T", "4:8-T", "8:16-T"])
+]
 # exact with m = 4 has a tie rule too (the mask keeping the lower flat indices): exact/torch is the Triton twin.
 TWIN_CASES += [("exact", pattern) for pattern in ["1:4-T", "2:4-T", "3:4-T"]]
 
@@ -216,8 +237,16 @@ def test_backends_of_a_tie_ruled_method_are_bit_equal(method: str, pattern: str,
 
 def test_every_builtin_is_covered() -> None:
     covered = {spec.label for spec, _ in CASES + LIGHT_CASES}
-    assert {"topn/torch", "exact/torch", "exact/numba", "exact/python", "greedy/torch", "greedy/numba",
-            "greedy-repair/torch", "greedy-repair/numba"} <= covered
+    assert {
+        "topn/torch",
+        "exact/torch",
+        "exact/numba",
+        "exact/python",
+        "greedy/torch",
+        "greedy/numba",
+        "greedy-repair/torch",
+        "greedy-repair/numba",
+    } <= covered
     missing = {spec.label for spec in list_solvers()} - covered
     assert not missing, f"registered solvers that take none of the contract's patterns: {sorted(missing)}"
 
@@ -254,7 +283,7 @@ def test_a_nondeterministic_solver_fails_the_contract() -> None:
         calls.append(1)
         shift = len(calls) % 2
         mask = torch.zeros(scores.shape, dtype=torch.bool)
-        mask.view(-1, pattern.m)[:, shift:shift + pattern.n] = True
+        mask.view(-1, pattern.m)[:, shift : shift + pattern.n] = True
         return mask
 
     with registered_solver("flaky", flaky, backend="test", plain=True, exactly_n=True) as spec:

@@ -32,8 +32,9 @@ STEPS = 6
 
 def build(out_features: int) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, out_features), nn.ReLU(),
-                         nn.Linear(out_features, 8))
+    return nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, out_features), nn.ReLU(), nn.Linear(out_features, 8)
+    )
 
 
 def attach(model: nn.Module, mode: str) -> nmsparse.DynamicSparsifier | None:
@@ -52,8 +53,12 @@ def full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, sparsifier: Any, batches: list[tuple[torch.Tensor, ...]],
-          ) -> None:
+def train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sparsifier: Any,
+    batches: list[tuple[torch.Tensor, ...]],
+) -> None:
     for x, y in batches:
         loss = ((model(x) - y) ** 2).mean()
         opt.zero_grad()
@@ -75,7 +80,7 @@ def scenario(parallel: str, mode: str, out_features: int, folder: str) -> dict[s
     torch.manual_seed(1)
     data = [(torch.randn(8, 16), torch.randn(8, 8)) for _ in range(STEPS + 3)]
     half = 8 // world
-    local = [(x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]) for x, y in data]
+    local = [(x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half]) for x, y in data]
 
     ref = build(out_features)
     ref_sparsifier = attach(ref, mode)
@@ -103,8 +108,9 @@ def scenario(parallel: str, mode: str, out_features: int, folder: str) -> dict[s
     with raw_state_dict():  # ... but nmsparse's raw record still shows the dense values
         raw = {k: full(v) for k, v in model.state_dict().items()}
         ref_raw = ref.state_dict()
-    result["raw_after_eval_diff"] = max(float((raw[k] - v).abs().max()) for k, v in ref_raw.items()
-                                        if v.dtype != torch.bool and k in raw)
+    result["raw_after_eval_diff"] = max(
+        float((raw[k] - v).abs().max()) for k, v in ref_raw.items() if v.dtype != torch.bool and k in raw
+    )
 
     if sparsifier is not None:  # collectives a refresh issues
         counts = {"all_gather": 0}
@@ -157,11 +163,20 @@ def gpt2_scenario() -> dict[str, Any]:
 
     def make() -> tuple[nn.Module, Any]:
         torch.manual_seed(0)
-        config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=16,
-                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        config = transformers.GPT2Config(
+            n_embd=32,
+            n_layer=1,
+            n_head=2,
+            vocab_size=64,
+            n_positions=16,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
         model = transformers.GPT2LMHeadModel(config)
-        return model, nmsparse.DynamicSparsifier(model, PATTERN, include=["transformer.h.*"], refresh_every=2,
-                                                 decay=1e-2)
+        return model, nmsparse.DynamicSparsifier(
+            model, PATTERN, include=["transformer.h.*"], refresh_every=2, decay=1e-2
+        )
 
     torch.manual_seed(3)
     batches = [torch.randint(0, 64, (4, 16)) for _ in range(STEPS)]
@@ -174,8 +189,10 @@ def gpt2_scenario() -> dict[str, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     half = 4 // world
     for batch in batches:
-        for net, optimizer, sp, x in ((ref, ref_opt, ref_sparsifier, batch),
-                                      (model, opt, sparsifier, batch[rank * half:(rank + 1) * half])):
+        for net, optimizer, sp, x in (
+            (ref, ref_opt, ref_sparsifier, batch),
+            (model, opt, sparsifier, batch[rank * half : (rank + 1) * half]),
+        ):
             loss = net(x, labels=x).loss
             optimizer.zero_grad()
             loss.backward()
@@ -205,9 +222,14 @@ def main() -> None:
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     results = {}
-    for parallel, mode, out_features in [("fsdp", "static", 16), ("fsdp", "dynamic", 16), ("fsdp", "dynamic", 24),
-                                         ("fsdp", "sparselinear", 16), ("ddp", "static", 16),
-                                         ("ddp", "dynamic", 16)]:
+    for parallel, mode, out_features in [
+        ("fsdp", "static", 16),
+        ("fsdp", "dynamic", 16),
+        ("fsdp", "dynamic", 24),
+        ("fsdp", "sparselinear", 16),
+        ("ddp", "static", 16),
+        ("ddp", "dynamic", 16),
+    ]:
         name = f"{parallel}-{mode}-{out_features}"
         results[name] = scenario(parallel, mode, out_features, f"{folder}/{name}")
     results["prune-after-shard"] = {"error": pruning_after_fully_shard_is_refused()}

@@ -19,9 +19,12 @@ from typing import Any
 import pytest
 import torch.distributed as dist
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                 reason="torch.distributed with gloo is not available")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+    ),
+]
 
 WORKER = Path(__file__).with_name("distributed_masks_worker.py")
 
@@ -31,15 +34,25 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("distributed-masks")
     out = folder / "results.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-               str(out), str(folder)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        str(out),
+        str(folder),
+    ]
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("name", ["fsdp-static-16", "fsdp-dynamic-16", "fsdp-dynamic-24", "fsdp-sparselinear-16",
-                                  "ddp-static-16", "ddp-dynamic-16"])
+@pytest.mark.parametrize(
+    "name",
+    ["fsdp-static-16", "fsdp-dynamic-16", "fsdp-dynamic-24", "fsdp-sparselinear-16", "ddp-static-16", "ddp-dynamic-16"],
+)
 def test_data_parallel_training_equals_one_process(results: dict[str, Any], name: str) -> None:
     result = results[name]
     assert result["keys"] == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]  # dense keys

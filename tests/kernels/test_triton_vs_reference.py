@@ -33,8 +33,9 @@ needs_triton = [pytest.mark.triton, pytest.mark.skipif(not HAVE_TRITON, reason="
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def mixed_scores(rows: int, cols: int, *, seed: int, m: int, dtype: torch.dtype = torch.float32,
-                 signed: bool = False) -> torch.Tensor:
+def mixed_scores(
+    rows: int, cols: int, *, seed: int, m: int, dtype: torch.dtype = torch.float32, signed: bool = False
+) -> torch.Tensor:
     """A matrix whose block rows are of different kinds: Gaussian, ties (small integers), zeros, negatives."""
     gen = torch.Generator().manual_seed(seed)
     parts = []
@@ -116,8 +117,13 @@ def test_one_exact_enumeration_serves_the_solver_and_the_twin(m: int, dtype: tor
     from nmsparse.solvers.enumerate import enumerate_blocks
 
     gen = torch.Generator().manual_seed(m)
-    blocks = torch.cat([torch.randn(300, m, m, generator=gen), torch.randint(0, 3, (300, m, m), generator=gen).float(),
-                        torch.zeros(2, m, m)]).to(dtype)
+    blocks = torch.cat(
+        [
+            torch.randn(300, m, m, generator=gen),
+            torch.randint(0, 3, (300, m, m), generator=gen).float(),
+            torch.zeros(2, m, m),
+        ]
+    ).to(dtype)
     for n in range(1, m):
         got = ref.exact_enum_blocks(blocks, n)
         assert torch.equal(got, enumerate_blocks(blocks, n))
@@ -201,8 +207,17 @@ def test_exact24_masked_triton_bit_equal(dtype: torch.dtype) -> None:
 
 @pytest.mark.triton
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
-@pytest.mark.parametrize(("n", "m", "dtype"), [(2, 4, torch.float32), (1, 4, torch.float16), (3, 4, torch.bfloat16),
-                                               (4, 8, torch.float32), (2, 8, torch.bfloat16), (6, 8, torch.float16)])
+@pytest.mark.parametrize(
+    ("n", "m", "dtype"),
+    [
+        (2, 4, torch.float32),
+        (1, 4, torch.float16),
+        (3, 4, torch.bfloat16),
+        (4, 8, torch.float32),
+        (2, 8, torch.bfloat16),
+        (6, 8, torch.float16),
+    ],
+)
 def test_greedy_triton_bit_equal(n: int, m: int, dtype: torch.dtype) -> None:
     scores = mixed_scores(5 * m, 2 * m, seed=n * m, m=m, dtype=dtype, signed=True).to(DEVICE)
     got = solve(scores, f"{n}:{m}-T", "greedy", "triton")
@@ -223,16 +238,25 @@ def test_greedy_triton_m16_and_non_contiguous() -> None:
 
 @pytest.mark.triton
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
-@pytest.mark.parametrize(("n", "m", "dtype"), [(2, 4, torch.float32), (2, 4, torch.bfloat16), (1, 4, torch.float16),
-                                               (4, 8, torch.float32), (8, 16, torch.bfloat16), (2, 6, torch.float32),
-                                               (3, 5, torch.float16)])
+@pytest.mark.parametrize(
+    ("n", "m", "dtype"),
+    [
+        (2, 4, torch.float32),
+        (2, 4, torch.bfloat16),
+        (1, 4, torch.float16),
+        (4, 8, torch.float32),
+        (8, 16, torch.bfloat16),
+        (2, 6, torch.float32),
+        (3, 5, torch.float16),
+    ],
+)
 def test_topn_triton_bit_equal(n: int, m: int, dtype: torch.dtype) -> None:
     scores = mixed_scores(10, 4 * m, seed=m, m=1, dtype=dtype, signed=True).to(DEVICE)
     got = solve(scores, f"{n}:{m}", "topn", "triton")
     assert torch.equal(got, topn_twin(scores, n, m))
     from nmsparse.kernels.triton_kernels import topn_triton
 
-    sliced = mixed_scores(6, 6 * m, seed=m + 1, m=1, dtype=dtype).to(DEVICE)[:, m:5 * m]
+    sliced = mixed_scores(6, 6 * m, seed=m + 1, m=1, dtype=dtype).to(DEVICE)[:, m : 5 * m]
     assert torch.equal(topn_triton(sliced, n, m), topn_twin(sliced, n, m))
 
 
@@ -290,14 +314,16 @@ def test_flow_torch_reaches_the_cpu_optimum(n: int, m: int) -> None:
 
     gen = torch.Generator().manual_seed(n * m)
     count = 400 if m == 8 else 100
-    blocks = torch.cat([
-        torch.randn(count, m, m, generator=gen),
-        torch.randn(count, m, m, generator=gen).abs(),
-        torch.randint(0, 3, (count, m, m), generator=gen).float(),  # many ties
-        torch.zeros(4, m, m),
-        -torch.randint(0, 4, (count, m, m), generator=gen).float(),
-        torch.randn(count, m, m, generator=gen) * torch.logspace(-30, 30, m * m).reshape(1, m, m),
-    ])
+    blocks = torch.cat(
+        [
+            torch.randn(count, m, m, generator=gen),
+            torch.randn(count, m, m, generator=gen).abs(),
+            torch.randint(0, 3, (count, m, m), generator=gen).float(),  # many ties
+            torch.zeros(4, m, m),
+            -torch.randint(0, 4, (count, m, m), generator=gen).float(),
+            torch.randn(count, m, m, generator=gen) * torch.logspace(-30, 30, m * m).reshape(1, m, m),
+        ]
+    )
     got = flow_blocks_torch(blocks, n, chunk=257)  # several chunks
     assert (got.sum(dim=1) == n).all() and (got.sum(dim=2) == n).all()
     want = exact_blocks(blocks, n)
@@ -309,9 +335,15 @@ def test_flow_torch_reaches_the_cpu_optimum(n: int, m: int) -> None:
 
 @pytest.mark.triton
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
-@pytest.mark.parametrize(("n", "dtype"), [(4, torch.float32), (6, torch.float64),
-                                          pytest.param(2, torch.bfloat16, marks=pytest.mark.slow),
-                                          pytest.param(1, torch.float16, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    ("n", "dtype"),
+    [
+        (4, torch.float32),
+        (6, torch.float64),
+        pytest.param(2, torch.bfloat16, marks=pytest.mark.slow),
+        pytest.param(1, torch.float16, marks=pytest.mark.slow),
+    ],
+)
 def test_flow_triton_bit_equal_to_torch_flow(n: int, dtype: torch.dtype) -> None:
     from nmsparse.solvers.exact import exact_blocks
 
@@ -322,8 +354,9 @@ def test_flow_triton_bit_equal_to_torch_flow(n: int, dtype: torch.dtype) -> None
     want = exact_t(scores, n, 8, "torch")
     assert torch.equal(got, want)
     blocks = to_blocks(scores.double().cpu(), 8)
-    assert torch.allclose(_block_value(blocks, to_blocks(got.cpu(), 8)),
-                          _block_value(blocks, exact_blocks(blocks, n)), rtol=1e-12, atol=0)
+    assert torch.allclose(
+        _block_value(blocks, to_blocks(got.cpu(), 8)), _block_value(blocks, exact_blocks(blocks, n)), rtol=1e-12, atol=0
+    )
 
 
 @pytest.mark.slow  # ~10 s in the interpreter
@@ -421,9 +454,11 @@ def test_deprecated_aliases_raise_the_registry_errors() -> None:
 
 @pytest.mark.slow  # a fresh interpreter importing torch: 5-15 s on a busy 2-core machine
 def test_import_is_lazy() -> None:
-    code = ("import sys, torch, nmsparse.kernels as k; k.has_cusparselt; "
-            "assert 'triton' not in sys.modules, 'triton imported'; "
-            "assert not torch.cuda.is_initialized(), 'CUDA initialised'")
+    code = (
+        "import sys, torch, nmsparse.kernels as k; k.has_cusparselt; "
+        "assert 'triton' not in sys.modules, 'triton imported'; "
+        "assert not torch.cuda.is_initialized(), 'CUDA initialised'"
+    )
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
@@ -439,13 +474,16 @@ def test_capabilities_summary_names_torch() -> None:
 
 @pytest.mark.triton
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not importable")
-@pytest.mark.parametrize(("pattern", "method"), [("2:4-T", "exact"), ("4:8-T", "greedy"), ("2:4", "topn"),
-                                                 ("2:4-T", "greedy"), ("4:8-T", "exact")])
+@pytest.mark.parametrize(
+    ("pattern", "method"),
+    [("2:4-T", "exact"), ("4:8-T", "greedy"), ("2:4", "topn"), ("2:4-T", "greedy"), ("4:8-T", "exact")],
+)
 def test_find_mask_triton_backend_matches_torch(pattern: str, method: str) -> None:
     weight = mixed_scores(16, 16, seed=1, m=8, signed=True).to(DEVICE)
     got = find_mask(weight, pattern, method=method, backend="triton")
-    want = find_mask(weight, pattern, method=method, backend="numba" if pattern == "4:8-T" and method == "exact"
-                     else "torch")
+    want = find_mask(
+        weight, pattern, method=method, backend="numba" if pattern == "4:8-T" and method == "exact" else "torch"
+    )
     if method == "exact":  # the same optimum (the numba flow may pick another optimal mask on ties)
         blocks = to_blocks(weight.abs().double().cpu(), int(pattern.split(":")[1][0]))
         m = blocks.shape[-1]
@@ -456,6 +494,7 @@ def test_find_mask_triton_backend_matches_torch(pattern: str, method: str) -> No
 
 
 # ------------------------------------------------------------------------------------------ full size, GPU
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA or not HAVE_TRITON, reason="needs a CUDA device and triton")
@@ -507,5 +546,6 @@ def test_gpu_flow_same_mask_as_cpu_and_cpu_optimum(n: int, m: int) -> None:
     blocks = torch.cat([torch.randn(20000, m, m), torch.randint(0, 3, (5000, m, m)).float()])
     on_gpu = flow_blocks_torch(blocks.cuda(), n).cpu()
     assert torch.equal(on_gpu, flow_blocks_torch(blocks, n))
-    assert torch.allclose(_block_value(blocks, on_gpu), _block_value(blocks, exact_blocks(blocks, n)),
-                          rtol=1e-12, atol=0)
+    assert torch.allclose(
+        _block_value(blocks, on_gpu), _block_value(blocks, exact_blocks(blocks, n)), rtol=1e-12, atol=0
+    )

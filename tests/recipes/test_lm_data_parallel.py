@@ -31,13 +31,32 @@ from nmsparse.testing import run_tensors
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                       reason="torch.distributed with gloo is not available"),
+    pytest.mark.skipif(
+        not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+    ),
 ]
 
-SETTINGS = dict(sources=("topics",), d_model=36, n_layer=1, n_head=2, context=32, batch_size=8, steps=8,
-                warmup_steps=1, lr=1e-2, eval_every=4, eval_tokens=512, eval_batch_size=64, pattern="2:4-T",
-                method="exact", initial_method="exact", refresh_every=3, baseline=False, threads=1, device="cpu")
+SETTINGS = dict(
+    sources=("topics",),
+    d_model=36,
+    n_layer=1,
+    n_head=2,
+    context=32,
+    batch_size=8,
+    steps=8,
+    warmup_steps=1,
+    lr=1e-2,
+    eval_every=4,
+    eval_tokens=512,
+    eval_batch_size=64,
+    pattern="2:4-T",
+    method="exact",
+    initial_method="exact",
+    refresh_every=3,
+    baseline=False,
+    threads=1,
+    device="cpu",
+)
 STOP_AT = 4  # the interrupted run stops at its first checkpoint
 
 
@@ -69,8 +88,22 @@ def _flags(settings: dict[str, object]) -> list[str]:
 
 def _train(tmp: Path, name: str, parallel: str) -> Path:
     out = tmp / name
-    result = _torchrun(["-m", "nmsparse", "train", "--task", "lm", *_flags(SETTINGS), "--parallel", parallel,
-                        "--no-progress", "--out", str(out)], cwd=tmp)
+    result = _torchrun(
+        [
+            "-m",
+            "nmsparse",
+            "train",
+            "--task",
+            "lm",
+            *_flags(SETTINGS),
+            "--parallel",
+            parallel,
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp,
+    )
     assert result.stdout.count("held-out loss") == 1, result.stdout  # only rank 0 prints
     assert f"2 processes ({parallel})" in result.stdout
     return out
@@ -124,8 +157,9 @@ def _assert_same_training(parallel_run: Path, single: Path) -> None:
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_processes_match_one(parallel: str, runs: dict[str, Path], single: Path,
-                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_two_processes_match_one(
+    parallel: str, runs: dict[str, Path], single: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     run = _run_of(runs, parallel, tmp_path_factory)
     _assert_same_training(run, single)
     assert (run / "hf" / "config.json").is_file()  # the model (gathered under FSDP2), exported once
@@ -157,8 +191,9 @@ INTERRUPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_resume_after_interruption_is_bit_identical(parallel: str, tmp_path: Path, runs: dict[str, Path],
-                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_resume_after_interruption_is_bit_identical(
+    parallel: str, tmp_path: Path, runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     whole_run = _run_of(runs, parallel, tmp_path_factory)
     script = tmp_path / "interrupt.py"
     script.write_text(INTERRUPT)
@@ -184,19 +219,58 @@ def test_a_transformers_folder_fine_tunes_on_two_processes_as_on_one(tmp_path: P
     """``--model hf:FOLDER`` (a tiny LLaMA, bytes, ``--data``) under FSDP2 ends where one process ends."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=2, vocab_size=256,
-                                      max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=64,
+    )
     transformers.LlamaForCausalLM(config).save_pretrained(str(tmp_path / "llama"))
     words = "the quick brown fox jumps over a lazy dog while sparse masks keep half of every block".split()
-    (tmp_path / "data.txt").write_text("\n\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(20))
-                                                   for i in range(120)), encoding="utf-8")
-    flags = ["--task", "lm", "--model", f"hf:{tmp_path / 'llama'}", "--data", str(tmp_path / "data.txt"),
-             "--steps", "6", "--warmup-steps", "1", "--eval-every", "3", "--batch-size", "4", "--context", "16",
-             "--eval-tokens", "256", "--lr", "1e-3", "--pattern", "2:4-T", "--refresh-every", "2", "--threads", "1",
-             "--no-baseline", "--no-progress"]
-    single = subprocess.run([sys.executable, "-m", "nmsparse", "train", *flags, "--out", str(tmp_path / "one")],
-                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=180)
+    (tmp_path / "data.txt").write_text(
+        "\n\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(20)) for i in range(120)), encoding="utf-8"
+    )
+    flags = [
+        "--task",
+        "lm",
+        "--model",
+        f"hf:{tmp_path / 'llama'}",
+        "--data",
+        str(tmp_path / "data.txt"),
+        "--steps",
+        "6",
+        "--warmup-steps",
+        "1",
+        "--eval-every",
+        "3",
+        "--batch-size",
+        "4",
+        "--context",
+        "16",
+        "--eval-tokens",
+        "256",
+        "--lr",
+        "1e-3",
+        "--pattern",
+        "2:4-T",
+        "--refresh-every",
+        "2",
+        "--threads",
+        "1",
+        "--no-baseline",
+        "--no-progress",
+    ]
+    single = subprocess.run(
+        [sys.executable, "-m", "nmsparse", "train", *flags, "--out", str(tmp_path / "one")],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     _torchrun(["-m", "nmsparse", "train", *flags, "--out", str(tmp_path / "two")], cwd=tmp_path)
     one, two = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two"))

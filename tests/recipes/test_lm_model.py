@@ -52,8 +52,9 @@ def test_block_linears_are_the_sparse_layers_embeddings_and_head_stay_dense() ->
     model = _model()
     nmsparse.prune_(model, "2:4-T", method="exact", include=list(SPARSE_LAYERS))  # torch enumeration: no compile
     pruned = sorted(name for name, m in model.named_modules() if nmsparse.is_pruned(m))
-    assert pruned == sorted(f"transformer.h.{i}.{s}" for i in range(2)
-                            for s in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+    assert pruned == sorted(
+        f"transformer.h.{i}.{s}" for i in range(2) for s in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    )
 
 
 @pytest.mark.parametrize("tie", [False, True])

@@ -16,8 +16,10 @@ from nmsparse.recipes.lm.tokenizer import ByteTokenizer
 
 transformers = pytest.importorskip("transformers")
 
-_WORDS = ("sparse masks keep two of every four weights in each row and column so the transpose is sparse too "
-          "the decoder reads text one token at a time and predicts the next one from the ones before it").split()
+_WORDS = (
+    "sparse masks keep two of every four weights in each row and column so the transpose is sparse too "
+    "the decoder reads text one token at a time and predicts the next one from the ones before it"
+).split()
 
 
 def _paragraphs(count: int = 80) -> list[str]:
@@ -46,22 +48,64 @@ def _model_folder(path, arch: str, *, tokenizer: bool):
     vocab = _save_tokenizer(path) if tokenizer else 256
     torch.manual_seed(0)
     if arch == "gpt2":
-        config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=vocab, n_positions=32,
-                                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        config = transformers.GPT2Config(
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            vocab_size=vocab,
+            n_positions=32,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
         model = transformers.GPT2LMHeadModel(config)
     else:
-        config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                          num_attention_heads=2, num_key_value_heads=2, vocab_size=vocab,
-                                          max_position_embeddings=64)
+        config = transformers.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=vocab,
+            max_position_embeddings=64,
+        )
         model = transformers.LlamaForCausalLM(config)
     model.save_pretrained(str(path))
     return path
 
 
 def _train(folder, data, out, *extra: str) -> int:
-    return main(["train", "--task", "lm", "--model", f"hf:{folder}", "--data", str(data), "--out", str(out),
-                 "--steps", "6", "--warmup-steps", "1", "--eval-every", "3", "--batch-size", "4", "--context", "16",
-                 "--eval-tokens", "256", "--lr", "1e-3", "--threads", "1", "--no-progress", *extra])
+    return main(
+        [
+            "train",
+            "--task",
+            "lm",
+            "--model",
+            f"hf:{folder}",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            "--warmup-steps",
+            "1",
+            "--eval-every",
+            "3",
+            "--batch-size",
+            "4",
+            "--context",
+            "16",
+            "--eval-tokens",
+            "256",
+            "--lr",
+            "1e-3",
+            "--threads",
+            "1",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------- text
@@ -73,20 +117,28 @@ def test_text_files_jsonl_and_folders_become_named_documents(tmp_path) -> None:
     (tmp_path / "corpus" / "b.jsonl").write_text('{"text": "one"}\n\n{"text": "two", "id": 2}\n')
     (tmp_path / "corpus" / "skip.bin").write_bytes(b"\xff")
     docs = read_documents([tmp_path / "corpus"])
-    assert [d.name for d in docs] == ["corpus/a.txt:0", "corpus/a.txt:1", "corpus/a.txt:2", "corpus/b.jsonl:0",
-                                      "corpus/b.jsonl:1"]
+    assert [d.name for d in docs] == [
+        "corpus/a.txt:0",
+        "corpus/a.txt:1",
+        "corpus/a.txt:2",
+        "corpus/b.jsonl:0",
+        "corpus/b.jsonl:1",
+    ]
     assert docs[-1].text == "two"
     first, again = load_text_corpus([tmp_path / "corpus"]), load_text_corpus([str(tmp_path / "corpus")])
     assert first.sha256 == again.sha256 and first.sources == ("files",)
 
 
-@pytest.mark.parametrize("content, expected", [
-    (None, "no such file"),
-    (b"", "holds no text"),
-    (b"caf\xe9\n", "not UTF-8"),
-    (b'{"title": "x"}\n', 'no "text" string'),
-    (b'{"text": "x"\n', "not JSON"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "no such file"),
+        (b"", "holds no text"),
+        (b"caf\xe9\n", "not UTF-8"),
+        (b'{"title": "x"}\n', 'no "text" string'),
+        (b'{"text": "x"\n', "not JSON"),
+    ],
+)
 def test_bad_data_files_are_one_line_errors(tmp_path, content, expected) -> None:
     path = tmp_path / ("data.jsonl" if content and content.startswith(b"{") else "data.txt")
     if content is not None:
@@ -114,8 +166,7 @@ def test_folder_tokenizer_reads_tokenizer_json_or_falls_back_to_bytes(tmp_path) 
     assert isinstance(tokenizer, FolderTokenizer) and tokenizer.eot is not None
     stream = tokenizer.encode_documents(["sparse masks", "the decoder"])
     assert stream.dtype == torch.long and int(stream[-1]) == tokenizer.eot
-    assert isinstance(folder_tokenizer(_model_folder(tmp_path / "bytes", "gpt2", tokenizer=False), 256),
-                      ByteTokenizer)
+    assert isinstance(folder_tokenizer(_model_folder(tmp_path / "bytes", "gpt2", tokenizer=False), 256), ByteTokenizer)
     with pytest.raises(InputError, match="vocabulary"):
         folder_tokenizer(with_tok, 10)
     (tmp_path / "bytes" / "vocab.json").write_text("{}")
@@ -127,18 +178,22 @@ def test_folder_tokenizer_reads_tokenizer_json_or_falls_back_to_bytes(tmp_path) 
 
 
 def _bert_folder(path):
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=64, vocab_size=256)
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=256
+    )
     transformers.BertForMaskedLM(config).save_pretrained(str(path))
     return path
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("auto_map", "remote code"),
-    ("no_weights", "no weights"),
-    ("missing_key", "weights missing from the folder"),
-    ("bert", "no causal language-model head"),
-])
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        ("auto_map", "remote code"),
+        ("no_weights", "no weights"),
+        ("missing_key", "weights missing from the folder"),
+        ("bert", "no causal language-model head"),
+    ],
+)
 def test_bad_hf_folders_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, damage, expected) -> None:
     folder = tmp_path / "model"
     if damage == "bert":
@@ -229,9 +284,30 @@ def test_oneshot_with_data_then_fine_tune_keeps_the_masks(tmp_path, capsys, arch
     source = _model_folder(tmp_path / "dense", arch, tokenizer=arch == "llama")
     data = _text_file(tmp_path / "data.txt")
     pruned = tmp_path / "pruned"
-    code = main(["oneshot", "--model", f"hf:{source}", "--method", "sparsegpt", "--pattern", "2:4-T", "--data",
-                 str(data), "--out", str(pruned), "--calibration-samples", "8", "--context", "16", "--eval-tokens",
-                 "512", "--threads", "1", "--no-progress"])
+    code = main(
+        [
+            "oneshot",
+            "--model",
+            f"hf:{source}",
+            "--method",
+            "sparsegpt",
+            "--pattern",
+            "2:4-T",
+            "--data",
+            str(data),
+            "--out",
+            str(pruned),
+            "--calibration-samples",
+            "8",
+            "--context",
+            "16",
+            "--eval-tokens",
+            "512",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     report = json.loads((pruned / "oneshot.json").read_text())
     assert report["calibration"]["corpus_sha256"] == load_text_corpus([data]).sha256
@@ -268,9 +344,24 @@ def test_adaprune_calibrates_and_evaluates_on_data_files(tmp_path, capsys) -> No
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": p}) + "\n" for p in _paragraphs()))
     out = tmp_path / "out"
-    args = ["adaprune", "--model", "minilm", "--pattern", "2:4", "--data", str(data), "--include",
-            "encoder.layer.0.attention.self.*", "--iterations", "3", "--calibration-size", "8", "--eval-size", "6",
-            "--no-progress"]
+    args = [
+        "adaprune",
+        "--model",
+        "minilm",
+        "--pattern",
+        "2:4",
+        "--data",
+        str(data),
+        "--include",
+        "encoder.layer.0.attention.self.*",
+        "--iterations",
+        "3",
+        "--calibration-size",
+        "8",
+        "--eval-size",
+        "6",
+        "--no-progress",
+    ]
     assert main([*args, "--out", str(out)]) == 0
     assert "calibration: 8 documents of --data" in capsys.readouterr().out
     report = json.loads((out / "adaprune.json").read_text())
@@ -295,9 +386,23 @@ def test_fine_tuning_a_folder_resumes_bit_identically(tmp_path, mode) -> None:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
         prune_oneshot_(model, [torch.randint(0, 100, (2, 16))], "2:4", method="wanda")
         folder = save_pruned_pretrained(model, tmp_path / "pruned", pattern="2:4", tokenizer=FolderTokenizer(folder))
-    config = LMTrainConfig(model=f"hf:{folder}", mode=mode, pattern="2:4", data=(str(_text_file(tmp_path / "t.txt")),),
-                           steps=6, warmup_steps=1, eval_every=2, batch_size=4, context=16, eval_tokens=128,
-                           lr=1e-3, refresh_every=2, method="exact", threads=1, baseline=False)
+    config = LMTrainConfig(
+        model=f"hf:{folder}",
+        mode=mode,
+        pattern="2:4",
+        data=(str(_text_file(tmp_path / "t.txt")),),
+        steps=6,
+        warmup_steps=1,
+        eval_every=2,
+        batch_size=4,
+        context=16,
+        eval_tokens=128,
+        lr=1e-3,
+        refresh_every=2,
+        method="exact",
+        threads=1,
+        baseline=False,
+    )
     data = lm_data(config)
     digest = config_hash(config.to_dict())
 
@@ -324,10 +429,45 @@ def test_the_recipe_decoder_trains_on_data_files_as_bytes(tmp_path, capsys) -> N
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": p}) + "\n" for p in _paragraphs()))
     out = tmp_path / "run"
-    code = main(["train", "--task", "lm", "--data", str(data), "--out", str(out), "--steps", "2", "--warmup-steps",
-                 "1", "--eval-every", "2", "--batch-size", "2", "--context", "16", "--d-model", "16", "--n-layer", "1",
-                 "--n-head", "2", "--eval-tokens", "64", "--pattern", "2:4", "--method", "topn", "--initial-method",
-                 "topn", "--no-baseline", "--threads", "1", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--task",
+            "lm",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--eval-every",
+            "2",
+            "--batch-size",
+            "2",
+            "--context",
+            "16",
+            "--d-model",
+            "16",
+            "--n-layer",
+            "1",
+            "--n-head",
+            "2",
+            "--eval-tokens",
+            "64",
+            "--pattern",
+            "2:4",
+            "--method",
+            "topn",
+            "--initial-method",
+            "topn",
+            "--no-baseline",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data"]["tokenizer"] == "bytes" and summary["config"]["data"] == [str(data)]

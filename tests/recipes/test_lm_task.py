@@ -19,9 +19,25 @@ from nmsparse.recipes.lm.task import LMTrainer, heldout_loss
 from nmsparse.recipes.rundir import RunDir, config_hash
 
 # 2:4-T with the torch enumeration solver for initial masks and refreshes: no numba compilation in these tests.
-TINY = dict(sources=("topics",), d_model=32, n_layer=1, n_head=2, context=32, batch_size=8, steps=24,
-            warmup_steps=2, lr=1e-2, eval_every=8, eval_tokens=512, eval_batch_size=64, pattern="2:4-T",
-            method="exact", initial_method="exact", refresh_every=4, threads=1)
+TINY = dict(
+    sources=("topics",),
+    d_model=32,
+    n_layer=1,
+    n_head=2,
+    context=32,
+    batch_size=8,
+    steps=24,
+    warmup_steps=2,
+    lr=1e-2,
+    eval_every=8,
+    eval_tokens=512,
+    eval_batch_size=64,
+    pattern="2:4-T",
+    method="exact",
+    initial_method="exact",
+    refresh_every=4,
+    threads=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +73,9 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, data) -> None:
     digest = config_hash(config.to_dict())
 
     def trainer(path):
-        run = RunDir.prepare(path, task="lm") if not (path / "run.json").exists() else \
-            RunDir.open_resume(path, task="lm")
+        run = (
+            RunDir.prepare(path, task="lm") if not (path / "run.json").exists() else RunDir.open_resume(path, task="lm")
+        )
         if not (path / "run.json").exists():
             run.create(config_text="x: 1\n", config_hash=digest)
         return LMTrainer(config, data, structure="2:4-T", run=run, digest=digest, progress=False)
@@ -82,8 +99,9 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, data) -> None:
     run = RunDir.prepare(tmp_path / "r", task="lm")
     run.create(config_text="x: 1\n", config_hash="a")
     LMTrainer(config, data, structure="2:4-T", run=run, digest="a", progress=False).fit(stop_after_step=8)
-    other = LMTrainer(config, data, structure="2:4-T", run=RunDir.open_resume(tmp_path / "r", task="lm"),
-                      digest="b", progress=False)
+    other = LMTrainer(
+        config, data, structure="2:4-T", run=RunDir.open_resume(tmp_path / "r", task="lm"), digest="b", progress=False
+    )
     with pytest.raises(CheckpointError, match="other settings"):
         other.fit(resume=True)
 
@@ -96,11 +114,21 @@ def test_run_lm_training_writes_the_run_and_a_loadable_dense_model(tmp_path, dat
     summary = run_lm_training(_config(), out, progress=False)
     assert summary.mask_valid and summary.baseline_heldout_loss is not None
     assert summary.loss_gap_percent == pytest.approx(
-        100 * (summary.heldout_loss - summary.baseline_heldout_loss) / summary.baseline_heldout_loss)
+        100 * (summary.heldout_loss - summary.baseline_heldout_loss) / summary.baseline_heldout_loss
+    )
     assert summary.data["corpus_sha256"] == data.corpus_sha256
-    for name in ("run.json", "config.yaml", "checkpoint.safetensors", "metrics.jsonl", "baseline/metrics.jsonl",
-                 "baseline/checkpoint.safetensors", "curves.png", "summary.json", "hf/config.json",
-                 "baseline/hf/model.safetensors"):
+    for name in (
+        "run.json",
+        "config.yaml",
+        "checkpoint.safetensors",
+        "metrics.jsonl",
+        "baseline/metrics.jsonl",
+        "baseline/checkpoint.safetensors",
+        "curves.png",
+        "summary.json",
+        "hf/config.json",
+        "baseline/hf/model.safetensors",
+    ):
         assert (out / name).exists(), name
     assert load_lm_config(out / "config.yaml") == _config()
     from nmsparse.cli.main import main
@@ -146,8 +174,14 @@ def test_run_lm_training_resumes_an_interrupted_run(tmp_path, data) -> None:
 @pytest.mark.slow
 def test_compare_reports_loss_next_to_exact_diversity_with_seed_spread(tmp_path, data) -> None:
     seen = []
-    result = compare_lm(_config(steps=8, eval_every=8), tmp_path / "cmp", structures=["dense", "2:4", "2:4-T"],
-                        seeds=[0, 1], progress=False, on_run_end=seen.append)
+    result = compare_lm(
+        _config(steps=8, eval_every=8),
+        tmp_path / "cmp",
+        structures=["dense", "2:4", "2:4-T"],
+        seeds=[0, 1],
+        progress=False,
+        on_run_end=seen.append,
+    )
     assert len(seen) == 6
     rows = {r["structure"]: r for r in result.rows}
     assert rows["dense"]["log10_mask_diversity"] is None
@@ -176,8 +210,12 @@ def test_separation_needs_a_gap_wider_than_the_seed_spread_and_several_seeds() -
     from nmsparse.recipes.lm.compare import separation
 
     def row(name: str, losses: list[float]) -> dict[str, object]:
-        return {"structure": name, "heldout_loss": statistics.fmean(losses), "heldout_losses": losses,
-                "heldout_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0}
+        return {
+            "structure": name,
+            "heldout_loss": statistics.fmean(losses),
+            "heldout_losses": losses,
+            "heldout_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+        }
 
     rows = [row("4:8-T", [2.60, 2.62, 2.64]), row("dense", [2.50, 2.51, 2.52]), row("2:4", [2.61, 2.63, 2.59])]
     assert separation(rows) == {"dense vs 2:4": True, "dense vs 4:8-T": True, "2:4 vs 4:8-T": False}
@@ -203,7 +241,8 @@ def test_paired_separation_cancels_what_a_seed_does_to_every_structure() -> None
     noisy = paired_separation([a, row("4:8", [2.45, 2.48, 2.61])])
     assert not next(iter(noisy.values()))["separates"]
     assert paired_separation([a, row("same", [2.40, 2.50, 2.60])]) == {
-        "2:4 vs same": {"difference": 0.0, "t": None, "separates": False}}
+        "2:4 vs same": {"difference": 0.0, "t": None, "separates": False}
+    }
     exact = paired_separation([row("x", [1.0, 2.0, 3.0]), row("y", [1.5, 2.5, 3.5])])
     assert exact == {"x vs y": {"difference": 0.5, "t": None, "separates": True}}
     json.dumps(exact, allow_nan=False)  # compare.json stays strict JSON
@@ -299,8 +338,9 @@ def test_run_without_transformers_skips_only_the_hf_export(tmp_path, data, monke
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else
-                        real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
+    )
     summary = run_lm_training(_config(steps=4, eval_every=4, baseline=False), tmp_path / "run", progress=False)
     assert summary.hf_folder is None and summary.baseline_hf_folder is None
     assert not (tmp_path / "run" / "hf").exists() and (tmp_path / "run" / "summary.json").is_file()
@@ -311,16 +351,35 @@ def test_compare_table_prints_both_separation_tests(capsys) -> None:
     from nmsparse.recipes.lm.compare import LMCompareResult, paired_separation, separation
 
     def row(name: str, losses: list[float], md: float | None) -> dict[str, object]:
-        return {"structure": name, "heldout_loss": statistics.fmean(losses), "heldout_losses": losses,
-                "heldout_loss_std": statistics.stdev(losses), "heldout_perplexity": math.exp(statistics.fmean(losses)),
-                "log10_mask_diversity": md, "loss_gap_percent": None, "loss_gap_percent_std": None,
-                "mask_valid": None if md is None else True, "train_seconds": 1.0}
+        return {
+            "structure": name,
+            "heldout_loss": statistics.fmean(losses),
+            "heldout_losses": losses,
+            "heldout_loss_std": statistics.stdev(losses),
+            "heldout_perplexity": math.exp(statistics.fmean(losses)),
+            "log10_mask_diversity": md,
+            "loss_gap_percent": None,
+            "loss_gap_percent_std": None,
+            "mask_valid": None if md is None else True,
+            "train_seconds": 1.0,
+        }
 
-    rows = [row("dense", [2.40, 2.50, 2.60], None), row("2:4", [2.41, 2.512, 2.609], 796.8),
-            row("2:4-T", [2.50, 2.45, 2.66], 500.3)]
-    _print_lm_table(LMCompareResult(rows=rows, reference_numel=4096, seeds=[0, 1, 2], out_dir=None,
-                                    spearman_loss_vs_diversity=None, separation=separation(rows),
-                                    paired_separation=paired_separation(rows)))
+    rows = [
+        row("dense", [2.40, 2.50, 2.60], None),
+        row("2:4", [2.41, 2.512, 2.609], 796.8),
+        row("2:4-T", [2.50, 2.45, 2.66], 500.3),
+    ]
+    _print_lm_table(
+        LMCompareResult(
+            rows=rows,
+            reference_numel=4096,
+            seeds=[0, 1, 2],
+            out_dir=None,
+            spearman_loss_vs_diversity=None,
+            separation=separation(rows),
+            paired_separation=paired_separation(rows),
+        )
+    )
     out = capsys.readouterr().out
     assert "sum of the stds): 0 of 3 pairs" in out
     assert "paired t-test of the per-seed differences (95%, 3 seeds): 1 of 3 pairs: dense vs 2:4 (t " in out

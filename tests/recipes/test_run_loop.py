@@ -41,8 +41,9 @@ def _old_lm(cfg: LMTrainConfig, step: int) -> float:
 @pytest.mark.parametrize("lr, warmup_epochs, spe", [(0.1, 2.0, 17), (0.37, 0.0, 5), (1e-3, 0.5, 1)])
 def test_shared_schedule_is_bit_identical_to_the_classify_one(lr, warmup_epochs, spe):
     cfg = TrainConfig(lr=lr, warmup_epochs=warmup_epochs, epochs=7)
-    assert [learning_rate(cfg, s, spe) for s in range(7 * spe + 3)] == \
-        [_old_classify_cosine(cfg, s, spe) for s in range(7 * spe + 3)]
+    assert [learning_rate(cfg, s, spe) for s in range(7 * spe + 3)] == [
+        _old_classify_cosine(cfg, s, spe) for s in range(7 * spe + 3)
+    ]
 
 
 @pytest.mark.parametrize("steps, warmup, floor", [(400, 20, 0.1), (9, 0, 0.0), (5, 4, 0.5)])
@@ -83,21 +84,31 @@ def test_each_task_shows_its_own_flags(module):
     assert "CONFIG:" not in classify + lm, "metavars name the setting, not argparse's dest"
 
 
-@pytest.mark.parametrize("argv, task", [([], "classify"), (["lm"], "lm"), (["--task", "lm"], "lm"),
-                                        (["--steps", "5", "--task=lm"], "lm"), (["classify", "--task", "classify"],
-                                                                                "classify")])
+@pytest.mark.parametrize(
+    "argv, task",
+    [
+        ([], "classify"),
+        (["lm"], "lm"),
+        (["--task", "lm"], "lm"),
+        (["--steps", "5", "--task=lm"], "lm"),
+        (["classify", "--task", "classify"], "classify"),
+    ],
+)
 def test_the_task_comes_from_the_subcommand_or_task_flag(argv, task):
     parser = train.add_parser(argparse.ArgumentParser(prog="nmsparse").add_subparsers())
     assert parser.parse_args(argv).task == task
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "lm", "--epochs", "3", "--print-config"], "--epochs flag does not apply to --task lm"),
-    (["train", "--task", "lm", "--width", "3", "--print-config"], "--width flag does not apply to --task lm"),
-    (["compare", "classify", "--steps", "3", "--print-config"], "--steps flag does not apply to --task classify"),
-    (["train", "lm", "--task", "classify"], "the task is lm but --task says classify"),
-    (["train", "--task", "vision"], "invalid choice: 'vision'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "lm", "--epochs", "3", "--print-config"], "--epochs flag does not apply to --task lm"),
+        (["train", "--task", "lm", "--width", "3", "--print-config"], "--width flag does not apply to --task lm"),
+        (["compare", "classify", "--steps", "3", "--print-config"], "--steps flag does not apply to --task classify"),
+        (["train", "lm", "--task", "classify"], "the task is lm but --task says classify"),
+        (["train", "--task", "vision"], "invalid choice: 'vision'"),
+    ],
+)
 def test_task_errors_are_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2 if argv[-1] == "--print-config" else _exits_2(argv)
     err = capsys.readouterr().err.strip().splitlines()

@@ -21,8 +21,16 @@ from nmsparse.recipes.lm.task import LMTrainer
 from nmsparse.testing import run_tensors
 
 TIMING_KEYS = {"epoch_seconds", "refresh_seconds", "seconds"}
-TIMING_SUMMARY = {"wall_seconds", "train_seconds", "baseline_train_seconds", "sparse_run_seconds",
-                  "baseline_run_seconds", "compile_seconds", "refresh_seconds", "refresh_overhead"}
+TIMING_SUMMARY = {
+    "wall_seconds",
+    "train_seconds",
+    "baseline_train_seconds",
+    "sparse_run_seconds",
+    "baseline_run_seconds",
+    "compile_seconds",
+    "refresh_seconds",
+    "refresh_overhead",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +54,17 @@ def _history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _same_results(a: dict[str, Any], b: dict[str, Any]) -> None:
-    for key in ("test_accuracy", "test_loss", "baseline_test_accuracy", "mask_checksum", "mask_density",
-                "sparse_layers", "dense_layers", "steps", "refreshes"):
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "baseline_test_accuracy",
+        "mask_checksum",
+        "mask_density",
+        "sparse_layers",
+        "dense_layers",
+        "steps",
+        "refreshes",
+    ):
         assert a[key] == b[key], key
 
 
@@ -62,13 +79,12 @@ def test_config_field_and_flag() -> None:
 
 
 @pytest.mark.parametrize("model,pattern", [("cnn", "2:4-T"), ("mlp", "4:8-T")])
-def test_accelerate_on_cpu_reports_every_linear_and_changes_nothing(tmp_path: Path, model: str,
-                                                                    pattern: str) -> None:
+def test_accelerate_on_cpu_reports_every_linear_and_changes_nothing(tmp_path: Path, model: str, pattern: str) -> None:
     torch.set_num_threads(1)
-    plain = run_training(_tiny(model=model, pattern=pattern, keep_first_last=True), tmp_path / "plain",
-                         progress=False)
-    fast = run_training(_tiny(model=model, pattern=pattern, keep_first_last=True, accelerate=True),
-                        tmp_path / "fast", progress=False)
+    plain = run_training(_tiny(model=model, pattern=pattern, keep_first_last=True), tmp_path / "plain", progress=False)
+    fast = run_training(
+        _tiny(model=model, pattern=pattern, keep_first_last=True, accelerate=True), tmp_path / "fast", progress=False
+    )
     assert plain is not None and fast is not None
     assert plain.acceleration is None and plain.baseline_acceleration is None
     _same_results(plain.to_dict(), fast.to_dict())
@@ -77,8 +93,9 @@ def test_accelerate_on_cpu_reports_every_linear_and_changes_nothing(tmp_path: Pa
         a, b = run_tensors(str(tmp_path / "plain" / name)), run_tensors(str(tmp_path / "fast" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     for name in ("metrics.jsonl", "baseline/metrics.jsonl"):
-        rows = [[json.loads(line) for line in (tmp_path / run / name).read_text().splitlines()]
-                for run in ("plain", "fast")]
+        rows = [
+            [json.loads(line) for line in (tmp_path / run / name).read_text().splitlines()] for run in ("plain", "fast")
+        ]
         assert _history(rows[0]) == _history(rows[1]), name
 
     report = json.loads((tmp_path / "fast" / "summary.json").read_text())["acceleration"]
@@ -94,8 +111,7 @@ def test_accelerate_on_cpu_reports_every_linear_and_changes_nothing(tmp_path: Pa
             assert layer["reason"].startswith("not pruned by this run"), (name, layer["reason"])
     if model == "mlp":  # the CNN's one Linear (its head) is kept dense; the MLP's middle layer is pruned
         assert "fc2" in fast.sparse_layers and "2:4-T" in report["layers"]["fc2"]["reason"]  # 4:8-T stays dense
-    assert fast.baseline_acceleration == {"pattern": None, "reason": "dense baseline: not accelerated",
-                                          "layers": {}}
+    assert fast.baseline_acceleration == {"pattern": None, "reason": "dense baseline: not accelerated", "layers": {}}
 
 
 def _linear_names(model: str) -> list[tuple[str, torch.nn.Module]]:
@@ -110,15 +126,27 @@ def test_dense_and_unstructured_runs_record_why(tmp_path: Path) -> None:
     dense = run_training(_tiny(mode="dense", accelerate=True), tmp_path / "dense", progress=False)
     assert dense is not None and dense.acceleration is not None
     assert dense.acceleration["reason"].endswith("not accelerated") and not dense.acceleration["layers"]
-    loose = run_training(_tiny(pattern="unstructured", accelerate=True, baseline=False), tmp_path / "u",
-                         progress=False)
+    loose = run_training(_tiny(pattern="unstructured", accelerate=True, baseline=False), tmp_path / "u", progress=False)
     assert loose is not None and loose.acceleration is not None
     assert "unstructured" in loose.acceleration["reason"]
 
 
 def test_cli_accelerate_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    tiny = ["--width", "8", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "32", "--no-progress",
-            "--device", "cpu", "--pattern", "2:4-T"]
+    tiny = [
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "32",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--pattern",
+        "2:4-T",
+    ]
     assert main(["train", *tiny, "--out", str(tmp_path / "plain")]) == 0
     assert main(["train", *tiny, "--accelerate", "--out", str(tmp_path / "fast")]) == 0
     capsys.readouterr()
@@ -136,9 +164,21 @@ def test_cli_accelerate_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_lm_trainer_accelerate_on_cpu() -> None:
-    config = LMTrainConfig(sources=("topics",), d_model=32, n_layer=1, n_head=2, context=32, steps=2,
-                           warmup_steps=1, batch_size=2, eval_every=2, eval_tokens=256, pattern="2:4-T",
-                           threads=1, device="cpu")
+    config = LMTrainConfig(
+        sources=("topics",),
+        d_model=32,
+        n_layer=1,
+        n_head=2,
+        context=32,
+        steps=2,
+        warmup_steps=1,
+        batch_size=2,
+        eval_every=2,
+        eval_tokens=256,
+        pattern="2:4-T",
+        threads=1,
+        device="cpu",
+    )
     data = build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille)
     plain = LMTrainer(config, data, structure="2:4-T", progress=False).fit()
     fast_trainer = LMTrainer(config.replace(accelerate=True), data, structure="2:4-T", progress=False)
@@ -149,6 +189,5 @@ def test_lm_trainer_accelerate_on_cpu() -> None:
     assert set(fast.sparse_layers) <= set(layers) and "lm_head" in layers
     assert all(not d["swapped"] and d["reason"] for d in layers.values())
     assert layers["lm_head"]["reason"].startswith("not pruned by this run")
-    dense = LMTrainer(config.replace(accelerate=True), data, structure="dense", section="baseline",
-                      progress=False)
+    dense = LMTrainer(config.replace(accelerate=True), data, structure="dense", section="baseline", progress=False)
     assert dense.acceleration == {"pattern": None, "reason": "dense baseline: not accelerated", "layers": {}}

@@ -17,8 +17,19 @@ from nmsparse.recipes.classify.compare import compare_structures
 pytestmark = pytest.mark.usefixtures("restore_runtime")  # tests/conftest.py
 
 
-TINY = ["--width", "8", "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "32", "--initial-method",
-        "greedy", "--no-progress"]
+TINY = [
+    "--width",
+    "8",
+    "--epochs",
+    "1",
+    "--steps-per-epoch",
+    "3",
+    "--batch-size",
+    "32",
+    "--initial-method",
+    "greedy",
+    "--no-progress",
+]
 
 
 def test_compare_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,11 +49,16 @@ def test_compare_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         assert rows[name]["mask_valid"] is True
         assert 0.0 <= rows[name]["test_accuracy"] <= 100.0
     # the ordering the paper predicts from diversity: unstructured > 2:4 > 4:8-T
-    assert (rows["unstructured"]["log10_mask_diversity"] > rows["2:4"]["log10_mask_diversity"]
-            > rows["4:8-T"]["log10_mask_diversity"])
+    assert (
+        rows["unstructured"]["log10_mask_diversity"]
+        > rows["2:4"]["log10_mask_diversity"]
+        > rows["4:8-T"]["log10_mask_diversity"]
+    )
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
-    seeds = {json.loads(read_model_metadata(tmp_path / "cmp" / slug / "model.safetensors")["config"])["seed"]
-             for slug in ("dense", "2x4", "4x8-T", "unstructured")}
+    seeds = {
+        json.loads(read_model_metadata(tmp_path / "cmp" / slug / "model.safetensors")["config"])["seed"]
+        for slug in ("dense", "2x4", "4x8-T", "unstructured")
+    }
     assert seeds == {0}
 
 
@@ -53,8 +69,12 @@ def test_compare_several_seeds_reports_spread(tmp_path: Path) -> None:
     for row in result.rows:
         assert len(row["accuracies"]) == 2 and row["test_accuracy_std"] >= 0.0
         assert row["test_accuracy"] == pytest.approx(sum(row["accuracies"]) / 2)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["2x4-seed0", "2x4-seed1", "dense-seed0",
-                                                                       "dense-seed1"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "2x4-seed0",
+        "2x4-seed1",
+        "dense-seed0",
+        "dense-seed1",
+    ]
 
 
 def test_compare_rejects_bad_structures() -> None:

@@ -102,8 +102,13 @@ def test_newer_config_version_is_refused() -> None:
 
 
 def test_shipped_recipes_exist() -> None:
-    assert {"resnet18_imagenet_4x8t_dynamic", "resnet50_imagenet_4x8t_dynamic", "resnet18_imagenet_4x8t_static",
-            "resnet50_imagenet_4x8t_static", "digits_cnn_4x8t_dynamic"} <= set(list_recipes())
+    assert {
+        "resnet18_imagenet_4x8t_dynamic",
+        "resnet50_imagenet_4x8t_dynamic",
+        "resnet18_imagenet_4x8t_static",
+        "resnet50_imagenet_4x8t_static",
+        "digits_cnn_4x8t_dynamic",
+    } <= set(list_recipes())
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet50"])
@@ -145,8 +150,11 @@ def test_unquoted_yaml_pattern_says_quote_it(tmp_path: Path) -> None:
     """Fault 9: YAML 1.1 reads `pattern: 2:4` as the base-60 integer 124."""
     path = tmp_path / "c.yaml"
     path.write_text("pattern: 2:4\n")
-    with pytest.raises(ConfigError, match=r"got 124 \(YAML reads an unquoted 2:4 as the base-60 integer 124: "
-                                          r"quote it, pattern: '2:4'\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"got 124 \(YAML reads an unquoted 2:4 as the base-60 integer 124: "
+        r"quote it, pattern: '2:4'\)",
+    ):
         load_config(path)
     path.write_text("pattern: '2:4'\n")
     assert load_config(path).pattern == "2:4"
@@ -166,14 +174,44 @@ def test_every_setting_has_a_generated_flag() -> None:
         for f in dataclasses.fields(TrainConfig):
             flag = "--" + f.name.replace("_", "-")
             assert flag in text, (module.__name__, flag)
-        for flag in ("--split-seed", "--fake-samples", "--nesterov", "--milestones", "--gamma",
-                     "--eval-batch-size", "--sync-bn", "--threads", "--progress", "--overwrite", "--task"):
+        for flag in (
+            "--split-seed",
+            "--fake-samples",
+            "--nesterov",
+            "--milestones",
+            "--gamma",
+            "--eval-batch-size",
+            "--sync-bn",
+            "--threads",
+            "--progress",
+            "--overwrite",
+            "--task",
+        ):
             assert flag in text, flag  # the seven fields that had no flag before, and the run options
     parser = train.add_parser(argparse.ArgumentParser().add_subparsers())
-    args = parser.parse_args(["--no-nesterov", "--milestones", "3", "5", "--steps-per-epoch", "none",
-                              "--eval-batch-size", "17", "--no-sync-bn", "--split-seed", "2"])
-    assert explicit_overrides(args, TrainConfig) == {"nesterov": False, "milestones": (3, 5), "steps_per_epoch": None,
-                                                     "eval_batch_size": 17, "sync_bn": False, "split_seed": 2}
+    args = parser.parse_args(
+        [
+            "--no-nesterov",
+            "--milestones",
+            "3",
+            "5",
+            "--steps-per-epoch",
+            "none",
+            "--eval-batch-size",
+            "17",
+            "--no-sync-bn",
+            "--split-seed",
+            "2",
+        ]
+    )
+    assert explicit_overrides(args, TrainConfig) == {
+        "nesterov": False,
+        "milestones": (3, 5),
+        "steps_per_epoch": None,
+        "eval_batch_size": 17,
+        "sync_bn": False,
+        "split_seed": 2,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- schedule

@@ -44,8 +44,8 @@ def test_digits_augmentation_shifts_by_one_pixel_at_most() -> None:
         for dy in (-1, 0, 1):
             for dx in (-1, 0, 1):
                 moved = torch.full_like(plain, data.train.fill)
-                src = plain[:, max(0, -dy):8 - max(0, dy), max(0, -dx):8 - max(0, dx)]
-                moved[:, max(0, dy):8 - max(0, -dy), max(0, dx):8 - max(0, -dx)] = src
+                src = plain[:, max(0, -dy) : 8 - max(0, dy), max(0, -dx) : 8 - max(0, dx)]
+                moved[:, max(0, dy) : 8 - max(0, -dy), max(0, dx) : 8 - max(0, -dx)] = src
                 if torch.equal(moved, shifted):
                     seen.add((dy, dx))
     assert (0, 0) in seen and len(seen) >= 4  # several distinct shifts, all within one pixel
@@ -66,8 +66,10 @@ def _write_cifar(root: Path, per_batch: int = 6) -> None:
     root.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]}
+        batch = {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+        }
         with (root / name).open("wb") as handle:
             pickle.dump(batch, handle)
 
@@ -186,8 +188,9 @@ def test_cifar_batches_in_every_numpy_pickle_form_are_read(tmp_path: Path) -> No
         (b"", "not a CIFAR-10 python batch"),
     ],
 )
-def test_malformed_cifar_batch_is_one_line_exit_2(tmp_path: Path, content: bytes, needle: str,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_cifar_batch_is_one_line_exit_2(
+    tmp_path: Path, content: bytes, needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from nmsparse.cli.main import main
 
     root = tmp_path / "cifar"

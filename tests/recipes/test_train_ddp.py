@@ -24,11 +24,23 @@ import torch.distributed as dist
 from nmsparse.io import load_state_dict
 from nmsparse.recipes.classify import TrainConfig, run_training
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+)
 
-SETTINGS = dict(model="mlp", width=8, epochs=2, steps_per_epoch=4, batch_size=32, refresh_every=3,
-                initial_method="greedy", augment=False, keep_first_last=False, baseline=False, device="cpu")
+SETTINGS = dict(
+    model="mlp",
+    width=8,
+    epochs=2,
+    steps_per_epoch=4,
+    batch_size=32,
+    refresh_every=3,
+    initial_method="greedy",
+    augment=False,
+    keep_first_last=False,
+    baseline=False,
+    device="cpu",
+)
 
 
 def _torchrun(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -55,8 +67,9 @@ def one_thread() -> Iterator[None]:
 
 def test_two_processes_match_one(tmp_path: Path, one_thread: None) -> None:
     flags = [f for key, value in SETTINGS.items() for f in _flag(key, value)]
-    result = _torchrun(["-m", "nmsparse", "train", *flags, "--no-progress", "--out", str(tmp_path / "ddp")],
-                       cwd=tmp_path)
+    result = _torchrun(
+        ["-m", "nmsparse", "train", *flags, "--no-progress", "--out", str(tmp_path / "ddp")], cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert result.stdout.count("nmsparse train: mlp on") == 1  # only rank 0 prints
     assert "2 process(es)" in result.stdout

@@ -22,8 +22,21 @@ from nmsparse.testing import run_tensors
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["--width", "8", "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "32", "--refresh-every", "2",
-        "--initial-method", "greedy", "--no-progress"]
+ARGS = [
+    "--width",
+    "8",
+    "--epochs",
+    "2",
+    "--steps-per-epoch",
+    "3",
+    "--batch-size",
+    "32",
+    "--refresh-every",
+    "2",
+    "--initial-method",
+    "greedy",
+    "--no-progress",
+]
 TIMING_KEYS = {"epoch_seconds", "refresh_seconds"}
 WATCHED = ("checkpoint.safetensors", "baseline/checkpoint.safetensors")
 
@@ -48,8 +61,13 @@ def _train(argv: list[str], run_dir: Path, *, kill_after_changes: int | None, ti
     ``kill_after_changes=0`` kills as soon as the run directory's marker exists (inside the first epoch).
     Returns the exit code, or ``None`` when it was killed.
     """
-    proc = subprocess.Popen([sys.executable, "-m", "nmsparse", "train", *argv], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nmsparse", "train", *argv],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen = {name: _stamp(run_dir / name) for name in WATCHED}
     changes = 0
     deadline = time.monotonic() + timeout
@@ -83,8 +101,9 @@ def _train(argv: list[str], run_dir: Path, *, kill_after_changes: int | None, ti
 
 
 def _metrics(path: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-            for line in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in path.read_text().splitlines()
+    ]
 
 
 def test_sigkill_after_checkpoint_changes_then_resume_is_bit_identical(tmp_path: Path) -> None:
@@ -105,8 +124,12 @@ def test_sigkill_after_checkpoint_changes_then_resume_is_bit_identical(tmp_path:
     assert _train(["--resume", str(cut), "--no-progress"], cut, kill_after_changes=None) == 0
 
     assert not list(cut.rglob("*.tmp")), "temporary files of interrupted writes are cleaned up"
-    for name in ("checkpoint.safetensors", "baseline/checkpoint.safetensors", "model.safetensors",
-                 "baseline/model.safetensors"):
+    for name in (
+        "checkpoint.safetensors",
+        "baseline/checkpoint.safetensors",
+        "model.safetensors",
+        "baseline/model.safetensors",
+    ):
         a, b = run_tensors(full / name), run_tensors(cut / name)
         assert a.keys() == b.keys(), name
         for key in a:

@@ -68,8 +68,7 @@ def test_magnitude_mask_keeps_exactly_the_largest_with_low_index_ties() -> None:
 
 
 def test_unstructured_sparsifier_refreshes_and_restores() -> None:
-    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8),
-                                torch.nn.Linear(8, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8), torch.nn.Linear(8, 3))
     sparsifier = UnstructuredSparsifier(model, density=0.5, refresh_every=2, decay=0.0)
     assert list(sparsifier.layers) == ["0", "2"] and "3" in sparsifier.skipped
     assert sparsifier.masks_valid() and int((model[0].weight == 0).sum()) >= 128
@@ -77,8 +76,9 @@ def test_unstructured_sparsifier_refreshes_and_restores() -> None:
         model[0].parametrizations.weight.original.copy_(torch.arange(256.0).reshape(16, 16))
     assert not sparsifier.step() and sparsifier.step()  # refresh on the 2nd step
     assert torch.equal(model[0].parametrizations.weight[0].mask.flatten(), torch.arange(256) >= 128)
-    fresh = UnstructuredSparsifier(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(),
-                                                       torch.nn.Linear(16, 8), torch.nn.Linear(8, 3)))
+    fresh = UnstructuredSparsifier(
+        torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8), torch.nn.Linear(8, 3))
+    )
     fresh.load_state_dict(sparsifier.state_dict())
     assert (fresh.steps, fresh.refreshes) == (2, 1)
     with pytest.raises(ConfigError):
@@ -136,6 +136,7 @@ def test_save_model_is_atomic_and_carries_metadata(tmp_path: Path) -> None:
     path = save_model(tmp_path / "m.safetensors", model, metadata={"model": "toy", "epoch": 3})
     assert read_model_metadata(path)["model"] == "toy" and read_model_metadata(path)["epoch"] == "3"
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary file left behind
-    fresh = nmsparse.load_pruned_state_dict_(torch.nn.Sequential(torch.nn.Linear(8, 8)),
-                                             nmsparse.io.load_state_dict(path))
+    fresh = nmsparse.load_pruned_state_dict_(
+        torch.nn.Sequential(torch.nn.Linear(8, 8)), nmsparse.io.load_state_dict(path)
+    )
     assert torch.equal(fresh[0].weight, model[0].weight)

@@ -14,8 +14,17 @@ from nmsparse.recipes.classify.checkpoint import save_model
 
 # Overrides that shrink a recipe to a smoke test: 32x32 fake images, 4 classes, batch 4, no workers, and
 # 2 steps for ResNet-18, 1 for ResNet-50 (every step of it reads and writes ~25M weights several times).
-TINY = dict(data="fake", image_size=32, num_classes=4, fake_samples=8, batch_size=4, eval_batch_size=8, epochs=1,
-            num_workers=0, device="cpu")
+TINY = dict(
+    data="fake",
+    image_size=32,
+    num_classes=4,
+    fake_samples=8,
+    batch_size=4,
+    eval_batch_size=8,
+    epochs=1,
+    num_workers=0,
+    device="cpu",
+)
 STEPS = {"resnet18": 2, "resnet50": 1}
 
 

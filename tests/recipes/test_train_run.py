@@ -41,9 +41,18 @@ def test_train_writes_every_artefact_with_sane_values(tmp_path: Path, capsys: py
     assert code == 0
     assert "test accuracy" in stdout and "dense baseline" in stdout and "masks valid        yes" in stdout
     assert "on cpu, 1 thread ->" in stdout  # the small CNN runs on one thread by default
-    for name in ("run.json", "config.yaml", "metrics.jsonl", "model.safetensors", "checkpoint.safetensors",
-                 "curves.png", "summary.json", "baseline/model.safetensors", "baseline/metrics.jsonl",
-                 "baseline/checkpoint.safetensors"):
+    for name in (
+        "run.json",
+        "config.yaml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "checkpoint.safetensors",
+        "curves.png",
+        "summary.json",
+        "baseline/model.safetensors",
+        "baseline/metrics.jsonl",
+        "baseline/checkpoint.safetensors",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "trainer_state.pt").exists(), "one checkpoint file, no separate trainer state"
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -51,8 +60,7 @@ def test_train_writes_every_artefact_with_sane_values(tmp_path: Path, capsys: py
     assert "kernel compile/load before training" in stdout and "left dense       conv1" in stdout
 
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("pattern", "test_accuracy", "baseline_test_accuracy", "mask_valid", "refresh_overhead",
-                "wall_seconds"):
+    for key in ("pattern", "test_accuracy", "baseline_test_accuracy", "mask_valid", "refresh_overhead", "wall_seconds"):
         assert key in summary
     assert summary["pattern"] == "4:8-T" and summary["mask_valid"] is True
     assert 0.0 <= summary["test_accuracy"] <= 100.0 and 0.0 <= summary["baseline_test_accuracy"] <= 100.0
@@ -89,8 +97,9 @@ def test_resume_equals_uninterrupted(tmp_path: Path, capsys: pytest.CaptureFixtu
     # Bit-equality needs the same CPU thread count in every session (reductions split by thread): the command
     # resumes on 1 thread (TrainConfig.threads=None for the cnn), so the library runs below use 1 as well.
     torch.set_num_threads(1)
-    cfg = TrainConfig(width=8, epochs=3, steps_per_epoch=4, batch_size=32, refresh_every=3,
-                      initial_method="greedy", baseline=False)
+    cfg = TrainConfig(
+        width=8, epochs=3, steps_per_epoch=4, batch_size=32, refresh_every=3, initial_method="greedy", baseline=False
+    )
     full = run_training(cfg, tmp_path / "full", progress=False)
     assert full is not None
 
@@ -104,8 +113,13 @@ def test_resume_equals_uninterrupted(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert a.keys() == b.keys()
         for key in a:  # bit-identical weights, masks, batch-norm statistics, optimizer moments, RNG states
             assert torch.equal(a[key], b[key]), (name, key)
-    lines = [[{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-              for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("full", "cut")]
+    lines = [
+        [
+            {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+            for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        ]
+        for run in ("full", "cut")
+    ]
     assert lines[0] == lines[1] and len(lines[0]) == 3
     resumed = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert resumed["test_accuracy"] == full.test_accuracy and resumed["refreshes"] == full.refreshes == 4
@@ -116,8 +130,22 @@ def test_static_fine_tune_from_a_dense_checkpoint(tmp_path: Path, capsys: pytest
     dense_cfg = TrainConfig(width=8, epochs=1, steps_per_epoch=4, batch_size=32, mode="dense", baseline=False)
     run_training(dense_cfg, tmp_path / "dense", progress=False)
     init = tmp_path / "dense" / "model.safetensors"
-    code, stdout, _ = _cli(["train", *TINY, "--mode", "static", "--pattern", "2:4-T", "--init", str(init),
-                            "--no-baseline", "--out", str(tmp_path / "static")], capsys)
+    code, stdout, _ = _cli(
+        [
+            "train",
+            *TINY,
+            "--mode",
+            "static",
+            "--pattern",
+            "2:4-T",
+            "--init",
+            str(init),
+            "--no-baseline",
+            "--out",
+            str(tmp_path / "static"),
+        ],
+        capsys,
+    )
     assert code == 0 and "masks computed once with exact" in stdout
 
     dense_state = load_state_dict(init)
@@ -136,11 +164,20 @@ def test_static_fine_tune_from_a_dense_checkpoint(tmp_path: Path, capsys: pytest
 
 
 def test_static_from_a_pruned_checkpoint_starts_from_the_masked_weights(tmp_path: Path) -> None:
-    sparse_cfg = TrainConfig(width=8, epochs=1, steps_per_epoch=2, batch_size=32, baseline=False,
-                             initial_method="greedy")
+    sparse_cfg = TrainConfig(
+        width=8, epochs=1, steps_per_epoch=2, batch_size=32, baseline=False, initial_method="greedy"
+    )
     run_training(sparse_cfg, tmp_path / "sparse", progress=False)
-    cfg = TrainConfig(width=8, epochs=1, steps_per_epoch=1, batch_size=32, mode="static", pattern="2:4",
-                      init=str(tmp_path / "sparse" / "model.safetensors"), baseline=False)
+    cfg = TrainConfig(
+        width=8,
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=32,
+        mode="static",
+        pattern="2:4",
+        init=str(tmp_path / "sparse" / "model.safetensors"),
+        baseline=False,
+    )
     trainer = Trainer(cfg)
     source = load_run_model(tmp_path / "sparse" / "model.safetensors", width=8)
     masked = source.conv2.weight.detach()  # the source's masked weights
@@ -164,14 +201,32 @@ def test_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_init_checkpoint_of_another_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run_training(TrainConfig(model="mlp", width=8, epochs=1, steps_per_epoch=1, mode="dense", baseline=False),
-                 tmp_path / "mlp", progress=False)
+    run_training(
+        TrainConfig(model="mlp", width=8, epochs=1, steps_per_epoch=1, mode="dense", baseline=False),
+        tmp_path / "mlp",
+        progress=False,
+    )
     init = str(tmp_path / "mlp" / "model.safetensors")
     code, _, err = _cli(["train", *TINY, "--mode", "static", "--init", init, "--out", str(tmp_path / "o")], capsys)
     _one_line_error(code, err, "holds a 'mlp' model but this run builds 'cnn'")
     # Same model name, other shapes (width 16 vs 8): named, with the fix.
-    code, _, err = _cli(["train", *TINY, "--model", "mlp", "--width", "16", "--mode", "static", "--init", init,
-                         "--out", str(tmp_path / "o2")], capsys)
+    code, _, err = _cli(
+        [
+            "train",
+            *TINY,
+            "--model",
+            "mlp",
+            "--width",
+            "16",
+            "--mode",
+            "static",
+            "--init",
+            init,
+            "--out",
+            str(tmp_path / "o2"),
+        ],
+        capsys,
+    )
     _one_line_error(code, err, "does not fit model 'mlp'")
 
 
@@ -251,8 +306,9 @@ def test_failed_compare_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFix
     out = tmp_path / "cmp"
     code, _, err = _cli(["compare", *TINY, "--structures", "dense", "16:32-T", "--out", str(out)], capsys)
     _one_line_error(code, err, "16:32-T")
-    code, _, err = _cli(["compare", *TINY, "--structures", "2:4", "--data", str(tmp_path / "nowhere"),
-                         "--out", str(out)], capsys)
+    code, _, err = _cli(
+        ["compare", *TINY, "--structures", "2:4", "--data", str(tmp_path / "nowhere"), "--out", str(out)], capsys
+    )
     _one_line_error(code, err, "does not exist")
     assert not out.exists()
 
@@ -281,8 +337,7 @@ def test_trainer_keeps_the_callers_thread_count() -> None:
     # numba's OpenMP layer, when the solvers run on it, resets torch's OpenMP thread count (1 -> all cores);
     # the trainer puts the caller's count back after every mask computation.
     torch.set_num_threads(1)
-    trainer = Trainer(TrainConfig(width=8, epochs=1, steps_per_epoch=3, batch_size=32, refresh_every=1,
-                                  baseline=False))
+    trainer = Trainer(TrainConfig(width=8, epochs=1, steps_per_epoch=3, batch_size=32, refresh_every=1, baseline=False))
     assert torch.get_num_threads() == 1
     assert trainer.fit().refreshes == 3
     assert torch.get_num_threads() == 1

@@ -22,9 +22,14 @@ from nmsparse.recipes.rundir import (
 
 
 def _ckpt(epoch: int, digest: str = "h1") -> Checkpoint:
-    return Checkpoint(epoch=epoch, config_hash=digest, tensors={"w": torch.full((2,), float(epoch))},
-                      tensor_metadata={"w": "x"}, state={"step": epoch * 4},
-                      history=[{"epoch": e, "loss": 1.0 / e} for e in range(1, epoch + 1)])
+    return Checkpoint(
+        epoch=epoch,
+        config_hash=digest,
+        tensors={"w": torch.full((2,), float(epoch))},
+        tensor_metadata={"w": "x"},
+        state={"step": epoch * 4},
+        history=[{"epoch": e, "loss": 1.0 / e} for e in range(1, epoch + 1)],
+    )
 
 
 def _new(path: Path, **kw) -> RunDir:
@@ -38,8 +43,14 @@ def test_pack_state_round_trips_optimizer_rng_and_nested_values() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "np": np.arange(3, dtype=np.uint32),
-             "py": (3, tuple(range(5)), None), "nan": float("nan"), "int_keys": {0: "a", 7: [1, 2.5]}}
+    state = {
+        "optimizer": opt.state_dict(),
+        "rng": torch.get_rng_state(),
+        "np": np.arange(3, dtype=np.uint32),
+        "py": (3, tuple(range(5)), None),
+        "nan": float("nan"),
+        "int_keys": {0: "a", 7: [1, 2.5]},
+    }
     tensors, skeleton = pack_state(state)
     back = unpack_state(tensors, json.loads(json.dumps(skeleton)))
     assert back["py"] == (3, (0, 1, 2, 3, 4), None) and back["int_keys"] == {0: "a", 7: [1, 2.5]}

@@ -139,8 +139,9 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch, fresh_cache: None) -> list[tuple[i
     """The probe says 'capable'; measure_linear returns 2x for wide layers and 0.5x for narrow ones."""
     calls: list[tuple[int, int, int]] = []
 
-    def fake_measure(tokens: int, in_f: int, out_f: int, dtype: torch.dtype, device: object, *,
-                     training: bool = True, **_: object) -> tuple[float, float]:
+    def fake_measure(
+        tokens: int, in_f: int, out_f: int, dtype: torch.dtype, device: object, *, training: bool = True, **_: object
+    ) -> tuple[float, float]:
         calls.append((tokens, in_f, out_f))
         return (2.0, 1.0) if max(in_f, out_f) >= 256 else (1.0, 2.0)
 
@@ -174,10 +175,12 @@ def test_tokens_are_needed_and_recorded_from_a_sample(fake_gpu: list[tuple[int, 
     assert report.layers["0"].tokens == 512
 
 
-def test_timing_cache_file_is_written_reused_and_survives_corruption(fake_gpu: list[tuple[int, int, int]],
-                                                                     tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_timing_cache_file_is_written_reused_and_survives_corruption(
+    fake_gpu: list[tuple[int, int, int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     path = tmp_path / "cache" / "timings.json"
     accelerate_(nn.Sequential(nn.Linear(128, 256)), tokens=1024, cache_file=path)
     data = json.loads(path.read_text())

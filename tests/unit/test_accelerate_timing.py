@@ -40,10 +40,10 @@ def test_shared_warmup_then_interleaved_repeats_alternating_order() -> None:
     assert len(warm) == 2 * 34, "alternating pairs until >= 100 ms of work (34 x 3 ms)"
     assert [side for _, side, _ in warm[:4]] == ["dense", "sparse", "dense", "sparse"]
     assert out["warmup_ms"] >= 100.0
-    timed = [(kind, side) for kind, side, calls in clock.log[len(warm):]]
+    timed = [(kind, side) for kind, side, calls in clock.log[len(warm) :]]
     assert timed[:4] == [("pipelined", "dense"), ("sync", "dense"), ("pipelined", "sparse"), ("sync", "sparse")]
     assert timed[4:8] == [("pipelined", "sparse"), ("sync", "sparse"), ("pipelined", "dense"), ("sync", "dense")]
-    assert all(calls == 5 for kind, _, calls in clock.log[len(warm):] if kind == "pipelined")
+    assert all(calls == 5 for kind, _, calls in clock.log[len(warm) :] if kind == "pipelined")
     assert (out["dense"], out["sparse"], out["dense_sync"], out["sparse_sync"]) == (2.0, 1.0, 2.5, 3.0)
     assert out["dense_spread"] == out["sparse_spread"] == 0.0
 
@@ -56,8 +56,14 @@ def test_spread_is_stored() -> None:
             fn()
             return next(values)
 
-    out = acc._fair_times(lambda: "dense", lambda: "sparse", clock=Noisy({}, {"dense": 1.0, "sparse": 1.0}),
-                          warmup_ms=0.0, repeats=4, calls=2)
+    out = acc._fair_times(
+        lambda: "dense",
+        lambda: "sparse",
+        clock=Noisy({}, {"dense": 1.0, "sparse": 1.0}),
+        warmup_ms=0.0,
+        repeats=4,
+        calls=2,
+    )
     # order: d s | s d | d s | s d  ->  dense 1.0 0.8 1.0 0.9, sparse 1.0 1.2 1.0 1.1
     assert out["dense"] == pytest.approx(0.95) and out["dense_spread"] == pytest.approx(0.2 / 0.95)
     assert out["sparse"] == pytest.approx(1.05) and out["sparse_spread"] == pytest.approx(0.2 / 1.05)
@@ -78,8 +84,9 @@ def test_measure_linear_with_an_injected_clock_reports_both_timings() -> None:
             return 2.0
 
     clock = LayerClock()
-    timing = acc.measure_linear(8, 16, 16, torch.float32, "cpu", warmup=1, repeats=3, warmup_ms=0.0, detail=True,
-                                clock=clock)
+    timing = acc.measure_linear(
+        8, 16, 16, torch.float32, "cpu", warmup=1, repeats=3, warmup_ms=0.0, detail=True, clock=clock
+    )
     assert isinstance(timing, LinearTiming)
     assert (timing.dense_ms, timing.sparse_ms, timing.dense_sync_ms, timing.sparse_sync_ms) == (1.0, 1.0, 2.0, 2.0)
     assert timing.forward_speedup == 1.0 and timing.speedup == 1.0 and timing.sync_speedup == 1.0
@@ -95,8 +102,17 @@ def fake_gpu_timing(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
     def fake_measure(tokens: int, in_f: int, out_f: int, dtype: torch.dtype, device: object, **kw: Any) -> Any:
         calls.append({"shape": (tokens, in_f, out_f), **kw})
-        return LinearTiming(dense_ms=2.5, sparse_ms=2.0, dense_sync_ms=2.4, sparse_sync_ms=3.0, dense_spread=0.02,
-                            sparse_spread=0.04, forward_speedup=1.5, warmup_ms=120.0, repeats=20)
+        return LinearTiming(
+            dense_ms=2.5,
+            sparse_ms=2.0,
+            dense_sync_ms=2.4,
+            sparse_sync_ms=3.0,
+            dense_spread=0.02,
+            sparse_spread=0.04,
+            forward_speedup=1.5,
+            warmup_ms=120.0,
+            repeats=20,
+        )
 
     monkeypatch.setattr(acc, "_MEMORY_CACHE", {})
     monkeypatch.setattr(acc, "sparse_unavailable_reason", lambda *a, **k: None)
@@ -106,7 +122,8 @@ def fake_gpu_timing(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def test_decision_uses_pipelined_times_and_reports_predicted_and_measured(
-        fake_gpu_timing: list[dict[str, Any]]) -> None:
+    fake_gpu_timing: list[dict[str, Any]],
+) -> None:
     model = nn.Sequential(nn.Linear(128, 256), nn.Linear(256, 128, bias=False))
     report = accelerate_(model, tokens=1024)
     first = report.layers["0"]

@@ -66,10 +66,12 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_masks_fixed_valid_and_errors_drop(pattern):
     model, data = _mlp(), _data()
     dense = copy.deepcopy(model)
-    expected = {name: layer_mask(module, nmsparse.NMPattern.parse(pattern), method="auto")
-                for name, module in dense.named_modules() if name in ("0", "2")}
-    reports = _old(model, data, pattern, keep_first_last=False, iterations=150, batch_size=None,
-                                 exclude=["4"])
+    expected = {
+        name: layer_mask(module, nmsparse.NMPattern.parse(pattern), method="auto")
+        for name, module in dense.named_modules()
+        if name in ("0", "2")
+    }
+    reports = _old(model, data, pattern, keep_first_last=False, iterations=150, batch_size=None, exclude=["4"])
     assert [r.name for r in reports] == ["0", "2"]
     masks = nmsparse.get_masks(model)
     for name in ("0", "2"):
@@ -94,8 +96,7 @@ def test_plain_pattern_prunes_the_last_layer_unless_kept():
 
 def test_best_iterate_is_kept_when_adam_diverges():
     model, data = _mlp(), _data()
-    reports = _old(model, data, "2:4", keep_first_last=False, iterations=30, lr=50.0, bias_lr=50.0,
-                                 batch_size=None)
+    reports = _old(model, data, "2:4", keep_first_last=False, iterations=30, lr=50.0, bias_lr=50.0, batch_size=None)
     for r in reports:
         assert r.error_after <= r.error_before
         assert r.best_iteration == 0  # a learning rate of 50 only makes things worse
@@ -106,8 +107,7 @@ def test_reported_errors_match_direct_computation(batch_size):
     """Parallel mode: every layer is fitted on dense inputs to dense outputs; the report's errors are MSEs."""
     model, data = _mlp(), _data()
     dense = copy.deepcopy(model)
-    reports = _old(model, data, "2:4", keep_first_last=False, iterations=40, sequential=False,
-                                 batch_size=batch_size)
+    reports = _old(model, data, "2:4", keep_first_last=False, iterations=40, sequential=False, batch_size=batch_size)
     for r in reports:
         x, y = _layer_io(dense, r.name, data)
         pruned = dict(model.named_modules())[r.name]
@@ -119,8 +119,7 @@ def test_reported_errors_match_direct_computation(batch_size):
 @pytest.mark.parametrize("batch_size", [None, 16])
 def test_validation_share_picks_iterates_on_held_out_rows(batch_size):
     model, data = _mlp(), _data()
-    reports = _old(model, data, "2:4", keep_first_last=False, iterations=60, batch_size=batch_size,
-                                 validation=0.25)
+    reports = _old(model, data, "2:4", keep_first_last=False, iterations=60, batch_size=batch_size, validation=0.25)
     for r in reports:
         assert r.rows == 256  # errors are still reported over every row
         assert r.error_after < r.error_before
@@ -135,12 +134,11 @@ def test_validation_share_picks_iterates_on_held_out_rows(batch_size):
 def test_sequential_feeds_pruned_inputs_and_targets_the_dense_model():
     model, data = _mlp(), _data()
     dense = copy.deepcopy(model)
-    seq = _old(copy.deepcopy(model), data, "2:4", keep_first_last=False, iterations=60,
-                             batch_size=None)
-    par = _old(copy.deepcopy(model), data, "2:4", keep_first_last=False, iterations=60,
-                             batch_size=None, sequential=False)
-    loc = _old(copy.deepcopy(model), data, "2:4", keep_first_last=False, iterations=60,
-                             batch_size=None, target="layer")
+    seq = _old(copy.deepcopy(model), data, "2:4", keep_first_last=False, iterations=60, batch_size=None)
+    par = _old(
+        copy.deepcopy(model), data, "2:4", keep_first_last=False, iterations=60, batch_size=None, sequential=False
+    )
+    loc = _old(copy.deepcopy(model), data, "2:4", keep_first_last=False, iterations=60, batch_size=None, target="layer")
     assert seq[0].error_before == pytest.approx(par[0].error_before)  # the first layer sees the same inputs
     assert seq[1].error_dense > 0  # its input comes from the pruned first layer: the dense weights miss now
     assert par[1].error_dense == pytest.approx(0.0, abs=1e-6)
@@ -205,8 +203,9 @@ def test_memory_budget_subsamples_rows_but_statistics_cover_all():
     solve = 4 * (32 * 32 + 8 * 32 * 32)  # one fit's float32 workspace
     dense_copy = sum(p.numel() * 4 for p in model.parameters())  # the dense model, for its targets
     budget = stats + solve + dense_copy + 100 * row_bytes  # room for 100 of the 512 rows
-    reports = _old(model, data, "2:4", keep_first_last=False, iterations=20, batch_size=4,
-                   memory_budget=budget, include=["2"])
+    reports = _old(
+        model, data, "2:4", keep_first_last=False, iterations=20, batch_size=4, memory_budget=budget, include=["2"]
+    )
     (r,) = reports
     assert r.rows == 512
     assert 0 < r.stored_rows <= 100
@@ -250,8 +249,16 @@ def test_convolutions_are_fitted_exactly(groups, pattern):
     dense = copy.deepcopy(model)
     g = torch.Generator().manual_seed(4)
     data = [torch.randn(8, 3, 8, 8, generator=g) for _ in range(3)]
-    reports = _old(model, data, pattern, keep_first_last=False, iterations=30, sequential=False,
-                                 batch_size=None, recalibrate_bn=False)
+    reports = _old(
+        model,
+        data,
+        pattern,
+        keep_first_last=False,
+        iterations=30,
+        sequential=False,
+        batch_size=None,
+        recalibrate_bn=False,
+    )
     names = [r.name for r in reports]
     assert "conv" in names and "reflect" in names
     for r in reports:
@@ -274,8 +281,7 @@ def test_batchnorm_is_reestimated_on_calibration_data():
     assert torch.allclose(model.bn.running_mean, mean, atol=1e-4)
     assert model.bn.momentum == 0.1  # restored
     before = model.bn.running_mean.clone()
-    _old(model := _ConvNet().eval(), data, "2:4", keep_first_last=False, iterations=0,
-                       recalibrate_bn=False)
+    _old(model := _ConvNet().eval(), data, "2:4", keep_first_last=False, iterations=0, recalibrate_bn=False)
     assert torch.equal(model.bn.running_mean, torch.zeros(16)) and not torch.equal(before, torch.zeros(16))
 
 
@@ -290,8 +296,7 @@ def test_unstructured_sparse_model_is_converted_on_its_survivors():
             layer.weight.mul_(torch.rand(layer.weight.shape, generator=g) < 0.4)  # ~60% zeros, unstructured
             layer.weight.mul_(1e-3)  # tiny survivors: they must still outrank zeros
     alive = {n: (dict(model.named_modules())[n].weight != 0) for n in ("0", "2")}
-    _old(model, _data(), "2:4", keep_first_last=False, iterations=0, scores="activation",
-                       absorb_mean=False)
+    _old(model, _data(), "2:4", keep_first_last=False, iterations=0, scores="activation", absorb_mean=False)
     masks = nmsparse.get_masks(model)
     for name in ("0", "2"):
         kept_alive = (masks[f"{name}.weight"] & alive[name]).reshape(-1, 4).sum(dim=1)
@@ -341,8 +346,9 @@ def test_dict_batches_are_keyword_arguments_and_padding_is_ignored():
     real_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     reports = _old(_KwModel(), batches, "2:4", keep_first_last=False, iterations=5, batch_size=None)
     assert [r.rows for r in reports] == [real_tokens, real_tokens]
-    reports = _old(_KwModel(), batches, "2:4", keep_first_last=False, iterations=5,
-                                 batch_size=None, ignore_padding=False)
+    reports = _old(
+        _KwModel(), batches, "2:4", keep_first_last=False, iterations=5, batch_size=None, ignore_padding=False
+    )
     assert [r.rows for r in reports] == [30, 30]
 
 
@@ -359,8 +365,7 @@ class _TwoInputs(nn.Module):
 def test_tuple_batches_and_modules_called_twice():
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(10, 8, generator=g), torch.randn(10, 8, generator=g)) for _ in range(3)]
-    (r,) = _old(_TwoInputs(), batches, "2:4", keep_first_last=False, iterations=20,
-                              batch_size=None)
+    (r,) = _old(_TwoInputs(), batches, "2:4", keep_first_last=False, iterations=20, batch_size=None)
     assert r.rows == 60  # 2 calls x 10 rows x 3 batches
     assert r.error_after < r.error_before
 
@@ -381,8 +386,7 @@ def test_empty_calibration_set():
 
 def test_nothing_prunable():
     with pytest.raises(ConfigError, match="no layer of the model can take pattern 2:4"):
-        _old(nn.Sequential(nn.Linear(6, 3), nn.ReLU()), [torch.randn(2, 6)], "2:4",
-                           keep_first_last=False)
+        _old(nn.Sequential(nn.Linear(6, 3), nn.ReLU()), [torch.randn(2, 6)], "2:4", keep_first_last=False)
     with pytest.raises(ConfigError, match="no layer of the model can take pattern 2:4"):
         _old(nn.Sequential(nn.ReLU()), [torch.randn(2, 6)], "2:4")
 
@@ -398,11 +402,18 @@ def test_wrong_shape_batch_is_named_and_model_left_untouched():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"scores": "random"}, "scores"), ({"target": "dense"}, "target"), ({"iterations": -1}, "iterations"),
-    ({"batch_size": 0}, "batch_size"), ({"lr": float("nan")}, "lr"), ({"method": "best"}, "method"),
-    ({"sequential": "yes"}, "sequential"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"scores": "random"}, "scores"),
+        ({"target": "dense"}, "target"),
+        ({"iterations": -1}, "iterations"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": float("nan")}, "lr"),
+        ({"method": "best"}, "method"),
+        ({"sequential": "yes"}, "sequential"),
+    ],
+)
 def test_bad_options(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         _old(_mlp(), _data(), "2:4", **kwargs)

@@ -67,8 +67,12 @@ def test_damping_pulls_towards_the_masked_start_and_never_loses_to_it():
     stats = LayerStatistics(16, 8, bias=True)
     stats.add(x, layer(x).detach() + 0.3 * torch.randn(64, 8))
     mask = nmsparse.find_mask(layer.weight.detach(), "2:4")
-    fits = {d: fit_layer(layer.weight.detach(), mask, stats, AdaPruneConfig(pattern="2:4", damping=d),
-                         bias=layer.bias.detach()) for d in (0.0, 0.1, 10.0)}
+    fits = {
+        d: fit_layer(
+            layer.weight.detach(), mask, stats, AdaPruneConfig(pattern="2:4", damping=d), bias=layer.bias.detach()
+        )
+        for d in (0.0, 0.1, 10.0)
+    }
     start = fits[0.0].error_before
     moved = {d: float((f.weight - layer.weight.detach() * mask).norm()) for d, f in fits.items()}
     assert moved[0.0] > moved[0.1] > moved[10.0]

@@ -41,9 +41,7 @@ def brute_force_tau(m: int, n: int) -> int:
         bits = np.arange(1 << (m * m), dtype=np.int64)
         mats = ((bits[:, None] >> np.arange(m * m)) & 1).reshape(-1, m, m)
     else:  # every choice of a row with n ones, for each of the m rows
-        row_choices = np.array(
-            [[int(j in cols) for j in range(m)] for cols in itertools.combinations(range(m), n)]
-        )
+        row_choices = np.array([[int(j in cols) for j in range(m)] for cols in itertools.combinations(range(m), n)])
         picks = np.stack(np.meshgrid(*[np.arange(len(row_choices))] * m, indexing="ij"), -1).reshape(-1, m)
         mats = row_choices[picks]  # (choices**m, m, m)
     ok = (mats.sum(axis=2) == n).all(axis=1) & (mats.sum(axis=1) == n).all(axis=1)
@@ -170,9 +168,7 @@ def test_transposable_diversity_equals_count_of_all_4x4_masks(pattern: str, expe
     assert int(((rows == p.n).all(dim=1) & (cols == p.n).all(dim=1)).sum()) == expected
     # The vectorised counts agree with is_nm_sparse itself, mask by mask, on valid and invalid masks.
     generator = torch.Generator().manual_seed(0)
-    sample = torch.cat(
-        [torch.nonzero(valid).flatten(), torch.randint(0, 1 << 16, (100,), generator=generator)]
-    )
+    sample = torch.cat([torch.nonzero(valid).flatten(), torch.randint(0, 1 << 16, (100,), generator=generator)])
     for i in sample.tolist():
         assert nmsparse.is_nm_sparse(masks[i], pattern) == bool(at_most_n[i])
 
@@ -192,9 +188,7 @@ def test_design_numbers_for_64_weights() -> None:
     assert mask_diversity("8:16-T", 256) == transposable_block_count(16, 8)
     assert mask_diversity(nmsparse.NMPattern(4, 8, True), 128) == 116_963_796_250**2
     assert mask_diversity("2:4", 64, density=0.5) == md_24  # density equal to n/m is accepted
-    assert mask_diversity("unstructured", np.int64(30), density=0.1) == math.comb(
-        30, 3
-    )  # 0.1 * 30 != 3 in floats
+    assert mask_diversity("unstructured", np.int64(30), density=0.1) == math.comb(30, 3)  # 0.1 * 30 != 3 in floats
 
 
 def test_paper_closed_form_is_wrong_except_for_n_1() -> None:
@@ -226,9 +220,7 @@ def test_log10_matches_exact_integers() -> None:
             math.log10(mask_diversity(pattern, numel)), rel=1e-12
         )
     # Above 4096 weights unstructured uses lgamma.
-    assert log10_mask_diversity("unstructured", 8192) == pytest.approx(
-        math.log10(math.comb(8192, 4096)), abs=1e-6
-    )
+    assert log10_mask_diversity("unstructured", 8192) == pytest.approx(math.log10(math.comb(8192, 4096)), abs=1e-6)
     huge = log10_mask_diversity("2:4", 10**9)  # MD itself would have ~2e8 digits
     assert huge == pytest.approx(10**9 / 4 * math.log10(6), rel=1e-12)
     assert log10_mask_diversity("unstructured", 10**8, density=0.25) > 0
@@ -244,9 +236,7 @@ def test_canfield_mckay_estimate_accuracy(m: int, max_error: float) -> None:
     # Under-estimates by a few percent, as the docstring states; never by more than max_error in log10.
     assert all(0 < e <= max_error for e in errors), errors
     assert max(errors) > max_error - 0.004  # the stated bound is tight, not loose
-    assert (
-        estimate_log10_transposable_block_count(m, 0) == estimate_log10_transposable_block_count(m, m) == 0.0
-    )
+    assert estimate_log10_transposable_block_count(m, 0) == estimate_log10_transposable_block_count(m, m) == 0.0
 
 
 def test_estimate_error_shrinks_with_m_and_covers_large_blocks() -> None:
@@ -341,9 +331,7 @@ def test_trivial_large_blocks_are_exact() -> None:
 
 def test_estimate_accepts_blocks_beyond_exact_range() -> None:
     assert estimate_log10_transposable_block_count(32, 16) > math.log10(transposable_block_count(16, 8)) * 3
-    assert estimate_log10_transposable_block_count(64, 1) == pytest.approx(
-        math.log10(math.factorial(64)), abs=0.01
-    )
+    assert estimate_log10_transposable_block_count(64, 1) == pytest.approx(math.log10(math.factorial(64)), abs=0.01)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -359,22 +347,13 @@ def test_diversity_summary_rows() -> None:
     assert plain.paper_closed_form is None and plain.log10_paper_closed_form is None
     na = diversity_summary("8:16-T", 64)
     assert (na.status, na.reason, na.mask_diversity) == ("n/a", "numel not a multiple of m^2 = 256", None)
-    assert (
-        diversity_summary("unstructured", 63).reason
-        == "numel * density = 31.5 is not a whole number of weights"
-    )
+    assert diversity_summary("unstructured", 63).reason == "numel * density = 31.5 is not a whole number of weights"
     estimate = diversity_summary("16:32-T", 1024)
-    assert (
-        estimate.status == "estimate"
-        and estimate.mask_diversity is None
-        and "Canfield-McKay" in estimate.reason
-    )
+    assert estimate.status == "estimate" and estimate.mask_diversity is None and "Canfield-McKay" in estimate.reason
     assert estimate.log10_mask_diversity == pytest.approx(estimate_log10_transposable_block_count(32, 16))
     assert estimate.paper_closed_form == paper_closed_form_transposable(32, 16)
     capped = diversity_summary("2:4", 4096, max_digits=100)
-    assert capped.mask_diversity is None and capped.log10_mask_diversity == pytest.approx(
-        1024 * math.log10(6)
-    )
+    assert capped.mask_diversity is None and capped.log10_mask_diversity == pytest.approx(1024 * math.log10(6))
     assert diversity_summary("2:4", 4096, max_digits=None).mask_diversity == 6**1024
     with pytest.raises(ConfigError, match="n/m"):
         diversity_summary("2:4", 64, density=0.3)
@@ -480,7 +459,12 @@ def test_diversity_command_uses_the_shared_table_formatter() -> None:
     from nmsparse.cli import diversity as diversity_cli
 
     assert not hasattr(diversity_cli, "_format_table")
-    table = _table.format_table(["name", "value"], [["a", "12"], ["b", "n/a: too big"]], align="lr",
-                                left_if=lambda cell: cell.startswith("n/a"))
-    assert table.splitlines() == ["name         value", "----  ------------", "a               12",
-                                  "b     n/a: too big"]
+    table = _table.format_table(
+        ["name", "value"], [["a", "12"], ["b", "n/a: too big"]], align="lr", left_if=lambda cell: cell.startswith("n/a")
+    )
+    assert table.splitlines() == [
+        "name         value",
+        "----  ------------",
+        "a               12",
+        "b     n/a: too big",
+    ]

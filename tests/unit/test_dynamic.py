@@ -15,10 +15,15 @@ from nmsparse.testing import toy_mlp
 
 def toy_cnn() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),  # K = 27: stays dense
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1, groups=2), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),  # K = 27: stays dense
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 8),
     )
 
 
@@ -46,8 +51,9 @@ def test_prunes_with_straight_through_masks_and_decay():
 
 def test_default_initial_masks_are_exact():
     model = toy_mlp()
-    dense = {name: module.weight.detach().clone() for name, module in model.named_modules()
-             if isinstance(module, nn.Linear)}
+    dense = {
+        name: module.weight.detach().clone() for name, module in model.named_modules() if isinstance(module, nn.Linear)
+    }
     sparsifier = DynamicSparsifier(model)  # "4:8-T", initial_method="exact"
     masks = get_masks(model)
     assert list(masks) == ["0.weight", "2.weight", "4.weight"]  # tensor names, like every mask mapping
@@ -87,10 +93,13 @@ def test_refresh_recomputes_masks_from_the_dense_weights():
         assert torch.equal(mask, nmsparse.find_mask(original, "4:8-T", method="greedy-repair"))
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
-    lambda p: torch.optim.AdamW(p, lr=1e-2),
-])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-4),
+        lambda p: torch.optim.AdamW(p, lr=1e-2),
+    ],
+)
 def test_optimizer_keeps_updating_the_same_parameters(make_opt):
     model = toy_mlp()
     opt = make_opt(model.parameters())  # built before the sparsifier
@@ -174,14 +183,17 @@ def test_load_state_dict_refuses_other_pattern_or_layers():
         other.load_state_dict({"steps": 3})
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"refresh_every": 0}, "refresh_every"),
-    ({"refresh_every": 2.5}, "refresh_every"),
-    ({"decay": -1.0}, "decay"),
-    ({"decay": float("nan")}, "decay"),
-    ({"method": "topn"}, "topn"),
-    ({"initial_method": "nope"}, "initial_method"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"refresh_every": 0}, "refresh_every"),
+        ({"refresh_every": 2.5}, "refresh_every"),
+        ({"decay": -1.0}, "decay"),
+        ({"decay": float("nan")}, "decay"),
+        ({"method": "topn"}, "topn"),
+        ({"initial_method": "nope"}, "initial_method"),
+    ],
+)
 def test_bad_config_is_refused_before_pruning(kwargs, needle):
     model = toy_mlp()
     with pytest.raises(ConfigError, match=needle):

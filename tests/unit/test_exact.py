@@ -104,8 +104,9 @@ def test_m32_matches_linprog(n: int) -> None:
     _check_against_linprog(torch.randn(6, 32, 32).abs(), n)
 
 
-@pytest.mark.parametrize(("m", "ns", "count"), [(4, (1, 2, 3), 10), (8, range(1, 8), 12), (16, (3, 8, 13), 4),
-                                                (32, (16,), 1)])
+@pytest.mark.parametrize(
+    ("m", "ns", "count"), [(4, (1, 2, 3), 10), (8, range(1, 8), 12), (16, (3, 8, 13), 4), (32, (16,), 1)]
+)
 def test_matches_networkx(m: int, ns: range | tuple[int, ...], count: int) -> None:
     for n in ns:
         blocks = torch.randn(count, m, m)  # signed scores: exactly n per row and column still binds
@@ -146,13 +147,28 @@ def _adversarial(kind: str, count: int, m: int, generator: torch.Generator) -> t
     if kind == "tiny-fp64":
         return torch.rand(shape, generator=generator, dtype=torch.float64) * 1e-300
     if kind == "mixed-scale":
-        return torch.randn(shape, generator=generator, dtype=torch.float64) * 10.0 ** torch.randint(
-            -30, 30, shape, generator=generator).double()
+        return (
+            torch.randn(shape, generator=generator, dtype=torch.float64)
+            * 10.0 ** torch.randint(-30, 30, shape, generator=generator).double()
+        )
     raise AssertionError(kind)
 
 
-ADVERSARIAL = ["all-equal", "few-distinct", "mostly-zero", "all-zero", "cauchy", "negative", "signed",
-               "integer", "huge-fp32", "huge-fp64", "tiny-fp32", "tiny-fp64", "mixed-scale"]
+ADVERSARIAL = [
+    "all-equal",
+    "few-distinct",
+    "mostly-zero",
+    "all-zero",
+    "cauchy",
+    "negative",
+    "signed",
+    "integer",
+    "huge-fp32",
+    "huge-fp64",
+    "tiny-fp32",
+    "tiny-fp64",
+    "mixed-scale",
+]
 
 
 @pytest.mark.parametrize("kind", ADVERSARIAL)
@@ -198,10 +214,16 @@ def test_at_most_matches_linprog(m: int, n: int, kind: str) -> None:
 
 def test_at_most_can_beat_exactly_n_on_positive_scores() -> None:
     # Row 0 and column 3 stay short: the entry that would fill both, (0, 3), is already kept.
-    block = torch.tensor([[[0.708, 0.104, 1.161, 1.340],
-                           [1.873, 1.241, 2.034, 0.136],
-                           [0.501, 0.808, 1.298, 0.025],
-                           [1.252, 0.889, 0.724, 0.431]]])
+    block = torch.tensor(
+        [
+            [
+                [0.708, 0.104, 1.161, 1.340],
+                [1.873, 1.241, 2.034, 0.136],
+                [0.501, 0.808, 1.298, 0.025],
+                [1.252, 0.889, 0.724, 0.431],
+            ]
+        ]
+    )
     relaxed = exact.exact_blocks(block, 2, at_most=True)
     strict = exact.exact_blocks(block, 2)
     assert relaxed[0].int().tolist() == [[0, 0, 0, 1], [1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]]
@@ -371,8 +393,11 @@ def test_subnormal_maximum_gives_valid_optimal_mask(pattern: str) -> None:
     one = torch.zeros(p.m, p.m, dtype=torch.float64)
     one[3 % p.m, 5 % p.m] = 1e-320
     generator = torch.Generator().manual_seed(7)
-    weights = [one, torch.rand(p.m, 2 * p.m, dtype=torch.float64, generator=generator) * 1e-310,
-               torch.rand(2 * p.m, p.m, dtype=torch.float64, generator=generator) * 5e-324 * 1000]
+    weights = [
+        one,
+        torch.rand(p.m, 2 * p.m, dtype=torch.float64, generator=generator) * 1e-310,
+        torch.rand(2 * p.m, p.m, dtype=torch.float64, generator=generator) * 5e-324 * 1000,
+    ]
     for weight in weights:
         mask = nmsparse.find_mask(weight, pattern, method="exact")
         assert_valid_mask(mask, pattern, exact_n=True, shape=weight.shape)
@@ -389,7 +414,7 @@ def test_near_overflow_float64_is_optimal(pattern: str) -> None:
     p = nmsparse.NMPattern.parse(pattern)
     generator = torch.Generator().manual_seed(11)
     weight = torch.rand(4 * p.m, 4 * p.m, dtype=torch.float64, generator=generator) * 1.7976931348623157e308
-    weight[0, :p.m] = torch.finfo(torch.float64).max  # and exact ties at the maximum
+    weight[0, : p.m] = torch.finfo(torch.float64).max  # and exact ties at the maximum
     mask = nmsparse.find_mask(weight, pattern, method="exact")
     assert_valid_mask(mask, pattern, exact_n=True, shape=weight.shape)
     blocks = to_blocks(weight, p.m)

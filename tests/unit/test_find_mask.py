@@ -15,7 +15,7 @@ def reference_topn(matrix: torch.Tensor, n: int, m: int) -> torch.Tensor:
     out = torch.zeros(matrix.shape, dtype=torch.bool)
     for r in range(matrix.shape[0]):
         for g in range(0, matrix.shape[1], m):
-            scores = matrix[r, g:g + m].tolist()
+            scores = matrix[r, g : g + m].tolist()
             order = sorted(range(m), key=lambda i: (-scores[i], i))
             for i in order[:n]:
                 out[r, g + i] = True
@@ -36,7 +36,11 @@ def test_ties_go_to_lower_index():
     w = torch.ones(2, 8)
     assert nmsparse.find_mask(w, "2:4").int().tolist() == [[1, 1, 0, 0, 1, 1, 0, 0]] * 2
     assert nmsparse.find_mask(torch.zeros(4, 4), "2:4-T", method="greedy").int().tolist() == [
-        [1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+        [1, 1, 0, 0],
+        [1, 1, 0, 0],
+        [0, 0, 1, 1],
+        [0, 0, 1, 1],
+    ]
 
 
 def test_conv_weight_uses_nhwc_matrix_view():
@@ -87,8 +91,14 @@ def test_greedy_blocks_transposable_and_repair_fills():
 
 @pytest.mark.parametrize(
     "shape, pattern, match",
-    [((4, 6), "2:4", "reduction dimension"), ((6, 8), "4:8-T", "output dimension"), ((4,), "2:4", "1-D"),
-     ((2, 4, 4, 4, 4), "2:4", "5-D"), ((0, 4), "2:4", "empty"), ((8, 3, 3, 3), "2:4", r"in\*kh\*kw")],
+    [
+        ((4, 6), "2:4", "reduction dimension"),
+        ((6, 8), "4:8-T", "output dimension"),
+        ((4,), "2:4", "1-D"),
+        ((2, 4, 4, 4, 4), "2:4", "5-D"),
+        ((0, 4), "2:4", "empty"),
+        ((8, 3, 3, 3), "2:4", r"in\*kh\*kw"),
+    ],
 )
 def test_shape_errors(shape, pattern, match):
     with pytest.raises(ShapeError, match=match):
@@ -120,13 +130,15 @@ def test_deterministic():
     torch.manual_seed(3)
     w = torch.randn(32, 64).round(decimals=1)
     for pattern, method in itertools.product(["2:4", "4:8-T"], ["auto", "greedy", "greedy-repair"]):
-        assert torch.equal(nmsparse.find_mask(w, pattern, method=method),
-                           nmsparse.find_mask(w.clone(), pattern, method=method))
+        assert torch.equal(
+            nmsparse.find_mask(w, pattern, method=method), nmsparse.find_mask(w.clone(), pattern, method=method)
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("pattern, method", [("2:4", "auto"), ("4:8-T", "greedy"), ("2:4-T", "exact"),
-                                             ("4:8-T", "exact")])
+@pytest.mark.parametrize(
+    "pattern, method", [("2:4", "auto"), ("4:8-T", "greedy"), ("2:4-T", "exact"), ("4:8-T", "exact")]
+)
 def test_cuda_matches_cpu(pattern, method):
     w = torch.randn(64, 128)
     mask = nmsparse.find_mask(w.cuda(), pattern, method=method)
@@ -139,8 +151,16 @@ def test_cuda_matches_cpu(pattern, method):
 
 def test_every_builtin_method_is_registered_with_its_capabilities():
     labels = {spec.label for spec in list_solvers()}
-    assert {"topn/torch", "exact/torch", "exact/numba", "exact/python", "greedy/torch", "greedy/numba",
-            "greedy-repair/torch", "greedy-repair/numba"} <= labels
+    assert {
+        "topn/torch",
+        "exact/torch",
+        "exact/numba",
+        "exact/python",
+        "greedy/torch",
+        "greedy/numba",
+        "greedy-repair/torch",
+        "greedy-repair/numba",
+    } <= labels
     assert list_methods()[0] == "auto" and {"topn", "exact", "greedy", "greedy-repair"} <= set(list_methods())
     topn = next(s for s in list_solvers("topn"))
     assert topn.plain and not topn.transposable and topn.exact and topn.exactly_n
@@ -166,15 +186,19 @@ def test_numba_and_torch_backends_are_bit_equal(pattern, method):
     torch.manual_seed(5)
     w = torch.randn(32, 48)
     w[:8] = w[:8].round()  # ties
-    assert torch.equal(nmsparse.find_mask(w, pattern, method=method, backend="numba"),
-                       nmsparse.find_mask(w, pattern, method=method, backend="torch"))
+    assert torch.equal(
+        nmsparse.find_mask(w, pattern, method=method, backend="numba"),
+        nmsparse.find_mask(w, pattern, method=method, backend="torch"),
+    )
 
 
 def test_exact_python_backend_matches_numba():
     w = torch.randn(16, 32)
     w[:8] = w[:8].round()
-    assert torch.equal(nmsparse.find_mask(w, "4:8-T", method="exact", backend="python"),
-                       nmsparse.find_mask(w, "4:8-T", method="exact", backend="numba"))
+    assert torch.equal(
+        nmsparse.find_mask(w, "4:8-T", method="exact", backend="python"),
+        nmsparse.find_mask(w, "4:8-T", method="exact", backend="numba"),
+    )
 
 
 def test_auto_backend_prefers_the_compiled_kernels_on_cpu(monkeypatch):
@@ -216,11 +240,13 @@ def _shifted(scores, pattern, progress):  # keeps n per group, but shifted into 
 
 @pytest.mark.parametrize(
     ("fn", "match"),
-    [(lambda s, p, g: topn_matrix(s, p).int(), "dtype torch.int32"),
-     (lambda s, p, g: topn_matrix(s, p)[:, :4], r"shape \(4, 4\)"),
-     (lambda s, p, g: topn_matrix(s, p).tolist(), "list, not a torch.Tensor"),
-     (lambda s, p, g: torch.ones(s.shape, dtype=torch.bool), "break 'at most 2 of 4'.*group 0 .* keeps 4"),
-     (lambda s, p, g: torch.zeros(s.shape, dtype=torch.bool, device="meta"), "on meta")],
+    [
+        (lambda s, p, g: topn_matrix(s, p).int(), "dtype torch.int32"),
+        (lambda s, p, g: topn_matrix(s, p)[:, :4], r"shape \(4, 4\)"),
+        (lambda s, p, g: topn_matrix(s, p).tolist(), "list, not a torch.Tensor"),
+        (lambda s, p, g: torch.ones(s.shape, dtype=torch.bool), "break 'at most 2 of 4'.*group 0 .* keeps 4"),
+        (lambda s, p, g: torch.zeros(s.shape, dtype=torch.bool, device="meta"), "on meta"),
+    ],
 )
 def test_a_wrong_solver_raises_solver_error_naming_it(fn, match):
     with registered_solver("broken", fn, backend="test", plain=True):
@@ -245,7 +271,7 @@ def test_exactly_n_is_checked_when_declared():
 def test_transposable_columns_are_checked():
     def rows_only(scores, pattern, progress):  # n per row, but every block column 0..n-1
         mask = torch.zeros(scores.shape, dtype=torch.bool)
-        mask.view(scores.shape[0], -1, pattern.m)[..., :pattern.n] = True
+        mask.view(scores.shape[0], -1, pattern.m)[..., : pattern.n] = True
         return mask
 
     with registered_solver("rows", rows_only, backend="test", transposable=True):
@@ -299,11 +325,13 @@ def test_meta_sparse_and_non_tensors_give_input_errors(fn):
         return nmsparse.retained_magnitude(x, torch.ones(4, 4, dtype=torch.bool))
 
     dense = torch.randn(4, 4)
-    for bad, match in [(torch.empty(4, 4, device="meta"), "meta device.*to_empty"),
-                       (dense.to_sparse(), r"sparse_coo tensor.*to_dense\(\)"),
-                       (dense.to_sparse_csr(), r"sparse_csr tensor.*to_dense\(\)"),
-                       (dense.tolist(), r"got list; convert it with torch.as_tensor"),
-                       (dense.numpy(), r"got ndarray; convert it with torch.as_tensor")]:
+    for bad, match in [
+        (torch.empty(4, 4, device="meta"), "meta device.*to_empty"),
+        (dense.to_sparse(), r"sparse_coo tensor.*to_dense\(\)"),
+        (dense.to_sparse_csr(), r"sparse_csr tensor.*to_dense\(\)"),
+        (dense.tolist(), r"got list; convert it with torch.as_tensor"),
+        (dense.numpy(), r"got ndarray; convert it with torch.as_tensor"),
+    ]:
         with pytest.raises(InputError, match=match):
             call(bad)
     with pytest.raises(InputError, match="mask must be a torch.Tensor"):

@@ -110,8 +110,9 @@ def test_half_bound_is_tight_on_the_classic_instance(n: int) -> None:
     assert 0.9 < ratio <= 1.0
 
 
-@pytest.mark.parametrize(("m", "n", "count"), [(4, 1, 150), (4, 2, 200), (4, 3, 150), (8, 4, 150),
-                                               (8, 3, 100), (16, 8, 20)])
+@pytest.mark.parametrize(
+    ("m", "n", "count"), [(4, 1, 150), (4, 2, 200), (4, 3, 150), (8, 4, 150), (8, 3, 100), (16, 8, 20)]
+)
 def test_greedy_matches_the_papers_rule_bit_for_bit(m: int, n: int, count: int) -> None:
     blocks = torch.randn(count, m, m).abs()
     blocks[: count // 2] = torch.randint(0, 3, (count // 2, m, m)).float()  # ties: lower flat index first

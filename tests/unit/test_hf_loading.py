@@ -40,8 +40,15 @@ def test_load_causal_lm_refuses_a_bert_folder(tmp_path):
     # item 3: a BERT encoder loads as BertLMHeadModel with a random language-model head
     from nmsparse.oneshot.hf import load_causal_lm
 
-    config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=16, is_decoder=True)
+    config = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        is_decoder=True,
+    )
     transformers.BertModel(config).save_pretrained(str(tmp_path / "bert"), safe_serialization=True)
     with pytest.raises(InputError, match="do not fit"):
         load_causal_lm(tmp_path / "bert")
@@ -79,9 +86,16 @@ def test_oneshot_run_refuses_weights_that_do_not_fit(tmp_path, capsys, gpt2_fold
         _edit_config(folder, n_layer=2)
     else:
         folder = tmp_path / "bert"
-        config = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                         intermediate_size=32, max_position_embeddings=16, is_decoder=True,
-                                         architectures=["BertModel"])
+        config = transformers.BertConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+            is_decoder=True,
+            architectures=["BertModel"],
+        )
         transformers.BertModel(config).save_pretrained(str(folder), safe_serialization=True)
     capsys.readouterr()
     code = main(["oneshot", "--model", f"hf:{folder}", "--pattern", "2:4", "--out", str(tmp_path / "o")])

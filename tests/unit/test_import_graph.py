@@ -34,7 +34,7 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
     package = module.split(".") if is_package else module.split(".")[:-1]
-    base = package[:len(package) - (node.level - 1)]
+    base = package[: len(package) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -133,7 +133,8 @@ def test_no_import_cycle() -> None:
     package_graph: dict[str, set[str]] = {}
     for module, targets in graph.items():
         package_graph.setdefault(_package(module), set()).update(
-            _package(t) for t in targets if _package(t) != _package(module))
+            _package(t) for t in targets if _package(t) != _package(module)
+        )
     problems = []
     for kind, g in (("modules", graph), ("packages", package_graph)):
         for component in strongly_connected(g):
@@ -143,20 +144,31 @@ def test_no_import_cycle() -> None:
 
 def test_library_does_not_import_recipes_or_cli() -> None:
     graph = import_graph()
-    bad = sorted(f"{a} -> {b}" for a, targets in graph.items()
-                 if not a.startswith(TOP) for b in targets if b.startswith(TOP))
+    bad = sorted(
+        f"{a} -> {b}" for a, targets in graph.items() if not a.startswith(TOP) for b in targets if b.startswith(TOP)
+    )
     assert not bad, bad
 
 
 def test_nn_does_not_import_prune() -> None:
     graph = import_graph()
-    bad = sorted(f"{a} -> {b}" for a, targets in graph.items() if _package(a) == "nmsparse.nn"
-                 for b in targets if _package(b) == "nmsparse.prune")
+    bad = sorted(
+        f"{a} -> {b}"
+        for a, targets in graph.items()
+        if _package(a) == "nmsparse.nn"
+        for b in targets
+        if _package(b) == "nmsparse.prune"
+    )
     assert not bad, bad
 
 
 def test_kernels_do_not_import_solvers() -> None:
     graph = import_graph()
-    bad = sorted(f"{a} -> {b}" for a, targets in graph.items() if _package(a) == "nmsparse.kernels"
-                 for b in targets if _package(b) == "nmsparse.solvers")
+    bad = sorted(
+        f"{a} -> {b}"
+        for a, targets in graph.items()
+        if _package(a) == "nmsparse.kernels"
+        for b in targets
+        if _package(b) == "nmsparse.solvers"
+    )
     assert not bad, bad

@@ -28,12 +28,15 @@ def test_pickle_with_objects_is_refused(tmp_path, capsys):
     assert "unpickled!" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content, name, match", [
-    (None, "missing.pt", "does not exist"),
-    (b"not a checkpoint", "corrupt.pt", "cannot be loaded"),
-    (b"\x00\x01garbage", "corrupt.safetensors", "not a readable safetensors"),
-    (b"x", "weights.npz", "unknown checkpoint suffix"),
-])
+@pytest.mark.parametrize(
+    "content, name, match",
+    [
+        (None, "missing.pt", "does not exist"),
+        (b"not a checkpoint", "corrupt.pt", "cannot be loaded"),
+        (b"\x00\x01garbage", "corrupt.safetensors", "not a readable safetensors"),
+        (b"x", "weights.npz", "unknown checkpoint suffix"),
+    ],
+)
 def test_bad_files(tmp_path, content, name, match):
     if content is not None:
         (tmp_path / name).write_bytes(content)
@@ -98,7 +101,6 @@ def raw_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         return model.state_dict()
 
 
-
 def _mlp() -> nn.Sequential:
     return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8))
 
@@ -136,10 +138,12 @@ def test_overwrite_false_refuses_an_existing_file_and_keeps_it(tmp_path):
     model = nmsparse.prune_(_mlp(), "2:4").model
     target = tmp_path / "m.safetensors"
     target.write_bytes(b"user data")
-    for call in (lambda: save_masks(nmsparse.get_masks(model), target),
-                 lambda: save_pruned(model, target),
-                 lambda: save_dense(model, target),
-                 lambda: write_text_atomic(target, "x", overwrite=False)):
+    for call in (
+        lambda: save_masks(nmsparse.get_masks(model), target),
+        lambda: save_pruned(model, target),
+        lambda: save_dense(model, target),
+        lambda: write_text_atomic(target, "x", overwrite=False),
+    ):
         with pytest.raises(OverwriteError, match="overwrite=True"):
             call()
         assert target.read_bytes() == b"user data"
@@ -152,8 +156,14 @@ def test_overwrite_false_refuses_an_existing_file_and_keeps_it(tmp_path):
 def test_pruned_state_dict_layout_and_round_trip(tmp_path):
     model = nmsparse.prune_(_mlp(), "4:8-T", method="greedy").model
     tensors, meta = pruned_state_dict(model)
-    assert set(tensors) == {"0.weight", "0.bias", "2.weight", "2.bias", MASK_PREFIX + "0.weight",
-                            MASK_PREFIX + "2.weight"}
+    assert set(tensors) == {
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+        MASK_PREFIX + "0.weight",
+        MASK_PREFIX + "2.weight",
+    }
     assert torch.equal(tensors["0.weight"], model[0].parametrizations.weight.original)  # dense master weight
     assert meta["format"] == FORMAT == "nmsparse/1" and meta["kind"] == "pruned"
     assert json.loads(meta["masks"])["0.weight"]["pattern"] == "4:8-T"
@@ -172,8 +182,10 @@ def test_pattern_and_mode_survive_a_reload(tmp_path):
     # Regression: after a reload set_masks_ accepted an all-True mask on a 4:8-T model
     model = nmsparse.DynamicSparsifier(_mlp(), "4:8-T", initial_method="greedy", decay=1e-3).model
     all_true = {"0.weight": torch.ones(16, 16, dtype=torch.bool)}
-    reloaded = [load_pruned_state_dict_(_mlp(), raw_state(model)),  # raw state dict
-                load_pruned_(_mlp(), save_pruned(model, tmp_path / "p.safetensors"))]
+    reloaded = [
+        load_pruned_state_dict_(_mlp(), raw_state(model)),  # raw state dict
+        load_pruned_(_mlp(), save_pruned(model, tmp_path / "p.safetensors")),
+    ]
     for fresh in reloaded:
         nm = fresh[0].parametrizations.weight[0]
         assert str(nm.pattern) == "4:8-T" and nm.straight_through and nm.decay == 1e-3

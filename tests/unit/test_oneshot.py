@@ -27,8 +27,9 @@ def _masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k.removesuffix(".weight"): v for k, v in nmsparse.get_masks(model).items()}
 
 
-def sparsegpt_reference(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *,
-                        damping: float = 0.01) -> SimpleNamespace:
+def sparsegpt_reference(
+    weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *, damping: float = 0.01
+) -> SimpleNamespace:
     """Slow, plain twin of :func:`sparsegpt` (float64, one column at a time, explicit inverses).
 
     For column ``j`` (columns ``F = j, j+1, ...`` not yet pruned) it forms ``G = (H_FF)^-1`` explicitly. When
@@ -48,9 +49,10 @@ def sparsegpt_reference(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPat
     for j in range(cols):
         if j % m == 0:
             d2 = torch.stack([torch.linalg.inv(hessian[k:, k:])[0, 0] for k in range(j, j + m)])
-            saliency = w[:, j:j + m] ** 2 / d2
-            mask[:, j:j + m] = nmsparse.find_mask(w[:, j:j + m], pattern, scores=saliency,
-                                                  method="exact" if pattern.transposable else "topn")
+            saliency = w[:, j : j + m] ** 2 / d2
+            mask[:, j : j + m] = nmsparse.find_mask(
+                w[:, j : j + m], pattern, scores=saliency, method="exact" if pattern.transposable else "topn"
+            )
         inverse = torch.linalg.inv(hessian[j:, j:])
         q = w[:, j] * mask[:, j]
         w[:, j:] -= ((w[:, j] - q) / inverse[0, 0]).unsqueeze(1) * inverse[0].unsqueeze(0)
@@ -112,8 +114,10 @@ def _score_prune(method: str, weight: torch.Tensor, gram: torch.Tensor, p: NMPat
 def test_sparsegpt_beats_magnitude_and_wanda_on_its_objective(pattern):
     weight, gram = _problem(32, 64, seed=1)
     p = NMPattern.parse(pattern)
-    errors = {m: reconstruction_error(weight, weight * _score_prune(m, weight, gram, p), gram)[0]
-              for m in ("magnitude", "wanda")}
+    errors = {
+        m: reconstruction_error(weight, weight * _score_prune(m, weight, gram, p), gram)[0]
+        for m in ("magnitude", "wanda")
+    }
     errors["sparsegpt"] = reconstruction_error(weight, sparsegpt(weight, gram, p).weight, gram)[0]
     assert errors["sparsegpt"] < errors["wanda"] and errors["sparsegpt"] < errors["magnitude"]
 
@@ -146,8 +150,7 @@ def test_transposable_masks_of_score_methods_are_exact_for_their_scores(method):
     prune_oneshot_(layer, [x], p, algorithm=method, config=OneShotConfig(dtype="float64"))
     mask = nmsparse.get_masks(layer)["weight"]
     gram = x.double().T @ x.double()
-    scores = weight.float().double().abs() * (
-        torch.diagonal(gram).sqrt() if method == "wanda" else 1.0)
+    scores = weight.float().double().abs() * (torch.diagonal(gram).sqrt() if method == "wanda" else 1.0)
     assert torch.equal(mask, nmsparse.find_mask(scores, p, method="exact"))
     for block, keep in zip(to_blocks(scores, 4), to_blocks(mask, 4)):
         best, _ = bruteforce_block_optimum(block, 2)
@@ -246,8 +249,7 @@ def test_sequential_false_uses_dense_activations():
     hook.remove()
     norms = torch.cat([x.reshape(-1, 16) for x in inputs]).norm(dim=0)
     weight = reference.blocks[1].up.weight.detach()
-    assert torch.equal(_masks(model)["blocks.1.up"],
-                       nmsparse.find_mask(weight, "2:4", scores=weight.abs() * norms))
+    assert torch.equal(_masks(model)["blocks.1.up"], nmsparse.find_mask(weight, "2:4", scores=weight.abs() * norms))
 
 
 def test_memory_budget_refusal_leaves_model_unchanged():
@@ -309,8 +311,9 @@ def test_already_pruned_layers_are_re_pruned_on_their_survivors():
 def test_layers_outside_the_blocks_are_pruned_last_when_asked():
     torch.manual_seed(0)
     model = _Stack(depth=2)
-    report = prune_oneshot_(model, _calibration(), "2:4", algorithm="wanda",
-                            config=OneShotConfig(prune_outside_blocks=True))
+    report = prune_oneshot_(
+        model, _calibration(), "2:4", algorithm="wanda", config=OneShotConfig(prune_outside_blocks=True)
+    )
     assert report.pruned[-2:] == ["embed", "head"] and report.blocks == 3 and not report.skipped
     assert report.layers[-1].block == 2 and report.layers[-1].tokens == 4 * 10 * 3
 
@@ -318,12 +321,18 @@ def test_layers_outside_the_blocks_are_pruned_last_when_asked():
 def test_old_names_are_deprecated_but_work():
     calibration = _calibration()
     torch.manual_seed(0)
-    new = prune_oneshot_(_Stack(), calibration, "2:4", algorithm="sparsegpt",
-                         config=OneShotConfig(options={"damping": 0.05}, memory_budget="64MiB"))
+    new = prune_oneshot_(
+        _Stack(),
+        calibration,
+        "2:4",
+        algorithm="sparsegpt",
+        config=OneShotConfig(options={"damping": 0.05}, memory_budget="64MiB"),
+    )
     torch.manual_seed(0)
     with pytest.warns(DeprecationWarning, match="algorithm"):
-        old = prune_oneshot_(_Stack(), calibration, "2:4", method="sparsegpt",
-                             config=OneShotConfig(damping=0.05, max_memory_mb=64.0))
+        old = prune_oneshot_(
+            _Stack(), calibration, "2:4", method="sparsegpt", config=OneShotConfig(damping=0.05, max_memory_mb=64.0)
+        )
     assert [r.relative_error for r in old] == [r.relative_error for r in new]
     assert old.memory_budget == new.memory_budget == 64 << 20
     assert torch.equal(old.model.blocks[0].up.weight, new.model.blocks[0].up.weight)
@@ -335,16 +344,26 @@ transformers = pytest.importorskip("transformers")
 
 
 def _gpt2() -> nn.Module:
-    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64, n_positions=32,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     return transformers.GPT2LMHeadModel(config).eval()
 
 
 def _llama() -> nn.Module:
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=64,
-                                      max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0,
-                                      tie_word_embeddings=False)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=64,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     return transformers.LlamaForCausalLM(config).eval()
 
 
@@ -354,8 +373,13 @@ def _tokens(seed: int = 0) -> list[torch.Tensor]:
 
 
 def _nm_masks(model: nn.Module) -> dict[str, nmsparse.NMMask]:
-    return {f"{n}.weight": p for n, m in model.named_modules() if nmsparse.is_pruned(m)
-            for p in m.parametrizations.weight if isinstance(p, nmsparse.NMMask)}
+    return {
+        f"{n}.weight": p
+        for n, m in model.named_modules()
+        if nmsparse.is_pruned(m)
+        for p in m.parametrizations.weight
+        if isinstance(p, nmsparse.NMMask)
+    }
 
 
 def _matrix_mask(model: nn.Module, name: str, mask: torch.Tensor) -> torch.Tensor:
@@ -369,10 +393,8 @@ def _matrix_mask(model: nn.Module, name: str, mask: torch.Tensor) -> torch.Tenso
 def test_verb_on_transformers_models(build, method, pattern, tmp_path):
     torch.manual_seed(0)
     model = build()
-    linears = [n for n, m in model.named_modules()
-               if type(m).__name__ in ("Linear", "Conv1D") and n != "lm_head"]
-    report = prune_oneshot_(model, _tokens(), pattern, algorithm=method,
-                            config=OneShotConfig(adaprune_iterations=5))
+    linears = [n for n, m in model.named_modules() if type(m).__name__ in ("Linear", "Conv1D") and n != "lm_head"]
+    report = prune_oneshot_(model, _tokens(), pattern, algorithm=method, config=OneShotConfig(adaprune_iterations=5))
     masks = _masks(model)
     assert sorted(r.name for r in report.layers) == sorted(linears) == sorted(masks)
     assert "lm_head" in report.skipped

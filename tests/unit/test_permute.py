@@ -16,8 +16,11 @@ FAST = {"rounds": 4, "exact_rounds": 1, "sweeps": 0}
 
 def _skewed(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(rows, cols, generator=g).abs() * (torch.rand(cols, generator=g) ** 2 + 0.1)
-            * (torch.rand(rows, 1, generator=g) ** 2 + 0.1))
+    return (
+        torch.randn(rows, cols, generator=g).abs()
+        * (torch.rand(cols, generator=g) ** 2 + 0.1)
+        * (torch.rand(rows, 1, generator=g) ** 2 + 0.1)
+    )
 
 
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "2:4-T", "4:8-T"])
@@ -90,8 +93,9 @@ def _check_same(model: nn.Module, batch, pattern: str, **kw) -> nmsparse.permute
 def test_gpt2_conv1d_and_save_pretrained(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=64, n_positions=32,
-                                     bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     model = transformers.GPT2LMHeadModel(config)
     x = torch.randint(0, 64, (2, 16))
     report = _check_same(model, x, "4:8-T", scores="wanda")
@@ -105,16 +109,28 @@ def test_gpt2_conv1d_and_save_pretrained(tmp_path):
 def test_llama_grouped_query_attention():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=64,
-                                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     model = transformers.LlamaForCausalLM(config)
     x = torch.randint(0, 64, (2, 12))
     report = _check_same(model, x, "2:4", scores="sparsegpt")
     value = [c for c in report.chains if c.name == "model.layers.0.self_attn.v1"][0]
     # value head 1 serves query heads 2 and 3: both o_proj column groups share its permutation
-    assert value.members == ["model.layers.0.self_attn.v_proj:out", "model.layers.0.self_attn.o_proj:in",
-                             "model.layers.0.self_attn.o_proj:in"]
+    assert value.members == [
+        "model.layers.0.self_attn.v_proj:out",
+        "model.layers.0.self_attn.o_proj:in",
+        "model.layers.0.self_attn.o_proj:in",
+    ]
     _check_same(model, x, "4:8-T")
 
 
@@ -209,12 +225,26 @@ def test_residual_stream_gpt2_tied_llama_and_recipe():
 
     torch.manual_seed(0)
     x = torch.randint(0, 64, (2, 16))
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=64,
-                                                                 n_positions=32, bos_token_id=0, eos_token_id=0))
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            n_embd=64, n_layer=2, n_head=4, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0
+        )
+    )
     assert gpt2.lm_head.weight is gpt2.transformer.wte.weight  # tied: permuted once
-    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, vocab_size=64, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            vocab_size=64,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
     recipe = GPT(GPTConfig(vocab_size=64, context=16, d_model=32, n_layer=2, n_head=2))
     for model, pattern in ((gpt2, "4:8-T"), (llama, "4:8-T"), (recipe, "2:4-T")):
         report = _check_same(model, x, pattern, residual=True)

@@ -52,7 +52,8 @@ def _elements(dtype: type) -> st.SearchStrategy[float]:
         st.sampled_from([0.0, 1.0, -1.0, 2.0, -0.5]),
         st.floats(min_value=-small, max_value=small, allow_subnormal=True, width=width),
         st.tuples(st.floats(min_value=big / 4, max_value=big, width=width), st.booleans()).map(
-            lambda pair: pair[0] if pair[1] else -pair[0]),
+            lambda pair: pair[0] if pair[1] else -pair[0]
+        ),
     )
 
 
@@ -166,8 +167,11 @@ def _split(cols: int, draw: st.DrawFn) -> tuple[int, int, int]:
 
 
 @SETTINGS
-@given(data=st.data(), pattern=st.sampled_from(PLAIN + TRANSPOSABLE),
-       method=st.sampled_from(["auto", "exact", "greedy", "greedy-repair"]))
+@given(
+    data=st.data(),
+    pattern=st.sampled_from(PLAIN + TRANSPOSABLE),
+    method=st.sampled_from(["auto", "exact", "greedy", "greedy-repair"]),
+)
 def test_the_three_layouts_of_a_weight_get_the_same_mask(data: st.DataObject, pattern: str, method: str) -> None:
     parsed = nmsparse.NMPattern.parse(pattern)
     matrix = data.draw(weights(parsed.m, parsed.transposable, dtypes=(np.float32, np.float64)))
@@ -188,8 +192,11 @@ def test_the_three_layouts_of_a_weight_get_the_same_mask(data: st.DataObject, pa
         linear.weight.copy_(matrix)
         conv.weight.copy_(conv_weight)
         transposed.weight.copy_(matrix.t())
-    for layer, want in ((linear, expected), (conv, from_matrix(expected, conv_weight.shape)),
-                        (transposed, expected.t())):
+    for layer, want in (
+        (linear, expected),
+        (conv, from_matrix(expected, conv_weight.shape)),
+        (transposed, expected.t()),
+    ):
         report = nmsparse.prune_(layer, pattern, method=method, progress=False)
         assert [(pruned.name, pruned.transposed) for pruned in report.pruned] == [("", layer is transposed)]
         assert torch.equal(nmsparse.get_masks(report.model)["weight"], want), type(layer).__name__
@@ -218,8 +225,9 @@ def test_masks_files_round_trip(data: st.DataObject, pattern: str) -> None:
 
 @SETTINGS
 @given(data=st.data(), pattern=st.sampled_from(PLAIN + TRANSPOSABLE), straight_through=st.booleans())
-def test_pruned_checkpoints_round_trip_masks_and_weights(data: st.DataObject, pattern: str,
-                                                         straight_through: bool) -> None:
+def test_pruned_checkpoints_round_trip_masks_and_weights(
+    data: st.DataObject, pattern: str, straight_through: bool
+) -> None:
     parsed = nmsparse.NMPattern.parse(pattern)
     first = data.draw(weights(parsed.m, parsed.transposable, dtypes=(np.float32, np.float64)))
     rows, cols = first.shape

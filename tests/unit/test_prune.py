@@ -120,8 +120,9 @@ def test_unfit_layers_are_logged_as_warning(caplog):
 # ------------------------------------------------------------------------------------------- masks
 
 
-@pytest.mark.parametrize("pattern, method", [("2:4", "auto"), ("4:8-T", "greedy"), ("2:4-T", "exact"),
-                                             ("4:8-T", "auto")])
+@pytest.mark.parametrize(
+    "pattern, method", [("2:4", "auto"), ("4:8-T", "greedy"), ("2:4-T", "exact"), ("4:8-T", "auto")]
+)
 def test_masks_valid_and_equal_to_find_mask_per_group(pattern, method):
     model = ToyCNN()
     dense = copy.deepcopy(model)
@@ -159,8 +160,10 @@ def test_scores_override_magnitude_and_are_validated():
     scores = {"2.weight": torch.rand(32, 64)}  # keyed by tensor name, as masks are
     prune_(model, "2:4", scores=scores)
     masks = get_masks(model)
-    assert torch.equal(masks["2.weight"], nmsparse.find_mask(model[2].parametrizations.weight.original, "2:4",
-                                                             scores=scores["2.weight"]))
+    assert torch.equal(
+        masks["2.weight"],
+        nmsparse.find_mask(model[2].parametrizations.weight.original, "2:4", scores=scores["2.weight"]),
+    )
     assert torch.equal(masks["0.weight"], nmsparse.find_mask(model[0].parametrizations.weight.original, "2:4"))
     with pytest.raises(ConfigError, match="fc9"):
         prune_(toy_mlp(), "2:4", scores={"fc9.weight": torch.rand(3, 3)})
@@ -207,8 +210,11 @@ def test_pruning_keeps_parameter_objects_and_state_dict_keys():
     # what its record is built from
     assert list(model.state_dict()) == list(toy_mlp().state_dict())
     keys = set(raw_state(model))
-    assert {"0.parametrizations.weight.original", "0.parametrizations.weight.0.mask",
-            "0.parametrizations.bias.original"} <= keys
+    assert {
+        "0.parametrizations.weight.original",
+        "0.parametrizations.weight.0.mask",
+        "0.parametrizations.bias.original",
+    } <= keys
     assert "0.weight" not in keys
     assert raw_state(model)["0.parametrizations.weight.0.mask"].dtype == torch.bool
 
@@ -400,15 +406,22 @@ def test_set_masks_replaces_in_place_and_lists_every_problem():
     assert model[0].parametrizations.weight[0].mask is buffer
     assert all(torch.equal(get_masks(model)[k], v) for k, v in new.items())
 
-    bad = {"0.weight": torch.ones(64, 32, dtype=torch.bool),  # breaks 2:4-T
-           "2.weight": torch.ones(3, 3, dtype=torch.bool),  # wrong shape
-           "7.weight": new["4.weight"],  # not a pruned layer; "4.weight" missing
-           "0": new["0.weight"]}  # a module name, not a tensor name
+    bad = {
+        "0.weight": torch.ones(64, 32, dtype=torch.bool),  # breaks 2:4-T
+        "2.weight": torch.ones(3, 3, dtype=torch.bool),  # wrong shape
+        "7.weight": new["4.weight"],  # not a pruned layer; "4.weight" missing
+        "0": new["0.weight"],
+    }  # a module name, not a tensor name
     with pytest.raises(MaskMismatchError) as info:
         set_masks_(model, bad)
     message = str(info.value)
-    for needle in ("wrong pattern: '0.weight'", "wrong shape: '2.weight'", "unexpected: '7.weight'",
-                   "missing: '4.weight'", "did you mean '0.weight'"):
+    for needle in (
+        "wrong pattern: '0.weight'",
+        "wrong shape: '2.weight'",
+        "unexpected: '7.weight'",
+        "missing: '4.weight'",
+        "did you mean '0.weight'",
+    ):
         assert needle in message
     assert all(torch.equal(get_masks(model)[k], v) for k, v in new.items())  # nothing changed
     set_masks_(model, {"4.weight": ~new["4.weight"] & new["4.weight"]}, strict=False)  # an all-pruned mask
@@ -436,8 +449,12 @@ def test_gpt2_conv1d_layers_are_first_class_and_masked_along_their_input_dimensi
     ids = torch.randint(0, 64, (2, 8))
     dense_logits = model(ids).logits
     sel = select_layers(model, "4:8-T")
-    assert list(sel.selected) == ["transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj",
-                                  "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"]
+    assert list(sel.selected) == [
+        "transformer.h.0.attn.c_attn",
+        "transformer.h.0.attn.c_proj",
+        "transformer.h.0.mlp.c_fc",
+        "transformer.h.0.mlp.c_proj",
+    ]
     assert "tied" in sel.skipped["lm_head"] and "transformer.wte.weight" in sel.skipped["lm_head"]
     dense = {name: module.weight.detach().clone() for name, module in sel.selected.items()}
     prune_(model, "4:8-T", method="greedy")
@@ -494,8 +511,9 @@ def test_dynamic_sparsifier_refreshes_conv1d_along_the_input_dimension():
     assert sparsifier.masks_valid()
     for name, module in sparsifier.layers.items():
         original = module.parametrizations.weight.original
-        assert torch.equal(get_masks(model)[f"{name}.weight"].t(),
-                           nmsparse.find_mask(original.t(), "4:8-T", method="greedy"))
+        assert torch.equal(
+            get_masks(model)[f"{name}.weight"].t(), nmsparse.find_mask(original.t(), "4:8-T", method="greedy")
+        )
 
 
 # ------------------------------------------------------------------------------------------- padding
@@ -529,8 +547,9 @@ def test_pad_masks_layers_that_do_not_fit_without_keeping_padded_entries():
         assert mask.any()
     # the kept part is the optimum of the padded problem whose padded scores are 0
     stem = dense.stem.weight.detach()
-    reference = nmsparse.find_mask(pad_view(to_matrix(stem), nmsparse.NMPattern.parse("4:8-T")), "4:8-T",
-                                   method="exact")[:16, :27]
+    reference = nmsparse.find_mask(
+        pad_view(to_matrix(stem), nmsparse.NMPattern.parse("4:8-T")), "4:8-T", method="exact"
+    )[:16, :27]
     assert torch.equal(to_matrix(masks["stem.weight"]), reference)
     # checks after a reload know the layer was padded
     from nmsparse.io import load_pruned_state_dict_, pruned_state_dict
@@ -548,8 +567,9 @@ def test_pad_with_plain_pattern_and_dynamic_refresh():
     model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
     with pytest.raises(ConfigError):
         prune_(copy.deepcopy(model), "2:4")
-    sparsifier = nmsparse.DynamicSparsifier(model, "2:4", initial_method="topn", method="topn", pad=True,
-                                            refresh_every=1)
+    sparsifier = nmsparse.DynamicSparsifier(
+        model, "2:4", initial_method="topn", method="topn", pad=True, refresh_every=1
+    )
     assert sorted(sparsifier.report.padded) == ["0", "1"]
     with torch.no_grad():
         model[0].parametrizations.weight.original.normal_()

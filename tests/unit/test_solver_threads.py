@@ -55,8 +55,9 @@ def _tricky_blocks(kind: int, count: int, m: int, rng: np.random.Generator) -> n
     return blocks
 
 
-@pytest.mark.parametrize(("m", "ns", "count"), [(8, range(1, 8), 120), (16, (1, 5, 8, 11, 15), 40), (5, (2, 3), 60),
-                                               (32, (4, 16, 29), 8)])
+@pytest.mark.parametrize(
+    ("m", "ns", "count"), [(8, range(1, 8), 120), (16, (1, 5, 8, 11, 15), 40), (5, (2, 3), 60), (32, (4, 16, 29), 8)]
+)
 def test_flow_numpy_twin_equals_the_kernel_bit_for_bit(m, ns, count):
     from nmsparse.solvers import exact
 
@@ -104,7 +105,7 @@ def test_exact_big_first_call_and_at_most_wait_for_the_kernel(monkeypatch):
     relaxed = exact.flow_blocks(blocks, 4, at_most=True)
     monkeypatch.setattr(exact, "_KERNEL", None)
     monkeypatch.setattr(_threads, "_BUILDS", {})
-    monkeypatch.setattr(exact, "_TWIN_WORK", 299 * 8 ** 3)  # 300 blocks are too many for the twin
+    monkeypatch.setattr(exact, "_TWIN_WORK", 299 * 8**3)  # 300 blocks are too many for the twin
 
     def no_twin(*args):
         raise AssertionError("the twin answered a call it should not")
@@ -121,7 +122,9 @@ def test_a_solve_leaves_torch_thread_count_alone() -> None:
     import subprocess
     import sys
 
-    code = ("import torch; torch.set_num_threads(1); import nmsparse; "
-            "nmsparse.find_mask(torch.randn(64, 64), '4:8-T', method='exact'); print(torch.get_num_threads())")
+    code = (
+        "import torch; torch.set_num_threads(1); import nmsparse; "
+        "nmsparse.find_mask(torch.randn(64, 64), '4:8-T', method='exact'); print(torch.get_num_threads())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "1"

@@ -212,8 +212,9 @@ def fake_sparse(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("mode,decay", [("static", 0.0), ("straight-through", 0.03)])
-def test_sparse_path_matches_reference_and_repacks_only_on_change(fake_sparse: list[torch.Tensor], mode: str,
-                                                                  decay: float) -> None:
+def test_sparse_path_matches_reference_and_repacks_only_on_change(
+    fake_sparse: list[torch.Tensor], mode: str, decay: float
+) -> None:
     layer = SparseLinear(16, 8, mode=mode, decay=decay)
     ref = _reference(layer)
     x = torch.randn(3, 4, 16)
@@ -291,8 +292,7 @@ def test_state_dict_keys_match_a_pruned_linear_and_load_both_ways() -> None:
 def test_load_state_dict_names_missing_keys_and_bad_masks() -> None:
     layer = SparseLinear(8, 8)
     result = layer.load_state_dict({"bias": torch.zeros(8)}, strict=False)
-    assert sorted(result.missing_keys) == [
-        "parametrizations.weight.0.mask", "parametrizations.weight.original"]
+    assert sorted(result.missing_keys) == ["parametrizations.weight.0.mask", "parametrizations.weight.original"]
     with raw_state_dict():
         bad = layer.state_dict()
     bad["parametrizations.weight.0.mask"] = torch.ones(8, 8, dtype=torch.bool)
@@ -305,10 +305,12 @@ def test_dynamic_sparsifier_keeps_driving_the_swapped_layer() -> None:
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8))
     twin = copy.deepcopy(base)
-    sp_a = nmsparse.DynamicSparsifier(base, "2:4-T", initial_method="exact", method="exact", refresh_every=2,
-                                      decay=1e-3)
-    sp_b = nmsparse.DynamicSparsifier(twin, "2:4-T", initial_method="exact", method="exact", refresh_every=2,
-                                      decay=1e-3)
+    sp_a = nmsparse.DynamicSparsifier(
+        base, "2:4-T", initial_method="exact", method="exact", refresh_every=2, decay=1e-3
+    )
+    sp_b = nmsparse.DynamicSparsifier(
+        twin, "2:4-T", initial_method="exact", method="exact", refresh_every=2, decay=1e-3
+    )
     twin[0] = SparseLinear.from_dense(twin[0])
     twin[2] = SparseLinear.from_dense(twin[2])
     assert twin[0].mode == "straight-through" and twin[0].decay == 1e-3
@@ -373,15 +375,30 @@ DDP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
 def test_ddp_averages_the_same_gradients(tmp_path: Path) -> None:
     script = tmp_path / "ddp_sparse_linear.py"
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(script), str(tmp_path)], capture_output=True, text=True, timeout=180, env=env,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -452,8 +469,10 @@ def test_cuda_training_follows_the_masked_dense_loss_curve() -> None:
     make = lambda: nn.Sequential(nn.Linear(dims, 4 * dims), nn.GELU(), nn.Linear(4 * dims, dims))  # noqa: E731
     dense = make().cuda().to(torch.bfloat16)
     sparse = copy.deepcopy(dense)
-    sparsifiers = {"dense": nmsparse.DynamicSparsifier(dense, "2:4-T", initial_method="exact", refresh_every=40),
-                   "sparse": nmsparse.DynamicSparsifier(sparse, "2:4-T", initial_method="exact", refresh_every=40)}
+    sparsifiers = {
+        "dense": nmsparse.DynamicSparsifier(dense, "2:4-T", initial_method="exact", refresh_every=40),
+        "sparse": nmsparse.DynamicSparsifier(sparse, "2:4-T", initial_method="exact", refresh_every=40),
+    }
     sparse[0] = SparseLinear.from_dense(sparse[0])
     sparse[2] = SparseLinear.from_dense(sparse[2])
     assert sparse[0].sparse_reason is None

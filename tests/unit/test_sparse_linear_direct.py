@@ -33,17 +33,38 @@ def fake_direct(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
         calls["pack"].append(masked)
         return FakePacked(masked)
 
-    def fake_mm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, alpha: Any = None,
-                out_dtype: Any = None, transpose_result: bool = False, alg_id: int = 0, **_: Any) -> torch.Tensor:
-        calls["mm"].append({"a": tuple(a.shape), "b": tuple(b.shape), "b_transposed_view": not b.is_contiguous(),
-                            "transpose_result": transpose_result, "alg_id": alg_id})
+    def fake_mm(
+        a: torch.Tensor,
+        b: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        alpha: Any = None,
+        out_dtype: Any = None,
+        transpose_result: bool = False,
+        alg_id: int = 0,
+        **_: Any,
+    ) -> torch.Tensor:
+        calls["mm"].append(
+            {
+                "a": tuple(a.shape),
+                "b": tuple(b.shape),
+                "b_transposed_view": not b.is_contiguous(),
+                "transpose_result": transpose_result,
+                "alg_id": alg_id,
+            }
+        )
         out = a @ b
         if bias is not None:
             out = out + bias[:, None]
         return out.t().contiguous() if transpose_result else out
 
-    def fake_search(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, alpha: Any = None,
-                    out_dtype: Any = None, transpose_result: bool = False) -> int:
+    def fake_search(
+        a: torch.Tensor,
+        b: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        alpha: Any = None,
+        out_dtype: Any = None,
+        transpose_result: bool = False,
+    ) -> int:
         calls["search"].append((tuple(a.shape), tuple(b.shape), transpose_result))
         return 3
 
@@ -70,7 +91,8 @@ def _grads(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]
 
 @pytest.mark.parametrize("mode,decay", [("static", 0.0), ("straight-through", 0.03)])
 def test_direct_route_matches_masked_dense_pads_rows_and_caches_the_algorithm(
-        fake_direct: dict[str, list[Any]], mode: str, decay: float) -> None:
+    fake_direct: dict[str, list[Any]], mode: str, decay: float
+) -> None:
     torch.manual_seed(0)
     layer = SparseLinear(16, 8, mode=mode, decay=decay)
     ref = _reference(layer)
@@ -90,8 +112,9 @@ def test_direct_route_matches_masked_dense_pads_rows_and_caches_the_algorithm(
     assert len(fake_direct["search"]) == 4, "a new token count is a new shape"
 
 
-def test_a_rejected_algorithm_falls_back_to_the_default(fake_direct: dict[str, list[Any]],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rejected_algorithm_falls_back_to_the_default(
+    fake_direct: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = torch._cslt_sparse_mm
 
     def picky(*args: Any, alg_id: int = 0, **kwargs: Any) -> torch.Tensor:
@@ -107,8 +130,9 @@ def test_a_rejected_algorithm_falls_back_to_the_default(fake_direct: dict[str, l
     assert SparseLinear._forward_eager(layer, x).shape == (8, 8) and layer._forward_eager(x).shape == (8, 8)
 
 
-def test_algorithm_search_failure_uses_the_default(fake_direct: dict[str, list[Any]],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_algorithm_search_failure_uses_the_default(
+    fake_direct: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*args: Any, **kwargs: Any) -> int:
         raise RuntimeError("no search here")
 

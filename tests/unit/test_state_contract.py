@@ -26,9 +26,15 @@ transformers = pytest.importorskip("transformers")
 
 def tiny_llama() -> nn.Module:
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, vocab_size=64,
-                                      max_position_embeddings=32)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=64,
+        max_position_embeddings=32,
+    )
     return transformers.LlamaForCausalLM(config).eval()
 
 
@@ -42,8 +48,7 @@ def _tokens(seed: int = 0, batches: int = 2) -> list[torch.Tensor]:
 
 
 def _dynamic(model: nn.Module, tmp_path: Path) -> None:
-    sparsifier = nmsparse.DynamicSparsifier(model, "4:8-T", include=["*layers.*", "*.h.*"], refresh_every=2,
-                                            decay=1e-2)
+    sparsifier = nmsparse.DynamicSparsifier(model, "4:8-T", include=["*layers.*", "*.h.*"], refresh_every=2, decay=1e-2)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for batch in _tokens(1, 3):  # pruned entries keep learning: the dense values differ from the effective ones
@@ -71,16 +76,19 @@ VERBS: dict[str, Callable[[nn.Module, Path], object]] = {
     "load_pruned_": _load_pruned,
     "DynamicSparsifier": _dynamic,
     "adaprune_": lambda model, _: nmsparse.adaprune_(
-        model, _tokens(), AdaPruneConfig(pattern="4:8-T", include=["*layers.*", "*.h.*"], iterations=5)),
-    "prune_oneshot_": lambda model, _: nmsparse.prune_oneshot_(model, _tokens(), "2:4-T", algorithm="sparsegpt",
-                                                               progress=False),
+        model, _tokens(), AdaPruneConfig(pattern="4:8-T", include=["*layers.*", "*.h.*"], iterations=5)
+    ),
+    "prune_oneshot_": lambda model, _: nmsparse.prune_oneshot_(
+        model, _tokens(), "2:4-T", algorithm="sparsegpt", progress=False
+    ),
 }
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 @pytest.mark.parametrize("verb", list(VERBS))
-def test_save_pretrained_after_every_verb_reloads_as_a_plain_model(tmp_path: Path, build: Callable[[], nn.Module],
-                                                                   verb: str) -> None:
+def test_save_pretrained_after_every_verb_reloads_as_a_plain_model(
+    tmp_path: Path, build: Callable[[], nn.Module], verb: str
+) -> None:
     model = build()
     dense_keys = list(model.state_dict())
     VERBS[verb](model, tmp_path)
@@ -139,8 +147,9 @@ def test_loading_weights_that_break_a_static_mask_warns() -> None:
 def test_static_masks_come_back_from_a_plain_folders_zeros(tmp_path: Path) -> None:
     model = nmsparse.prune_(tiny_llama(), "4:8-T", include=["*layers.*"]).model
     model.save_pretrained(tmp_path / "folder")
-    reloaded = nmsparse.prune_(transformers.LlamaForCausalLM.from_pretrained(tmp_path / "folder"), "4:8-T",
-                               include=["*layers.*"]).model
+    reloaded = nmsparse.prune_(
+        transformers.LlamaForCausalLM.from_pretrained(tmp_path / "folder"), "4:8-T", include=["*layers.*"]
+    ).model
     for fqn, mask in nmsparse.get_masks(model).items():
         assert torch.equal(nmsparse.get_masks(reloaded)[fqn], mask), fqn
 

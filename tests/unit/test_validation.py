@@ -142,16 +142,31 @@ def _parser(*classes, **kw) -> argparse.ArgumentParser:
 def test_flags_generated_for_every_flag_field_with_types_choices_and_help():
     parser = _parser(_Cfg)
     text = parser.format_help()
-    for flag in ("--epochs", "--lr", "--schedule", "--pattern", "--augment", "--no-augment", "--milestones",
-                 "--cap", "--documented"):
+    for flag in (
+        "--epochs",
+        "--lr",
+        "--schedule",
+        "--pattern",
+        "--augment",
+        "--no-augment",
+        "--milestones",
+        "--cap",
+        "--documented",
+    ):
         assert flag in text
     assert "--hidden" not in text, "flag=False keeps a setting off the command line"
     assert "epochs to train (default: 10)" in text
     assert "help taken from the docstring" in text
-    args = parser.parse_args(["--epochs", "3", "--lr", "1e-3", "--no-augment", "--milestones", "2", "4",
-                              "--cap", "none", "--out", "x"])
-    assert explicit_overrides(args, _Cfg) == {"epochs": 3, "lr": 1e-3, "augment": False, "milestones": (2, 4),
-                                              "cap": None}
+    args = parser.parse_args(
+        ["--epochs", "3", "--lr", "1e-3", "--no-augment", "--milestones", "2", "4", "--cap", "none", "--out", "x"]
+    )
+    assert explicit_overrides(args, _Cfg) == {
+        "epochs": 3,
+        "lr": 1e-3,
+        "augment": False,
+        "milestones": (2, 4),
+        "cap": None,
+    }
     with pytest.raises(argparse.ArgumentError):
         parser.parse_args(["--schedule", "linear"])
     with pytest.raises(argparse.ArgumentError):

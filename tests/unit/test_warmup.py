@@ -34,8 +34,12 @@ def test_warmup_reaches_registered_solvers_and_dtypes():
 
     with registered_solver("rec", record, backend="test", plain=True):
         times = warmup(["2:4", "8:16"], ["rec"], dtypes=(torch.float32, torch.float64))
-    assert seen == [("2:4", torch.float32, (4, 4)), ("2:4", torch.float64, (4, 4)),
-                    ("8:16", torch.float32, (16, 16)), ("8:16", torch.float64, (16, 16))]
+    assert seen == [
+        ("2:4", torch.float32, (4, 4)),
+        ("2:4", torch.float64, (4, 4)),
+        ("8:16", torch.float32, (16, 16)),
+        ("8:16", torch.float64, (16, 16)),
+    ]
     assert sorted(times) == sorted(f"rec/test {p} {d}" for p in ("2:4", "8:16") for d in ("float32", "float64"))
 
 

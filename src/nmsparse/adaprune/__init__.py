@@ -22,8 +22,18 @@ from ..oneshot.methods.adaprune import AdaPruneOptions, FitResult, LayerStatisti
 from ..oneshot.report import OneShotLayerReport, OneShotReport
 from ..pattern import NMPattern
 
-__all__ = ["adaprune_", "AdaPruneConfig", "AdaPruneReport", "AdaPruneLayerReport", "LayerStatistics", "fit_layer",
-           "FitResult", "recalibrate_batchnorm_", "parse_memory", "DEFAULT_MEMORY_BUDGET"]
+__all__ = [
+    "adaprune_",
+    "AdaPruneConfig",
+    "AdaPruneReport",
+    "AdaPruneLayerReport",
+    "LayerStatistics",
+    "fit_layer",
+    "FitResult",
+    "recalibrate_batchnorm_",
+    "parse_memory",
+    "DEFAULT_MEMORY_BUDGET",
+]
 
 #: Default memory budget of :func:`adaprune_` (``prune_oneshot_``'s is ``"4GiB"``).
 DEFAULT_MEMORY_BUDGET = "1GiB"
@@ -32,8 +42,16 @@ AdaPruneReport = OneShotReport
 AdaPruneLayerReport = OneShotLayerReport
 
 #: The engine settings :class:`AdaPruneConfig` shares with :class:`~nmsparse.oneshot.OneShotConfig`.
-_SHARED = ("method", "include", "exclude", "keep_first_last", "sequential", "memory_budget", "ignore_padding",
-           "recalibrate_bn")
+_SHARED = (
+    "method",
+    "include",
+    "exclude",
+    "keep_first_last",
+    "sequential",
+    "memory_budget",
+    "ignore_padding",
+    "recalibrate_bn",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,14 +73,20 @@ class AdaPruneConfig(AdaPruneOptions):
     include: tuple[str, ...] | None = config_field(None, help="only prune modules matching these globs")
     exclude: tuple[str, ...] | None = config_field(None, help="keep modules matching these globs dense")
     keep_first_last: bool = config_field(False, help="keep the first and last prunable layers dense (the paper)")
-    sequential: bool = config_field(True, help="record each layer's input with its earlier layers pruned (no: the "
-                                               "paper's parallel version, all inputs dense)")
+    sequential: bool = config_field(
+        True,
+        help="record each layer's input with its earlier layers pruned (no: the "
+        "paper's parallel version, all inputs dense)",
+    )
     memory_budget: str = config_field(DEFAULT_MEMORY_BUDGET, help="working memory held at once, e.g. 512MiB")
     ignore_padding: bool = config_field(True, help="leave padding tokens out of the statistics")
     recalibrate_bn: bool = config_field(True, help="re-estimate batch-norm statistics afterwards")
 
-    _constraints = {**AdaPruneOptions._constraints, "pattern": [PatternString()],
-                    **{name: OneShotConfig._constraints[name] for name in _SHARED}}
+    _constraints = {
+        **AdaPruneOptions._constraints,
+        "pattern": [PatternString()],
+        **{name: OneShotConfig._constraints[name] for name in _SHARED},
+    }
 
     def __post_init__(self) -> None:
         normalise_fields(self)
@@ -85,12 +109,14 @@ class AdaPruneConfig(AdaPruneOptions):
     def oneshot(self) -> OneShotConfig:
         """The equivalent :class:`~nmsparse.oneshot.OneShotConfig` (``algorithm="adaprune"``)."""
         options = {name: getattr(self, name) for name in AdaPruneOptions.field_names()}
-        return OneShotConfig(algorithm="adaprune", options=options, prune_outside_blocks=True,
-                             **{k: getattr(self, k) for k in _SHARED})
+        return OneShotConfig(
+            algorithm="adaprune", options=options, prune_outside_blocks=True, **{k: getattr(self, k) for k in _SHARED}
+        )
 
 
-def adaprune_(model: nn.Module, calibration: Iterable[Any], config: AdaPruneConfig | str, *,
-              progress: bool | None = None) -> OneShotReport:
+def adaprune_(
+    model: nn.Module, calibration: Iterable[Any], config: AdaPruneConfig | str, *, progress: bool | None = None
+) -> OneShotReport:
     """Prune ``model`` in place with AdaPrune; ``prune_oneshot_(..., algorithm="adaprune")`` (kept for one release).
 
     Every selected Linear, ``Conv1D`` and Conv2d layer is masked (``scores``, absorb-mean) and its kept weights
@@ -122,8 +148,10 @@ def adaprune_(model: nn.Module, calibration: Iterable[Any], config: AdaPruneConf
     if isinstance(config, str):
         config = AdaPruneConfig(pattern=config)
     if not isinstance(config, AdaPruneConfig):
-        raise ConfigError(f"adaprune_: config must be an AdaPruneConfig or a pattern string such as '2:4', got "
-                          f"{type(config).__name__}")
+        raise ConfigError(
+            f"adaprune_: config must be an AdaPruneConfig or a pattern string such as '2:4', got "
+            f"{type(config).__name__}"
+        )
     report = prune_oneshot_(model, calibration, config.pattern, config=config.oneshot(), progress=progress)
     report.config = config.to_dict() | {"algorithm": "adaprune"}
     return report

@@ -47,8 +47,7 @@ from typing import Any, TypeVar
 from nmsparse._validation import ConfigBase, Options
 from nmsparse.errors import ConfigError
 
-__all__ = ["add_config_arguments", "explicit_overrides", "config_from_args", "given_flags", "flag_name",
-           "DEST_PREFIX"]
+__all__ = ["add_config_arguments", "explicit_overrides", "config_from_args", "given_flags", "flag_name", "DEST_PREFIX"]
 
 #: Namespace attributes of generated flags are ``DEST_PREFIX + field name`` (kept apart from other options).
 DEST_PREFIX = "config:"
@@ -96,7 +95,8 @@ def _scalar_parser(kind: Any, optional: bool, name: str) -> Callable[[str], Any]
         except ValueError:
             expected = "an integer" if kind is int else "a number"
             raise argparse.ArgumentTypeError(
-                f"{flag_name(name)} takes {expected}{' or none' if optional else ''}, got {text!r}") from None
+                f"{flag_name(name)} takes {expected}{' or none' if optional else ''}, got {text!r}"
+            ) from None
         return text
 
     parse.__name__ = getattr(kind, "__name__", "value")
@@ -150,8 +150,9 @@ def _widen(action: argparse.Action, cls: type, name: str, hint: Any, optional: b
         action.type = _scalar_parser(wider, optional or "none" in (action.help or ""), name)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigBase],
-                         exclude: Iterable[str] = (), hidden: bool = False) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, *classes: type[ConfigBase], exclude: Iterable[str] = (), hidden: bool = False
+) -> None:
     """Add one flag per field of each config class in ``classes`` (shared field names become one flag).
 
     Args:
@@ -179,8 +180,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigB
                 continue
             registry["fields"][f.name] = {cls}
             help_text = (f.metadata.get("help") or doc_help.get(f.name, "")) + _default_text(f)
-            kwargs: dict[str, Any] = {"dest": DEST_PREFIX + f.name, "default": argparse.SUPPRESS,
-                                      "help": help_text.replace("%%", "%").replace("%", "%%")}
+            kwargs: dict[str, Any] = {
+                "dest": DEST_PREFIX + f.name,
+                "default": argparse.SUPPRESS,
+                "help": help_text.replace("%%", "%").replace("%", "%%"),
+            }
             if f.metadata.get("metavar"):
                 kwargs["metavar"] = f.metadata["metavar"]
             if hint is bool:
@@ -214,11 +218,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, *classes: type[ConfigB
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
     """Every generated config flag given on the command line, as ``{field: value}`` (for any class)."""
-    return {key[len(DEST_PREFIX):]: value for key, value in vars(args).items() if key.startswith(DEST_PREFIX)}
+    return {key[len(DEST_PREFIX) :]: value for key, value in vars(args).items() if key.startswith(DEST_PREFIX)}
 
 
-def explicit_overrides(args: argparse.Namespace, cls: type[ConfigBase], *, context: str | None = None,
-                       ignore: Iterable[str] = ()) -> dict[str, Any]:
+def explicit_overrides(
+    args: argparse.Namespace, cls: type[ConfigBase], *, context: str | None = None, ignore: Iterable[str] = ()
+) -> dict[str, Any]:
     """The config flags given on the command line that ``cls`` has, as ``{field: value}`` (lists as tuples).
 
     Args:
@@ -243,13 +248,21 @@ def explicit_overrides(args: argparse.Namespace, cls: type[ConfigBase], *, conte
         out[name] = tuple(value) if isinstance(value, list) else value
     if foreign:
         plural = "s do" if len(foreign) > 1 else " does"
-        raise ConfigError(f"{', '.join(sorted(foreign))} flag{plural} not apply to {context or cls.__name__}; "
-                          f"drop {'them' if len(foreign) > 1 else 'it'}")
+        raise ConfigError(
+            f"{', '.join(sorted(foreign))} flag{plural} not apply to {context or cls.__name__}; "
+            f"drop {'them' if len(foreign) > 1 else 'it'}"
+        )
     return out
 
 
-def config_from_args(cls: type[_C], args: argparse.Namespace, base: Mapping[str, Any] | None = None, *,
-                     where: str | None = None, context: str | None = None) -> _C:
+def config_from_args(
+    cls: type[_C],
+    args: argparse.Namespace,
+    base: Mapping[str, Any] | None = None,
+    *,
+    where: str | None = None,
+    context: str | None = None,
+) -> _C:
     """``cls.from_dict(base | explicit flags)``: defaults < ``base`` (a config file's values) < flags.
 
     Raises:

@@ -57,7 +57,12 @@ def configure_runtime(threads: int | None, model: str | None = None) -> int:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """``--threads N`` and ``--progress/--no-progress``, for commands that have no config dataclass of their own."""
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads of torch and numba (default: min(cores, 4))")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bars (default: when stderr is a terminal)")
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="CPU threads of torch and numba (default: min(cores, 4))"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )

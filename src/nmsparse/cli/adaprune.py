@@ -13,11 +13,12 @@ from . import oneshot
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "adaprune", help="alias of 'nmsparse oneshot --algorithm adaprune' (AdaPrune: masks, then every layer "
-                         "fitted to the dense model's output)",
+        "adaprune",
+        help="alias of 'nmsparse oneshot --algorithm adaprune' (AdaPrune: masks, then every layer "
+        "fitted to the dense model's output)",
         description="Alias of 'nmsparse oneshot --algorithm adaprune' (same flags and model sources; the report "
-                    "is adaprune.json): masks with absorb-mean, then every layer's kept weights fitted to the dense "
-                    "model's output on a small calibration set, then batch-norm statistics re-estimated.",
+        "is adaprune.json): masks with absorb-mean, then every layer's kept weights fitted to the dense "
+        "model's output on a small calibration set, then batch-norm statistics re-estimated.",
     )
     oneshot.add_arguments(parser, algorithm="adaprune")
     parser.set_defaults(report_file="adaprune.json")

@@ -32,24 +32,42 @@ RECORDED_TASKS = {"compare": "classify", "lm-compare": "lm"}
 def _add_compare_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     from nmsparse.recipes._common import DEFAULT_REFERENCE_NUMEL, DEFAULT_STRUCTURES
 
-    parser.add_argument("--structures", nargs="+", default=None, metavar="S",
-                        help=f"structures to train (default: {' '.join(DEFAULT_STRUCTURES)})")
-    parser.add_argument("--seeds", nargs="+", type=int, metavar="N",
-                        help="seeds (every structure trains with each; default: --seed, 0)")
-    parser.add_argument("--reference-numel", type=int, default=DEFAULT_REFERENCE_NUMEL,
-                        help=f"tensor size of the mask-diversity column (default {DEFAULT_REFERENCE_NUMEL})")
+    parser.add_argument(
+        "--structures",
+        nargs="+",
+        default=None,
+        metavar="S",
+        help=f"structures to train (default: {' '.join(DEFAULT_STRUCTURES)})",
+    )
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, metavar="N", help="seeds (every structure trains with each; default: --seed, 0)"
+    )
+    parser.add_argument(
+        "--reference-numel",
+        type=int,
+        default=DEFAULT_REFERENCE_NUMEL,
+        help=f"tensor size of the mask-diversity column (default {DEFAULT_REFERENCE_NUMEL})",
+    )
     stamp = "compare-lm" if task == "lm" else "compare"
     parser.add_argument("--out", metavar="DIR", help=f"output directory (default: runs/{stamp}-<date>-<time>)")
-    parser.add_argument("--resume", metavar="DIR",
-                        help="continue the interrupted comparison in DIR (settings, structures and seeds from the "
-                             "files it wrote there; each run from its last checkpoint)")
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the interrupted comparison in DIR (settings, structures and seeds from the "
+        "files it wrote there; each run from its last checkpoint)",
+    )
     add_common_arguments(parser, task)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    return add_task_command(subparsers, "compare", help="train one model under several sparsity structures and "
-                                                        "compare with mask diversity", description=__doc__,
-                            recorded_tasks=RECORDED_TASKS, add_arguments=_add_compare_arguments)
+    return add_task_command(
+        subparsers,
+        "compare",
+        help="train one model under several sparsity structures and compare with mask diversity",
+        description=__doc__,
+        recorded_tasks=RECORDED_TASKS,
+        add_arguments=_add_compare_arguments,
+    )
 
 
 def _check_printable(args: argparse.Namespace) -> None:
@@ -79,12 +97,16 @@ def _resume_plan(args: argparse.Namespace) -> str:
         raise CLIError(f"--resume {args.resume}: no such comparison directory")
     recorded = RunDir.task_of(folder)
     if recorded not in RECORDED_TASKS:
-        raise CLIError(f"--resume {args.resume}: not a comparison directory (its run.json names "
-                       f"{recorded or 'no task'}); resume a train run with nmsparse train --resume")
+        raise CLIError(
+            f"--resume {args.resume}: not a comparison directory (its run.json names "
+            f"{recorded or 'no task'}); resume a train run with nmsparse train --resume"
+        )
     task = RECORDED_TASKS[recorded]
     if args.task is not None and args.task != task:
-        raise CLIError(f"{args.resume} is a comparison of the {task} task; resume it with nmsparse compare {task} "
-                       f"--resume {args.resume} (or without a task)")
+        raise CLIError(
+            f"{args.resume} is a comparison of the {task} task; resume it with nmsparse compare {task} "
+            f"--resume {args.resume} (or without a task)"
+        )
     plan = read_compare_plan(folder)
     if plan is not None:
         args.structures = args.structures if args.structures is not None else plan["structures"]
@@ -96,8 +118,10 @@ def _resume_plan(args: argparse.Namespace) -> str:
 
 def _print_table(rows: list[dict[str, Any]], reference_numel: int, seeds: list[int]) -> None:
     acc_header = "test acc %" if len(seeds) == 1 else f"test acc % (mean +- std, {len(seeds)} seeds)"
-    header = f"  {'structure':<14}{acc_header:>{max(12, len(acc_header) + 2)}}  {'log10 MD':>9}  {'masks':>6}  " \
-             f"{'refresh':>8}  {'train s':>8}"
+    header = (
+        f"  {'structure':<14}{acc_header:>{max(12, len(acc_header) + 2)}}  {'log10 MD':>9}  {'masks':>6}  "
+        f"{'refresh':>8}  {'train s':>8}"
+    )
     print(header)
     print("  " + "-" * (len(header) - 2))
     for row in rows:
@@ -107,16 +131,22 @@ def _print_table(rows: list[dict[str, Any]], reference_numel: int, seeds: list[i
         md = "-" if row["log10_mask_diversity"] is None else f"{row['log10_mask_diversity']:.1f}"
         valid = "-" if row["mask_valid"] is None else ("valid" if row["mask_valid"] else "BAD")
         overhead = "-" if row["refresh_overhead"] is None else f"{row['refresh_overhead']:.1%}"
-        print(f"  {row['structure']:<14}{acc:>{max(12, len(acc_header) + 2)}}  {md:>9}  {valid:>6}  {overhead:>8}  "
-              f"{row['train_seconds']:>8.1f}")
-    print(f"  log10 MD: exact log10 of the number of masks at 50% density for a tensor of {reference_numel} weights "
-          f"(nmsparse.log10_mask_diversity)")
+        print(
+            f"  {row['structure']:<14}{acc:>{max(12, len(acc_header) + 2)}}  {md:>9}  {valid:>6}  {overhead:>8}  "
+            f"{row['train_seconds']:>8.1f}"
+        )
+    print(
+        f"  log10 MD: exact log10 of the number of masks at 50% density for a tensor of {reference_numel} weights "
+        f"(nmsparse.log10_mask_diversity)"
+    )
 
 
 def _print_lm_table(result: Any) -> None:
     seeds = list(result.seeds)
-    print(f"  {'structure':<14}{'held-out loss':>22}  {'perplexity':>10}  {'gap %':>15}  {'log10 MD':>9}  "
-          f"{'masks':>6}  {'train s':>8}")
+    print(
+        f"  {'structure':<14}{'held-out loss':>22}  {'perplexity':>10}  {'gap %':>15}  {'log10 MD':>9}  "
+        f"{'masks':>6}  {'train s':>8}"
+    )
     for row in result.rows:
         loss = f"{row['heldout_loss']:.4f}" + (f" +- {row['heldout_loss_std']:.4f}" if len(seeds) > 1 else "")
         md = "-" if row.get("log10_mask_diversity") is None else f"{row['log10_mask_diversity']:.1f}"
@@ -124,11 +154,14 @@ def _print_lm_table(result: Any) -> None:
         if gap != "-" and len(seeds) > 1 and row.get("loss_gap_percent_std") is not None:
             gap += f" +- {row['loss_gap_percent_std']:.2f}"
         valid = "-" if row.get("mask_valid") is None else ("valid" if row["mask_valid"] else "BAD")
-        print(f"  {row['structure']:<14}{loss:>22}  {row['heldout_perplexity']:>10.2f}  {gap:>15}  {md:>9}  "
-              f"{valid:>6}  {row['train_seconds']:>8.1f}")
+        print(
+            f"  {row['structure']:<14}{loss:>22}  {row['heldout_perplexity']:>10.2f}  {gap:>15}  {md:>9}  "
+            f"{valid:>6}  {row['train_seconds']:>8.1f}"
+        )
     if len(seeds) > 1:
-        print("  gap %: mean gap to dense +- the std of the per-seed gaps (each seed against the dense run of that "
-              "seed)")
+        print(
+            "  gap %: mean gap to dense +- the std of the per-seed gaps (each seed against the dense run of that seed)"
+        )
     rho = getattr(result, "spearman_loss_vs_diversity", None)
     if rho is not None:
         print(f"  Spearman rank correlation of held-out loss with mask diversity (sparse structures): {rho:+.2f}")
@@ -136,14 +169,21 @@ def _print_lm_table(result: Any) -> None:
     if pairs:
         apart = [k for k, v in pairs.items() if v]
         close = [k for k, v in pairs.items() if not v]
-        print(f"  separated beyond seed noise (|mean difference| > sum of the stds): {len(apart)} of {len(pairs)} "
-              f"pairs" + (f"; not separated: {', '.join(close)}" if close else ""))
+        print(
+            f"  separated beyond seed noise (|mean difference| > sum of the stds): {len(apart)} of {len(pairs)} "
+            f"pairs" + (f"; not separated: {', '.join(close)}" if close else "")
+        )
     paired = getattr(result, "paired_separation", None) or {}
     if paired:
-        apart = [k + (f" (t {v['t']:.1f})" if v["t"] is not None else " (same difference on every seed)")
-                 for k, v in paired.items() if v["separates"]]
-        print(f"  separated by a paired t-test of the per-seed differences (95%, {len(seeds)} seeds): {len(apart)} "
-              f"of {len(paired)} pairs" + (f": {', '.join(apart)}" if apart else ""))
+        apart = [
+            k + (f" (t {v['t']:.1f})" if v["t"] is not None else " (same difference on every seed)")
+            for k, v in paired.items()
+            if v["separates"]
+        ]
+        print(
+            f"  separated by a paired t-test of the per-seed differences (95%, {len(seeds)} seeds): {len(apart)} "
+            f"of {len(paired)} pairs" + (f": {', '.join(apart)}" if apart else "")
+        )
 
 
 def _run_lm(args: argparse.Namespace) -> int:
@@ -156,8 +196,10 @@ def _run_lm(args: argparse.Namespace) -> int:
     config = lm_config(args, lm, resume_dir=args.resume) if resume else lm_config(args, lm)
     _check_printable(args)
     if config.model is not None or config.mode != "dynamic":  # what compare_lm refuses: refused before printing
-        raise CLIError("nmsparse compare lm compares structures trained from scratch on the recipe's decoder with "
-                       "dynamic masks; --model and --mode are for nmsparse train lm")
+        raise CLIError(
+            "nmsparse compare lm compares structures trained from scratch on the recipe's decoder with "
+            "dynamic masks; --model and --mode are for nmsparse train lm"
+        )
     if args.print_config:
         import yaml
 
@@ -165,8 +207,12 @@ def _run_lm(args: argparse.Namespace) -> int:
         return 0
     configure_runtime(getattr(config, "threads", None), None)
     out_dir = Path(args.out) if args.out else Path("runs") / time.strftime("compare-lm-%Y%m%d-%H%M%S")
-    kwargs: dict[str, Any] = {"overwrite": args.overwrite, "progress": progress_enabled(args.progress),
-                              "reference_numel": args.reference_numel, "resume": resume}
+    kwargs: dict[str, Any] = {
+        "overwrite": args.overwrite,
+        "progress": progress_enabled(args.progress),
+        "reference_numel": args.reference_numel,
+        "resume": resume,
+    }
     if args.structures is not None:
         kwargs["structures"] = args.structures
     if args.seeds is not None:
@@ -213,17 +259,31 @@ def run(args: argparse.Namespace) -> int:
         out_dir = Path(broadcast_object(str(out_dir), ctx))
         seeds = args.seeds if args.seeds else [config.seed]
         if ctx.is_main:
-            print(f"nmsparse compare: {config.model} on {config.data}, {len(structures)} structures x "
-                  f"{len(seeds)} seed(s), {config.epochs} epochs each, {threads} thread(s) -> {out_dir}", flush=True)
+            print(
+                f"nmsparse compare: {config.model} on {config.data}, {len(structures)} structures x "
+                f"{len(seeds)} seed(s), {config.epochs} epochs each, {threads} thread(s) -> {out_dir}",
+                flush=True,
+            )
 
         def on_run_end(record: dict[str, Any]) -> None:
-            print(f"  {record['structure']:<14} seed {record['seed']}: {record['test_accuracy']:.2f}% "
-                  f"({record['seconds']:.1f} s)", flush=True)
+            print(
+                f"  {record['structure']:<14} seed {record['seed']}: {record['test_accuracy']:.2f}% "
+                f"({record['seconds']:.1f} s)",
+                flush=True,
+            )
 
-        result = compare_structures(config, structures=structures, seeds=seeds, out_dir=out_dir,
-                                    reference_numel=args.reference_numel, dist=ctx,
-                                    progress=progress_enabled(args.progress), on_run_end=on_run_end,
-                                    overwrite=args.overwrite, resume=args.resume is not None)
+        result = compare_structures(
+            config,
+            structures=structures,
+            seeds=seeds,
+            out_dir=out_dir,
+            reference_numel=args.reference_numel,
+            dist=ctx,
+            progress=progress_enabled(args.progress),
+            on_run_end=on_run_end,
+            overwrite=args.overwrite,
+            resume=args.resume is not None,
+        )
         if ctx.is_main:
             print()
             _print_table(result.rows, result.reference_numel, result.seeds)

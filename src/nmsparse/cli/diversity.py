@@ -179,15 +179,10 @@ def _unlimited_int_digits() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     if args.numel <= 0:
-        raise ConfigError(
-            f"diversity: --numel must be a positive number of weights, got {args.numel}; e.g. --numel 64"
-        )
+        raise ConfigError(f"diversity: --numel must be a positive number of weights, got {args.numel}; e.g. --numel 64")
     structures = _parse_structures(args.structures)
     max_digits = None if args.full else 10_000
-    rows = [
-        diversity_summary(spec, args.numel, density=density, max_digits=max_digits)
-        for spec, density in structures
-    ]
+    rows = [diversity_summary(spec, args.numel, density=density, max_digits=max_digits) for spec, density in structures]
     with _unlimited_int_digits():
         if args.json:
             print(json.dumps({"numel": args.numel, "rows": [_json_row(r) for r in rows]}, indent=2))
@@ -195,12 +190,15 @@ def run(args: argparse.Namespace) -> int:
         headers = ["structure", "density", "exact MD", "log10(MD)", PAPER_HEADER]
         print(f"mask diversity (MD): number of masks each constraint allows for {args.numel} weights")
         # Names and reasons read left to right; numbers line up on the right.
-        print(format_table(headers, [_table_cells(r, full=args.full) for r in rows], align="llrrr",
-                           left_if=lambda cell: cell.startswith("n/a")))
-    notes = [
-        "exact counts of masks keeping exactly the stated density "
-        "(n per group; per block row and column for -T)"
-    ]
+        print(
+            format_table(
+                headers,
+                [_table_cells(r, full=args.full) for r in rows],
+                align="llrrr",
+                left_if=lambda cell: cell.startswith("n/a"),
+            )
+        )
+    notes = ["exact counts of masks keeping exactly the stated density (n per group; per block row and column for -T)"]
     if any(r.status == "estimate" for r in rows):
         notes.append(
             f"'~' = Canfield-McKay asymptotic estimate (exact counts need m <= {MAX_EXACT_TRANSPOSABLE_M} "
@@ -208,8 +206,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if any(r.paper_closed_form is not None or r.log10_paper_closed_form is not None for r in rows):
         notes.append(
-            "paper closed form: prod_{k<n} (m-k)! per block; not a count (exact only for n = 1), "
-            "shown for comparison"
+            "paper closed form: prod_{k<n} (m-k)! per block; not a count (exact only for n = 1), shown for comparison"
         )
     print("\n".join(f"note: {n}" for n in notes))
     return 0

@@ -14,8 +14,11 @@ from ._table import format_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    return subparsers.add_parser("info", help="print versions and available backends",
-                                 description="Print versions, devices and available mask backends.")
+    return subparsers.add_parser(
+        "info",
+        help="print versions and available backends",
+        description="Print versions, devices and available mask backends.",
+    )
 
 
 def _version(module: str) -> str:
@@ -36,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
     for name in ("numpy", "numba", "safetensors", "triton", "scipy", "networkx"):
         print(f"{name:<10} {_version(name)}")
     print("\nbackends:")
-    print("  cpu        yes (torch; compiled numba kernels for exact and greedy transposable masks)"
-          if importlib.util.find_spec("numba") else "  cpu        yes (torch only: numba missing, exact m>=8 is slow)")
+    print(
+        "  cpu        yes (torch; compiled numba kernels for exact and greedy transposable masks)"
+        if importlib.util.find_spec("numba")
+        else "  cpu        yes (torch only: numba missing, exact m>=8 is slow)"
+    )
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         major, minor = torch.cuda.get_device_capability(0)
@@ -51,10 +57,21 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for spec in list_solvers():
         kinds = "/".join(k for k, on in (("plain", spec.plain), ("-T", spec.transposable)) if on)
-        rows.append([spec.label, kinds, "any" if spec.ms is None else ",".join(map(str, sorted(spec.ms))),
-                     "any" if spec.devices is None else ",".join(sorted(spec.devices)),
-                     "exact" if spec.exact else "approx", "yes" if spec.is_available() else "no", spec.priority])
+        rows.append(
+            [
+                spec.label,
+                kinds,
+                "any" if spec.ms is None else ",".join(map(str, sorted(spec.ms))),
+                "any" if spec.devices is None else ",".join(sorted(spec.devices)),
+                "exact" if spec.exact else "approx",
+                "yes" if spec.is_available() else "no",
+                spec.priority,
+            ]
+        )
     print("solvers (find_mask(method=..., backend=...); backend='auto' takes the highest priority that can run):")
-    print(format_table(["method/backend", "patterns", "m", "devices", "optimal", "available", "priority"], rows,
-                       align="lllllrr"))
+    print(
+        format_table(
+            ["method/backend", "patterns", "m", "devices", "optimal", "available", "priority"], rows, align="lllllrr"
+        )
+    )
     return 0

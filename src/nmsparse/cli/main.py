@@ -40,8 +40,10 @@ def refuse_data_parallel(what: str) -> None:
     """
     world_size = torchrun_world_size()
     if world_size > 1:
-        raise CLIError(f"{what} runs in one process, but WORLD_SIZE={world_size} (torchrun): every process would "
-                       f"write the same files; run it without torchrun (data-parallel runs: nmsparse train)")
+        raise CLIError(
+            f"{what} runs in one process, but WORLD_SIZE={world_size} (torchrun): every process would "
+            f"write the same files; run it without torchrun (data-parallel runs: nmsparse train)"
+        )
 
 
 class CLIError(NMSparseError):
@@ -49,17 +51,16 @@ class CLIError(NMSparseError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nmsparse", description="N:M and transposable N:M sparsity for PyTorch."
-    )
+    parser = argparse.ArgumentParser(prog="nmsparse", description="N:M and transposable N:M sparsity for PyTorch.")
     parser.add_argument("--version", action="version", version=f"nmsparse {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"{__package__}.{name}")
         sub = module.add_parser(subparsers)
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                         help="show full tracebacks and debug logging")
+        sub.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks and debug logging"
+        )
         sub.set_defaults(_run=module.run)
     return parser
 

@@ -25,11 +25,12 @@ from ._table import format_table
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "mask", help="solve masks for every prunable weight of a checkpoint",
+        "mask",
+        help="solve masks for every prunable weight of a checkpoint",
         description="Solve an n:m or transposable n:m mask for every 2-D/3-D/4-D '*weight' tensor of a state dict "
-                    "(.pt/.pth loaded with weights_only=True, .safetensors, or a transformers folder as hf:PATH) "
-                    "and write them, keyed by tensor name, to a safetensors file with the pattern and method in "
-                    "its metadata. Embedding tables stay dense unless --include-embeddings.",
+        "(.pt/.pth loaded with weights_only=True, .safetensors, or a transformers folder as hf:PATH) "
+        "and write them, keyed by tensor name, to a safetensors file with the pattern and method in "
+        "its metadata. Embedding tables stay dense unless --include-embeddings.",
     )
     parser.add_argument("checkpoint", help="state dict (.safetensors, .pt, .pth, .bin, .ckpt) or hf:FOLDER")
     parser.add_argument("--pattern", required=True, help='e.g. "2:4", "4:8-T", "8:16-T"')
@@ -38,14 +39,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--include", action="append", metavar="GLOB", help="only tensors matching (repeatable)")
     parser.add_argument("--exclude", action="append", metavar="GLOB", help="skip tensors matching (repeatable)")
-    parser.add_argument("--include-embeddings", action="store_true",
-                        help="also mask embedding tables (keys like *embed*, wte, wpe); default: left dense")
-    parser.add_argument("--transposed", action="append", metavar="GLOB",
-                        help="weights stored [in, out] (transformers Conv1D), grouped along dim 0 (repeatable; "
-                             "found automatically for transformers folders)")
+    parser.add_argument(
+        "--include-embeddings",
+        action="store_true",
+        help="also mask embedding tables (keys like *embed*, wte, wpe); default: left dense",
+    )
+    parser.add_argument(
+        "--transposed",
+        action="append",
+        metavar="GLOB",
+        help="weights stored [in, out] (transformers Conv1D), grouped along dim 0 (repeatable; "
+        "found automatically for transformers folders)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: min(cores, 4))")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="show progress bars (default: when stderr is a terminal)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: when stderr is a terminal)",
+    )
     return parser
 
 
@@ -61,8 +73,9 @@ def _load_hf(folder: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     try:
         import transformers
     except ImportError as exc:
-        raise InputError(f"{folder}: reading a transformers folder needs transformers (pip install "
-                         f"transformers)") from exc
+        raise InputError(
+            f"{folder}: reading a transformers folder needs transformers (pip install transformers)"
+        ) from exc
     if not (folder / "config.json").is_file():
         raise InputError(f"hf:{folder}: no config.json there; expected a folder written by save_pretrained")
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
@@ -84,13 +97,11 @@ def _load_hf(folder: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
                 model = cls(config)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a bad folder
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"hf:{folder}: transformers cannot build the model ({type(exc).__name__}: {first})"
-                         ) from exc
+        raise InputError(f"hf:{folder}: transformers cannot build the model ({type(exc).__name__}: {first})") from exc
     flipped = transposed_keys(model)
     known = set(model.state_dict())
     # a checkpoint of the bare model under a head's prefix (or the reverse): match keys by suffix
-    matched = [key for key in state if any(key == k or key.endswith("." + k) or k.endswith("." + key)
-                                           for k in flipped)]
+    matched = [key for key in state if any(key == k or key.endswith("." + k) or k.endswith("." + key) for k in flipped)]
     if flipped and not matched and not known & set(state):
         raise InputError(f"hf:{folder}: the weights' keys do not match architecture {type(model).__name__}")
     return state, matched
@@ -110,18 +121,37 @@ def run(args: argparse.Namespace) -> int:
         state_dict, flipped = _load_hf(folder)
     else:
         state_dict, flipped = load_state_dict(args.checkpoint), []
-    solved = mask_state_dict(state_dict, pattern, method=args.method, include=args.include, exclude=args.exclude,
-                             progress=args.progress, transposed=flipped + list(args.transposed or []),
-                             include_embeddings=args.include_embeddings)
+    solved = mask_state_dict(
+        state_dict,
+        pattern,
+        method=args.method,
+        include=args.include,
+        exclude=args.exclude,
+        progress=args.progress,
+        transposed=flipped + list(args.transposed or []),
+        include_embeddings=args.include_embeddings,
+    )
     method = args.method if args.method != "auto" else ("exact" if pattern.transposable else "topn")
-    save_masks(solved.masks, args.out, pattern=pattern, overwrite=args.overwrite,
-               metadata={"method": method, "source": Path(args.checkpoint.removeprefix("hf:")).name,
-                         "transposed": solved.transposed})
-    rows = [[r.name, "x".join(map(str, r.shape)), f"{100 * r.kept_magnitude:.2f}%", f"{1000 * r.seconds:.1f}"]
-            for r in solved.results]
+    save_masks(
+        solved.masks,
+        args.out,
+        pattern=pattern,
+        overwrite=args.overwrite,
+        metadata={
+            "method": method,
+            "source": Path(args.checkpoint.removeprefix("hf:")).name,
+            "transposed": solved.transposed,
+        },
+    )
+    rows = [
+        [r.name, "x".join(map(str, r.shape)), f"{100 * r.kept_magnitude:.2f}%", f"{1000 * r.seconds:.1f}"]
+        for r in solved.results
+    ]
     print(format_table(["tensor", "shape", "kept |w|", "ms"], rows))
-    print(f"\n{len(solved.results)} tensors masked with {pattern} ({method}) in {solved.seconds:.2f} s, "
-          f"kept {100 * solved.kept_magnitude:.2f}% of |w|; wrote {args.out}")
+    print(
+        f"\n{len(solved.results)} tensors masked with {pattern} ({method}) in {solved.seconds:.2f} s, "
+        f"kept {100 * solved.kept_magnitude:.2f}% of |w|; wrote {args.out}"
+    )
     if solved.skipped:
         print(f"skipped {len(solved.skipped)} tensor(s), left dense:")
         for name, reason in solved.skipped.items():

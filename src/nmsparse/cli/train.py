@@ -33,8 +33,10 @@ from .main import CLIError, torchrun_world_size
 TASKS = ("classify", "lm")
 PARALLEL_CHOICES = ("fsdp", "ddp")
 #: What each task trains (the subcommands' help).
-TASK_HELP = {"classify": "image classification (the default task): a CNN, MLP or ResNet on images",
-             "lm": "the decoder language model of nmsparse.recipes.lm (held-out loss and perplexity)"}
+TASK_HELP = {
+    "classify": "image classification (the default task): a CNN, MLP or ResNet on images",
+    "lm": "the decoder language model of nmsparse.recipes.lm (held-out loss and perplexity)",
+}
 
 
 def lm_config_class() -> Any:
@@ -74,8 +76,11 @@ class TaskCommandParser(OneLineErrorParser):
     default_task = TASKS[0]
     recorded_tasks: Mapping[str, str] = {}
 
-    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
         return super().parse_known_args(self._task_first(list(sys.argv[1:] if args is None else args)), namespace)
 
     def _task_first(self, args: list[str]) -> list[str]:
@@ -90,7 +95,7 @@ class TaskCommandParser(OneLineErrorParser):
                 if value not in TASKS:
                     self.error(f"argument --task: invalid choice: {value!r} (choose from {', '.join(TASKS)})")
                 flagged = value
-                del rest[index:index + (1 if "=" in item else 2)]
+                del rest[index : index + (1 if "=" in item else 2)]
                 break
         if explicit and flagged and explicit != flagged:
             self.error(f"the task is {explicit} but --task says {flagged}; drop --task")
@@ -103,8 +108,11 @@ class TaskCommandParser(OneLineErrorParser):
 
     def _recorded(self, args: list[str]) -> str | None:
         for index, item in enumerate(args):
-            folder = item.partition("=")[2] if item.startswith("--resume=") else \
-                (args[index + 1] if item == "--resume" and index + 1 < len(args) else None)
+            folder = (
+                item.partition("=")[2]
+                if item.startswith("--resume=")
+                else (args[index + 1] if item == "--resume" and index + 1 < len(args) else None)
+            )
             if folder:
                 from nmsparse.recipes.rundir import RunDir
 
@@ -117,9 +125,11 @@ class TaskCommandParser(OneLineErrorParser):
         if default is None:
             return text
         flags = default.format_help()
-        flags = flags[flags.find("options:"):] if "options:" in flags else flags
-        return (f"{text}\nflags of {self.prog} {self.default_task} (the default task; "
-                f"'{self.prog} TASK -h' lists another task's):\n\n{flags}")
+        flags = flags[flags.find("options:") :] if "options:" in flags else flags
+        return (
+            f"{text}\nflags of {self.prog} {self.default_task} (the default task; "
+            f"'{self.prog} TASK -h' lists another task's):\n\n{flags}"
+        )
 
     def _task_parsers(self) -> dict[str, argparse.ArgumentParser]:
         for action in self._actions:
@@ -128,29 +138,44 @@ class TaskCommandParser(OneLineErrorParser):
         return {}
 
 
-def add_task_command(subparsers: Any, name: str, *, help: str, description: str | None,
-                     recorded_tasks: Mapping[str, str],
-                     add_arguments: Callable[[argparse.ArgumentParser, str], None]) -> argparse.ArgumentParser:
+def add_task_command(
+    subparsers: Any,
+    name: str,
+    *,
+    help: str,
+    description: str | None,
+    recorded_tasks: Mapping[str, str],
+    add_arguments: Callable[[argparse.ArgumentParser, str], None],
+) -> argparse.ArgumentParser:
     """``nmsparse NAME [classify|lm] ...``: a :class:`TaskCommandParser` whose task subcommands get their flags
     from ``add_arguments(parser, task)``."""
     previous = subparsers._parser_class
     subparsers._parser_class = TaskCommandParser
     try:
-        parser = subparsers.add_parser(name, help=help, description=description,
-                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = subparsers.add_parser(
+            name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
     finally:
         subparsers._parser_class = previous
     parser.recorded_tasks = dict(recorded_tasks)
-    parser.add_argument("--task", choices=TASKS, default=argparse.SUPPRESS,
-                        help="the task as a flag, anywhere on the line (older command lines): the same as the "
-                             "subcommand")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default=argparse.SUPPRESS,
+        help="the task as a flag, anywhere on the line (older command lines): the same as the subcommand",
+    )
     tasks = parser.add_subparsers(dest="task", metavar="TASK", parser_class=OneLineErrorParser)
     for task in TASKS:
-        sub = tasks.add_parser(task, help=TASK_HELP[task], description=f"{parser.prog} {task}: {TASK_HELP[task]}.",
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = tasks.add_parser(
+            task,
+            help=TASK_HELP[task],
+            description=f"{parser.prog} {task}: {TASK_HELP[task]}.",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_arguments(sub, task)
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                         help="show full tracebacks and debug logging")
+        sub.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks and debug logging"
+        )
     return parser
 
 
@@ -168,34 +193,46 @@ def add_common_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     for other in others:
         add_config_arguments(parser, other, hidden=True)
     default = f"; default: {DEFAULT_RECIPE}" if task == "classify" else ""
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help=f"YAML settings under the flags (flags win), or a shipped recipe name (see "
-                             f"--list-recipes){default}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help=f"YAML settings under the flags (flags win), or a shipped recipe name (see --list-recipes){default}",
+    )
     parser.add_argument("--list-recipes", action="store_true", help="list the shipped recipes and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved settings as YAML and exit")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bars (default: on a terminal)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the files of an existing run in the output directory")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars (default: on a terminal)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the files of an existing run in the output directory"
+    )
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser, task: str) -> None:
     add_common_arguments(parser, task)
     stamp = "train-lm" if task == "lm" else "train"
     parser.add_argument("--out", metavar="DIR", help=f"run directory (default: runs/{stamp}-<date>-<time>)")
-    parser.add_argument("--resume", metavar="DIR",
-                        help="continue the run in DIR from its last checkpoint (settings from its config.yaml; a "
-                             "run without a checkpoint starts again)")
-    how = ("fsdp (FSDP2, the default) or ddp" if task == "lm" else
-           "ddp (the classify task runs DDP only)")
-    parser.add_argument("--parallel", choices=PARALLEL_CHOICES, default=None,
-                        help=f"data-parallel engine under torchrun: {how}")
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint (settings from its config.yaml; a "
+        "run without a checkpoint starts again)",
+    )
+    how = "fsdp (FSDP2, the default) or ddp" if task == "lm" else "ddp (the classify task runs DDP only)"
+    parser.add_argument(
+        "--parallel", choices=PARALLEL_CHOICES, default=None, help=f"data-parallel engine under torchrun: {how}"
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    return add_task_command(subparsers, "train", help="train with n:m masks (4:8-T dynamic by default) and a dense "
-                                                      "baseline", description=__doc__,
-                            recorded_tasks={"classify": "classify", "lm": "lm"}, add_arguments=_add_train_arguments)
+    return add_task_command(
+        subparsers,
+        "train",
+        help="train with n:m masks (4:8-T dynamic by default) and a dense baseline",
+        description=__doc__,
+        recorded_tasks={"classify": "classify", "lm": "lm"},
+        add_arguments=_add_train_arguments,
+    )
 
 
 def print_recipes() -> None:
@@ -206,8 +243,13 @@ def print_recipes() -> None:
         print(f"{name:40s} {first}")
 
 
-def resolve_task(args: argparse.Namespace, resume_dir: str | None = None, *, command: str = "train",
-                 recorded_tasks: Mapping[str, str] | None = None) -> str:
+def resolve_task(
+    args: argparse.Namespace,
+    resume_dir: str | None = None,
+    *,
+    command: str = "train",
+    recorded_tasks: Mapping[str, str] | None = None,
+) -> str:
     """The task of this command (the subcommand, ``--task``, else the one recorded in a resumed run, else
     ``classify``), which must be the resumed run's own.
 
@@ -221,8 +263,10 @@ def resolve_task(args: argparse.Namespace, resume_dir: str | None = None, *, com
         recorded = recorded_tasks.get(recorded, recorded)
     task = getattr(args, "task", None)
     if recorded in TASKS and task is not None and recorded != task:
-        raise CLIError(f"{resume_dir} is a run of the {recorded} task; resume it with nmsparse {command} {recorded} "
-                       f"--resume {resume_dir} (or without a task)")
+        raise CLIError(
+            f"{resume_dir} is a run of the {recorded} task; resume it with nmsparse {command} {recorded} "
+            f"--resume {resume_dir} (or without a task)"
+        )
     return task or recorded or "classify"
 
 
@@ -284,26 +328,33 @@ def print_summary(summary: Any, out_dir: Path) -> None:
         print(f"  structure          {s.pattern} {s.mode} ({how})")
     line = f"  test accuracy      {_fmt_pct(s.test_accuracy)}"
     if s.baseline_test_accuracy is not None:
-        line += (f"   dense baseline {_fmt_pct(s.baseline_test_accuracy)}, gap {s.accuracy_gap:+.2f} points "
-                 f"(dense - sparse)")
+        line += (
+            f"   dense baseline {_fmt_pct(s.baseline_test_accuracy)}, gap {s.accuracy_gap:+.2f} points (dense - sparse)"
+        )
     print(line)
     if s.mode != "dense":
         valid = "yes" if s.mask_valid else "NO"
         dense = ", ".join(s.dense_layers) or "none"
-        print(f"  masks valid        {valid}: {len(s.sparse_layers)} sparse layer(s) holding "
-              f"{s.sparse_weight_fraction:.1%} of the weights, {s.mask_density:.1%} kept; dense: {dense}")
+        print(
+            f"  masks valid        {valid}: {len(s.sparse_layers)} sparse layer(s) holding "
+            f"{s.sparse_weight_fraction:.1%} of the weights, {s.mask_density:.1%} kept; dense: {dense}"
+        )
         for name, why in s.dense_layers.items():
             print(f"    left dense       {name}: {why}")
     if s.refresh_overhead is not None:
-        print(f"  refresh overhead   {s.refresh_overhead:.1%} of training-step time ({s.refreshes} refreshes, "
-              f"{s.refresh_seconds:.2f} s; kernel compile/load before training: {s.compile_seconds:.1f} s)")
+        print(
+            f"  refresh overhead   {s.refresh_overhead:.1%} of training-step time ({s.refreshes} refreshes, "
+            f"{s.refresh_seconds:.2f} s; kernel compile/load before training: {s.compile_seconds:.1f} s)"
+        )
     times = f"{s.wall_seconds:.1f} s (sparse {s.train_seconds:.1f} s of training"
     if s.baseline_train_seconds is not None:
         times += f", dense {s.baseline_train_seconds:.1f} s"
     session = ", this session of a resumed run" if s.resumed else ""
     print(f"  wall time          {times}; {s.world_size} process(es) on {s.device}, {s.threads} thread(s){session})")
-    print(f"  outputs            {out_dir}/ (summary.json, metrics.jsonl, model.safetensors, curves.png, "
-          f"config.yaml, checkpoint.safetensors)")
+    print(
+        f"  outputs            {out_dir}/ (summary.json, metrics.jsonl, model.safetensors, curves.png, "
+        f"config.yaml, checkpoint.safetensors)"
+    )
 
 
 def _epoch_printer(total_epochs: int) -> Any:
@@ -311,8 +362,11 @@ def _epoch_printer(total_epochs: int) -> Any:
 
     def on_epoch_end(label: str, record: dict[str, Any]) -> None:
         if record["epoch"] % every == 0 or record["epoch"] == total_epochs:
-            print(f"  [{label}] epoch {record['epoch']:>3}/{total_epochs}  loss {record['train_loss']:.4f}  "
-                  f"test {record['test_accuracy']:.2f}%", flush=True)
+            print(
+                f"  [{label}] epoch {record['epoch']:>3}/{total_epochs}  loss {record['train_loss']:.4f}  "
+                f"test {record['test_accuracy']:.2f}%",
+                flush=True,
+            )
 
     return on_epoch_end
 
@@ -322,8 +376,10 @@ def _check_resume_args(args: argparse.Namespace) -> None:
 
     given = sorted(given_flags(args)) + (["config"] if args.config else [])
     if given:
-        raise CLIError(f"--resume takes every setting from {args.resume}/config.yaml; drop "
-                       f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+        raise CLIError(
+            f"--resume takes every setting from {args.resume}/config.yaml; drop "
+            f"{', '.join('--' + k.replace('_', '-') for k in given)}"
+        )
     if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
         raise CLIError("--resume DIR continues in DIR; drop --out or pass the same directory")
 
@@ -333,17 +389,23 @@ def print_lm_summary(s: Any, out_dir: Path) -> None:
     print(f"nmsparse train lm: {getattr(s, 'parameters', 0):,}-parameter decoder, structure {s.pattern}")
     line = f"  held-out loss      {s.heldout_loss:.4f} (perplexity {s.heldout_perplexity:.2f})"
     if getattr(s, "baseline_heldout_loss", None) is not None:
-        line += (f"   dense baseline {s.baseline_heldout_loss:.4f} (perplexity {s.baseline_heldout_perplexity:.2f}), "
-                 f"gap {s.loss_gap_percent:+.2f}%")
+        line += (
+            f"   dense baseline {s.baseline_heldout_loss:.4f} (perplexity {s.baseline_heldout_perplexity:.2f}), "
+            f"gap {s.loss_gap_percent:+.2f}%"
+        )
     print(line)
     if getattr(s, "mask_valid", None) is not None:
-        print(f"  masks valid        {'yes' if s.mask_valid else 'NO'}: {len(s.sparse_layers)} sparse layer(s), "
-              f"{s.mask_density:.1%} kept; {s.refreshes} refreshes ({s.refresh_seconds:.2f} s)")
+        print(
+            f"  masks valid        {'yes' if s.mask_valid else 'NO'}: {len(s.sparse_layers)} sparse layer(s), "
+            f"{s.mask_density:.1%} kept; {s.refreshes} refreshes ({s.refresh_seconds:.2f} s)"
+        )
     dense = f", dense {s.baseline_train_seconds:.1f} s" if getattr(s, "baseline_train_seconds", None) else ""
     world = getattr(s, "world_size", 1)
     procs = f", {world} processes ({s.parallel})" if world > 1 else ""
-    print(f"  wall time          {s.wall_seconds:.1f} s (training {s.train_seconds:.1f} s{dense}); "
-          f"{s.threads} thread(s) on {s.device}{procs}")
+    print(
+        f"  wall time          {s.wall_seconds:.1f} s (training {s.train_seconds:.1f} s{dense}); "
+        f"{s.threads} thread(s) on {s.device}{procs}"
+    )
     print(f"  outputs            {out_dir}/")
 
 
@@ -370,10 +432,20 @@ def _run_lm(args: argparse.Namespace) -> int:
         out_dir = Path(broadcast_object(str(out_dir), ctx))
         progress = progress_enabled(args.progress) and ctx.is_main
         if ctx.enabled and ctx.is_main:
-            print(f"nmsparse train lm: {'resuming' if resume else 'training'} on {ctx.world_size} processes "
-                  f"({args.parallel or 'fsdp'}, {ctx.backend}) -> {out_dir}", flush=True)
-        summary = lm.run_lm_training(config, out_dir, resume=resume, overwrite=args.overwrite, progress=progress,
-                                     dist=ctx, parallel=args.parallel or "fsdp")
+            print(
+                f"nmsparse train lm: {'resuming' if resume else 'training'} on {ctx.world_size} processes "
+                f"({args.parallel or 'fsdp'}, {ctx.backend}) -> {out_dir}",
+                flush=True,
+            )
+        summary = lm.run_lm_training(
+            config,
+            out_dir,
+            resume=resume,
+            overwrite=args.overwrite,
+            progress=progress,
+            dist=ctx,
+            parallel=args.parallel or "fsdp",
+        )
         if summary is not None and ctx.is_main:
             print_lm_summary(summary, out_dir)
         completed = True
@@ -398,9 +470,11 @@ def _check_parallel(args: argparse.Namespace) -> None:
     if args.parallel is None:
         return
     if torchrun_world_size() <= 1:
-        raise CLIError(f"--parallel {args.parallel} needs several processes: start the run with 'torchrun "
-                       f"--nproc_per_node N -m nmsparse train ...' (WORLD_SIZE is unset or 1 here), or drop "
-                       f"--parallel")
+        raise CLIError(
+            f"--parallel {args.parallel} needs several processes: start the run with 'torchrun "
+            f"--nproc_per_node N -m nmsparse train ...' (WORLD_SIZE is unset or 1 here), or drop "
+            f"--parallel"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -419,8 +493,9 @@ def run(args: argparse.Namespace) -> int:
     if resolve_task(args, args.resume) == "lm":
         return _run_lm(args)
     if args.parallel == "fsdp":
-        raise CLIError("--parallel fsdp: --task classify runs data-parallel with DDP only; drop --parallel or pass "
-                       "--parallel ddp")
+        raise CLIError(
+            "--parallel fsdp: --task classify runs data-parallel with DDP only; drop --parallel or pass --parallel ddp"
+        )
     if args.resume is not None:
         config = resume_config(args.resume, overwrite=args.overwrite)
         out_dir = Path(args.resume)
@@ -446,13 +521,25 @@ def run(args: argparse.Namespace) -> int:
             verb = "resuming" if args.resume else "training"
             if trainer.run is not None and trainer.run.restarting:
                 verb = "restarting (no checkpoint yet)"
-            where = f"{trainer.device}" + (f", {threads} thread{'s' if threads > 1 else ''}"
-                                           if trainer.device.type == "cpu" else "")
-            print(f"nmsparse train: {verb} {config.model} {what}{extra}, {config.epochs} epochs{world} on "
-                  f"{where} -> {out_dir}", flush=True)
+            where = f"{trainer.device}" + (
+                f", {threads} thread{'s' if threads > 1 else ''}" if trainer.device.type == "cpu" else ""
+            )
+            print(
+                f"nmsparse train: {verb} {config.model} {what}{extra}, {config.epochs} epochs{world} on "
+                f"{where} -> {out_dir}",
+                flush=True,
+            )
 
-        summary = run_training(config, out_dir, resume=args.resume is not None, overwrite=args.overwrite,
-                               dist=ctx, progress=show_bar, on_epoch_end=callback, on_start=on_start)
+        summary = run_training(
+            config,
+            out_dir,
+            resume=args.resume is not None,
+            overwrite=args.overwrite,
+            dist=ctx,
+            progress=show_bar,
+            on_epoch_end=callback,
+            on_start=on_start,
+        )
         if ctx.is_main and summary is not None:
             print_summary(summary, out_dir)
         completed = True

@@ -74,33 +74,40 @@ _REGISTRY_REFRESH: Callable[[], list[str]] | None = None
 
 
 def _deprecated(name: str, instead: str) -> None:
-    warnings.warn(f"nmsparse.kernels.{name} is deprecated and will be removed in the next release; use {instead}",
-                  DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"nmsparse.kernels.{name} is deprecated and will be removed in the next release; use {instead}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
-def _forward(method: str, scores: torch.Tensor, n: int, m: int, transposable: bool, absolute: bool,
-             backend: str) -> torch.Tensor:
+def _forward(
+    method: str, scores: torch.Tensor, n: int, m: int, transposable: bool, absolute: bool, backend: str
+) -> torch.Tensor:
     if _REGISTRY_CALL is None:  # pragma: no cover - nmsparse/__init__ imports the solvers first
         raise RuntimeError("nmsparse.kernels: the solver registry is not loaded; import nmsparse first")
     return _REGISTRY_CALL(method, scores, n, m, transposable, absolute, backend)
 
 
-def exact_n_4_t(scores: torch.Tensor, n: int = 2, *, absolute: bool = False, backend: str = "auto",
-                check_finite: bool = True) -> torch.Tensor:
+def exact_n_4_t(
+    scores: torch.Tensor, n: int = 2, *, absolute: bool = False, backend: str = "auto", check_finite: bool = True
+) -> torch.Tensor:
     """Deprecated: ``find_mask(scores, f"{n}:4-T", method="exact", scores=...)`` (optimal n:4-T mask)."""
     _deprecated("exact_n_4_t", f"nmsparse.find_mask(w, '{n}:4-T', method='exact', backend=...)")
     return _forward("exact", scores, n, 4, True, absolute, backend)
 
 
-def exact_2_4_t(scores: torch.Tensor, *, absolute: bool = False, backend: str = "auto",
-                check_finite: bool = True) -> torch.Tensor:
+def exact_2_4_t(
+    scores: torch.Tensor, *, absolute: bool = False, backend: str = "auto", check_finite: bool = True
+) -> torch.Tensor:
     """Deprecated: ``find_mask(w, "2:4-T", method="exact")`` (optimal 2:4-T mask of ``scores`` or ``|scores|``)."""
     _deprecated("exact_2_4_t", "nmsparse.find_mask(w, '2:4-T', method='exact', backend=...)")
     return _forward("exact", scores, 2, 4, True, absolute, backend)
 
 
-def exact_2_4_t_masked(weight: torch.Tensor, *, backend: str = "auto",
-                       check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_2_4_t_masked(
+    weight: torch.Tensor, *, backend: str = "auto", check_finite: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Deprecated: the optimal 2:4-T mask of ``|weight|`` and ``torch.where(mask, weight, 0)``."""
     _deprecated("exact_2_4_t_masked", "nmsparse.find_mask(w, '2:4-T', method='exact') and torch.where")
     mask = _forward("exact", weight, 2, 4, True, True, backend)
@@ -108,22 +115,25 @@ def exact_2_4_t_masked(weight: torch.Tensor, *, backend: str = "auto",
     return mask, torch.where(mask, weight.detach(), zero).contiguous()
 
 
-def exact_nm_t(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, backend: str = "auto",
-               check_finite: bool = True) -> torch.Tensor:
+def exact_nm_t(
+    scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, backend: str = "auto", check_finite: bool = True
+) -> torch.Tensor:
     """Deprecated: ``find_mask(w, f"{n}:{m}-T", method="exact")`` (optimal n:m-T mask on the input's device)."""
     _deprecated("exact_nm_t", f"nmsparse.find_mask(w, '{n}:{m}-T', method='exact', backend=...)")
     return _forward("exact", scores, n, m, True, absolute, backend)
 
 
-def greedy_nm_t(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, backend: str = "auto",
-                check_finite: bool = True) -> torch.Tensor:
+def greedy_nm_t(
+    scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, backend: str = "auto", check_finite: bool = True
+) -> torch.Tensor:
     """Deprecated: ``find_mask(w, f"{n}:{m}-T", method="greedy")`` (the greedy 2-approximation)."""
     _deprecated("greedy_nm_t", f"nmsparse.find_mask(w, '{n}:{m}-T', method='greedy', backend=...)")
     return _forward("greedy", scores, n, m, True, absolute, backend)
 
 
-def topn_nm(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, backend: str = "auto",
-            check_finite: bool = True) -> torch.Tensor:
+def topn_nm(
+    scores: torch.Tensor, n: int, m: int, *, absolute: bool = False, backend: str = "auto", check_finite: bool = True
+) -> torch.Tensor:
     """Deprecated: ``find_mask(w, f"{n}:{m}", method="topn")`` (plain n:m, per-group top-n)."""
     _deprecated("topn_nm", f"nmsparse.find_mask(w, '{n}:{m}', method='topn', backend=...)")
     return _forward("topn", scores, n, m, False, absolute, backend)

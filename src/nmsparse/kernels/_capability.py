@@ -36,8 +36,7 @@ def _triton_import_error() -> str | None:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install raising anything at import
-        return (f"triton is not importable ({type(exc).__name__}: {exc}); install it with "
-                f"pip install 'nmsparse[triton]'")
+        return f"triton is not importable ({type(exc).__name__}: {exc}); install it with pip install 'nmsparse[triton]'"
     return None
 
 
@@ -106,8 +105,10 @@ def triton_runnable(device: torch.device | str) -> str | None:
     if device.type == "cpu":
         if triton_interpret():
             return None
-        return ("Triton kernels run on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 (the interpreter, "
-                "slow) or use backend='torch'")
+        return (
+            "Triton kernels run on CUDA tensors; for CPU tensors set TRITON_INTERPRET=1 (the interpreter, "
+            "slow) or use backend='torch'"
+        )
     return f"Triton kernels run on CUDA tensors, got a tensor on {device.type!r}; use backend='torch'"
 
 
@@ -117,8 +118,7 @@ def _cusparselt_error(index: int) -> str | None:
         return "no CUDA: torch.cuda.is_available() is False"
     major, minor = torch.cuda.get_device_capability(index)
     if major < 8:
-        return (f"GPU {torch.cuda.get_device_name(index)} is sm{major}{minor}; 2:4 sparse tensor cores need "
-                f"sm80+")
+        return f"GPU {torch.cuda.get_device_name(index)} is sm{major}{minor}; 2:4 sparse tensor cores need sm80+"
     backends = getattr(torch.backends, "cusparselt", None)
     if backends is None or not backends.is_available():
         return f"this torch build ({torch.__version__}) has no cuSPARSELt (torch.backends.cusparselt)"

@@ -43,7 +43,7 @@ def _solve_chunk(s: torch.Tensor, n: int) -> torch.Tensor:
     order = torch.sort(s, dim=2, descending=True, stable=True).indices
     x = torch.zeros(s.shape, dtype=torch.bool, device=device)
     x.scatter_(2, order[..., :n], True)
-    pr = s.gather(2, order[..., n:n + 1]).squeeze(2)  # best unkept score per row
+    pr = s.gather(2, order[..., n : n + 1]).squeeze(2)  # best unkept score per row
     pc = torch.zeros((nblocks, m), dtype=torch.float64, device=device)
     deg = x.sum(dim=1)  # kept per column, (B, m)
     result = torch.empty(s.shape, dtype=torch.bool, device=device)
@@ -126,11 +126,11 @@ def flow_blocks_torch(blocks: torch.Tensor, n: int, *, chunk: int | None = None)
     flip = 2 * n > m
     step = chunk or CHUNK_BLOCKS.get(blocks.device.type, 1 << 16)
     for start in range(0, blocks.shape[0], step):
-        s = scale_blocks(blocks[start:start + step].detach().to(torch.float64))
+        s = scale_blocks(blocks[start : start + step].detach().to(torch.float64))
         if flip:
-            out[start:start + step] = ~_solve_chunk(-s, m - n)
+            out[start : start + step] = ~_solve_chunk(-s, m - n)
         else:
-            out[start:start + step] = _solve_chunk(s, n)
+            out[start : start + step] = _solve_chunk(s, n)
     return out
 
 

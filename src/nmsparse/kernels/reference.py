@@ -122,8 +122,10 @@ def _tables(m: int, n: int, device: str) -> tuple[torch.Tensor, list[torch.Tenso
         for p, subset in enumerate(subsets):
             for c in subset[:2]:
                 rows[r * m + c, r * count + p] = 1.0
-    rest = [torch.tensor([r * m + subset[k] for r in range(m) for subset in subsets], dtype=torch.int64)
-            for k in range(2, n)]
+    rest = [
+        torch.tensor([r * m + subset[k] for r in range(m) for subset in subsets], dtype=torch.int64)
+        for k in range(2, n)
+    ]
     pairs = torch.zeros(m * count, 2 * len(cands), dtype=torch.float64)
     for c, (picks, _) in enumerate(cands):
         for r, p in enumerate(picks):
@@ -177,7 +179,7 @@ def exact_enum_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
     scale = blocks.dtype == torch.float64  # other dtypes sum exactly in float64: scaling would change nothing
     flat = blocks.detach().reshape(nblocks, m * m)
     for start in range(0, nblocks, step):
-        x = flat[start:start + step].to(torch.float64)
+        x = flat[start : start + step].to(torch.float64)
         b = x.shape[0]
         if scale:
             x = scale_blocks(x)
@@ -186,7 +188,7 @@ def exact_enum_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
             v += x.index_select(1, index)
         both = torch.mm(v, pairs, out=pair_buf[:b])  # v_0[p_0] + v_1[p_1] | v_2[p_2] + v_3[p_3]
         sums = torch.add(both[:, :cands], both[:, cands:], out=sum_buf[:b])
-        torch.max(sums, dim=1, out=(max_buf[:b], best[start:start + b]))  # the first maximum
+        torch.max(sums, dim=1, out=(max_buf[:b], best[start : start + b]))  # the first maximum
     return masks[best]
 
 
@@ -194,14 +196,18 @@ def _check_matrix(scores: torch.Tensor, m: int, where: str) -> None:
     if not isinstance(scores, torch.Tensor):
         raise InputError(f"{where}: expected a torch.Tensor, got {type(scores).__name__}")
     if scores.dim() != 2:
-        raise ShapeError(f"{where}: expected a 2-D [rows, K] matrix, got shape {tuple(scores.shape)}; "
-                         f"take the matrix view first (nmsparse.layout.to_matrix)")
+        raise ShapeError(
+            f"{where}: expected a 2-D [rows, K] matrix, got shape {tuple(scores.shape)}; "
+            f"take the matrix view first (nmsparse.layout.to_matrix)"
+        )
     if not scores.is_floating_point():
         raise InputError(f"{where}: expected floating scores, got {scores.dtype}; convert with .float()")
     rows, cols = scores.shape
     if rows % m or cols % m or rows == 0 or cols == 0:
-        raise ShapeError(f"{where}: need a non-empty matrix with rows and K multiples of {m}, got "
-                         f"{tuple(scores.shape)}; pad it or leave this tensor dense")
+        raise ShapeError(
+            f"{where}: need a non-empty matrix with rows and K multiples of {m}, got "
+            f"{tuple(scores.shape)}; pad it or leave this tensor dense"
+        )
 
 
 def exact_4_t_reference(scores: torch.Tensor, n: int) -> torch.Tensor:

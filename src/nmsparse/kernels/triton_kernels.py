@@ -52,14 +52,31 @@ def exact4_triton(x: torch.Tensor, n: int, *, absolute: bool, out: torch.Tensor 
     bf16 = x.dtype == torch.bfloat16
     src = x.view(torch.int16) if bf16 else x
     target = mask.view(torch.uint8) if out is None else (out.view(torch.int16) if bf16 else out)
-    _EXACT4_KERNELS[n][grid](src, mask.view(torch.uint8), target, n_blocks, cols // 4, x.stride(0), x.stride(1),
-                             mask.stride(0), target.stride(0), BLOCK=_EXACT24_BLOCK, ABS=bool(absolute),
-                             WRITE_OUT=write, BF16_BITS=bf16, num_warps=4)
+    _EXACT4_KERNELS[n][grid](
+        src,
+        mask.view(torch.uint8),
+        target,
+        n_blocks,
+        cols // 4,
+        x.stride(0),
+        x.stride(1),
+        mask.stride(0),
+        target.stride(0),
+        BLOCK=_EXACT24_BLOCK,
+        ABS=bool(absolute),
+        WRITE_OUT=write,
+        BF16_BITS=bf16,
+        num_warps=4,
+    )
     return mask
 
 
-_INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
-             torch.float64: torch.int64}
+_INT_VIEW = {
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
 
 
 def _bits(scores: torch.Tensor) -> torch.Tensor:
@@ -87,8 +104,19 @@ def _order_key(bits, ABS: tl.constexpr):
 
 
 @triton.jit
-def _greedy_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride_mr,
-                     N: tl.constexpr, M: tl.constexpr, BB: tl.constexpr, ABS: tl.constexpr):
+def _greedy_t_kernel(
+    s_ptr,
+    mask_ptr,
+    n_blocks,
+    kb,
+    stride_sr,
+    stride_sc,
+    stride_mr,
+    N: tl.constexpr,
+    M: tl.constexpr,
+    BB: tl.constexpr,
+    ABS: tl.constexpr,
+):
     pid = tl.program_id(0)
     blk = pid.to(tl.int64) * BB + tl.arange(0, BB)
     valid_b = blk < n_blocks
@@ -130,14 +158,38 @@ def greedy_t_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = Fa
     n_blocks = (rows // m) * (cols // m)
     bb = max(1, 1024 // (m * m))
     grid = (triton.cdiv(n_blocks, bb),)
-    _greedy_t_kernel[grid](_bits(scores), mask.view(torch.uint8), n_blocks, cols // m, scores.stride(0),
-                           scores.stride(1), mask.stride(0), N=n, M=m, BB=bb, ABS=bool(absolute), num_warps=4)
+    _greedy_t_kernel[grid](
+        _bits(scores),
+        mask.view(torch.uint8),
+        n_blocks,
+        cols // m,
+        scores.stride(0),
+        scores.stride(1),
+        mask.stride(0),
+        N=n,
+        M=m,
+        BB=bb,
+        ABS=bool(absolute),
+        num_warps=4,
+    )
     return mask
 
 
 @triton.jit
-def _topn_kernel(s_ptr, mask_ptr, n_groups, gpr, stride_sr, stride_sc, stride_mr,
-                 N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr, ABS: tl.constexpr):
+def _topn_kernel(
+    s_ptr,
+    mask_ptr,
+    n_groups,
+    gpr,
+    stride_sr,
+    stride_sc,
+    stride_mr,
+    N: tl.constexpr,
+    M: tl.constexpr,
+    MP: tl.constexpr,
+    BG: tl.constexpr,
+    ABS: tl.constexpr,
+):
     pid = tl.program_id(0)
     g = pid.to(tl.int64) * BG + tl.arange(0, BG)
     valid_g = g < n_groups
@@ -167,8 +219,21 @@ def topn_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = False)
     mp = triton.next_power_of_2(m)
     bg = max(1, 4096 // (mp * mp))
     grid = (triton.cdiv(n_groups, bg),)
-    _topn_kernel[grid](_bits(scores), mask.view(torch.uint8), n_groups, gpr, scores.stride(0), scores.stride(1),
-                       mask.stride(0), N=n, M=m, MP=mp, BG=bg, ABS=bool(absolute), num_warps=4)
+    _topn_kernel[grid](
+        _bits(scores),
+        mask.view(torch.uint8),
+        n_groups,
+        gpr,
+        scores.stride(0),
+        scores.stride(1),
+        mask.stride(0),
+        N=n,
+        M=m,
+        MP=mp,
+        BG=bg,
+        ABS=bool(absolute),
+        num_warps=4,
+    )
     return mask
 
 
@@ -179,9 +244,20 @@ def _pick(values, sel, axis: tl.constexpr, fill):
 
 
 @triton.jit
-def _flow_t_kernel(s_ptr, mask_ptr, n_blocks, kb, stride_sr, stride_sc, stride_mr,
-                   N: tl.constexpr, M: tl.constexpr, BB: tl.constexpr, NEG: tl.constexpr,
-                   BF16_BITS: tl.constexpr):
+def _flow_t_kernel(
+    s_ptr,
+    mask_ptr,
+    n_blocks,
+    kb,
+    stride_sr,
+    stride_sc,
+    stride_mr,
+    N: tl.constexpr,
+    M: tl.constexpr,
+    BB: tl.constexpr,
+    NEG: tl.constexpr,
+    BF16_BITS: tl.constexpr,
+):
     # The algorithm and arithmetic of nmsparse.kernels.exact_flow._solve_chunk, one program per BB blocks.
     pid = tl.program_id(0)
     blk = pid.to(tl.int64) * BB + tl.arange(0, BB)
@@ -286,7 +362,19 @@ def flow_t_triton(scores: torch.Tensor, n: int, m: int, *, absolute: bool = Fals
     grid = (triton.cdiv(n_blocks, bb),)
     neg = 2 * n > m
     bf16 = src.dtype == torch.bfloat16
-    _flow_t_kernel[grid](src.view(torch.int16) if bf16 else src, mask.view(torch.uint8), n_blocks, cols // m,
-                         src.stride(0), src.stride(1), mask.stride(0), N=m - n if neg else n, M=m, BB=bb, NEG=neg,
-                         BF16_BITS=bf16, num_warps=4)
+    _flow_t_kernel[grid](
+        src.view(torch.int16) if bf16 else src,
+        mask.view(torch.uint8),
+        n_blocks,
+        cols // m,
+        src.stride(0),
+        src.stride(1),
+        mask.stride(0),
+        N=m - n if neg else n,
+        M=m,
+        BB=bb,
+        NEG=neg,
+        BF16_BITS=bf16,
+        num_warps=4,
+    )
     return mask

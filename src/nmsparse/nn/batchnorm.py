@@ -42,8 +42,7 @@ def recalibrate_batchnorm_(model: nn.Module, calibration: Iterable[Any]) -> int:
         >>> bool(model[1].running_mean.abs().sum() > 0), model.training
         (True, False)
     """
-    norms = [m for m in model.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
     batches = materialise(calibration, where="recalibrate_batchnorm_")

@@ -77,8 +77,11 @@ def _pruned_linear_keys(bias: bool) -> dict[str, str]:
     parameter order stays as it was (``test_state_dict_keys_match_a_pruned_linear_and_load_both_ways`` checks
     them against a layer pruned by ``prune_``).
     """
-    keys = {"weight": "parametrizations.weight.original", "mask": "parametrizations.weight.0.mask",
-            "extra": "parametrizations.weight.0._extra_state"}
+    keys = {
+        "weight": "parametrizations.weight.original",
+        "mask": "parametrizations.weight.0.mask",
+        "extra": "parametrizations.weight.0._extra_state",
+    }
     if bias:
         keys["bias"] = "parametrizations.bias.original"
     return keys
@@ -146,8 +149,14 @@ def _probe(device: torch.device, dtype: torch.dtype) -> str | None:
     return reason
 
 
-def sparse_unavailable_reason(device: torch.device | str, dtype: torch.dtype, *, in_features: int | None = None,
-                              out_features: int | None = None, pattern: PatternLike = SPARSE_PATTERN) -> str | None:
+def sparse_unavailable_reason(
+    device: torch.device | str,
+    dtype: torch.dtype,
+    *,
+    in_features: int | None = None,
+    out_features: int | None = None,
+    pattern: PatternLike = SPARSE_PATTERN,
+) -> str | None:
     """One-line reason why a 2:4 sparse linear cannot run here, or ``None`` when it can.
 
     Checks, in order: the pattern (only 2:4-T runs both products sparse), CUDA, dtype (fp16/bf16), compute
@@ -171,8 +180,10 @@ def sparse_unavailable_reason(device: torch.device | str, dtype: torch.dtype, *,
     """
     pattern = NMPattern.parse(pattern)
     if pattern != SPARSE_PATTERN:
-        return (f"pattern {pattern} runs masked-dense: only 2:4-T runs on sparse tensor cores in both the forward "
-                f"and the input-gradient product")
+        return (
+            f"pattern {pattern} runs masked-dense: only 2:4-T runs on sparse tensor cores in both the forward "
+            f"and the input-gradient product"
+        )
     device = torch.device(device)
     reason = _device_reason(device, dtype)
     if reason is not None:
@@ -204,7 +215,8 @@ def _pack(masked: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tenso
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*prototype stage.*")
         return SparseSemiStructuredTensorCUSPARSELT.prune_dense_static_sort(
-            masked, algorithm="largest_abs_values_greedy")
+            masked, algorithm="largest_abs_values_greedy"
+        )
 
 
 def _alg_key(values: torch.Tensor, dense: torch.Tensor, bias: torch.Tensor | None) -> tuple[Any, ...]:
@@ -386,9 +398,17 @@ class _SparseLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None,
-                packed_box: tuple[Any, ...], compute_dtype: torch.dtype, straight_through: bool,
-                decay: float) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        bias: torch.Tensor | None,
+        packed_box: tuple[Any, ...],
+        compute_dtype: torch.dtype,
+        straight_through: bool,
+        decay: float,
+    ) -> torch.Tensor:
         packed = packed_box[0]
         direct = packed is not None and len(packed_box) > 1 and bool(packed_box[1])
         shape = x.shape
@@ -457,8 +477,10 @@ def _check_decay(decay: object, mode: str, where: str) -> float:
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) or decay < 0:
         raise ConfigError(f"{where}: decay must be a finite number >= 0 (SR-STE uses 2e-4), got {decay!r}")
     if decay and mode != "straight-through":
-        raise ConfigError(f"{where}: decay={decay:g} needs mode='straight-through' (static masks give pruned "
-                          f"weights no gradient); pass mode='straight-through' or decay=0")
+        raise ConfigError(
+            f"{where}: decay={decay:g} needs mode='straight-through' (static masks give pruned "
+            f"weights no gradient); pass mode='straight-through' or decay=0"
+        )
     return float(decay)
 
 
@@ -530,9 +552,20 @@ class SparseLinear(nn.Module):
     out_features: int
     mask: torch.Tensor
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
-                 dtype: torch.dtype | None = None, *, pattern: PatternLike = "2:4-T", mode: Mode = "static",
-                 decay: float = 0.0, mask: torch.Tensor | None = None, backend: Backend = "auto") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        pattern: PatternLike = "2:4-T",
+        mode: Mode = "static",
+        decay: float = 0.0,
+        mask: torch.Tensor | None = None,
+        backend: Backend = "auto",
+    ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.in_features = int(in_features)
@@ -564,9 +597,17 @@ class SparseLinear(nn.Module):
         self.repacks = 0
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, pattern: PatternLike | None = None, *, mode: Mode | None = None,
-                   decay: float | None = None, mask: torch.Tensor | None = None, method: str = "exact",
-                   backend: Backend = "auto") -> SparseLinear:
+    def from_dense(
+        cls,
+        linear: nn.Linear,
+        pattern: PatternLike | None = None,
+        *,
+        mode: Mode | None = None,
+        decay: float | None = None,
+        mask: torch.Tensor | None = None,
+        method: str = "exact",
+        backend: Backend = "auto",
+    ) -> SparseLinear:
         """Make a ``SparseLinear`` that shares ``linear``'s parameters (the same Parameter objects).
 
         A plain ``nn.Linear`` gets a mask from :func:`~nmsparse.find_mask` (``method``) unless ``mask`` is given.
@@ -608,7 +649,8 @@ class SparseLinear(nn.Module):
             if len(plist) != 1 or not nms:
                 raise ConfigError(
                     f"SparseLinear.from_dense: the layer's weight carries parametrizations other than one nmsparse "
-                    f"NMMask ({[type(p).__name__ for p in plist]}); remove them first")
+                    f"NMMask ({[type(p).__name__ for p in plist]}); remove them first"
+                )
             nm = nms[0]
             weight = plist.original
         else:
@@ -627,23 +669,32 @@ class SparseLinear(nn.Module):
             if nm_pattern is None:
                 nm_pattern = SPARSE_PATTERN if is_nm_sparse(nm.mask, SPARSE_PATTERN) else None
             if pattern is not None and nm_pattern is not None and NMPattern.parse(pattern) != nm_pattern:
-                raise ConfigError(f"SparseLinear.from_dense: the layer is pruned with {nm_pattern}, not {pattern}; "
-                                  f"leave pattern=None to keep its mask")
+                raise ConfigError(
+                    f"SparseLinear.from_dense: the layer is pruned with {nm_pattern}, not {pattern}; "
+                    f"leave pattern=None to keep its mask"
+                )
             if mode is not None and mode != nm_mode:
-                raise ConfigError(f"SparseLinear.from_dense: the layer's mask is {nm_mode}, not {mode}; leave "
-                                  f"mode=None to keep it")
+                raise ConfigError(
+                    f"SparseLinear.from_dense: the layer's mask is {nm_mode}, not {mode}; leave mode=None to keep it"
+                )
             if mask is not None:
                 raise ConfigError("SparseLinear.from_dense: the layer already has a mask; pass mask=None")
             if nm_pattern is None:
-                raise ConfigError("SparseLinear.from_dense: the layer's NMMask has no recorded pattern and its mask "
-                                  "is not 2:4-T; pass the pattern it was made for")
+                raise ConfigError(
+                    "SparseLinear.from_dense: the layer's NMMask has no recorded pattern and its mask "
+                    "is not 2:4-T; pass the pattern it was made for"
+                )
             self._init_config(nm_pattern, nm_mode, nm.decay if decay is None else decay, backend)
             self.register_buffer("mask", nm.mask, persistent=True)
             self._checked_mask(nm.mask)
             self._linked = (nm,)
             return self
-        self._init_config("2:4-T" if pattern is None else pattern, "static" if mode is None else mode,
-                          0.0 if decay is None else decay, backend)
+        self._init_config(
+            "2:4-T" if pattern is None else pattern,
+            "static" if mode is None else mode,
+            0.0 if decay is None else decay,
+            backend,
+        )
         if mask is None:
             mask = self._solve_mask(weight.detach(), method=method)
         self.register_buffer("mask", self._checked_mask(mask).to(weight.device), persistent=True)
@@ -658,12 +709,16 @@ class SparseLinear(nn.Module):
         if not isinstance(mask, torch.Tensor):
             raise MaskMismatchError(f"SparseLinear: mask must be a torch.Tensor, got {type(mask).__name__}")
         if tuple(mask.shape) != (self.out_features, self.in_features):
-            raise MaskMismatchError(f"SparseLinear: mask of shape {tuple(mask.shape)} does not fit the weight "
-                                    f"{(self.out_features, self.in_features)}")
+            raise MaskMismatchError(
+                f"SparseLinear: mask of shape {tuple(mask.shape)} does not fit the weight "
+                f"{(self.out_features, self.in_features)}"
+            )
         bool_mask = _as_bool_mask(mask, where="SparseLinear")
         if not is_nm_sparse(bool_mask, self.pattern):
-            raise MaskMismatchError(f"SparseLinear: the mask breaks pattern {self.pattern}; compute it with "
-                                    f"nmsparse.find_mask(weight, '{self.pattern}')")
+            raise MaskMismatchError(
+                f"SparseLinear: the mask breaks pattern {self.pattern}; compute it with "
+                f"nmsparse.find_mask(weight, '{self.pattern}')"
+            )
         return bool_mask
 
     # ----------------------------------------------------------------------------------- properties
@@ -695,8 +750,13 @@ class SparseLinear(nn.Module):
         """``None`` when forwards run on sparse tensor cores here, else a one-line reason (masked-dense runs)."""
         if self.backend == "dense":
             return "backend='dense' (masked-dense by choice)"
-        return sparse_unavailable_reason(self.weight.device, self.compute_dtype(), in_features=self.in_features,
-                                         out_features=self.out_features, pattern=self.pattern)
+        return sparse_unavailable_reason(
+            self.weight.device,
+            self.compute_dtype(),
+            in_features=self.in_features,
+            out_features=self.out_features,
+            pattern=self.pattern,
+        )
 
     # ----------------------------------------------------------------------------------- packing cache
 
@@ -713,8 +773,13 @@ class SparseLinear(nn.Module):
             BackendUnavailableError: the sparse path cannot run here (the reason is in the message).
         """
         dtype = self.weight.dtype if dtype is None else dtype
-        reason = sparse_unavailable_reason(self.weight.device, dtype, in_features=self.in_features,
-                                           out_features=self.out_features, pattern=self.pattern)
+        reason = sparse_unavailable_reason(
+            self.weight.device,
+            dtype,
+            in_features=self.in_features,
+            out_features=self.out_features,
+            pattern=self.pattern,
+        )
         if reason is not None:
             raise BackendUnavailableError(f"SparseLinear: sparse path unavailable: {reason}")
         return self._packed_for(dtype)
@@ -754,20 +819,24 @@ class SparseLinear(nn.Module):
         if autocast and x.is_floating_point():
             x = x.to(dtype)
         elif x.dtype != dtype:
-            raise InputError(f"SparseLinear: input dtype {x.dtype} does not match the weight dtype {dtype}; cast "
-                             f"the input (x.to({dtype})) or run under torch.autocast")
+            raise InputError(
+                f"SparseLinear: input dtype {x.dtype} does not match the weight dtype {dtype}; cast "
+                f"the input (x.to({dtype})) or run under torch.autocast"
+            )
         packed = None
         if self.backend != "dense":
-            reason = (None if x.device == self.weight.device else
-                      f"input on {x.device}, weight on {self.weight.device}")
+            reason = None if x.device == self.weight.device else f"input on {x.device}, weight on {self.weight.device}"
             if reason is None:
-                reason = sparse_unavailable_reason(x.device, dtype, in_features=self.in_features,
-                                                   out_features=self.out_features, pattern=self.pattern)
+                reason = sparse_unavailable_reason(
+                    x.device, dtype, in_features=self.in_features, out_features=self.out_features, pattern=self.pattern
+                )
             if reason is None:
                 packed = self._packed_for(dtype)
             elif self.backend == "sparse":
-                raise BackendUnavailableError(f"SparseLinear(backend='sparse'): {reason}; use backend='auto' to "
-                                              f"fall back to the masked dense product")
+                raise BackendUnavailableError(
+                    f"SparseLinear(backend='sparse'): {reason}; use backend='auto' to "
+                    f"fall back to the masked dense product"
+                )
         mask, straight_through, decay = self.mask, self.straight_through, self._current_decay()
         owner = self._shard_owner(create=False)
         if owner is not None and owner.shard is not None and not is_dtensor(self.weight):
@@ -780,8 +849,9 @@ class SparseLinear(nn.Module):
                 mask = gather_rows(owner.local_mask(), owner.shard)
         direct = packed is not None and _is_direct(packed) and direct_cslt_reason(x.device, dtype) is None
         with torch.autocast(x.device.type, enabled=False):
-            return _SparseLinearFunction.apply(x, self.weight, mask, self.bias, (packed, direct), dtype,
-                                               straight_through, decay)
+            return _SparseLinearFunction.apply(
+                x, self.weight, mask, self.bias, (packed, direct), dtype, straight_through, decay
+            )
 
     # ----------------------------------------------------------------------------------- FSDP2
 
@@ -842,8 +912,13 @@ class SparseLinear(nn.Module):
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` with ``weight * mask`` baked in (new parameters; for export)."""
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.weight.device, dtype=self.weight.dtype)
+        out = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         with torch.no_grad():
             out.weight.copy_(self.weight * self.mask)
             if self.bias is not None:
@@ -900,16 +975,25 @@ class SparseLinear(nn.Module):
         """
         if self._linked:
             return self._linked[0]
-        return NMMask(self.mask, straight_through=self.straight_through, decay=self._current_decay(),
-                      pattern=self.pattern)
+        return NMMask(
+            self.mask, straight_through=self.straight_through, decay=self._current_decay(), pattern=self.pattern
+        )
 
     def _as_nmmask(self) -> NMMask:
-        return NMMask(self.mask, straight_through=self.straight_through, decay=self._current_decay(),
-                      pattern=self.pattern)
+        return NMMask(
+            self.mask, straight_through=self.straight_through, decay=self._current_decay(), pattern=self.pattern
+        )
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
-                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
-                              error_msgs: list[str]) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         keys = _pruned_linear_keys(self.bias is not None)
         renames = {prefix + keys["weight"]: prefix + "weight", prefix + keys["mask"]: prefix + "mask"}
         if "bias" in keys and keys["bias"] != "bias":
@@ -931,8 +1015,9 @@ class SparseLinear(nn.Module):
             except MaskMismatchError as exc:
                 error_msgs.append(f"{prefix + keys['mask']}: {exc}")
         first_missing = len(missing_keys)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         missing_keys[first_missing:] = [public.get(k, k) for k in missing_keys[first_missing:]]
         if extra is not None:
             try:  # validated the way NMMask validates its own saved state, then adopted: mode and decay
@@ -947,8 +1032,13 @@ class SparseLinear(nn.Module):
         self.invalidate_()
 
     def extra_repr(self) -> str:
-        parts = [f"in_features={self.in_features}", f"out_features={self.out_features}",
-                 f"bias={self.bias is not None}", f"pattern={self.pattern}", f"mode={self.mode}"]
+        parts = [
+            f"in_features={self.in_features}",
+            f"out_features={self.out_features}",
+            f"bias={self.bias is not None}",
+            f"pattern={self.pattern}",
+            f"mode={self.mode}",
+        ]
         if self._current_decay():
             parts.append(f"decay={self._current_decay():g}")
         if self.backend != "auto":

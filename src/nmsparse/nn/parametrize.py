@@ -109,8 +109,16 @@ class NMMask(nn.Module):
 
     mask: torch.Tensor
 
-    def __init__(self, mask: torch.Tensor, *, straight_through: bool = False, decay: float = 0.0,
-                 pattern: PatternLike | None = None, transposed: bool = False, padded: bool = False) -> None:
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        *,
+        straight_through: bool = False,
+        decay: float = 0.0,
+        pattern: PatternLike | None = None,
+        transposed: bool = False,
+        padded: bool = False,
+    ) -> None:
         super().__init__()
         if not isinstance(mask, torch.Tensor):
             raise MaskMismatchError(f"NMMask: mask must be a torch.Tensor, got {type(mask).__name__}")
@@ -147,10 +155,12 @@ class NMMask(nn.Module):
             if is_dtensor(self.mask):  # sharded before (a re-created parameter): the rows are already ours
                 local = local_tensor(self.mask)
             else:
-                local = self.mask[state.start: state.start + state.count].clone()
+                local = self.mask[state.start : state.start + state.count].clone()
         if tuple(local.shape) != tuple(local_tensor(param).shape):
-            raise MaskMismatchError(f"NMMask: this rank's weight rows {tuple(local_tensor(param).shape)} do not "
-                                    f"match its mask rows {tuple(local.shape)}")
+            raise MaskMismatchError(
+                f"NMMask: this rank's weight rows {tuple(local_tensor(param).shape)} do not "
+                f"match its mask rows {tuple(local.shape)}"
+            )
         self._buffers["mask"] = state.as_dtensor(local)
         param.register_post_accumulate_grad_hook(self._after_reduce)
         install_forward_hook()
@@ -241,7 +251,9 @@ class NMMask(nn.Module):
                 f"value(s) where this layer's static mask prunes; the layer keeps its mask and masks them out. "
                 f"To load a pruned model's masks too, load nmsparse's record (nmsparse.load_pruned_, or "
                 f"nmsparse.SparseState with torch.distributed.checkpoint), or prune_ after loading to recover "
-                f"masks from the weights' zeros", stacklevel=6)
+                f"masks from the weights' zeros",
+                stacklevel=6,
+            )
 
     @property
     def mode(self) -> str:
@@ -250,8 +262,14 @@ class NMMask(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """Pattern, mode, decay and layout as plain JSON values (what :meth:`get_extra_state` saves)."""
-        return {"version": EXTRA_STATE_VERSION, "pattern": None if self.pattern is None else str(self.pattern),
-                "mode": self.mode, "decay": self.decay, "transposed": self.transposed, "padded": self.padded}
+        return {
+            "version": EXTRA_STATE_VERSION,
+            "pattern": None if self.pattern is None else str(self.pattern),
+            "mode": self.mode,
+            "decay": self.decay,
+            "transposed": self.transposed,
+            "padded": self.padded,
+        }
 
     def configure(self, info: Any, *, where: str = "NMMask") -> None:
         """Apply a :meth:`describe` dict (validated; unknown versions and values raise :class:`MaskMismatchError`)."""
@@ -282,8 +300,12 @@ class NMMask(nn.Module):
     def set_extra_state(self, state: Any) -> None:
         """Restore what :meth:`get_extra_state` saved (a ``uint8`` JSON tensor, or the dict itself)."""
         if isinstance(state, torch.Tensor):
-            if state.dim() == 1 and state.dtype != torch.uint8 and not state.is_complex() and bool(
-                    ((state >= 0) & (state <= 255) & (state == state.round())).all()):
+            if (
+                state.dim() == 1
+                and state.dtype != torch.uint8
+                and not state.is_complex()
+                and bool(((state >= 0) & (state <= 255) & (state == state.round())).all())
+            ):
                 state = state.to(torch.uint8)  # a state dict whose tensors were all cast (e.g. to float)
             if state.dtype != torch.uint8 or state.dim() != 1:
                 raise MaskMismatchError(

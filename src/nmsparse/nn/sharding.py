@@ -33,8 +33,16 @@ from torch import nn
 
 from .._logging import logger
 
-__all__ = ["is_dtensor", "local_tensor", "ShardState", "install_forward_hook", "gather_rows", "local_layer_mask",
-           "rows_aligned", "bump_generation"]
+__all__ = [
+    "is_dtensor",
+    "local_tensor",
+    "ShardState",
+    "install_forward_hook",
+    "gather_rows",
+    "local_layer_mask",
+    "rows_aligned",
+    "bump_generation",
+]
 
 try:  # torch >= 2.5
     from torch.distributed.tensor import DTensor, Shard
@@ -101,8 +109,14 @@ class ShardState:
         """A tensor of this rank's rows as a ``DTensor`` laid out like the parameter."""
         shape = (self.rows, *local.shape[1:])
         stride = torch.empty(shape, device="meta").stride()
-        return DTensor.from_local(local, self.param.device_mesh, self.param.placements,  # type: ignore[attr-defined]
-                                  run_check=False, shape=torch.Size(shape), stride=stride)
+        return DTensor.from_local(
+            local,
+            self.param.device_mesh,  # type: ignore[attr-defined]
+            self.param.placements,  # type: ignore[attr-defined]
+            run_check=False,
+            shape=torch.Size(shape),
+            stride=stride,
+        )
 
 
 def gather_rows(local: torch.Tensor, state: ShardState) -> torch.Tensor:
@@ -132,8 +146,16 @@ def rows_aligned(state: ShardState, m: int, *, transposed: bool, transposable: b
 _warned_gather: set[str] = set()
 
 
-def local_layer_mask(name: str, state: ShardState, local_weight: torch.Tensor, m: int, *, transposed: bool,
-                     transposable: bool, solve: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def local_layer_mask(
+    name: str,
+    state: ShardState,
+    local_weight: torch.Tensor,
+    m: int,
+    *,
+    transposed: bool,
+    transposable: bool,
+    solve: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """This rank's rows of the mask that ``solve`` finds for the whole weight.
 
     On aligned shards ``solve`` runs on the local rows alone, with no communication; otherwise the weight is
@@ -145,11 +167,15 @@ def local_layer_mask(name: str, state: ShardState, local_weight: torch.Tensor, m
         return solve(local_weight)
     if name not in _warned_gather:
         _warned_gather.add(name)
-        logger.info("%s: %d rows per rank are not a multiple of m=%d, so its masks are solved on the gathered "
-                    "weight (one all_gather per refresh); shard sizes that are multiples of m avoid it",
-                    name or "layer", state.chunk, m)
+        logger.info(
+            "%s: %d rows per rank are not a multiple of m=%d, so its masks are solved on the gathered "
+            "weight (one all_gather per refresh); shard sizes that are multiples of m avoid it",
+            name or "layer",
+            state.chunk,
+            m,
+        )
     full = solve(gather_rows(local_weight, state))
-    return full[state.start: state.start + state.count]
+    return full[state.start : state.start + state.count]
 
 
 # ----------------------------------------------------------------------------------------------- forward hook
@@ -194,8 +220,11 @@ def _masks_under(module: nn.Module) -> list[Callable[[], None]]:
         if plists is None or "weight" not in plists:
             continue
         plist = plists["weight"]
-        found += [_prepare(p, plist) for p in plist if callable(getattr(p, "adopt_sharding", None))
-                  and callable(getattr(p, "stash", None))]
+        found += [
+            _prepare(p, plist)
+            for p in plist
+            if callable(getattr(p, "adopt_sharding", None)) and callable(getattr(p, "stash", None))
+        ]
     _cache[module] = (_generation, found)
     return found
 

@@ -113,7 +113,7 @@ def _state_dict_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str,
         if not key.startswith(raw):
             state_dict[key] = value
             continue
-        name, _, rest = key[len(raw):].partition(".")
+        name, _, rest = key[len(raw) :].partition(".")
         if rest != "original":
             continue  # the mask buffer and its extra state: nmsparse's record, not the model's
         if name == "weight":
@@ -121,8 +121,16 @@ def _state_dict_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str,
         state_dict[f"{prefix}{name}"] = value
 
 
-def _load_pre_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any, strict: bool,
-                   missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+def _load_pre_hook(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
     """``load_state_dict`` pre-hook: the dense module's keys -> the raw parametrize keys this module expects."""
     nm = _mask_of(module)
     raw = f"{prefix}parametrizations."
@@ -143,8 +151,11 @@ def _load_pre_hook(module: nn.Module, state_dict: dict[str, Any], prefix: str, l
 
 
 def _ours(hooks: dict[int, Any]) -> list[int]:
-    return [key for key, hook in hooks.items()
-            if hook in (_state_dict_hook, _load_pre_hook) or getattr(hook, "hook", None) is _load_pre_hook]
+    return [
+        key
+        for key, hook in hooks.items()
+        if hook in (_state_dict_hook, _load_pre_hook) or getattr(hook, "hook", None) is _load_pre_hook
+    ]
 
 
 def install_state_hooks(module: nn.Module) -> None:

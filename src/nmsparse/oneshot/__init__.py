@@ -17,6 +17,19 @@ from .report import OneShotLayerReport, OneShotReport
 #: The built-in algorithms (see :func:`list_algorithms` for every registered one).
 METHODS = ("sparsegpt", "wanda", "magnitude", "adaprune")
 
-__all__ = ["prune_oneshot_", "OneShotConfig", "OneShotReport", "OneShotLayerReport", "register_method",
-           "unregister_method", "get_method", "list_algorithms", "Layer", "LayerSolution", "parse_memory", "METHODS",
-           "sparsegpt", "find_blocks"]
+__all__ = [
+    "prune_oneshot_",
+    "OneShotConfig",
+    "OneShotReport",
+    "OneShotLayerReport",
+    "register_method",
+    "unregister_method",
+    "get_method",
+    "list_algorithms",
+    "Layer",
+    "LayerSolution",
+    "parse_memory",
+    "METHODS",
+    "sparsegpt",
+    "find_blocks",
+]

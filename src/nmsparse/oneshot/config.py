@@ -23,13 +23,30 @@ __all__ = ["OneShotConfig", "parse_memory", "DEFAULT_MEMORY_BUDGET", "solver_for
 #: Default bound on what one-shot calibration holds at once (activations, statistics, one solve).
 DEFAULT_MEMORY_BUDGET = "4GiB"
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "tb": 1000**4, "t": 1000**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+    "tb": 1000**4,
+    "t": 1000**4,
+}
 
 #: Old settings, accepted for one release with a DeprecationWarning: name -> what replaces it.
-_DEPRECATED = {"max_memory_mb": "memory_budget (bytes, or a size such as '4GiB')",
-               "damping": "options={'damping': ...}", "block_size": "options={'block_size': ...}",
-               "adaprune_iterations": "options={'iterations': ...} with algorithm='adaprune'"}
+_DEPRECATED = {
+    "max_memory_mb": "memory_budget (bytes, or a size such as '4GiB')",
+    "damping": "options={'damping': ...}",
+    "block_size": "options={'block_size': ...}",
+    "adaprune_iterations": "options={'iterations': ...} with algorithm='adaprune'",
+}
 
 
 def parse_memory(value: int | float | str) -> int:
@@ -49,8 +66,10 @@ def parse_memory(value: int | float | str) -> int:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
         unit = match.group(2).lower() if match else None
         if match is None or unit not in _UNITS:
-            raise ConfigError(f"memory_budget: cannot read {value!r}; write a number of bytes or a size such as "
-                              f"'512MiB', '2GiB', '1.5GB'")
+            raise ConfigError(
+                f"memory_budget: cannot read {value!r}; write a number of bytes or a size such as "
+                f"'512MiB', '2GiB', '1.5GB'"
+            )
         number = float(match.group(1)) * _UNITS[unit]
     if int(number) <= 0:
         raise ConfigError(f"memory_budget: must be positive, got {value!r}")
@@ -82,8 +101,10 @@ def solver_for(pattern: NMPattern, method: str, where: str) -> str:
     """The mask solver ``method`` resolves to for ``pattern`` (``"auto"``: top-n, or exact for ``-T``)."""
     solver = method if method != "auto" else ("exact" if pattern.transposable else "topn")
     if solver == "topn" and pattern.transposable:
-        raise ConfigError(f"{where}: method='topn' does not make transposable masks (pattern {pattern}); use "
-                          f"'exact', 'greedy' or 'greedy-repair', or the plain pattern '{pattern.n}:{pattern.m}'")
+        raise ConfigError(
+            f"{where}: method='topn' does not make transposable masks (pattern {pattern}); use "
+            f"'exact', 'greedy' or 'greedy-repair', or the plain pattern '{pattern.n}:{pattern.m}'"
+        )
     return solver
 
 
@@ -102,21 +123,30 @@ class OneShotConfig(ConfigBase):
         nmsparse.errors.ConfigError: OneShotConfig.options (...): SparseGPTOptions: block_size must be an int in [1, ...
     """
 
-    algorithm: str = config_field("sparsegpt", help="per-layer algorithm: magnitude, wanda, sparsegpt, adaprune, "
-                                                    "or any registered with register_method")
+    algorithm: str = config_field(
+        "sparsegpt",
+        help="per-layer algorithm: magnitude, wanda, sparsegpt, adaprune, or any registered with register_method",
+    )
     method: str = config_field("auto", help="mask solver of find_mask (auto: top-n for plain, exact for -T)")
     options: Mapping[str, Any] | None = config_field(None, help="the algorithm's own settings", flag=False)
-    include: tuple[str, ...] | None = config_field(None, help="only prune modules matching these globs",
-                                                  metavar="GLOB")
-    exclude: tuple[str, ...] | None = config_field(None, help="keep modules matching these globs dense",
-                                                  metavar="GLOB")
+    include: tuple[str, ...] | None = config_field(None, help="only prune modules matching these globs", metavar="GLOB")
+    exclude: tuple[str, ...] | None = config_field(None, help="keep modules matching these globs dense", metavar="GLOB")
     keep_first_last: bool = config_field(False, help="keep the model's first and last prunable layers dense")
-    sequential: bool = config_field(True, help="calibrate on the outputs of the already pruned layers (no: every "
-                                               "layer sees the dense model's activations)")
-    memory_budget: str = config_field(DEFAULT_MEMORY_BUDGET, help="working memory held at once (activations, "
-                                      "statistics, one solve), e.g. 512MiB, 4GiB", metavar="SIZE")
-    prune_outside_blocks: bool = config_field(False, help="also prune the layers outside the model's repeated "
-                                              "blocks (last, on the whole model); no: embeddings and head stay dense")
+    sequential: bool = config_field(
+        True,
+        help="calibrate on the outputs of the already pruned layers (no: every "
+        "layer sees the dense model's activations)",
+    )
+    memory_budget: str = config_field(
+        DEFAULT_MEMORY_BUDGET,
+        help="working memory held at once (activations, statistics, one solve), e.g. 512MiB, 4GiB",
+        metavar="SIZE",
+    )
+    prune_outside_blocks: bool = config_field(
+        False,
+        help="also prune the layers outside the model's repeated "
+        "blocks (last, on the whole model); no: embeddings and head stay dense",
+    )
     dtype: str = config_field("float32", help="dtype of Gram statistics and solves")
     ignore_padding: bool = config_field(True, help="leave padding tokens (attention_mask == 0) out of the statistics")
     recalibrate_bn: bool = config_field(True, help="re-estimate batch-norm statistics on the calibration data")
@@ -150,8 +180,11 @@ class OneShotConfig(ConfigBase):
             object.__setattr__(self, "options", dict(self.options))
         for name, instead in _DEPRECATED.items():
             if getattr(self, name) is not None:
-                warnings.warn(f"OneShotConfig({name}=...) is deprecated and will be removed in the next release; "
-                              f"use {instead}", DeprecationWarning, stacklevel=3)
+                warnings.warn(
+                    f"OneShotConfig({name}=...) is deprecated and will be removed in the next release; use {instead}",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
         super().__post_init__()
 
     def _check(self) -> None:

@@ -45,6 +45,7 @@ __all__ = ["prune_oneshot_", "find_blocks", "linear_types"]
 _MIB = float(1 << 20)
 _WHERE = "prune_oneshot_"
 
+
 def linear_types() -> tuple[type[nn.Module], ...]:
     """``nn.Linear`` and, when transformers is loaded, its ``Conv1D`` (never imports transformers)."""
     conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
@@ -143,8 +144,14 @@ def _view(name: str, module: nn.Module) -> _View:
     if is_transposed_layer(module):
         return _View(name, module, 1, int(weight.shape[0]), int(weight.shape[1]), module.bias is not None)
     groups = int(getattr(module, "groups", 1) or 1) if isinstance(module, nn.Conv2d) else 1
-    return _View(name, module, groups, int(weight[0].numel()), int(weight.shape[0]) // groups,
-                 getattr(module, "bias", None) is not None)
+    return _View(
+        name,
+        module,
+        groups,
+        int(weight[0].numel()),
+        int(weight.shape[0]) // groups,
+        getattr(module, "bias", None) is not None,
+    )
 
 
 class GramStatistics:
@@ -180,18 +187,25 @@ class _Call:
         self.in_kwargs = not args
         hidden = kwargs.pop("hidden_states", None) if self.in_kwargs else args[0]
         if not isinstance(hidden, torch.Tensor):
-            raise InputError(f"{_WHERE}: the first block's input is a {type(hidden).__name__}, expected a tensor of "
-                             f"hidden states: block(hidden_states, ...) or block(hidden_states=...)")
+            raise InputError(
+                f"{_WHERE}: the first block's input is a {type(hidden).__name__}, expected a tensor of "
+                f"hidden states: block(hidden_states, ...) or block(hidden_states=...)"
+            )
         self.args = tuple(None if _is_cache(a) else a for a in args[1:])
         self.hidden, self.kwargs, self.token = hidden.detach(), kwargs, token
 
     def run(self, block: nn.Module, index: int) -> torch.Tensor:
-        out = (block(*self.args, hidden_states=self.hidden, **self.kwargs) if self.in_kwargs
-               else block(self.hidden, *self.args, **self.kwargs))
+        out = (
+            block(*self.args, hidden_states=self.hidden, **self.kwargs)
+            if self.in_kwargs
+            else block(self.hidden, *self.args, **self.kwargs)
+        )
         out = out[0] if isinstance(out, (tuple, list)) else out
         if not isinstance(out, torch.Tensor):
-            raise InputError(f"{_WHERE}: a block returned {type(out).__name__}, expected a tensor (or a tuple whose "
-                             f"first item is the hidden states)")
+            raise InputError(
+                f"{_WHERE}: a block returned {type(out).__name__}, expected a tensor (or a tuple whose "
+                f"first item is the hidden states)"
+            )
         return out.detach()
 
     def nbytes(self) -> int:
@@ -211,8 +225,9 @@ class _Batch:
         return 0
 
 
-def _capture(model: nn.Module, first_block: nn.Module, batches: list[Any], device: torch.device,
-             ignore_padding: bool) -> list[_Call]:
+def _capture(
+    model: nn.Module, first_block: nn.Module, batches: list[Any], device: torch.device, ignore_padding: bool
+) -> list[_Call]:
     """The first block's inputs on every batch (the rest of each forward is not run)."""
     calls: list[_Call] = []
     token: list[torch.Tensor | None] = [None]
@@ -230,8 +245,10 @@ def _capture(model: nn.Module, first_block: nn.Module, batches: list[Any], devic
             except StopForward:
                 pass
             if len(calls) == before:
-                raise InputError(f"{_WHERE}: the model's forward never reached its first block; is the calibration "
-                                 f"batch what model(batch) expects?")
+                raise InputError(
+                    f"{_WHERE}: the model's forward never reached its first block; is the calibration "
+                    f"batch what model(batch) expects?"
+                )
     finally:
         handle.remove()
     return calls
@@ -295,8 +312,13 @@ def _probe(region: nn.Module, calls: list[Any], views: dict[str, _View]) -> list
         inputs.extend([x] if key == len(inputs) else [])
         current.setdefault(name, []).append(key)
         keep = view.row_filter(x, token[0])
-        view.rows += (int(y.shape[0] * y.shape[2] * y.shape[3]) if view.conv else
-                      int(keep.sum()) if keep is not None else x.numel() // (view.k * view.groups))
+        view.rows += (
+            int(y.shape[0] * y.shape[2] * y.shape[3])
+            if view.conv
+            else int(keep.sum())
+            if keep is not None
+            else x.numel() // (view.k * view.groups)
+        )
 
     with _Hooks({n: v.module for n, v in views.items()}, fold) as hooks:
         for index, call in enumerate(calls):
@@ -316,22 +338,38 @@ def _probe(region: nn.Module, calls: list[Any], views: dict[str, _View]) -> list
     return units
 
 
-def _select_views(model: nn.Module, pattern: NMPattern, config: OneShotConfig) -> tuple[dict[str, _View],
-                                                                                        dict[str, str]]:
-    selection, _ = _select(model, pattern, include=config.include, exclude=config.exclude,
-                           keep_first_last=config.keep_first_last, module_types=None)
+def _select_views(
+    model: nn.Module, pattern: NMPattern, config: OneShotConfig
+) -> tuple[dict[str, _View], dict[str, str]]:
+    selection, _ = _select(
+        model,
+        pattern,
+        include=config.include,
+        exclude=config.exclude,
+        keep_first_last=config.keep_first_last,
+        module_types=None,
+    )
     for name, module in list(selection.selected.items()):
         if not (isinstance(module, (nn.Linear, nn.Conv2d)) or is_transposed_layer(module)):
-            selection.skipped[name] = (f"{type(module).__name__} layers are not calibrated one-shot (Linear, "
-                                       f"Conv1D and Conv2d are); exclude it or prune it with prune_")
+            selection.skipped[name] = (
+                f"{type(module).__name__} layers are not calibrated one-shot (Linear, "
+                f"Conv1D and Conv2d are); exclude it or prune it with prune_"
+            )
             del selection.selected[name]
     require_selected(selection, pattern, where=_WHERE)
     return {name: _view(name, module) for name, module in selection.selected.items()}, dict(selection.skipped)
 
 
-def prune_oneshot_(model: nn.Module, calibration: Iterable[Any] | None, pattern: PatternLike, *,
-                   algorithm: str | None = None, config: OneShotConfig | None = None,
-                   progress: bool | None = None, method: str | None = None) -> OneShotReport:
+def prune_oneshot_(
+    model: nn.Module,
+    calibration: Iterable[Any] | None,
+    pattern: PatternLike,
+    *,
+    algorithm: str | None = None,
+    config: OneShotConfig | None = None,
+    progress: bool | None = None,
+    method: str | None = None,
+) -> OneShotReport:
     """Prune the Linear, ``Conv1D`` and Conv2d layers of a trained model to ``pattern`` in one shot.
 
     The model's repeated blocks (the ``nn.ModuleList`` holding most of its target layers: GPT-2's
@@ -383,29 +421,46 @@ def prune_oneshot_(model: nn.Module, calibration: Iterable[Any] | None, pattern:
     if not isinstance(config, OneShotConfig):
         raise ConfigError(f"{_WHERE}: config must be a OneShotConfig, got {type(config).__name__}")
     if method is not None:
-        warnings.warn("prune_oneshot_(method=...) names the algorithm and is deprecated; pass algorithm=... (method "
-                      "now names the mask solver, config.method)", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "prune_oneshot_(method=...) names the algorithm and is deprecated; pass algorithm=... (method "
+            "now names the mask solver, config.method)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     algorithm = algorithm or method or config.algorithm
     spec, options, pattern = get_method(algorithm), config.method_options(algorithm), NMPattern.parse(pattern)
     solver = solver_for(pattern, config.method, _WHERE)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{_WHERE}: model must be a torch.nn.Module, got {type(model).__name__}")
     if calibration is None and spec.needs_calibration:
-        raise InputError(f"{_WHERE}: algorithm {algorithm!r} needs calibration data; pass an iterable of batches "
-                         f"(token-id tensors [batch, seq], or dicts such as a tokenizer's output)")
+        raise InputError(
+            f"{_WHERE}: algorithm {algorithm!r} needs calibration data; pass an iterable of batches "
+            f"(token-id tensors [batch, seq], or dicts such as a tokenizer's output)"
+        )
     batches = [] if calibration is None else materialise(calibration, where=_WHERE)
     views, skipped = _select_views(model, pattern, config)
-    report = OneShotReport(model=model, algorithm=algorithm, pattern=str(pattern), skipped=skipped,
-                           config={**config.to_dict(), "algorithm": algorithm, "options": options.to_dict()},
-                           memory_budget=config.memory_bytes)
+    report = OneShotReport(
+        model=model,
+        algorithm=algorithm,
+        pattern=str(pattern),
+        skipped=skipped,
+        config={**config.to_dict(), "algorithm": algorithm, "options": options.to_dict()},
+        memory_budget=config.memory_bytes,
+    )
     blocks = find_blocks(model, views)
     regions = [(b, block, {n: v for n, v in views.items() if n.startswith(f"{b}.")}) for b, block in blocks]
     outside = {n: v for n, v in views.items() if not any(n.startswith(f"{b}.") for b, _ in blocks)}
     if not blocks or (outside and config.prune_outside_blocks):  # last, on the whole model
         regions.append(("<model>", model, outside))
     else:
-        skipped.update((n, "outside the model's repeated blocks (embeddings and head stay dense; "
-                           "prune_outside_blocks=True prunes them too)") for n in outside)
+        skipped.update(
+            (
+                n,
+                "outside the model's repeated blocks (embeddings and head stay dense; "
+                "prune_outside_blocks=True prunes them too)",
+            )
+            for n in outside
+        )
     for index, (_, _, region_views) in enumerate(regions):
         for view in region_views.values():
             view.block = index
@@ -428,8 +483,17 @@ def prune_oneshot_(model: nn.Module, calibration: Iterable[Any] | None, pattern:
 class _Engine:
     """One run of :func:`prune_oneshot_`: the regions (blocks) in order, their statistics, solves and masks."""
 
-    def __init__(self, model: nn.Module, spec: LayerMethod, options: Any, pattern: NMPattern, solver: str,
-                 config: OneShotConfig, report: OneShotReport, batches: list[Any]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: LayerMethod,
+        options: Any,
+        pattern: NMPattern,
+        solver: str,
+        config: OneShotConfig,
+        report: OneShotReport,
+        batches: list[Any],
+    ) -> None:
         self.model, self.spec, self.options, self.pattern, self.solver = model, spec, options, pattern, solver
         self.config, self.report, self.batches = config, report, batches
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
@@ -445,14 +509,14 @@ class _Engine:
         self.held += int(size)
         self.report.peak_tracked = max(self.report.peak_tracked, self.held)
 
-    def run(self, regions: list[tuple[str, nn.Module, dict[str, _View]]], blocked: bool,
-            progress: bool | None) -> None:
+    def run(self, regions: list[tuple[str, nn.Module, dict[str, _View]]], blocked: bool, progress: bool | None) -> None:
         batches = [_Batch(b, self.device, self.config.ignore_padding) for b in self.batches]
         calls: list[Any] = batches
         if batches and blocked:
             calls = _capture(self.model, regions[0][1], self.batches, self.device, self.config.ignore_padding)
         act = sum(c.nbytes() for c in calls) * (2 if self.dense_copy else 1) + max(
-            (c.nbytes() for c in calls), default=0)  # one block output in flight
+            (c.nbytes() for c in calls), default=0
+        )  # one block output in flight
         self._check_budget(regions, act, bool(calls))
         for view in (v for _, _, vs in regions for v in vs.values()):
             if _nm_mask(view.module) is not None:  # bake existing masks in (their zeros are then dead)
@@ -461,11 +525,17 @@ class _Engine:
                 torch_prune.remove(view.module, "weight")
         self.hold(act)
         # layers outside the blocks come last: their dense targets need the dense model as it is now
-        self.dense_model = copy.deepcopy(self.model).eval() if self.dense_copy and blocked and regions[-1][
-            1] is self.model else None
+        self.dense_model = (
+            copy.deepcopy(self.model).eval() if self.dense_copy and blocked and regions[-1][1] is self.model else None
+        )
         dense_calls = [copy.copy(c) for c in calls] if self.dense_copy and blocked else calls
-        for index in _progress(range(len(regions)), desc=f"oneshot {self.report.algorithm} {self.pattern}",
-                               total=len(regions), enabled=progress, unit="block"):
+        for index in _progress(
+            range(len(regions)),
+            desc=f"oneshot {self.report.algorithm} {self.pattern}",
+            total=len(regions),
+            enabled=progress,
+            unit="block",
+        ):
             began = time.perf_counter()
             _, region, views = regions[index]
             if not calls:  # magnitude without calibration: no statistics, no forward passes
@@ -483,32 +553,45 @@ class _Engine:
             return self.spec.statistics_bytes(view.k, view.out, view.groups, view.bias)
         return view.groups * view.k * view.k * self.itemsize
 
-    def _check_budget(self, regions: list[tuple[str, nn.Module, dict[str, _View]]], act: int,
-                      with_stats: bool) -> None:
+    def _check_budget(self, regions: list[tuple[str, nn.Module, dict[str, _View]]], act: int, with_stats: bool) -> None:
         worst, detail, budget = 0, "", self.report.memory_budget
         for name, region, views in regions:
             stats = sum(self._stats_bytes(v) for v in views.values()) if with_stats else 0
-            solve = max((self.spec.solve_bytes(v.groups * v.out, v.k, self.itemsize) for v in views.values()),
-                        default=0)
+            solve = max(
+                (self.spec.solve_bytes(v.groups * v.out, v.k, self.itemsize) for v in views.values()), default=0
+            )
             dense = _tensor_bytes(*region.parameters(), *region.buffers()) if self.dense_copy and with_stats else 0
             if act + stats + solve + dense > worst:
                 worst = act + stats + solve + dense
-                detail = (f"calibration activations {act / _MIB:.1f} MiB + statistics of block {name!r} "
-                          f"{stats / _MIB:.1f} MiB + one layer's solve {solve / _MIB:.1f} MiB"
-                          + (f" + a dense copy of the block {dense / _MIB:.1f} MiB" if dense else ""))
+                detail = (
+                    f"calibration activations {act / _MIB:.1f} MiB + statistics of block {name!r} "
+                    f"{stats / _MIB:.1f} MiB + one layer's solve {solve / _MIB:.1f} MiB"
+                    + (f" + a dense copy of the block {dense / _MIB:.1f} MiB" if dense else "")
+                )
         self.report.memory_estimate = self.reserve = worst
         if worst > budget:
-            given = (f"max_memory_mb={self.config.max_memory_mb:g}" if self.config.max_memory_mb is not None
-                     else f"memory_budget={self.config.memory_budget!r} ({budget / _MIB:.3g} MiB)")
-            raise ConfigError(f"{_WHERE}: needs about {worst / _MIB:.1f} MiB of working memory ({detail}), more than "
-                              f"{given}; nothing was changed. Raise memory_budget, or use fewer or shorter "
-                              f"calibration samples" + (", or dtype='float32'" if self.itemsize == 8 else ""))
+            given = (
+                f"max_memory_mb={self.config.max_memory_mb:g}"
+                if self.config.max_memory_mb is not None
+                else f"memory_budget={self.config.memory_budget!r} ({budget / _MIB:.3g} MiB)"
+            )
+            raise ConfigError(
+                f"{_WHERE}: needs about {worst / _MIB:.1f} MiB of working memory ({detail}), more than "
+                f"{given}; nothing was changed. Raise memory_budget, or use fewer or shorter "
+                f"calibration samples" + (", or dtype='float32'" if self.itemsize == 8 else "")
+            )
 
-    def _region(self, region: nn.Module, views: dict[str, _View], calls: list[Any], dense_calls: list[Any], *,
-                blocked: bool) -> None:
+    def _region(
+        self, region: nn.Module, views: dict[str, _View], calls: list[Any], dense_calls: list[Any], *, blocked: bool
+    ) -> None:
         """Record, solve and attach every layer of one region; then advance its inputs to the next one."""
-        reference = (self.dense_model if region is self.model and self.dense_model is not None
-                     else copy.deepcopy(region).eval() if self.dense_copy else None)
+        reference = (
+            self.dense_model
+            if region is self.model and self.dense_model is not None
+            else copy.deepcopy(region).eval()
+            if self.dense_copy
+            else None
+        )
         copied = _tensor_bytes(*region.parameters(), *region.buffers()) if reference is not None else 0
         self.hold(copied)
         probed = self.layerwise or self.spec.statistics == "targets"
@@ -546,11 +629,19 @@ class _Engine:
         if self.spec.make_statistics is None:
             return GramStatistics(view.groups, view.k, self.dtype, self.device)
         seed = getattr(self.options, "seed", 0) * 7919 + self.index
-        return self.spec.make_statistics(view.k, view.out, view.groups, view.bias, view.rows, room, self.options,
-                                         seed, view.name, self.device)
+        return self.spec.make_statistics(
+            view.k, view.out, view.groups, view.bias, view.rows, room, self.options, seed, view.name, self.device
+        )
 
-    def _record(self, region: nn.Module, unit: list[_View], stats: dict[str, Any], calls: list[Any],
-                dense_calls: list[Any], reference: nn.Module | None) -> list[Any]:
+    def _record(
+        self,
+        region: nn.Module,
+        unit: list[_View],
+        stats: dict[str, Any],
+        calls: list[Any],
+        dense_calls: list[Any],
+        reference: nn.Module | None,
+    ) -> list[Any]:
         """One pass over the calls: fold every unit layer's inputs (and targets) into its statistics."""
         views = {v.name: v for v in unit}
         targets: dict[str, list[torch.Tensor]] = {name: [] for name in views}
@@ -566,9 +657,13 @@ class _Engine:
         prefix = "" if region is self.model else next(f"{n}." for n, m in self.model.named_modules() if m is region)
         copies = dict(reference.named_modules()) if reference is not None else {}
         outputs: list[Any] = []
-        with _Hooks({n: v.module for n, v in views.items()}, fold) as hooks, _Hooks(
-                {n: copies[n[len(prefix):]] for n in views} if reference is not None else {},
-                lambda name, x, y: targets[name].append(y)) as dense_hooks:
+        with (
+            _Hooks({n: v.module for n, v in views.items()}, fold) as hooks,
+            _Hooks(
+                {n: copies[n[len(prefix) :]] for n in views} if reference is not None else {},
+                lambda name, x, y: targets[name].append(y),
+            ) as dense_hooks,
+        ):
             for index, call in enumerate(calls):
                 counts = {v.name: v.calls[index] for v in unit} if self.layerwise else None
                 token[0] = call.token
@@ -593,17 +688,37 @@ class _Engine:
 
         weights = view.matrices(stored, self.dtype)
         bias = view.module.bias.detach().float() if isinstance(view.module.bias, torch.Tensor) else None
-        layer = Layer(view.name, view.module, weights, bias, stats, self.pattern, self.solver, self.options,
-                      view.columns(), f"{_WHERE}[{view.name!r}]", masks, self.index, self.samples)
+        layer = Layer(
+            view.name,
+            view.module,
+            weights,
+            bias,
+            stats,
+            self.pattern,
+            self.solver,
+            self.options,
+            view.columns(),
+            f"{_WHERE}[{view.name!r}]",
+            masks,
+            self.index,
+            self.samples,
+        )
         solution = self.spec.solve(layer)
-        info = {"relative_error": _relative_error(weights, solution.weights, stats, solution.error),
-                **solution.info}
+        info = {"relative_error": _relative_error(weights, solution.weights, stats, solution.error), **solution.info}
         self.hold(-workspace)
         self.index += 1
-        self.report.layers.append(OneShotLayerReport(
-            name=view.name, kind=type(view.module).__name__, shape=(rows, cols), block=view.block,
-            tokens=0 if stats is None else int(stats.rows), seconds=time.perf_counter() - began,
-            pattern=str(self.pattern), **info))
+        self.report.layers.append(
+            OneShotLayerReport(
+                name=view.name,
+                kind=type(view.module).__name__,
+                shape=(rows, cols),
+                block=view.block,
+                tokens=0 if stats is None else int(stats.rows),
+                seconds=time.perf_counter() - began,
+                pattern=str(self.pattern),
+                **info,
+            )
+        )
 
         def install() -> None:
             target = view.weight()

@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 
-
 def hf_folder(source: str | os.PathLike[str]) -> Path:
     """The folder of ``"hf:PATH"`` or ``PATH``; it must hold a ``config.json``.
 
@@ -51,8 +50,10 @@ def hf_folder(source: str | os.PathLike[str]) -> Path:
         text = text[3:]
     folder = Path(text).expanduser()
     if not folder.is_dir():
-        raise InputError(f"{text!r} is not a folder; expected a transformers model folder (config.json and "
-                         f"model.safetensors), e.g. one written by save_pretrained; nothing is downloaded")
+        raise InputError(
+            f"{text!r} is not a folder; expected a transformers model folder (config.json and "
+            f"model.safetensors), e.g. one written by save_pretrained; nothing is downloaded"
+        )
     if not (folder / "config.json").is_file():
         raise InputError(f"{str(folder)!r} has no config.json, so it is not a transformers model folder")
     return folder
@@ -79,12 +80,14 @@ def load_causal_lm(source: str | os.PathLike[str], *, dtype: torch.dtype = torch
     hf_logging.set_verbosity_error()  # the missing and unexpected weights are raised below, as one line
     hf_logging.disable_progress_bar()
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
-                                                      dtype=dtype, output_loading_info=True)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False, dtype=dtype, output_loading_info=True
+        )
     except Exception as exc:  # noqa: BLE001 - transformers, safetensors and torch raise many types here
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"{folder}: transformers cannot load this model folder ({type(exc).__name__}: "
-                         f"{first})") from exc
+        raise InputError(
+            f"{folder}: transformers cannot load this model folder ({type(exc).__name__}: {first})"
+        ) from exc
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -92,18 +95,28 @@ def load_causal_lm(source: str | os.PathLike[str], *, dtype: torch.dtype = torch
     model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
     problems = [f"missing {key}" for key in sorted(info.get("missing_keys") or [])]
     problems += [f"unexpected {key}" for key in sorted(info.get("unexpected_keys") or [])]
-    problems += [f"wrong shape {entry[0] if isinstance(entry, tuple) else entry}"
-                 for entry in info.get("mismatched_keys") or []]
+    problems += [
+        f"wrong shape {entry[0] if isinstance(entry, tuple) else entry}" for entry in info.get("mismatched_keys") or []
+    ]
     if problems:
         shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise InputError(f"{folder}: its weights do not fit {type(model).__name__} (transformers would initialise "
-                         f"the missing ones at random): {shown}")
+        raise InputError(
+            f"{folder}: its weights do not fit {type(model).__name__} (transformers would initialise "
+            f"the missing ones at random): {shown}"
+        )
     return model.eval()
 
 
-def save_pruned_pretrained(model: nn.Module, out: str | os.PathLike[str], *, pattern: str | NMPattern | None = None,
-                           method: str | None = None, extra: Mapping[str, Any] | None = None,
-                           overwrite: bool = False, tokenizer: Any = None) -> Path:
+def save_pruned_pretrained(
+    model: nn.Module,
+    out: str | os.PathLike[str],
+    *,
+    pattern: str | NMPattern | None = None,
+    method: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    tokenizer: Any = None,
+) -> Path:
     """Save a (pruned) transformers model as a normal folder that ``AutoModelForCausalLM.from_pretrained`` loads.
 
     The layout of :func:`nmsparse.io.save_pretrained_dense`: dense weights with the zeros baked in
@@ -140,15 +153,21 @@ def save_pruned_pretrained(model: nn.Module, out: str | os.PathLike[str], *, pat
     """
     from ..io import _write_pretrained_folder
 
-    record: dict[str, Any] = {"oneshot": {"pattern": None if pattern is None else str(NMPattern.parse(pattern)),
-                                          "method": method, **dict(extra or {})}}
+    record: dict[str, Any] = {
+        "oneshot": {
+            "pattern": None if pattern is None else str(NMPattern.parse(pattern)),
+            "method": method,
+            **dict(extra or {}),
+        }
+    }
 
     def save_tokenizer(staging: Path) -> None:
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
 
-    return _write_pretrained_folder(model, out, metadata=record, overwrite=overwrite, fill=save_tokenizer,
-                                    where="save_pruned_pretrained")
+    return _write_pretrained_folder(
+        model, out, metadata=record, overwrite=overwrite, fill=save_tokenizer, where="save_pruned_pretrained"
+    )
 
 
 def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -172,8 +191,10 @@ def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
     root = Path(os.fspath(folder).removeprefix("hf:"))
     path = root / MASKS_FILE
     if not path.is_file():
-        raise InputError(f"load_masks_into_: {str(path)!r} does not exist; the folder was not saved by "
-                         f"save_pruned_pretrained (or nothing in it was pruned)")
+        raise InputError(
+            f"load_masks_into_: {str(path)!r} does not exist; the folder was not saved by "
+            f"save_pruned_pretrained (or nothing in it was pruned)"
+        )
     masks = load_masks(path)
     info: dict[str, Any] = {}
     if (root / "nmsparse.json").is_file():
@@ -183,8 +204,9 @@ def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
             raise InputError(f"load_masks_into_: {root / 'nmsparse.json'} is not valid JSON ({exc})") from None
         recorded = record.get("masks", {}) if isinstance(record, dict) else None
         if not isinstance(recorded, dict) or not all(isinstance(v, dict) for v in recorded.values()):
-            raise InputError(f"load_masks_into_: {root / 'nmsparse.json'}: 'masks' is not a JSON object of mask "
-                             f"settings per tensor")
+            raise InputError(
+                f"load_masks_into_: {root / 'nmsparse.json'}: 'masks' is not a JSON object of mask settings per tensor"
+            )
         info = recorded
     from ..prune._views import mask_fits
     from ..prune.select import is_transposed_layer
@@ -216,8 +238,9 @@ def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
             continue
         if pattern is not None:  # checked here, so that a later broken mask leaves no earlier one attached
             try:
-                fits = mask_fits(mask.bool(), NMPattern.parse(pattern), transposed=is_transposed_layer(module),
-                                 padded=padded)
+                fits = mask_fits(
+                    mask.bool(), NMPattern.parse(pattern), transposed=is_transposed_layer(module), padded=padded
+                )
             except ValueError as exc:
                 problems.append(f"{key!r}: {exc}")
                 continue
@@ -226,8 +249,10 @@ def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
                 continue
         plan.append((module, mask.bool().to(weight.device), pattern, padded))
     if problems:
-        raise MaskMismatchError("load_masks_into_: the masks do not fit the model, nothing was attached:\n"
-                                + "\n".join(f"  - {p}" for p in problems))
+        raise MaskMismatchError(
+            "load_masks_into_: the masks do not fit the model, nothing was attached:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
     attached: list[nn.Module] = []
     try:
         for module, mask, pattern, padded in plan:
@@ -240,8 +265,9 @@ def load_masks_into_(model: nn.Module, folder: str | os.PathLike[str]) -> dict[s
     return masks
 
 
-def calibration_windows(tokens: torch.Tensor, *, samples: int, context: int, batch_size: int = 8,
-                        seed: int = 0) -> list[torch.Tensor]:
+def calibration_windows(
+    tokens: torch.Tensor, *, samples: int, context: int, batch_size: int = 8, seed: int = 0
+) -> list[torch.Tensor]:
     """``samples`` random windows of ``context`` token ids from a 1-D token stream, as ``[batch, context]`` batches.
 
     Raises:
@@ -250,19 +276,24 @@ def calibration_windows(tokens: torch.Tensor, *, samples: int, context: int, bat
     if tokens.dim() != 1:
         raise InputError(f"calibration_windows: expected a 1-D tensor of token ids, got shape {tuple(tokens.shape)}")
     if samples < 1 or context < 2 or batch_size < 1:
-        raise InputError(f"calibration_windows: need samples >= 1, context >= 2 and batch_size >= 1, got "
-                         f"{samples}, {context}, {batch_size}")
+        raise InputError(
+            f"calibration_windows: need samples >= 1, context >= 2 and batch_size >= 1, got "
+            f"{samples}, {context}, {batch_size}"
+        )
     if tokens.numel() < context:
-        raise InputError(f"calibration_windows: the token stream has {tokens.numel()} tokens, fewer than one "
-                         f"window of {context}; use a shorter context")
+        raise InputError(
+            f"calibration_windows: the token stream has {tokens.numel()} tokens, fewer than one "
+            f"window of {context}; use a shorter context"
+        )
     generator = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, tokens.numel() - context + 1, (samples,), generator=generator)
-    windows = torch.stack([tokens[s:s + context] for s in starts.tolist()]).long()
+    windows = torch.stack([tokens[s : s + context] for s in starts.tolist()]).long()
     return list(windows.split(batch_size))
 
 
-def perplexity(model: nn.Module, tokens: torch.Tensor, *, context: int, batch_size: int = 8,
-               progress: bool | None = None) -> float:
+def perplexity(
+    model: nn.Module, tokens: torch.Tensor, *, context: int, batch_size: int = 8, progress: bool | None = None
+) -> float:
     """Perplexity of a causal LM on a 1-D token stream cut into non-overlapping windows of ``context`` tokens.
 
     Every window predicts its tokens 2..context from the ones before (no cross-window context); the result is
@@ -270,8 +301,10 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, *, context: int, batch_si
     object with ``.logits``.
     """
     if tokens.dim() != 1 or tokens.numel() < context or context < 2:
-        raise InputError(f"perplexity: need a 1-D token stream of at least context={context} >= 2 tokens, got "
-                         f"shape {tuple(tokens.shape)}")
+        raise InputError(
+            f"perplexity: need a 1-D token stream of at least context={context} >= 2 tokens, got "
+            f"shape {tuple(tokens.shape)}"
+        )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     usable = (tokens.numel() // context) * context
     windows = tokens[:usable].reshape(-1, context).long()
@@ -286,7 +319,8 @@ def perplexity(model: nn.Module, tokens: torch.Tensor, *, context: int, batch_si
                 out = model(batch)
                 logits = out.logits if hasattr(out, "logits") else out
                 loss = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
+                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"
+                )
                 total += float(loss)
                 count += batch[:, 1:].numel()
     finally:

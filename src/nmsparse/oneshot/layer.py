@@ -52,8 +52,9 @@ class LayerResult:
     error: float | None = None
 
 
-def _group_solver(pattern: NMPattern, device: torch.device,
-                  dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+def _group_solver(
+    pattern: NMPattern, device: torch.device, dtype: torch.dtype
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``solve(scores [rows, m]) -> mask``: the registered solver :func:`~nmsparse.find_mask` runs, looked up once.
 
     SparseGPT asks for ``in / m`` group masks per layer, on saliencies it computed itself (finite, contiguous,
@@ -77,8 +78,9 @@ def _check_shapes(weight: torch.Tensor, gram: torch.Tensor | None, pattern: NMPa
     if cols % pattern.m or (pattern.transposable and rows % pattern.m):
         raise ShapeError(f"{where}: a [{rows}, {cols}] matrix cannot take pattern {pattern}")
     if gram is not None and tuple(gram.shape) != (cols, cols):
-        raise ShapeError(f"{where}: the Gram matrix must be [{cols}, {cols}] for a [{rows}, {cols}] weight, got "
-                         f"{tuple(gram.shape)}")
+        raise ShapeError(
+            f"{where}: the Gram matrix must be [{cols}, {cols}] for a [{rows}, {cols}] weight, got {tuple(gram.shape)}"
+        )
 
 
 def _damped(gram: torch.Tensor, weight: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -102,8 +104,9 @@ def _damped(gram: torch.Tensor, weight: torch.Tensor, damping: float) -> tuple[t
     return hessian, weight, shift
 
 
-def _hessian_factor(gram: torch.Tensor, weight: torch.Tensor, damping: float, *,
-                    where: str) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+def _hessian_factor(
+    gram: torch.Tensor, weight: torch.Tensor, damping: float, *, where: str
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """Upper triangular ``V`` with ``V V^T = damped H``, the cleaned weight, the damping used and its diagonal shift.
 
     ``V`` is the lower Cholesky factor of ``J H J`` (``J`` reverses the order) read backwards, so ``V^-1`` is the
@@ -134,9 +137,16 @@ def _hessian_factor(gram: torch.Tensor, weight: torch.Tensor, damping: float, *,
 _SOLVE_BLOCK = 512
 
 
-def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *, damping: float = 0.01,
-              block_size: int = 128, record: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-              where: str = "sparsegpt") -> LayerResult:
+def sparsegpt(
+    weight: torch.Tensor,
+    gram: torch.Tensor,
+    pattern: NMPattern,
+    *,
+    damping: float = 0.01,
+    block_size: int = 128,
+    record: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    where: str = "sparsegpt",
+) -> LayerResult:
     """SparseGPT on one ``[out, in]`` matrix with its input Gram matrix (see the module docstring).
 
     Computes in the dtype of ``weight`` (float32 or float64); ``gram`` is converted to it.
@@ -180,7 +190,7 @@ def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *, d
         eye = torch.eye(i2 - i1, dtype=factor.dtype, device=factor.device)
         u_b = torch.linalg.solve_triangular(v_b, eye, upper=True)  # U[i1:i2, i1:i2]
         d = torch.diagonal(u_b)
-        d2 = d ** 2
+        d2 = d**2
         block = w_t[i1:i2]  # view: the block's weights, not yet reached by any update
         delta = delta_t[i1:i2]
         delta.copy_(block)
@@ -189,20 +199,20 @@ def sparsegpt(weight: torch.Tensor, gram: torch.Tensor, pattern: NMPattern, *, d
             block += torch.linalg.solve_triangular(v_b.T, lazy, upper=False)
         for i in range(i2 - i1):
             if i % m == 0:
-                saliency = torch.square(block[i:i + m].T, out=block.new_empty(rows, m))  # [out, m]
-                saliency /= d2[i:i + m]
+                saliency = torch.square(block[i : i + m].T, out=block.new_empty(rows, m))  # [out, m]
+                saliency /= d2[i : i + m]
                 group = solve(saliency)
-                mask_t[i1 + i:i1 + i + m] = group.T
+                mask_t[i1 + i : i1 + i + m] = group.T
                 if record is not None:
                     record(i1 + i, saliency, group)
             col = block[i]
             q = col * mask_t[i1 + i]
             err = torch.div(col - q, d[i], out=errs[i])
             # OBS: the pruned part of column i is spread over the block's columns to its right (w_j -= err U_ij)
-            block[i + 1:].addcmul_(u_b[i, i + 1:].unsqueeze(1), err.unsqueeze(0), value=-1)
+            block[i + 1 :].addcmul_(u_b[i, i + 1 :].unsqueeze(1), err.unsqueeze(0), value=-1)
             block[i] = q
         delta -= block
-        loss += float(errs[:i2 - i1].square().sum(dtype=torch.float64))
+        loss += float(errs[: i2 - i1].square().sum(dtype=torch.float64))
     # undamped: tr(dW H dW^T) = tr(dW (H + shift I) dW^T) - shift ||dW||^2 (dead inputs: dW = 0 and H = 0 there)
     error = max(loss - shift * float(delta_t.square().sum(dtype=torch.float64)), 0.0)
     del delta_t, factor

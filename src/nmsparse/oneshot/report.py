@@ -71,8 +71,11 @@ class OneShotLayerReport:
 
     def as_dict(self) -> dict[str, Any]:
         """Fields plus the relative errors, JSON-ready."""
-        return asdict(self) | {"shape": list(self.shape), "relative_before": self.relative_before,
-                               "relative_after": self.relative_after}
+        return asdict(self) | {
+            "shape": list(self.shape),
+            "relative_before": self.relative_before,
+            "relative_after": self.relative_after,
+        }
 
 
 @dataclass
@@ -133,19 +136,30 @@ class OneShotReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (everything but the model)."""
         out = {k: v for k, v in vars(self).items() if k not in ("model", "layers")}
-        return out | {"method": self.algorithm, "pruned": self.pruned, "layers": [r.as_dict() for r in self.layers],
-                      "mean_relative_error": self.mean_relative_error, "max_memory_mb": self.max_memory_mb,
-                      "memory_estimate_mb": self.memory_estimate_mb, "peak_tracked_mb": self.peak_tracked_mb}
+        return out | {
+            "method": self.algorithm,
+            "pruned": self.pruned,
+            "layers": [r.as_dict() for r in self.layers],
+            "mean_relative_error": self.mean_relative_error,
+            "max_memory_mb": self.max_memory_mb,
+            "memory_estimate_mb": self.memory_estimate_mb,
+            "peak_tracked_mb": self.peak_tracked_mb,
+        }
 
     as_dict = to_dict
 
     def describe(self) -> str:
         """A table (one line per layer), the totals, then every layer left dense with its reason."""
         lines = [f"{'layer':<44} {'shape':>11} {'block':>5} {'tokens':>7} {'rel.err':>8} {'s':>6}"]
-        lines += [f"{r.name:<44} {r.shape[0]:>5}x{r.shape[1]:<5} {r.block:>5} {r.tokens:>7} "
-                  f"{r.relative_error:>8.4f} {r.seconds:>6.2f}" for r in self.layers]
-        lines.append(f"{self.algorithm} {self.pattern}: {len(self.layers)} layer(s) pruned to {self.pattern}, "
-                     f"{len(self.skipped)} left dense, {self.blocks} block(s), {self.seconds:.1f} s, working memory "
-                     f"{self.peak_tracked_mb:.0f} MiB of {self.max_memory_mb:.0f} MiB")
+        lines += [
+            f"{r.name:<44} {r.shape[0]:>5}x{r.shape[1]:<5} {r.block:>5} {r.tokens:>7} "
+            f"{r.relative_error:>8.4f} {r.seconds:>6.2f}"
+            for r in self.layers
+        ]
+        lines.append(
+            f"{self.algorithm} {self.pattern}: {len(self.layers)} layer(s) pruned to {self.pattern}, "
+            f"{len(self.skipped)} left dense, {self.blocks} block(s), {self.seconds:.1f} s, working memory "
+            f"{self.peak_tracked_mb:.0f} MiB of {self.max_memory_mb:.0f} MiB"
+        )
         lines += [f"  dense: {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)

@@ -11,6 +11,19 @@ from .graph import Chain, Member, find_chains
 from .permute import ChainReport, LayerGain, PermuteReport, compute_scores, permute_, plan_permutations
 from .search import PermutationSearch, permute_columns, retained, search_permutation, stripe_group_search
 
-__all__ = ["permute_", "PermuteReport", "ChainReport", "LayerGain", "plan_permutations", "compute_scores",
-           "find_chains", "Chain", "Member", "PermutationSearch", "search_permutation", "permute_columns",
-           "retained", "stripe_group_search"]
+__all__ = [
+    "permute_",
+    "PermuteReport",
+    "ChainReport",
+    "LayerGain",
+    "plan_permutations",
+    "compute_scores",
+    "find_chains",
+    "Chain",
+    "Member",
+    "PermutationSearch",
+    "search_permutation",
+    "permute_columns",
+    "retained",
+    "stripe_group_search",
+]

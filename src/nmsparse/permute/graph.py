@@ -88,7 +88,7 @@ class Chain:
 def _take(t: torch.Tensor, dim: int, offset: int, perm: torch.Tensor) -> None:
     """In place: ``t``'s entries ``offset .. offset + len(perm)`` along ``dim`` reordered (new i = old perm[i])."""
     idx = torch.arange(t.shape[dim], device=t.device)
-    idx[offset:offset + len(perm)] = perm.to(t.device) + offset
+    idx[offset : offset + len(perm)] = perm.to(t.device) + offset
     with torch.no_grad():
         t.copy_(t.index_select(dim, idx))
 
@@ -128,13 +128,13 @@ def permute_matrix(matrix: torch.Tensor, module: nn.Module, member: Member, perm
     """The ``[out, K]`` matrix view of ``module``'s scores after ``member``'s channels are reordered by ``perm``."""
     if member.role == "out":
         idx = torch.arange(matrix.shape[0])
-        idx[member.offset:member.offset + len(perm)] = perm + member.offset
+        idx[member.offset : member.offset + len(perm)] = perm + member.offset
         return matrix[idx]
     channels = _in_channels(module)
     positions = matrix.shape[1] // channels
     view = matrix.reshape(matrix.shape[0], positions, channels)
     idx = torch.arange(channels)
-    idx[member.offset:member.offset + len(perm)] = perm + member.offset
+    idx[member.offset : member.offset + len(perm)] = perm + member.offset
     return view[:, :, idx].reshape(matrix.shape)
 
 
@@ -147,10 +147,10 @@ def chain_block(matrix: torch.Tensor, module: nn.Module, member: Member, size: i
     same).
     """
     if member.role == "out":
-        return matrix[member.offset:member.offset + size].T
+        return matrix[member.offset : member.offset + size].T
     channels = _in_channels(module)
     positions = matrix.shape[1] // channels
-    view = matrix.reshape(matrix.shape[0], positions, channels)[:, :, member.offset:member.offset + size]
+    view = matrix.reshape(matrix.shape[0], positions, channels)[:, :, member.offset : member.offset + size]
     return view.permute(1, 0, 2).reshape(-1, size)
 
 
@@ -193,16 +193,21 @@ def _mlp_rules(name: str, module: nn.Module) -> Chain | None:
         if gate is not None:
             members.insert(0, Member(f"{name}.gate_proj", "out"))
         members.append(Member(f"{name}.down_proj", "in"))
-        return Chain(f"{name}", size, members, "gated MLP: act(gate) * up -> down" if gate is not None
-                     else "MLP: up -> down")
+        return Chain(
+            f"{name}", size, members, "gated MLP: act(gate) * up -> down" if gate is not None else "MLP: up -> down"
+        )
     fc, proj = getattr(module, "c_fc", None), getattr(module, "c_proj", None)
     if _linear_like(fc) and _linear_like(proj) and not hasattr(module, "c_attn"):
         assert isinstance(fc, nn.Module) and isinstance(proj, nn.Module)
         size = _out_channels(fc)
         if _in_channels(proj) != size:
             return None
-        return Chain(name, size, [Member(f"{name}.c_fc", "out"), Member(f"{name}.c_proj", "in")],
-                     "GPT-2 MLP: c_fc -> activation -> c_proj")
+        return Chain(
+            name,
+            size,
+            [Member(f"{name}.c_fc", "out"), Member(f"{name}.c_proj", "in")],
+            "GPT-2 MLP: c_fc -> activation -> c_proj",
+        )
     return None
 
 
@@ -243,10 +248,16 @@ def _attention_rules(name: str, module: nn.Module) -> list[Chain] | None:
         if kv * hd != _out_channels(v) or kv == 0 or heads % kv:
             return None
         rep = heads // kv
-        return [Chain(f"{name}.v{g}", hd, [Member(f"{name}.v_proj", "out", g * hd)]
-                      + [Member(f"{name}.o_proj", "in", h * hd) for h in range(g * rep, (g + 1) * rep)],
-                      f"attention value head {g} -> o_proj columns of query heads {g * rep}..{(g + 1) * rep - 1}")
-                for g in range(kv)]
+        return [
+            Chain(
+                f"{name}.v{g}",
+                hd,
+                [Member(f"{name}.v_proj", "out", g * hd)]
+                + [Member(f"{name}.o_proj", "in", h * hd) for h in range(g * rep, (g + 1) * rep)],
+                f"attention value head {g} -> o_proj columns of query heads {g * rep}..{(g + 1) * rep - 1}",
+            )
+            for g in range(kv)
+        ]
     c_attn, c_proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
     if _linear_like(c_attn) and _linear_like(c_proj) and getattr(module, "q_attn", None) is None:
         assert isinstance(c_attn, nn.Module) and isinstance(c_proj, nn.Module)
@@ -257,9 +268,15 @@ def _attention_rules(name: str, module: nn.Module) -> list[Chain] | None:
         if found is None:
             return None
         heads, hd = found
-        return [Chain(f"{name}.v{h}", hd, [Member(f"{name}.c_attn", "out", 2 * width + h * hd),
-                                           Member(f"{name}.c_proj", "in", h * hd)],
-                      f"fused attention value head {h} -> c_proj columns of head {h}") for h in range(heads)]
+        return [
+            Chain(
+                f"{name}.v{h}",
+                hd,
+                [Member(f"{name}.c_attn", "out", 2 * width + h * hd), Member(f"{name}.c_proj", "in", h * hd)],
+                f"fused attention value head {h} -> c_proj columns of head {h}",
+            )
+            for h in range(heads)
+        ]
     self_attn = getattr(module, "self", None)
     output = getattr(module, "output", None)
     value = getattr(self_attn, "value", None)
@@ -270,9 +287,15 @@ def _attention_rules(name: str, module: nn.Module) -> list[Chain] | None:
         if found is None or _in_channels(dense) != _out_channels(value):
             return None
         heads, hd = found
-        return [Chain(f"{name}.v{h}", hd, [Member(f"{name}.self.value", "out", h * hd),
-                                           Member(f"{name}.output.dense", "in", h * hd)],
-                      f"BERT attention value head {h} -> output.dense columns of head {h}") for h in range(heads)]
+        return [
+            Chain(
+                f"{name}.v{h}",
+                hd,
+                [Member(f"{name}.self.value", "out", h * hd), Member(f"{name}.output.dense", "in", h * hd)],
+                f"BERT attention value head {h} -> output.dense columns of head {h}",
+            )
+            for h in range(heads)
+        ]
     return None
 
 
@@ -283,9 +306,12 @@ def _bert_mlp_rule(name: str, module: nn.Module) -> Chain | None:
         assert isinstance(a, nn.Module) and isinstance(b, nn.Module)
         if _out_channels(a) != _in_channels(b):
             return None
-        return Chain(f"{name}.intermediate", _out_channels(a),
-                     [Member(f"{name}.intermediate.dense", "out"), Member(f"{name}.output.dense", "in")],
-                     "BERT MLP: intermediate.dense -> activation -> output.dense")
+        return Chain(
+            f"{name}.intermediate",
+            _out_channels(a),
+            [Member(f"{name}.intermediate.dense", "out"), Member(f"{name}.output.dense", "in")],
+            "BERT MLP: intermediate.dense -> activation -> output.dense",
+        )
     return None
 
 
@@ -312,13 +338,38 @@ def _named_rules(model: nn.Module) -> list[Chain]:
 
 # ------------------------------------------------------------------------------------------- fx tracing
 
-_CHANNELWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.LeakyReLU,
-                        nn.ELU, nn.Mish, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                        nn.AdaptiveMaxPool2d)
-_CHANNELWISE_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.nn.functional.silu,
-                          torch.sigmoid, torch.tanh, torch.nn.functional.dropout, torch.nn.functional.max_pool2d,
-                          torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d,
-                          torch.nn.functional.relu6, torch.nn.functional.hardswish}
+_CHANNELWISE_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Dropout,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
+_CHANNELWISE_FUNCTIONS = {
+    torch.relu,
+    torch.nn.functional.relu,
+    torch.nn.functional.gelu,
+    torch.nn.functional.silu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.nn.functional.dropout,
+    torch.nn.functional.max_pool2d,
+    torch.nn.functional.avg_pool2d,
+    torch.nn.functional.adaptive_avg_pool2d,
+    torch.nn.functional.relu6,
+    torch.nn.functional.hardswish,
+}
 _CHANNELWISE_METHODS = {"relu", "sigmoid", "tanh", "relu_", "contiguous"}
 
 
@@ -369,14 +420,14 @@ def _fx_rules(model: nn.Module, taken: set[str]) -> tuple[list[Chain], dict[str,
                 if isinstance(mod, (nn.Conv2d, nn.Linear)):
                     if isinstance(mod, nn.Conv2d) and (mod.groups != 1 or not conv):
                         bad = f"read by {user.target} (grouped or not channel-first)"
-                    elif _in_channels(mod) != size or (isinstance(mod, nn.Linear) and conv and not user.meta.get(
-                            "spatial_reduced", False)):
+                    elif _in_channels(mod) != size or (
+                        isinstance(mod, nn.Linear) and conv and not user.meta.get("spatial_reduced", False)
+                    ):
                         bad = f"read by {user.target} after a change of layout"
                     else:
                         members.append(Member(user.target, "in"))
                     continue
-                if isinstance(mod, nn.BatchNorm2d if conv else nn.BatchNorm1d) and mod.num_features == size \
-                        and conv:
+                if isinstance(mod, nn.BatchNorm2d if conv else nn.BatchNorm1d) and mod.num_features == size and conv:
                     members.append(Member(user.target, "norm"))
                 elif isinstance(mod, _CHANNELWISE_MODULES):
                     if isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and mod.output_size in (1, (1, 1)):
@@ -387,13 +438,20 @@ def _fx_rules(model: nn.Module, taken: set[str]) -> tuple[list[Chain], dict[str,
                     continue
             elif user.op == "call_function" and user.target in _CHANNELWISE_FUNCTIONS:
                 pass
-            elif user.op == "call_function" and user.target is torch.flatten and user.meta.get("spatial_pool") \
-                    and (list(user.args[1:2]) == [1] or user.kwargs.get("start_dim") == 1):
+            elif (
+                user.op == "call_function"
+                and user.target is torch.flatten
+                and user.meta.get("spatial_pool")
+                and (list(user.args[1:2]) == [1] or user.kwargs.get("start_dim") == 1)
+            ):
                 for u in user.users:
                     u.meta["spatial_reduced"] = True
-            elif user.op in ("call_method", "call_function") and (user.target in ("mean", "amax", "sum")
-                                                                  or user.target in (torch.mean, torch.amax)) \
-                    and conv and _reduces_spatial_only(user):
+            elif (
+                user.op in ("call_method", "call_function")
+                and (user.target in ("mean", "amax", "sum") or user.target in (torch.mean, torch.amax))
+                and conv
+                and _reduces_spatial_only(user)
+            ):
                 for u in user.users:
                     u.meta["spatial_reduced"] = True
             elif user.op == "call_method" and user.target in _CHANNELWISE_METHODS:
@@ -439,13 +497,24 @@ def residual_chain(model: nn.Module) -> Chain | None:
             members.append(Member("transformer.wpe", "emb"))
         for i in range(len(blocks)):
             b = f"transformer.h.{i}"
-            need = [f"{b}.ln_1", f"{b}.attn.c_attn", f"{b}.attn.c_proj", f"{b}.ln_2", f"{b}.mlp.c_fc",
-                    f"{b}.mlp.c_proj"]
+            need = [
+                f"{b}.ln_1",
+                f"{b}.attn.c_attn",
+                f"{b}.attn.c_proj",
+                f"{b}.ln_2",
+                f"{b}.mlp.c_fc",
+                f"{b}.mlp.c_proj",
+            ]
             if any(n not in modules for n in need) or getattr(modules[f"{b}.attn"], "q_attn", None) is not None:
                 return None
-            members += [Member(f"{b}.ln_1", "norm"), Member(f"{b}.attn.c_attn", "in"),
-                        Member(f"{b}.attn.c_proj", "out"), Member(f"{b}.ln_2", "norm"),
-                        Member(f"{b}.mlp.c_fc", "in"), Member(f"{b}.mlp.c_proj", "out")]
+            members += [
+                Member(f"{b}.ln_1", "norm"),
+                Member(f"{b}.attn.c_attn", "in"),
+                Member(f"{b}.attn.c_proj", "out"),
+                Member(f"{b}.ln_2", "norm"),
+                Member(f"{b}.mlp.c_fc", "in"),
+                Member(f"{b}.mlp.c_proj", "out"),
+            ]
         members += [Member("transformer.ln_f", "norm"), Member("lm_head", "in")]
         rule = "GPT-2 residual stream: embeddings, LayerNorms, c_attn/c_fc columns, c_proj rows, lm_head"
     elif "model.embed_tokens" in modules and "model.layers" in modules and "model.norm" in modules:
@@ -455,18 +524,29 @@ def residual_chain(model: nn.Module) -> Chain | None:
         members = [Member("model.embed_tokens", "emb")]
         for i in range(len(blocks)):
             b = f"model.layers.{i}"
-            need = [f"{b}.input_layernorm", f"{b}.post_attention_layernorm"] + [
-                f"{b}.self_attn.{x}_proj" for x in "qkvo"] + [f"{b}.mlp.{x}_proj" for x in ("gate", "up", "down")]
+            need = (
+                [f"{b}.input_layernorm", f"{b}.post_attention_layernorm"]
+                + [f"{b}.self_attn.{x}_proj" for x in "qkvo"]
+                + [f"{b}.mlp.{x}_proj" for x in ("gate", "up", "down")]
+            )
             if any(n not in modules for n in need) or set(dict(modules[b].named_children())) - {
-                    "self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}:
+                "self_attn",
+                "mlp",
+                "input_layernorm",
+                "post_attention_layernorm",
+            }:
                 return None
             if any(hasattr(modules[f"{b}.self_attn"], x) for x in ("q_norm", "k_norm")):
                 return None  # per-head norms are fine, but keep to what is tested
             members += [Member(f"{b}.input_layernorm", "norm")]
             members += [Member(f"{b}.self_attn.{x}_proj", "in") for x in "qkv"]
-            members += [Member(f"{b}.self_attn.o_proj", "out"), Member(f"{b}.post_attention_layernorm", "norm"),
-                        Member(f"{b}.mlp.gate_proj", "in"), Member(f"{b}.mlp.up_proj", "in"),
-                        Member(f"{b}.mlp.down_proj", "out")]
+            members += [
+                Member(f"{b}.self_attn.o_proj", "out"),
+                Member(f"{b}.post_attention_layernorm", "norm"),
+                Member(f"{b}.mlp.gate_proj", "in"),
+                Member(f"{b}.mlp.up_proj", "in"),
+                Member(f"{b}.mlp.down_proj", "out"),
+            ]
         members += [Member("model.norm", "norm"), Member("lm_head", "in")]
         rule = "LLaMA residual stream: embeddings, RMSNorms, q/k/v/gate/up columns, o/down rows, lm_head"
     else:
@@ -501,8 +581,11 @@ def find_chains(model: nn.Module) -> tuple[list[Chain], dict[str, str]]:
             continue
         parts = []
         if name not in covered_out:
-            reason = why.get(name) or why.get("*") or "no known rule covers its output channels (residual stream, " \
-                                                       "query/key, or an unknown architecture)"
+            reason = (
+                why.get(name)
+                or why.get("*")
+                or "no known rule covers its output channels (residual stream, query/key, or an unknown architecture)"
+            )
             parts.append(f"rows: {reason}")
         if name not in covered_in:
             parts.append("columns: its input channels are not the output of a permutable chain")

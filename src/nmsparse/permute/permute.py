@@ -35,8 +35,15 @@ from ..pattern import NMPattern, PatternLike
 from .graph import Chain, apply_permutation, chain_block, find_chains, matrix_of, permute_matrix, residual_chain
 from .search import permute_columns, retained_fast
 
-__all__ = ["permute_", "PermuteReport", "ChainReport", "LayerGain", "compute_scores", "input_statistics",
-           "plan_permutations"]
+__all__ = [
+    "permute_",
+    "PermuteReport",
+    "ChainReport",
+    "LayerGain",
+    "compute_scores",
+    "input_statistics",
+    "plan_permutations",
+]
 
 ScoreFn = Callable[[str, nn.Module], torch.Tensor]
 
@@ -94,9 +101,11 @@ class PermuteReport:
         return sum(g.after_fraction for g in self.layers) / max(1, len(self.layers))
 
     def summary(self) -> str:
-        lines = [f"permute_ {self.pattern} ({self.scores} scores): {len(self.chains)} chains, {len(self.layers)} "
-                 f"scored layers, retained {self.before:.4f} -> {self.after:.4f} of the dense saliency (mean per "
-                 f"layer), {self.seconds:.1f} s"]
+        lines = [
+            f"permute_ {self.pattern} ({self.scores} scores): {len(self.chains)} chains, {len(self.layers)} "
+            f"scored layers, retained {self.before:.4f} -> {self.after:.4f} of the dense saliency (mean per "
+            f"layer), {self.seconds:.1f} s"
+        ]
         for g in self.layers:
             lines.append(f"  {g.name:<40} {g.before_fraction:.4f} -> {g.after_fraction:.4f}")
         if self.skipped:
@@ -129,8 +138,9 @@ def _run(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
-def input_statistics(model: nn.Module, names: Iterable[str], calibration: Iterable[Any], *,
-                     gram: bool = False) -> dict[str, torch.Tensor]:
+def input_statistics(
+    model: nn.Module, names: Iterable[str], calibration: Iterable[Any], *, gram: bool = False
+) -> dict[str, torch.Tensor]:
     """Per layer, the squared norm of every input channel over the calibration tokens (``gram``: ``X^T X``).
 
     Forward hooks on the named layers; the model runs once per batch under ``torch.no_grad()``. A ``Conv2d``'s
@@ -148,6 +158,7 @@ def input_statistics(model: nn.Module, names: Iterable[str], calibration: Iterab
             x = x.reshape(-1, x.shape[-1])
             value = x.T @ x if gram else (x * x).sum(0)
             stats[name] = value if name not in stats else stats[name] + value
+
         return fn
 
     for name in names:
@@ -162,8 +173,9 @@ def input_statistics(model: nn.Module, names: Iterable[str], calibration: Iterab
     return stats
 
 
-def compute_scores(model: nn.Module, names: Iterable[str], scores: str | ScoreFn,
-                   calibration: Iterable[Any] | None) -> dict[str, torch.Tensor]:
+def compute_scores(
+    model: nn.Module, names: Iterable[str], scores: str | ScoreFn, calibration: Iterable[Any] | None
+) -> dict[str, torch.Tensor]:
     """Saliency matrices ``[out, K]`` (matrix views) of the named layers: ``"magnitude"`` ``|w|``, ``"wanda"``
     ``|w| * ||x_j||``, ``"sparsegpt"`` ``w^2 / [H^-1]_jj`` (1% damping), or a callable ``(name, module) ->``
     tensor of the weight's shape."""
@@ -174,8 +186,10 @@ def compute_scores(model: nn.Module, names: Iterable[str], scores: str | ScoreFn
         for name in names:
             value = scores(name, modules[name])
             if not isinstance(value, torch.Tensor) or value.shape != modules[name].weight.shape:
-                raise ConfigError(f"permute_: the score function returned {type(value).__name__} for {name}; "
-                                  f"expected a tensor of the weight's shape {tuple(modules[name].weight.shape)}")
+                raise ConfigError(
+                    f"permute_: the score function returned {type(value).__name__} for {name}; "
+                    f"expected a tensor of the weight's shape {tuple(modules[name].weight.shape)}"
+                )
             out[name] = matrix_of(modules[name], value.float().abs())
         return out
     if scores == "magnitude":
@@ -183,8 +197,10 @@ def compute_scores(model: nn.Module, names: Iterable[str], scores: str | ScoreFn
     if scores not in ("wanda", "sparsegpt"):
         raise ConfigError(f"permute_: scores must be 'magnitude', 'wanda', 'sparsegpt' or a callable, got {scores!r}")
     if calibration is None:
-        raise ConfigError(f"permute_: scores={scores!r} needs calibration batches (input statistics); pass "
-                          f"calibration=... or use scores='magnitude'")
+        raise ConfigError(
+            f"permute_: scores={scores!r} needs calibration batches (input statistics); pass "
+            f"calibration=... or use scores='magnitude'"
+        )
     stats = input_statistics(model, names, calibration, gram=scores == "sparsegpt")
     out = {}
     for name in names:
@@ -217,8 +233,9 @@ def _has_masks(model: nn.Module) -> bool:
     return any(parametrize.is_parametrized(m) for m in model.modules())
 
 
-def plan_permutations(model: nn.Module, pattern: PatternLike, *, residual: bool = False
-                      ) -> tuple[list[Chain], dict[str, str]]:
+def plan_permutations(
+    model: nn.Module, pattern: PatternLike, *, residual: bool = False
+) -> tuple[list[Chain], dict[str, str]]:
     """The chains :func:`permute_` would permute for ``pattern`` and the layers it leaves alone (with reasons)."""
     p = NMPattern.parse(pattern)
     chains, skipped = find_chains(model)
@@ -241,8 +258,10 @@ def plan_permutations(model: nn.Module, pattern: PatternLike, *, residual: bool 
     for chain in chains:
         if chain.size % p.m or chain.size < 2 * p.m:
             for member in chain.members:
-                skipped.setdefault(member.name, f"chain {chain.name}: {chain.size} channels is not a multiple of "
-                                                f"{p.m} with at least two groups")
+                skipped.setdefault(
+                    member.name,
+                    f"chain {chain.name}: {chain.size} channels is not a multiple of {p.m} with at least two groups",
+                )
             continue
         kept.append(chain)
     return kept, skipped
@@ -264,11 +283,24 @@ def _outputs(model: nn.Module, batch: Any) -> list[torch.Tensor]:
     return []
 
 
-def permute_(model: nn.Module, pattern: PatternLike, calibration: Iterable[Any] | None = None, *,
-             scores: str | ScoreFn = "magnitude", layers: Iterable[str] | None = None, passes: int | None = None,
-             rounds: int | None = None, exact_rounds: int | None = None, sweeps: int | None = None, seed: int = 0,
-             max_seconds_per_chain: float | None = None, residual: bool = False, check: bool = True, atol: float = 1e-4,
-             rtol: float = 1e-4) -> PermuteReport:
+def permute_(
+    model: nn.Module,
+    pattern: PatternLike,
+    calibration: Iterable[Any] | None = None,
+    *,
+    scores: str | ScoreFn = "magnitude",
+    layers: Iterable[str] | None = None,
+    passes: int | None = None,
+    rounds: int | None = None,
+    exact_rounds: int | None = None,
+    sweeps: int | None = None,
+    seed: int = 0,
+    max_seconds_per_chain: float | None = None,
+    residual: bool = False,
+    check: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+) -> PermuteReport:
     """Permute a model's free channels so ``pattern``'s optimal masks keep more saliency; the function is unchanged.
 
     Finds the legal permutations from the model's structure (:func:`nmsparse.permute.graph.find_chains`: MLP
@@ -318,8 +350,9 @@ def permute_(model: nn.Module, pattern: PatternLike, calibration: Iterable[Any] 
     if not isinstance(model, nn.Module):
         raise ConfigError(f"permute_: model must be a torch.nn.Module, got {type(model).__name__}")
     if _has_masks(model):
-        raise ConfigError("permute_: the model already has masks (parametrizations); permute the dense model, "
-                          "then prune it")
+        raise ConfigError(
+            "permute_: the model already has masks (parametrizations); permute the dense model, then prune it"
+        )
     if not (callable(scores) or scores in ("magnitude", "wanda", "sparsegpt")):
         raise ConfigError(f"permute_: scores must be 'magnitude', 'wanda', 'sparsegpt' or a callable, got {scores!r}")
     batches = None if calibration is None else _batches(calibration)
@@ -327,8 +360,7 @@ def permute_(model: nn.Module, pattern: PatternLike, calibration: Iterable[Any] 
     modules = dict(model.named_modules())
     in_chains = {m.name for c in chains for m in c.members if m.role in ("in", "out")}
     wanted = set(layers) if layers is not None else None
-    scored = sorted(name for name in in_chains
-                    if (wanted is None or name in wanted) and _fits(modules[name], p))
+    scored = sorted(name for name in in_chains if (wanted is None or name in wanted) and _fits(modules[name], p))
     for name in sorted(in_chains - set(scored)):
         if wanted is not None and name not in wanted:
             continue
@@ -364,8 +396,15 @@ def permute_(model: nn.Module, pattern: PatternLike, calibration: Iterable[Any] 
                 if not parts:
                     continue
                 stacked = torch.cat(parts, dim=0)
-                perm, _ = permute_columns(stacked, p, rounds=rounds, exact_rounds=exact_rounds, seed=seed + k,
-                                          max_seconds=max_seconds_per_chain, sweeps=sweeps)
+                perm, _ = permute_columns(
+                    stacked,
+                    p,
+                    rounds=rounds,
+                    exact_rounds=exact_rounds,
+                    seed=seed + k,
+                    max_seconds=max_seconds_per_chain,
+                    sweeps=sweeps,
+                )
                 if bool((perm != torch.arange(chain.size)).any()):
                     apply_permutation(model, chain, perm)
                     for member in chain.members:
@@ -378,17 +417,28 @@ def permute_(model: nn.Module, pattern: PatternLike, calibration: Iterable[Any] 
             after = _outputs(model, batches[0])
             diff = max((float((a - b).abs().max()) for a, b in zip(after, reference)), default=0.0)
             report.check_max_abs_diff = diff
-            if len(after) != len(reference) or not all(torch.allclose(a, b, atol=atol, rtol=rtol)
-                                                       for a, b in zip(after, reference)):
-                raise ConfigError(f"permute_: the outputs changed after permuting (max |diff| {diff:.3g}); the "
-                                  f"model was restored. This is a bug in the chain rules for this architecture; "
-                                  f"please report it")
+            if len(after) != len(reference) or not all(
+                torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in zip(after, reference)
+            ):
+                raise ConfigError(
+                    f"permute_: the outputs changed after permuting (max |diff| {diff:.3g}); the "
+                    f"model was restored. This is a bug in the chain rules for this architecture; "
+                    f"please report it"
+                )
     except BaseException:
         model.load_state_dict(saved)
         raise
     for chain in chains:
-        report.chains.append(ChainReport(chain.name, chain.size, [f"{m.name}:{m.role}" for m in chain.members],
-                                         chain.rule, moved.get(chain.name, 0), seconds.get(chain.name, 0.0)))
+        report.chains.append(
+            ChainReport(
+                chain.name,
+                chain.size,
+                [f"{m.name}:{m.role}" for m in chain.members],
+                chain.rule,
+                moved.get(chain.name, 0),
+                seconds.get(chain.name, 0.0),
+            )
+        )
         if moved.get(chain.name):
             report.permutations[chain.name] = perms[chain.name].tolist()
     for name in scored:

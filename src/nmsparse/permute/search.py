@@ -57,8 +57,14 @@ import torch
 from ..errors import InputError, ShapeError
 from ..pattern import NMPattern, PatternLike
 
-__all__ = ["PermutationSearch", "search_permutation", "permute_columns", "retained", "retained_fast",
-           "stripe_group_search"]
+__all__ = [
+    "PermutationSearch",
+    "search_permutation",
+    "permute_columns",
+    "retained",
+    "retained_fast",
+    "stripe_group_search",
+]
 
 #: Largest number of float32 values of one vectorised gain pass (64 MiB).
 _CHUNK = 1 << 24
@@ -134,8 +140,12 @@ def retained_fast(scores: torch.Tensor, pattern: PatternLike) -> float:
     return float(S.reshape(S.shape[0], -1, p.m).topk(p.n, dim=-1).values.double().sum())
 
 
-def retained(scores: torch.Tensor, pattern: PatternLike, row_perm: torch.Tensor | None = None,
-             col_perm: torch.Tensor | None = None) -> float:
+def retained(
+    scores: torch.Tensor,
+    pattern: PatternLike,
+    row_perm: torch.Tensor | None = None,
+    col_perm: torch.Tensor | None = None,
+) -> float:
     """Reference twin: retained saliency of :func:`nmsparse.find_mask`'s optimal mask on the permuted scores.
 
     Example:
@@ -164,8 +174,8 @@ def _stripe_stats(V: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, 
     m = V.shape[1]
     vals, idx = V.sort(dim=1, descending=True)
     T = vals[:, :n].sum(1)
-    kth = vals[:, n - 1:n]
-    nxt = vals[:, n:n + 1]
+    kth = vals[:, n - 1 : n]
+    nxt = vals[:, n : n + 1]
     rank = torch.empty_like(idx)
     rank.scatter_(1, idx, torch.arange(m, device=V.device).view(1, m, 1).expand_as(idx))
     in_top = rank < n
@@ -181,15 +191,18 @@ def _swap_gains(Vs: torch.Tensor, Vt: torch.Tensor, n: int) -> torch.Tensor:
     out = torch.empty(P, m, m, dtype=torch.float64, device=Vs.device)
     step = max(1, _CHUNK // max(1, R * m * m))
     for lo in range(0, P, step):
-        vs, vt = Vs[lo:lo + step], Vt[lo:lo + step]
+        vs, vt = Vs[lo : lo + step], Vt[lo : lo + step]
         Ts, Bs, ths = _stripe_stats(vs, n)
         Tt, Bt, tht = _stripe_stats(vt, n)
-        g = (Bs.sum(-1).double().unsqueeze(2) + Bt.sum(-1).double().unsqueeze(1)
-             - (Ts.sum(-1).double() + Tt.sum(-1).double())[:, None, None])
+        g = (
+            Bs.sum(-1).double().unsqueeze(2)
+            + Bt.sum(-1).double().unsqueeze(1)
+            - (Ts.sum(-1).double() + Tt.sum(-1).double())[:, None, None]
+        )
         # [p, m(a), m(b), R], rows last: column b of t enters s in place of a, column a enters t in place of b
         g += (vt.unsqueeze(1) - ths.unsqueeze(2)).clamp_min_(0).sum(-1).double()
         g += (vs.unsqueeze(2) - tht.unsqueeze(1)).clamp_min_(0).sum(-1).double()
-        out[lo:lo + step] = g
+        out[lo : lo + step] = g
     return out
 
 
@@ -210,9 +223,10 @@ def _split_values(V: torch.Tensor, splits: torch.Tensor, n: int) -> torch.Tensor
     out = torch.empty(P, K, dtype=torch.float64, device=V.device)
     step = max(1, _CHUNK // max(1, R * K * m2))
     for lo in range(0, P, step):
-        v = V[lo:lo + step][:, splits]  # [p, K, 2m, R]
-        out[lo:lo + step] = v.view(v.shape[0], K, 2, m2 // 2, R).topk(n, dim=3).values.sum(
-            dim=(2, 3, 4), dtype=torch.float64)
+        v = V[lo : lo + step][:, splits]  # [p, K, 2m, R]
+        out[lo : lo + step] = (
+            v.view(v.shape[0], K, 2, m2 // 2, R).topk(n, dim=3).values.sum(dim=(2, 3, 4), dtype=torch.float64)
+        )
     return out
 
 
@@ -222,7 +236,7 @@ def _split_values(V: torch.Tensor, splits: torch.Tensor, n: int) -> torch.Tensor
 def _pairing(G: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.randperm(G, generator=gen)
     half = G // 2
-    return order[:half], order[half:2 * half]
+    return order[:half], order[half : 2 * half]
 
 
 def _swap_index(C: int, m: int, s: torch.Tensor, t: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -263,13 +277,27 @@ def _tournament(G: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     for r in range(size - 1):
         arr = [0] + rest[r:] + rest[:r]
         pairs = [(arr[k], arr[size - 1 - k]) for k in range(size // 2) if max(arr[k], arr[size - 1 - k]) < G]
-        out.append((torch.tensor([a for a, _ in pairs], dtype=torch.long),
-                    torch.tensor([b for _, b in pairs], dtype=torch.long)))
+        out.append(
+            (
+                torch.tensor([a for a, _ in pairs], dtype=torch.long),
+                torch.tensor([b for _, b in pairs], dtype=torch.long),
+            )
+        )
     return out
 
 
-def _proxy_rounds(ST: torch.Tensor, n: int, m: int, rounds: int, inner: int, gen: torch.Generator,
-                  deadline: float, use_splits: bool, sample: int, sweeps: int = 0) -> tuple[torch.Tensor, int]:
+def _proxy_rounds(
+    ST: torch.Tensor,
+    n: int,
+    m: int,
+    rounds: int,
+    inner: int,
+    gen: torch.Generator,
+    deadline: float,
+    use_splits: bool,
+    sample: int,
+    sweeps: int = 0,
+) -> tuple[torch.Tensor, int]:
     """Swap (and split) rounds on the row-wise top-n objective of the transposed scores ``ST [C, R]``.
 
     With more than ``sample`` rows, candidate gains are estimated on a fixed random subset of rows and each
@@ -312,8 +340,9 @@ def _proxy_rounds(ST: torch.Tensor, n: int, m: int, rounds: int, inner: int, gen
                 if not bool(improve.any()):
                     break
                 sel = improve.nonzero().squeeze(1)
-                cols = torch.cat([s[sel].unsqueeze(1) * m + torch.arange(m),
-                                  t[sel].unsqueeze(1) * m + torch.arange(m)], 1)  # [q, 2m]
+                cols = torch.cat(
+                    [s[sel].unsqueeze(1) * m + torch.arange(m), t[sel].unsqueeze(1) * m + torch.arange(m)], 1
+                )  # [q, 2m]
                 new = torch.gather(cols, 1, splits[k[sel]])
             else:
                 g = _swap_gains(Es, Et, n).view(len(s), m * m)
@@ -324,8 +353,9 @@ def _proxy_rounds(ST: torch.Tensor, n: int, m: int, rounds: int, inner: int, gen
                     break
                 sel = improve.nonzero().squeeze(1)
                 a, b = k[sel] // m, k[sel] % m
-                cols = torch.cat([s[sel].unsqueeze(1) * m + torch.arange(m),
-                                  t[sel].unsqueeze(1) * m + torch.arange(m)], 1)
+                cols = torch.cat(
+                    [s[sel].unsqueeze(1) * m + torch.arange(m), t[sel].unsqueeze(1) * m + torch.arange(m)], 1
+                )
                 new = cols.clone()
                 q = torch.arange(len(sel))
                 new[q, a], new[q, m + b] = cols[q, m + b], cols[q, a]
@@ -357,8 +387,9 @@ def _tiles_of(V: torch.Tensor, m: int) -> torch.Tensor:
     return V.reshape(*lead, m, R // m, m).transpose(-3, -2)
 
 
-def _exact_rounds(ST: torch.Tensor, n: int, m: int, rounds: int, k: int, gen: torch.Generator,
-                  deadline: float) -> tuple[torch.Tensor, int]:
+def _exact_rounds(
+    ST: torch.Tensor, n: int, m: int, rounds: int, k: int, gen: torch.Generator, deadline: float
+) -> tuple[torch.Tensor, int]:
     """-T polish of the column order of ``ST [C, R]`` (transposed scores): the ``k`` best row-wise swaps of each
     stripe pair re-scored with the exact tile optimum of both stripes, all candidates in one solver call."""
     C, R = ST.shape
@@ -405,10 +436,20 @@ def _exact_rounds(ST: torch.Tensor, n: int, m: int, rounds: int, k: int, gen: to
     return perm, done
 
 
-def permute_columns(scores: torch.Tensor, pattern: PatternLike, *, rounds: int | None = None, inner: int = 2,
-                    exact_rounds: int | None = None, candidates: int | None = None, seed: int = 0,
-                    max_seconds: float | None = None, sample: int = 1024,
-                    sweeps: int | None = None, restarts: int = 2) -> tuple[torch.Tensor, int]:
+def permute_columns(
+    scores: torch.Tensor,
+    pattern: PatternLike,
+    *,
+    rounds: int | None = None,
+    inner: int = 2,
+    exact_rounds: int | None = None,
+    candidates: int | None = None,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    sample: int = 1024,
+    sweeps: int | None = None,
+    restarts: int = 2,
+) -> tuple[torch.Tensor, int]:
     """Column permutation of ``scores [R, C]`` (rows fixed) raising the pattern's retained saliency.
 
     Returns ``(perm, rounds run)``; never worse than the identity on the search's objective (checked).
@@ -432,11 +473,10 @@ def permute_columns(scores: torch.Tensor, pattern: PatternLike, *, rounds: int |
     starts = [spread if _rowwise(S[:, spread], n, m) > _rowwise(S, n, m) else torch.arange(C)]
     if sweeps and restarts > 1:  # plain patterns, small enough: a second start, keep the best
         # n:4: the published stripe-group greedy's own result (so never below it); otherwise the other start
-        starts.append(stripe_group_search(S, n, m) if m == 4 else
-                      torch.arange(C) if starts[0] is spread else spread)
+        starts.append(stripe_group_search(S, n, m) if m == 4 else torch.arange(C) if starts[0] is spread else spread)
         starts += [torch.randperm(C, generator=gen) for _ in range(restarts - 2)]
     best, best_value, done = torch.arange(C), _rowwise(S, n, m), 0
-    for perm in starts[:max(1, restarts)]:
+    for perm in starts[: max(1, restarts)]:
         step, more = _proxy_rounds(ST[perm], n, m, rounds, inner, gen, deadline, use_splits, sample)
         perm, done = perm[step], done + more
         if use_splits:  # then single swaps
@@ -461,10 +501,20 @@ def permute_columns(scores: torch.Tensor, pattern: PatternLike, *, rounds: int |
     return perm, done
 
 
-def search_permutation(scores: torch.Tensor, pattern: PatternLike, *, rows: bool | None = None,
-                       cols: bool = True, passes: int | None = None, rounds: int | None = None,
-                       exact_rounds: int | None = None, candidates: int | None = None, seed: int = 0,
-                       max_seconds: float | None = None, sweeps: int | None = None) -> PermutationSearch:
+def search_permutation(
+    scores: torch.Tensor,
+    pattern: PatternLike,
+    *,
+    rows: bool | None = None,
+    cols: bool = True,
+    passes: int | None = None,
+    rounds: int | None = None,
+    exact_rounds: int | None = None,
+    candidates: int | None = None,
+    seed: int = 0,
+    max_seconds: float | None = None,
+    sweeps: int | None = None,
+) -> PermutationSearch:
     """Search a row and/or column permutation of one score matrix for ``pattern``.
 
     Args:
@@ -497,8 +547,10 @@ def search_permutation(scores: torch.Tensor, pattern: PatternLike, *, rows: bool
     """
     p = NMPattern.parse(pattern)
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
-        raise InputError(f"search_permutation: expected a 2-D score matrix, got "
-                         f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
+        raise InputError(
+            f"search_permutation: expected a 2-D score matrix, got "
+            f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}"
+        )
     R, C = scores.shape
     if C % p.m or (p.transposable and R % p.m):
         raise ShapeError(f"search_permutation: shape {(R, C)} does not fit {p} (need multiples of {p.m})")
@@ -515,35 +567,58 @@ def search_permutation(scores: torch.Tensor, pattern: PatternLike, *, rows: bool
     done = 0
     deadline = None if max_seconds is None else began + max_seconds
     for k in range(max(1, passes) if rows and p.transposable else 1):
-        for axis in (("cols", "rows") if cols else ("rows",)):
+        for axis in ("cols", "rows") if cols else ("rows",):
             if axis == "rows" and not rows:
                 continue
             left = None if deadline is None else max(0.0, deadline - time.perf_counter())
             cur = S[rp][:, cp]
             if axis == "cols":
-                step, r = permute_columns(cur, p, rounds=rounds, exact_rounds=exact_rounds, candidates=candidates,
-                                          seed=seed + 2 * k, max_seconds=left, sweeps=sweeps)
+                step, r = permute_columns(
+                    cur,
+                    p,
+                    rounds=rounds,
+                    exact_rounds=exact_rounds,
+                    candidates=candidates,
+                    seed=seed + 2 * k,
+                    max_seconds=left,
+                    sweeps=sweeps,
+                )
                 cp = cp[step]
             else:
-                step, r = permute_columns(cur.T, p, rounds=rounds, exact_rounds=exact_rounds,
-                                          candidates=candidates, seed=seed + 2 * k + 1, max_seconds=left,
-                                          sweeps=sweeps)
+                step, r = permute_columns(
+                    cur.T,
+                    p,
+                    rounds=rounds,
+                    exact_rounds=exact_rounds,
+                    candidates=candidates,
+                    seed=seed + 2 * k + 1,
+                    max_seconds=left,
+                    sweeps=sweeps,
+                )
                 rp = rp[step]
             done += r
     after = retained_fast(S[rp][:, cp], p)
     if after < before:  # never worse than the identity
         rp, cp, after = torch.arange(R), torch.arange(C), before
     history.append(("end", after))
-    return PermutationSearch(row_perm=rp if rows else None, col_perm=cp if cols else None, before=before,
-                             after=after, total=total, seconds=time.perf_counter() - began, rounds=done,
-                             history=history)
+    return PermutationSearch(
+        row_perm=rp if rows else None,
+        col_perm=cp if cols else None,
+        before=before,
+        after=after,
+        total=total,
+        seconds=time.perf_counter() - began,
+        rounds=done,
+        history=history,
+    )
 
 
 # ------------------------------------------------------------------------------------------- baseline
 
 
-def stripe_group_search(scores: torch.Tensor, n: int = 2, m: int = 4, *, max_passes: int = 10_000,
-                        start: torch.Tensor | None = None) -> torch.Tensor:
+def stripe_group_search(
+    scores: torch.Tensor, n: int = 2, m: int = 4, *, max_passes: int = 10_000, start: torch.Tensor | None = None
+) -> torch.Tensor:
     """The published stripe-group search for plain ``n:4`` (Pool & Yu 2021; apex's default, window of 2 stripes).
 
     Every pair of stripes gets the best of the 35 splits of its 8 columns; pairs are applied greedily by gain

@@ -48,9 +48,12 @@ __all__ = [
 
 # AdaPrune moved to nmsparse.adaprune (and recalibrate_batchnorm_ to nmsparse.nn.batchnorm); these names stay
 # reachable from here, lazily, for code written against the old layout.
-_MOVED = {"load_pruned_state_dict_": "nmsparse.io",  # lazy: nmsparse.io itself imports nmsparse.prune
-          "adaprune_": "nmsparse.adaprune", "AdaPruneLayerReport": "nmsparse.adaprune",
-          "recalibrate_batchnorm_": "nmsparse.nn.batchnorm"}
+_MOVED = {
+    "load_pruned_state_dict_": "nmsparse.io",  # lazy: nmsparse.io itself imports nmsparse.prune
+    "adaprune_": "nmsparse.adaprune",
+    "AdaPruneLayerReport": "nmsparse.adaprune",
+    "recalibrate_batchnorm_": "nmsparse.nn.batchnorm",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -102,14 +102,25 @@ class DynamicSparsifier:
         (4, 2, True)
     """
 
-    def __init__(self, model: nn.Module, pattern: PatternLike = "4:8-T", *, method: Method | str = "greedy",
-                 initial_method: Method | str = "exact", refresh_every: int = 40, decay: float = 2e-4,
-                 include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                 keep_first_last: bool = False, pad: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        pattern: PatternLike = "4:8-T",
+        *,
+        method: Method | str = "greedy",
+        initial_method: Method | str = "exact",
+        refresh_every: int = 40,
+        decay: float = 2e-4,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        keep_first_last: bool = False,
+        pad: bool = False,
+    ) -> None:
         self.pattern = NMPattern.parse(pattern)
         self.method = _check_method(method, self.pattern, where="DynamicSparsifier")
-        self.initial_method = _check_method(initial_method, self.pattern, where="DynamicSparsifier",
-                                            name="initial_method")
+        self.initial_method = _check_method(
+            initial_method, self.pattern, where="DynamicSparsifier", name="initial_method"
+        )
         self.refresh_every = _check_refresh_every(refresh_every)
         self.decay = _check_decay(decay)
         self.include = None if include is None else ([include] if isinstance(include, str) else list(include))
@@ -119,9 +130,17 @@ class DynamicSparsifier:
         self.pad = bool(pad)
         self.layers: dict[str, nn.Module]
         self.layers, self.report = _prune(
-            model, self.pattern, method=self.initial_method, include=self.include, exclude=self.exclude,
-            keep_first_last=self.keep_first_last, scores=None, straight_through=True, decay=self.decay,
-            where="DynamicSparsifier", pad=self.pad,
+            model,
+            self.pattern,
+            method=self.initial_method,
+            include=self.include,
+            exclude=self.exclude,
+            keep_first_last=self.keep_first_last,
+            scores=None,
+            straight_through=True,
+            decay=self.decay,
+            where="DynamicSparsifier",
+            pad=self.pad,
         )
         self._padded = {layer.name for layer in self.report.pruned if layer.padded_to is not None}
         self.steps = 0
@@ -175,9 +194,15 @@ class DynamicSparsifier:
                 def solve(weight: torch.Tensor, module: nn.Module = module, pad: bool = pad) -> torch.Tensor:
                     return layer_mask(module, self.pattern, method=self.method, weight=weight, pad=pad)
 
-                new = local_layer_mask(name, nm.shard, local_tensor(original).detach(), self.pattern.m,
-                                       transposed=nm.transposed, transposable=self.pattern.transposable,
-                                       solve=solve)
+                new = local_layer_mask(
+                    name,
+                    nm.shard,
+                    local_tensor(original).detach(),
+                    self.pattern.m,
+                    transposed=nm.transposed,
+                    transposable=self.pattern.transposable,
+                    solve=solve,
+                )
             else:
                 new = layer_mask(module, self.pattern, method=self.method, weight=original.detach(), pad=pad)
             mask = nm.local_mask()
@@ -193,14 +218,17 @@ class DynamicSparsifier:
 
     def masks_valid(self) -> bool:
         """Whether every mask obeys the pattern on its layer's (padded) matrix view."""
-        return all(mask_fits(self._checkable_mask(nm), self.pattern, transposed=nm.transposed, padded=nm.padded)
-                   for nm in self._masks().values())
+        return all(
+            mask_fits(self._checkable_mask(nm), self.pattern, transposed=nm.transposed, padded=nm.padded)
+            for nm in self._masks().values()
+        )
 
     def _checkable_mask(self, nm: NMMask) -> torch.Tensor:
         """The local rows when they hold whole groups (FSDP2 or not), else the gathered mask (a collective)."""
         state = nm.shard
-        if state is None or rows_aligned(state, self.pattern.m, transposed=nm.transposed,
-                                         transposable=self.pattern.transposable):
+        if state is None or rows_aligned(
+            state, self.pattern.m, transposed=nm.transposed, transposable=self.pattern.transposable
+        ):
             return nm.local_mask()
         return gather_rows(nm.local_mask(), state)
 
@@ -235,18 +263,33 @@ class DynamicSparsifier:
         """
         if not isinstance(state, dict):
             raise ConfigError(f"DynamicSparsifier.load_state_dict: expected a dict, got {type(state).__name__}")
-        required = ("version", "pattern", "method", "refresh_every", "decay", "layers", "steps", "refreshes",
-                    "refresh_seconds")
+        required = (
+            "version",
+            "pattern",
+            "method",
+            "refresh_every",
+            "decay",
+            "layers",
+            "steps",
+            "refreshes",
+            "refresh_seconds",
+        )
         missing = [k for k in required if k not in state]
         if missing:
-            raise ConfigError(f"DynamicSparsifier.load_state_dict: state lacks {missing}; pass the dict returned "
-                              f"by DynamicSparsifier.state_dict()")
+            raise ConfigError(
+                f"DynamicSparsifier.load_state_dict: state lacks {missing}; pass the dict returned "
+                f"by DynamicSparsifier.state_dict()"
+            )
         if state["version"] != _STATE_VERSION:
-            raise ConfigError(f"DynamicSparsifier.load_state_dict: unknown state version {state['version']!r}, "
-                              f"this nmsparse reads version {_STATE_VERSION}")
+            raise ConfigError(
+                f"DynamicSparsifier.load_state_dict: unknown state version {state['version']!r}, "
+                f"this nmsparse reads version {_STATE_VERSION}"
+            )
         if NMPattern.parse(state["pattern"]) != self.pattern:
-            raise ConfigError(f"DynamicSparsifier.load_state_dict: state is for pattern {state['pattern']}, this "
-                              f"sparsifier uses {self.pattern}; create the sparsifier with the saved pattern")
+            raise ConfigError(
+                f"DynamicSparsifier.load_state_dict: state is for pattern {state['pattern']}, this "
+                f"sparsifier uses {self.pattern}; create the sparsifier with the saved pattern"
+            )
         if list(state["layers"]) != list(self.layers):
             saved, ours = set(state["layers"]), set(self.layers)
             raise ConfigError(
@@ -272,6 +315,8 @@ class DynamicSparsifier:
         self.last_changed = float(state.get("last_changed", 0.0))
 
     def __repr__(self) -> str:
-        return (f"DynamicSparsifier(pattern={self.pattern}, layers={len(self.layers)}, method={self.method!r}, "
-                f"refresh_every={self.refresh_every}, decay={self.decay:g}, steps={self.steps}, "
-                f"refreshes={self.refreshes}, refresh_seconds={self.refresh_seconds:.3f})")
+        return (
+            f"DynamicSparsifier(pattern={self.pattern}, layers={len(self.layers)}, method={self.method!r}, "
+            f"refresh_every={self.refresh_every}, decay={self.decay:g}, steps={self.steps}, "
+            f"refreshes={self.refreshes}, refresh_seconds={self.refresh_seconds:.3f})"
+        )

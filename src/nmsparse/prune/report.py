@@ -81,18 +81,27 @@ class PruneReport:
             layer["shape"] = list(layer["shape"])
             if layer["padded_to"] is not None:
                 layer["padded_to"] = list(layer["padded_to"])
-        return {"verb": self.verb, "pattern": self.pattern, "method": self.method, "pruned": pruned,
-                "skipped": dict(self.skipped)}
+        return {
+            "verb": self.verb,
+            "pattern": self.pattern,
+            "method": self.method,
+            "pruned": pruned,
+            "skipped": dict(self.skipped),
+        }
 
     def describe(self) -> str:
         """One line per pruned and per skipped layer, for printing."""
-        lines = [f"{self.verb}: {len(self.pruned)} layer(s) pruned to {self.pattern} ({self.method}), "
-                 f"{len(self.skipped)} left dense"]
+        lines = [
+            f"{self.verb}: {len(self.pruned)} layer(s) pruned to {self.pattern} ({self.method}), "
+            f"{len(self.skipped)} left dense"
+        ]
         for layer in self.pruned:
             extra = f", padded to {layer.padded_to[0]}x{layer.padded_to[1]}" if layer.padded_to else ""
             extra += ", stored [in, out]" if layer.transposed else ""
-            lines.append(f"  + {layer.tensor}: {layer.layer_type} {'x'.join(map(str, layer.shape))}, kept "
-                         f"{100 * layer.kept_magnitude:.2f}% of |w|{extra}")
+            lines.append(
+                f"  + {layer.tensor}: {layer.layer_type} {'x'.join(map(str, layer.shape))}, kept "
+                f"{100 * layer.kept_magnitude:.2f}% of |w|{extra}"
+            )
         lines += [f"  - {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
 
@@ -100,14 +109,20 @@ class PruneReport:
         # Code written when prune_ returned the model: name the fix instead of a bare AttributeError/TypeError.
         def __getattr__(self, name: str) -> NoReturn:
             if not name.startswith("__") and hasattr(nn.Module, name):
-                raise AttributeError(f"'PruneReport' object has no attribute {name!r}: prune_ returns a "
-                                     f"PruneReport; the pruned model is its .model (report.model.{name})")
+                raise AttributeError(
+                    f"'PruneReport' object has no attribute {name!r}: prune_ returns a "
+                    f"PruneReport; the pruned model is its .model (report.model.{name})"
+                )
             raise AttributeError(f"'PruneReport' object has no attribute {name!r}")
 
         def __getitem__(self, key: Any) -> NoReturn:
-            raise TypeError("'PruneReport' object is not subscriptable: prune_ returns a PruneReport; the pruned "
-                            "model is its .model (report.model[...])")
+            raise TypeError(
+                "'PruneReport' object is not subscriptable: prune_ returns a PruneReport; the pruned "
+                "model is its .model (report.model[...])"
+            )
 
         def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
-            raise TypeError("'PruneReport' object is not callable: prune_ returns a PruneReport; the pruned model "
-                            "is its .model (report.model(x))")
+            raise TypeError(
+                "'PruneReport' object is not callable: prune_ returns a PruneReport; the pruned model "
+                "is its .model (report.model(x))"
+            )

@@ -81,9 +81,11 @@ class LayerSelection:
     def describe(self) -> str:
         """Multi-line summary: one line per selected and per skipped layer."""
         lines = [f"{len(self.selected)} layer(s) selected, {len(self.skipped)} skipped"]
-        lines += [f"  + {name}: {type(module).__name__} {tuple(_weight_shape(module))}"
-                  + (f" (padded to {self.padded[name][0]}x{self.padded[name][1]})" if name in self.padded else "")
-                  for name, module in self.selected.items()]
+        lines += [
+            f"  + {name}: {type(module).__name__} {tuple(_weight_shape(module))}"
+            + (f" (padded to {self.padded[name][0]}x{self.padded[name][1]})" if name in self.padded else "")
+            for name, module in self.selected.items()
+        ]
         lines += [f"  - {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
 
@@ -132,8 +134,14 @@ def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
-def _unfit_reason(module: nn.Module, pattern: NMPattern, *, pad: bool = False,
-                  shared: dict[int, list[str]] | None = None, name: str = "") -> str | tuple[int, int] | None:
+def _unfit_reason(
+    module: nn.Module,
+    pattern: NMPattern,
+    *,
+    pad: bool = False,
+    shared: dict[int, list[str]] | None = None,
+    name: str = "",
+) -> str | tuple[int, int] | None:
     """Why ``module``'s weight cannot take ``pattern``; ``None`` when it can; the padded view shape with ``pad``."""
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
@@ -143,13 +151,17 @@ def _unfit_reason(module: nn.Module, pattern: NMPattern, *, pad: bool = False,
     if parametrize.is_parametrized(module, "weight"):
         others = [type(p).__name__ for p in parametrizations_of(module).weight if not isinstance(p, NMMask)]
         if others:
-            return (f"weight already has parametrization(s) {others}; nmsparse masks must be the only one "
-                    f"(remove them first, e.g. torch.nn.utils.parametrize.remove_parametrizations)")
+            return (
+                f"weight already has parametrization(s) {others}; nmsparse masks must be the only one "
+                f"(remove them first, e.g. torch.nn.utils.parametrize.remove_parametrizations)"
+            )
     if shared is not None and not parametrize.is_parametrized(module, "weight"):
         others = [n for n in shared.get(id(weight), []) if n != (f"{name}.weight" if name else "weight")]
         if others:
-            return (f"weight is shared with {others} (tied weights); a mask on one of its users would leave the "
-                    f"others dense, so it stays dense (untie it first to prune it)")
+            return (
+                f"weight is shared with {others} (tied weights); a mask on one of its users would leave the "
+                f"others dense, so it stays dense (untie it first to prune it)"
+            )
     if weight.dim() not in (2, 3, 4):
         return f"weight is {weight.dim()}-D {tuple(weight.shape)}; expected 2-D (Linear), 3-D (Conv1d) or 4-D (Conv2d)"
     groups, shape = group_shape(module)
@@ -157,8 +169,12 @@ def _unfit_reason(module: nn.Module, pattern: NMPattern, *, pad: bool = False,
     if total_groups > 1 and groups == 1:
         return f"weight has {weight.shape[0]} output rows, not divisible by groups={total_groups}"
     try:
-        check_fits(shape, pattern, where=f"{type(module).__name__} weight" + (
-            f" (one of {groups} groups, slice {shape})" if groups > 1 else ""))
+        check_fits(
+            shape,
+            pattern,
+            where=f"{type(module).__name__} weight"
+            + (f" (one of {groups} groups, slice {shape})" if groups > 1 else ""),
+        )
     except ShapeError as exc:
         if not pad or "empty" in str(exc):
             return str(exc) + ("" if pad else " (or pass pad=True to zero-pad the matrix view)")
@@ -183,9 +199,16 @@ def _check_module_types(module_types: Any) -> tuple[type[nn.Module], ...] | None
     return module_types
 
 
-def _select(model: nn.Module, pattern: NMPattern, *, include: Sequence[str] | None,
-            exclude: Sequence[str] | None, keep_first_last: bool,
-            module_types: tuple[type[nn.Module], ...] | None, pad: bool = False) -> tuple[LayerSelection, set[str]]:
+def _select(
+    model: nn.Module,
+    pattern: NMPattern,
+    *,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    keep_first_last: bool,
+    module_types: tuple[type[nn.Module], ...] | None,
+    pad: bool = False,
+) -> tuple[LayerSelection, set[str]]:
     """:func:`select_layers` plus the names skipped because their shape does not fit (to warn about)."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"select_layers: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -219,9 +242,16 @@ def _select(model: nn.Module, pattern: NMPattern, *, include: Sequence[str] | No
     return selection, unfit
 
 
-def select_layers(model: nn.Module, pattern: PatternLike, *, include: Sequence[str] | None = None,
-                  exclude: Sequence[str] | None = None, keep_first_last: bool = False,
-                  module_types: tuple[type[nn.Module], ...] | None = None, pad: bool = False) -> LayerSelection:
+def select_layers(
+    model: nn.Module,
+    pattern: PatternLike,
+    *,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    keep_first_last: bool = False,
+    module_types: tuple[type[nn.Module], ...] | None = None,
+    pad: bool = False,
+) -> LayerSelection:
     """Choose the layers of ``model`` that get an n:m mask, and say why every other one stays dense.
 
     Every module of ``module_types`` (``model.named_modules()`` order, shared modules once) is either selected
@@ -269,8 +299,15 @@ def select_layers(model: nn.Module, pattern: PatternLike, *, include: Sequence[s
         >>> sel.skipped['0'][:60]
         'Linear weight: the reduction dimension (in) has size 6, not '
     """
-    return _select(model, NMPattern.parse(pattern), include=include, exclude=exclude,
-                   keep_first_last=keep_first_last, module_types=module_types, pad=pad)[0]
+    return _select(
+        model,
+        NMPattern.parse(pattern),
+        include=include,
+        exclude=exclude,
+        keep_first_last=keep_first_last,
+        module_types=module_types,
+        pad=pad,
+    )[0]
 
 
 def require_selected(selection: LayerSelection, pattern: NMPattern, *, where: str) -> None:
@@ -280,8 +317,11 @@ def require_selected(selection: LayerSelection, pattern: NMPattern, *, where: st
     detail = "\n".join(f"  - {name}: {reason}" for name, reason in selection.skipped.items())
     raise ConfigError(
         f"{where}: no layer of the model can take pattern {pattern}"
-        + (f"; every candidate was skipped:\n{detail}" if detail else
-           "; the model has no layer of the types considered (by default nn.Linear, nn.Conv1d, nn.Conv2d and "
-           "transformers' Conv1D)")
+        + (
+            f"; every candidate was skipped:\n{detail}"
+            if detail
+            else "; the model has no layer of the types considered (by default nn.Linear, nn.Conv1d, nn.Conv2d and "
+            "transformers' Conv1D)"
+        )
         + "\nrelax include/exclude/keep_first_last, use a pattern whose m divides the layers' sizes, or pad=True"
     )

@@ -92,8 +92,10 @@ class SparseState:
             if tuple(got.shape) != tuple(want.shape):
                 problems.append(f"wrong shape: {key!r} is {tuple(got.shape)}, the model holds {tuple(want.shape)}")
         if problems:
-            raise MaskMismatchError("SparseState.load_state_dict: the state does not fit the model's masks, "
-                                    "nothing was loaded:\n" + "\n".join(f"  - {p}" for p in problems))
+            raise MaskMismatchError(
+                "SparseState.load_state_dict: the state does not fit the model's masks, "
+                "nothing was loaded:\n" + "\n".join(f"  - {p}" for p in problems)
+            )
         with torch.no_grad():
             for fqn, (nm, original) in layers.items():
                 mask = local_tensor(state[f"{fqn}.mask"])

@@ -117,8 +117,9 @@ def _check_method(method: str, pattern: NMPattern, *, where: str, name: str = "m
     return method
 
 
-def _solve(view: torch.Tensor, pattern: NMPattern, *, method: str, scores: torch.Tensor | None,
-           pad: bool) -> torch.Tensor:
+def _solve(
+    view: torch.Tensor, pattern: NMPattern, *, method: str, scores: torch.Tensor | None, pad: bool
+) -> torch.Tensor:
     """Mask of one 2-D/4-D view; with ``pad``, a view that does not fit is zero-padded, solved and cropped."""
     if not pad or fits(tuple(view.shape), pattern):
         return find_mask(view, pattern, method=method, scores=scores, progress=False)
@@ -131,8 +132,15 @@ def _solve(view: torch.Tensor, pattern: NMPattern, *, method: str, scores: torch
     return from_matrix(crop_view(mask, rows, cols), tuple(view.shape))
 
 
-def layer_mask(module: nn.Module, pattern: NMPattern, *, method: str, scores: torch.Tensor | None = None,
-               weight: torch.Tensor | None = None, pad: bool = False) -> torch.Tensor:
+def layer_mask(
+    module: nn.Module,
+    pattern: NMPattern,
+    *,
+    method: str,
+    scores: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    pad: bool = False,
+) -> torch.Tensor:
     """Mask of one layer's weight; grouped convs get one :func:`find_mask` per group's slice.
 
     Works in the layer's matrix view (:mod:`nmsparse.prune._views`): a ``Conv1D`` weight ``[in, out]`` is
@@ -161,8 +169,9 @@ def layer_mask(module: nn.Module, pattern: NMPattern, *, method: str, scores: to
             f"then build the optimizer"
         )
     if scores is not None and tuple(scores.shape) != tuple(weight.shape):
-        raise ShapeError(f"layer_mask: scores must have the weight's shape {tuple(weight.shape)}, got "
-                         f"{tuple(scores.shape)}")
+        raise ShapeError(
+            f"layer_mask: scores must have the weight's shape {tuple(weight.shape)}, got {tuple(scores.shape)}"
+        )
     transposed = is_transposed_layer(module)
     view = to_view(weight, transposed=transposed)
     score_view = None if scores is None else to_view(scores, transposed=transposed)
@@ -172,18 +181,26 @@ def layer_mask(module: nn.Module, pattern: NMPattern, *, method: str, scores: to
         mask = _solve(view, pattern, method=method, scores=score_view, pad=pad)
     else:
         rows = view.shape[0] // groups
-        mask = torch.cat([
-            _solve(view[g * rows:(g + 1) * rows], pattern, method=method, pad=pad,
-                   scores=None if score_view is None else score_view[g * rows:(g + 1) * rows])
-            for g in range(groups)
-        ], dim=0)
+        mask = torch.cat(
+            [
+                _solve(
+                    view[g * rows : (g + 1) * rows],
+                    pattern,
+                    method=method,
+                    pad=pad,
+                    scores=None if score_view is None else score_view[g * rows : (g + 1) * rows],
+                )
+                for g in range(groups)
+            ],
+            dim=0,
+        )
     return from_view(mask, tuple(weight.shape), transposed=transposed)
 
 
 def _register_keeping_order(module: nn.Module, nm: NMMask) -> None:
     """``register_parametrization(module, "weight", nm)`` without changing the order of ``module.parameters()``."""
     names = [name for name, param in module._parameters.items() if param is not None]
-    after = names[names.index("weight") + 1:] if "weight" in names else []
+    after = names[names.index("weight") + 1 :] if "weight" in names else []
     # unsafe=True: NMMask keeps shape and dtype by construction, and skipping the check saves a forward.
     parametrize.register_parametrization(module, "weight", nm, unsafe=True)
     for name in after:
@@ -228,13 +245,17 @@ def remove_mask_(module: nn.Module, *, leave_masked: bool = True) -> nn.Module:
             f"remove_mask_: the weight of {type(module).__name__} carries other parametrizations besides the n:m "
             f"mask; remove those first (torch.nn.utils.parametrize.remove_parametrizations)"
         )
-    keepers = [name for name, plist in parametrizations_of(module).items()
-               if name != "weight" and len(plist) == 1 and isinstance(plist[0], KeepOrder)]
+    keepers = [
+        name
+        for name, plist in parametrizations_of(module).items()
+        if name != "weight" and len(plist) == 1 and isinstance(plist[0], KeepOrder)
+    ]
     # torch removes the property from the module's parametrized class, which a deep copy of the model shares
     # with the original: give this module a class of its own first, so the other copies keep working.
     cls = type(module)
-    module.__class__ = type(cls.__name__, cls.__bases__,
-                            {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")})
+    module.__class__ = type(
+        cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    )
     nm = _nm_mask(module)
     if nm is not None:
         nm.unstash()
@@ -246,8 +267,15 @@ def remove_mask_(module: nn.Module, *, leave_masked: bool = True) -> nn.Module:
     return module
 
 
-def apply_mask_(module: nn.Module, mask: torch.Tensor, *, pattern: PatternLike | None = None,
-                straight_through: bool = False, decay: float = 0.0, padded: bool = False) -> NMMask:
+def apply_mask_(
+    module: nn.Module,
+    mask: torch.Tensor,
+    *,
+    pattern: PatternLike | None = None,
+    straight_through: bool = False,
+    decay: float = 0.0,
+    padded: bool = False,
+) -> NMMask:
     """Attach ``mask`` to ``module.weight`` as an :class:`~nmsparse.NMMask`, or overwrite the existing one in place.
 
     The one way nmsparse attaches masks (``prune_``, ``DynamicSparsifier``, AdaPrune, one-shot pruning and
@@ -281,18 +309,27 @@ def apply_mask_(module: nn.Module, mask: torch.Tensor, *, pattern: PatternLike |
         raise MaskMismatchError(f"apply_mask_: {type(module).__name__} has no weight tensor to mask")
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(weight.shape):
         got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise MaskMismatchError(f"apply_mask_: mask must be a tensor of the weight's shape {tuple(weight.shape)}, "
-                                f"got {got}")
+        raise MaskMismatchError(
+            f"apply_mask_: mask must be a tensor of the weight's shape {tuple(weight.shape)}, got {got}"
+        )
     bool_mask = _as_bool_mask(mask, where="apply_mask_").to(weight.device)
     parsed = None if pattern is None else NMPattern.parse(pattern)
     transposed = is_transposed_layer(module)
     if parsed is not None and not mask_fits(bool_mask, parsed, transposed=transposed, padded=padded):
-        raise MaskMismatchError(f"apply_mask_: the mask breaks pattern {parsed} on the layer's matrix view"
-                                + (" (stored [in, out], so groups run along dim 0)" if transposed else ""))
+        raise MaskMismatchError(
+            f"apply_mask_: the mask breaks pattern {parsed} on the layer's matrix view"
+            + (" (stored [in, out], so groups run along dim 0)" if transposed else "")
+        )
     nm = _nm_mask(module)
     if nm is None:
-        nm = NMMask(bool_mask, straight_through=straight_through, decay=decay, pattern=parsed,
-                    transposed=transposed, padded=padded)
+        nm = NMMask(
+            bool_mask,
+            straight_through=straight_through,
+            decay=decay,
+            pattern=parsed,
+            transposed=transposed,
+            padded=padded,
+        )
         _register_keeping_order(module, nm)
         return nm
     with torch.no_grad():
@@ -303,11 +340,17 @@ def apply_mask_(module: nn.Module, mask: torch.Tensor, *, pattern: PatternLike |
     return nm
 
 
-def _attach(module: nn.Module, mask: torch.Tensor, *, pattern: NMPattern | None, straight_through: bool,
-            decay: float, padded: bool = False) -> NMMask:
+def _attach(
+    module: nn.Module,
+    mask: torch.Tensor,
+    *,
+    pattern: NMPattern | None,
+    straight_through: bool,
+    decay: float,
+    padded: bool = False,
+) -> NMMask:
     """Register an :class:`NMMask` on ``module.weight``, or update the existing one in place."""
-    return apply_mask_(module, mask, pattern=pattern, straight_through=straight_through, decay=decay,
-                       padded=padded)
+    return apply_mask_(module, mask, pattern=pattern, straight_through=straight_through, decay=decay, padded=padded)
 
 
 def _kept_fraction(weight: torch.Tensor, mask: torch.Tensor) -> float:
@@ -316,8 +359,9 @@ def _kept_fraction(weight: torch.Tensor, mask: torch.Tensor) -> float:
     return float((magnitude * mask).sum()) / total if total else 1.0
 
 
-def _check_scores(model: nn.Module, scores: Mapping[str, torch.Tensor] | None, *,
-                  where: str) -> dict[str, torch.Tensor] | None:
+def _check_scores(
+    model: nn.Module, scores: Mapping[str, torch.Tensor] | None, *, where: str
+) -> dict[str, torch.Tensor] | None:
     """``scores`` keyed by module name (internally), validated; the caller's keys are tensor names."""
     if scores is None:
         return None
@@ -335,20 +379,37 @@ def _check_scores(model: nn.Module, scores: Mapping[str, torch.Tensor] | None, *
     return {known[key]: value for key, value in scores.items()}
 
 
-def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequence[str] | None,
-           exclude: Sequence[str] | None, keep_first_last: bool, scores: Mapping[str, torch.Tensor] | None,
-           straight_through: bool, decay: float, where: str, pad: bool = False,
-           progress: bool | None = None) -> tuple[dict[str, nn.Module], PruneReport]:
+def _prune(
+    model: nn.Module,
+    pattern: PatternLike,
+    *,
+    method: str,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    keep_first_last: bool,
+    scores: Mapping[str, torch.Tensor] | None,
+    straight_through: bool,
+    decay: float,
+    where: str,
+    pad: bool = False,
+    progress: bool | None = None,
+) -> tuple[dict[str, nn.Module], PruneReport]:
     """Shared body of :func:`prune_` and :class:`DynamicSparsifier`; returns the pruned modules and the report."""
     pattern = NMPattern.parse(pattern)
     method = _check_method(method, pattern, where=where)
-    selection, unfit = _select(model, pattern, include=include, exclude=exclude,
-                               keep_first_last=keep_first_last, module_types=None, pad=pad)
+    selection, unfit = _select(
+        model, pattern, include=include, exclude=exclude, keep_first_last=keep_first_last, module_types=None, pad=pad
+    )
     by_module = _check_scores(model, scores, where=where)
     require_selected(selection, pattern, where=where)
     if unfit:
-        logger.warning("%s: %d layer(s) left dense because they cannot take pattern %s:\n%s", where, len(unfit),
-                       pattern, "\n".join(f"  - {n}: {selection.skipped[n]}" for n in unfit))
+        logger.warning(
+            "%s: %d layer(s) left dense because they cannot take pattern %s:\n%s",
+            where,
+            len(unfit),
+            pattern,
+            "\n".join(f"  - {n}: {selection.skipped[n]}" for n in unfit),
+        )
     excluded = [n for n in selection.skipped if n not in unfit]
     if excluded:
         logger.info("%s: left dense by choice: %s", where, ", ".join(excluded))
@@ -357,22 +418,44 @@ def _prune(model: nn.Module, pattern: PatternLike, *, method: str, include: Sequ
     # Compute every mask before attaching any, so a failing solver leaves the model untouched.
     masks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        items = with_progress(selection.selected.items(), desc=f"{where} {pattern}", total=len(selection.selected),
-                              unit="layer", enabled=progress)
+        items = with_progress(
+            selection.selected.items(),
+            desc=f"{where} {pattern}",
+            total=len(selection.selected),
+            unit="layer",
+            enabled=progress,
+        )
         for name, module in items:
-            masks[name] = layer_mask(module, pattern, method=method, pad=name in selection.padded,
-                                     scores=None if by_module is None else by_module.get(name))
+            masks[name] = layer_mask(
+                module,
+                pattern,
+                method=method,
+                pad=name in selection.padded,
+                scores=None if by_module is None else by_module.get(name),
+            )
     report = PruneReport(verb=where, pattern=str(pattern), method=used, skipped=dict(selection.skipped), model=model)
     for name, module in selection.selected.items():
         score = None if by_module is None else by_module.get(name)
         kept = _kept_fraction(_live_weight(module) if score is None else score, masks[name])
-        _attach(module, masks[name], pattern=pattern, straight_through=straight_through, decay=decay,
-                padded=name in selection.padded)
-        report.pruned.append(PrunedLayer(
-            name=name, tensor=tensor_fqn(name), layer_type=_layer_type(module),
-            shape=tuple(int(x) for x in weight_of(module).shape), transposed=is_transposed_layer(module),
-            padded_to=selection.padded.get(name), kept_magnitude=kept,
-        ))
+        _attach(
+            module,
+            masks[name],
+            pattern=pattern,
+            straight_through=straight_through,
+            decay=decay,
+            padded=name in selection.padded,
+        )
+        report.pruned.append(
+            PrunedLayer(
+                name=name,
+                tensor=tensor_fqn(name),
+                layer_type=_layer_type(module),
+                shape=tuple(int(x) for x in weight_of(module).shape),
+                transposed=is_transposed_layer(module),
+                padded_to=selection.padded.get(name),
+                kept_magnitude=kept,
+            )
+        )
     logger.info("%s: %d layer(s) pruned to %s with method %r", where, len(masks), pattern, used)
     return dict(selection.selected), report
 
@@ -388,10 +471,19 @@ def _layer_type(module: nn.Module) -> str:
 # ----------------------------------------------------------------------------------------------- public API
 
 
-def prune_(model: nn.Module, pattern: PatternLike, *, method: Method | str = "auto",
-           include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-           keep_first_last: bool = False, scores: Mapping[str, torch.Tensor] | None = None,
-           straight_through: bool = False, pad: bool = False, progress: bool | None = None) -> PruneReport:
+def prune_(
+    model: nn.Module,
+    pattern: PatternLike,
+    *,
+    method: Method | str = "auto",
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    keep_first_last: bool = False,
+    scores: Mapping[str, torch.Tensor] | None = None,
+    straight_through: bool = False,
+    pad: bool = False,
+    progress: bool | None = None,
+) -> PruneReport:
     """Attach n:m (or transposable n:m) masks to the Linear, Conv1d, Conv2d and Conv1D weights of ``model``.
 
     Layers are chosen by :func:`select_layers` (``include``/``exclude`` globs, ``keep_first_last``, tied weights,
@@ -448,9 +540,20 @@ def prune_(model: nn.Module, pattern: PatternLike, *, method: Method | str = "au
     """
     if not isinstance(straight_through, bool):
         raise ConfigError(f"prune_: straight_through must be a bool, got {straight_through!r}")
-    _, report = _prune(model, pattern, method=method, include=include, exclude=exclude,
-                       keep_first_last=keep_first_last, scores=scores, straight_through=straight_through, decay=0.0,
-                       where="prune_", pad=pad, progress=progress)
+    _, report = _prune(
+        model,
+        pattern,
+        method=method,
+        include=include,
+        exclude=exclude,
+        keep_first_last=keep_first_last,
+        scores=scores,
+        straight_through=straight_through,
+        decay=0.0,
+        where="prune_",
+        pad=pad,
+        progress=progress,
+    )
     return report
 
 
@@ -482,8 +585,9 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {tensor_fqn(name): nm.mask.detach().clone() for name, (_, nm) in _pruned_modules(model).items()}
 
 
-def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: bool = True,
-               pattern: PatternLike | None = None) -> nn.Module:
+def set_masks_(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: bool = True, pattern: PatternLike | None = None
+) -> nn.Module:
     """Set the masks of ``model`` from a mapping, in place: the one way to apply a masks file.
 
     A pruned layer's mask buffer is overwritten (not replaced); a layer that is not pruned yet (a freshly built
@@ -520,8 +624,11 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
         pattern = getattr(masks, "pattern", None)
     required = None if pattern is None else NMPattern.parse(pattern)
     pruned = {tensor_fqn(name): entry for name, entry in _pruned_modules(model).items()}
-    layers = {tensor_fqn(name): module for name, module in model.named_modules()
-              if isinstance(getattr(module, "weight", None), torch.Tensor)}
+    layers = {
+        tensor_fqn(name): module
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight", None), torch.Tensor)
+    }
     problems: list[str] = []
     missing = [name for name in pruned if name not in masks]
     if strict and missing:
@@ -529,10 +636,15 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
     ready: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
         if name not in layers:
-            hint = f"; did you mean {tensor_fqn(name)!r}? (masks are keyed by tensor name)" if (
-                isinstance(name, str) and tensor_fqn(name) in layers) else ""
-            problems.append(f"unexpected: {name!r} is not the weight of a layer of the model (pruned: "
-                            f"{list(pruned)[:8]}{' ...' if len(pruned) > 8 else ''}){hint}")
+            hint = (
+                f"; did you mean {tensor_fqn(name)!r}? (masks are keyed by tensor name)"
+                if (isinstance(name, str) and tensor_fqn(name) in layers)
+                else ""
+            )
+            problems.append(
+                f"unexpected: {name!r} is not the weight of a layer of the model (pruned: "
+                f"{list(pruned)[:8]}{' ...' if len(pruned) > 8 else ''}){hint}"
+            )
             continue
         module = layers[name]
         nm = _nm_mask(module)
@@ -561,8 +673,10 @@ def set_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor], *, strict: b
             continue
         ready[name] = bool_mask
     if problems:
-        raise MaskMismatchError(f"set_masks_: {len(problems)} mask(s) do not fit the model, nothing was changed:\n"
-                                + "\n".join(f"  - {p}" for p in problems))
+        raise MaskMismatchError(
+            f"set_masks_: {len(problems)} mask(s) do not fit the model, nothing was changed:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
     with torch.no_grad():
         for name, mask in ready.items():
             if name in pruned:

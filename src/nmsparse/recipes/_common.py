@@ -13,10 +13,25 @@ from typing import Any
 from nmsparse.errors import ConfigError, InputError
 from nmsparse.pattern import NMPattern
 
-__all__ = ["DENSE", "UNSTRUCTURED", "DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "COMPARE_JSON", "COMPARE_PLOT",
-           "COMPARE_PLAN", "RunCallback", "structure_slug", "check_structures", "warm_up_solvers",
-           "write_compare_plan", "read_compare_plan", "check_compare_plan", "list_recipes", "recipe_path",
-           "read_config_file"]
+__all__ = [
+    "DENSE",
+    "UNSTRUCTURED",
+    "DEFAULT_STRUCTURES",
+    "DEFAULT_REFERENCE_NUMEL",
+    "COMPARE_JSON",
+    "COMPARE_PLOT",
+    "COMPARE_PLAN",
+    "RunCallback",
+    "structure_slug",
+    "check_structures",
+    "warm_up_solvers",
+    "write_compare_plan",
+    "read_compare_plan",
+    "check_compare_plan",
+    "list_recipes",
+    "recipe_path",
+    "read_config_file",
+]
 
 #: Structure name of the dense baseline in a comparison.
 DENSE = "dense"
@@ -110,9 +125,13 @@ def read_compare_plan(folder: Any) -> dict[str, Any] | None:
         plan = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path}: not a readable comparison plan ({exc})") from None
-    if not (isinstance(plan, dict) and isinstance(plan.get("structures"), list) and isinstance(plan.get("seeds"), list)
-            and all(isinstance(s, int) and not isinstance(s, bool) for s in plan["seeds"])
-            and isinstance(plan.get("reference_numel"), int)):
+    if not (
+        isinstance(plan, dict)
+        and isinstance(plan.get("structures"), list)
+        and isinstance(plan.get("seeds"), list)
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in plan["seeds"])
+        and isinstance(plan.get("reference_numel"), int)
+    ):
         raise InputError(f"{path}: expected {{'structures': [...], 'seeds': [...], 'reference_numel': N}}")
     return plan
 
@@ -130,8 +149,10 @@ def check_compare_plan(folder: Any, structures: Sequence[str], seeds: Sequence[i
     differ = [key for key in given if given[key] != plan[key]]
     if differ:
         shown = ", ".join(f"{key} {plan[key]} (given {given[key]})" for key in differ)
-        raise ConfigError(f"compare: the comparison in {folder} was started with {shown}; resume it with its own "
-                          f"settings (nmsparse compare --resume {folder})")
+        raise ConfigError(
+            f"compare: the comparison in {folder} was started with {shown}; resume it with its own "
+            f"settings (nmsparse compare --resume {folder})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- YAML files
@@ -179,8 +200,11 @@ def _unique_key_loader() -> Any:
                     continue
                 if duplicate:
                     raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
-                        key_node.start_mark)
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
             return super().construct_mapping(node, deep=deep)
 
     return UniqueKeyLoader
@@ -199,8 +223,7 @@ def read_config_file(source: str | Path) -> tuple[dict[str, Any], str]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config as UTF-8"
-                         ) from None
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the config as UTF-8") from None
     try:
         loaded = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:

@@ -49,10 +49,29 @@ from ._common import (
 from .distributed import DistContext, main_first
 from .rundir import RunDir
 
-__all__ = ["resolve_device", "seed_everything", "warmup_cosine_lr", "keep_threads", "open_run", "check_same_settings",
-           "accelerate_layers", "progress_bar", "refresh_fields", "check_finite_loss", "RecipeTrainer", "FitResult",
-           "JSONRecord", "finish_run", "open_comparison", "diversity_column", "start_comparison", "train_structures",
-           "write_comparison", "BASELINE_DIR", "PLOT_FILE"]
+__all__ = [
+    "resolve_device",
+    "seed_everything",
+    "warmup_cosine_lr",
+    "keep_threads",
+    "open_run",
+    "check_same_settings",
+    "accelerate_layers",
+    "progress_bar",
+    "refresh_fields",
+    "check_finite_loss",
+    "RecipeTrainer",
+    "FitResult",
+    "JSONRecord",
+    "finish_run",
+    "open_comparison",
+    "diversity_column",
+    "start_comparison",
+    "train_structures",
+    "write_comparison",
+    "BASELINE_DIR",
+    "PLOT_FILE",
+]
 
 #: Sub-folder of the dense baseline in a run directory.
 BASELINE_DIR = "baseline"
@@ -112,9 +131,17 @@ def keep_threads(threads: int) -> None:
 # ---------------------------------------------------------------------------------------------- run directory
 
 
-def open_run(out: str | os.PathLike[str] | None, *, task: str, outputs: Iterable[str] = (),
-             sections: Iterable[str] = (), resume: bool = False, overwrite: bool = False,
-             dist: DistContext | None = None, what: str = "run") -> RunDir | None:
+def open_run(
+    out: str | os.PathLike[str] | None,
+    *,
+    task: str,
+    outputs: Iterable[str] = (),
+    sections: Iterable[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    dist: DistContext | None = None,
+    what: str = "run",
+) -> RunDir | None:
     """The run directory of a job, checked and not written to: :meth:`RunDir.open_resume` with ``resume`` (rank 0
     first under ``torchrun``: it reconciles files), else :meth:`RunDir.prepare`; ``None`` when ``out`` is.
 
@@ -122,8 +149,12 @@ def open_run(out: str | os.PathLike[str] | None, *, task: str, outputs: Iterable
         ConfigError: ``resume`` without a directory.
         OverwriteError / InputError / CheckpointError: see :class:`RunDir`.
     """
-    kwargs: dict[str, Any] = {"task": task, "outputs": tuple(outputs), "sections": tuple(sections),
-                              "overwrite": overwrite}
+    kwargs: dict[str, Any] = {
+        "task": task,
+        "outputs": tuple(outputs),
+        "sections": tuple(sections),
+        "overwrite": overwrite,
+    }
     if resume:
         if out is None:
             raise ConfigError(f"{what}: resume needs the run directory (out)")
@@ -132,8 +163,14 @@ def open_run(out: str | os.PathLike[str] | None, *, task: str, outputs: Iterable
     return None if out is None else RunDir.prepare(Path(out), **kwargs)
 
 
-def check_same_settings(given: Mapping[str, Any], saved: Mapping[str, Any], *, where: str | os.PathLike[str],
-                        what: str = "resume", owner: str = "run") -> None:
+def check_same_settings(
+    given: Mapping[str, Any],
+    saved: Mapping[str, Any],
+    *,
+    where: str | os.PathLike[str],
+    what: str = "resume",
+    owner: str = "run",
+) -> None:
     """Refuse to resume with settings (``to_dict()``) other than those the run recorded.
 
     Raises:
@@ -147,9 +184,16 @@ def check_same_settings(given: Mapping[str, Any], saved: Mapping[str, Any], *, w
 # ----------------------------------------------------------------------------------------------- accelerate
 
 
-def accelerate_layers(model: nn.Module, pattern: str | None, *, tokens: int, layers: Sequence[str],
-                      dense_layers: Mapping[str, str] | None = None, label: str = "",
-                      log: bool = True) -> dict[str, Any]:
+def accelerate_layers(
+    model: nn.Module,
+    pattern: str | None,
+    *,
+    tokens: int,
+    layers: Sequence[str],
+    dense_layers: Mapping[str, str] | None = None,
+    label: str = "",
+    log: bool = True,
+) -> dict[str, Any]:
     """``--accelerate``: :func:`nmsparse.accelerate_` on the pruned Linear layers of ``model``; the report as a dict.
 
     Only ``layers`` (the layers this run pruned) are considered, with their own masks; every other Linear layer is
@@ -172,25 +216,41 @@ def accelerate_layers(model: nn.Module, pattern: str | None, *, tokens: int, lay
     from nmsparse.accelerate import LayerDecision, accelerate_
 
     if pattern is None or pattern == UNSTRUCTURED:
-        reason = (f"{label or 'dense run'}: not accelerated" if pattern is None else
-                  f"{label or pattern}: not accelerated (unstructured masks; only 2:4-T runs on sparse tensor "
-                  f"cores)")
+        reason = (
+            f"{label or 'dense run'}: not accelerated"
+            if pattern is None
+            else f"{label or pattern}: not accelerated (unstructured masks; only 2:4-T runs on sparse tensor cores)"
+        )
         if log:
             logger.info("%s", reason)
         return {"pattern": pattern, "reason": reason, "layers": {}}
     linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     names = [name for name in layers if name in linears]
-    report = accelerate_(model, pattern=pattern, tokens=tokens, include=[glob.escape(n) for n in names],
-                         cache_file=True, progress_bar=False)
+    report = accelerate_(
+        model,
+        pattern=pattern,
+        tokens=tokens,
+        include=[glob.escape(n) for n in names],
+        cache_file=True,
+        progress_bar=False,
+    )
     ordered = {}
     for name, module in linears.items():  # model order, every Linear layer named
         if name in report.layers:
             ordered[name] = report.layers[name]
             continue
         why = (dense_layers or {}).get(name)
-        ordered[name] = LayerDecision(name, int(module.out_features), int(module.in_features), None,
-                                      str(module.weight.dtype).replace("torch.", ""), None, False, False,
-                                      "not pruned by this run" + (f" ({why})" if why else ""))
+        ordered[name] = LayerDecision(
+            name,
+            int(module.out_features),
+            int(module.in_features),
+            None,
+            str(module.weight.dtype).replace("torch.", ""),
+            None,
+            False,
+            False,
+            "not pruned by this run" + (f" ({why})" if why else ""),
+        )
     report.layers = ordered
     if log:
         logger.info("%s%s", f"{label}: " if label else "", report.describe())
@@ -224,8 +284,7 @@ def check_finite_loss(value: float, *, label: str, when: str, lr: float) -> None
         ConfigError: ``value`` is not finite.
     """
     if not math.isfinite(value):
-        raise ConfigError(f"{label}: training loss became {value} {when}; lower the learning rate (--lr, now "
-                          f"{lr:g})")
+        raise ConfigError(f"{label}: training loss became {value} {when}; lower the learning rate (--lr, now {lr:g})")
 
 
 class RecipeTrainer:
@@ -252,8 +311,14 @@ class RecipeTrainer:
         """Write this trainer's checkpoint (and ``metrics.jsonl``) into its section of :attr:`run`."""
         raise NotImplementedError
 
-    def _loop(self, bar: Any, *, more: Callable[[], bool], stretch: Callable[[Any], tuple[dict[str, Any], float]],
-              callback: Callable[[str, dict[str, Any]], None] | None) -> None:
+    def _loop(
+        self,
+        bar: Any,
+        *,
+        more: Callable[[], bool],
+        stretch: Callable[[Any], tuple[dict[str, Any], float]],
+        callback: Callable[[str, dict[str, Any]], None] | None,
+    ) -> None:
         """While ``more()``: ``stretch(bar)`` trains and evaluates, returning its metrics record and training
         seconds; the record gets the refresh counters and joins :attr:`history`, a checkpoint follows, then
         ``callback(label, record)`` on rank 0. Closes ``bar``."""
@@ -345,8 +410,9 @@ class JSONRecord:
             close = difflib.get_close_matches(unknown[0], names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise InputError(f"summary: unknown key {unknown[0]!r}{hint}")
-        required = [f.name for f in fields
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        required = [
+            f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         missing = [k for k in required if k not in values]
         if missing:
             raise InputError(f"summary: missing keys {missing}")
@@ -356,8 +422,15 @@ class JSONRecord:
 # -------------------------------------------------------------------------------------------------- the end
 
 
-def finish_run(run: RunDir | None, dist: DistContext, *, summary: JSONRecord,
-               curves: Mapping[str, Sequence[Mapping[str, Any]]], plot: Callable[..., Any], title: str) -> None:
+def finish_run(
+    run: RunDir | None,
+    dist: DistContext,
+    *,
+    summary: JSONRecord,
+    curves: Mapping[str, Sequence[Mapping[str, Any]]],
+    plot: Callable[..., Any],
+    title: str,
+) -> None:
     """Rank 0 writes a finished run's curves (``plot(curves, path, title=...)`` to :data:`PLOT_FILE`) and its
     ``summary.json``."""
     if run is None or not dist.is_main:
@@ -369,9 +442,18 @@ def finish_run(run: RunDir | None, dist: DistContext, *, summary: JSONRecord,
 # ---------------------------------------------------------------------------------------------- comparisons
 
 
-def open_comparison(out: str | os.PathLike[str] | None, *, task: str, sections: Iterable[str],
-                    names: Sequence[str], seeds: Sequence[int], reference_numel: int, outputs: Iterable[str] = (),
-                    resume: bool = False, overwrite: bool = False) -> RunDir | None:
+def open_comparison(
+    out: str | os.PathLike[str] | None,
+    *,
+    task: str,
+    sections: Iterable[str],
+    names: Sequence[str],
+    seeds: Sequence[int],
+    reference_numel: int,
+    outputs: Iterable[str] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+) -> RunDir | None:
     """The directory of a structure comparison (:func:`open_run`: ``compare.json``, ``compare.png``, ``outputs``
     and ``compare_plan.json``); resuming, it must have been started with ``names``, ``seeds`` and
     ``reference_numel`` (its plan).
@@ -379,15 +461,29 @@ def open_comparison(out: str | os.PathLike[str] | None, *, task: str, sections: 
     Raises:
         ConfigError: a resumed comparison of other structures, seeds or reference size.
     """
-    run = open_run(out, task=task, outputs=(COMPARE_JSON, COMPARE_PLOT, *outputs, COMPARE_PLAN), sections=sections,
-                   resume=resume, overwrite=overwrite, what="compare")
+    run = open_run(
+        out,
+        task=task,
+        outputs=(COMPARE_JSON, COMPARE_PLOT, *outputs, COMPARE_PLAN),
+        sections=sections,
+        resume=resume,
+        overwrite=overwrite,
+        what="compare",
+    )
     if resume and run is not None:
         check_compare_plan(run.path, names, seeds, reference_numel)
     return run
 
 
-def start_comparison(run: RunDir | None, *, config_text: str, digest: str, names: Sequence[str],
-                     seeds: Sequence[int], reference_numel: int) -> None:
+def start_comparison(
+    run: RunDir | None,
+    *,
+    config_text: str,
+    digest: str,
+    names: Sequence[str],
+    seeds: Sequence[int],
+    reference_numel: int,
+) -> None:
     """Write a new comparison's marker, settings and plan (what ``--resume`` reads)."""
     if run is None:
         return
@@ -395,8 +491,14 @@ def start_comparison(run: RunDir | None, *, config_text: str, digest: str, names
     write_compare_plan(run.path, names, seeds, reference_numel)
 
 
-def train_structures(names: Sequence[str], seeds: Sequence[int], train: Callable[[str, int], Mapping[str, Any]], *,
-                     on_run_end: RunCallback | None = None, show: bool = True) -> dict[str, list[dict[str, Any]]]:
+def train_structures(
+    names: Sequence[str],
+    seeds: Sequence[int],
+    train: Callable[[str, int], Mapping[str, Any]],
+    *,
+    on_run_end: RunCallback | None = None,
+    show: bool = True,
+) -> dict[str, list[dict[str, Any]]]:
     """``train(structure, seed)`` for every seed, then every structure; its records by structure.
 
     Each record is ``structure``, ``seed``, what ``train`` returned and ``seconds``; ``on_run_end(record)`` follows
@@ -426,8 +528,15 @@ def diversity_column(names: Sequence[str], reference_numel: int) -> dict[str, fl
     return column
 
 
-def write_comparison(run: RunDir | None, dist: DistContext, *, payload: Mapping[str, Any],
-                     plot: Callable[..., Any], reference_numel: int, title: str) -> None:
+def write_comparison(
+    run: RunDir | None,
+    dist: DistContext,
+    *,
+    payload: Mapping[str, Any],
+    plot: Callable[..., Any],
+    reference_numel: int,
+    title: str,
+) -> None:
     """Rank 0 writes ``compare.json`` (``payload``) and ``compare.png`` (``plot(payload["rows"], path, ...)``)."""
     if run is None or not dist.is_main:
         return

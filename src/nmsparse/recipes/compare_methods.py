@@ -33,8 +33,9 @@ class MethodResult:
     seconds: float
 
 
-def random_weights(shapes: Sequence[tuple[str, tuple[int, ...]]], *, seed: int = 0,
-                   device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def random_weights(
+    shapes: Sequence[tuple[str, tuple[int, ...]]], *, seed: int = 0, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Gaussian weights (Kaiming-like scale) of the given shapes, reproducible from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
@@ -49,8 +50,9 @@ def resnet50_weights(*, seed: int = 0, device: str | torch.device = "cpu") -> di
     return random_weights(resnet50_weight_shapes(), seed=seed, device=device)
 
 
-def run_method(weights: Mapping[str, torch.Tensor], pattern: PatternLike, method: str, *,
-               backend: str = "auto") -> MethodResult:
+def run_method(
+    weights: Mapping[str, torch.Tensor], pattern: PatternLike, method: str, *, backend: str = "auto"
+) -> MethodResult:
     """Solve ``pattern`` with ``method`` (and ``backend``) for every weight that can take it; time the solves only."""
     pattern = NMPattern.parse(pattern)
     fitting = {k: w for k, w in weights.items() if fits(w.shape, pattern)}
@@ -73,5 +75,6 @@ def run_method(weights: Mapping[str, torch.Tensor], pattern: PatternLike, method
         counts = rows if cols is None else torch.cat([rows, cols])
         valid &= bool((counts <= pattern.n).all())
         exact_n &= bool((counts == pattern.n).all())
-    return MethodResult(str(pattern), method, len(fitting), groups, kept / total if total else 1.0, valid, exact_n,
-                        seconds)
+    return MethodResult(
+        str(pattern), method, len(fitting), groups, kept / total if total else 1.0, valid, exact_n, seconds
+    )

@@ -160,7 +160,7 @@ def unpack_state(tensors: Mapping[str, torch.Tensor], skeleton: Any) -> Any:
         if isinstance(value, dict):
             if len(value) != 1:
                 raise CheckpointError(f"checkpoint state: unexpected entry {value!r:.80}")
-            (tag, inner), = value.items()
+            ((tag, inner),) = value.items()
             if tag in ("__tensor__", "__ndarray__"):
                 if inner not in tensors:
                     raise CheckpointError(f"checkpoint state: tensor {inner!r} is missing from the file")
@@ -237,7 +237,8 @@ def _read_checkpoint(path: Path) -> Checkpoint:
             if metadata.get("format") != CHECKPOINT_FORMAT:
                 raise CheckpointError(
                     f"{path}: not an nmsparse checkpoint (format {metadata.get('format')!r}, expected "
-                    f"{CHECKPOINT_FORMAT!r})")
+                    f"{CHECKPOINT_FORMAT!r})"
+                )
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({' '.join(str(exc).split())[:200]})") from None
@@ -251,10 +252,17 @@ def _read_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: incomplete checkpoint metadata ({exc})") from None
     if not isinstance(history, list) or epoch != len(history):
         raise CheckpointError(f"{path}: says epoch {epoch} but holds {len(history)} metrics records")
-    model = {key[len("model/"):]: value for key, value in tensors.items() if key.startswith("model/")}
+    model = {key[len("model/") :]: value for key, value in tensors.items() if key.startswith("model/")}
     state = unpack_state({k: v for k, v in tensors.items() if k.startswith("state/")}, skeleton)
-    return Checkpoint(epoch=epoch, config_hash=digest, tensors=model, tensor_metadata=tensor_metadata,
-                      state=state, history=history, task=metadata.get("task", ""))
+    return Checkpoint(
+        epoch=epoch,
+        config_hash=digest,
+        tensors=model,
+        tensor_metadata=tensor_metadata,
+        state=state,
+        history=history,
+        task=metadata.get("task", ""),
+    )
 
 
 def _read_metrics(path: Path) -> list[Any]:
@@ -290,8 +298,9 @@ class RunDir:
             metrics.
     """
 
-    def __init__(self, path: str | Path, *, task: str, outputs: Iterable[str] = (),
-                 sections: Iterable[str] = ()) -> None:
+    def __init__(
+        self, path: str | Path, *, task: str, outputs: Iterable[str] = (), sections: Iterable[str] = ()
+    ) -> None:
         self.path = Path(path)
         self.task = task
         self.outputs = tuple(outputs)
@@ -351,8 +360,15 @@ class RunDir:
     # ------------------------------------------------------------------------------------------- starting
 
     @classmethod
-    def prepare(cls, path: str | Path, *, task: str, outputs: Iterable[str] = (), sections: Iterable[str] = (),
-                overwrite: bool = False) -> RunDir:
+    def prepare(
+        cls,
+        path: str | Path,
+        *,
+        task: str,
+        outputs: Iterable[str] = (),
+        sections: Iterable[str] = (),
+        overwrite: bool = False,
+    ) -> RunDir:
         """Check that a new run may start in ``path``; writes nothing (call :meth:`create` once inputs are valid).
 
         A new run may start when none of its files exist; when the directory is an nmsparse run of the same
@@ -403,17 +419,29 @@ class RunDir:
                 stale.unlink()
         self._stale = []
         # The marker carries the config too: a kill between the two writes leaves a run --resume can restore.
-        marker = {"format": RUN_FORMAT, "task": self.task, "config_hash": config_hash,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nmsparse_version": __version__,
-                  "config": config_text}
+        marker = {
+            "format": RUN_FORMAT,
+            "task": self.task,
+            "config_hash": config_hash,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "nmsparse_version": __version__,
+            "config": config_text,
+        }
         write_text_atomic(self.path / MARKER_FILE, json.dumps(marker, indent=2) + "\n")
         write_text_atomic(self.path / CONFIG_FILE, config_text)
 
     # ------------------------------------------------------------------------------------------- resuming
 
     @classmethod
-    def open_resume(cls, path: str | Path, *, task: str, outputs: Iterable[str] = (),
-                    sections: Iterable[str] = (), overwrite: bool = False) -> RunDir:
+    def open_resume(
+        cls,
+        path: str | Path,
+        *,
+        task: str,
+        outputs: Iterable[str] = (),
+        sections: Iterable[str] = (),
+        overwrite: bool = False,
+    ) -> RunDir:
         """An existing run to continue; read its settings from :meth:`config_path`.
 
         A run that stopped before its first checkpoint resumes from nothing (its first epoch starts again).
@@ -431,17 +459,22 @@ class RunDir:
         if not (run.path / CONFIG_FILE).is_file() and marker is not None and isinstance(marker.get("config"), str):
             write_text_atomic(run.path / CONFIG_FILE, marker["config"])  # killed between marker and config
         if not (run.path / CONFIG_FILE).is_file():
-            raise InputError(f"resume: {run.path} holds no {CONFIG_FILE}; it is not an nmsparse run directory "
-                             f"(start a run there with --out {run.path})")
+            raise InputError(
+                f"resume: {run.path} holds no {CONFIG_FILE}; it is not an nmsparse run directory "
+                f"(start a run there with --out {run.path})"
+            )
         if marker is not None and marker.get("task") not in (task, None):
             raise InputError(f"resume: {run.path} is a {marker.get('task')} run, not a {task} one")
         if (run.path / _LEGACY_STATE_FILE).exists() and not run.checkpoints():
             raise CheckpointError(
                 f"resume: {run.path} was written by an older nmsparse (separate weights and {_LEGACY_STATE_FILE}, "
-                f"not resumable safely); start the run again with --out {run.path} --overwrite")
+                f"not resumable safely); start the run again with --out {run.path} --overwrite"
+            )
         if (run.path / SUMMARY_FILE).exists() and not overwrite:
-            raise OverwriteError(f"resume: the run in {run.path} finished already ({SUMMARY_FILE} is there); "
-                                 f"nothing to resume (pass --overwrite to recompute its summary)")
+            raise OverwriteError(
+                f"resume: the run in {run.path} finished already ({SUMMARY_FILE} is there); "
+                f"nothing to resume (pass --overwrite to recompute its summary)"
+            )
         run.resuming = True
         run.clean_temporaries()
         return run
@@ -477,7 +510,8 @@ class RunDir:
         if config_hash is not None and ckpt.config_hash != config_hash:
             raise CheckpointError(
                 f"{path}: written with other settings (config hash {ckpt.config_hash}, this run's {config_hash}); "
-                f"resume with the run's own {CONFIG_FILE}")
+                f"resume with the run's own {CONFIG_FILE}"
+            )
         metrics_path = folder / METRICS_FILE
         on_disk = _read_metrics(metrics_path)
         common = min(len(on_disk), len(ckpt.history))
@@ -485,7 +519,8 @@ class RunDir:
             if on_disk[index] != ckpt.history[index]:
                 raise CheckpointError(
                     f"{metrics_path}: record {index + 1} disagrees with the checkpoint {path}; the files come from "
-                    f"different runs")
+                    f"different runs"
+                )
         if on_disk != ckpt.history:  # lines past the checkpoint (killed in between) are dropped, missing ones added
             write_text_atomic(metrics_path, _metrics_text(ckpt.history))
         return ckpt

@@ -61,9 +61,18 @@ class UnstructuredSparsifier:
         ConfigError: bad numbers, or no layer that can be selected.
     """
 
-    def __init__(self, model: nn.Module, *, density: float = 0.5, dynamic: bool = True, refresh_every: int = 40,
-                 decay: float = 2e-4, include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-                 keep_first_last: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        density: float = 0.5,
+        dynamic: bool = True,
+        refresh_every: int = 40,
+        decay: float = 2e-4,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        keep_first_last: bool = False,
+    ) -> None:
         if not 0.0 < density < 1.0:
             raise ConfigError(f"UnstructuredSparsifier: density must be in (0, 1), got {density!r}")
         if isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1:
@@ -72,8 +81,9 @@ class UnstructuredSparsifier:
         self.dynamic = bool(dynamic)
         self.refresh_every = refresh_every
         self.decay = float(decay) if self.dynamic else 0.0
-        selection = select_layers(model, LAYER_PATTERN, include=include, exclude=exclude,
-                                  keep_first_last=keep_first_last)
+        selection = select_layers(
+            model, LAYER_PATTERN, include=include, exclude=exclude, keep_first_last=keep_first_last
+        )
         if not selection.selected:
             raise ConfigError(
                 "UnstructuredSparsifier: no layer selected (the same layers as pattern "
@@ -122,10 +132,19 @@ class UnstructuredSparsifier:
 
     def state_dict(self) -> dict[str, Any]:
         """Counters and settings (masks live in the model's state dict)."""
-        return {"version": _STATE_VERSION, "kind": "unstructured", "density": self.density,
-                "dynamic": self.dynamic, "refresh_every": self.refresh_every, "decay": self.decay,
-                "layers": list(self.layers), "steps": self.steps, "refreshes": self.refreshes,
-                "refresh_seconds": self.refresh_seconds, "last_changed": self.last_changed}
+        return {
+            "version": _STATE_VERSION,
+            "kind": "unstructured",
+            "density": self.density,
+            "dynamic": self.dynamic,
+            "refresh_every": self.refresh_every,
+            "decay": self.decay,
+            "layers": list(self.layers),
+            "steps": self.steps,
+            "refreshes": self.refreshes,
+            "refresh_seconds": self.refresh_seconds,
+            "last_changed": self.last_changed,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s counters.

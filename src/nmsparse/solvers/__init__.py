@@ -61,30 +61,83 @@ def _greedy_numba(repair: bool):  # noqa: ANN202 - a MatrixSolver
     return solve
 
 
-register_solver("topn", _topn.topn_matrix, plain=True, exact=True, exactly_n=True,
-                description="per-group top-n; optimal for plain n:m (ties: lower index)")
-register_solver("exact", _exact.enumerate_matrix, transposable=True, ms={4}, exact=True, exactly_n=True,
-                description="optimal mask per 4x4 block among those with exactly n per row and column: scores "
-                            "every valid block mask (24/90/24), on the input's device")
-register_solver("exact", _exact.flow_matrix_numba, backend="numba", transposable=True, ms={8, 16, 32},
-                exact=True, exactly_n=True, priority=10, available=numba_available,
-                description="optimal mask per block with exactly n per row and column: batched min-cost flow "
-                            "compiled with numba, solved on the CPU in float64")
-register_solver("exact", _exact.flow_matrix_python, backend="python", transposable=True, ms={8, 16, 32},
-                exact=True, exactly_n=True, priority=-10,
-                description="the min-cost flow of exact/numba run by the Python interpreter (thousands of times "
-                            "slower; used when numba is missing)")
-register_solver("greedy", _greedy.greedy_matrix, transposable=True,
-                description="the paper's 2-approximation, vectorised torch: at most n per row/column, >= 1/2 "
-                            "of the optimum")
-register_solver("greedy", _greedy_numba(False), backend="numba", transposable=True, devices={"cpu"},
-                priority=10, available=numba_available,
-                description="greedy compiled with numba (bit-equal to greedy/torch)")
-register_solver("greedy-repair", _greedy.greedy_repair_matrix, transposable=True, exactly_n=True,
-                description="greedy, then short rows/columns filled to exactly n by best 3-edge swaps")
-register_solver("greedy-repair", _greedy_numba(True), backend="numba", transposable=True, exactly_n=True,
-                devices={"cpu"}, priority=10, available=numba_available,
-                description="greedy-repair with the numba greedy (bit-equal to greedy-repair/torch)")
+register_solver(
+    "topn",
+    _topn.topn_matrix,
+    plain=True,
+    exact=True,
+    exactly_n=True,
+    description="per-group top-n; optimal for plain n:m (ties: lower index)",
+)
+register_solver(
+    "exact",
+    _exact.enumerate_matrix,
+    transposable=True,
+    ms={4},
+    exact=True,
+    exactly_n=True,
+    description="optimal mask per 4x4 block among those with exactly n per row and column: scores "
+    "every valid block mask (24/90/24), on the input's device",
+)
+register_solver(
+    "exact",
+    _exact.flow_matrix_numba,
+    backend="numba",
+    transposable=True,
+    ms={8, 16, 32},
+    exact=True,
+    exactly_n=True,
+    priority=10,
+    available=numba_available,
+    description="optimal mask per block with exactly n per row and column: batched min-cost flow "
+    "compiled with numba, solved on the CPU in float64",
+)
+register_solver(
+    "exact",
+    _exact.flow_matrix_python,
+    backend="python",
+    transposable=True,
+    ms={8, 16, 32},
+    exact=True,
+    exactly_n=True,
+    priority=-10,
+    description="the min-cost flow of exact/numba run by the Python interpreter (thousands of times "
+    "slower; used when numba is missing)",
+)
+register_solver(
+    "greedy",
+    _greedy.greedy_matrix,
+    transposable=True,
+    description="the paper's 2-approximation, vectorised torch: at most n per row/column, >= 1/2 of the optimum",
+)
+register_solver(
+    "greedy",
+    _greedy_numba(False),
+    backend="numba",
+    transposable=True,
+    devices={"cpu"},
+    priority=10,
+    available=numba_available,
+    description="greedy compiled with numba (bit-equal to greedy/torch)",
+)
+register_solver(
+    "greedy-repair",
+    _greedy.greedy_repair_matrix,
+    transposable=True,
+    exactly_n=True,
+    description="greedy, then short rows/columns filled to exactly n by best 3-edge swaps",
+)
+register_solver(
+    "greedy-repair",
+    _greedy_numba(True),
+    backend="numba",
+    transposable=True,
+    exactly_n=True,
+    devices={"cpu"},
+    priority=10,
+    available=numba_available,
+    description="greedy-repair with the numba greedy (bit-equal to greedy-repair/torch)",
+)
 
 
 # GPU backends (``nmsparse.kernels``: Triton kernels, the on-device exact flow) join the registry here, so
@@ -124,8 +177,11 @@ def _check_result(spec: SolverSpec, mask: object, scores: torch.Tensor, pattern:
         bad = count != n if spec.exactly_n else count > n
         if bool(bad.any()):
             first = int(bad.reshape(-1).nonzero()[0])
-            where_bad = (f"block {first // m}, {what} {first % m}" if pattern.transposable
-                         else f"group {first} (row {first * m // scores.shape[1]})")
+            where_bad = (
+                f"block {first // m}, {what} {first % m}"
+                if pattern.transposable
+                else f"group {first} (row {first * m // scores.shape[1]})"
+            )
             raise SolverError(
                 f"{where} an invalid {pattern} mask: {int(bad.sum())} {what}(s) break '{rule} {n} of {m}' "
                 f"(first: {where_bad} keeps {int(count.reshape(-1)[first])}); {bug}"
@@ -133,9 +189,15 @@ def _check_result(spec: SolverSpec, mask: object, scores: torch.Tensor, pattern:
     return mask
 
 
-def find_mask(weight: torch.Tensor, pattern: PatternLike, *, method: Method | str = "auto",
-              backend: Backend | str = "auto", scores: torch.Tensor | None = None,
-              progress: bool | None = None) -> torch.Tensor:
+def find_mask(
+    weight: torch.Tensor,
+    pattern: PatternLike,
+    *,
+    method: Method | str = "auto",
+    backend: Backend | str = "auto",
+    scores: torch.Tensor | None = None,
+    progress: bool | None = None,
+) -> torch.Tensor:
     """Find an n:m or transposable n:m mask for a Linear, Conv1d or Conv2d weight.
 
     The importance of each weight is ``|weight|`` (or ``scores`` when given); the mask keeps as much of it as the
@@ -186,14 +248,16 @@ def find_mask(weight: torch.Tensor, pattern: PatternLike, *, method: Method | st
     if not isinstance(method, str):
         raise ConfigError(f"find_mask: method must be a string, one of {list_methods()}; got {method!r}")
     if not isinstance(backend, str):
-        raise ConfigError(f"find_mask: backend must be a string, 'auto' or one of {available_backends()}; "
-                          f"got {backend!r}")
+        raise ConfigError(
+            f"find_mask: backend must be a string, 'auto' or one of {available_backends()}; got {backend!r}"
+        )
     weight = check_tensor(weight, "weight", "find_mask", floating=True, finite=True)
     if weight.dim() == 3:  # nn.Conv1d [out, in, k]: the Conv2d [out, in, 1, k] (groups along input channels)
         if isinstance(scores, torch.Tensor) and scores.dim() == 3:
             scores = scores.unsqueeze(2)
-        return find_mask(weight.unsqueeze(2), pattern, method=method, backend=backend, scores=scores,
-                         progress=progress).squeeze(2)
+        return find_mask(
+            weight.unsqueeze(2), pattern, method=method, backend=backend, scores=scores, progress=progress
+        ).squeeze(2)
     method = normalize_method(method, pattern)
     if scores is None:
         importance = weight.detach().abs()

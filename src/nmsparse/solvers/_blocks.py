@@ -13,8 +13,15 @@ from ..layout import from_blocks, to_blocks
 CHUNK_BLOCKS = 1 << 16
 
 
-def solve_blocks(scores: torch.Tensor, m: int, block_fn: Callable[[torch.Tensor], torch.Tensor], *,
-                 desc: str, progress_bar: bool | None = None, chunk: int = CHUNK_BLOCKS) -> torch.Tensor:
+def solve_blocks(
+    scores: torch.Tensor,
+    m: int,
+    block_fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    desc: str,
+    progress_bar: bool | None = None,
+    chunk: int = CHUNK_BLOCKS,
+) -> torch.Tensor:
     """Apply ``block_fn`` (``[B, m, m]`` scores -> ``[B, m, m]`` bool) to all blocks of ``scores [rows, K]``."""
     rows, cols = scores.shape
     blocks = to_blocks(scores, m).contiguous()  # (B, m, m)
@@ -23,5 +30,5 @@ def solve_blocks(scores: torch.Tensor, m: int, block_fn: Callable[[torch.Tensor]
     starts = range(0, total, chunk)
     show = progress_bar if progress_bar is not None else (None if total > 4 * chunk else False)
     for start in progress(starts, desc=desc, total=len(starts), enabled=show, unit="chunk"):
-        out[start:start + chunk] = block_fn(blocks[start:start + chunk])
+        out[start : start + chunk] = block_fn(blocks[start : start + chunk])
     return from_blocks(out, rows, cols)

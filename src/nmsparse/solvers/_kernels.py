@@ -77,36 +77,79 @@ def register_gpu_solvers() -> list[str]:
         return []
     devices = {"cuda", "cpu"} if triton_interpret() else {"cuda"}
     specs: list[tuple[str, Any, dict[str, Any]]] = [
-        ("topn", _topn_triton, dict(plain=True, ms=set(range(2, _TOPN_TRITON_MAX_M + 1)), exact=True,
-                                    exactly_n=True, description="per-group top-n, Triton (bit-equal to topn/torch)")),
-        ("exact", _exact_triton, dict(transposable=True, ms={4, *_FLOW_TRITON_MS}, exact=True, exactly_n=True,
-                                      description="optimal n:m-T in Triton: m=4 one pass scoring every valid 4x4 "
-                                                  "mask in float64, m=8/16 a min-cost flow in registers (both "
-                                                  "bit-equal to their torch twins)")),
-        ("greedy", _greedy_triton, dict(transposable=True, ms=set(_GREEDY_TRITON_MS),
-                                        description="greedy 2-approximation, Triton, one block's scores in "
-                                                    "registers (bit-equal to greedy/torch)")),
+        (
+            "topn",
+            _topn_triton,
+            dict(
+                plain=True,
+                ms=set(range(2, _TOPN_TRITON_MAX_M + 1)),
+                exact=True,
+                exactly_n=True,
+                description="per-group top-n, Triton (bit-equal to topn/torch)",
+            ),
+        ),
+        (
+            "exact",
+            _exact_triton,
+            dict(
+                transposable=True,
+                ms={4, *_FLOW_TRITON_MS},
+                exact=True,
+                exactly_n=True,
+                description="optimal n:m-T in Triton: m=4 one pass scoring every valid 4x4 "
+                "mask in float64, m=8/16 a min-cost flow in registers (both "
+                "bit-equal to their torch twins)",
+            ),
+        ),
+        (
+            "greedy",
+            _greedy_triton,
+            dict(
+                transposable=True,
+                ms=set(_GREEDY_TRITON_MS),
+                description="greedy 2-approximation, Triton, one block's scores in "
+                "registers (bit-equal to greedy/torch)",
+            ),
+        ),
     ]
     # Under the interpreter (CPU tests) the kernels stay reachable with backend="triton" but "auto" never prefers
     # them: interpreted Triton is orders of magnitude slower than the CPU solvers.
     priority = -10 if triton_interpret() else 20
     labels = []
     for name, fn, kwargs in specs:
-        register_solver(name, fn, backend="triton", devices=devices, dtypes=_DTYPES, priority=priority,
-                        available=_triton_available, replace=True, **kwargs)
+        register_solver(
+            name,
+            fn,
+            backend="triton",
+            devices=devices,
+            dtypes=_DTYPES,
+            priority=priority,
+            available=_triton_available,
+            replace=True,
+            **kwargs,
+        )
         labels.append(f"{name}/triton")
-    register_solver("exact", kernels.flow_matrix_torch, backend="torch-flow", transposable=True, ms={8, 16, 32},
-                    exact=True, exactly_n=True, priority=5, replace=True,
-                    description="optimal n:m-T by a batched min-cost flow in torch ops, on the GPU (same optimum "
-                                "as exact/numba)")
+    register_solver(
+        "exact",
+        kernels.flow_matrix_torch,
+        backend="torch-flow",
+        transposable=True,
+        ms={8, 16, 32},
+        exact=True,
+        exactly_n=True,
+        priority=5,
+        replace=True,
+        description="optimal n:m-T by a batched min-cost flow in torch ops, on the GPU (same optimum as exact/numba)",
+    )
     labels.append("exact/torch-flow")
     _REGISTERED = True
     _REGISTERED_INTERPRET = triton_interpret()
     return labels
 
 
-def _kernel_alias(method: str, scores: torch.Tensor, n: int, m: int, transposable: bool, absolute: bool,
-                  backend: str) -> torch.Tensor:
+def _kernel_alias(
+    method: str, scores: torch.Tensor, n: int, m: int, transposable: bool, absolute: bool, backend: str
+) -> torch.Tensor:
     """The deprecated ``nmsparse.kernels.<fn>(backend=...)`` through ``find_mask``: their ``"torch"`` is the
     torch backend of the method (``torch-flow`` for exact with m >= 8), their ``"auto"`` Triton for CUDA tensors
     where it can run, else torch."""

@@ -61,8 +61,13 @@ def _pool(size: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-def run_split(solve: Callable[[int, int], None], nblocks: int, *, threads: int | None = None,
-              min_blocks: int = MIN_BLOCKS_PER_THREAD) -> None:
+def run_split(
+    solve: Callable[[int, int], None],
+    nblocks: int,
+    *,
+    threads: int | None = None,
+    min_blocks: int = MIN_BLOCKS_PER_THREAD,
+) -> None:
     """Call ``solve(start, stop)`` on contiguous slices covering ``range(nblocks)`` from up to ``threads`` threads.
 
     ``solve`` must release the GIL (a ``nogil`` numba kernel on slices of the batch) and write disjoint outputs.
@@ -114,6 +119,7 @@ def start_build(name: str, build: Callable[[], object]) -> None:
     with _LOCK:
         thread = _BUILDS.get(name)
         if thread is None:
+
             def run() -> None:
                 try:
                     build()

@@ -17,9 +17,13 @@ __all__ = ["warmup", "DEFAULT_WARMUP_PATTERNS"]
 DEFAULT_WARMUP_PATTERNS = ("2:4", "2:4-T", "4:8-T", "8:16-T")
 
 
-def warmup(patterns: Iterable[PatternLike] | None = None, methods: Iterable[str] | None = None, *,
-           device: str | torch.device = "cpu",
-           dtypes: Iterable[torch.dtype] = (torch.float32,)) -> dict[str, float]:
+def warmup(
+    patterns: Iterable[PatternLike] | None = None,
+    methods: Iterable[str] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtypes: Iterable[torch.dtype] = (torch.float32,),
+) -> dict[str, float]:
     """Run every registered solver that can take each pattern once on a tiny input, so that compiled kernels
     (numba: compiled, or loaded from its on-disk cache; GPU backends: JIT-compiled) are ready before timed
     work, such as the first mask refresh of a training run.

@@ -52,9 +52,7 @@ def valid_block_masks(m: int, n: int) -> torch.Tensor:
         [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
     """
     if not 2 <= m <= MAX_ENUM_M:
-        raise PatternError(
-            f"valid_block_masks: need 2 <= m <= {MAX_ENUM_M}, got {m}; use exact_blocks for larger m"
-        )
+        raise PatternError(f"valid_block_masks: need 2 <= m <= {MAX_ENUM_M}, got {m}; use exact_blocks for larger m")
     if not 1 <= n < m:
         raise PatternError(f"valid_block_masks: need 1 <= n < m, got n={n}, m={m}")
     return _valid_block_masks_cpu(m, n).clone()

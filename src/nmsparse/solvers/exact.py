@@ -48,8 +48,16 @@ from ._blocks import solve_blocks
 from ._threads import run_split, start_build
 from .enumerate import MAX_ENUM_M, enumerate_blocks
 
-__all__ = ["exact_matrix", "exact_blocks", "flow_blocks", "flow_kernel", "KERNEL_INFO", "enumerate_matrix",
-           "flow_matrix_numba", "flow_matrix_python"]
+__all__ = [
+    "exact_matrix",
+    "exact_blocks",
+    "flow_blocks",
+    "flow_kernel",
+    "KERNEL_INFO",
+    "enumerate_matrix",
+    "flow_matrix_numba",
+    "flow_matrix_python",
+]
 
 # The kernel's loop over runs of blocks is serial (``range``); threads split the blocks instead (issue 16: a
 # ``numba.prange`` kernel took three times longer to compile, which every fresh machine paid on its first mask).
@@ -295,7 +303,7 @@ def _flow_blocks_np(blocks: np.ndarray, n: int, out: np.ndarray) -> None:
     order = np.argsort(-s, axis=2, kind="stable")  # top-n of every row, ties to the lower column
     x = np.zeros(s.shape, dtype=np.bool_)
     np.put_along_axis(x, order[:, :, :n], True, axis=2)
-    pr = np.take_along_axis(s, order[:, :, n:n + 1], axis=2)[:, :, 0].copy()  # the best unkept score
+    pr = np.take_along_axis(s, order[:, :, n : n + 1], axis=2)[:, :, 0].copy()  # the best unkept score
     pc = np.zeros((nblocks, m))
     deg = x.sum(axis=1)
     excess = np.maximum(deg - n, 0).sum(axis=1)
@@ -430,8 +438,13 @@ def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False, compiled
     """
     device = blocks.device
     nblocks, m, _ = blocks.shape
-    if (compiled and _KERNEL is None and not at_most and nblocks * m ** 3 <= _TWIN_WORK
-            and importlib.util.find_spec("numba") is not None):
+    if (
+        compiled
+        and _KERNEL is None
+        and not at_most
+        and nblocks * m**3 <= _TWIN_WORK
+        and importlib.util.find_spec("numba") is not None
+    ):
         # numba's compile takes seconds: answer with the kernel's bit-equal numpy twin, then compile in the
         # background (issue 16). A bigger first call waits for the compiler instead: its share of the wait is less.
         array = blocks.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
@@ -443,14 +456,14 @@ def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False, compiled
     out = np.empty((nblocks, m, m), dtype=np.bool_)
     step = max(1, _KERNEL_VALUES // (m * m))
     for start in range(0, nblocks, step):
-        chunk = blocks[start:start + step].detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
-        part = out[start:start + step]
+        chunk = blocks[start : start + step].detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
+        part = out[start : start + step]
 
         def solve(a: int, b: int, chunk: np.ndarray = chunk, part: np.ndarray = part) -> None:
             kernel(chunk[a:b], n, bool(at_most), part[a:b])
 
         if compiled:  # a slice of at least ~0.1 ms of work: an m x m block costs about m**3 / 100 us
-            run_split(solve, chunk.shape[0], min_blocks=max(1, 16384 // m ** 3))
+            run_split(solve, chunk.shape[0], min_blocks=max(1, 16384 // m**3))
         else:  # the interpreter holds the GIL: threads would only take turns
             solve(0, chunk.shape[0])
     return torch.from_numpy(out).to(device)
@@ -541,15 +554,21 @@ def exact_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None
 def enumerate_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
     """``exact/torch``: optimal ``m = 4`` transposable mask of a ``[rows, K]`` matrix by enumeration."""
     n = pattern.n
-    return solve_blocks(scores, pattern.m, lambda blocks: enumerate_blocks(blocks, n),
-                        desc=f"exact {pattern} masks", progress_bar=progress)
+    return solve_blocks(
+        scores,
+        pattern.m,
+        lambda blocks: enumerate_blocks(blocks, n),
+        desc=f"exact {pattern} masks",
+        progress_bar=progress,
+    )
 
 
 def flow_matrix_numba(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
     """``exact/numba``: optimal transposable mask of a ``[rows, K]`` matrix by the compiled min-cost flow."""
     n = pattern.n
-    return solve_blocks(scores, pattern.m, lambda blocks: flow_blocks(blocks, n),
-                        desc=f"exact {pattern} masks", progress_bar=progress)
+    return solve_blocks(
+        scores, pattern.m, lambda blocks: flow_blocks(blocks, n), desc=f"exact {pattern} masks", progress_bar=progress
+    )
 
 
 _PYTHON_WARNED = False
@@ -567,5 +586,10 @@ def flow_matrix_python(scores: torch.Tensor, pattern: NMPattern, progress: bool 
             stacklevel=3,
         )
     n = pattern.n
-    return solve_blocks(scores, pattern.m, lambda blocks: flow_blocks(blocks, n, compiled=False),
-                        desc=f"exact {pattern} masks (python)", progress_bar=progress)
+    return solve_blocks(
+        scores,
+        pattern.m,
+        lambda blocks: flow_blocks(blocks, n, compiled=False),
+        desc=f"exact {pattern} masks (python)",
+        progress_bar=progress,
+    )

@@ -83,8 +83,9 @@ def repair_blocks(blocks: torch.Tensor, keep: torch.Tensor, n: int) -> torch.Ten
         keep[short] = k
 
 
-def blockwise_greedy(block_greedy: Callable[[torch.Tensor, int], torch.Tensor], *, repair: bool,
-                     label: str) -> Callable[[torch.Tensor, NMPattern, bool | None], torch.Tensor]:
+def blockwise_greedy(
+    block_greedy: Callable[[torch.Tensor, int], torch.Tensor], *, repair: bool, label: str
+) -> Callable[[torch.Tensor, NMPattern, bool | None], torch.Tensor]:
     """A matrix solver from a per-block greedy function (``repair``: then fill to exactly ``n``)."""
 
     def solve(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:

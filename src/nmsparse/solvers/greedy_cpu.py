@@ -103,8 +103,7 @@ def greedy_blocks_cpu(blocks: torch.Tensor, n: int) -> torch.Tensor:
     build = f"greedy-{array.dtype.name}"
     if not build_done(build):  # the first call answers first, then starts the compile
         if importlib.util.find_spec("numba") is None:
-            warnings.warn("numba is not installed: greedy masks use the slower vectorised torch path",
-                          stacklevel=2)
+            warnings.warn("numba is not installed: greedy masks use the slower vectorised torch path", stacklevel=2)
             return greedy_blocks(blocks, n)
         keep_torch = greedy_blocks(blocks, n)
         start_build(build, functools.partial(_compile, array.dtype))
@@ -115,6 +114,7 @@ def greedy_blocks_cpu(blocks: torch.Tensor, n: int) -> torch.Tensor:
         return greedy_blocks(blocks, n)
     keep = np.zeros(array.shape, dtype=np.bool_)
     if array.shape[0]:
+
         def solve(a: int, b: int) -> None:
             kernel(array[a:b], n, keep[a:b])
 

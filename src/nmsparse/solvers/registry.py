@@ -142,12 +142,23 @@ class SolverSpec:
 _SOLVERS: dict[tuple[str, str], SolverSpec] = {}
 
 
-def register_solver(name: str, fn: MatrixSolver, *, backend: str = "torch", plain: bool = False,
-                    transposable: bool = False, ms: Collection[int] | None = None,
-                    devices: Collection[str] | None = None,
-                    dtypes: Collection[torch.dtype] = (torch.float32, torch.float64), exact: bool = False,
-                    exactly_n: bool = False, priority: int = 0, available: Callable[[], bool] | None = None,
-                    description: str = "", replace: bool = False) -> SolverSpec:
+def register_solver(
+    name: str,
+    fn: MatrixSolver,
+    *,
+    backend: str = "torch",
+    plain: bool = False,
+    transposable: bool = False,
+    ms: Collection[int] | None = None,
+    devices: Collection[str] | None = None,
+    dtypes: Collection[torch.dtype] = (torch.float32, torch.float64),
+    exact: bool = False,
+    exactly_n: bool = False,
+    priority: int = 0,
+    available: Callable[[], bool] | None = None,
+    description: str = "",
+    replace: bool = False,
+) -> SolverSpec:
     """Register ``fn`` as backend ``backend`` of mask method ``name`` (see the module docstring).
 
     Returns:
@@ -183,10 +194,21 @@ def register_solver(name: str, fn: MatrixSolver, *, backend: str = "torch", plai
     key = (name, backend)
     if key in _SOLVERS and not replace:
         raise ConfigError(f"{where}: {name}/{backend} is already registered; pass replace=True to replace it")
-    spec = SolverSpec(name=name, backend=backend, fn=fn, plain=bool(plain), transposable=bool(transposable),
-                      ms=ms, devices=None if devices is None else frozenset(devices), dtypes=dtype_tuple,
-                      exact=bool(exact), exactly_n=bool(exactly_n), priority=int(priority), available=available,
-                      description=description)
+    spec = SolverSpec(
+        name=name,
+        backend=backend,
+        fn=fn,
+        plain=bool(plain),
+        transposable=bool(transposable),
+        ms=ms,
+        devices=None if devices is None else frozenset(devices),
+        dtypes=dtype_tuple,
+        exact=bool(exact),
+        exactly_n=bool(exactly_n),
+        priority=int(priority),
+        available=available,
+        description=description,
+    )
     _SOLVERS[key] = spec
     return spec
 
@@ -250,8 +272,13 @@ def available_backends(device: str | torch.device | None = None) -> list[str]:
         True
     """
     kind = None if device is None else torch.device(device).type
-    return sorted({spec.backend for spec in _SOLVERS.values()
-                   if (kind is None or spec.devices is None or kind in spec.devices) and spec.is_available()})
+    return sorted(
+        {
+            spec.backend
+            for spec in _SOLVERS.values()
+            if (kind is None or spec.devices is None or kind in spec.devices) and spec.is_available()
+        }
+    )
 
 
 def select_solver(method: str, backend: str, pattern: NMPattern, device: str, dtype: torch.dtype) -> SolverSpec:
@@ -273,8 +300,7 @@ def select_solver(method: str, backend: str, pattern: NMPattern, device: str, dt
         if not runnable:
             detail = "; ".join(f"{b}: {r}" for b, r in reasons.items())
             raise BackendUnavailableError(
-                f"find_mask: no backend can run {request} ({detail}); pick another method "
-                f"(registered: {_labels()})"
+                f"find_mask: no backend can run {request} ({detail}); pick another method (registered: {_labels()})"
             )
         return max(runnable, key=lambda s: s.priority)  # max keeps the first of equal priorities
     if not isinstance(backend, str):
@@ -338,8 +364,14 @@ class ResolvedSolver:
         return self.spec.fn(scores, self.pattern, progress)
 
 
-def resolve(method: str, pattern: NMPattern | str, device: torch.device | str,
-            dtype: torch.dtype = torch.float32, *, backend: str = "auto") -> ResolvedSolver:
+def resolve(
+    method: str,
+    pattern: NMPattern | str,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    *,
+    backend: str = "auto",
+) -> ResolvedSolver:
     """Validate a request once and return its solver as a plain callable ``scores [rows, K] -> mask``.
 
     For inner loops that solve many matrices of one layer (e.g. SparseGPT, once per block of columns for all

@@ -26,5 +26,5 @@ def topn_matrix(scores: torch.Tensor, pattern: NMPattern, progress: bool | None 
     groups = scores.reshape(-1, pattern.m)
     out = torch.empty(groups.shape, dtype=torch.bool, device=scores.device)
     for start in range(0, groups.shape[0], _CHUNK_GROUPS):
-        out[start:start + _CHUNK_GROUPS] = topn_groups(groups[start:start + _CHUNK_GROUPS], pattern.n)
+        out[start : start + _CHUNK_GROUPS] = topn_groups(groups[start : start + _CHUNK_GROUPS], pattern.n)
     return out.reshape(scores.shape)

@@ -21,8 +21,15 @@ from torch import nn
 from ...errors import ConfigError
 from ...pattern import NMPattern
 
-__all__ = ["LayerMethod", "Layer", "LayerSolution", "register_method", "unregister_method", "get_method",
-           "list_algorithms"]
+__all__ = [
+    "LayerMethod",
+    "Layer",
+    "LayerSolution",
+    "register_method",
+    "unregister_method",
+    "get_method",
+    "list_algorithms",
+]
 
 Statistics = Literal["gram", "targets"]
 
@@ -99,12 +106,19 @@ def _default_solve_bytes(rows: int, cols: int, itemsize: int) -> int:
     return 3 * rows * cols * itemsize + rows * cols
 
 
-def register_method(name: str, solve: Callable[[Layer], LayerSolution], *, options: Any,
-                    statistics: Statistics = "gram", layerwise: bool = False, needs_calibration: bool = True,
-                    solve_bytes: Callable[[int, int, int], int] | None = None,
-                    dense_targets: Callable[[Any], bool] | None = None,
-                    make_statistics: Callable[..., Any] | None = None,
-                    statistics_bytes: Callable[[int, int, int, bool], int] | None = None) -> None:
+def register_method(
+    name: str,
+    solve: Callable[[Layer], LayerSolution],
+    *,
+    options: Any,
+    statistics: Statistics = "gram",
+    layerwise: bool = False,
+    needs_calibration: bool = True,
+    solve_bytes: Callable[[int, int, int], int] | None = None,
+    dense_targets: Callable[[Any], bool] | None = None,
+    make_statistics: Callable[..., Any] | None = None,
+    statistics_bytes: Callable[[int, int, int, bool], int] | None = None,
+) -> None:
     """Register a per-layer algorithm for :func:`nmsparse.prune_oneshot_` (``algorithm=name``).
 
     Args:
@@ -124,13 +138,25 @@ def register_method(name: str, solve: Callable[[Layer], LayerSolution], *, optio
     """
     if name in _METHODS:
         raise ConfigError(f"register_method: algorithm {name!r} is already registered; unregister_method it first")
-    if statistics not in ("gram", "targets") or (statistics == "targets" and None in (make_statistics,
-                                                                                        statistics_bytes)):
-        raise ConfigError(f"register_method: statistics must be 'gram', or 'targets' with make_statistics and "
-                          f"statistics_bytes; got {statistics!r}")
-    _METHODS[name] = LayerMethod(name, solve, options, statistics, layerwise, needs_calibration,
-                                 solve_bytes or _default_solve_bytes, dense_targets or (lambda _options: False),
-                                 make_statistics, statistics_bytes)
+    if statistics not in ("gram", "targets") or (
+        statistics == "targets" and None in (make_statistics, statistics_bytes)
+    ):
+        raise ConfigError(
+            f"register_method: statistics must be 'gram', or 'targets' with make_statistics and "
+            f"statistics_bytes; got {statistics!r}"
+        )
+    _METHODS[name] = LayerMethod(
+        name,
+        solve,
+        options,
+        statistics,
+        layerwise,
+        needs_calibration,
+        solve_bytes or _default_solve_bytes,
+        dense_targets or (lambda _options: False),
+        make_statistics,
+        statistics_bytes,
+    )
 
 
 def unregister_method(name: str) -> None:
@@ -141,8 +167,10 @@ def unregister_method(name: str) -> None:
 def get_method(name: object, *, where: str = "prune_oneshot_") -> LayerMethod:
     """The registered algorithm ``name``; :class:`ConfigError` listing the choices otherwise."""
     if not isinstance(name, str) or name not in _METHODS:
-        raise ConfigError(f"{where}: algorithm must be one of {list_algorithms()}, got {name!r}; register new ones "
-                          f"with nmsparse.oneshot.register_method")
+        raise ConfigError(
+            f"{where}: algorithm must be one of {list_algorithms()}, got {name!r}; register new ones "
+            f"with nmsparse.oneshot.register_method"
+        )
     return _METHODS[name]
 
 

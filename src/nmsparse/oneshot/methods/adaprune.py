@@ -34,30 +34,49 @@ class AdaPruneOptions(ConfigBase):
     """Settings of AdaPrune's per-layer step (defaults: those of :func:`nmsparse.adaprune_`)."""
 
     scores: Literal["magnitude", "activation"] = config_field(
-        "magnitude", help="mask importance: |w|, or |w| * ||x|| of the input column on the calibration data",
-        group="fit")
+        "magnitude",
+        help="mask importance: |w|, or |w| * ||x|| of the input column on the calibration data",
+        group="fit",
+    )
     optimizer: Literal["cg", "adam"] = config_field(
-        "cg", help="per-layer fit with the mask fixed: cg (conjugate gradients on the exact quadratic) or adam "
-                   "(the paper)", group="fit")
+        "cg",
+        help="per-layer fit with the mask fixed: cg (conjugate gradients on the exact quadratic) or adam (the paper)",
+        group="fit",
+    )
     iterations: int = config_field(
-        50, help="steps per layer: CG iterations (stops early once converged) or Adam steps (the paper: 1000); "
-                 "0: masks with absorb-mean only", metavar="N", group="fit")
+        50,
+        help="steps per layer: CG iterations (stops early once converged) or Adam steps (the paper: 1000); "
+        "0: masks with absorb-mean only",
+        metavar="N",
+        group="fit",
+    )
     damping: float = config_field(
-        0.1, help="cg: ridge pull towards the masked start, relative to each input's power (regularises the fit "
-                  "to a small calibration set)", metavar="X", group="fit")
+        0.1,
+        help="cg: ridge pull towards the masked start, relative to each input's power (regularises the fit "
+        "to a small calibration set)",
+        metavar="X",
+        group="fit",
+    )
     batch_size: int | None = config_field(
-        None, help="adam: calibration samples per step (the paper: 50); none: exact full-batch steps",
-        metavar="N", group="fit")
+        None,
+        help="adam: calibration samples per step (the paper: 50); none: exact full-batch steps",
+        metavar="N",
+        group="fit",
+    )
     lr: float = config_field(1e-3, help="adam: learning rate of the weights", metavar="X", group="fit")
     bias_lr: float = config_field(1e-2, help="adam: learning rate of the bias", metavar="X", group="fit")
     absorb_mean: bool = config_field(
-        True, help="share each group's pruned sum among its kept weights before fitting", group="fit")
+        True, help="share each group's pruned sum among its kept weights before fitting", group="fit"
+    )
     validation: float = config_field(
-        0.0, help="share of calibration rows held out to pick the best iterate (0: all rows)", metavar="X",
-        group="fit")
+        0.0, help="share of calibration rows held out to pick the best iterate (0: all rows)", metavar="X", group="fit"
+    )
     target: Literal["model", "layer"] = config_field(
-        "model", help="sequential target: the dense model's output of the layer (keeps a dense copy of the "
-                      "block) or the layer's own dense output on its pruned-path input", group="recording")
+        "model",
+        help="sequential target: the dense model's output of the layer (keeps a dense copy of the "
+        "block) or the layer's own dense output on its pruned-path input",
+        group="recording",
+    )
     seed: int = config_field(0, help="seed of row subsets and mini-batch order", metavar="N", group="recording")
 
     _constraints = {
@@ -106,9 +125,20 @@ class LayerStatistics:
         (100, (1, 8, 8))
     """
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool, groups: int = 1,
-                 device: torch.device | str | None = None, capacity: int = 0, keep_fraction: float = 1.0,
-                 validation: float = 0.0, seed: int = 0, name: str = "layer") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool,
+        groups: int = 1,
+        device: torch.device | str | None = None,
+        capacity: int = 0,
+        keep_fraction: float = 1.0,
+        validation: float = 0.0,
+        seed: int = 0,
+        name: str = "layer",
+    ) -> None:
         self.name = name
         self.k, self.out, self.groups, self.bias = int(in_features), int(out_features), int(groups), bool(bias)
         g, w, o = self.groups, self.width, self.out
@@ -180,8 +210,8 @@ class LayerStatistics:
                 generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._chunk)
                 index = torch.randperm(count, generator=generator)[:keep].to(x_rows.device)
                 x_rows, y_rows = x_rows[index], y_rows[index]
-            self._x[self._filled:self._filled + keep] = x_rows
-            self._y[self._filled:self._filled + keep] = y_rows
+            self._x[self._filled : self._filled + keep] = x_rows
+            self._y[self._filled : self._filled + keep] = y_rows
             self._filled += keep
         self._chunk += 1
 
@@ -263,18 +293,28 @@ def _selection(stats: LayerStatistics) -> tuple[bool, torch.Tensor, torch.Tensor
     return held_out, gram_fit, cross_fit, gram_sel, cross_sel
 
 
-def _finish(stats: LayerStatistics, start: torch.Tensor, best_w: torch.Tensor, best_it: int, iterations: int,
-            error_start: float) -> FitResult:
+def _finish(
+    stats: LayerStatistics, start: torch.Tensor, best_w: torch.Tensor, best_it: int, iterations: int, error_start: float
+) -> FitResult:
     error_best = stats.error(best_w)
     if error_best > error_start:  # float32 ranking noise near the start, or a held-out pick: keep the start
-        return FitResult(start.clone(), error_start, error_start, 0, iterations, in_features=stats.k,
-                         has_bias=stats.bias)
-    return FitResult(best_w, error_start, error_best, best_it, iterations, in_features=stats.k,
-                     has_bias=stats.bias)
+        return FitResult(
+            start.clone(), error_start, error_start, 0, iterations, in_features=stats.k, has_bias=stats.bias
+        )
+    return FitResult(best_w, error_start, error_best, best_it, iterations, in_features=stats.k, has_bias=stats.bias)
 
 
-def optimise_adam(stats: LayerStatistics, start: torch.Tensor, mask_aug: torch.Tensor, *, iterations: int,
-                  batch_rows: int | None, lr: float, bias_lr: float, seed: int) -> FitResult:
+def optimise_adam(
+    stats: LayerStatistics,
+    start: torch.Tensor,
+    mask_aug: torch.Tensor,
+    *,
+    iterations: int,
+    batch_rows: int | None,
+    lr: float,
+    bias_lr: float,
+    seed: int,
+) -> FitResult:
     """Adam on the masked augmented weights ``[g, o, w]`` from ``start``, keeping the best iterate.
 
     Full batch (``batch_rows=None``): the exact gradient ``2 (W G - C^T) / (rows * outputs)`` from the
@@ -328,7 +368,7 @@ def optimise_adam(stats: LayerStatistics, start: torch.Tensor, mask_aug: torch.T
             if perm is None or cursor + batch_rows > perm.numel():
                 perm = torch.randperm(x_all.shape[0], generator=generator).to(x_all.device)
                 cursor = 0
-            index = perm[cursor:cursor + batch_rows]
+            index = perm[cursor : cursor + batch_rows]
             cursor += batch_rows
             xb, yb = x_all[index].transpose(0, 1), y_all[index].transpose(0, 1)  # [g, r, w], [g, r, o]
             resid = xb @ w.transpose(1, 2) - yb  # [g, r, o]
@@ -344,8 +384,15 @@ def optimise_adam(stats: LayerStatistics, start: torch.Tensor, mask_aug: torch.T
     return _finish(stats, start, best_w, best_it, iterations, error_start)
 
 
-def optimise_cg(stats: LayerStatistics, start: torch.Tensor, mask_aug: torch.Tensor, *, iterations: int,
-                damping: float, tol: float = 1e-4) -> FitResult:
+def optimise_cg(
+    stats: LayerStatistics,
+    start: torch.Tensor,
+    mask_aug: torch.Tensor,
+    *,
+    iterations: int,
+    damping: float,
+    tol: float = 1e-4,
+) -> FitResult:
     """Preconditioned conjugate gradients on the masked quadratic, one problem per output row, from ``start``.
 
     Minimises ``tr(W G W^T) - 2 tr(W C) + lam * sum_j d_j ||W[:, j] - start[:, j]||^2`` over the kept entries,
@@ -416,9 +463,17 @@ def _augment(weight: torch.Tensor, bias: torch.Tensor | None, stats: LayerStatis
     return torch.cat([natural, bias.reshape(stats.groups, stats.out, 1)], dim=2).contiguous()
 
 
-def fit_layer(weight: torch.Tensor, mask: torch.Tensor, stats: LayerStatistics, config: Any, *,
-              bias: torch.Tensor | None = None, batch_rows: int | None = None, seed: int = 0,
-              m: int | None = None) -> FitResult:
+def fit_layer(
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    stats: LayerStatistics,
+    config: Any,
+    *,
+    bias: torch.Tensor | None = None,
+    batch_rows: int | None = None,
+    seed: int = 0,
+    m: int | None = None,
+) -> FitResult:
     """Fit one layer's kept weights (and bias) to its calibration targets with the mask fixed.
 
     The start is ``weight * mask``, with absorb-mean when ``config.absorb_mean`` (each group of ``m``
@@ -462,14 +517,17 @@ def fit_layer(weight: torch.Tensor, mask: torch.Tensor, stats: LayerStatistics, 
         (True, True)
     """
     if tuple(mask.shape) != tuple(weight.shape):
-        raise ShapeError(f"fit_layer: mask shape {tuple(mask.shape)} differs from weight shape "
-                         f"{tuple(weight.shape)}")
+        raise ShapeError(f"fit_layer: mask shape {tuple(mask.shape)} differs from weight shape {tuple(weight.shape)}")
     if weight.numel() != stats.groups * stats.out * stats.k:
-        raise ShapeError(f"fit_layer: weight {tuple(weight.shape)} does not match statistics of "
-                         f"{stats.groups} group(s) x {stats.out} outputs x {stats.k} inputs")
+        raise ShapeError(
+            f"fit_layer: weight {tuple(weight.shape)} does not match statistics of "
+            f"{stats.groups} group(s) x {stats.out} outputs x {stats.k} inputs"
+        )
     if (bias is not None) != stats.bias:
-        raise ShapeError("fit_layer: pass bias exactly when the statistics were built with bias=True "
-                         f"(statistics: bias={stats.bias}, bias given: {bias is not None})")
+        raise ShapeError(
+            "fit_layer: pass bias exactly when the statistics were built with bias=True "
+            f"(statistics: bias={stats.bias}, bias given: {bias is not None})"
+        )
     if bias is not None and bias.numel() != stats.groups * stats.out:
         raise ShapeError(f"fit_layer: bias has {bias.numel()} values for {stats.groups * stats.out} outputs")
     weight = weight.detach().float()
@@ -482,12 +540,30 @@ def fit_layer(weight: torch.Tensor, mask: torch.Tensor, stats: LayerStatistics, 
     start_aug = _augment(start, bias, stats)
     if config.optimizer == "cg":
         return optimise_cg(stats, start_aug, mask_aug, iterations=config.iterations, damping=config.damping)
-    return optimise_adam(stats, start_aug, mask_aug, iterations=config.iterations, batch_rows=batch_rows,
-                         lr=config.lr, bias_lr=config.bias_lr, seed=seed)
+    return optimise_adam(
+        stats,
+        start_aug,
+        mask_aug,
+        iterations=config.iterations,
+        batch_rows=batch_rows,
+        lr=config.lr,
+        bias_lr=config.bias_lr,
+        seed=seed,
+    )
 
 
-def make_statistics(k: int, out: int, groups: int, bias: bool, rows: int, room: int, options: AdaPruneOptions,
-                    seed: int, name: str, device: torch.device) -> LayerStatistics:
+def make_statistics(
+    k: int,
+    out: int,
+    groups: int,
+    bias: bool,
+    rows: int,
+    room: int,
+    options: AdaPruneOptions,
+    seed: int,
+    name: str,
+    device: torch.device,
+) -> LayerStatistics:
     """Statistics of one layer; with Adam mini-batches, as many of its ``rows`` stored as fit in ``room`` bytes."""
     capacity, fraction = 0, 1.0
     if options.stores_rows:
@@ -495,8 +571,18 @@ def make_statistics(k: int, out: int, groups: int, bias: bool, rows: int, room: 
         row_bytes = 4 * groups * (width + out)
         fraction = min(1.0, max(room, 0) / max(rows * row_bytes, 1))
         capacity = rows if fraction >= 1 else int(rows * fraction)
-    return LayerStatistics(k, out, bias=bias, groups=groups, device=device, capacity=capacity,
-                           keep_fraction=fraction, validation=options.validation, seed=seed, name=name)
+    return LayerStatistics(
+        k,
+        out,
+        bias=bias,
+        groups=groups,
+        device=device,
+        capacity=capacity,
+        keep_fraction=fraction,
+        validation=options.validation,
+        seed=seed,
+        name=name,
+    )
 
 
 def statistics_bytes(k: int, out: int, groups: int, bias: bool) -> int:
@@ -526,18 +612,40 @@ def solve(layer: Layer) -> LayerSolution:
     if options.optimizer == "adam" and options.batch_size is not None and stored is not None:
         kept = stored[0].shape[0]
         rows_per_step = max(1, min(kept, round(options.batch_size * kept / max(layer.samples, 1))))
-    fit = fit_layer(weight, mask, stats, options, bias=bias, batch_rows=rows_per_step,
-                    seed=options.seed * 104729 + layer.index, m=layer.pattern.m)
+    fit = fit_layer(
+        weight,
+        mask,
+        stats,
+        options,
+        bias=bias,
+        batch_rows=rows_per_step,
+        seed=options.seed * 104729 + layer.index,
+        m=layer.pattern.m,
+    )
     weights = list((fit.w_aug[:, :, : stats.k] * mask.reshape(stats.groups, stats.out, stats.k)).unbind(0))
     relative = math.sqrt(fit.error_after / stats.target_power) if stats.target_power > 0 else 0.0
-    info = {"error_dense": error_dense, "error_before": fit.error_before, "error_after": fit.error_after,
-            "best_iteration": fit.best_iteration, "iterations": fit.iterations, "target_power": stats.target_power,
-            "stored_rows": 0 if stored is None else int(stored[0].shape[0]), "relative_error": relative}
+    info = {
+        "error_dense": error_dense,
+        "error_before": fit.error_before,
+        "error_after": fit.error_after,
+        "best_iteration": fit.best_iteration,
+        "iterations": fit.iterations,
+        "target_power": stats.target_power,
+        "stored_rows": 0 if stored is None else int(stored[0].shape[0]),
+        "relative_error": relative,
+    }
     masks = list(mask.reshape(stats.groups, stats.out, stats.k).unbind(0))
     return LayerSolution(weights, masks, bias=fit.bias, info=info)
 
 
-register_method("adaprune", solve, options=AdaPruneOptions, statistics="targets", layerwise=True,
-                solve_bytes=lambda rows, cols, itemsize: 4 * (cols * cols + 8 * rows * cols),
-                dense_targets=lambda options: options.target == "model", make_statistics=make_statistics,
-                statistics_bytes=statistics_bytes)
+register_method(
+    "adaprune",
+    solve,
+    options=AdaPruneOptions,
+    statistics="targets",
+    layerwise=True,
+    solve_bytes=lambda rows, cols, itemsize: 4 * (cols * cols + 8 * rows * cols),
+    dense_targets=lambda options: options.target == "model",
+    make_statistics=make_statistics,
+    statistics_bytes=statistics_bytes,
+)

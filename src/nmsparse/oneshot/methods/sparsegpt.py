@@ -25,21 +25,31 @@ class SparseGPTOptions(ConfigBase):
     damping: float = config_field(0.01, help="sparsegpt: damping of H + lambda*I, relative to mean(diag(H))")
     block_size: int = config_field(128, help="sparsegpt: lazy-update block, in columns")
 
-    _constraints = {"damping": [Interval(float, 0, None, closed="left")],
-                    "block_size": [Interval(int, 1, None, closed="left")]}
+    _constraints = {
+        "damping": [Interval(float, 0, None, closed="left")],
+        "block_size": [Interval(int, 1, None, closed="left")],
+    }
 
 
 def solve(layer: Layer) -> LayerSolution:
     if layer.solver != ("exact" if layer.pattern.transposable else "topn"):
-        raise ConfigError(f"{layer.where}: sparsegpt chooses each group's mask inside its sweep (top-n, or exact for "
-                          f"-T patterns); method={layer.solver!r} does not apply: leave method='auto'")
+        raise ConfigError(
+            f"{layer.where}: sparsegpt chooses each group's mask inside its sweep (top-n, or exact for "
+            f"-T patterns); method={layer.solver!r} does not apply: leave method='auto'"
+        )
     weights, masks, damping, error = [], [], 0.0, 0.0
     for w, gram in zip(layer.weights, layer.stats.gram):
         perm = layer.columns
         if perm is not None:  # a conv: sweep the columns in the pattern's order (input channels innermost)
             w, gram = w[:, perm], gram[perm][:, perm]
-        result = sparsegpt(w, gram, layer.pattern, damping=layer.options.damping,
-                           block_size=layer.options.block_size, where=layer.where)
+        result = sparsegpt(
+            w,
+            gram,
+            layer.pattern,
+            damping=layer.options.damping,
+            block_size=layer.options.block_size,
+            where=layer.where,
+        )
         new, mask = result.weight, result.mask
         if perm is not None:
             new, mask = torch.empty_like(new), torch.empty_like(mask)

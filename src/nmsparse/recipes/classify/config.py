@@ -74,8 +74,10 @@ def _non_empty(value: Any) -> bool:
 
 
 _TEXT = Predicate(_non_empty, "a non-empty string")
-_DEVICE = Predicate(lambda v: isinstance(v, str) and (v in _DEVICES or re.fullmatch(r"cuda:\d+", v) is not None),
-                    "'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+_DEVICE = Predicate(
+    lambda v: isinstance(v, str) and (v in _DEVICES or re.fullmatch(r"cuda:\d+", v) is not None),
+    "'auto', 'cpu', 'cuda' or 'cuda:<index>'",
+)
 _POSITIVE = Interval(int, 1, None, closed="left")
 _NATURAL = Interval(int, 0, None, closed="left")
 _NON_NEGATIVE = Interval(float, 0, None, closed="left")
@@ -131,41 +133,53 @@ class TrainConfig(ConfigBase):
         ('2:4', True)
     """
 
-    data: str = config_field("digits", group=_GROUP_DATA, metavar="DATA",
-                             help="'digits' (built in), 'fake' (synthetic), or a folder: CIFAR-10 (python format), "
-                                  "train/ + val/ class folders, or class folders")
-    test_fraction: float = config_field(0.4, group=_GROUP_DATA,
-                                        help="held-out fraction for data without a test split")
+    data: str = config_field(
+        "digits",
+        group=_GROUP_DATA,
+        metavar="DATA",
+        help="'digits' (built in), 'fake' (synthetic), or a folder: CIFAR-10 (python format), "
+        "train/ + val/ class folders, or class folders",
+    )
+    test_fraction: float = config_field(0.4, group=_GROUP_DATA, help="held-out fraction for data without a test split")
     split_seed: int = config_field(0, group=_GROUP_DATA, help="seed of that held-out split")
-    image_size: int | None = config_field(None, group=_GROUP_DATA,
-                                          help="image side for image folders and fake data (none: 224 / 32)")
+    image_size: int | None = config_field(
+        None, group=_GROUP_DATA, help="image side for image folders and fake data (none: 224 / 32)"
+    )
     num_classes: int = config_field(10, group=_GROUP_DATA, help="classes of fake data")
     fake_samples: int = config_field(512, group=_GROUP_DATA, help="training images of fake data")
     augment: bool = config_field(True, group=_GROUP_DATA, help="augment training images")
     num_workers: int = config_field(0, group=_GROUP_DATA, help="DataLoader worker processes")
 
-    model: str = config_field("cnn", group=_GROUP_MODEL,
-                              help="cnn, mlp, resnet18, resnet34 or resnet50")
+    model: str = config_field("cnn", group=_GROUP_MODEL, help="cnn, mlp, resnet18, resnet34 or resnet50")
     width: int = config_field(32, group=_GROUP_MODEL, help="channels of the cnn / hidden width of the mlp")
 
-    mode: Mode = config_field("dynamic", group=_GROUP_SPARSITY,
-                              help="dynamic: masks follow the weights (SR-STE); static: masks fixed from --init; "
-                                   "dense: no masks")
+    mode: Mode = config_field(
+        "dynamic",
+        group=_GROUP_SPARSITY,
+        help="dynamic: masks follow the weights (SR-STE); static: masks fixed from --init; dense: no masks",
+    )
     pattern: str = config_field("4:8-T", group=_GROUP_SPARSITY, help="'4:8-T', '2:4', '2:4-T', ... or 'unstructured'")
     method: str = config_field("greedy", group=_GROUP_SPARSITY, help="mask method of refreshes")
-    initial_method: str = config_field("exact", group=_GROUP_SPARSITY,
-                                       help="mask method of the initial (dynamic) or only (static) masks")
+    initial_method: str = config_field(
+        "exact", group=_GROUP_SPARSITY, help="mask method of the initial (dynamic) or only (static) masks"
+    )
     refresh_every: int = config_field(40, group=_GROUP_SPARSITY, help="steps between mask refreshes (dynamic)")
     decay: float = config_field(2e-4, group=_GROUP_SPARSITY, help="SR-STE decay of pruned weights (dynamic)")
-    include: tuple[str, ...] | None = config_field(None, group=_GROUP_SPARSITY, metavar="GLOB",
-                                                   help="prune only layers matching these globs")
-    exclude: tuple[str, ...] | None = config_field(None, group=_GROUP_SPARSITY, metavar="GLOB",
-                                                   help="keep layers matching these globs dense")
-    keep_first_last: bool = config_field(False, group=_GROUP_SPARSITY,
-                                         help="keep the first and last Linear/Conv2d dense")
-    init: str | None = config_field(None, group=_GROUP_SPARSITY, metavar="CHECKPOINT",
-                                    help="start from this checkpoint (a run's model.safetensors); needed by "
-                                         "--mode static")
+    include: tuple[str, ...] | None = config_field(
+        None, group=_GROUP_SPARSITY, metavar="GLOB", help="prune only layers matching these globs"
+    )
+    exclude: tuple[str, ...] | None = config_field(
+        None, group=_GROUP_SPARSITY, metavar="GLOB", help="keep layers matching these globs dense"
+    )
+    keep_first_last: bool = config_field(
+        False, group=_GROUP_SPARSITY, help="keep the first and last Linear/Conv2d dense"
+    )
+    init: str | None = config_field(
+        None,
+        group=_GROUP_SPARSITY,
+        metavar="CHECKPOINT",
+        help="start from this checkpoint (a run's model.safetensors); needed by --mode static",
+    )
 
     epochs: int = config_field(40, group=_GROUP_OPTIM, help="epochs")
     batch_size: int = config_field(64, group=_GROUP_OPTIM, help="global batch size (split over DDP processes)")
@@ -174,44 +188,74 @@ class TrainConfig(ConfigBase):
     nesterov: bool = config_field(True, group=_GROUP_OPTIM, help="Nesterov momentum")
     weight_decay: float = config_field(5e-4, group=_GROUP_OPTIM, help="weight decay")
     label_smoothing: float = config_field(0.1, group=_GROUP_OPTIM, help="label smoothing of the loss")
-    schedule: Schedule = config_field("cosine", group=_GROUP_OPTIM,
-                                      help="learning-rate schedule after the warm-up")
+    schedule: Schedule = config_field("cosine", group=_GROUP_OPTIM, help="learning-rate schedule after the warm-up")
     warmup_epochs: float = config_field(2.0, group=_GROUP_OPTIM, help="linear warm-up epochs")
-    milestones: tuple[int, ...] = config_field(default_factory=tuple, group=_GROUP_OPTIM, metavar="EPOCH",
-                                               help="epochs at which the step schedule multiplies lr by gamma")
+    milestones: tuple[int, ...] = config_field(
+        default_factory=tuple,
+        group=_GROUP_OPTIM,
+        metavar="EPOCH",
+        help="epochs at which the step schedule multiplies lr by gamma",
+    )
     gamma: float = config_field(0.1, group=_GROUP_OPTIM, help="factor of the step schedule")
-    steps_per_epoch: int | None = config_field(None, group=_GROUP_OPTIM,
-                                               help="cap on training batches per epoch (quick looks)")
+    steps_per_epoch: int | None = config_field(
+        None, group=_GROUP_OPTIM, help="cap on training batches per epoch (quick looks)"
+    )
     eval_batch_size: int = config_field(256, group=_GROUP_OPTIM, help="batch size of evaluation")
 
     seed: int = config_field(0, group=_GROUP_RUN, help="seed of weights, data order and augmentation")
     baseline: bool = config_field(True, group=_GROUP_RUN, help="also train the model dense with the same seed")
     device: str = config_field("auto", group=_GROUP_RUN, help="auto, cpu, cuda or cuda:N")
-    threads: int | None = config_field(None, group=_GROUP_RUN,
-                                       help="CPU threads for torch and numba (none: 1 for cnn/mlp, else "
-                                            "min(cores, 4))")
+    threads: int | None = config_field(
+        None, group=_GROUP_RUN, help="CPU threads for torch and numba (none: 1 for cnn/mlp, else min(cores, 4))"
+    )
     sync_bn: bool = config_field(True, group=_GROUP_RUN, help="synchronised batch norm under DDP on CUDA")
-    accelerate: bool = config_field(False, group=_GROUP_RUN,
-                                    help="swap pruned Linear layers for SparseLinear where 2:4-T sparse tensor "
-                                         "cores are measurably faster (nmsparse.accelerate_; reported per layer)")
+    accelerate: bool = config_field(
+        False,
+        group=_GROUP_RUN,
+        help="swap pruned Linear layers for SparseLinear where 2:4-T sparse tensor "
+        "cores are measurably faster (nmsparse.accelerate_; reported per layer)",
+    )
 
     _constraints = {
-        "data": [_TEXT], "test_fraction": [Interval(float, 0, 1, closed="neither")], "split_seed": [_NATURAL],
-        "image_size": [Interval(int, 8, None), None], "num_classes": [Interval(int, 2, None)],
-        "fake_samples": [_POSITIVE], "augment": [bool], "num_workers": [_NATURAL],
-        "model": [_TEXT], "width": [_POSITIVE],
-        "mode": [Options(_MODES)], "pattern": [PatternString((UNSTRUCTURED,))],
-        "method": [_Registered()], "initial_method": [_Registered()], "refresh_every": [_POSITIVE],
-        "decay": [_NON_NEGATIVE], "include": [SequenceOf(str), None], "exclude": [SequenceOf(str), None],
-        "keep_first_last": [bool], "init": [_TEXT, None],
-        "epochs": [_POSITIVE], "batch_size": [_POSITIVE], "lr": [Interval(float, 0, None, closed="neither")],
-        "momentum": [Interval(float, 0, 1, closed="left")], "nesterov": [bool], "weight_decay": [_NON_NEGATIVE],
-        "label_smoothing": [Interval(float, 0, 1, closed="left")], "schedule": [Options(_SCHEDULES)],
+        "data": [_TEXT],
+        "test_fraction": [Interval(float, 0, 1, closed="neither")],
+        "split_seed": [_NATURAL],
+        "image_size": [Interval(int, 8, None), None],
+        "num_classes": [Interval(int, 2, None)],
+        "fake_samples": [_POSITIVE],
+        "augment": [bool],
+        "num_workers": [_NATURAL],
+        "model": [_TEXT],
+        "width": [_POSITIVE],
+        "mode": [Options(_MODES)],
+        "pattern": [PatternString((UNSTRUCTURED,))],
+        "method": [_Registered()],
+        "initial_method": [_Registered()],
+        "refresh_every": [_POSITIVE],
+        "decay": [_NON_NEGATIVE],
+        "include": [SequenceOf(str), None],
+        "exclude": [SequenceOf(str), None],
+        "keep_first_last": [bool],
+        "init": [_TEXT, None],
+        "epochs": [_POSITIVE],
+        "batch_size": [_POSITIVE],
+        "lr": [Interval(float, 0, None, closed="neither")],
+        "momentum": [Interval(float, 0, 1, closed="left")],
+        "nesterov": [bool],
+        "weight_decay": [_NON_NEGATIVE],
+        "label_smoothing": [Interval(float, 0, 1, closed="left")],
+        "schedule": [Options(_SCHEDULES)],
         "warmup_epochs": [_NON_NEGATIVE],
-        "milestones": [SequenceOf(Interval(int, 1, None), increasing=True)], "gamma": [_NON_NEGATIVE],
-        "steps_per_epoch": [_POSITIVE, None], "eval_batch_size": [_POSITIVE],
-        "seed": [_NATURAL], "baseline": [bool], "device": [_DEVICE], "threads": [_POSITIVE, None],
-        "sync_bn": [bool], "accelerate": [bool],
+        "milestones": [SequenceOf(Interval(int, 1, None), increasing=True)],
+        "gamma": [_NON_NEGATIVE],
+        "steps_per_epoch": [_POSITIVE, None],
+        "eval_batch_size": [_POSITIVE],
+        "seed": [_NATURAL],
+        "baseline": [bool],
+        "device": [_DEVICE],
+        "threads": [_POSITIVE, None],
+        "sync_bn": [bool],
+        "accelerate": [bool],
     }
 
     def __post_init__(self) -> None:
@@ -234,11 +278,13 @@ class TrainConfig(ConfigBase):
                             f"'exact', 'greedy' or 'greedy-repair'"
                         )
         if self.nesterov and self.momentum == 0:
-            raise ConfigError("TrainConfig: nesterov true needs momentum > 0; set nesterov false or a momentum "
-                              "such as 0.9")
+            raise ConfigError(
+                "TrainConfig: nesterov true needs momentum > 0; set nesterov false or a momentum such as 0.9"
+            )
         if self.schedule == "step" and not self.milestones:
-            raise ConfigError("TrainConfig: schedule 'step' needs milestones (e.g. [30, 60, 80]); set them or use "
-                              "'cosine'")
+            raise ConfigError(
+                "TrainConfig: schedule 'step' needs milestones (e.g. [30, 60, 80]); set them or use 'cosine'"
+            )
         if self.mode == "static" and self.init is None:
             raise ConfigError(
                 "TrainConfig: mode 'static' fine-tunes a trained model with fixed masks and needs init: a "

@@ -74,8 +74,9 @@ class TensorImageDataset(Dataset):
         fill: value of the padded border (the normalised background).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, pad: int = 0, flip: bool = False,
-                 fill: float = 0.0) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, *, pad: int = 0, flip: bool = False, fill: float = 0.0
+    ) -> None:
         if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
             raise InputError(
                 f"TensorImageDataset: expected images [N, C, H, W] and labels [N], got {tuple(images.shape)} and "
@@ -96,7 +97,7 @@ class TensorImageDataset(Dataset):
             size_h, size_w = image.shape[-2:]
             padded = F.pad(image, (self.pad,) * 4, value=self.fill)
             top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
-            image = padded[:, top:top + size_h, left:left + size_w]
+            image = padded[:, top : top + size_h, left : left + size_w]
         if self.flip and bool(torch.rand(()) < 0.5):
             image = image.flip(-1)
         return image, int(self.labels[index])
@@ -119,8 +120,15 @@ class ImageFileDataset(Dataset):
         mean, std: per-channel normalisation of RGB values in ``[0, 1]``.
     """
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], *, image_size: int, train: bool,
-                 mean: Sequence[float] = _IMAGENET_MEAN, std: Sequence[float] = _IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        *,
+        image_size: int,
+        train: bool,
+        mean: Sequence[float] = _IMAGENET_MEAN,
+        std: Sequence[float] = _IMAGENET_STD,
+    ) -> None:
         self.samples = list(samples)
         self.image_size = int(image_size)
         self.train = bool(train)
@@ -168,8 +176,9 @@ class ImageFileDataset(Dataset):
             short = max(size, round(size * 8 / 7))
             width, height = image.size
             scale = short / min(width, height)
-            image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))),
-                                 Image.Resampling.BILINEAR)
+            image = image.resize(
+                (max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BILINEAR
+            )
             width, height = image.size
             left, top = (width - size) // 2, (height - size) // 2
             image = image.crop((left, top, left + size, top + size))
@@ -213,9 +222,16 @@ def _digits(cfg: TrainConfig) -> DataBundle:
     fill = -mean / std  # normalised blank background
     train = TensorImageDataset(tensor[train_idx], target[train_idx], pad=1 if cfg.augment else 0, fill=fill)
     test = TensorImageDataset(tensor[test_idx], target[test_idx])
-    return DataBundle("digits", train, test, 10, 1, 8,
-                      f"scikit-learn digits 8x8: {len(train)} train / {len(test)} held-out test images "
-                      f"(stratified split, seed {cfg.split_seed})")
+    return DataBundle(
+        "digits",
+        train,
+        test,
+        10,
+        1,
+        8,
+        f"scikit-learn digits 8x8: {len(train)} train / {len(test)} held-out test images "
+        f"(stratified split, seed {cfg.split_seed})",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- fake
@@ -242,8 +258,15 @@ def _fake(cfg: TrainConfig) -> DataBundle:
     pad = max(1, size // 8) if cfg.augment else 0
     train = TensorImageDataset(train_x, train_y, pad=pad, flip=cfg.augment)
     test = TensorImageDataset(test_x, test_y)
-    return DataBundle("fake", train, test, classes, 3, size,
-                      f"synthetic {size}x{size} images, {classes} classes: {n_train} train / {n_test} test")
+    return DataBundle(
+        "fake",
+        train,
+        test,
+        classes,
+        3,
+        size,
+        f"synthetic {size}x{size} images, {classes} classes: {n_train} train / {n_test} test",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- folders
@@ -327,19 +350,30 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
             batch = _BatchUnpickler(handle, encoding="bytes").load()
     except OSError as exc:
         raise InputError(f"{path}: not a readable CIFAR-10 python batch ({exc})") from exc
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            OverflowError, MemoryError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
         raise InputError(f"{path}: not a CIFAR-10 python batch ({' '.join(str(exc).split())[:160]})") from None
     if not isinstance(batch, dict):
         raise InputError(f"{path}: a CIFAR-10 batch is a dict, this file holds a {type(batch).__name__}")
     batch = {key.encode() if isinstance(key, str) else key: value for key, value in batch.items()}
     data, labels = batch.get(b"data"), batch.get(b"labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        got = (f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__)
+        got = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
         raise InputError(f"{path}: 'data' must be a uint8 array [N, 3072] (32x32 RGB images), got {got}")
-    if (not isinstance(labels, (list, np.ndarray)) or len(labels) != data.shape[0]
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 10
-                       for v in labels)):
+    if (
+        not isinstance(labels, (list, np.ndarray))
+        or len(labels) != data.shape[0]
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < 10 for v in labels)
+    ):
         raise InputError(f"{path}: 'labels' must be {data.shape[0]} integers in 0..9 (one per image)")
     return batch
 
@@ -373,11 +407,11 @@ def _cifar10(root: Path, cfg: TrainConfig) -> DataBundle:
     def norm(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy((x.astype(np.float32) / 255.0 - mean) / std)
 
-    train = TensorImageDataset(norm(train_x), torch.from_numpy(train_y), pad=4 if cfg.augment else 0,
-                               flip=cfg.augment)
+    train = TensorImageDataset(norm(train_x), torch.from_numpy(train_y), pad=4 if cfg.augment else 0, flip=cfg.augment)
     test = TensorImageDataset(norm(test_x), torch.from_numpy(test_y))
-    return DataBundle("cifar10", train, test, 10, 3, 32,
-                      f"CIFAR-10 from {root}: {len(train)} train / {len(test)} test images")
+    return DataBundle(
+        "cifar10", train, test, 10, 3, 32, f"CIFAR-10 from {root}: {len(train)} train / {len(test)} test images"
+    )
 
 
 def _class_folders(root: Path) -> list[Path]:
@@ -432,9 +466,15 @@ def _image_folder(root: Path, cfg: TrainConfig) -> DataBundle:
         )
     train = ImageFileDataset(train_samples, image_size=size, train=cfg.augment)
     test = ImageFileDataset(test_samples, image_size=size, train=False)
-    return DataBundle(kind, train, test, len(classes), 3, size,
-                      f"images from {source}: {len(classes)} classes, {len(train)} train / {len(test)} test, "
-                      f"{size}x{size}")
+    return DataBundle(
+        kind,
+        train,
+        test,
+        len(classes),
+        3,
+        size,
+        f"images from {source}: {len(classes)} classes, {len(train)} train / {len(test)} test, {size}x{size}",
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ entry

@@ -117,8 +117,14 @@ class ResNet(nn.Module):
         in_channels: image channels.
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int], *,
-                 num_classes: int = 1000, in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, int, int, int],
+        *,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
@@ -138,8 +144,9 @@ class ResNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
-    def _stage(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
-               stride: int) -> nn.Sequential:
+    def _stage(
+        self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.in_planes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -164,12 +171,18 @@ _Builder = Callable[[int, int, int, int], nn.Module]  # (in_channels, num_classe
 _MODELS: dict[str, tuple[_Builder, str]] = {
     "cnn": (lambda c, k, s, w: SmallCNN(c, k, w), "3-conv CNN with batch norm (default; sized for 8x8 digits)"),
     "mlp": (lambda c, k, s, w: MLP(c * s * s, k, w), "2-hidden-layer MLP, no batch norm"),
-    "resnet18": (lambda c, k, s, w: ResNet(BasicBlock, (2, 2, 2, 2), num_classes=k, in_channels=c),
-                 "ResNet-18 (11.7M parameters at 1000 classes)"),
-    "resnet34": (lambda c, k, s, w: ResNet(BasicBlock, (3, 4, 6, 3), num_classes=k, in_channels=c),
-                 "ResNet-34 (21.8M parameters at 1000 classes)"),
-    "resnet50": (lambda c, k, s, w: ResNet(Bottleneck, (3, 4, 6, 3), num_classes=k, in_channels=c),
-                 "ResNet-50 (25.6M parameters at 1000 classes)"),
+    "resnet18": (
+        lambda c, k, s, w: ResNet(BasicBlock, (2, 2, 2, 2), num_classes=k, in_channels=c),
+        "ResNet-18 (11.7M parameters at 1000 classes)",
+    ),
+    "resnet34": (
+        lambda c, k, s, w: ResNet(BasicBlock, (3, 4, 6, 3), num_classes=k, in_channels=c),
+        "ResNet-34 (21.8M parameters at 1000 classes)",
+    ),
+    "resnet50": (
+        lambda c, k, s, w: ResNet(Bottleneck, (3, 4, 6, 3), num_classes=k, in_channels=c),
+        "ResNet-50 (25.6M parameters at 1000 classes)",
+    ),
 }
 
 

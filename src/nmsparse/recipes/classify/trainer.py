@@ -113,8 +113,11 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 def _prunable_weights(model: nn.Module) -> dict[str, int]:
     """Weights of every Linear/Conv2d layer by name (pruned or not)."""
-    return {name: int(module.weight.numel()) for name, module in model.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d))}
+    return {
+        name: int(module.weight.numel())
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d))
+    }
 
 
 def _module_name(mask_key: str) -> str:
@@ -133,8 +136,11 @@ def _describe_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> list
     expected = model.state_dict()
     problems = [f"missing {k!r}" for k in expected if k not in state]
     problems += [f"unexpected {k!r}" for k in state if k not in expected]
-    problems += [f"{k!r} is {tuple(v.shape)}, the model has {tuple(expected[k].shape)}"
-                 for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    problems += [
+        f"{k!r} is {tuple(v.shape)}, the model has {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
     return problems
 
 
@@ -162,10 +168,19 @@ class Trainer(_run.RecipeTrainer):
         1
     """
 
-    def __init__(self, config: TrainConfig, data: DataBundle | None = None, *, run: RunDir | None = None,
-                 section: str = "", out_dir: str | Path | None = None, dist: DistContext | None = None,
-                 progress: bool | None = None, on_epoch_end: EpochCallback | None = None,
-                 label: str | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: DataBundle | None = None,
+        *,
+        run: RunDir | None = None,
+        section: str = "",
+        out_dir: str | Path | None = None,
+        dist: DistContext | None = None,
+        progress: bool | None = None,
+        on_epoch_end: EpochCallback | None = None,
+        label: str | None = None,
+    ) -> None:
         self.config = config
         self.dist = dist or DistContext()
         self.data = data if data is not None else build_data(config)
@@ -185,8 +200,13 @@ class Trainer(_run.RecipeTrainer):
         self.device = _run.resolve_device(config.device, self.dist)
 
         _run.seed_everything(config.seed)
-        model = build_model(config.model, in_channels=self.data.in_channels, num_classes=self.data.num_classes,
-                            image_size=self.data.image_size, width=config.width)
+        model = build_model(
+            config.model,
+            in_channels=self.data.in_channels,
+            num_classes=self.data.num_classes,
+            image_size=self.data.image_size,
+            width=config.width,
+        )
         if config.init is not None:
             self._load_init(model, config.init)
         model.to(self.device)
@@ -204,9 +224,14 @@ class Trainer(_run.RecipeTrainer):
             # After the masks (swapped layers share their Parameters and masks), before DDP and the optimizer.
             # The models' Linear layers take flattened features: one row per image.
             self.acceleration = _run.accelerate_layers(
-                model, config.pattern if config.sparse else None, tokens=config.batch_size // self.dist.world_size,
-                layers=self.sparse_layers, dense_layers=self.dense_layers,
-                label="dense baseline" if section == BASELINE_DIR else self.label, log=self.dist.is_main)
+                model,
+                config.pattern if config.sparse else None,
+                tokens=config.batch_size // self.dist.world_size,
+                layers=self.sparse_layers,
+                dense_layers=self.dense_layers,
+                label="dense baseline" if section == BASELINE_DIR else self.label,
+                log=self.dist.is_main,
+            )
         # Ranks share the weights' seed; reseeding per rank gives each its own augmentation stream.
         _run.seed_everything(config.seed * 1_000_003 + 7919 * self.dist.rank + 1)
         self.model = model
@@ -217,22 +242,45 @@ class Trainer(_run.RecipeTrainer):
             # broadcast_buffers=False: masks must never be overwritten silently by rank 0's; they are checked
             # instead, and batch-norm statistics are averaged explicitly before evaluation.
             self.ddp = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,
             )
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
         self.train_sampler: DistributedSampler[Any] = DistributedSampler(
-            self.data.train, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=config.seed,
-            drop_last=False)
+            self.data.train,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=config.seed,
+            drop_last=False,
+        )
         per_rank = config.batch_size // self.dist.world_size
         cuda = self.device.type == "cuda"
-        self.train_loader = DataLoader(self.data.train, batch_size=per_rank, sampler=self.train_sampler,
-                                       num_workers=config.num_workers, collate_fn=collate_images, pin_memory=cuda)
+        self.train_loader = DataLoader(
+            self.data.train,
+            batch_size=per_rank,
+            sampler=self.train_sampler,
+            num_workers=config.num_workers,
+            collate_fn=collate_images,
+            pin_memory=cuda,
+        )
         test_count = len(self.data.test)  # type: ignore[arg-type]
         test_shard = Subset(self.data.test, range(self.dist.rank, test_count, self.dist.world_size))
-        self.test_loader = DataLoader(test_shard, batch_size=config.eval_batch_size, shuffle=False,
-                                      num_workers=config.num_workers, collate_fn=collate_images, pin_memory=cuda)
+        self.test_loader = DataLoader(
+            test_shard,
+            batch_size=config.eval_batch_size,
+            shuffle=False,
+            num_workers=config.num_workers,
+            collate_fn=collate_images,
+            pin_memory=cuda,
+        )
         self.steps_per_epoch = len(self.train_loader)
         if config.steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
@@ -278,15 +326,27 @@ class Trainer(_run.RecipeTrainer):
             return
         common: dict[str, Any] = dict(include=cfg.include, exclude=cfg.exclude, keep_first_last=cfg.keep_first_last)
         if cfg.pattern == UNSTRUCTURED:
-            self.sparsifier = UnstructuredSparsifier(model, density=0.5, dynamic=cfg.mode == "dynamic",
-                                                     refresh_every=cfg.refresh_every, decay=cfg.decay, **common)
+            self.sparsifier = UnstructuredSparsifier(
+                model,
+                density=0.5,
+                dynamic=cfg.mode == "dynamic",
+                refresh_every=cfg.refresh_every,
+                decay=cfg.decay,
+                **common,
+            )
             layers, skipped = list(self.sparsifier.layers), self.sparsifier.skipped
         else:
             selection = select_layers(model, cfg.pattern, **common)
             if cfg.mode == "dynamic":
-                self.sparsifier = DynamicSparsifier(model, cfg.pattern, method=cfg.method,
-                                                    initial_method=cfg.initial_method,
-                                                    refresh_every=cfg.refresh_every, decay=cfg.decay, **common)
+                self.sparsifier = DynamicSparsifier(
+                    model,
+                    cfg.pattern,
+                    method=cfg.method,
+                    initial_method=cfg.initial_method,
+                    refresh_every=cfg.refresh_every,
+                    decay=cfg.decay,
+                    **common,
+                )
                 self.prune_report = self.sparsifier.report.to_dict()
             else:
                 report = prune_(model, cfg.pattern, method=cfg.initial_method, **common)
@@ -319,9 +379,18 @@ class Trainer(_run.RecipeTrainer):
             "world_size": self.dist.world_size,
             **self._loop_state(),
         }
-        self.run.save_checkpoint(Checkpoint(epoch=self.epoch, config_hash=self.config_hash, tensors=tensors,
-                                            tensor_metadata=tensor_metadata, state=state,
-                                            history=list(self.history), task=TASK), self.section)
+        self.run.save_checkpoint(
+            Checkpoint(
+                epoch=self.epoch,
+                config_hash=self.config_hash,
+                tensors=tensors,
+                tensor_metadata=tensor_metadata,
+                state=state,
+                history=list(self.history),
+                task=TASK,
+            ),
+            self.section,
+        )
 
     def load_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Restore this trainer from a verified checkpoint (see :meth:`RunDir.load_checkpoint`).
@@ -343,12 +412,17 @@ class Trainer(_run.RecipeTrainer):
             if self.sparsifier is not None and state["sparsifier"] is not None:
                 self.sparsifier.load_state_dict(state["sparsifier"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise InputError(f"{where}: the checkpoint does not fit this run's model "
-                             f"({' '.join(str(exc).split())[:240]})") from None
+            raise InputError(
+                f"{where}: the checkpoint does not fit this run's model ({' '.join(str(exc).split())[:240]})"
+            ) from None
         rng = state["rng"]
         if len(rng) != self.dist.world_size:
-            logger.warning("%s: checkpoint was written by %d process(es), resuming with %d; random streams of "
-                           "rank 0 are reused", where, len(rng), self.dist.world_size)
+            logger.warning(
+                "%s: checkpoint was written by %d process(es), resuming with %d; random streams of rank 0 are reused",
+                where,
+                len(rng),
+                self.dist.world_size,
+            )
         restore_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
         self.epoch = checkpoint.epoch
         self._restore_loop(state, checkpoint.history)
@@ -359,8 +433,13 @@ class Trainer(_run.RecipeTrainer):
         """The final model as ``model.safetensors`` (the pruned-model format of :mod:`nmsparse.io`)."""
         if not self.dist.is_main or self.out_dir is None:
             return
-        meta = {"model": self.config.model, "structure": self.config.structure, "mode": self.config.mode,
-                "epoch": str(self.epoch), "config": json.dumps(self.config.to_dict())}
+        meta = {
+            "model": self.config.model,
+            "structure": self.config.structure,
+            "mode": self.config.mode,
+            "epoch": str(self.epoch),
+            "config": json.dumps(self.config.to_dict()),
+        }
         save_pruned(self.model, self.out_dir / MODEL_FILE, metadata=meta, overwrite=True)
 
     # ------------------------------------------------------------------------------------------------- loops
@@ -415,8 +494,12 @@ class Trainer(_run.RecipeTrainer):
         seconds = time.perf_counter() - start
         loss_sum, correct, count = all_reduce_sum([loss_sum, correct, count], self.dist)
         refresh = (self.sparsifier.refresh_seconds if self.sparsifier is not None else 0.0) - refresh_before
-        return {"train_loss": loss_sum / max(count, 1.0), "train_accuracy": 100.0 * correct / max(count, 1.0),
-                "seconds": seconds, "refresh_seconds": refresh}
+        return {
+            "train_loss": loss_sum / max(count, 1.0),
+            "train_accuracy": 100.0 * correct / max(count, 1.0),
+            "seconds": seconds,
+            "refresh_seconds": refresh,
+        }
 
     def _epoch(self, bar: Any) -> tuple[dict[str, Any], float]:
         """One epoch and the evaluation after it: its metrics record and training seconds."""
@@ -426,11 +509,17 @@ class Trainer(_run.RecipeTrainer):
         self.epoch += 1
         if bar is not None:
             bar.set_postfix(loss=f"{stats['train_loss']:.3f}", test=f"{accuracy:.2f}%")
-        return {"epoch": self.epoch, "step": self.step,
-                "lr": learning_rate(self.config, max(self.step - 1, 0), self.steps_per_epoch),
-                "train_loss": stats["train_loss"], "train_accuracy": stats["train_accuracy"], "test_loss": loss,
-                "test_accuracy": accuracy, "epoch_seconds": stats["seconds"],
-                "refresh_seconds": stats["refresh_seconds"]}, stats["seconds"]
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": learning_rate(self.config, max(self.step - 1, 0), self.steps_per_epoch),
+            "train_loss": stats["train_loss"],
+            "train_accuracy": stats["train_accuracy"],
+            "test_loss": loss,
+            "test_accuracy": accuracy,
+            "epoch_seconds": stats["seconds"],
+            "refresh_seconds": stats["refresh_seconds"],
+        }, stats["seconds"]
 
     def fit(self, *, resume: bool = False, stop_after_epoch: int | None = None) -> TrainerResult:
         """Train until ``config.epochs`` (or ``stop_after_epoch``) epochs are done, checkpointing each epoch.
@@ -457,8 +546,12 @@ class Trainer(_run.RecipeTrainer):
         if self.dist.is_main and self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
-        bar = _run.progress_bar(self.progress, total=(last_epoch - self.epoch) * self.steps_per_epoch,
-                                desc=self.label, show=self.dist.is_main and self.epoch < last_epoch)
+        bar = _run.progress_bar(
+            self.progress,
+            total=(last_epoch - self.epoch) * self.steps_per_epoch,
+            desc=self.label,
+            show=self.dist.is_main and self.epoch < last_epoch,
+        )
         self._loop(bar, more=lambda: self.epoch < last_epoch, stretch=self._epoch, callback=self.on_epoch_end)
         if not self.history:
             accuracy, loss = self.evaluate()
@@ -486,8 +579,7 @@ class Trainer(_run.RecipeTrainer):
             valid = all(is_nm_sparse(m, pattern) for m in masks.values())
             # A pruned weight must really be zero in what the layers compute with.
             modules = dict(self.model.named_modules())
-            valid = valid and all(is_nm_sparse(modules[_module_name(name)].weight.detach(), pattern)
-                                  for name in masks)
+            valid = valid and all(is_nm_sparse(modules[_module_name(name)].weight.detach(), pattern) for name in masks)
         return valid, kept / total
 
     def _result(self, accuracy: float, loss: float, session_start: float) -> TrainerResult:
@@ -505,14 +597,27 @@ class Trainer(_run.RecipeTrainer):
         if not self.history:
             self.wall_seconds += time.perf_counter() - session_start
         return TrainerResult(
-            structure=self.config.structure, mode=self.config.mode, completed=self.epoch >= self.config.epochs,
-            epoch=self.epoch, test_accuracy=accuracy, test_loss=loss, history=list(self.history),
-            mask_valid=valid, mask_density=density, mask_checksum=checksum, steps=self.step, refreshes=refreshes,
-            refresh_seconds=refresh_seconds, refresh_overhead=overhead, train_seconds=self.train_seconds,
-            wall_seconds=self.wall_seconds, sparse_layers=list(self.sparse_layers),
+            structure=self.config.structure,
+            mode=self.config.mode,
+            completed=self.epoch >= self.config.epochs,
+            epoch=self.epoch,
+            test_accuracy=accuracy,
+            test_loss=loss,
+            history=list(self.history),
+            mask_valid=valid,
+            mask_density=density,
+            mask_checksum=checksum,
+            steps=self.step,
+            refreshes=refreshes,
+            refresh_seconds=refresh_seconds,
+            refresh_overhead=overhead,
+            train_seconds=self.train_seconds,
+            wall_seconds=self.wall_seconds,
+            sparse_layers=list(self.sparse_layers),
             dense_layers=dict(self.dense_layers),
             sparse_weight_fraction=sparse_weights / max(1, sum(weights.values())),
-            prune_report=self.prune_report, acceleration=self.acceleration,
+            prune_report=self.prune_report,
+            acceleration=self.acceleration,
         )
 
 
@@ -531,8 +636,7 @@ def _sections(config: TrainConfig) -> tuple[str, ...]:
     return (BASELINE_DIR,) if config.baseline and config.sparse else ()
 
 
-def prepare_run(config: TrainConfig, out_dir: str | Path, *, resume: bool = False,
-                overwrite: bool = False) -> RunDir:
+def prepare_run(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> RunDir:
     """The run directory of ``nmsparse train``, checked (nothing written): see :class:`RunDir.prepare`.
 
     Raises:
@@ -540,8 +644,9 @@ def prepare_run(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fals
             false; with ``resume``: the run finished already.
         InputError / CheckpointError: see :meth:`RunDir.open_resume`.
     """
-    run = _run.open_run(out_dir, task=TASK, outputs=OUTPUTS, sections=_sections(config), resume=resume,
-                   overwrite=overwrite)
+    run = _run.open_run(
+        out_dir, task=TASK, outputs=OUTPUTS, sections=_sections(config), resume=resume, overwrite=overwrite
+    )
     assert run is not None
     return run
 
@@ -559,9 +664,17 @@ def resume_config(directory: str | Path, *, overwrite: bool = False) -> TrainCon
     return load_config(run.config_path)
 
 
-def _summary(cfg: TrainConfig, data: DataBundle, main: TrainerResult, baseline: TrainerResult | None,
-             dist: DistContext, device: torch.device, wall_seconds: float, compile_seconds: float,
-             resumed: bool) -> RunSummary:
+def _summary(
+    cfg: TrainConfig,
+    data: DataBundle,
+    main: TrainerResult,
+    baseline: TrainerResult | None,
+    dist: DistContext,
+    device: torch.device,
+    wall_seconds: float,
+    compile_seconds: float,
+    resumed: bool,
+) -> RunSummary:
     return RunSummary(
         pattern=cfg.structure,
         mode=cfg.mode,
@@ -605,10 +718,18 @@ def _summary(cfg: TrainConfig, data: DataBundle, main: TrainerResult, baseline: 
     )
 
 
-def run_training(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-                 dist: DistContext | None = None, progress: bool | None = None,
-                 on_epoch_end: EpochCallback | None = None, stop_after_epoch: int | None = None,
-                 on_start: Callable[[Trainer], None] | None = None) -> RunSummary | None:
+def run_training(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    dist: DistContext | None = None,
+    progress: bool | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    stop_after_epoch: int | None = None,
+    on_start: Callable[[Trainer], None] | None = None,
+) -> RunSummary | None:
     """Train ``config``'s model sparse, then dense with the same seed (``config.baseline``), and report.
 
     Writes the run directory described in the module docstring (rank 0 only), and nothing before the
@@ -648,14 +769,29 @@ def run_training(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fal
     baseline = None
     histories = {trainer.label: main.history}
     if config.baseline and config.sparse:
-        dense = Trainer(config.replace(mode="dense"), data, run=run, section=BASELINE_DIR, dist=dist,
-                        progress=progress, on_epoch_end=on_epoch_end, label="dense baseline")
+        dense = Trainer(
+            config.replace(mode="dense"),
+            data,
+            run=run,
+            section=BASELINE_DIR,
+            dist=dist,
+            progress=progress,
+            on_epoch_end=on_epoch_end,
+            label="dense baseline",
+        )
         baseline = dense.fit(resume=resume)
         histories["dense baseline"] = baseline.history
-    summary = _summary(config, data, main, baseline, dist, trainer.device, time.perf_counter() - start,
-                       compile_seconds, resume)
+    summary = _summary(
+        config, data, main, baseline, dist, trainer.device, time.perf_counter() - start, compile_seconds, resume
+    )
     from ..plots import plot_training_curves
 
-    _run.finish_run(run, dist, summary=summary, curves=histories, plot=plot_training_curves,
-               title=f"{config.model} on {data.name}: {trainer.label}" + (" vs dense" if baseline is not None else ""))
+    _run.finish_run(
+        run,
+        dist,
+        summary=summary,
+        curves=histories,
+        plot=plot_training_curves,
+        title=f"{config.model} on {data.name}: {trainer.label}" + (" vs dense" if baseline is not None else ""),
+    )
     return summary

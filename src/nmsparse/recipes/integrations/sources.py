@@ -75,8 +75,9 @@ def read_sentences(path: str | Path) -> list[str]:
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise InputError(f"calibration text {str(file)!r} does not exist; pass a text file with one sentence per "
-                         f"line, or 'builtin'")
+        raise InputError(
+            f"calibration text {str(file)!r} does not exist; pass a text file with one sentence per line, or 'builtin'"
+        )
     try:
         lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
@@ -87,9 +88,19 @@ def read_sentences(path: str | Path) -> list[str]:
     return sentences
 
 
-def _text_source(name: str, kind: str, model: nn.Module, tokenizer: Any, calibration: str, *, size: int | None,
-                 eval_size: int, include: list[str] | None, keep_first_last: bool,
-                 data: Sequence[str] | None = None) -> ModelSource:
+def _text_source(
+    name: str,
+    kind: str,
+    model: nn.Module,
+    tokenizer: Any,
+    calibration: str,
+    *,
+    size: int | None,
+    eval_size: int,
+    include: list[str] | None,
+    keep_first_last: bool,
+    data: Sequence[str] | None = None,
+) -> ModelSource:
     if tokenizer is None:
         raise InputError(f"{name}: the model folder has no tokenizer, so text calibration is not possible")
     if data:  # --data: documents of the user's files, split like the LM recipe's (nmsparse.recipes.lm.text)
@@ -115,17 +126,23 @@ def _text_source(name: str, kind: str, model: nn.Module, tokenizer: Any, calibra
         embeddings = encode(candidate, tokenizer, held_out)
         if not dense_embeddings:  # the first call is the dense reference
             dense_embeddings.append(embeddings)
-        return {key: float(value) for key, value in
-                embedding_agreement(dense_embeddings[0], embeddings).as_dict().items()}
+        return {
+            key: float(value) for key, value in embedding_agreement(dense_embeddings[0], embeddings).as_dict().items()
+        }
 
     with torch.no_grad():
         probe = model(**tokenize_batches(tokenizer, held_out[:2], batch_size=2)[0])
     if hasattr(probe, "last_hidden_state") and eval_size >= 2:
         evaluate = evaluate_embeddings
     return ModelSource(
-        name=name, kind=kind, model=model, calibration=batches, include=include, keep_first_last=keep_first_last,
+        name=name,
+        kind=kind,
+        model=model,
+        calibration=batches,
+        include=include,
+        keep_first_last=keep_first_last,
         description=f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters);"
-                    f" calibration: {len(sentences)} {origin}",
+        f" calibration: {len(sentences)} {origin}",
         evaluate=evaluate,
     )
 
@@ -137,8 +154,10 @@ def _builtin_source(path: Path, calibration: str, *, size: int | None, seed: int
 
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise InputError(f"--model {str(path)!r}: no such checkpoint; pass 'minilm', 'hf:FOLDER' or a "
-                         f"model.safetensors written by nmsparse train (or its run folder)")
+        raise InputError(
+            f"--model {str(path)!r}: no such checkpoint; pass 'minilm', 'hf:FOLDER' or a "
+            f"model.safetensors written by nmsparse train (or its run folder)"
+        )
     meta = read_model_metadata(file)
     if "config" not in meta:
         raise InputError(
@@ -147,11 +166,17 @@ def _builtin_source(path: Path, calibration: str, *, size: int | None, seed: int
         )
     cfg = TrainConfig.from_dict(json.loads(meta["config"]), where=f"{file} metadata")
     if calibration != "builtin":
-        raise ConfigError(f"--calibration: image models calibrate on their built-in data set; pass 'builtin', got "
-                          f"{calibration!r}")
+        raise ConfigError(
+            f"--calibration: image models calibrate on their built-in data set; pass 'builtin', got {calibration!r}"
+        )
     data = build_data(cfg)
-    model = build_model(cfg.model, in_channels=data.in_channels, num_classes=data.num_classes,
-                        image_size=data.image_size, width=cfg.width)
+    model = build_model(
+        cfg.model,
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
+        width=cfg.width,
+    )
     if meta.get("format") == FORMAT:  # written by nmsparse.io (e.g. an earlier adaprune run)
         load_pruned_(model, file)
     else:  # the trainer's checkpoint: a model's state dict (masks as parametrizations, if any)
@@ -171,20 +196,32 @@ def _builtin_source(path: Path, calibration: str, *, size: int | None, seed: int
         correct = 0
         with torch.no_grad():
             for start in range(0, test_x.shape[0], 256):
-                logits = candidate(test_x[start:start + 256])
-                correct += int((logits.argmax(dim=1) == test_y[start:start + 256]).sum())
+                logits = candidate(test_x[start : start + 256])
+                correct += int((logits.argmax(dim=1) == test_y[start : start + 256]).sum())
         return {"test_accuracy": 100.0 * correct / max(int(test_y.shape[0]), 1), "test_images": int(test_y.shape[0])}
 
     return ModelSource(
-        name=str(path), kind="builtin", model=model, calibration=list(chosen.split(64)),
+        name=str(path),
+        kind="builtin",
+        model=model,
+        calibration=list(chosen.split(64)),
         description=f"{cfg.model} trained on {data.name}; calibration: {count} training images",
-        include=list(cfg.include) if cfg.include else None, keep_first_last=True, evaluate=accuracy,
+        include=list(cfg.include) if cfg.include else None,
+        keep_first_last=True,
+        evaluate=accuracy,
         metadata={"config": meta["config"], "model": cfg.model},
     )
 
 
-def resolve_source(spec: str, calibration: str = "builtin", *, calibration_size: int | None = None,
-                   eval_size: int = _EVAL_SENTENCES, seed: int = 0, data: Sequence[str] | None = None) -> ModelSource:
+def resolve_source(
+    spec: str,
+    calibration: str = "builtin",
+    *,
+    calibration_size: int | None = None,
+    eval_size: int = _EVAL_SENTENCES,
+    seed: int = 0,
+    data: Sequence[str] | None = None,
+) -> ModelSource:
     """Load the model named by ``spec`` with its calibration batches and evaluation (see the module docstring).
 
     Args:
@@ -204,13 +241,35 @@ def resolve_source(spec: str, calibration: str = "builtin", *, calibration_size:
         raise ConfigError(f"calibration size must be >= 1, got {calibration_size!r}")
     if spec == "minilm":
         model, tokenizer = load_minilm()
-        return _text_source("minilm", "minilm", model, tokenizer, calibration, size=calibration_size,
-                            eval_size=eval_size, include=["encoder.*"], keep_first_last=False, data=data)
+        return _text_source(
+            "minilm",
+            "minilm",
+            model,
+            tokenizer,
+            calibration,
+            size=calibration_size,
+            eval_size=eval_size,
+            include=["encoder.*"],
+            keep_first_last=False,
+            data=data,
+        )
     if spec.startswith("hf:"):
         model, tokenizer = load_hf_model(spec[3:])
-        return _text_source(spec, "hf", model, tokenizer, calibration, size=calibration_size, eval_size=eval_size,
-                            include=None, keep_first_last=False, data=data)
+        return _text_source(
+            spec,
+            "hf",
+            model,
+            tokenizer,
+            calibration,
+            size=calibration_size,
+            eval_size=eval_size,
+            include=None,
+            keep_first_last=False,
+            data=data,
+        )
     if data:
-        raise ConfigError("--data: image models calibrate on their built-in data set; --data is text for 'minilm' "
-                          "and 'hf:FOLDER' models")
+        raise ConfigError(
+            "--data: image models calibrate on their built-in data set; --data is text for 'minilm' "
+            "and 'hf:FOLDER' models"
+        )
     return _builtin_source(Path(spec).expanduser(), calibration, size=calibration_size, seed=seed)

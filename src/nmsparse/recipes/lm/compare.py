@@ -40,8 +40,16 @@ from .config import DENSE, LMTrainConfig, lm_config_to_yaml, load_lm_config
 from .data import build_lm_data
 from .task import LMTrainer, warm_up_solvers
 
-__all__ = ["DEFAULT_STRUCTURES", "DEFAULT_REFERENCE_NUMEL", "LMCompareResult", "compare_lm", "separation",
-           "paired_separation", "t_critical_95", "COMPARE_TASK"]
+__all__ = [
+    "DEFAULT_STRUCTURES",
+    "DEFAULT_REFERENCE_NUMEL",
+    "LMCompareResult",
+    "compare_lm",
+    "separation",
+    "paired_separation",
+    "t_critical_95",
+    "COMPARE_TASK",
+]
 
 COMPARE_TASK = "lm-compare"
 
@@ -76,10 +84,15 @@ class LMCompareResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        return {"rows": self.rows, "reference_numel": self.reference_numel, "seeds": self.seeds,
-                "out_dir": None if self.out_dir is None else str(self.out_dir),
-                "spearman_loss_vs_diversity": self.spearman_loss_vs_diversity, "separation": self.separation,
-                "paired_separation": self.paired_separation}
+        return {
+            "rows": self.rows,
+            "reference_numel": self.reference_numel,
+            "seeds": self.seeds,
+            "out_dir": None if self.out_dir is None else str(self.out_dir),
+            "spearman_loss_vs_diversity": self.spearman_loss_vs_diversity,
+            "separation": self.separation,
+            "paired_separation": self.paired_separation,
+        }
 
 
 def _sample_std(values: Sequence[float]) -> float:
@@ -114,7 +127,7 @@ def _pairs_by_loss(rows: Sequence[dict[str, Any]]) -> Iterator[tuple[str, dict[s
     """``("better vs worse", better, worse)`` for every pair of rows, in order of mean held-out loss."""
     ordered = sorted(rows, key=lambda r: float(r["heldout_loss"]))
     for i, a in enumerate(ordered):
-        for b in ordered[i + 1:]:
+        for b in ordered[i + 1 :]:
             yield f"{a['structure']} vs {b['structure']}", a, b
 
 
@@ -140,9 +153,38 @@ def separation(rows: Sequence[dict[str, Any]]) -> dict[str, bool]:
 
 
 #: Two-sided 95% critical values of Student's t for 1..30 degrees of freedom.
-_T_CRITICAL_95 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788,
-                  2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639,
-                  2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+_T_CRITICAL_95 = (
+    12.7062,
+    4.3027,
+    3.1824,
+    2.7764,
+    2.5706,
+    2.4469,
+    2.3646,
+    2.3060,
+    2.2622,
+    2.2281,
+    2.2010,
+    2.1788,
+    2.1604,
+    2.1448,
+    2.1314,
+    2.1199,
+    2.1098,
+    2.1009,
+    2.0930,
+    2.0860,
+    2.0796,
+    2.0739,
+    2.0687,
+    2.0639,
+    2.0595,
+    2.0555,
+    2.0518,
+    2.0484,
+    2.0452,
+    2.0423,
+)
 
 
 def t_critical_95(df: int) -> float:
@@ -157,8 +199,12 @@ def t_critical_95(df: int) -> float:
     if df <= len(_T_CRITICAL_95):
         return _T_CRITICAL_95[df - 1]
     z = 1.959963984540054  # Cornish-Fisher expansion around the normal quantile, < 1e-4 off from 31 on
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def paired_separation(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -213,16 +259,24 @@ def _check_fits(config: LMTrainConfig, data: Any, names: Sequence[str]) -> None:
     exclude = list(config.exclude) if config.exclude is not None else None
     for name in names:
         if name not in (DENSE, UNSTRUCTURED):
-            selection = select_layers(model, name, include=include, exclude=exclude,
-                                      keep_first_last=config.keep_first_last)
+            selection = select_layers(
+                model, name, include=include, exclude=exclude, keep_first_last=config.keep_first_last
+            )
             require_selected(selection, NMPattern.parse(name), where=f"compare: structure {name!r}")
 
 
-def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None = None, *,
-               structures: Sequence[str] = DEFAULT_STRUCTURES, seeds: Sequence[int] | None = None,
-               resume: bool = False, overwrite: bool = False, progress: bool | None = None,
-               reference_numel: int = DEFAULT_REFERENCE_NUMEL,
-               on_run_end: RunCallback | None = None) -> LMCompareResult:
+def compare_lm(
+    config: LMTrainConfig | None,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    structures: Sequence[str] = DEFAULT_STRUCTURES,
+    seeds: Sequence[int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    reference_numel: int = DEFAULT_REFERENCE_NUMEL,
+    on_run_end: RunCallback | None = None,
+) -> LMCompareResult:
     """Train ``config``'s decoder once per structure and seed; report held-out loss against exact mask diversity.
 
     Args:
@@ -247,34 +301,58 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
     names = check_structures(structures)
     if seeds is not None:
         seeds = list(seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds) \
-                or len(set(seeds)) != len(seeds):
+        if (
+            not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
             raise ConfigError(f"compare: seeds must be distinct integers >= 0, got {seeds}")
     if resume:
         if out is None:
             raise ConfigError("compare_lm: resume needs the comparison directory (out)")
         saved = load_lm_config(Path(out) / "config.yaml")
         if config is not None:
-            _run.check_same_settings(config.replace(baseline=False).to_dict(), saved.to_dict(),
-                                     where=Path(out) / "config.yaml", what="compare", owner="comparison")
+            _run.check_same_settings(
+                config.replace(baseline=False).to_dict(),
+                saved.to_dict(),
+                where=Path(out) / "config.yaml",
+                what="compare",
+                owner="comparison",
+            )
         config = saved
     elif config is None:
         raise ConfigError("compare_lm: give a config (or resume=True with an existing comparison)")
     if config.model is not None or config.mode != "dynamic":
-        raise ConfigError("nmsparse compare lm compares structures trained from scratch on the recipe's decoder with "
-                          "dynamic masks; --model and --mode are for nmsparse train lm")
+        raise ConfigError(
+            "nmsparse compare lm compares structures trained from scratch on the recipe's decoder with "
+            "dynamic masks; --model and --mode are for nmsparse train lm"
+        )
     seed_list = [config.seed] if seeds is None else seeds
     sections = {(name, seed): f"{structure_slug(name)}-seed{seed}" for name in names for seed in seed_list}
-    run = _run.open_comparison(out, task=COMPARE_TASK, sections=tuple(sections.values()), names=names,
-                               seeds=seed_list, reference_numel=reference_numel, resume=resume, overwrite=overwrite)
+    run = _run.open_comparison(
+        out,
+        task=COMPARE_TASK,
+        sections=tuple(sections.values()),
+        names=names,
+        seeds=seed_list,
+        reference_numel=reference_numel,
+        resume=resume,
+        overwrite=overwrite,
+    )
     diversity = _run.diversity_column(names, reference_numel)
     data = build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille, files=config.data)
     base = config.replace(baseline=False)
     if not resume:
         _check_fits(base, data, names)  # a structure no layer takes fails now, before anything is written
     if not resume:
-        _run.start_comparison(run, config_text=lm_config_to_yaml(base), digest=config_hash(base.to_dict()),
-                              names=names, seeds=seed_list, reference_numel=reference_numel)
+        _run.start_comparison(
+            run,
+            config_text=lm_config_to_yaml(base),
+            digest=config_hash(base.to_dict()),
+            names=names,
+            seeds=seed_list,
+            reference_numel=reference_numel,
+        )
     compile_seconds = warm_up_solvers(base, names)
 
     def train(name: str, seed: int) -> dict[str, Any]:
@@ -282,11 +360,24 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
         section = sections[(name, seed)]
         if run is not None:
             run.section_dir(section).mkdir(parents=True, exist_ok=True)
-        trainer = LMTrainer(cfg, data, structure=name, run=run, section=section, digest=config_hash(cfg.to_dict()),
-                            progress=progress, label=f"{name} (seed {seed})")
+        trainer = LMTrainer(
+            cfg,
+            data,
+            structure=name,
+            run=run,
+            section=section,
+            digest=config_hash(cfg.to_dict()),
+            progress=progress,
+            label=f"{name} (seed {seed})",
+        )
         result = trainer.fit(resume=resume)
-        return {"heldout_loss": result.heldout_loss, "heldout_perplexity": result.heldout_perplexity,
-                "mask_valid": result.mask_valid, "train_seconds": result.train_seconds, "history": result.history}
+        return {
+            "heldout_loss": result.heldout_loss,
+            "heldout_perplexity": result.heldout_perplexity,
+            "mask_valid": result.mask_valid,
+            "train_seconds": result.train_seconds,
+            "history": result.history,
+        }
 
     runs = _run.train_structures(names, seed_list, train, on_run_end=on_run_end)
     dense_losses = [r["heldout_loss"] for r in runs[DENSE]] if DENSE in runs else None
@@ -296,40 +387,60 @@ def compare_lm(config: LMTrainConfig | None, out: str | os.PathLike[str] | None 
         losses = [r["heldout_loss"] for r in runs[name]]
         mean = statistics.fmean(losses)
         paired = None if dense_losses is None else [100.0 * (a - d) / d for a, d in zip(losses, dense_losses)]
-        rows.append({
-            "structure": name,
-            "log10_mask_diversity": diversity[name],
-            "heldout_loss": mean,
-            "heldout_loss_std": _sample_std(losses),
-            "heldout_losses": losses,
-            "heldout_perplexity": math.exp(mean),
-            "loss_gap_percent": None if dense_loss is None else 100.0 * (mean - dense_loss) / dense_loss,
-            "loss_gap_percents": paired,
-            "loss_gap_percent_std": None if paired is None else _sample_std(paired),
-            "mask_valid": None if name == DENSE else all(bool(r["mask_valid"]) for r in runs[name]),
-            "train_seconds": statistics.fmean(r["train_seconds"] for r in runs[name]),
-        })
+        rows.append(
+            {
+                "structure": name,
+                "log10_mask_diversity": diversity[name],
+                "heldout_loss": mean,
+                "heldout_loss_std": _sample_std(losses),
+                "heldout_losses": losses,
+                "heldout_perplexity": math.exp(mean),
+                "loss_gap_percent": None if dense_loss is None else 100.0 * (mean - dense_loss) / dense_loss,
+                "loss_gap_percents": paired,
+                "loss_gap_percent_std": None if paired is None else _sample_std(paired),
+                "mask_valid": None if name == DENSE else all(bool(r["mask_valid"]) for r in runs[name]),
+                "train_seconds": statistics.fmean(r["train_seconds"] for r in runs[name]),
+            }
+        )
     sparse_rows = [r for r in rows if r["log10_mask_diversity"] is not None]
-    rho = _spearman([float(r["log10_mask_diversity"]) for r in sparse_rows],
-                    [float(r["heldout_loss"]) for r in sparse_rows])
-    result_obj = LMCompareResult(rows=rows, reference_numel=reference_numel, seeds=seed_list,
-                                 out_dir=None if run is None else run.path, spearman_loss_vs_diversity=rho,
-                                 separation=separation(rows), paired_separation=paired_separation(rows))
+    rho = _spearman(
+        [float(r["log10_mask_diversity"]) for r in sparse_rows], [float(r["heldout_loss"]) for r in sparse_rows]
+    )
+    result_obj = LMCompareResult(
+        rows=rows,
+        reference_numel=reference_numel,
+        seeds=seed_list,
+        out_dir=None if run is None else run.path,
+        spearman_loss_vs_diversity=rho,
+        separation=separation(rows),
+        paired_separation=paired_separation(rows),
+    )
     if run is not None:
         from ..plots import plot_loss_vs_diversity
 
-        payload = {"task": "lm", "config": base.to_dict(), "data": data.describe(), "seeds": seed_list,
-                   "reference_numel": reference_numel,
-                   "diversity": "exact log10 mask diversity at 50% density (nmsparse.log10_mask_diversity)",
-                   "loss": "held-out cross-entropy, nats per byte (mean over seeds; std = sample std)",
-                   "spearman_loss_vs_diversity": rho, "separation": result_obj.separation,
-                   "separation_rule": "mean losses differ by more than the sum of the two seed standard deviations",
-                   "paired_separation": result_obj.paired_separation,
-                   "paired_separation_rule": "one-sample t-test of the per-seed loss differences, two-sided, 95%",
-                   "compile_seconds": compile_seconds, "rows": rows}
-        _run.write_comparison(run, DistContext(), payload=payload, plot=plot_loss_vs_diversity,
-                              reference_numel=reference_numel,
-                              title=f"{base.n_layer}x{base.d_model} byte decoder, {base.steps} steps, "
-                                    f"{len(seed_list)} seed(s)")
+        payload = {
+            "task": "lm",
+            "config": base.to_dict(),
+            "data": data.describe(),
+            "seeds": seed_list,
+            "reference_numel": reference_numel,
+            "diversity": "exact log10 mask diversity at 50% density (nmsparse.log10_mask_diversity)",
+            "loss": "held-out cross-entropy, nats per byte (mean over seeds; std = sample std)",
+            "spearman_loss_vs_diversity": rho,
+            "separation": result_obj.separation,
+            "separation_rule": "mean losses differ by more than the sum of the two seed standard deviations",
+            "paired_separation": result_obj.paired_separation,
+            "paired_separation_rule": "one-sample t-test of the per-seed loss differences, two-sided, 95%",
+            "compile_seconds": compile_seconds,
+            "rows": rows,
+        }
+        _run.write_comparison(
+            run,
+            DistContext(),
+            payload=payload,
+            plot=plot_loss_vs_diversity,
+            reference_numel=reference_numel,
+            title=f"{base.n_layer}x{base.d_model} byte decoder, {base.steps} steps, {len(seed_list)} seed(s)",
+        )
         run.write_summary(result_obj.to_dict())
     return result_obj

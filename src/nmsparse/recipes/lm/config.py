@@ -60,17 +60,26 @@ class LMTrainConfig(ConfigBase):
     """
 
     # data
-    sources: tuple[str, ...] = config_field(SOURCES, group=_DATA, metavar="SOURCE",
-                                            help="embedded text: 'topics' (pydoc topics), 'docstrings' (stdlib)")
-    heldout_permille: int = config_field(100, group=_DATA,
-                                         help="per mille of documents held out (fixed by document name hash)")
-    data: tuple[str, ...] | None = config_field(None, group=_DATA, metavar="PATH",
-                                                help="text files, .jsonl files with a \"text\" field, or folders of "
-                                                     "them, instead of the embedded sources")
+    sources: tuple[str, ...] = config_field(
+        SOURCES, group=_DATA, metavar="SOURCE", help="embedded text: 'topics' (pydoc topics), 'docstrings' (stdlib)"
+    )
+    heldout_permille: int = config_field(
+        100, group=_DATA, help="per mille of documents held out (fixed by document name hash)"
+    )
+    data: tuple[str, ...] | None = config_field(
+        None,
+        group=_DATA,
+        metavar="PATH",
+        help='text files, .jsonl files with a "text" field, or folders of them, instead of the embedded sources',
+    )
     # model
-    model: str | None = config_field(None, group=_MODEL, metavar="hf:FOLDER",
-                                     help="'hf:FOLDER': fine-tune that transformers causal LM (dense, or pruned by "
-                                          "nmsparse oneshot) instead of training the recipe's decoder")
+    model: str | None = config_field(
+        None,
+        group=_MODEL,
+        metavar="hf:FOLDER",
+        help="'hf:FOLDER': fine-tune that transformers causal LM (dense, or pruned by "
+        "nmsparse oneshot) instead of training the recipe's decoder",
+    )
     d_model: int = config_field(128, group=_MODEL, help="width of the residual stream")
     n_layer: int = config_field(4, group=_MODEL, help="decoder blocks")
     n_head: int = config_field(4, group=_MODEL, help="attention heads")
@@ -80,22 +89,27 @@ class LMTrainConfig(ConfigBase):
     tie_embeddings: bool = config_field(False, group=_MODEL, help="share the head's weight with the embedding")
     # sparsity
     mode: Literal["dynamic", "static", "dense"] = config_field(
-        "dynamic", group=_SPARSITY,
+        "dynamic",
+        group=_SPARSITY,
         help="dynamic: masks follow the weights (SR-STE); static: masks fixed (chosen once from the --model "
-             "folder's weights, or the masks that folder carries); dense: no masks")
-    pattern: str = config_field("4:8-T", group=_SPARSITY,
-                                help="'4:8-T', '2:4', '2:4-T', ..., 'unstructured' (50%%) or 'dense'")
+        "folder's weights, or the masks that folder carries); dense: no masks",
+    )
+    pattern: str = config_field(
+        "4:8-T", group=_SPARSITY, help="'4:8-T', '2:4', '2:4-T', ..., 'unstructured' (50%%) or 'dense'"
+    )
     method: str = config_field("exact", group=_SPARSITY, help="mask method of refreshes")
     initial_method: str = config_field("exact", group=_SPARSITY, help="mask method of the initial masks")
     refresh_every: int = config_field(100, group=_SPARSITY, help="steps between mask refreshes")
     decay: float = config_field(2e-3, group=_SPARSITY, help="SR-STE decay of pruned weights")
-    include: tuple[str, ...] | None = config_field(None, group=_SPARSITY, metavar="GLOB",
-                                                   help=f"layers to sparsify (default: {SPARSE_LAYERS[0]})")
-    exclude: tuple[str, ...] | None = config_field(None, group=_SPARSITY, metavar="GLOB",
-                                                   help="layers to keep dense")
-    keep_first_last: bool = config_field(False, group=_SPARSITY,
-                                         help="keep the model's first and last Linear dense (block 0's "
-                                              "c_attn; the last, the head, is dense anyway)")
+    include: tuple[str, ...] | None = config_field(
+        None, group=_SPARSITY, metavar="GLOB", help=f"layers to sparsify (default: {SPARSE_LAYERS[0]})"
+    )
+    exclude: tuple[str, ...] | None = config_field(None, group=_SPARSITY, metavar="GLOB", help="layers to keep dense")
+    keep_first_last: bool = config_field(
+        False,
+        group=_SPARSITY,
+        help="keep the model's first and last Linear dense (block 0's c_attn; the last, the head, is dense anyway)",
+    )
     # optimisation
     steps: int = config_field(400, group=_OPTIM, help="optimizer steps")
     batch_size: int = config_field(16, group=_OPTIM, help="sequences per step")
@@ -107,19 +121,21 @@ class LMTrainConfig(ConfigBase):
     beta2: float = config_field(0.95, group=_OPTIM, help="AdamW beta2")
     grad_clip: float | None = config_field(1.0, group=_OPTIM, help="gradient norm clip (none: off)")
     eval_every: int = config_field(100, group=_OPTIM, help="steps between evaluations and checkpoints")
-    eval_tokens: int | None = config_field(16384, group=_OPTIM,
-                                           help="held-out tokens of intermediate evaluations (none: all); the "
-                                                "final one uses all")
+    eval_tokens: int | None = config_field(
+        16384, group=_OPTIM, help="held-out tokens of intermediate evaluations (none: all); the final one uses all"
+    )
     eval_batch_size: int = config_field(32, group=_OPTIM, help="windows per evaluation batch")
     # run
     seed: int = config_field(0, group=_RUN, help="seed of weights and batches")
     baseline: bool = config_field(True, group=_RUN, help="also train the model dense with the same seed")
     device: str = config_field("auto", group=_RUN, help="auto, cpu, cuda or cuda:N")
-    threads: int | None = config_field(None, group=_RUN,
-                                       help="torch threads on the CPU (none: min(2, cores))")
-    accelerate: bool = config_field(False, group=_RUN,
-                                    help="swap pruned Linear layers for SparseLinear where 2:4-T sparse tensor "
-                                         "cores are measurably faster (nmsparse.accelerate_; reported per layer)")
+    threads: int | None = config_field(None, group=_RUN, help="torch threads on the CPU (none: min(2, cores))")
+    accelerate: bool = config_field(
+        False,
+        group=_RUN,
+        help="swap pruned Linear layers for SparseLinear where 2:4-T sparse tensor "
+        "cores are measurably faster (nmsparse.accelerate_; reported per layer)",
+    )
 
     _constraints = {
         "sources": [SequenceOf(Options(SOURCES), min_len=1)],
@@ -168,15 +184,15 @@ class LMTrainConfig(ConfigBase):
 
     def _check(self) -> None:
         if self.mode == "static" and self.model is None:
-            raise ConfigError("LMTrainConfig: mode 'static' fine-tunes a trained model with fixed masks and needs "
-                              "model: 'hf:FOLDER' (e.g. the hf/ folder of a dense run, or a folder pruned by "
-                              "nmsparse oneshot)")
+            raise ConfigError(
+                "LMTrainConfig: mode 'static' fine-tunes a trained model with fixed masks and needs "
+                "model: 'hf:FOLDER' (e.g. the hf/ folder of a dense run, or a folder pruned by "
+                "nmsparse oneshot)"
+            )
         if self.d_model % self.n_head:
-            raise ConfigError(f"LMTrainConfig: d_model ({self.d_model}) must be a multiple of n_head "
-                              f"({self.n_head})")
+            raise ConfigError(f"LMTrainConfig: d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
         if self.warmup_steps >= self.steps:
-            raise ConfigError(f"LMTrainConfig: warmup_steps ({self.warmup_steps}) must be below steps "
-                              f"({self.steps})")
+            raise ConfigError(f"LMTrainConfig: warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
         if len(set(self.sources)) != len(self.sources):
             raise ConfigError(f"LMTrainConfig: sources repeat: {list(self.sources)}")
 
@@ -194,9 +210,16 @@ class LMTrainConfig(ConfigBase):
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         """The decoder's sizes."""
-        return GPTConfig(vocab_size=vocab_size, context=self.context, d_model=self.d_model, n_layer=self.n_layer,
-                         n_head=self.n_head, mlp_ratio=self.mlp_ratio, dropout=self.dropout,
-                         tie_embeddings=self.tie_embeddings)
+        return GPTConfig(
+            vocab_size=vocab_size,
+            context=self.context,
+            d_model=self.d_model,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            mlp_ratio=self.mlp_ratio,
+            dropout=self.dropout,
+            tie_embeddings=self.tie_embeddings,
+        )
 
     def torch_threads(self) -> int:
         """``threads`` or the default ``min(2, cores)``."""

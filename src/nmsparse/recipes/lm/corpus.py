@@ -49,11 +49,23 @@ CORPUS_VERSION = 1
 #: Known sources, in the order their documents are concatenated.
 SOURCES = ("topics", "docstrings")
 #: Directory names (at any depth of the standard library tree) whose files are not read.
-EXCLUDED_DIRS = frozenset({
-    "site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "turtledemo", "ensurepip",
-    "lib2to3", "lib-dynload", "__pycache__", "__phello__",
-    "encodings",  # ~100 generated codec modules whose docstrings repeat one boilerplate paragraph
-})
+EXCLUDED_DIRS = frozenset(
+    {
+        "site-packages",
+        "dist-packages",
+        "test",
+        "tests",
+        "idle_test",
+        "idlelib",
+        "turtledemo",
+        "ensurepip",
+        "lib2to3",
+        "lib-dynload",
+        "__pycache__",
+        "__phello__",
+        "encodings",  # ~100 generated codec modules whose docstrings repeat one boilerplate paragraph
+    }
+)
 #: File names (or prefixes ending in ``*``) that are not read: machine-specific or not documentation.
 EXCLUDED_FILES = ("_sysconfigdata*", "__hello__.py", "this.py", "antigravity.py")
 
@@ -98,16 +110,23 @@ class Corpus:
         Raises:
             ConfigError: ``heldout_permille`` outside ``1..999`` or a split that leaves one side empty.
         """
-        if isinstance(heldout_permille, bool) or not isinstance(heldout_permille, int) \
-                or not 1 <= heldout_permille <= 999:
-            raise ConfigError(f"corpus split: heldout_permille must be an int in 1..999 (per mille of "
-                              f"documents held out), got {heldout_permille!r}")
+        if (
+            isinstance(heldout_permille, bool)
+            or not isinstance(heldout_permille, int)
+            or not 1 <= heldout_permille <= 999
+        ):
+            raise ConfigError(
+                f"corpus split: heldout_permille must be an int in 1..999 (per mille of "
+                f"documents held out), got {heldout_permille!r}"
+            )
         train = [d for d in self.documents if d.split_key >= heldout_permille]
         heldout = [d for d in self.documents if d.split_key < heldout_permille]
         if not train or not heldout:
-            raise ConfigError(f"corpus split: heldout_permille={heldout_permille} leaves {len(train)} training and "
-                              f"{len(heldout)} held-out documents out of {len(self.documents)}; use more "
-                              f"sources or another per-mille")
+            raise ConfigError(
+                f"corpus split: heldout_permille={heldout_permille} leaves {len(train)} training and "
+                f"{len(heldout)} held-out documents out of {len(self.documents)}; use more "
+                f"sources or another per-mille"
+            )
         return train, heldout
 
 

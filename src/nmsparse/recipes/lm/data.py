@@ -58,13 +58,20 @@ class LMData:
 
     def describe(self) -> dict[str, object]:
         """JSON-ready description for run files (no tensors)."""
-        return {"corpus_sha256": self.corpus_sha256, "tokenizer": self.tokenizer, "vocab_size": self.vocab_size,
-                "train_tokens": int(self.train.numel()), "heldout_tokens": int(self.heldout.numel()),
-                "train_documents": self.train_documents, "heldout_documents": self.heldout_documents,
-                "python": self.python}
+        return {
+            "corpus_sha256": self.corpus_sha256,
+            "tokenizer": self.tokenizer,
+            "vocab_size": self.vocab_size,
+            "train_tokens": int(self.train.numel()),
+            "heldout_tokens": int(self.heldout.numel()),
+            "train_documents": self.train_documents,
+            "heldout_documents": self.heldout_documents,
+            "python": self.python,
+        }
 
-    def train_batch(self, *, step: int, batch_size: int, context: int, seed: int,
-                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def train_batch(
+        self, *, step: int, batch_size: int, context: int, seed: int, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and next-token targets ``(batch_size, context)`` (int64) from random training windows.
 
         Raises:
@@ -72,16 +79,19 @@ class LMData:
         """
         limit = self.train.numel() - context - 1
         if limit <= 0:
-            raise ConfigError(f"LM data: context {context} does not fit the {self.train.numel()}-token training "
-                              f"stream; use a shorter context or more sources")
+            raise ConfigError(
+                f"LM data: context {context} does not fit the {self.train.numel()}-token training "
+                f"stream; use a shorter context or more sources"
+            )
         generator = torch.Generator().manual_seed(seed * _STEP_SEED_STRIDE + step)
         starts = torch.randint(0, limit + 1, (batch_size,), generator=generator)
         offsets = torch.arange(context + 1)
         windows = self.train[starts[:, None] + offsets].long()  # (B, T+1)
         return windows[:, :-1].contiguous().to(device), windows[:, 1:].contiguous().to(device)
 
-    def heldout_batches(self, *, context: int, batch_size: int, max_tokens: int | None = None,
-                        device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    def heldout_batches(
+        self, *, context: int, batch_size: int, max_tokens: int | None = None, device: torch.device | str = "cpu"
+    ) -> Iterator[torch.Tensor]:
         """Non-overlapping held-out windows of ``context`` tokens, in order, ``batch_size`` at a time.
 
         Each window is scored on its tokens 2..``context`` given the ones before it (no context across windows),
@@ -102,15 +112,22 @@ class LMData:
         if max_tokens is not None:
             count = min(count, max(1, max_tokens // context))
         if count < 1:
-            raise ConfigError(f"LM data: the held-out stream ({self.heldout.numel()} tokens) is shorter than one "
-                              f"context of {context}; hold out more documents (heldout_permille)")
+            raise ConfigError(
+                f"LM data: the held-out stream ({self.heldout.numel()} tokens) is shorter than one "
+                f"context of {context}; hold out more documents (heldout_permille)"
+            )
         windows = self.heldout[: count * context].long().view(count, context)
         for batch in windows.split(batch_size):
             yield batch.to(device)
 
 
-def build_lm_data(*, sources: Sequence[str] = SOURCES, heldout_permille: int = 100,
-                  files: Sequence[str] | None = None, tokenizer: Any = None) -> LMData:
+def build_lm_data(
+    *,
+    sources: Sequence[str] = SOURCES,
+    heldout_permille: int = 100,
+    files: Sequence[str] | None = None,
+    tokenizer: Any = None,
+) -> LMData:
     """Collect the corpus, split it by document and tokenise both sides.
 
     Args:
@@ -136,13 +153,19 @@ def build_lm_data(*, sources: Sequence[str] = SOURCES, heldout_permille: int = 1
     except ConfigError as exc:
         if not files:
             raise
-        raise ConfigError(f"--data: {len(corpus.documents)} document(s) (paragraphs of text files, lines of .jsonl "
-                          f"files) do not give both training and held-out text ({exc}); give more text") from None
+        raise ConfigError(
+            f"--data: {len(corpus.documents)} document(s) (paragraphs of text files, lines of .jsonl "
+            f"files) do not give both training and held-out text ({exc}); give more text"
+        ) from None
     tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
     return LMData(
         train=tokenizer.encode_documents([d.text for d in train_docs]),
         heldout=tokenizer.encode_documents([d.text for d in heldout_docs]),
-        corpus_sha256=corpus.sha256, tokenizer=tokenizer.name, vocab_size=tokenizer.vocab_size,
-        train_documents=len(train_docs), heldout_documents=len(heldout_docs),
-        heldout_names=tuple(d.name for d in heldout_docs), python=corpus.python,
+        corpus_sha256=corpus.sha256,
+        tokenizer=tokenizer.name,
+        vocab_size=tokenizer.vocab_size,
+        train_documents=len(train_docs),
+        heldout_documents=len(heldout_docs),
+        heldout_names=tuple(d.name for d in heldout_docs),
+        python=corpus.python,
     )

@@ -99,8 +99,10 @@ class GPTConfig(ConfigBase):
 
     def _check(self) -> None:
         if self.d_model % self.n_head:
-            raise ConfigError(f"GPTConfig: d_model ({self.d_model}) must be a multiple of n_head ({self.n_head}); "
-                              f"e.g. d_model={self.n_head * max(1, round(self.d_model / self.n_head))}")
+            raise ConfigError(
+                f"GPTConfig: d_model ({self.d_model}) must be a multiple of n_head ({self.n_head}); "
+                f"e.g. d_model={self.n_head * max(1, round(self.d_model / self.n_head))}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -126,8 +128,9 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=True)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -223,8 +226,10 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape
         if T > self.config.context:
-            raise ShapeError(f"GPT: sequence of length {T} is longer than the context {self.config.context}; "
-                             f"crop it or build the model with a larger context")
+            raise ShapeError(
+                f"GPT: sequence of length {T} is longer than the context {self.config.context}; "
+                f"crop it or build the model with a larger context"
+            )
         pos = torch.arange(T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
@@ -236,11 +241,20 @@ def _hf_config(config: GPTConfig, extra: dict[str, Any] | None = None) -> Any:
     from transformers import GPT2Config
 
     hf = GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.context, n_embd=config.d_model, n_layer=config.n_layer,
-        n_head=config.n_head, n_inner=config.mlp_ratio * config.d_model, activation_function="gelu_new",
-        resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-        layer_norm_epsilon=config.layer_norm_eps, tie_word_embeddings=config.tie_embeddings,
-        bos_token_id=0, eos_token_id=0,
+        vocab_size=config.vocab_size,
+        n_positions=config.context,
+        n_embd=config.d_model,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=config.mlp_ratio * config.d_model,
+        activation_function="gelu_new",
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=config.layer_norm_eps,
+        tie_word_embeddings=config.tie_embeddings,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     hf.architectures = ["GPT2LMHeadModel"]
     if extra:
@@ -261,9 +275,13 @@ def _hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
             bias = getattr(module, "bias", None)
             if name.endswith(HF_LINEARS) or isinstance(module, nn.LayerNorm):
                 # GPT-2's Conv1D and LayerNorm always have a bias: zeros stand in for a model built without.
-                out[f"{name}.bias"] = (bias.detach().clone() if bias is not None
-                                       else torch.zeros(weight.shape[-1] if isinstance(module, nn.Linear)
-                                                        else weight.shape[0], dtype=weight.dtype))
+                out[f"{name}.bias"] = (
+                    bias.detach().clone()
+                    if bias is not None
+                    else torch.zeros(
+                        weight.shape[-1] if isinstance(module, nn.Linear) else weight.shape[0], dtype=weight.dtype
+                    )
+                )
     return out
 
 
@@ -306,8 +324,7 @@ def to_hf_gpt2(model: GPT, *, metadata: dict[str, Any] | None = None) -> GPT2LMH
     # GPT-2 may keep non-persistent buffers (attention bias masks); only real weights must be accounted for.
     real_missing = [k for k in missing if not (model.config.tie_embeddings and k == "lm_head.weight")]
     if real_missing or unexpected:
-        raise InputError(f"to_hf_gpt2: key mismatch, missing in the export {real_missing}, not in GPT-2 "
-                         f"{unexpected}")
+        raise InputError(f"to_hf_gpt2: key mismatch, missing in the export {real_missing}, not in GPT-2 {unexpected}")
     return hf.eval()
 
 
@@ -320,19 +337,32 @@ def from_hf_gpt2(hf_model: Any) -> GPT:
     hf_config: Any = getattr(hf_model, "config", None)
     if getattr(hf_config, "model_type", None) != "gpt2":
         raise InputError(f"from_hf_gpt2: expected a transformers GPT-2 model, got {type(hf_model).__name__}")
-    if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or \
-            getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or \
-            getattr(hf_config, "reorder_and_upcast_attn", False) or not getattr(hf_config, "scale_attn_weights", True):
-        raise InputError("from_hf_gpt2: this GPT-2 uses options the decoder does not reproduce (activation "
-                         f"{hf_config.activation_function!r}, attention scaling variants); only standard GPT-2 "
-                         f"converts")
+    if (
+        hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh")
+        or getattr(hf_config, "scale_attn_by_inverse_layer_idx", False)
+        or getattr(hf_config, "reorder_and_upcast_attn", False)
+        or not getattr(hf_config, "scale_attn_weights", True)
+    ):
+        raise InputError(
+            "from_hf_gpt2: this GPT-2 uses options the decoder does not reproduce (activation "
+            f"{hf_config.activation_function!r}, attention scaling variants); only standard GPT-2 "
+            f"converts"
+        )
     inner = hf_config.n_inner or 4 * hf_config.n_embd
     if inner % hf_config.n_embd:
         raise InputError(f"from_hf_gpt2: MLP width {inner} is not a multiple of n_embd {hf_config.n_embd}")
-    config = GPTConfig(vocab_size=hf_config.vocab_size, context=hf_config.n_positions, d_model=hf_config.n_embd,
-                       n_layer=hf_config.n_layer, n_head=hf_config.n_head, mlp_ratio=inner // hf_config.n_embd,
-                       dropout=0.0, bias=True, tie_embeddings=bool(hf_config.tie_word_embeddings),
-                       layer_norm_eps=float(hf_config.layer_norm_epsilon))
+    config = GPTConfig(
+        vocab_size=hf_config.vocab_size,
+        context=hf_config.n_positions,
+        d_model=hf_config.n_embd,
+        n_layer=hf_config.n_layer,
+        n_head=hf_config.n_head,
+        mlp_ratio=inner // hf_config.n_embd,
+        dropout=0.0,
+        bias=True,
+        tie_embeddings=bool(hf_config.tie_word_embeddings),
+        layer_norm_eps=float(hf_config.layer_norm_epsilon),
+    )
     model = GPT(config)
     source = {k: v for k, v in hf_model.state_dict().items()}
     state = {}
@@ -347,8 +377,9 @@ def from_hf_gpt2(hf_model: Any) -> GPT:
     return model.eval()
 
 
-def save_hf(model: GPT, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None,
-            overwrite: bool = False) -> Path:
+def save_hf(
+    model: GPT, path: str | os.PathLike[str], *, metadata: dict[str, Any] | None = None, overwrite: bool = False
+) -> Path:
     """Write ``model`` as a ``transformers`` GPT-2 folder (``config.json``, ``model.safetensors``).
 
     Written by :func:`nmsparse.io.save_pretrained_dense`, nmsparse's one writer of ``transformers`` folders: beside
@@ -380,8 +411,9 @@ def save_hf(model: GPT, path: str | os.PathLike[str], *, metadata: dict[str, Any
     if metadata is not None:
         json.dumps(metadata)  # fail before writing anything
     # the one writer of transformers folders (atomic, umask respected, never deletes beside the target)
-    return save_pretrained_dense(to_hf_gpt2(model, metadata=metadata), target, metadata=metadata,
-                                 overwrite=overwrite or empty_folder)
+    return save_pretrained_dense(
+        to_hf_gpt2(model, metadata=metadata), target, metadata=metadata, overwrite=overwrite or empty_folder
+    )
 
 
 def load_hf(path: str | os.PathLike[str]) -> GPT:

@@ -40,9 +40,19 @@ from ..distributed import DistContext, check_masks_identical, collective_device
 from .data import LMData
 from .pretrained import logits_of
 
-__all__ = ["PARALLEL_MODES", "DEFAULT_PARALLEL", "FSDP_ACCELERATE_REASON", "check_parallel",
-           "wrap_model", "local_rows", "sharded_heldout_loss", "full_tensors", "load_optimizer_state_",
-           "masks_agree", "decoder_blocks"]
+__all__ = [
+    "PARALLEL_MODES",
+    "DEFAULT_PARALLEL",
+    "FSDP_ACCELERATE_REASON",
+    "check_parallel",
+    "wrap_model",
+    "local_rows",
+    "sharded_heldout_loss",
+    "full_tensors",
+    "load_optimizer_state_",
+    "masks_agree",
+    "decoder_blocks",
+]
 
 
 #: Data-parallel engines of ``--parallel``.
@@ -50,9 +60,11 @@ PARALLEL_MODES = ("fsdp", "ddp")
 #: The engine under ``torchrun`` when ``--parallel`` is not given.
 DEFAULT_PARALLEL = "fsdp"
 #: Why ``accelerate`` keeps every layer masked-dense under FSDP2 (the run's ``acceleration`` report says so).
-FSDP_ACCELERATE_REASON = ("FSDP2 shards each weight by output rows across ranks and gathers it per forward, so "
-                          "there is no whole weight to pack for the sparse kernels once; every layer stays "
-                          "masked-dense (use --parallel ddp or one process to accelerate)")
+FSDP_ACCELERATE_REASON = (
+    "FSDP2 shards each weight by output rows across ranks and gathers it per forward, so "
+    "there is no whole weight to pack for the sparse kernels once; every layer stays "
+    "masked-dense (use --parallel ddp or one process to accelerate)"
+)
 
 
 def check_parallel(mode: str, batch_size: int, ctx: DistContext) -> None:
@@ -64,8 +76,10 @@ def check_parallel(mode: str, batch_size: int, ctx: DistContext) -> None:
     if mode not in PARALLEL_MODES:
         raise ConfigError(f"parallel must be one of {list(PARALLEL_MODES)}, got {mode!r}")
     if batch_size % ctx.world_size:
-        raise ConfigError(f"batch_size {batch_size} is the global batch and must be divisible by the "
-                          f"{ctx.world_size} processes; pick a multiple of {ctx.world_size}")
+        raise ConfigError(
+            f"batch_size {batch_size} is the global batch and must be divisible by the "
+            f"{ctx.world_size} processes; pick a multiple of {ctx.world_size}"
+        )
 
 
 def wrap_model(model: nn.Module, mode: str, ctx: DistContext, device: torch.device) -> nn.Module:
@@ -80,10 +94,12 @@ def wrap_model(model: nn.Module, mode: str, ctx: DistContext, device: torch.devi
         # Masks are buffers: never re-sent from rank 0 in the forward (they are checked after every refresh
         # instead). torch 2.13 renamed broadcast_buffers to forward_sync_buffers.
         params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
-        no_sync: dict[str, Any] = {"forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers":
-                                   False}
+        no_sync: dict[str, Any] = {
+            "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers": False
+        }
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
+            model, device_ids=[device.index] if device.type == "cuda" else None, **no_sync
+        )
     from torch.distributed.fsdp import fully_shard
 
     for block in decoder_blocks(model):
@@ -109,7 +125,7 @@ def local_rows(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if not ctx.enabled:
         return tensor
     rows = tensor.shape[0] // ctx.world_size
-    return tensor[ctx.rank * rows:(ctx.rank + 1) * rows]
+    return tensor[ctx.rank * rows : (ctx.rank + 1) * rows]
 
 
 def _windows(data: LMData, context: int, max_tokens: int | None) -> torch.Tensor:
@@ -118,8 +134,16 @@ def _windows(data: LMData, context: int, max_tokens: int | None) -> torch.Tensor
 
 
 @torch.no_grad()
-def sharded_heldout_loss(model: nn.Module, data: LMData, *, context: int, batch_size: int, ctx: DistContext,
-                         max_tokens: int | None = None, device: torch.device | str = "cpu") -> float:
+def sharded_heldout_loss(
+    model: nn.Module,
+    data: LMData,
+    *,
+    context: int,
+    batch_size: int,
+    ctx: DistContext,
+    max_tokens: int | None = None,
+    device: torch.device | str = "cpu",
+) -> float:
     """Held-out loss (nats per token) of :func:`~nmsparse.recipes.lm.task.heldout_loss`, computed by all ranks.
 
     Every rank must call it (FSDP2 gathers weights in the forward); the result is the same on every rank.
@@ -129,7 +153,7 @@ def sharded_heldout_loss(model: nn.Module, data: LMData, *, context: int, batch_
     per_rank = -(-count // ctx.world_size)
     mine = list(range(ctx.rank, count, ctx.world_size))
     weights = torch.ones(per_rank, dtype=torch.float64)
-    weights[len(mine):] = 0.0
+    weights[len(mine) :] = 0.0
     index = torch.tensor(mine + [0] * (per_rank - len(mine)), dtype=torch.long)
     training = model.training
     model.eval()
@@ -138,8 +162,9 @@ def sharded_heldout_loss(model: nn.Module, data: LMData, *, context: int, batch_
         for rows, w in zip(index.split(batch_size), weights.split(batch_size)):
             batch = windows[rows].to(device)
             logits = logits_of(model(batch))[:, :-1]
-            per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1),
-                                        reduction="none").view(batch.shape[0], -1)
+            per_token = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="none"
+            ).view(batch.shape[0], -1)
             total += float((per_token.sum(dim=1).double().cpu() * w).sum())
     finally:
         model.train(training)
@@ -181,8 +206,9 @@ def load_optimizer_state_(optimizer: torch.optim.Optimizer, state: dict[str, Any
             slots = optimizer.state.get(param, {})
             for key, value in list(slots.items()):
                 if isinstance(value, torch.Tensor) and not is_dtensor(value) and value.shape == param.shape:
-                    slots[key] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements,
-                                                   src_data_rank=None)
+                    slots[key] = distribute_tensor(
+                        value.to(param.device), param.device_mesh, param.placements, src_data_rank=None
+                    )
 
 
 def masks_agree(model: nn.Module, ctx: DistContext, *, where: str) -> None:

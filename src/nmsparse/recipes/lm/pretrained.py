@@ -38,9 +38,20 @@ from .config import DENSE, UNSTRUCTURED, LMTrainConfig
 from .data import LMData, build_lm_data
 from .model import GPT, SPARSE_LAYERS
 
-__all__ = ["check_causal_lm_folder", "folder_masks_pattern", "load_causal_lm_checked", "load_pretrained_lm",
-           "default_include", "StaticMasks", "attach_masks", "lm_data", "export_lm", "settings_from_folder",
-           "carries_masks", "logits_of"]
+__all__ = [
+    "check_causal_lm_folder",
+    "folder_masks_pattern",
+    "load_causal_lm_checked",
+    "load_pretrained_lm",
+    "default_include",
+    "StaticMasks",
+    "attach_masks",
+    "lm_data",
+    "export_lm",
+    "settings_from_folder",
+    "carries_masks",
+    "logits_of",
+]
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -87,29 +98,43 @@ def check_causal_lm_folder(spec: str | os.PathLike[str]) -> Path:
     folder = _folder(os.fspath(spec))
     config = _read_json(folder / "config.json")
     if "auto_map" in config:
-        raise InputError(f"{folder}: the model needs remote code (auto_map in config.json), which nmsparse never "
-                         f"runs; use a model class that transformers ships (GPT-2, LLaMA, ...)")
+        raise InputError(
+            f"{folder}: the model needs remote code (auto_map in config.json), which nmsparse never "
+            f"runs; use a model class that transformers ships (GPT-2, LLaMA, ...)"
+        )
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = set((_read_json(index).get("weight_map") or {}).values())
         missing = sorted(s for s in shards if not (folder / s).is_file())
         if missing or not shards:
-            raise InputError(f"{folder}: weights missing: model.safetensors.index.json names "
-                             f"{missing or 'no'} shard file(s) that are not in the folder")
+            raise InputError(
+                f"{folder}: weights missing: model.safetensors.index.json names "
+                f"{missing or 'no'} shard file(s) that are not in the folder"
+            )
     elif not (folder / "model.safetensors").is_file():
         pickled = [p.name for p in folder.glob("*.bin")]
-        hint = (f"; it holds {pickled[0]}, a pickle nmsparse does not load: re-save it with "
-                f"save_pretrained(safe_serialization=True)") if pickled else ""
+        hint = (
+            (
+                f"; it holds {pickled[0]}, a pickle nmsparse does not load: re-save it with "
+                f"save_pretrained(safe_serialization=True)"
+            )
+            if pickled
+            else ""
+        )
         raise InputError(f"{folder}: no weights (model.safetensors){hint}")
     types, classes = _causal_classes()
     architectures = config.get("architectures") or []
     if architectures:
         if not any(a in classes for a in architectures):
-            raise InputError(f"{folder}: {', '.join(map(str, architectures))} has no causal language-model head; "
-                             f"--model hf: fine-tunes causal LMs (GPT-2, LLaMA, ...), not encoders such as BERT")
+            raise InputError(
+                f"{folder}: {', '.join(map(str, architectures))} has no causal language-model head; "
+                f"--model hf: fine-tunes causal LMs (GPT-2, LLaMA, ...), not encoders such as BERT"
+            )
     elif config.get("model_type") not in types:
-        raise InputError(f"{folder}: model_type {config.get('model_type')!r} is not a causal language model "
-                         f"transformers knows; --model hf: fine-tunes causal LMs (GPT-2, LLaMA, ...)")
+        raise InputError(
+            f"{folder}: model_type {config.get('model_type')!r} is not a causal language model "
+            f"transformers knows; --model hf: fine-tunes causal LMs (GPT-2, LLaMA, ...)"
+        )
     return folder
 
 
@@ -131,14 +156,16 @@ def folder_masks_pattern(folder: str | os.PathLike[str]) -> str | None:
     if not record.is_file():
         return None
     info = _read_json(record)
-    patterns = {str(v.get("pattern")) for v in (info.get("masks") or {}).values()
-                if isinstance(v, dict) and v.get("pattern")}
+    patterns = {
+        str(v.get("pattern")) for v in (info.get("masks") or {}).values() if isinstance(v, dict) and v.get("pattern")
+    }
     oneshot = ((info.get("metadata") or {}).get("oneshot") or {}).get("pattern")
     if not patterns and oneshot:
         patterns = {str(oneshot)}
     if len(patterns) > 1:
-        raise InputError(f"{root}: its masks have several patterns ({sorted(patterns)}); the LM recipe fine-tunes "
-                         f"one pattern")
+        raise InputError(
+            f"{root}: its masks have several patterns ({sorted(patterns)}); the LM recipe fine-tunes one pattern"
+        )
     if not patterns:
         return None
     from nmsparse.pattern import NMPattern
@@ -177,19 +204,22 @@ def load_causal_lm_checked(folder: str | os.PathLike[str]) -> nn.Module:
     hf_logging.set_verbosity_error()  # a missing weight is reported below, as one line
     hf_logging.disable_progress_bar()
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(root), local_files_only=True, trust_remote_code=False,
-                                                      dtype=torch.float32, output_loading_info=True)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(root), local_files_only=True, trust_remote_code=False, dtype=torch.float32, output_loading_info=True
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
     model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
-    missing = sorted(info.get("missing_keys") or []) + sorted(str(k[0]) if isinstance(k, tuple) else str(k)
-                                                             for k in info.get("mismatched_keys") or [])
+    missing = sorted(info.get("missing_keys") or []) + sorted(
+        str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or []
+    )
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise InputError(f"{root}: weights missing from the folder (transformers would initialise them at "
-                         f"random): {shown}")
+        raise InputError(
+            f"{root}: weights missing from the folder (transformers would initialise them at random): {shown}"
+        )
     return model.eval()
 
 
@@ -207,19 +237,24 @@ def load_pretrained_lm(config: LMTrainConfig, *, device: torch.device | str = "c
     if carries_masks(config):
         pattern = folder_masks_pattern(folder)
         if config.mode != "static":
-            raise ConfigError(f"{folder} carries the masks of one-shot pruning ({pattern or 'pattern unrecorded'}); "
-                              f"fine-tune them with --mode static (the masks stay as they are), or pass the dense "
-                              f"folder it was pruned from")
+            raise ConfigError(
+                f"{folder} carries the masks of one-shot pruning ({pattern or 'pattern unrecorded'}); "
+                f"fine-tune them with --mode static (the masks stay as they are), or pass the dense "
+                f"folder it was pruned from"
+            )
         if pattern is not None and config.structure != pattern:
-            raise ConfigError(f"{folder} carries {pattern} masks but the pattern asked for is {config.structure}; "
-                              f"pass --pattern {pattern} (or leave --pattern out)")
+            raise ConfigError(
+                f"{folder} carries {pattern} masks but the pattern asked for is {config.structure}; "
+                f"pass --pattern {pattern} (or leave --pattern out)"
+            )
     started = time.perf_counter()
     model = load_causal_lm_checked(folder)
-    positions = int(getattr(model.config, "n_positions", 0) or getattr(model.config, "max_position_embeddings", 0)
-                    or 0)
+    positions = int(getattr(model.config, "n_positions", 0) or getattr(model.config, "max_position_embeddings", 0) or 0)
     if positions and config.context > positions:
-        raise ConfigError(f"context {config.context} is longer than the {positions} positions of {folder}; pass "
-                          f"--context {positions} or less")
+        raise ConfigError(
+            f"context {config.context} is longer than the {positions} positions of {folder}; pass "
+            f"--context {positions} or less"
+        )
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # training: no key/value cache
     from nmsparse._logging import logger
@@ -297,13 +332,16 @@ class StaticMasks:
         if not isinstance(state, dict) or state.get("kind") != "static":
             raise ConfigError("StaticMasks.load_state_dict: the checkpoint was not written with static masks")
         if state.get("pattern") != str(self.pattern) or list(state.get("layers") or []) != list(self.layers):
-            raise ConfigError(f"StaticMasks.load_state_dict: the checkpoint's masks ({state.get('pattern')}, "
-                              f"{len(state.get('layers') or [])} layers) are not these ({self.pattern}, "
-                              f"{len(self.layers)} layers)")
+            raise ConfigError(
+                f"StaticMasks.load_state_dict: the checkpoint's masks ({state.get('pattern')}, "
+                f"{len(state.get('layers') or [])} layers) are not these ({self.pattern}, "
+                f"{len(self.layers)} layers)"
+            )
 
 
-def attach_masks(model: nn.Module, config: LMTrainConfig, structure: str, *, include: list[str] | None,
-                 exclude: list[str] | None) -> StaticMasks:
+def attach_masks(
+    model: nn.Module, config: LMTrainConfig, structure: str, *, include: list[str] | None, exclude: list[str] | None
+) -> StaticMasks:
     """Static masks on ``model`` for ``structure``: the ones ``config.model``'s folder carries, else chosen once
     from the weights with ``config.initial_method``.
 
@@ -321,8 +359,14 @@ def attach_masks(model: nn.Module, config: LMTrainConfig, structure: str, *, inc
         origin = "folder"
     else:
         before = set(get_masks(model))
-        prune_(model, structure, method=config.initial_method, include=include, exclude=exclude,
-               keep_first_last=config.keep_first_last)
+        prune_(
+            model,
+            structure,
+            method=config.initial_method,
+            include=include,
+            exclude=exclude,
+            keep_first_last=config.keep_first_last,
+        )
         keys = [k for k in get_masks(model) if k not in before]
         origin = "weights"
     modules = dict(model.named_modules())
@@ -343,8 +387,9 @@ def lm_data(config: LMTrainConfig) -> LMData:
 
         folder = check_causal_lm_folder(config.model)
         tokenizer = folder_tokenizer(folder, _vocab_size(folder))
-    return build_lm_data(sources=config.sources, heldout_permille=config.heldout_permille, files=config.data,
-                         tokenizer=tokenizer)
+    return build_lm_data(
+        sources=config.sources, heldout_permille=config.heldout_permille, files=config.data, tokenizer=tokenizer
+    )
 
 
 def _vocab_size(folder: Path) -> int:
@@ -355,8 +400,7 @@ def _vocab_size(folder: Path) -> int:
     return vocab
 
 
-def export_lm(model: nn.Module, path: Path, *, config: LMTrainConfig, structure: str,
-              metadata: dict[str, Any]) -> Path:
+def export_lm(model: nn.Module, path: Path, *, config: LMTrainConfig, structure: str, metadata: dict[str, Any]) -> Path:
     """Write the trained model as a transformers folder: the recipe's decoder through
     :func:`~nmsparse.recipes.lm.model.save_hf` (a GPT-2 folder), a transformers model through
     :func:`nmsparse.oneshot.hf.save_pruned_pretrained` with its masks, ``nmsparse.json`` and the source folder's
@@ -373,6 +417,12 @@ def export_lm(model: nn.Module, path: Path, *, config: LMTrainConfig, structure:
     folder = _folder(config.model)
     tokenizer = folder_tokenizer(folder, _vocab_size(folder))
     pattern = None if structure in (DENSE, UNSTRUCTURED) else structure
-    return save_pruned_pretrained(model, path, pattern=pattern, method=None, overwrite=True,
-                                  extra={"train": {**metadata, "source": str(folder), "mode": config.mode}},
-                                  tokenizer=tokenizer if isinstance(tokenizer, FolderTokenizer) else None)
+    return save_pruned_pretrained(
+        model,
+        path,
+        pattern=pattern,
+        method=None,
+        overwrite=True,
+        extra={"train": {**metadata, "source": str(folder), "mode": config.mode}},
+        tokenizer=tokenizer if isinstance(tokenizer, FolderTokenizer) else None,
+    )

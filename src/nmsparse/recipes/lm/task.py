@@ -83,8 +83,19 @@ from .pretrained import (
     logits_of,
 )
 
-__all__ = ["LMTrainer", "LMTrainerResult", "LMRunSummary", "run_lm_training", "heldout_loss", "learning_rate",
-           "warm_up_solvers", "TASK", "BASELINE_DIR", "HF_DIR", "PLOT_FILE"]
+__all__ = [
+    "LMTrainer",
+    "LMTrainerResult",
+    "LMRunSummary",
+    "run_lm_training",
+    "heldout_loss",
+    "learning_rate",
+    "warm_up_solvers",
+    "TASK",
+    "BASELINE_DIR",
+    "HF_DIR",
+    "PLOT_FILE",
+]
 
 TASK = "lm"
 HF_DIR = "hf"
@@ -101,13 +112,25 @@ def learning_rate(config: LMTrainConfig, step: int) -> float:
         >>> learning_rate(cfg, 0), learning_rate(cfg, 9), round(learning_rate(cfg, 99), 6)
         (0.0001, 0.001, 0.0001)
     """
-    return _run.warmup_cosine_lr(step, peak=config.lr, warmup=config.warmup_steps,
-                            decay_steps=config.steps - 1 - config.warmup_steps, floor=config.min_lr_ratio)
+    return _run.warmup_cosine_lr(
+        step,
+        peak=config.lr,
+        warmup=config.warmup_steps,
+        decay_steps=config.steps - 1 - config.warmup_steps,
+        floor=config.min_lr_ratio,
+    )
 
 
 @torch.no_grad()
-def heldout_loss(model: nn.Module, data: LMData, *, context: int, batch_size: int = 32,
-                 max_tokens: int | None = None, device: torch.device | str = "cpu") -> float:
+def heldout_loss(
+    model: nn.Module,
+    data: LMData,
+    *,
+    context: int,
+    batch_size: int = 32,
+    max_tokens: int | None = None,
+    device: torch.device | str = "cpu",
+) -> float:
     """Mean cross-entropy (nats per token) on the held-out windows (:meth:`LMData.heldout_batches`).
 
     ``exp`` of it is the perplexity; divided by ``ln 2`` it is bits per byte (one token is one byte).
@@ -116,12 +139,12 @@ def heldout_loss(model: nn.Module, data: LMData, *, context: int, batch_size: in
     model.eval()
     total, count = 0.0, 0
     try:
-        for batch in data.heldout_batches(context=context, batch_size=batch_size, max_tokens=max_tokens,
-                                          device=device):
+        for batch in data.heldout_batches(context=context, batch_size=batch_size, max_tokens=max_tokens, device=device):
             logits = logits_of(model(batch))
             out = logits[:, :-1]
-            total += float(F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), batch[:, 1:].reshape(-1),
-                                           reduction="sum"))
+            total += float(
+                F.cross_entropy(out.reshape(-1, out.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
+            )
             count += batch[:, 1:].numel()
     finally:
         model.train(training)
@@ -181,10 +204,21 @@ class LMTrainer(_run.RecipeTrainer):
             not split over the ranks.
     """
 
-    def __init__(self, config: LMTrainConfig, data: LMData, *, structure: str, run: RunDir | None = None,
-                 section: str = "", digest: str = "", progress: bool | None = None, label: str | None = None,
-                 on_eval: EvalCallback | None = None, dist: DistContext | None = None,
-                 parallel: str = DEFAULT_PARALLEL) -> None:
+    def __init__(
+        self,
+        config: LMTrainConfig,
+        data: LMData,
+        *,
+        structure: str,
+        run: RunDir | None = None,
+        section: str = "",
+        digest: str = "",
+        progress: bool | None = None,
+        label: str | None = None,
+        on_eval: EvalCallback | None = None,
+        dist: DistContext | None = None,
+        parallel: str = DEFAULT_PARALLEL,
+    ) -> None:
         self.config = config
         self.data = data
         self.structure = structure
@@ -203,24 +237,39 @@ class LMTrainer(_run.RecipeTrainer):
         _run.seed_everything(config.seed)
         # --model hf:FOLDER: a transformers causal LM, used through the same interface (forward -> logits_of,
         # num_parameters) as the recipe's decoder.
-        self.model = GPT(config.gpt_config(data.vocab_size)).to(self.device) if config.model is None else \
-            cast(GPT, load_pretrained_lm(config, device=self.device))
+        self.model = (
+            GPT(config.gpt_config(data.vocab_size)).to(self.device)
+            if config.model is None
+            else cast(GPT, load_pretrained_lm(config, device=self.device))
+        )
         include = list(config.include) if config.include is not None else default_include(self.model)
         exclude = list(config.exclude) if config.exclude is not None else None
         self.sparsifier: DynamicSparsifier | UnstructuredSparsifier | StaticMasks | None = None
         if structure == UNSTRUCTURED:
-            self.sparsifier = UnstructuredSparsifier(self.model, density=0.5, dynamic=config.mode != "static",
-                                                     refresh_every=config.refresh_every, decay=config.decay,
-                                                     include=include, exclude=exclude,
-                                                     keep_first_last=config.keep_first_last)
+            self.sparsifier = UnstructuredSparsifier(
+                self.model,
+                density=0.5,
+                dynamic=config.mode != "static",
+                refresh_every=config.refresh_every,
+                decay=config.decay,
+                include=include,
+                exclude=exclude,
+                keep_first_last=config.keep_first_last,
+            )
         elif structure != DENSE and config.mode == "static":  # fixed: the folder's masks, or chosen once
             self.sparsifier = attach_masks(self.model, config, structure, include=include, exclude=exclude)
         elif structure != DENSE:
-            self.sparsifier = DynamicSparsifier(self.model, structure, method=config.method,
-                                                initial_method=config.initial_method,
-                                                refresh_every=config.refresh_every, decay=config.decay,
-                                                include=include, exclude=exclude,
-                                                keep_first_last=config.keep_first_last)
+            self.sparsifier = DynamicSparsifier(
+                self.model,
+                structure,
+                method=config.method,
+                initial_method=config.initial_method,
+                refresh_every=config.refresh_every,
+                decay=config.decay,
+                include=include,
+                exclude=exclude,
+                keep_first_last=config.keep_first_last,
+            )
         if self.sparsifier is not None:
             masks_agree(self.model, self.dist, where=f"{self.label}: initial masks")
         self.acceleration: dict[str, Any] | None = None
@@ -231,9 +280,12 @@ class LMTrainer(_run.RecipeTrainer):
         elif config.accelerate:
             # After the masks (swapped layers share their Parameters and masks), before the optimizer.
             self.acceleration = _run.accelerate_layers(
-                self.model, None if structure == DENSE else structure,
+                self.model,
+                None if structure == DENSE else structure,
                 tokens=config.batch_size // self.dist.world_size * config.context,
-                layers=self.sparse_layers, label="dense baseline" if section == BASELINE_DIR else self.label)
+                layers=self.sparse_layers,
+                label="dense baseline" if section == BASELINE_DIR else self.label,
+            )
         self.optimizer = self._optimizer()
         self.module: nn.Module = self.model  # what the training step calls: the model, or its DDP wrapper
         self._wrapped = False
@@ -279,8 +331,11 @@ class LMTrainer(_run.RecipeTrainer):
         parallel: dict[str, Any] = {}
         if self.dist.enabled:  # full tensors (collectives: every rank), written by rank 0
             tensors, optimizer_state = full_tensors(tensors), full_tensors(optimizer_state)
-            parallel = {"torch_rng_per_rank": gather_objects(torch.get_rng_state(), self.dist),
-                        "world_size": self.dist.world_size, "parallel": self.parallel}
+            parallel = {
+                "torch_rng_per_rank": gather_objects(torch.get_rng_state(), self.dist),
+                "world_size": self.dist.world_size,
+                "parallel": self.parallel,
+            }
             if not self.dist.is_main:
                 return
         state = {
@@ -292,9 +347,18 @@ class LMTrainer(_run.RecipeTrainer):
             "structure": self.structure,
             **parallel,
         }
-        self.run.save_checkpoint(Checkpoint(epoch=len(self.history), config_hash=self.digest, tensors=tensors,
-                                            tensor_metadata=metadata, state=state, history=self.history,
-                                            task=TASK), self.section)
+        self.run.save_checkpoint(
+            Checkpoint(
+                epoch=len(self.history),
+                config_hash=self.digest,
+                tensors=tensors,
+                tensor_metadata=metadata,
+                state=state,
+                history=self.history,
+                task=TASK,
+            ),
+            self.section,
+        )
 
     def load_checkpoint(self) -> bool:
         """Restore this trainer from its section's checkpoint; ``False`` when there is none.
@@ -313,8 +377,7 @@ class LMTrainer(_run.RecipeTrainer):
         where = self.run.section_dir(self.section)
         saved = state.get("structure") if isinstance(state, dict) else None
         if saved != self.structure:
-            raise CheckpointError(f"{where}: checkpoint of structure {saved!r}, this trainer trains "
-                                  f"{self.structure!r}")
+            raise CheckpointError(f"{where}: checkpoint of structure {saved!r}, this trainer trains {self.structure!r}")
         try:
             if self.sparsifier is None:
                 self.model.load_state_dict(ckpt.tensors)
@@ -332,9 +395,13 @@ class LMTrainer(_run.RecipeTrainer):
         per_rank = state.get("torch_rng_per_rank")
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.dist.world_size and self.dist.is_main:
-            logger.warning("%s: checkpoint written by %d process(es), resuming with %d: the batches are the same, "
-                           "float summation order is not (not bit-identical)", where, saved_world,
-                           self.dist.world_size)
+            logger.warning(
+                "%s: checkpoint written by %d process(es), resuming with %d: the batches are the same, "
+                "float summation order is not (not bit-identical)",
+                where,
+                saved_world,
+                self.dist.world_size,
+            )
         if per_rank is not None and len(per_rank) == self.dist.world_size:
             torch.set_rng_state(per_rank[self.dist.rank])
         else:
@@ -357,10 +424,23 @@ class LMTrainer(_run.RecipeTrainer):
     def _heldout(self, max_tokens: int | None) -> float:
         cfg = self.config
         if self.dist.enabled:
-            return sharded_heldout_loss(self.model, self.data, context=cfg.context, batch_size=cfg.eval_batch_size,
-                                        ctx=self.dist, max_tokens=max_tokens, device=self.device)
-        return heldout_loss(self.model, self.data, context=cfg.context, batch_size=cfg.eval_batch_size,
-                            max_tokens=max_tokens, device=self.device)
+            return sharded_heldout_loss(
+                self.model,
+                self.data,
+                context=cfg.context,
+                batch_size=cfg.eval_batch_size,
+                ctx=self.dist,
+                max_tokens=max_tokens,
+                device=self.device,
+            )
+        return heldout_loss(
+            self.model,
+            self.data,
+            context=cfg.context,
+            batch_size=cfg.eval_batch_size,
+            max_tokens=max_tokens,
+            device=self.device,
+        )
 
     def _train_steps(self, until: int, bar: Any) -> dict[str, float]:
         cfg = self.config
@@ -372,8 +452,9 @@ class LMTrainer(_run.RecipeTrainer):
             lr = learning_rate(cfg, self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            x, y = self.data.train_batch(step=self.step, batch_size=cfg.batch_size, context=cfg.context,
-                                         seed=cfg.seed, device=self.device)
+            x, y = self.data.train_batch(
+                step=self.step, batch_size=cfg.batch_size, context=cfg.context, seed=cfg.seed, device=self.device
+            )
             x, y = local_rows(x, self.dist), local_rows(y, self.dist)  # this rank's rows of the global batch
             logits = logits_of(self.module(x))  # (B, T, vocab)
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
@@ -395,8 +476,11 @@ class LMTrainer(_run.RecipeTrainer):
                 bar.set_postfix(loss=f"{value:.3f}")
         refresh = (0.0 if self.sparsifier is None else self.sparsifier.refresh_seconds) - refresh_before
         loss_total, count_total = all_reduce_sum([loss_sum, count], self.dist)  # mean over ranks too
-        return {"train_loss": loss_total / max(count_total, 1), "seconds": time.perf_counter() - start,
-                "refresh_seconds": refresh}
+        return {
+            "train_loss": loss_total / max(count_total, 1),
+            "seconds": time.perf_counter() - start,
+            "refresh_seconds": refresh,
+        }
 
     # ---------------------------------------------------------------------------------------------- loop
 
@@ -406,9 +490,16 @@ class LMTrainer(_run.RecipeTrainer):
         boundary = min(cfg.steps, (self.step // cfg.eval_every + 1) * cfg.eval_every)
         stats = self._train_steps(boundary, bar)
         loss = self._heldout(cfg.eval_tokens)
-        return {"epoch": len(self.history) + 1, "step": self.step, "lr": learning_rate(cfg, self.step - 1),
-                "train_loss": stats["train_loss"], "heldout_loss": loss, "heldout_perplexity": math.exp(loss),
-                "seconds": stats["seconds"], "refresh_seconds": stats["refresh_seconds"]}, stats["seconds"]
+        return {
+            "epoch": len(self.history) + 1,
+            "step": self.step,
+            "lr": learning_rate(cfg, self.step - 1),
+            "train_loss": stats["train_loss"],
+            "heldout_loss": loss,
+            "heldout_perplexity": math.exp(loss),
+            "seconds": stats["seconds"],
+            "refresh_seconds": stats["refresh_seconds"],
+        }, stats["seconds"]
 
     def fit(self, *, resume: bool = False, stop_after_step: int | None = None) -> LMTrainerResult:
         """Train to ``config.steps`` (or ``stop_after_step``), evaluating and checkpointing every ``eval_every``.
@@ -431,8 +522,13 @@ class LMTrainer(_run.RecipeTrainer):
                 self.run.discard_metrics(self.section)
             self._wrap()
             last = cfg.steps if stop_after_step is None else min(cfg.steps, stop_after_step)
-            bar = _run.progress_bar(self.progress, total=cfg.steps, initial=self.step, desc=self.label,
-                                    show=self.step < last and self.dist.is_main)
+            bar = _run.progress_bar(
+                self.progress,
+                total=cfg.steps,
+                initial=self.step,
+                desc=self.label,
+                show=self.step < last and self.dist.is_main,
+            )
             self._loop(bar, more=lambda: self.step < last, stretch=self._interval, callback=self.on_eval)
             completed = self.step >= cfg.steps
             if completed:
@@ -442,17 +538,26 @@ class LMTrainer(_run.RecipeTrainer):
         finally:
             torch.set_num_threads(previous_threads)
         return LMTrainerResult(
-            structure=self.structure, seed=cfg.seed, completed=completed, step=self.step, heldout_loss=final,
+            structure=self.structure,
+            seed=cfg.seed,
+            completed=completed,
+            step=self.step,
+            heldout_loss=final,
             heldout_perplexity=math.exp(final) if math.isfinite(final) else float("nan"),
-            heldout_bits_per_byte=final / _LN2, train_loss=self.history[-1]["train_loss"] if self.history else None,
+            heldout_bits_per_byte=final / _LN2,
+            train_loss=self.history[-1]["train_loss"] if self.history else None,
             history=list(self.history),
             mask_valid=None if self.sparsifier is None else bool(self.sparsifier.masks_valid()),
-            mask_density=self.mask_density(), sparse_layers=self.sparse_layers,
+            mask_density=self.mask_density(),
+            sparse_layers=self.sparse_layers,
             refreshes=0 if self.sparsifier is None else self.sparsifier.refreshes,
             refresh_seconds=0.0 if self.sparsifier is None else self.sparsifier.refresh_seconds,
-            train_seconds=self.train_seconds, wall_seconds=self.wall_seconds,
-            parameters=self.model.num_parameters(), acceleration=self.acceleration,
-            world_size=self.dist.world_size, parallel=self.parallel,
+            train_seconds=self.train_seconds,
+            wall_seconds=self.wall_seconds,
+            parameters=self.model.num_parameters(),
+            acceleration=self.acceleration,
+            world_size=self.dist.world_size,
+            parallel=self.parallel,
         )
 
     def export_model(self) -> GPT | None:
@@ -467,8 +572,11 @@ class LMTrainer(_run.RecipeTrainer):
         if not self.dist.is_main:
             return None
         with torch.random.fork_rng(devices=[]):  # a fresh model of the same architecture, on the CPU
-            plain = GPT(self.config.gpt_config(self.data.vocab_size)) if self.config.model is None else \
-                cast(GPT, load_pretrained_lm(self.config, device=torch.device("cpu")))
+            plain = (
+                GPT(self.config.gpt_config(self.data.vocab_size))
+                if self.config.model is None
+                else cast(GPT, load_pretrained_lm(self.config, device=torch.device("cpu")))
+            )
         if metadata:
             from nmsparse.io import load_pruned_state_dict_
 
@@ -550,16 +658,31 @@ def _load_average() -> list[float] | None:
 
 
 def _hf_metadata(config: LMTrainConfig, data: LMData, result: LMTrainerResult) -> dict[str, Any]:
-    return {"recipe": "nmsparse.recipes.lm", "structure": result.structure, "tokenizer": data.tokenizer,
-            "corpus_sha256": data.corpus_sha256, "heldout_permille": config.heldout_permille,
-            "sources": list(config.sources), "heldout_loss": result.heldout_loss,
-            "heldout_perplexity": result.heldout_perplexity, "steps": result.step, "seed": config.seed}
+    return {
+        "recipe": "nmsparse.recipes.lm",
+        "structure": result.structure,
+        "tokenizer": data.tokenizer,
+        "corpus_sha256": data.corpus_sha256,
+        "heldout_permille": config.heldout_permille,
+        "sources": list(config.sources),
+        "heldout_loss": result.heldout_loss,
+        "heldout_perplexity": result.heldout_perplexity,
+        "steps": result.step,
+        "seed": config.seed,
+    }
 
 
-def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | None, *, resume: bool = False,
-                    overwrite: bool = False, progress: bool | None = None,
-                    on_eval: EvalCallback | None = None, dist: DistContext | None = None,
-                    parallel: str = DEFAULT_PARALLEL) -> LMRunSummary:
+def run_lm_training(
+    config: LMTrainConfig | None,
+    out: str | os.PathLike[str] | None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    on_eval: EvalCallback | None = None,
+    dist: DistContext | None = None,
+    parallel: str = DEFAULT_PARALLEL,
+) -> LMRunSummary:
     """Train ``config.pattern`` and (``config.baseline``) the same decoder dense; write the run directory.
 
     Args:
@@ -586,8 +709,16 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
     dist = dist or DistContext()
     if config is None and not resume:
         raise ConfigError("run_lm_training: give a config (or resume=True with an existing run)")
-    run = _run.open_run(out, task=TASK, outputs=(PLOT_FILE, HF_DIR), sections=(BASELINE_DIR,), resume=resume,
-                   overwrite=overwrite, dist=dist, what="run_lm_training")
+    run = _run.open_run(
+        out,
+        task=TASK,
+        outputs=(PLOT_FILE, HF_DIR),
+        sections=(BASELINE_DIR,),
+        resume=resume,
+        overwrite=overwrite,
+        dist=dist,
+        what="run_lm_training",
+    )
     if run is not None and resume:
         saved = load_lm_config(run.config_path)
         if config is not None:
@@ -598,12 +729,33 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
     structure = config.structure
     digest = config_hash(config.to_dict())
     # Build the trainers (checks the device, the layers and the masks) before anything is written.
-    main = LMTrainer(config, data, structure=structure, run=run, digest=digest, progress=progress,
-                     label=structure, on_eval=on_eval, dist=dist, parallel=parallel)
+    main = LMTrainer(
+        config,
+        data,
+        structure=structure,
+        run=run,
+        digest=digest,
+        progress=progress,
+        label=structure,
+        on_eval=on_eval,
+        dist=dist,
+        parallel=parallel,
+    )
     baseline = None
     if config.baseline and structure != DENSE and not carries_masks(config):  # a pruned folder has no dense twin
-        baseline = LMTrainer(config, data, structure=DENSE, run=run, section=BASELINE_DIR, digest=digest,
-                             progress=progress, label="dense", on_eval=on_eval, dist=dist, parallel=parallel)
+        baseline = LMTrainer(
+            config,
+            data,
+            structure=DENSE,
+            run=run,
+            section=BASELINE_DIR,
+            digest=digest,
+            progress=progress,
+            label="dense",
+            on_eval=on_eval,
+            dist=dist,
+            parallel=parallel,
+        )
     barrier(dist)  # every rank has checked the directory (RunDir.prepare) before rank 0 writes into it
     if run is not None and not resume and dist.is_main:
         run.create(config_text=lm_config_to_yaml(config), config_hash=digest)
@@ -611,27 +763,44 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
             run.section_dir(BASELINE_DIR).mkdir(parents=True, exist_ok=True)
     load_start = _load_average()
     compile_seconds = warm_up_solvers(config)
-    logger.info("lm: %s decoder (%d parameters), corpus %s, %d threads", structure,
-                main.model.num_parameters(), data.corpus_sha256[:12], main.threads)
+    logger.info(
+        "lm: %s decoder (%d parameters), corpus %s, %d threads",
+        structure,
+        main.model.num_parameters(),
+        data.corpus_sha256[:12],
+        main.threads,
+    )
     result = main.fit(resume=resume)
     base_result = baseline.fit(resume=resume) if baseline is not None else None
     dense_trainer = baseline if baseline is not None else (main if structure == DENSE else None)
     hf_folder = baseline_hf = None
     if run is not None and importlib.util.find_spec("transformers") is None:
         if dist.is_main:
-            logger.warning("lm: transformers is not installed, so the models are not exported as transformers "
-                           "folders (pip install 'nmsparse[lm]'); the checkpoints hold them")
+            logger.warning(
+                "lm: transformers is not installed, so the models are not exported as transformers "
+                "folders (pip install 'nmsparse[lm]'); the checkpoints hold them"
+            )
     elif run is not None:
         exported = main.export_model()  # under FSDP2 a collective: every rank
         if exported is not None:
-            export_lm(exported, run.path / HF_DIR, config=config, structure=structure,
-                      metadata=_hf_metadata(config, data, result))
+            export_lm(
+                exported,
+                run.path / HF_DIR,
+                config=config,
+                structure=structure,
+                metadata=_hf_metadata(config, data, result),
+            )
         hf_folder = HF_DIR
         if baseline is not None and base_result is not None:
             exported = baseline.export_model()
             if exported is not None:
-                export_lm(exported, run.section_dir(BASELINE_DIR) / HF_DIR, config=config, structure=DENSE,
-                          metadata=_hf_metadata(config, data, base_result))
+                export_lm(
+                    exported,
+                    run.section_dir(BASELINE_DIR) / HF_DIR,
+                    config=config,
+                    structure=DENSE,
+                    metadata=_hf_metadata(config, data, base_result),
+                )
             baseline_hf = f"{BASELINE_DIR}/{HF_DIR}"
         elif dense_trainer is main:
             baseline_hf = HF_DIR
@@ -640,32 +809,56 @@ def run_lm_training(config: LMTrainConfig | None, out: str | os.PathLike[str] | 
         gap = 100.0 * (result.heldout_loss - base_result.heldout_loss) / base_result.heldout_loss
     load_end = _load_average()
     summary = LMRunSummary(
-        task=TASK, pattern=structure, heldout_loss=result.heldout_loss,
-        heldout_perplexity=result.heldout_perplexity, heldout_bits_per_byte=result.heldout_bits_per_byte,
+        task=TASK,
+        pattern=structure,
+        heldout_loss=result.heldout_loss,
+        heldout_perplexity=result.heldout_perplexity,
+        heldout_bits_per_byte=result.heldout_bits_per_byte,
         baseline_heldout_loss=None if base_result is None else base_result.heldout_loss,
         baseline_heldout_perplexity=None if base_result is None else base_result.heldout_perplexity,
-        loss_gap_percent=gap, mask_valid=result.mask_valid, mask_density=result.mask_density,
-        sparse_layers=result.sparse_layers, steps=result.step, tokens_seen=result.step * config.batch_size *
-        config.context, refreshes=result.refreshes, refresh_seconds=result.refresh_seconds,
+        loss_gap_percent=gap,
+        mask_valid=result.mask_valid,
+        mask_density=result.mask_density,
+        sparse_layers=result.sparse_layers,
+        steps=result.step,
+        tokens_seen=result.step * config.batch_size * config.context,
+        refreshes=result.refreshes,
+        refresh_seconds=result.refresh_seconds,
         compile_seconds=compile_seconds,
         train_seconds=result.train_seconds,
         baseline_train_seconds=None if base_result is None else base_result.train_seconds,
-        wall_seconds=time.perf_counter() - start, parameters=result.parameters, data=data.describe(),
-        hf_folder=hf_folder, baseline_hf_folder=baseline_hf, threads=main.threads, device=str(main.device),
-        load_average=None if load_start is None or load_end is None else
-        [round((a + b) / 2, 2) for a, b in zip(load_start, load_end)],
-        torch=torch.__version__, python=platform.python_version(), nmsparse_version=__version__,
-        config=config.to_dict(), history=result.history,
+        wall_seconds=time.perf_counter() - start,
+        parameters=result.parameters,
+        data=data.describe(),
+        hf_folder=hf_folder,
+        baseline_hf_folder=baseline_hf,
+        threads=main.threads,
+        device=str(main.device),
+        load_average=None
+        if load_start is None or load_end is None
+        else [round((a + b) / 2, 2) for a, b in zip(load_start, load_end)],
+        torch=torch.__version__,
+        python=platform.python_version(),
+        nmsparse_version=__version__,
+        config=config.to_dict(),
+        history=result.history,
         baseline_history=[] if base_result is None else base_result.history,
         acceleration=result.acceleration,
         baseline_acceleration=None if base_result is None else base_result.acceleration,
-        world_size=dist.world_size, parallel=main.parallel,
+        world_size=dist.world_size,
+        parallel=main.parallel,
     )
     from ..plots import plot_lm_curves
 
     curves = {result.structure: result.history}
     if base_result is not None:
         curves["dense"] = base_result.history
-    _run.finish_run(run, dist, summary=summary, curves=curves, plot=plot_lm_curves,
-               title=f"{config.n_layer}x{config.d_model} decoder on embedded Python docs (bytes)")
+    _run.finish_run(
+        run,
+        dist,
+        summary=summary,
+        curves=curves,
+        plot=plot_lm_curves,
+        title=f"{config.n_layer}x{config.d_model} decoder on embedded Python docs (bytes)",
+    )
     return summary

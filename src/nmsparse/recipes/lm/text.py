@@ -41,8 +41,14 @@ from nmsparse.errors import InputError
 from .corpus import Corpus, Document, _hash
 from .tokenizer import ByteTokenizer
 
-__all__ = ["read_documents", "load_text_corpus", "FolderTokenizer", "folder_tokenizer", "TEXT_SUFFIXES",
-           "TOKENIZER_FILES"]
+__all__ = [
+    "read_documents",
+    "load_text_corpus",
+    "FolderTokenizer",
+    "folder_tokenizer",
+    "TEXT_SUFFIXES",
+    "TOKENIZER_FILES",
+]
 
 #: File suffixes a ``--data`` folder is searched for.
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
@@ -59,8 +65,9 @@ def _read_utf8(path: Path, label: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"--data {label}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); convert it "
-                         f"to UTF-8") from None
+        raise InputError(
+            f"--data {label}: not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); convert it to UTF-8"
+        ) from None
 
 
 def _jsonl_documents(path: Path, label: str) -> list[Document]:
@@ -71,12 +78,16 @@ def _jsonl_documents(path: Path, label: str) -> list[Document]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InputError(f"--data {label}: line {number} is not JSON ({exc.msg}); a .jsonl file holds one "
-                             f"object per line, like {{\"text\": \"...\"}}") from None
+            raise InputError(
+                f"--data {label}: line {number} is not JSON ({exc.msg}); a .jsonl file holds one "
+                f'object per line, like {{"text": "..."}}'
+            ) from None
         text = record.get("text") if isinstance(record, dict) else None
         if not isinstance(text, str):
-            raise InputError(f"--data {label}: line {number} has no \"text\" string; every line must be an object "
-                             f"like {{\"text\": \"...\"}}")
+            raise InputError(
+                f'--data {label}: line {number} has no "text" string; every line must be an object '
+                f'like {{"text": "..."}}'
+            )
         if text.strip():
             documents.append(Document(f"{label}:{len(documents)}", text.strip()))
     return documents
@@ -103,7 +114,7 @@ def read_documents(paths: Sequence[str | os.PathLike[str]]) -> list[Document]:
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
-        raise InputError("--data: no file given; pass text files, .jsonl files with a \"text\" field, or a folder")
+        raise InputError('--data: no file given; pass text files, .jsonl files with a "text" field, or a folder')
     documents: list[Document] = []
     for given in paths:
         path = Path(os.fspath(given)).expanduser()
@@ -218,14 +229,20 @@ def folder_tokenizer(folder: str | os.PathLike[str], vocab_size: int) -> ByteTok
         eos = config.get("eos_token_id")
         tokenizer = FolderTokenizer(root, eos_token_id=eos if isinstance(eos, int) else None)
         if tokenizer.vocab_size > vocab_size:
-            raise InputError(f"{root}: tokenizer.json has {tokenizer.vocab_size} ids but the model's vocabulary "
-                             f"has {vocab_size}; the tokenizer does not belong to this model")
+            raise InputError(
+                f"{root}: tokenizer.json has {tokenizer.vocab_size} ids but the model's vocabulary "
+                f"has {vocab_size}; the tokenizer does not belong to this model"
+            )
         return tokenizer
     others = [name for name in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt") if (root / name).is_file()]
     if others:
-        raise InputError(f"{root}: its tokenizer has no tokenizer.json ({', '.join(others)} only), and nmsparse reads "
-                         f"fast tokenizers only; save it with a transformers fast tokenizer's save_pretrained")
+        raise InputError(
+            f"{root}: its tokenizer has no tokenizer.json ({', '.join(others)} only), and nmsparse reads "
+            f"fast tokenizers only; save it with a transformers fast tokenizer's save_pretrained"
+        )
     if vocab_size >= ByteTokenizer.vocab_size:
         return ByteTokenizer()
-    raise InputError(f"{root}: no tokenizer.json, and the model's vocabulary ({vocab_size}) is too small for the "
-                     f"byte tokenizer (256); save a fast tokenizer (tokenizer.json) into the folder")
+    raise InputError(
+        f"{root}: no tokenizer.json, and the model's vocabulary ({vocab_size}) is too small for the "
+        f"byte tokenizer (256); save a fast tokenizer (tokenizer.json) into the folder"
+    )
