@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_oneshot import _lm_source as _decoder  # noqa: E402  (the same trained decoder and token streams)
 from common import RESULTS, add_out_argument, environment, print_environment, write_result  # noqa: E402
 
 from nmsparse.permute import permute_, retained, search_permutation, stripe_group_search  # noqa: E402
@@ -126,40 +127,6 @@ def _saliency_part(
             f"{e['seconds_per_layer']:>8.2f} {sg}"
         )
     return {"rows": rows, "summary": summary}
-
-
-def _decoder(args: argparse.Namespace, out_dir: Path) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, str]:
-    if args.smoke:
-        import transformers
-
-        torch.manual_seed(0)
-        config = transformers.GPT2Config(
-            n_embd=64, n_layer=2, n_head=2, vocab_size=256, n_positions=64, bos_token_id=0, eos_token_id=0
-        )
-        model = transformers.GPT2LMHeadModel(config).eval()
-        stream = torch.randint(0, 256, (20000,), generator=torch.Generator().manual_seed(0))
-        return model, stream[:16000], stream[16000:], "tiny random GPT-2 (smoke; random tokens)"
-    from nmsparse.cli.oneshot import _resolve_folder, _streams, _texts_tokenizer
-    from nmsparse.oneshot.hf import load_causal_lm
-
-    if args.model is None:
-        from nmsparse.recipes.lm import LMTrainConfig, run_lm_training
-
-        run_dir = out_dir / "lm-source"
-        print(f"training the LM recipe's default decoder dense into {run_dir}")
-        run_lm_training(
-            LMTrainConfig(pattern="dense", baseline=False),
-            run_dir,
-            resume=(run_dir / "summary.json").exists(),
-            progress=False,
-        )
-        folder = _resolve_folder(str(run_dir))
-    else:
-        folder = _resolve_folder(args.model)
-    model = load_causal_lm(folder)
-    tokenizer = _texts_tokenizer(folder, int(model.config.vocab_size))
-    train, heldout, _ = _streams(tokenizer)
-    return model, train, heldout, str(folder)
 
 
 def _prune(prune: Any, model: torch.nn.Module, calibration: Any, pattern: str, method: str) -> None:

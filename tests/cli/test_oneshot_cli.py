@@ -118,3 +118,54 @@ def test_algorithm_and_its_options_are_flags_and_foreign_options_are_refused(tmp
     assert solver.algorithm == "sparsegpt" and solver.method == "exact"
     with pytest.raises(ConfigError, match="--block-size flag does not apply to --algorithm adaprune"):
         config_from_flags(parser.parse_args([*base, "--algorithm", "adaprune", "--block-size", "4"]))
+
+
+def test_permute_flags_report_and_reload(tmp_path, capsys, monkeypatch):
+    """``--permute``: the summary is printed and recorded; the folder is an ordinary transformers folder."""
+    import functools
+
+    import nmsparse.cli.oneshot as command
+    import nmsparse.permute as permute_module
+    from nmsparse.io import MASKS_FILE, load_masks
+
+    monkeypatch.setattr(  # the tests' small search effort (the CLI calls permute_ at run time)
+        permute_module, "permute_", functools.partial(permute_module.permute_, rounds=2, exact_rounds=1, sweeps=0)
+    )
+    tokens = torch.randint(0, 256, (2048,), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(command, "_streams", lambda tokenizer, data=None: (tokens[:1536], tokens[1536:], {}))
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=256,
+        max_position_embeddings=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    source = tmp_path / "llama"
+    transformers.LlamaForCausalLM(config).save_pretrained(str(source))
+    out = tmp_path / "pruned"
+    args = ["oneshot", "--model", f"hf:{source}", "--algorithm", "wanda", "--pattern", "2:4", "--out", str(out)]
+    flags = ["--calibration-samples", "2", "--context", "16", "--eval-tokens", "64", "--threads", "1", "--no-progress"]
+    code = main([*args, *flags, "--permute", "--permute-residual"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "permute_ 2:4 (wanda scores)" in printed
+    summary = json.loads((out / "oneshot.json").read_text())
+    assert summary["config"]["permute"] is True and summary["config"]["permute_residual"] is True
+    permutation = summary["report"]["permutation"]
+    assert "residual" in {c["name"] for c in permutation["chains"]} and permutation["layers"]
+    record = json.loads((out / "nmsparse.json").read_text())
+    assert record["metadata"]["oneshot"]["permutation"]["scores"] == "wanda"
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out))  # permutation baked into the weights
+    for key, mask in load_masks(out / MASKS_FILE).items():
+        assert bool((model.get_parameter(key)[~mask] == 0).all())
+    ids = torch.randint(0, 256, (1, 16))
+    assert torch.isfinite(model(ids).logits).all()
+    code = main([*args, "--overwrite", *flags, "--permute-scores", "magnitude"])  # needs --permute
+    assert code == 2 and "needs permute=True" in capsys.readouterr().err

@@ -249,3 +249,144 @@ def test_residual_stream_gpt2_tied_llama_and_recipe():
     for model, pattern in ((gpt2, "4:8-T"), (llama, "4:8-T"), (recipe, "2:4-T")):
         report = _check_same(model, x, pattern, residual=True)
         assert "residual" in report.permutations
+
+
+# ------------------------------------------------------------------------------------------- workflows (part 3)
+
+
+@pytest.fixture
+def fast_permute(monkeypatch):
+    """The workflows call ``nmsparse.permute.permute_`` at run time: give it the tests' small search effort."""
+    import functools
+
+    import nmsparse.permute as permute_module
+
+    monkeypatch.setattr(permute_module, "permute_", functools.partial(permute_, **FAST))
+
+
+def _tiny_llama(transformers):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_oneshot_permute_llama_saves_and_reloads_as_an_ordinary_model(tmp_path, fast_permute):
+    import json
+
+    from nmsparse.oneshot import OneShotConfig, prune_oneshot_
+
+    transformers = pytest.importorskip("transformers")
+    model = _tiny_llama(transformers)
+    calibration = [torch.randint(0, 64, (2, 12)) for _ in range(2)]
+    config = OneShotConfig(algorithm="wanda", permute=True)
+    report = prune_oneshot_(model, calibration, "4:8-T", config=config)
+    permutation = report.permutation
+    assert permutation is not None and permutation.scores == "wanda" and permutation.permutations
+    assert permutation.check_max_abs_diff is not None and permutation.check_max_abs_diff < 1e-4
+    assert {c.name for c in permutation.chains} >= {"model.layers.0.mlp", "model.layers.1.self_attn.v1"}
+    assert all(g.name in report.pruned for g in permutation.layers)  # the selected layers drive the search
+    for name in report.pruned:
+        assert nmsparse.is_nm_sparse(model.get_submodule(name).weight, "4:8-T")
+    record = json.loads(json.dumps(report.to_dict()))
+    assert record["permutation"]["chains"] and record["config"]["permute"] is True
+    assert "permute_ 4:8-T (wanda scores)" in report.describe()
+    model.save_pretrained(tmp_path)  # the permutation is in the weights: an ordinary folder
+    again = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    x = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("algorithm", ["magnitude", "sparsegpt", "adaprune"])
+def test_oneshot_permute_scores_follow_the_algorithm(algorithm, fast_permute):
+    from nmsparse.oneshot import OneShotConfig, prune_oneshot_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    with torch.no_grad():
+        model[2].weight.mul_(torch.rand(32) ** 3)
+    calibration = [torch.randn(32, 16) for _ in range(2)]
+    report = prune_oneshot_(model, calibration, "2:4", config=OneShotConfig(algorithm=algorithm, permute=True))
+    assert report.permutation is not None
+    assert report.permutation.scores == {"adaprune": "wanda"}.get(algorithm, algorithm)
+    assert report.permutation.after >= report.permutation.before
+    override = OneShotConfig(algorithm=algorithm, permute=True, permute_scores="magnitude")
+    model2 = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    assert prune_oneshot_(model2, calibration, "2:4", config=override).permutation.scores == "magnitude"
+
+
+def test_adaprune_and_prune_take_permute(fast_permute):
+    from nmsparse.adaprune import AdaPruneConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    with torch.no_grad():
+        model[2].weight.mul_(torch.rand(32) ** 3)
+    plain = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(8, 16)
+    report = nmsparse.adaprune_(model, [x], AdaPruneConfig(pattern="2:4", permute=True, iterations=2))
+    assert report.permutation is not None and report.permutation.scores == "wanda"
+    assert report.config["permute"] is True
+
+    torch.manual_seed(1)
+    dense = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    with torch.no_grad():
+        dense[2].weight.mul_(torch.rand(32) ** 3)
+    permuted = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    permuted.load_state_dict(dense.state_dict())
+    pruned = nmsparse.prune_(permuted, "2:4", permute=True)
+    assert pruned.permutation is not None and pruned.permutation.scores == "magnitude"
+    assert pruned.to_dict()["permutation"]["chains"] and "permute_ 2:4" in pruned.describe()
+    baseline = nmsparse.prune_(dense, "2:4")
+    assert "permutation" not in baseline.to_dict() and baseline.permutation is None
+    assert pruned.pruned[1].kept_magnitude > baseline.pruned[1].kept_magnitude  # the permuted layer keeps more
+    with pytest.raises(ConfigError, match="already has masks"):
+        nmsparse.prune_(permuted, "2:4", permute=True)
+    with pytest.raises(ConfigError, match="cannot take scores"):
+        nmsparse.prune_(plain, "2:4", permute=True, scores={"0.weight": torch.ones(32, 16)})
+    assert not nmsparse.is_pruned(plain[0])
+
+
+def test_permute_off_is_bit_identical_and_settings_are_checked():
+    from nmsparse.oneshot import OneShotConfig, prune_oneshot_
+
+    def mlp() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+
+    calibration = [torch.randn(32, 16) for _ in range(2)]
+    for algorithm in ("sparsegpt", "wanda"):
+        a, b = mlp(), mlp()
+        ra = prune_oneshot_(a, calibration, "2:4-T", algorithm=algorithm)
+        rb = prune_oneshot_(b, calibration, "2:4-T", config=OneShotConfig(algorithm=algorithm, permute=False))
+        assert ra.permutation is None and rb.permutation is None and rb.to_dict()["permutation"] is None
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
+        assert all(torch.equal(m, nmsparse.get_masks(b)[k]) for k, m in nmsparse.get_masks(a).items())
+    a, b = mlp(), mlp()
+    nmsparse.prune_(a, "4:8-T")
+    nmsparse.prune_(b, "4:8-T", permute=False)
+    assert all(torch.equal(va, vb) for va, vb in zip(a.state_dict().values(), b.state_dict().values()))
+
+    with pytest.raises(ConfigError, match="needs permute=True"):
+        OneShotConfig(permute_residual=True)
+    with pytest.raises(ConfigError, match="permute_scores"):
+        OneShotConfig(permute=True, permute_scores="hessian")
+    model = mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = OneShotConfig(algorithm="magnitude", permute=True, permute_scores="wanda")
+    with pytest.raises(ConfigError, match="needs calibration"):
+        prune_oneshot_(model, None, "2:4", config=config)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing changed

@@ -16,7 +16,7 @@ from torch import nn
 from ..config import PatternString, config_field
 from ..errors import ConfigError
 from ..nn.batchnorm import recalibrate_batchnorm_
-from ..oneshot.config import OneShotConfig, normalise_fields, parse_memory, solver_for
+from ..oneshot.config import OneShotConfig, check_permute, normalise_fields, parse_memory, solver_for
 from ..oneshot.engine import prune_oneshot_
 from ..oneshot.methods.adaprune import AdaPruneOptions, FitResult, LayerStatistics, fit_layer
 from ..oneshot.report import OneShotLayerReport, OneShotReport
@@ -51,6 +51,9 @@ _SHARED = (
     "memory_budget",
     "ignore_padding",
     "recalibrate_bn",
+    "permute",
+    "permute_scores",
+    "permute_residual",
 )
 
 
@@ -81,6 +84,11 @@ class AdaPruneConfig(AdaPruneOptions):
     memory_budget: str = config_field(DEFAULT_MEMORY_BUDGET, help="working memory held at once, e.g. 512MiB")
     ignore_padding: bool = config_field(True, help="leave padding tokens out of the statistics")
     recalibrate_bn: bool = config_field(True, help="re-estimate batch-norm statistics afterwards")
+    permute: bool = config_field(False, help="permute the model's free channels first (nmsparse.permute_)")
+    permute_scores: str | None = config_field(
+        None, help="saliency of the permutation search: magnitude, wanda, sparsegpt (none: wanda)"
+    )
+    permute_residual: bool = config_field(False, help="with permute: also permute the residual stream")
 
     _constraints = {
         **AdaPruneOptions._constraints,
@@ -95,6 +103,7 @@ class AdaPruneConfig(AdaPruneOptions):
 
     def _check(self) -> None:
         solver_for(self.nm_pattern, self.method, "AdaPruneConfig")
+        check_permute(self, "AdaPruneConfig")
 
     @property
     def nm_pattern(self) -> NMPattern:

@@ -359,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
         pattern=pattern,
         method=config.algorithm,
         overwrite=args.overwrite,
-        extra={"perplexity_dense": ppl_dense, "perplexity_pruned": ppl_pruned},
+        extra={"perplexity_dense": ppl_dense, "perplexity_pruned": ppl_pruned, **_permutation_record(report)},
         tokenizer=tokenizer if hasattr(tokenizer, "save_pretrained") else None,
     )
     write_text_atomic(out / _report_file(args), json.dumps(summary, indent=2) + "\n")
@@ -372,6 +372,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _report_file(args: argparse.Namespace) -> str:
     return str(getattr(args, "report_file", REPORT_FILE))
+
+
+def _permutation_record(report: OneShotReport) -> dict[str, Any]:
+    """``{"permutation": ...}`` for the nmsparse record when ``--permute`` ran (what was permuted), else ``{}``."""
+    return {} if report.permutation is None else {"permutation": report.permutation.to_dict()}
 
 
 def _print_report(report: OneShotReport) -> None:
@@ -410,6 +415,8 @@ def _print_report(report: OneShotReport) -> None:
         print(f"\nleft dense ({len(report.skipped)}):")
         for name, reason in report.skipped.items():
             print(f"  {name}: {reason}")
+    if report.permutation is not None:
+        print(f"\n{report.permutation.summary()}")
 
 
 def _run_source(args: argparse.Namespace, spec: str, pattern: NMPattern, config: OneShotConfig, threads: int) -> int:
@@ -476,6 +483,7 @@ def _run_source(args: argparse.Namespace, spec: str, pattern: NMPattern, config:
     }
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"source": args.model, "oneshot": json.dumps(config.to_dict()), **source.metadata}
+    metadata.update({k: json.dumps(v) for k, v in _permutation_record(report).items()})
     save_pruned(source.model, out / MODEL_FILE, metadata=metadata, overwrite=args.overwrite)
     write_text_atomic(out / report_file, json.dumps(record, indent=2) + "\n", overwrite=args.overwrite)
     print(

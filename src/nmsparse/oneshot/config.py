@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..pattern import NMPattern
 from ..solvers import list_methods
 
-__all__ = ["OneShotConfig", "parse_memory", "DEFAULT_MEMORY_BUDGET", "solver_for"]
+__all__ = ["OneShotConfig", "parse_memory", "DEFAULT_MEMORY_BUDGET", "solver_for", "permute_scores_for"]
 
 #: Default bound on what one-shot calibration holds at once (activations, statistics, one solve).
 DEFAULT_MEMORY_BUDGET = "4GiB"
@@ -108,6 +108,31 @@ def solver_for(pattern: NMPattern, method: str, where: str) -> str:
     return solver
 
 
+#: Saliencies of the permutation search (:func:`nmsparse.permute_`'s ``scores``).
+PERMUTE_SCORES = ("magnitude", "wanda", "sparsegpt")
+
+#: The permutation saliency that follows each built-in algorithm (``permute_scores=None``).
+_ALGORITHM_SCORES = {"magnitude": "magnitude", "wanda": "wanda", "sparsegpt": "sparsegpt", "adaprune": "wanda"}
+
+
+def permute_scores_for(config: Any, algorithm: str) -> str:
+    """The ``scores`` of :func:`nmsparse.permute_` for a config's ``permute_scores`` and ``algorithm``: the given
+    name, else the algorithm's own saliency (magnitude -> ``"magnitude"``, wanda -> ``"wanda"``, sparsegpt ->
+    ``"sparsegpt"``, adaprune -> ``"wanda"``; another registered algorithm -> ``"magnitude"``)."""
+    return str(config.permute_scores or _ALGORITHM_SCORES.get(algorithm, "magnitude"))
+
+
+def check_permute(config: Any, where: str) -> None:
+    """``permute_scores`` and ``permute_residual`` only with ``permute=True`` (they would do nothing)."""
+    if config.permute:
+        return
+    given = [
+        f"{name}={getattr(config, name)!r}" for name in ("permute_scores", "permute_residual") if getattr(config, name)
+    ]
+    if given:
+        raise ConfigError(f"{where}: {', '.join(given)} needs permute=True (--permute); nothing would be permuted")
+
+
 @dataclass(frozen=True, kw_only=True)
 class OneShotConfig(ConfigBase):
     """Settings of :func:`nmsparse.prune_oneshot_` (the pattern is an argument of the verb).
@@ -150,6 +175,20 @@ class OneShotConfig(ConfigBase):
     dtype: str = config_field("float32", help="dtype of Gram statistics and solves")
     ignore_padding: bool = config_field(True, help="leave padding tokens (attention_mask == 0) out of the statistics")
     recalibrate_bn: bool = config_field(True, help="re-estimate batch-norm statistics on the calibration data")
+    permute: bool = config_field(
+        False,
+        help="permute the model's free channels first (nmsparse.permute_: same function, masks keep more); "
+        "the permutation is baked into the weights",
+    )
+    permute_scores: str | None = config_field(
+        None,
+        help="saliency the permutation search uses: magnitude, wanda or sparsegpt (none: the algorithm's own; "
+        "adaprune: wanda)",
+        metavar="NAME",
+    )
+    permute_residual: bool = config_field(
+        False, help="with --permute: also permute the residual stream (GPT-2 and LLaMA causal LMs)"
+    )
     max_memory_mb: float | None = config_field(None, help="deprecated: use --memory-budget", metavar="MIB")
     damping: float | None = config_field(None, help="deprecated: use options", flag=False)
     block_size: int | None = config_field(None, help="deprecated: use options", flag=False)
@@ -168,6 +207,9 @@ class OneShotConfig(ConfigBase):
         "dtype": [Options({"float32", "float64"})],
         "ignore_padding": [bool],
         "recalibrate_bn": [bool],
+        "permute": [bool],
+        "permute_scores": [Options(set(PERMUTE_SCORES)), None],
+        "permute_residual": [bool],
         "max_memory_mb": [Interval(float, 0, None, closed="neither"), None],
         "damping": [Interval(float, 0, None, closed="left"), None],
         "block_size": [Interval(int, 1, None, closed="left"), None],
@@ -192,6 +234,7 @@ class OneShotConfig(ConfigBase):
 
         get_method(self.algorithm, where="OneShotConfig")
         self.method_options()
+        check_permute(self, "OneShotConfig")
 
     def _values(self) -> dict[str, Any]:
         values = super()._values()

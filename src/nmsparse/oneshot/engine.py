@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .._calibration import StopForward, batch_samples, feed_checked, materialise, model_device, token_mask
+from .._calibration import StopForward, batch_samples, feed_checked, materialise, model_device, to_device, token_mask
 from .._logging import logger
 from .._logging import progress as _progress
 from ..errors import ConfigError, InputError
@@ -35,7 +35,7 @@ from ..pattern import NMPattern, PatternLike
 # nmsparse.prune first: it loads nmsparse.io in the order their mutual imports need
 from ..prune.select import _select, is_transposed_layer, require_selected
 from ..prune.static import _nm_mask, apply_mask_, layer_mask, remove_mask_
-from .config import OneShotConfig, solver_for
+from .config import OneShotConfig, permute_scores_for, solver_for
 from .layer import quadratic, reconstruction_error
 from .methods import Layer, LayerMethod, get_method
 from .report import OneShotLayerReport, OneShotReport
@@ -360,6 +360,28 @@ def _select_views(
     return {name: _view(name, module) for name, module in selection.selected.items()}, dict(selection.skipped)
 
 
+def _check_permutable(model: nn.Module, views: dict[str, _View], scores: str, calibrated: bool) -> None:
+    """Refuse ``permute=True`` before anything changes: scores that need calibration without it, or masks that
+    the engine does not bake in first (on layers it does not prune)."""
+    from torch.nn.utils import parametrize
+
+    if scores != "magnitude" and not calibrated:
+        raise ConfigError(
+            f"{_WHERE}: permute_scores={scores!r} needs calibration data; pass calibration batches or "
+            f"permute_scores='magnitude'"
+        )
+    masked = [
+        name
+        for name, module in model.named_modules()
+        if name not in views and (parametrize.is_parametrized(module) or hasattr(module, "weight_mask"))
+    ]
+    if masked:
+        raise ConfigError(
+            f"{_WHERE}: permute=True needs a model without masks outside the layers it prunes; "
+            f"{', '.join(masked[:5])}{' ...' if len(masked) > 5 else ''} carry one (remove them first)"
+        )
+
+
 def prune_oneshot_(
     model: nn.Module,
     calibration: Iterable[Any] | None,
@@ -386,6 +408,10 @@ def prune_oneshot_(
     from the mask solver ``config.method`` (``"auto"``: top-n for plain patterns, the exact solver for ``-T``).
     Every pruned layer gets a static :class:`~nmsparse.NMMask` and holds its new weights (zeros where pruned);
     a layer that already carries a mask has it baked in first, and the new mask prefers its surviving weights.
+    With ``config.permute`` the model's free channels are first reordered by :func:`nmsparse.permute_` for the
+    selected layers (same function, baked into the weights; scores after the algorithm unless
+    ``config.permute_scores``), after the memory plan and before any statistics; its report is
+    ``report.permutation``.
 
     Args:
         model: the trained model; modified in place.
@@ -439,6 +465,8 @@ def prune_oneshot_(
         )
     batches = [] if calibration is None else materialise(calibration, where=_WHERE)
     views, skipped = _select_views(model, pattern, config)
+    if config.permute:
+        _check_permutable(model, views, permute_scores_for(config, algorithm), bool(batches))
     report = OneShotReport(
         model=model,
         algorithm=algorithm,
@@ -523,6 +551,10 @@ class _Engine:
                 remove_mask_(view.module, leave_masked=True)
             if hasattr(view.module, "weight_orig") and hasattr(view.module, "weight_mask"):
                 torch_prune.remove(view.module, "weight")
+        if self.config.permute:  # after the budget check, before any statistics (and the dense copy)
+            self._permute(regions)
+            if batches and blocked:  # permuted layers before the first block (embeddings) change its inputs
+                calls = _capture(self.model, regions[0][1], self.batches, self.device, self.config.ignore_padding)
         self.hold(act)
         # layers outside the blocks come last: their dense targets need the dense model as it is now
         self.dense_model = (
@@ -547,6 +579,21 @@ class _Engine:
                 self._region(region, views, calls, dense_calls, blocked=True)
             self.report.block_seconds.append(time.perf_counter() - began)
         self.report.blocks = len(regions)
+
+    def _permute(self, regions: list[tuple[str, nn.Module, dict[str, _View]]]) -> None:
+        """``nmsparse.permute_`` on the (dense) model for the selected layers; its report into ``report``."""
+        from ..permute import permute_
+
+        names = [n for _, _, views in regions for n in views]
+        self.report.permutation = permute_(
+            self.model,
+            self.pattern,
+            [to_device(b, self.device) for b in self.batches] or None,
+            scores=permute_scores_for(self.config, self.report.algorithm),
+            layers=names,
+            residual=self.config.permute_residual,
+        )
+        logger.info("%s: %s", _WHERE, self.report.permutation.summary().splitlines()[0])
 
     def _stats_bytes(self, view: _View) -> int:
         if self.spec.statistics_bytes is not None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..permute import PermuteReport
 
 __all__ = ["OneShotLayerReport", "OneShotReport"]
 
@@ -93,6 +96,8 @@ class OneShotReport:
         seconds: total wall time.
         memory_budget, memory_estimate, peak_tracked: the budget, the working memory planned (checked against
             the budget before the model changes) and the largest actually held, in bytes.
+        permutation: what ``config.permute`` permuted first (:class:`~nmsparse.permute.PermuteReport`: chains,
+            retained saliency per layer before/after, layers left alone); ``None`` without ``permute``.
     """
 
     model: nn.Module
@@ -107,6 +112,7 @@ class OneShotReport:
     memory_budget: int = 0
     memory_estimate: int = 0
     peak_tracked: int = 0
+    permutation: PermuteReport | None = None
 
     method = property(lambda self: self.algorithm, doc="``algorithm`` (its old name).")
     max_memory_mb = property(lambda self: self.memory_budget / _MIB, doc="``memory_budget`` in MiB.")
@@ -135,8 +141,9 @@ class OneShotReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (everything but the model)."""
-        out = {k: v for k, v in vars(self).items() if k not in ("model", "layers")}
+        out = {k: v for k, v in vars(self).items() if k not in ("model", "layers", "permutation")}
         return out | {
+            "permutation": None if self.permutation is None else self.permutation.to_dict(),
             "method": self.algorithm,
             "pruned": self.pruned,
             "layers": [r.as_dict() for r in self.layers],
@@ -156,6 +163,8 @@ class OneShotReport:
             f"{r.relative_error:>8.4f} {r.seconds:>6.2f}"
             for r in self.layers
         ]
+        if self.permutation is not None:  # before the totals line: the skipped layers stay last
+            lines.append(self.permutation.summary().splitlines()[0])
         lines.append(
             f"{self.algorithm} {self.pattern}: {len(self.layers)} layer(s) pruned to {self.pattern}, "
             f"{len(self.skipped)} left dense, {self.blocks} block(s), {self.seconds:.1f} s, working memory "

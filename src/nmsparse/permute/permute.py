@@ -216,7 +216,7 @@ def compute_scores(
             damp = 0.01 * H.diagonal().mean().clamp_min(1e-12)
             dead = H.diagonal() == 0
             H[dead, dead] = 1.0
-            H += damp * torch.eye(H.shape[0], dtype=H.dtype)
+            H += damp * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
             norms = (1.0 / torch.linalg.inv(H).diagonal()).float()
         positions = w.shape[1] // norms.numel()
         per_column = norms.repeat(positions)  # conv: channel fastest within each kernel position
@@ -372,7 +372,8 @@ def permute_(
         return report
     reference = _outputs(model, batches[0]) if check and batches else None
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    S = compute_scores(model, scored, scores, batches)
+    # the search runs on CPU (a model on an accelerator: its statistics there, the scores moved once)
+    S = {name: value.cpu() for name, value in compute_scores(model, scored, scores, batches).items()}
     start = {name: retained_fast(S[name], p) for name in scored}
     totals = {name: float(S[name].sum(dtype=torch.float64)) for name in scored}
     passes = passes if passes is not None else (2 if p.transposable else 1)

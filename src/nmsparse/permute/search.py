@@ -107,9 +107,9 @@ def _exact_tile_sums(blocks: torch.Tensor, n: int) -> torch.Tensor:
     """Kept score of the exact transposable optimum of every block ``[B, m, m]`` (float64, ``[B]``).
 
     ``m >= 8`` calls the exact solver's compiled min-cost-flow kernel on this thread: the search makes many
-    small calls, and once the solver's thread pool had run, small torch calls of this thread measured 10-1000x
-    slower on the shared 2-core machine (``NUMBA_NUM_THREADS=1`` removed it). ``m = 4`` enumerates
-    (:func:`nmsparse.solvers.exact.exact_blocks`).
+    small calls, each too small to pay for splitting over the solver's thread pool. ``m = 4`` enumerates
+    (:func:`nmsparse.solvers.exact.exact_blocks`). (Small torch calls that take milliseconds on a busy 2-core
+    machine are torch's own OpenMP spin-waiting, not the solver: see :mod:`nmsparse.solvers.exact`.)
     """
     from ..solvers import exact
 

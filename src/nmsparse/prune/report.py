@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from torch import nn
 
+if TYPE_CHECKING:
+    from ..permute import PermuteReport
+
 __all__ = ["PrunedLayer", "PruneReport"]
 
 
@@ -52,6 +55,8 @@ class PruneReport:
         skipped: qualified module name -> why it stayed dense, for every candidate layer that did.
         model: the model the verb pruned (in place), so ``prune_(...).model`` is the model to use next; not part
             of :meth:`to_dict`, of ``repr`` or of ``==``.
+        permutation: what ``prune_(..., permute=True)`` permuted first (:class:`~nmsparse.permute.PermuteReport`);
+            ``None`` otherwise (and then left out of :meth:`to_dict`).
 
     Example:
         >>> import torch, nmsparse
@@ -68,6 +73,7 @@ class PruneReport:
     pruned: list[PrunedLayer] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+    permutation: PermuteReport | None = field(default=None, repr=False, compare=False)
 
     @property
     def padded(self) -> list[str]:
@@ -81,13 +87,16 @@ class PruneReport:
             layer["shape"] = list(layer["shape"])
             if layer["padded_to"] is not None:
                 layer["padded_to"] = list(layer["padded_to"])
-        return {
+        out: dict[str, Any] = {
             "verb": self.verb,
             "pattern": self.pattern,
             "method": self.method,
             "pruned": pruned,
             "skipped": dict(self.skipped),
         }
+        if self.permutation is not None:
+            out["permutation"] = self.permutation.to_dict()
+        return out
 
     def describe(self) -> str:
         """One line per pruned and per skipped layer, for printing."""
@@ -95,6 +104,8 @@ class PruneReport:
             f"{self.verb}: {len(self.pruned)} layer(s) pruned to {self.pattern} ({self.method}), "
             f"{len(self.skipped)} left dense"
         ]
+        if self.permutation is not None:
+            lines.append(f"  {self.permutation.summary().splitlines()[0]}")
         for layer in self.pruned:
             extra = f", padded to {layer.padded_to[0]}x{layer.padded_to[1]}" if layer.padded_to else ""
             extra += ", stored [in, out]" if layer.transposed else ""

@@ -14,6 +14,7 @@ built after, and an optimizer built before pruning keeps the same parameter obje
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,6 +40,9 @@ from .select import (
     require_selected,
     weight_of,
 )
+
+if TYPE_CHECKING:
+    from ..permute import PermuteReport
 
 __all__ = [
     "prune_",
@@ -483,6 +487,7 @@ def prune_(
     straight_through: bool = False,
     pad: bool = False,
     progress: bool | None = None,
+    permute: bool = False,
 ) -> PruneReport:
     """Attach n:m (or transposable n:m) masks to the Linear, Conv1d, Conv2d and Conv1D weights of ``model``.
 
@@ -516,10 +521,14 @@ def prune_(
             odd vocabulary) instead of leaving them dense; padded entries are never kept, and the report lists
             the padded shape per layer.
         progress: show a progress bar over the layers (``None``: when stderr is a terminal).
+        permute: first reorder the model's free channels with :func:`nmsparse.permute_` (``scores="magnitude"``,
+            no calibration, the selected layers scored) so the masks keep more; the function is unchanged and the
+            permutation is baked into the weights. The model must carry no masks yet, and ``scores`` cannot be
+            given with it (they would describe the unpermuted weights). Its report is ``report.permutation``.
 
     Returns:
         A :class:`~nmsparse.prune.PruneReport`: every pruned layer (kept magnitude, padding), every layer left
-        dense with its reason, and ``.model``, the pruned ``model`` itself.
+        dense with its reason, ``.model``, the pruned ``model`` itself, and ``.permutation`` (with ``permute``).
 
     Raises:
         PatternError: unparseable pattern.
@@ -540,6 +549,20 @@ def prune_(
     """
     if not isinstance(straight_through, bool):
         raise ConfigError(f"prune_: straight_through must be a bool, got {straight_through!r}")
+    if not isinstance(permute, bool):
+        raise ConfigError(f"prune_: permute must be a bool, got {permute!r}")
+    permutation = None
+    if permute:
+        permutation = _permute_first(
+            model,
+            pattern,
+            method=method,
+            include=include,
+            exclude=exclude,
+            keep_first_last=keep_first_last,
+            scores=scores,
+            pad=pad,
+        )
     _, report = _prune(
         model,
         pattern,
@@ -554,7 +577,38 @@ def prune_(
         pad=pad,
         progress=progress,
     )
+    report.permutation = permutation
     return report
+
+
+def _permute_first(
+    model: nn.Module,
+    pattern: PatternLike,
+    *,
+    method: str,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    keep_first_last: bool,
+    scores: Mapping[str, torch.Tensor] | None,
+    pad: bool,
+) -> PermuteReport:
+    """``prune_(..., permute=True)``: the arguments checked as ``_prune`` will, then ``permute_`` with magnitude
+    scores on the layers it will prune."""
+    from ..permute import permute_
+
+    if scores is not None:
+        raise ConfigError(
+            "prune_: permute=True cannot take scores (they describe the unpermuted weights); call "
+            "nmsparse.permute_(model, pattern, calibration, scores=...) first, then prune_ with scores of the "
+            "permuted model"
+        )
+    pattern = NMPattern.parse(pattern)
+    _check_method(method, pattern, where="prune_")
+    selection, _ = _select(
+        model, pattern, include=include, exclude=exclude, keep_first_last=keep_first_last, module_types=None, pad=pad
+    )
+    require_selected(selection, pattern, where="prune_")
+    return permute_(model, pattern, None, scores="magnitude", layers=list(selection.selected))
 
 
 def is_pruned(module: nn.Module) -> bool:

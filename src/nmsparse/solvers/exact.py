@@ -26,7 +26,9 @@ kernel, plus a zero-cost bypass from every row to the sink), whose optimum can b
 Threads: numba's thread count (``NUMBA_NUM_THREADS``, all cores by default, or ``numba.set_num_threads``)
 Python threads each run the compiled kernel on a slice of the blocks. torch's OpenMP runtime spin-waits between
 parallel regions; on a machine shared with other busy processes that spinning can cost several times the useful
-work: ``OMP_WAIT_POLICY=PASSIVE`` (or one thread) avoids it.
+work, and small torch ops wait for a descheduled team thread (measured on a 2-core machine at load ~4: ``x.max(1)``
+of a 256x256 tensor took over 1 ms 40-70% of the time, 5-25 ms each, with or without a solve and with
+``NUMBA_NUM_THREADS=1``). ``OMP_WAIT_POLICY=PASSIVE``, set before torch is imported, or one torch thread avoids it.
 """
 
 from __future__ import annotations
