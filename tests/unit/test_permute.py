@@ -108,20 +108,7 @@ def test_gpt2_conv1d_and_save_pretrained(tmp_path):
 
 def test_llama_grouped_query_attention():
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=64,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    model = transformers.LlamaForCausalLM(config)
+    model = _tiny_llama(transformers)
     x = torch.randint(0, 64, (2, 12))
     report = _check_same(model, x, "2:4", scores="sparsegpt")
     value = [c for c in report.chains if c.name == "model.layers.0.self_attn.v1"][0]
