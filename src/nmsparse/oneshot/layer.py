@@ -32,7 +32,7 @@ from .._inputs import check_tensor
 from .._logging import logger
 from ..errors import InputError, ShapeError
 from ..pattern import NMPattern
-from ..solvers.registry import select_solver
+from ..solvers.registry import resolve
 
 __all__ = ["LayerResult", "sparsegpt", "reconstruction_error", "quadratic"]
 
@@ -50,25 +50,6 @@ class LayerResult:
     damping: float = 0.0
     #: ``tr((W - W') H (W - W')^T)`` on the undamped Gram matrix, when the method computed it (``None``: not).
     error: float | None = None
-
-
-def _group_solver(
-    pattern: NMPattern, device: torch.device, dtype: torch.dtype
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``solve(scores [rows, m]) -> mask``: the registered solver :func:`~nmsparse.find_mask` runs, looked up once.
-
-    SparseGPT asks for ``in / m`` group masks per layer, on saliencies it computed itself (finite, contiguous,
-    of the right shape and dtype), so it calls the solver's function directly: no input or result checks per
-    group (the solver contract test checks every registration), one registry lookup per layer (the masks
-    are those of :func:`~nmsparse.find_mask`).
-    """
-    spec = select_solver("exact" if pattern.transposable else "topn", "auto", pattern, device.type, dtype)
-    score_dtype, fn = spec.score_dtype(dtype), spec.fn
-
-    def solve(scores: torch.Tensor) -> torch.Tensor:
-        return fn(scores.to(score_dtype).contiguous(), pattern, False)
-
-    return solve
 
 
 def _check_shapes(weight: torch.Tensor, gram: torch.Tensor | None, pattern: NMPattern, where: str) -> None:
@@ -176,7 +157,9 @@ def sparsegpt(
     # the lazy update of block [i1, i2) by every block before it is (W - W')[:, :i1] V[:i1, i1:i2] V_b^-1
     # (V_b = V[i1:i2, i1:i2]), the same as the sum of the earlier blocks' Err @ U[.., i1:i2].
     factor, clean, used, shift = _hessian_factor(gram.to(weight.dtype), weight, damping, where=where)
-    solve = _group_solver(pattern, weight.device, weight.dtype)
+    # The solver find_mask would run, validated once per layer; each group's saliency is finite, contiguous and
+    # of the solver's dtype, so the per-group calls skip find_mask's checks.
+    solve = resolve("exact" if pattern.transposable else "topn", pattern, weight.device, weight.dtype)
     # Work on transposed copies: a column of W is a contiguous row of W^T.
     w_t = clean.T.contiguous()  # [in, out]: the current weights, then the final ones (swept rows)
     del clean
@@ -201,7 +184,7 @@ def sparsegpt(
             if i % m == 0:
                 saliency = torch.square(block[i : i + m].T, out=block.new_empty(rows, m))  # [out, m]
                 saliency /= d2[i : i + m]
-                group = solve(saliency)
+                group = solve(saliency.to(solve.dtype))  # no copy unless fp16/bf16 widen
                 mask_t[i1 + i : i1 + i + m] = group.T
                 if record is not None:
                     record(i1 + i, saliency, group)
