@@ -8,8 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._calibration import call_style, feed, materialise, model_device, to_device
-from ..errors import InputError
+from .._calibration import feed_checked, materialise, model_device
 
 __all__ = ["recalibrate_batchnorm_"]
 
@@ -57,13 +56,7 @@ def recalibrate_batchnorm_(model: nn.Module, calibration: Iterable[Any]) -> int:
             bn.train()
         with torch.no_grad():
             for index, raw in enumerate(batches):
-                try:
-                    feed(model, to_device(raw, device))
-                except Exception as exc:  # noqa: BLE001 - re-raised with the batch named
-                    raise InputError(
-                        f"recalibrate_batchnorm_: calibration batch {index} cannot be fed to the model as "
-                        f"{call_style(raw)}: {type(exc).__name__}: {exc}"
-                    ) from exc
+                feed_checked(model, raw, index, device, where="recalibrate_batchnorm_")
     finally:
         for bn, momentum in momenta.items():
             bn.momentum = momentum
