@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._calibration import feed, materialise
 from .._logging import logger
 from ..errors import ConfigError, InputError
 from ..layout import fits
@@ -123,21 +124,6 @@ class PermuteReport:
 # ------------------------------------------------------------------------------------------- scores
 
 
-def _batches(calibration: Iterable[Any]) -> list[Any]:
-    batches = list(calibration)
-    if not batches:
-        raise InputError("permute_: the calibration iterable is empty; pass a few batches the model accepts")
-    return batches
-
-
-def _run(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
 def input_statistics(
     model: nn.Module, names: Iterable[str], calibration: Iterable[Any], *, gram: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -165,8 +151,8 @@ def input_statistics(
         handles.append(modules[name].register_forward_hook(hook(name)))
     try:
         with torch.no_grad():
-            for batch in _batches(calibration):
-                _run(model, batch)
+            for batch in materialise(calibration, where="permute_"):
+                feed(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -273,7 +259,7 @@ def _fits(module: nn.Module, pattern: NMPattern) -> bool:
 
 def _outputs(model: nn.Module, batch: Any) -> list[torch.Tensor]:
     with torch.no_grad():
-        out = _run(model, batch)
+        out = feed(model, batch)
     if isinstance(out, torch.Tensor):
         return [out.detach().clone()]
     if isinstance(out, dict) or hasattr(out, "values"):
@@ -355,7 +341,7 @@ def permute_(
         )
     if not (callable(scores) or scores in ("magnitude", "wanda", "sparsegpt")):
         raise ConfigError(f"permute_: scores must be 'magnitude', 'wanda', 'sparsegpt' or a callable, got {scores!r}")
-    batches = None if calibration is None else _batches(calibration)
+    batches = None if calibration is None else materialise(calibration, where="permute_")
     chains, skipped = plan_permutations(model, p, residual=residual)
     modules = dict(model.named_modules())
     in_chains = {m.name for c in chains for m in c.members if m.role in ("in", "out")}
