@@ -8,6 +8,7 @@ Shared by one-shot calibration (:mod:`nmsparse.oneshot`) and batch-norm re-estim
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -20,7 +21,6 @@ __all__ = [
     "feed",
     "feed_checked",
     "StopForward",
-    "call_style",
     "to_device",
     "model_device",
     "token_mask",
@@ -55,20 +55,12 @@ def feed_checked(model: nn.Module, batch: Any, index: int, device: torch.device,
     except (StopForward, NMSparseError):
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised with the batch and call style named
+        style = "**batch" if isinstance(batch, Mapping) else "*batch" if isinstance(batch, (tuple, list)) else "batch"
         raise InputError(
-            f"{where}: calibration batch {index} cannot be fed to the model as {call_style(batch)}: "
+            f"{where}: calibration batch {index} cannot be fed to the model as model({style}): "
             f"{type(exc).__name__}: {' '.join(str(exc).split())}; every batch must be a valid model input (a dict "
             f"is passed as keyword arguments, a tuple/list as positional arguments)"
         ) from exc
-
-
-def call_style(batch: Any) -> str:
-    """How :func:`feed` calls the model with ``batch`` (for error messages)."""
-    if isinstance(batch, Mapping):
-        return "model(**batch)"
-    if isinstance(batch, (tuple, list)):
-        return "model(*batch)"
-    return "model(batch)"
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -77,29 +69,21 @@ def to_device(batch: Any, device: torch.device) -> Any:
         return batch.to(device)
     if isinstance(batch, Mapping):
         return {key: to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(to_device(value, device) for value in batch)
-    if isinstance(batch, list):
-        return [to_device(value, device) for value in batch]
+    if isinstance(batch, (tuple, list)):
+        moved = [to_device(value, device) for value in batch]
+        return tuple(moved) if isinstance(batch, tuple) else moved
     return batch
 
 
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter (or buffer); CPU for a model with neither."""
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
+    return next((t.device for t in itertools.chain(model.parameters(), model.buffers())), torch.device("cpu"))
 
 
 def token_mask(batch: Any) -> torch.Tensor | None:
     """``attention_mask`` of a transformers-style batch (``[B, T]``, True = real token), else ``None``."""
-    if isinstance(batch, Mapping):
-        mask = batch.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            return mask != 0
-    return None
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    return mask != 0 if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
 def materialise(calibration: Iterable[Any], *, where: str = "adaprune_") -> list[Any]:
@@ -131,10 +115,5 @@ def batch_samples(batch: Any) -> int:
     """Samples in a batch: dim 0 of its first tensor (``1`` when it has none)."""
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() else 1
-    values: Iterable[Any] = (
-        batch.values() if isinstance(batch, Mapping) else (batch if isinstance(batch, (tuple, list)) else ())
-    )
-    for value in values:
-        if isinstance(value, torch.Tensor) and value.dim():
-            return int(value.shape[0])
-    return 1
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
+    return next((int(v.shape[0]) for v in values if isinstance(v, torch.Tensor) and v.dim()), 1)

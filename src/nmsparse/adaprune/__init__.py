@@ -41,21 +41,6 @@ DEFAULT_MEMORY_BUDGET = "1GiB"
 AdaPruneReport = OneShotReport
 AdaPruneLayerReport = OneShotLayerReport
 
-#: The engine settings :class:`AdaPruneConfig` shares with :class:`~nmsparse.oneshot.OneShotConfig`.
-_SHARED = (
-    "method",
-    "include",
-    "exclude",
-    "keep_first_last",
-    "sequential",
-    "memory_budget",
-    "ignore_padding",
-    "recalibrate_bn",
-    "permute",
-    "permute_scores",
-    "permute_residual",
-)
-
 
 @dataclass(frozen=True, kw_only=True)
 class AdaPruneConfig(AdaPruneOptions):
@@ -90,11 +75,8 @@ class AdaPruneConfig(AdaPruneOptions):
     )
     permute_residual: bool = config_field(False, help="with permute: also permute the residual stream")
 
-    _constraints = {
-        **AdaPruneOptions._constraints,
-        "pattern": [PatternString()],
-        **{name: OneShotConfig._constraints[name] for name in _SHARED},
-    }
+    # the engine settings are checked as OneShotConfig checks them (its other entries name no field here)
+    _constraints = {**OneShotConfig._constraints, **AdaPruneOptions._constraints, "pattern": [PatternString()]}
 
     def __post_init__(self) -> None:
         normalise_fields(self)
@@ -118,9 +100,9 @@ class AdaPruneConfig(AdaPruneOptions):
     def oneshot(self) -> OneShotConfig:
         """The equivalent :class:`~nmsparse.oneshot.OneShotConfig` (``algorithm="adaprune"``)."""
         options = {name: getattr(self, name) for name in AdaPruneOptions.field_names()}
-        return OneShotConfig(
-            algorithm="adaprune", options=options, prune_outside_blocks=True, **{k: getattr(self, k) for k in _SHARED}
-        )
+        engine = set(self.field_names()) - set(options)
+        shared = {k: getattr(self, k) for k in OneShotConfig.field_names() if k in engine}
+        return OneShotConfig(algorithm="adaprune", options=options, prune_outside_blocks=True, **shared)
 
 
 def adaprune_(

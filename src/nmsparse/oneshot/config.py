@@ -23,29 +23,19 @@ __all__ = ["OneShotConfig", "parse_memory", "DEFAULT_MEMORY_BUDGET", "solver_for
 #: Default bound on what one-shot calibration holds at once (activations, statistics, one solve).
 DEFAULT_MEMORY_BUDGET = "4GiB"
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "kib": 1 << 10,
-    "mib": 1 << 20,
-    "gib": 1 << 30,
-    "tib": 1 << 40,
-    "tb": 1000**4,
-    "t": 1000**4,
+_UNITS = {"": 1, "b": 1} | {
+    f"{prefix}{suffix}": (1 << 10 * power if suffix == "ib" else 1000**power)
+    for power, prefix in enumerate("kmgt", 1)
+    for suffix in ("", "b", "ib")
 }
 
-#: Old settings, accepted for one release with a DeprecationWarning: name -> what replaces it.
+#: Old settings, accepted for one release with a DeprecationWarning: name -> (what replaces it, and the
+#: algorithm and option it maps onto).
 _DEPRECATED = {
-    "max_memory_mb": "memory_budget (bytes, or a size such as '4GiB')",
-    "damping": "options={'damping': ...}",
-    "block_size": "options={'block_size': ...}",
-    "adaprune_iterations": "options={'iterations': ...} with algorithm='adaprune'",
+    "max_memory_mb": ("memory_budget (bytes, or a size such as '4GiB')", "", ""),
+    "damping": ("options={'damping': ...}", "sparsegpt", "damping"),
+    "block_size": ("options={'block_size': ...}", "sparsegpt", "block_size"),
+    "adaprune_iterations": ("options={'iterations': ...} with algorithm='adaprune'", "adaprune", "iterations"),
 }
 
 
@@ -76,16 +66,10 @@ def parse_memory(value: int | float | str) -> int:
     return int(number)
 
 
-def _readable_memory(value: object) -> bool:
-    try:
-        parse_memory(value)  # type: ignore[arg-type]
-    except ConfigError:
-        return False
-    return True
-
-
 #: The constraint of ``memory_budget`` (also :class:`~nmsparse.adaprune.AdaPruneConfig`'s).
-MEMORY_CONSTRAINT = Predicate(_readable_memory, "a size such as '512MiB', '4GiB' or a number of bytes")
+MEMORY_CONSTRAINT = Predicate(
+    lambda value: parse_memory(value) > 0, "a size such as '512MiB', '4GiB' or a number of bytes"
+)
 
 
 def normalise_fields(config: Any) -> None:
@@ -124,12 +108,10 @@ def permute_scores_for(config: Any, algorithm: str) -> str:
 
 def check_permute(config: Any, where: str) -> None:
     """``permute_scores`` and ``permute_residual`` only with ``permute=True`` (they would do nothing)."""
-    if config.permute:
-        return
     given = [
         f"{name}={getattr(config, name)!r}" for name in ("permute_scores", "permute_residual") if getattr(config, name)
     ]
-    if given:
+    if given and not config.permute:
         raise ConfigError(f"{where}: {', '.join(given)} needs permute=True (--permute); nothing would be permuted")
 
 
@@ -200,16 +182,11 @@ class OneShotConfig(ConfigBase):
         "options": [Mapping, None],
         "include": [SequenceOf(str), None],
         "exclude": [SequenceOf(str), None],
-        "keep_first_last": [bool],
-        "sequential": [bool],
         "memory_budget": [MEMORY_CONSTRAINT],
-        "prune_outside_blocks": [bool],
         "dtype": [Options({"float32", "float64"})],
-        "ignore_padding": [bool],
-        "recalibrate_bn": [bool],
-        "permute": [bool],
         "permute_scores": [Options(set(PERMUTE_SCORES)), None],
-        "permute_residual": [bool],
+        **dict.fromkeys(("keep_first_last", "sequential", "prune_outside_blocks", "ignore_padding"), [bool]),
+        **dict.fromkeys(("recalibrate_bn", "permute", "permute_residual"), [bool]),
         "max_memory_mb": [Interval(float, 0, None, closed="neither"), None],
         "damping": [Interval(float, 0, None, closed="left"), None],
         "block_size": [Interval(int, 1, None, closed="left"), None],
@@ -220,7 +197,7 @@ class OneShotConfig(ConfigBase):
         normalise_fields(self)
         if self.options is not None:
             object.__setattr__(self, "options", dict(self.options))
-        for name, instead in _DEPRECATED.items():
+        for name, (instead, _, _) in _DEPRECATED.items():
             if getattr(self, name) is not None:
                 warnings.warn(
                     f"OneShotConfig({name}=...) is deprecated and will be removed in the next release; use {instead}",
@@ -253,10 +230,7 @@ class OneShotConfig(ConfigBase):
 
         name = algorithm or self.algorithm
         spec = get_method(name, where="OneShotConfig")
-        values: dict[str, Any] = {}
-        if name == "sparsegpt":
-            values.update({k: getattr(self, k) for k in ("damping", "block_size") if getattr(self, k) is not None})
-        if name == "adaprune" and self.adaprune_iterations is not None:
-            values["iterations"] = self.adaprune_iterations
+        values = {option: getattr(self, old) for old, (_, owner, option) in _DEPRECATED.items() if owner == name}
+        values = {option: value for option, value in values.items() if value is not None}
         values.update(self.options or {})
         return spec.options.from_dict(values, where=f"OneShotConfig.options (algorithm {name!r})")

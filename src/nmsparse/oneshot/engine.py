@@ -1,11 +1,10 @@
 """The one-shot calibration engine behind :func:`prune_oneshot_` (and :func:`nmsparse.adaprune_`).
 
-It selects layers (:mod:`nmsparse.prune.select`), finds the model's repeated blocks, captures the first block's
-inputs once, then walks the blocks in order: each block runs on its recorded inputs with hooks that fold every
-target layer's inputs (and, when asked, target outputs) into the statistics its layer method registered for
-(:mod:`nmsparse.oneshot.methods`); the method solves each layer; the mask is attached with
-:func:`nmsparse.prune.static.apply_mask_`; the block runs again, now pruned, to give the next block its input. A
-model without repeated blocks is one block, fed the calibration batches themselves. Memory is planned against one
+Layers are selected (:mod:`nmsparse.prune.select`) and the first repeated block's inputs captured once; then each
+block runs on its recorded inputs with hooks folding every target layer's inputs (and targets) into the
+statistics its layer method registered for (:mod:`nmsparse.oneshot.methods`), the method solves each layer, the
+mask is attached (:func:`~nmsparse.prune.static.apply_mask_`), and the pruned block runs again to feed the next
+one. A model without repeated blocks is one block, fed the calibration batches. Memory is planned against one
 budget in bytes before the model changes.
 """
 
@@ -17,7 +16,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,6 +43,9 @@ __all__ = ["prune_oneshot_", "find_blocks", "linear_types"]
 
 _MIB = float(1 << 20)
 _WHERE = "prune_oneshot_"
+_OUTSIDE = (
+    "outside the model's repeated blocks (embeddings and head stay dense; prune_outside_blocks=True prunes them too)"
+)
 
 
 def linear_types() -> tuple[type[nn.Module], ...]:
@@ -69,23 +71,20 @@ def find_blocks(model: nn.Module, names: Iterable[str]) -> list[tuple[str, nn.Mo
     return [] if best is None else [(f"{best[1]}{i}", block) for i, block in enumerate(best[2])]
 
 
-@dataclass
 class _View:
     """A selected layer seen as ``groups`` row maps ``[rows, k] -> [rows, out]`` (a conv on unfolded patches)."""
 
-    name: str
-    module: nn.Module
-    groups: int
-    k: int
-    out: int
-    bias: bool
-    block: int = 0
-    calls: list[int] = field(default_factory=list)  # calls per forward, per region input (from the probe)
-    rows: int = 0
-
-    @property
-    def conv(self) -> bool:
-        return isinstance(self.module, nn.Conv2d)
+    def __init__(self, name: str, module: nn.Module) -> None:
+        self.name, self.module, self.block, self.rows = name, module, 0, 0
+        weight = self.weight()
+        self.calls: list[int] = []  # calls per forward, per region input (from the probe)
+        self.conv, self.bias = isinstance(module, nn.Conv2d), getattr(module, "bias", None) is not None
+        self.transposed = is_transposed_layer(module)
+        self.groups = int(getattr(module, "groups", 1) or 1) if self.conv else 1
+        if self.transposed:
+            self.k, self.out = int(weight.shape[0]), int(weight.shape[1])
+        else:
+            self.k, self.out = int(weight[0].numel()), int(weight.shape[0]) // self.groups
 
     def weight(self) -> torch.Tensor:
         weight = self.module.weight
@@ -98,37 +97,30 @@ class _View:
             return None
         return token.reshape(-1).to(x.device)
 
-    def input_rows(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """Module input -> ``[R, groups, k]`` rows (unfolded patches for a conv)."""
-        if self.conv:
-            conv = self.module
-            assert isinstance(conv, nn.Conv2d)
+    def as_rows(self, t: torch.Tensor, keep: torch.Tensor | None, *, output: bool = False) -> torch.Tensor:
+        """A module input (a conv's: unfolded patches) as ``[R, groups, k]`` rows, or its output as ``[R, groups,
+        out]`` rows in the same order."""
+        conv = self.module
+        if isinstance(conv, nn.Conv2d) and not output:
             pad = conv._reversed_padding_repeated_twice
             if any(pad):
-                x = F.pad(x, pad, mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
-            patches = F.unfold(x, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)  # [B, C*kh*kw, L]
-            return patches.transpose(1, 2).reshape(-1, self.groups, self.k).float()
-        rows = x.reshape(-1, self.groups, self.k)
-        return (rows if keep is None else rows[keep]).float()
-
-    def output_rows(self, y: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """Module output -> ``[R, groups, out]`` rows, in the order of :meth:`input_rows`."""
-        if self.conv:
-            return y.permute(0, 2, 3, 1).reshape(-1, self.groups, self.out).float()
-        rows = y.reshape(-1, self.groups, self.out)
+                t = F.pad(t, pad, mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode)
+            t = F.unfold(t, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)  # [B, C*kh*kw, L]
+            t = t.transpose(1, 2)
+        elif self.conv:
+            t = t.permute(0, 2, 3, 1)
+        rows = t.reshape(-1, self.groups, self.out if output else self.k)
         return (rows if keep is None else rows[keep]).float()
 
     def matrices(self, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         """A tensor of the weight's stored shape as one ``[out, k]`` matrix per group (``Conv1D`` transposed)."""
-        if is_transposed_layer(self.module):
+        if self.transposed:
             return [tensor.T.to(dtype or tensor.dtype)]
-        if self.groups == 1 and tensor.dim() == 2:
-            return [tensor.to(dtype or tensor.dtype)]
         return [t.reshape(self.out, self.k).to(dtype or t.dtype) for t in tensor.chunk(self.groups)]
 
     def stored(self, matrices: list[torch.Tensor]) -> torch.Tensor:
         """Per-group matrices back to the weight's stored shape."""
-        return matrices[0].T if is_transposed_layer(self.module) else torch.cat(matrices).reshape(self.weight().shape)
+        return matrices[0].T if self.transposed else torch.cat(matrices).reshape(self.weight().shape)
 
     def columns(self) -> torch.Tensor | None:
         """Permutation from unfold order ``(in, kh, kw)`` to the pattern's column order ``(kh, kw, in)``."""
@@ -136,22 +128,6 @@ class _View:
             return None
         cin, kh, kw = self.weight().shape[1:]
         return torch.arange(self.k).reshape(cin, kh, kw).permute(1, 2, 0).reshape(-1)
-
-
-def _view(name: str, module: nn.Module) -> _View:
-    weight = module.weight
-    assert isinstance(weight, torch.Tensor)
-    if is_transposed_layer(module):
-        return _View(name, module, 1, int(weight.shape[0]), int(weight.shape[1]), module.bias is not None)
-    groups = int(getattr(module, "groups", 1) or 1) if isinstance(module, nn.Conv2d) else 1
-    return _View(
-        name,
-        module,
-        groups,
-        int(weight[0].numel()),
-        int(weight.shape[0]) // groups,
-        getattr(module, "bias", None) is not None,
-    )
 
 
 class GramStatistics:
@@ -195,11 +171,10 @@ class _Call:
         self.hidden, self.kwargs, self.token = hidden.detach(), kwargs, token
 
     def run(self, block: nn.Module, index: int) -> torch.Tensor:
-        out = (
-            block(*self.args, hidden_states=self.hidden, **self.kwargs)
-            if self.in_kwargs
-            else block(self.hidden, *self.args, **self.kwargs)
-        )
+        if self.in_kwargs:  # (no other positional argument then)
+            out = block(hidden_states=self.hidden, **self.kwargs)
+        else:
+            out = block(self.hidden, *self.args, **self.kwargs)
         out = out[0] if isinstance(out, (tuple, list)) else out
         if not isinstance(out, torch.Tensor):
             raise InputError(
@@ -225,9 +200,7 @@ class _Batch:
         return 0
 
 
-def _capture(
-    model: nn.Module, first_block: nn.Module, batches: list[Any], device: torch.device, ignore_padding: bool
-) -> list[_Call]:
+def _capture(model: nn.Module, first_block: nn.Module, batches: list[_Batch]) -> list[_Call]:
     """The first block's inputs on every batch (the rest of each forward is not run)."""
     calls: list[_Call] = []
     token: list[torch.Tensor | None] = [None]
@@ -239,9 +212,9 @@ def _capture(
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for index, batch in enumerate(batches):
-            before, token[0] = len(calls), token_mask(batch) if ignore_padding else None
+            before, token[0] = len(calls), batch.token
             try:
-                feed_checked(model, batch, index, device, where=_WHERE)
+                batch.run(model, index)
             except StopForward:
                 pass
             if len(calls) == before:
@@ -255,11 +228,12 @@ def _capture(
 
 
 class _Hooks:
-    """Forward hooks on some layers for one pass: ``fold(name, x, y)`` per call, and an early stop once every
-    layer has run its ``counts`` for the current input (when given)."""
+    """Forward hooks on some layers for one pass: ``fold(name, x, y, token)`` per call (``token``: the call's
+    attention mask), and an early stop once every layer has run its ``counts`` for the current input (if given)."""
 
-    def __init__(self, modules: dict[str, nn.Module], fold: Callable[[str, torch.Tensor, torch.Tensor], None]) -> None:
+    def __init__(self, modules: dict[str, nn.Module], fold: Callable[..., None]) -> None:
         self.modules, self.fold = modules, fold
+        self.token: torch.Tensor | None = None
         self.counts: dict[str, int] | None = None
         self.seen: dict[str, int] = {}
 
@@ -272,7 +246,7 @@ class _Hooks:
             handle.remove()
 
     def run(self, region: nn.Module, call: Any, index: int, counts: dict[str, int] | None) -> Any:
-        self.counts, self.seen = counts, {}
+        self.counts, self.seen, self.token = counts, {}, call.token
         if counts is not None and not any(counts.values()):
             return None
         try:
@@ -289,7 +263,7 @@ class _Hooks:
             if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
                 raise InputError(f"{_WHERE}: layer {name!r} was called with a {type(x).__name__}")
             self.seen[name] = self.seen.get(name, 0) + 1
-            self.fold(name, x.detach(), output.detach())
+            self.fold(name, x.detach(), output.detach(), self.token)
             if counts is not None and all(self.seen.get(n, 0) >= c for n, c in counts.items()):
                 raise StopForward
 
@@ -303,28 +277,22 @@ def _probe(region: nn.Module, calls: list[Any], views: dict[str, _View]) -> list
     keys: dict[str, list[tuple[int, ...]]] = {name: [] for name in views}
     current: dict[str, list[int]] = {}
     inputs: list[torch.Tensor] = []
-    token: list[torch.Tensor | None] = [None]
 
-    def fold(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
-        view = views[name]
+    def fold(name: str, x: torch.Tensor, y: torch.Tensor, token: torch.Tensor | None) -> None:
+        view, keep = views[name], views[name].row_filter(x, token)
         order.extend([] if name in order else [name])
         key = next((i for i, t in enumerate(inputs) if t is x), len(inputs))
         inputs.extend([x] if key == len(inputs) else [])
         current.setdefault(name, []).append(key)
-        keep = view.row_filter(x, token[0])
-        view.rows += (
-            int(y.shape[0] * y.shape[2] * y.shape[3])
-            if view.conv
-            else int(keep.sum())
-            if keep is not None
-            else x.numel() // (view.k * view.groups)
-        )
+        if view.conv:
+            view.rows += int(y.shape[0] * y.shape[2] * y.shape[3])
+        else:
+            view.rows += int(keep.sum()) if keep is not None else x.numel() // (view.k * view.groups)
 
     with _Hooks({n: v.module for n, v in views.items()}, fold) as hooks:
         for index, call in enumerate(calls):
             current.clear()
             inputs.clear()
-            token[0] = call.token
             hooks.run(region, call, index, None)
             for name, view in views.items():
                 view.calls.append(len(current.get(name, ())))
@@ -357,7 +325,7 @@ def _select_views(
             )
             del selection.selected[name]
     require_selected(selection, pattern, where=_WHERE)
-    return {name: _view(name, module) for name, module in selection.selected.items()}, dict(selection.skipped)
+    return {name: _View(name, module) for name, module in selection.selected.items()}, dict(selection.skipped)
 
 
 def _check_permutable(model: nn.Module, views: dict[str, _View], scores: str, calibrated: bool) -> None:
@@ -395,23 +363,15 @@ def prune_oneshot_(
     """Prune the Linear, ``Conv1D`` and Conv2d layers of a trained model to ``pattern`` in one shot.
 
     The model's repeated blocks (the ``nn.ModuleList`` holding most of its target layers: GPT-2's
-    ``transformer.h``, LLaMA's ``model.layers``, BERT's ``encoder.layer``) are processed in order; layers outside
-    them (embeddings, ``lm_head``) stay dense unless ``config.prune_outside_blocks``. A model without repeated
-    blocks is one block. Within a block, the layer method (``algorithm``) gets each layer's statistics on the
-    block's calibration inputs and returns its new weights and mask; with ``config.sequential`` each block is
-    calibrated on the outputs of the already pruned blocks (and a layer-wise method, ``adaprune``, each layer on
-    those of the already pruned layers).
-
-    Algorithms (:mod:`nmsparse.oneshot.methods`; add one with ``register_method``): ``"magnitude"`` (``|w|``,
-    calibration optional), ``"wanda"`` (``|w| * ||x||``), ``"sparsegpt"`` (OBS reconstruction with a damped
-    Hessian) and ``"adaprune"`` (mask, then the kept weights fitted to the dense model's outputs). Masks come
-    from the mask solver ``config.method`` (``"auto"``: top-n for plain patterns, the exact solver for ``-T``).
-    Every pruned layer gets a static :class:`~nmsparse.NMMask` and holds its new weights (zeros where pruned);
-    a layer that already carries a mask has it baked in first, and the new mask prefers its surviving weights.
-    With ``config.permute`` the model's free channels are first reordered by :func:`nmsparse.permute_` for the
-    selected layers (same function, baked into the weights; scores after the algorithm unless
-    ``config.permute_scores``), after the memory plan and before any statistics; its report is
-    ``report.permutation``.
+    ``transformer.h``, LLaMA's ``model.layers``, BERT's ``encoder.layer``; none: the model is one block) are
+    processed in order; layers outside them stay dense unless ``config.prune_outside_blocks``. The layer method
+    (``algorithm``: ``"magnitude"``, calibration optional; ``"wanda"``; ``"sparsegpt"``; ``"adaprune"``; or one
+    added with ``register_method``) gets each layer's statistics on its block's calibration inputs (with
+    ``config.sequential``, the outputs of the already pruned blocks, or layers for ``adaprune``) and returns its
+    new weights and mask, chosen by the mask solver ``config.method`` (``"auto"``: top-n, exact for ``-T``). Each
+    pruned layer gets a static :class:`~nmsparse.NMMask`; a mask it already carried is baked in first and its
+    surviving weights are preferred. ``config.permute`` first reorders the free channels with
+    :func:`nmsparse.permute_` (after the memory plan; ``report.permutation``).
 
     Args:
         model: the trained model; modified in place.
@@ -481,14 +441,7 @@ def prune_oneshot_(
     if not blocks or (outside and config.prune_outside_blocks):  # last, on the whole model
         regions.append(("<model>", model, outside))
     else:
-        skipped.update(
-            (
-                n,
-                "outside the model's repeated blocks (embeddings and head stay dense; "
-                "prune_outside_blocks=True prunes them too)",
-            )
-            for n in outside
-        )
+        skipped.update(dict.fromkeys(outside, _OUTSIDE))
     for index, (_, _, region_views) in enumerate(regions):
         for view in region_views.values():
             view.block = index
@@ -508,28 +461,27 @@ def prune_oneshot_(
     return report
 
 
+@dataclass
 class _Engine:
     """One run of :func:`prune_oneshot_`: the regions (blocks) in order, their statistics, solves and masks."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        spec: LayerMethod,
-        options: Any,
-        pattern: NMPattern,
-        solver: str,
-        config: OneShotConfig,
-        report: OneShotReport,
-        batches: list[Any],
-    ) -> None:
-        self.model, self.spec, self.options, self.pattern, self.solver = model, spec, options, pattern, solver
-        self.config, self.report, self.batches = config, report, batches
-        self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
+    model: nn.Module
+    spec: LayerMethod
+    options: Any
+    pattern: NMPattern
+    solver: str
+    config: OneShotConfig
+    report: OneShotReport
+    batches: list[Any]
+
+    def __post_init__(self) -> None:
+        self.dtype = torch.float64 if self.config.dtype == "float64" else torch.float32
         self.itemsize = torch.finfo(self.dtype).bits // 8
-        self.device = model_device(model)
-        self.samples = sum(batch_samples(b) for b in batches)
-        self.layerwise = spec.layerwise and config.sequential
-        self.dense_copy = spec.statistics == "targets" and config.sequential and spec.dense_targets(options)
+        self.device = model_device(self.model)
+        self.samples = sum(batch_samples(b) for b in self.batches)
+        self.layerwise = self.spec.layerwise and self.config.sequential
+        targets = self.spec.statistics == "targets" and self.config.sequential
+        self.dense_copy = targets and self.spec.dense_targets(self.options)
         self.index = self.held = self.reserve = 0
 
     def hold(self, size: int) -> None:
@@ -539,12 +491,9 @@ class _Engine:
 
     def run(self, regions: list[tuple[str, nn.Module, dict[str, _View]]], blocked: bool, progress: bool | None) -> None:
         batches = [_Batch(b, self.device, self.config.ignore_padding) for b in self.batches]
-        calls: list[Any] = batches
-        if batches and blocked:
-            calls = _capture(self.model, regions[0][1], self.batches, self.device, self.config.ignore_padding)
-        act = sum(c.nbytes() for c in calls) * (2 if self.dense_copy else 1) + max(
-            (c.nbytes() for c in calls), default=0
-        )  # one block output in flight
+        calls: list[Any] = _capture(self.model, regions[0][1], batches) if batches and blocked else batches
+        sizes = [c.nbytes() for c in calls]
+        act = sum(sizes) * (2 if self.dense_copy else 1) + max(sizes, default=0)  # one block output in flight
         self._check_budget(regions, act, bool(calls))
         for view in (v for _, _, vs in regions for v in vs.values()):
             if _nm_mask(view.module) is not None:  # bake existing masks in (their zeros are then dead)
@@ -554,22 +503,16 @@ class _Engine:
         if self.config.permute:  # after the budget check, before any statistics (and the dense copy)
             self._permute(regions)
             if batches and blocked:  # permuted layers before the first block (embeddings) change its inputs
-                calls = _capture(self.model, regions[0][1], self.batches, self.device, self.config.ignore_padding)
+                calls = _capture(self.model, regions[0][1], batches)
         self.hold(act)
         # layers outside the blocks come last: their dense targets need the dense model as it is now
         self.dense_model = (
             copy.deepcopy(self.model).eval() if self.dense_copy and blocked and regions[-1][1] is self.model else None
         )
         dense_calls = [copy.copy(c) for c in calls] if self.dense_copy and blocked else calls
-        for index in _progress(
-            range(len(regions)),
-            desc=f"oneshot {self.report.algorithm} {self.pattern}",
-            total=len(regions),
-            enabled=progress,
-            unit="block",
-        ):
+        desc = f"oneshot {self.report.algorithm} {self.pattern}"
+        for _, region, views in _progress(regions, desc=desc, total=len(regions), enabled=progress, unit="block"):
             began = time.perf_counter()
-            _, region, views = regions[index]
             if not calls:  # magnitude without calibration: no statistics, no forward passes
                 for view in views.values():
                     self._solve(view, None)()
@@ -617,11 +560,9 @@ class _Engine:
                 )
         self.report.memory_estimate = self.reserve = worst
         if worst > budget:
-            given = (
-                f"max_memory_mb={self.config.max_memory_mb:g}"
-                if self.config.max_memory_mb is not None
-                else f"memory_budget={self.config.memory_budget!r} ({budget / _MIB:.3g} MiB)"
-            )
+            given = f"memory_budget={self.config.memory_budget!r} ({budget / _MIB:.3g} MiB)"
+            if self.config.max_memory_mb is not None:
+                given = f"max_memory_mb={self.config.max_memory_mb:g}"
             raise ConfigError(
                 f"{_WHERE}: needs about {worst / _MIB:.1f} MiB of working memory ({detail}), more than "
                 f"{given}; nothing was changed. Raise memory_budget, or use fewer or shorter "
@@ -632,13 +573,9 @@ class _Engine:
         self, region: nn.Module, views: dict[str, _View], calls: list[Any], dense_calls: list[Any], *, blocked: bool
     ) -> None:
         """Record, solve and attach every layer of one region; then advance its inputs to the next one."""
-        reference = (
-            self.dense_model
-            if region is self.model and self.dense_model is not None
-            else copy.deepcopy(region).eval()
-            if self.dense_copy
-            else None
-        )
+        reference = self.dense_model if region is self.model else None  # the copy made up front, if any
+        if reference is None and self.dense_copy:
+            reference = copy.deepcopy(region).eval()
         copied = _tensor_bytes(*region.parameters(), *region.buffers()) if reference is not None else 0
         self.hold(copied)
         probed = self.layerwise or self.spec.statistics == "targets"
@@ -676,9 +613,7 @@ class _Engine:
         if self.spec.make_statistics is None:
             return GramStatistics(view.groups, view.k, self.dtype, self.device)
         seed = getattr(self.options, "seed", 0) * 7919 + self.index
-        return self.spec.make_statistics(
-            view.k, view.out, view.groups, view.bias, view.rows, room, self.options, seed, view.name, self.device
-        )
+        return self.spec.make_statistics(view, room, self.options, seed, self.device)
 
     def _record(
         self,
@@ -692,14 +627,13 @@ class _Engine:
         """One pass over the calls: fold every unit layer's inputs (and targets) into its statistics."""
         views = {v.name: v for v in unit}
         targets: dict[str, list[torch.Tensor]] = {name: [] for name in views}
-        token: list[torch.Tensor | None] = [None]
         with_y = self.spec.statistics == "targets"
 
-        def fold(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        def fold(name: str, x: torch.Tensor, y: torch.Tensor, token: torch.Tensor | None) -> None:
             view = views[name]
-            keep = view.row_filter(x, token[0])
+            keep = view.row_filter(x, token)
             target = targets[name].pop(0) if reference is not None else y
-            stats[name].add(view.input_rows(x, keep), view.output_rows(target, keep) if with_y else None)
+            stats[name].add(view.as_rows(x, keep), view.as_rows(target, keep, output=True) if with_y else None)
 
         prefix = "" if region is self.model else next(f"{n}." for n, m in self.model.named_modules() if m is region)
         copies = dict(reference.named_modules()) if reference is not None else {}
@@ -708,12 +642,11 @@ class _Engine:
             _Hooks({n: v.module for n, v in views.items()}, fold) as hooks,
             _Hooks(
                 {n: copies[n[len(prefix) :]] for n in views} if reference is not None else {},
-                lambda name, x, y: targets[name].append(y),
+                lambda name, x, y, token: targets[name].append(y),
             ) as dense_hooks,
         ):
             for index, call in enumerate(calls):
                 counts = {v.name: v.calls[index] for v in unit} if self.layerwise else None
-                token[0] = call.token
                 if reference is not None:
                     dense_hooks.run(reference, dense_calls[index], index, counts)
                 outputs.append(hooks.run(region, call, index, counts))

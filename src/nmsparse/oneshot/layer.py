@@ -1,24 +1,17 @@
 """SparseGPT on one layer (Frantar & Alistarh, 2023), and the reconstruction error of any pruned layer.
 
-Every function here works on the *matrix view* ``W`` of a layer, ``[out, in]`` (an ``nn.Linear`` weight as is, a
-``transformers`` ``Conv1D`` weight transposed), and on the layer's input Gram matrix ``H = sum_t x_t x_t^T``
-(``[in, in]``, summed over every calibration token ``t``). ``H`` is all a linear layer's calibration data
-contributes: the squared output error of any weight ``W'`` is ``tr((W - W') H (W - W')^T)``.
+Everything works on a layer's *matrix view* ``W``, ``[out, in]`` (a ``Conv1D`` weight transposed), and its input
+Gram matrix ``H = sum_t x_t x_t^T`` over the calibration tokens: the squared output error of any ``W'`` is
+``tr((W - W') H (W - W')^T)``.
 
 SparseGPT damps ``H`` by ``damping * mean(diag(H))``, takes the upper Cholesky factor ``U`` of ``H^-1`` and sweeps
-the columns left to right in lazy blocks of ``block_size``. When the sweep reaches a group of ``m`` columns, the
-group's mask is chosen on the saliency ``w_ij^2 / U_jj^2`` of the weights *as updated so far* (``U_jj^2`` is the
-``[H_F^-1]_jj`` of the columns ``F`` not yet pruned), and every pruned weight's error is spread over the columns
-to its right by the OBS rule. ``U`` is ``V^-1`` for the upper triangular ``V`` with ``V V^T = H`` (one Cholesky
-factorisation), and the sweep needs only its diagonal blocks.
-
-Masks are chosen by the solver :func:`nmsparse.find_mask` runs (looked up once per layer and called per group
-without the input checks): per-row top-n for plain patterns, and the exact transposable solver
-(``method="exact"``) for ``-T`` patterns. A transposable ``m x m`` block spans ``m`` rows and the ``m`` columns of
-one group, so the group-at-a-time sweep carries over unchanged: the masks of the ``out / m`` blocks of the group
-are solved jointly and exactly on the group's saliency, fixed, and only then are the group's columns pruned and
-the error propagated. Its slow twin (float64, one column at a time, explicit inverses) is the oracle of
-``tests/unit/test_oneshot.py``.
+the columns left to right in lazy blocks of ``block_size``. At each group of ``m`` columns the mask is chosen on
+the saliency ``w_ij^2 / U_jj^2`` of the weights *as updated so far*, and every pruned weight's error is spread
+over the columns to its right by the OBS rule. ``U`` is ``V^-1`` for the upper triangular ``V`` with
+``V V^T = H`` (one Cholesky factorisation); the sweep needs only its diagonal blocks. The masks come from the
+solver :func:`nmsparse.find_mask` runs (top-n; exact for ``-T``, whose ``m x m`` blocks span one group's columns,
+so the out / m blocks of a group are solved jointly, fixed, and only then pruned). Its slow twin (float64, one
+column at a time, explicit inverses) is the oracle of ``tests/unit/test_oneshot.py``.
 """
 
 from __future__ import annotations
@@ -52,60 +45,36 @@ class LayerResult:
     error: float | None = None
 
 
-def _check_shapes(weight: torch.Tensor, gram: torch.Tensor | None, pattern: NMPattern, where: str) -> None:
-    if weight.dim() != 2:
-        raise ShapeError(f"{where}: expected a [out, in] matrix, got shape {tuple(weight.shape)}")
-    rows, cols = weight.shape
-    if cols % pattern.m or (pattern.transposable and rows % pattern.m):
-        raise ShapeError(f"{where}: a [{rows}, {cols}] matrix cannot take pattern {pattern}")
-    if gram is not None and tuple(gram.shape) != (cols, cols):
-        raise ShapeError(
-            f"{where}: the Gram matrix must be [{cols}, {cols}] for a [{rows}, {cols}] weight, got {tuple(gram.shape)}"
-        )
-
-
-def _damped(gram: torch.Tensor, weight: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``(J (H + shift * I) J, W, shift)``, ``shift = damping * mean(diag H)``, with dead inputs (``H_jj = 0``)
-    given ``H_jj = 1`` and ``W_:j = 0``; ``J`` reverses the order of rows and columns (``W`` keeps its own).
-
-    A dead input never reaches the output, so its weights are free: they are zeroed, which makes them the cheapest
-    to prune, and their Hessian row becomes the identity's so the factorisation stays defined.
-    """
-    weight = weight.clone()
-    diag = torch.diagonal(gram)
-    dead = diag == 0
-    values = torch.where(dead, torch.ones((), dtype=diag.dtype, device=diag.device), diag)
-    if bool(dead.any()):
-        weight[:, dead] = 0.0
-    mean = float(values.mean())
-    shift = damping * (mean if mean > 0 else 1.0)
-    values = values + shift
-    hessian = gram.flip(0, 1)
-    torch.diagonal(hessian).copy_(values.flip(0))
-    return hessian, weight, shift
-
-
 def _hessian_factor(
     gram: torch.Tensor, weight: torch.Tensor, damping: float, *, where: str
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """Upper triangular ``V`` with ``V V^T = damped H``, the cleaned weight, the damping used and its diagonal shift.
+    """Upper triangular ``V`` with ``V V^T = H + shift * I`` (``shift = damping * mean(diag H)``), the cleaned
+    weight, the damping used and ``shift``.
 
-    ``V`` is the lower Cholesky factor of ``J H J`` (``J`` reverses the order) read backwards, so ``V^-1`` is the
-    upper Cholesky factor ``U`` of ``H^-1`` (``H^-1 = U^T U``) that SparseGPT sweeps with: one factorisation
-    instead of a factorisation, an inverse and a second factorisation. A factorisation that fails (an
-    ill-conditioned ``H`` in float32) is retried with ten times the damping.
+    A dead input (``H_jj = 0``) never reaches the output, so its weights are free: they are zeroed (the cheapest
+    to prune) and ``H_jj`` becomes 1 so the factorisation stays defined. ``V`` is the lower Cholesky factor of
+    ``J H J`` (``J`` reverses the order) read backwards, so ``V^-1`` is the upper Cholesky factor ``U`` of
+    ``H^-1`` that SparseGPT sweeps with: one factorisation instead of a factorisation, an inverse and a second
+    factorisation. A factorisation that fails (an ill-conditioned ``H`` in float32) is retried with ten times
+    the damping.
     """
+    clean, diag = weight.clone(), torch.diagonal(gram)
+    dead = diag == 0
+    values = torch.where(dead, torch.ones((), dtype=diag.dtype, device=diag.device), diag)
+    if bool(dead.any()):
+        clean[:, dead] = 0.0
+    mean = float(values.mean())
     used = damping
     for attempt in range(_CHOLESKY_RETRIES + 1):
-        hessian, clean, shift = _damped(gram, weight, used)
+        shift = used * (mean if mean > 0 else 1.0)
+        hessian = gram.flip(0, 1)
+        torch.diagonal(hessian).copy_((values + shift).flip(0))
         lower, info = torch.linalg.cholesky_ex(hessian)
         del hessian  # at most two [in, in] matrices alive at once
         if int(info) == 0:
-            factor = lower.flip(0, 1)
-            del lower
             if attempt:
                 logger.warning("%s: the Hessian needed damping %.3g (asked %.3g) to factorise", where, used, damping)
-            return factor, clean, used, shift
+            return lower.flip(0, 1), clean, used, shift
         used = used * 10 if used > 0 else 1e-6
     raise InputError(
         f"{where}: the damped Hessian is not positive definite even with damping {used / 10:.3g}; the calibration "
@@ -146,11 +115,18 @@ def sparsegpt(
         :class:`LayerResult` with the reconstructed weight (exact zeros where the mask is ``False``) and its
         squared output error ``tr((W - W') H (W - W')^T)`` on the undamped ``gram``, from the sweep's OBS losses.
     """
-    _check_shapes(weight, gram, pattern, where)
+    if weight.dim() != 2:
+        raise ShapeError(f"{where}: expected a [out, in] matrix, got shape {tuple(weight.shape)}")
+    rows, cols = weight.shape
+    if cols % pattern.m or (pattern.transposable and rows % pattern.m):
+        raise ShapeError(f"{where}: a [{rows}, {cols}] matrix cannot take pattern {pattern}")
+    if tuple(gram.shape) != (cols, cols):
+        raise ShapeError(
+            f"{where}: the Gram matrix must be [{cols}, {cols}] for a [{rows}, {cols}] weight, got {tuple(gram.shape)}"
+        )
     check_tensor(weight, "weight", where, floating=True)
     if not bool(torch.isfinite(torch.stack(torch.aminmax(weight))).all()):  # one pass; NaN propagates
         raise InputError(f"{where}: weight holds non-finite values (NaN or inf); pruning needs finite weights")
-    rows, cols = weight.shape
     m = pattern.m
     step = max(m, (block_size // m) * m)
     # H = V V^T with V upper; the sweep's U (H^-1 = U^T U) is V^-1, of which it needs only the diagonal blocks:

@@ -1,5 +1,5 @@
-"""The report of :func:`nmsparse.prune_oneshot_` (also returned by :func:`nmsparse.adaprune_`): what each layer
-got, which layers stayed dense and why, the memory planned and held, and the pruned model itself."""
+"""The report of :func:`nmsparse.prune_oneshot_` and :func:`nmsparse.adaprune_`: each layer's result, the layers
+left dense and why, the memory planned and held, and the pruned model."""
 
 from __future__ import annotations
 
@@ -23,21 +23,18 @@ class OneShotLayerReport:
     """What one-shot calibration did to one layer.
 
     Attributes:
-        name: qualified module name.
-        kind: module class (``"Linear"``, ``"Conv1D"``, ``"Conv2d"``).
+        name, kind, pattern: qualified module name, module class (``"Linear"``, ``"Conv1D"``, ``"Conv2d"``), pattern.
         shape: matrix view ``(out, in)`` (a conv: ``(out, in/groups * kh * kw)``).
-        block: index of the repeated block it belongs to (0 when the model is one block).
+        block: index of its repeated block (0 when the model is one block).
         tokens: calibration rows (tokens, or output positions of a conv) in its statistics (0 without data).
-        relative_error: ``||Y - Y'|| / ||Y||`` on its calibration inputs (Frobenius norms, not squared; ``Y``:
-            the dense layer's output, or the dense model's for ``adaprune``); NaN without calibration.
+        relative_error: ``||Y - Y'|| / ||Y||`` on its calibration inputs (``Y``: the dense layer's output, or the
+            dense model's for ``adaprune``); NaN without calibration.
         damping: SparseGPT's damping actually used (0 for other algorithms).
-        seconds: wall time of the layer's solve (and, for layer-wise algorithms, its recording).
-        error_dense, error_before, error_after: mean squared error per output value against the target, of
-            the dense weights, of the masked start and of the result (``adaprune``; NaN for the others).
-        best_iteration, iterations: fit step kept and steps run (``adaprune``).
-        stored_rows: rows stored for mini-batch steps (``adaprune`` with Adam mini-batches).
-        target_power: mean squared target value (``adaprune``).
-        pattern: the pattern.
+        seconds: wall time of its solve (and, for layer-wise algorithms, its recording).
+        error_dense, error_before, error_after: mean squared error per output value against the target of the
+            dense weights, the masked start and the result; best_iteration, iterations: fit step kept and steps
+            run; stored_rows: rows stored for Adam mini-batches; target_power: mean squared target value
+            (``adaprune``; NaN or 0 for the others).
     """
 
     name: str
@@ -57,20 +54,12 @@ class OneShotLayerReport:
     target_power: float = math.nan
     pattern: str = ""
 
-    @property
-    def rows(self) -> int:
-        """``tokens`` (AdaPrune's name)."""
-        return self.tokens
+    def _relative(self, error: float) -> float:
+        return error / self.target_power if self.target_power > 0 else 0.0
 
-    @property
-    def relative_before(self) -> float:
-        """``error_before / target_power``."""
-        return self.error_before / self.target_power if self.target_power > 0 else 0.0
-
-    @property
-    def relative_after(self) -> float:
-        """``error_after / target_power``."""
-        return self.error_after / self.target_power if self.target_power > 0 else 0.0
+    rows = property(lambda self: self.tokens, doc="``tokens`` (AdaPrune's name).")
+    relative_before = property(lambda self: self._relative(self.error_before), doc="``error_before / target_power``.")
+    relative_after = property(lambda self: self._relative(self.error_after), doc="``error_after / target_power``.")
 
     def as_dict(self) -> dict[str, Any]:
         """Fields plus the relative errors, JSON-ready."""
@@ -87,17 +76,13 @@ class OneShotReport:
 
     Attributes:
         model: the pruned model (the same object, changed in place).
-        algorithm, pattern: what was run.
-        config: the settings (``OneShotConfig.to_dict()``, options resolved).
+        algorithm, pattern, config: what was run (``OneShotConfig.to_dict()``, options resolved).
         layers: one :class:`OneShotLayerReport` per pruned layer, in processing order.
         skipped: module name -> why it stays dense.
-        blocks: repeated blocks processed (1 when the model has none).
-        block_seconds: wall time per block.
-        seconds: total wall time.
-        memory_budget, memory_estimate, peak_tracked: the budget, the working memory planned (checked against
-            the budget before the model changes) and the largest actually held, in bytes.
-        permutation: what ``config.permute`` permuted first (:class:`~nmsparse.permute.PermuteReport`: chains,
-            retained saliency per layer before/after, layers left alone); ``None`` without ``permute``.
+        blocks, block_seconds, seconds: repeated blocks processed (1 when none), wall time per block and in all.
+        memory_budget, memory_estimate, peak_tracked: the budget, the working memory planned (checked before the
+            model changes) and the most actually held, in bytes.
+        permutation: what ``config.permute`` did first (:class:`~nmsparse.permute.PermuteReport`), or ``None``.
     """
 
     model: nn.Module

@@ -1,12 +1,10 @@
 """Layer methods of one-shot calibration: a registry of per-layer algorithms and what each needs.
 
 A method is one file: a :class:`~nmsparse.config.ConfigBase` option table, a ``solve(layer)`` function and one
-:func:`register_method` call naming the statistics the engine must accumulate for it (``"gram"``: the input
-Gram matrix ``H = X^T X``, whose diagonal holds the squared row norms; ``"targets"``: AdaPrune's exact float64
-``[X 1]^T [X 1]``, ``[X 1]^T Y`` and ``sum(Y^2)`` against a target output ``Y``). The engine
-(:mod:`nmsparse.oneshot.engine`) selects layers, feeds calibration batches, records the statistics, plans
-memory, calls ``solve`` and attaches the masks. A runnable example of registering a method: docs/oneshot.md
-("Adding an algorithm").
+:func:`register_method` call naming the statistics the engine (:mod:`nmsparse.oneshot.engine`) accumulates for it:
+``"gram"``, the input Gram matrix ``H = X^T X`` (its diagonal holds the squared input norms), or ``"targets"``,
+AdaPrune's exact float64 ``[X 1]^T [X 1]``, ``[X 1]^T Y`` and ``sum(Y^2)`` against a target output ``Y``. A
+runnable example of registering a method: docs/oneshot.md ("Adding an algorithm").
 """
 
 from __future__ import annotations
@@ -132,15 +130,18 @@ def register_method(
         solve_bytes: working memory of one solve from ``(rows, cols, itemsize)`` (for the memory plan).
         dense_targets: ``dense_targets(options)``: targets are the dense model's outputs (a dense copy of each
             block is kept while it is processed) rather than the layer's own dense output.
+        make_statistics, statistics_bytes: ``"targets"`` only: ``make_statistics(view, room, options, seed,
+            device)`` makes one layer's statistics (``view`` has the layer's ``name``, ``k`` inputs and ``out``
+            outputs per group, ``groups``, ``bias`` and calibration ``rows``; ``room``: bytes it may store), with
+            ``add(x_rows, y_rows)`` and ``rows``; ``statistics_bytes(k, out, groups, bias)`` plans their memory.
 
     Raises:
         ConfigError: the name is taken, or ``statistics`` is unknown.
     """
     if name in _METHODS:
         raise ConfigError(f"register_method: algorithm {name!r} is already registered; unregister_method it first")
-    if statistics not in ("gram", "targets") or (
-        statistics == "targets" and None in (make_statistics, statistics_bytes)
-    ):
+    incomplete = statistics == "targets" and None in (make_statistics, statistics_bytes)
+    if statistics not in ("gram", "targets") or incomplete:
         raise ConfigError(
             f"register_method: statistics must be 'gram', or 'targets' with make_statistics and "
             f"statistics_bytes; got {statistics!r}"

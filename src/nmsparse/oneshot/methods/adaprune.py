@@ -1,16 +1,12 @@
 """``algorithm="adaprune"`` (Hubara et al., NeurIPS 2021): mask, then fit the kept weights to a target output.
 
-For every layer, in execution order: its input ``X`` and target output ``Y`` (the dense model's output of the
-layer, by default; or the layer's own dense output on its input) are folded into exact float64 statistics
-``G = [X 1]^T [X 1]``, ``C = [X 1]^T Y`` and ``sum(Y^2)`` (:class:`LayerStatistics`); the mask keeps the largest
-``|w|`` (or ``|w| * ||x||``), with *absorb mean* (each group's pruned sum shared among its kept weights); then
-the layer's exact calibration MSE is minimised over its kept weights and bias with the mask fixed, keeping the
-best iterate: conjugate gradients on the exact quadratic (default) or the paper's Adam (:func:`fit_layer`).
-
-Fitting against the *dense model's* outputs with inputs from the already pruned model (``target="model"``,
-``sequential=True``, the defaults) lets each layer correct the error of the layers before it; on the packaged
-MiniLM at 4:8-T it measured 0.884 mean cosine to the dense embeddings on held-out sentences, against 0.863 when
-each layer was fitted to its own dense output (the former ``prune_oneshot_(method="adaprune")``).
+Per layer, in execution order: its input ``X`` and target ``Y`` (by default the dense model's output of the layer,
+else the layer's own dense output) are folded into exact float64 ``G = [X 1]^T [X 1]``, ``C = [X 1]^T Y`` and
+``sum(Y^2)`` (:class:`LayerStatistics`); the mask keeps the largest ``|w|`` (or ``|w| * ||x||``), with *absorb
+mean*; then the exact calibration MSE is minimised over the kept weights and bias, mask fixed, by conjugate
+gradients (default) or the paper's Adam (:func:`fit_layer`). Targets from the *dense model* with inputs from the
+pruned one (``target="model"``, ``sequential=True``) let each layer correct the layers before it: MiniLM 4:8-T,
+0.884 mean cosine to the dense embeddings on held-out sentences, against 0.863 with each layer's own dense output.
 """
 
 from __future__ import annotations
@@ -99,20 +95,24 @@ class AdaPruneOptions(ConfigBase):
         return self.optimizer == "adam" and self.batch_size is not None and self.iterations > 0
 
 
+def _fold(gram: torch.Tensor, cross: torch.Tensor, x_rows: torch.Tensor, y_rows: torch.Tensor) -> None:
+    """``gram += X^T X`` and ``cross += X^T Y`` per group, of ``[R, g, w]`` and ``[R, g, o]`` rows."""
+    xt, yt = x_rows.transpose(0, 1), y_rows.transpose(0, 1)  # [g, R, w], [g, R, o]
+    gram += (xt.transpose(1, 2) @ xt).double()
+    cross += (xt.transpose(1, 2) @ yt).double()
+
+
 class LayerStatistics:
     """Running ``G = sum [x 1]^T [x 1]``, ``C = sum [x 1]^T y``, ``sum y^2`` and the row count, per group, in
     float64; optionally a held-out share of rows and a seeded random subset of rows for mini-batch steps.
 
     Args:
-        in_features: inputs ``K`` per group (a conv: ``in/groups * kh * kw``).
-        out_features: outputs per group.
+        in_features, out_features: inputs ``K`` (a conv: ``in/groups * kh * kw``) and outputs per group.
         bias: whether the layer has a bias (adds the column of ones).
-        groups: independent row maps (grouped convs); ``1`` for a Linear.
-        device: where the statistics live.
-        capacity: rows to store for mini-batch steps (``0``: none).
-        keep_fraction: share of each batch's rows stored (a seeded random subset when below 1).
-        validation: share of rows held out (also in the totals; never stored).
-        seed: seed of the row subsets.
+        groups: independent row maps (grouped convs); ``1`` for a Linear. device: where the statistics live.
+        capacity, keep_fraction: rows to store for mini-batch steps (``0``: none) and the share of each batch's
+            rows stored (a seeded random subset when below 1).
+        validation: share of rows held out (also in the totals; never stored). seed: of the row subsets.
         name: layer name for messages.
 
     Example:
@@ -139,28 +139,19 @@ class LayerStatistics:
         seed: int = 0,
         name: str = "layer",
     ) -> None:
-        self.name = name
+        self.name, self.validation, self.keep_fraction, self.seed = name, validation, keep_fraction, seed
         self.k, self.out, self.groups, self.bias = int(in_features), int(out_features), int(groups), bool(bias)
         g, w, o = self.groups, self.width, self.out
         self.gram = torch.zeros(g, w, w, dtype=torch.float64, device=device)
         self.cross = torch.zeros(g, w, o, dtype=torch.float64, device=device)
         self.yy = torch.zeros((), dtype=torch.float64, device=device)
-        self.rows = 0
-        # held-out rows (a seeded random share ``validation``), also included in the totals above
-        self.validation = validation
+        # held-out rows (a seeded random share ``validation``), also in the totals above
         self.gram_val = torch.zeros_like(self.gram) if validation > 0 else None
         self.cross_val = torch.zeros_like(self.cross) if validation > 0 else None
-        self.rows_val = 0
-        self.keep_fraction = keep_fraction
-        self.seed = seed
-        self._chunk = 0
-        self._filled = 0
-        self._x: torch.Tensor | None = None
-        self._y: torch.Tensor | None = None
-        if capacity > 0:
-            # Preallocated once, so the stored rows never exceed their share of the memory budget.
-            self._x = torch.empty(capacity, g, w, dtype=torch.float32, device=device)
-            self._y = torch.empty(capacity, g, o, dtype=torch.float32, device=device)
+        self.rows = self.rows_val = self._chunk = self._filled = 0
+        # stored rows for mini-batch steps, preallocated so they never exceed their share of the memory budget
+        self._x = torch.empty(capacity, g, w, dtype=torch.float32, device=device) if capacity > 0 else None
+        self._y = torch.empty(capacity, g, o, dtype=torch.float32, device=device) if capacity > 0 else None
 
     @property
     def width(self) -> int:
@@ -170,10 +161,8 @@ class LayerStatistics:
     def add(self, x_rows: torch.Tensor, y_rows: torch.Tensor) -> None:
         """Fold rows in: ``x_rows`` ``[R, K]`` or ``[R, groups, K]``, ``y_rows`` ``[R, out]`` or
         ``[R, groups, out]`` (float32 or float64)."""
-        if x_rows.dim() == 2 and self.groups == 1:
-            x_rows = x_rows.unsqueeze(1)
-        if y_rows.dim() == 2 and self.groups == 1:
-            y_rows = y_rows.unsqueeze(1)
+        if self.groups == 1:
+            x_rows, y_rows = (r.unsqueeze(1) if r.dim() == 2 else r for r in (x_rows, y_rows))
         if x_rows.shape[0] != y_rows.shape[0]:
             raise InputError(
                 f"adaprune_: layer {self.name!r} produced {y_rows.shape[0]} output rows for "
@@ -188,18 +177,13 @@ class LayerStatistics:
             return
         if self.bias:
             x_rows = torch.cat([x_rows, x_rows.new_ones(x_rows.shape[0], x_rows.shape[1], 1)], dim=2)
-        xt = x_rows.transpose(0, 1)  # [g, R, w]
-        yt = y_rows.transpose(0, 1)  # [g, R, o]
-        self.gram += (xt.transpose(1, 2) @ xt).double()
-        self.cross += (xt.transpose(1, 2) @ yt).double()
+        _fold(self.gram, self.cross, x_rows, y_rows)
         self.yy += y_rows.double().square().sum()
         self.rows += int(x_rows.shape[0])
         if self.gram_val is not None and self.cross_val is not None:
             generator = torch.Generator().manual_seed(self.seed * 1_000_033 + self._chunk)
             held = (torch.rand(x_rows.shape[0], generator=generator) < self.validation).to(x_rows.device)
-            xv, yv = x_rows[held].transpose(0, 1), y_rows[held].transpose(0, 1)
-            self.gram_val += (xv.transpose(1, 2) @ xv).double()
-            self.cross_val += (xv.transpose(1, 2) @ yv).double()
+            _fold(self.gram_val, self.cross_val, x_rows[held], y_rows[held])
             self.rows_val += int(held.sum())
             x_rows, y_rows = x_rows[~held], y_rows[~held]  # mini-batch steps never see held-out rows
         if self._x is not None and self._y is not None:
@@ -237,6 +221,8 @@ _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 #: With mini-batches or a held-out share, the selection error is evaluated every this many steps and at the last.
 EVAL_EVERY = 10
+#: CG stops a row once its residual norm falls below this share of its start.
+_CG_TOL = 1e-4
 
 
 def absorb_mean(weight: torch.Tensor, mask: torch.Tensor, m: int) -> torch.Tensor:
@@ -275,99 +261,112 @@ class FitResult:
 
 
 def _selection(stats: LayerStatistics) -> tuple[bool, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised (fit, selection) statistics: with a held-out share, gradients use the other rows and iterates
-    are ranked on the held-out ones; otherwise both are every row. Returns ``(held_out, gram_fit, cross_fit,
-    gram_sel, cross_sel)`` in float32, ``cross`` as ``[g, o, w]``."""
-    rows = stats.rows
-    held_out = stats.gram_val is not None and stats.cross_val is not None and 0 < stats.rows_val < rows
-    if held_out:
-        assert stats.gram_val is not None and stats.cross_val is not None
-        fit_rows = rows - stats.rows_val
-        gram_fit = ((stats.gram - stats.gram_val) / fit_rows).float()
-        cross_fit = ((stats.cross - stats.cross_val) / fit_rows).transpose(1, 2).float().contiguous()
-        gram_sel = (stats.gram_val / stats.rows_val).float()
-        cross_sel = (stats.cross_val / stats.rows_val).transpose(1, 2).float().contiguous()
-    else:
-        gram_fit = gram_sel = (stats.gram / rows).float()
-        cross_fit = cross_sel = (stats.cross / rows).transpose(1, 2).float().contiguous()  # [g, o, w]
-    return held_out, gram_fit, cross_fit, gram_sel, cross_sel
+    """``(held_out, gram_fit, cross_fit, gram_sel, cross_sel)``, per row, float32, ``cross`` as ``[g, o, w]``: with
+    a held-out share, gradients use the other rows and iterates are ranked on the held-out ones; otherwise both
+    are every row."""
+
+    def per_row(gram: torch.Tensor, cross: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (gram / rows).float(), (cross / rows).transpose(1, 2).float().contiguous()
+
+    if stats.gram_val is not None and stats.cross_val is not None and 0 < stats.rows_val < stats.rows:
+        fit = per_row(stats.gram - stats.gram_val, stats.cross - stats.cross_val, stats.rows - stats.rows_val)
+        return True, *fit, *per_row(stats.gram_val, stats.cross_val, stats.rows_val)
+    fit = per_row(stats.gram, stats.cross, stats.rows)
+    return False, *fit, *fit
 
 
-def _finish(
-    stats: LayerStatistics, start: torch.Tensor, best_w: torch.Tensor, best_it: int, iterations: int, error_start: float
+def _optimise(
+    stats: LayerStatistics, start: torch.Tensor, mask_aug: torch.Tensor, config: Any, batch_rows: int | None, seed: int
 ) -> FitResult:
-    error_best = stats.error(best_w)
-    if error_best > error_start:  # float32 ranking noise near the start, or a held-out pick: keep the start
-        return FitResult(
-            start.clone(), error_start, error_start, 0, iterations, in_features=stats.k, has_bias=stats.bias
-        )
-    return FitResult(best_w, error_start, error_best, best_it, iterations, in_features=stats.k, has_bias=stats.bias)
+    """``config.optimizer`` on the masked augmented weights ``[g, o, w]`` from ``start``, keeping the best iterate.
 
+    ``"cg"``: Jacobi-preconditioned conjugate gradients (``d = diag(G)``, bias column 1), one problem per output
+    row, on ``tr(W G W^T) - 2 tr(W C) + damping * sum_j d_j ||W[:, j] - start[:, j]||^2`` over the kept entries;
+    rows stop once their residual norm falls below ``_CG_TOL`` of its start. CG decreases the objective monotonically,
+    so the last iterate is kept, unless a held-out share picks one (checked every step).
 
-def optimise_adam(
-    stats: LayerStatistics,
-    start: torch.Tensor,
-    mask_aug: torch.Tensor,
-    *,
-    iterations: int,
-    batch_rows: int | None,
-    lr: float,
-    bias_lr: float,
-    seed: int,
-) -> FitResult:
-    """Adam on the masked augmented weights ``[g, o, w]`` from ``start``, keeping the best iterate.
+    ``"adam"``: full batch (``batch_rows=None``), the exact gradient ``2 (W G - C^T) / (rows * outputs)``;
+    mini-batch, gradients on ``batch_rows`` stored rows. Iterates are ranked by their exact error on every row
+    (full batch: every step, for free; mini-batch: every ``EVAL_EVERY`` steps) or on the held-out rows (every
+    ``EVAL_EVERY`` steps; gradients then use the other rows).
 
-    Full batch (``batch_rows=None``): the exact gradient ``2 (W G - C^T) / (rows * outputs)`` from the
-    statistics. Mini-batch: gradients on ``batch_rows`` stored rows. Iterates are ranked by their exact error on
-    every calibration row (full batch: every step, for free; mini-batch: every ``EVAL_EVERY`` steps) or, with a
-    validation share, on the held-out rows only (every ``EVAL_EVERY`` steps; gradients then use the other
-    rows). The returned weights are never worse than ``start`` by the exact float64 error over all rows.
+    ``G`` and ``C`` are the fit rows' statistics per row. The result is never worse than ``start`` by the exact
+    float64 error over all rows.
     """
-    outputs = stats.groups * stats.out
     error_start = stats.error(start)
-    if iterations == 0 or stats.rows == 0:
+    if config.iterations == 0 or stats.rows == 0:
         return _finish(stats, start, start, 0, 0, error_start)
     held_out, gram_fit, cross_fit, gram_sel, cross_sel = _selection(stats)
-    stored = stats.stored() if batch_rows is not None else None
-    every = 1 if stored is None and not held_out else EVAL_EVERY
     mask_f = mask_aug.to(start.dtype)
-    lr_cols = torch.full((stats.width,), lr, dtype=start.dtype, device=start.device)
-    if stats.bias:
-        lr_cols[-1] = bias_lr
-    generator = torch.Generator().manual_seed(seed)
-    perm: torch.Tensor | None = None
-    cursor = 0
 
     def rank(w: torch.Tensor, product: torch.Tensor | None = None) -> float:
         # selection error * outputs - yy / rows: enough to rank iterates
-        if product is None:
-            product = w @ gram_sel
+        product = w @ gram_sel if product is None else product
         return float(((product - 2.0 * cross_sel) * w).sum())
 
     w = start.clone()
-    exp_avg = torch.zeros_like(w)
-    exp_sq = torch.zeros_like(w)
+    if config.optimizer == "cg":
+        diag = torch.diagonal(gram_fit, dim1=1, dim2=2).clamp_min(0)  # [g, w]
+        if stats.bias:
+            diag = diag.clone()
+            diag[:, -1] = 1.0
+        scale = diag.mean(dim=1, keepdim=True).clamp_min(1e-30)  # [g, 1]
+        diag = torch.where(diag > 0, diag, scale * 1e-6)  # dead inputs: a tiny positive curvature
+        ridge = (config.damping * diag).unsqueeze(1)  # [g, 1, w]
+        precond = (1.0 / (diag * (1.0 + config.damping))).unsqueeze(1) * mask_f  # [g, o, w], zero off the mask
+        r = (cross_fit - w @ gram_fit) * mask_f  # minus half the gradient (the ridge term is 0 at the start)
+        z = r * precond
+        p = z.clone()
+        rz = (r * z).sum(dim=2, keepdim=True)  # [g, o, 1]
+        r0 = r.square().sum(dim=2, keepdim=True).sqrt()
+        active = r0 > 0
+        best_w, best_rank, best_it, steps = w.clone(), rank(w) if held_out else math.inf, 0, 0
+        for step in range(1, config.iterations + 1):
+            steps = step
+            hp = (p @ gram_fit + ridge * p) * mask_f
+            php = (p * hp).sum(dim=2, keepdim=True)
+            alpha = torch.where(active & (php > 0), rz / php.clamp_min(1e-30), torch.zeros_like(php))
+            w.add_(alpha * p)
+            r.sub_(alpha * hp)
+            z = r * precond
+            rz_new = (r * z).sum(dim=2, keepdim=True)
+            beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
+            p = z + beta * p
+            rz = rz_new
+            active = active & (r.square().sum(dim=2, keepdim=True).sqrt() > _CG_TOL * r0)
+            if held_out and (current := rank(w)) < best_rank:
+                best_w, best_rank, best_it = w.clone(), current, step
+            if not bool(active.any()):
+                break
+        if not held_out:
+            best_w, best_it = w, steps
+        return _finish(stats, start, best_w * mask_f, best_it, steps, error_start)
+    outputs = stats.groups * stats.out
+    stored = stats.stored() if batch_rows is not None else None
+    every = 1 if stored is None and not held_out else EVAL_EVERY
+    lr_cols = torch.full((stats.width,), config.lr, dtype=start.dtype, device=start.device)
+    if stats.bias:
+        lr_cols[-1] = config.bias_lr
+    generator = torch.Generator().manual_seed(seed)
+    perm: torch.Tensor | None = None
+    cursor = 0
+    exp_avg, exp_sq = torch.zeros_like(w), torch.zeros_like(w)
     beta1, beta2 = _ADAM_BETAS
     best_w, best_rank, best_it = w.clone(), math.inf, 0
-    for step in range(1, iterations + 1):
-        evaluate = (step - 1) % every == 0
+    for step in range(1, config.iterations + 1):
+        product = w @ gram_fit if stored is None else None
+        if (step - 1) % every == 0:
+            current = rank(w, None if held_out else product)
+            if current < best_rank:
+                best_w, best_rank, best_it = w.clone(), current, step - 1
         if stored is None:
-            product = w @ gram_fit
-            if evaluate:
-                current = rank(w, None if held_out else product)
-                if current < best_rank:
-                    best_w, best_rank, best_it = w.clone(), current, step - 1
+            assert product is not None
             grad = (product - cross_fit) * (2.0 / outputs)
         else:
             assert batch_rows is not None
-            if evaluate:
-                current = rank(w)
-                if current < best_rank:
-                    best_w, best_rank, best_it = w.clone(), current, step - 1
             x_all, y_all = stored
             if perm is None or cursor + batch_rows > perm.numel():
-                perm = torch.randperm(x_all.shape[0], generator=generator).to(x_all.device)
-                cursor = 0
+                perm, cursor = torch.randperm(x_all.shape[0], generator=generator).to(x_all.device), 0
             index = perm[cursor : cursor + batch_rows]
             cursor += batch_rows
             xb, yb = x_all[index].transpose(0, 1), y_all[index].transpose(0, 1)  # [g, r, w], [g, r, o]
@@ -380,80 +379,17 @@ def optimise_adam(
         w.sub_(exp_avg / denom * (lr_cols / (1 - beta1**step)))
         w.mul_(mask_f)
     if rank(w) < best_rank:
-        best_w, best_it = w, iterations
-    return _finish(stats, start, best_w, best_it, iterations, error_start)
+        best_w, best_it = w, config.iterations
+    return _finish(stats, start, best_w, best_it, config.iterations, error_start)
 
 
-def optimise_cg(
-    stats: LayerStatistics,
-    start: torch.Tensor,
-    mask_aug: torch.Tensor,
-    *,
-    iterations: int,
-    damping: float,
-    tol: float = 1e-4,
+def _finish(
+    stats: LayerStatistics, start: torch.Tensor, best_w: torch.Tensor, best_it: int, iterations: int, error_start: float
 ) -> FitResult:
-    """Preconditioned conjugate gradients on the masked quadratic, one problem per output row, from ``start``.
-
-    Minimises ``tr(W G W^T) - 2 tr(W C) + lam * sum_j d_j ||W[:, j] - start[:, j]||^2`` over the kept entries,
-    with ``G`` and ``C`` the (fit-row) statistics normalised per row, ``d = diag(G)`` (bias column: 1) and
-    ``lam = damping``; Jacobi-preconditioned (``d``). Rows stop once their residual norm falls below ``tol`` times
-    its start. With a held-out share, the best iterate is picked on the held-out rows (checked every step);
-    otherwise CG decreases the objective monotonically and the last iterate is kept. Never worse than ``start``
-    by the exact float64 error over all rows.
-    """
-    error_start = stats.error(start)
-    if iterations == 0 or stats.rows == 0:
-        return _finish(stats, start, start, 0, 0, error_start)
-    held_out, gram_fit, cross_fit, gram_sel, cross_sel = _selection(stats)
-    mask_f = mask_aug.to(start.dtype)
-    diag = torch.diagonal(gram_fit, dim1=1, dim2=2).clamp_min(0)  # [g, w]
-    if stats.bias:
-        diag = diag.clone()
-        diag[:, -1] = 1.0
-    scale = diag.mean(dim=1, keepdim=True).clamp_min(1e-30)  # [g, 1]
-    diag = torch.where(diag > 0, diag, scale * 1e-6)  # dead inputs: a tiny positive curvature
-    ridge = (damping * diag).unsqueeze(1)  # [g, 1, w]
-    precond = (1.0 / (diag * (1.0 + damping))).unsqueeze(1) * mask_f  # [g, o, w], zero off the mask
-
-    def hess(p: torch.Tensor) -> torch.Tensor:
-        return (p @ gram_fit + ridge * p) * mask_f
-
-    w = start.clone()
-    r = (cross_fit - w @ gram_fit) * mask_f  # minus half the gradient (the ridge term is 0 at the start)
-    z = r * precond
-    p = z.clone()
-    rz = (r * z).sum(dim=2, keepdim=True)  # [g, o, 1]
-    r0 = r.square().sum(dim=2, keepdim=True).sqrt()
-    active = r0 > 0
-
-    def rank(v: torch.Tensor) -> float:
-        return float(((v @ gram_sel - 2.0 * cross_sel) * v).sum())
-
-    best_w, best_rank, best_it = w.clone(), rank(w) if held_out else math.inf, 0
-    steps = 0
-    for step in range(1, iterations + 1):
-        steps = step
-        hp = hess(p)
-        php = (p * hp).sum(dim=2, keepdim=True)
-        alpha = torch.where(active & (php > 0), rz / php.clamp_min(1e-30), torch.zeros_like(php))
-        w.add_(alpha * p)
-        r.sub_(alpha * hp)
-        z = r * precond
-        rz_new = (r * z).sum(dim=2, keepdim=True)
-        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
-        p = z + beta * p
-        rz = rz_new
-        active = active & (r.square().sum(dim=2, keepdim=True).sqrt() > tol * r0)
-        if held_out:
-            current = rank(w)
-            if current < best_rank:
-                best_w, best_rank, best_it = w.clone(), current, step
-        if not bool(active.any()):
-            break
-    if not held_out:
-        best_w, best_it = w, steps
-    return _finish(stats, start, best_w * mask_f, best_it, steps, error_start)
+    error_best = stats.error(best_w)
+    if error_best > error_start:  # float32 ranking noise near the start, or a held-out pick: keep the start
+        best_w, error_best, best_it = start.clone(), error_start, 0
+    return FitResult(best_w, error_start, error_best, best_it, iterations, in_features=stats.k, has_bias=stats.bias)
 
 
 def _augment(weight: torch.Tensor, bias: torch.Tensor | None, stats: LayerStatistics) -> torch.Tensor:
@@ -476,21 +412,19 @@ def fit_layer(
 ) -> FitResult:
     """Fit one layer's kept weights (and bias) to its calibration targets with the mask fixed.
 
-    The start is ``weight * mask``, with absorb-mean when ``config.absorb_mean`` (each group of ``m``
-    shares its pruned sum among its kept weights); then ``config.optimizer`` (``"cg"``: conjugate gradients,
-    ``"adam"``: Adam) runs ``config.iterations`` steps on the exact objective of ``stats``, and the best iterate
-    is returned, never worse than the start.
+    From ``weight * mask`` (with absorb-mean when ``config.absorb_mean``), ``config.optimizer`` (``"cg"`` or
+    ``"adam"``) runs ``config.iterations`` steps on the exact objective of ``stats``; the best iterate is returned,
+    never worse than the start.
 
     Args:
         weight: dense weight, ``[out, in]`` for a Linear (a conv: its weight, with ``stats.groups`` groups).
         mask: boolean mask of the weight's shape (kept = True); never changed.
         stats: the layer's :class:`~nmsparse.adaprune.LayerStatistics` (``bias=True`` iff ``bias`` is given).
-        config: settings used: ``optimizer``, ``iterations``, ``damping``, ``lr``, ``bias_lr``, ``absorb_mean``
-            (an :class:`AdaPruneOptions`, or an :class:`~nmsparse.adaprune.AdaPruneConfig`, whose pattern gives
-            ``m``).
+        config: an :class:`AdaPruneOptions` (``optimizer``, ``iterations``, ``damping``, ``lr``, ``bias_lr``,
+            ``absorb_mean``), or an :class:`~nmsparse.adaprune.AdaPruneConfig`, whose pattern gives ``m``.
         bias: the dense bias (``[out]``), fitted too; ``None`` for a layer without one.
-        batch_rows: Adam only: stored rows per mini-batch step (``None``: exact full-batch steps).
-        seed: Adam mini-batch order.
+        batch_rows, seed: Adam only: stored rows per mini-batch step (``None``: exact full-batch steps), and
+            the seed of the mini-batch order.
         m: group size for absorb-mean (default: ``config.nm_pattern.m``).
 
     Returns:
@@ -537,51 +471,27 @@ def fit_layer(
     start = absorb_mean(weight, mask, group) if config.absorb_mean else weight * mask
     ones = torch.ones_like(bias) if bias is not None else None
     mask_aug = _augment(mask.to(weight.dtype), ones, stats)
-    start_aug = _augment(start, bias, stats)
-    if config.optimizer == "cg":
-        return optimise_cg(stats, start_aug, mask_aug, iterations=config.iterations, damping=config.damping)
-    return optimise_adam(
-        stats,
-        start_aug,
-        mask_aug,
-        iterations=config.iterations,
-        batch_rows=batch_rows,
-        lr=config.lr,
-        bias_lr=config.bias_lr,
-        seed=seed,
-    )
+    return _optimise(stats, _augment(start, bias, stats), mask_aug, config, batch_rows, seed)
 
 
-def make_statistics(
-    k: int,
-    out: int,
-    groups: int,
-    bias: bool,
-    rows: int,
-    room: int,
-    options: AdaPruneOptions,
-    seed: int,
-    name: str,
-    device: torch.device,
-) -> LayerStatistics:
-    """Statistics of one layer; with Adam mini-batches, as many of its ``rows`` stored as fit in ``room`` bytes."""
-    capacity, fraction = 0, 1.0
+def make_statistics(view: Any, room: int, options: AdaPruneOptions, seed: int, device: torch.device) -> LayerStatistics:
+    """Statistics of one layer (``view``: its ``k``, ``out``, ``groups``, ``bias``, ``rows`` and ``name``); with Adam
+    mini-batches, as many of its ``rows`` stored as fit in ``room`` bytes."""
+    capacity, fraction, rows = 0, 1.0, view.rows
     if options.stores_rows:
-        width = k + int(bias)
-        row_bytes = 4 * groups * (width + out)
-        fraction = min(1.0, max(room, 0) / max(rows * row_bytes, 1))
+        fraction = min(1.0, max(room, 0) / max(rows * 4 * view.groups * (view.k + int(view.bias) + view.out), 1))
         capacity = rows if fraction >= 1 else int(rows * fraction)
     return LayerStatistics(
-        k,
-        out,
-        bias=bias,
-        groups=groups,
+        view.k,
+        view.out,
+        bias=view.bias,
+        groups=view.groups,
         device=device,
         capacity=capacity,
         keep_fraction=fraction,
         validation=options.validation,
         seed=seed,
-        name=name,
+        name=view.name,
     )
 
 
@@ -599,31 +509,19 @@ def solve(layer: Layer) -> LayerSolution:
     shape = tuple(module_weight.shape) if module_weight.dim() == 4 else (-1, stats.k)
     weight = torch.cat(layer.weights).float().reshape(shape)  # a conv as stored: absorb-mean groups by layout
     natural = weight.reshape(stats.groups, stats.out, stats.k)
+    score = natural.abs()
     if options.scores == "activation":
         norms = torch.diagonal(stats.gram, dim1=1, dim2=2)[:, : stats.k].clamp_min(0).sqrt().float()  # [g, k]
-        score = natural.abs() * norms.unsqueeze(1)
-    else:
-        score = natural.abs()
+        score = score * norms.unsqueeze(1)
     mask = torch.cat(layer.masks(list(score))).reshape(shape)
-    bias = layer.bias
-    error_dense = stats.error(_augment(natural, bias, stats))
-    rows_per_step = None
-    stored = stats.stored()
+    error_dense = stats.error(_augment(natural, layer.bias, stats))
+    batch_rows, stored = None, stats.stored()
     if options.optimizer == "adam" and options.batch_size is not None and stored is not None:
         kept = stored[0].shape[0]
-        rows_per_step = max(1, min(kept, round(options.batch_size * kept / max(layer.samples, 1))))
-    fit = fit_layer(
-        weight,
-        mask,
-        stats,
-        options,
-        bias=bias,
-        batch_rows=rows_per_step,
-        seed=options.seed * 104729 + layer.index,
-        m=layer.pattern.m,
-    )
-    weights = list((fit.w_aug[:, :, : stats.k] * mask.reshape(stats.groups, stats.out, stats.k)).unbind(0))
-    relative = math.sqrt(fit.error_after / stats.target_power) if stats.target_power > 0 else 0.0
+        batch_rows = max(1, min(kept, round(options.batch_size * kept / max(layer.samples, 1))))
+    seed = options.seed * 104729 + layer.index
+    fit = fit_layer(weight, mask, stats, options, bias=layer.bias, batch_rows=batch_rows, seed=seed, m=layer.pattern.m)
+    masks = mask.reshape(stats.groups, stats.out, stats.k)
     info = {
         "error_dense": error_dense,
         "error_before": fit.error_before,
@@ -632,10 +530,9 @@ def solve(layer: Layer) -> LayerSolution:
         "iterations": fit.iterations,
         "target_power": stats.target_power,
         "stored_rows": 0 if stored is None else int(stored[0].shape[0]),
-        "relative_error": relative,
+        "relative_error": math.sqrt(fit.error_after / stats.target_power) if stats.target_power > 0 else 0.0,
     }
-    masks = list(mask.reshape(stats.groups, stats.out, stats.k).unbind(0))
-    return LayerSolution(weights, masks, bias=fit.bias, info=info)
+    return LayerSolution(list((fit.w_aug[:, :, : stats.k] * masks).unbind(0)), list(masks.unbind(0)), fit.bias, info)
 
 
 register_method(

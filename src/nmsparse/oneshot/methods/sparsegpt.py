@@ -37,19 +37,12 @@ def solve(layer: Layer) -> LayerSolution:
             f"{layer.where}: sparsegpt chooses each group's mask inside its sweep (top-n, or exact for "
             f"-T patterns); method={layer.solver!r} does not apply: leave method='auto'"
         )
-    weights, masks, damping, error = [], [], 0.0, 0.0
+    weights, masks, damping, error, perm = [], [], 0.0, 0.0, layer.columns
     for w, gram in zip(layer.weights, layer.stats.gram):
-        perm = layer.columns
         if perm is not None:  # a conv: sweep the columns in the pattern's order (input channels innermost)
             w, gram = w[:, perm], gram[perm][:, perm]
-        result = sparsegpt(
-            w,
-            gram,
-            layer.pattern,
-            damping=layer.options.damping,
-            block_size=layer.options.block_size,
-            where=layer.where,
-        )
+        options = {"damping": layer.options.damping, "block_size": layer.options.block_size}
+        result = sparsegpt(w, gram, layer.pattern, where=layer.where, **options)
         new, mask = result.weight, result.mask
         if perm is not None:
             new, mask = torch.empty_like(new), torch.empty_like(mask)
