@@ -130,13 +130,13 @@ def _saliency_part(
 
 
 def _prune(prune: Any, model: torch.nn.Module, calibration: Any, pattern: str, method: str) -> None:
-    """``prune_oneshot_`` by keyword (its algorithm argument was renamed ``method`` -> ``algorithm``)."""
-    import inspect
+    """``prune_oneshot_`` with ``method`` an algorithm, or ``sparsegpt+refit[=STEPS]`` (SparseGPT with its ``refit``
+    option, 25 steps by default)."""
+    from nmsparse.oneshot import OneShotConfig
 
-    if "algorithm" in inspect.signature(prune).parameters:
-        prune(model, calibration, pattern, algorithm=method, progress=False)
-    else:
-        prune(model, calibration, pattern, method=method, progress=False)
+    algorithm, _, refit = method.partition("+refit")
+    options = {"refit": int(refit.lstrip("=") or 25)} if method != algorithm else None
+    prune(model, calibration, pattern, config=OneShotConfig(algorithm=algorithm, options=options), progress=False)
 
 
 def _oneshot_part(
@@ -170,7 +170,8 @@ def _oneshot_part(
                 print(f"{method:<10} {pattern:<7} {ppl_plain:>9.3f} {'-':>9}", flush=True)
                 continue
             permuted = copy.deepcopy(model)
-            scores = {"magnitude": "magnitude", "wanda": "wanda", "sparsegpt": "sparsegpt"}.get(method, "wanda")
+            algorithm = method.partition("+")[0]
+            scores = {"magnitude": "magnitude", "wanda": "wanda", "sparsegpt": "sparsegpt"}.get(algorithm, "wanda")
             blocks = [name for name, _ in permuted.named_modules() if ".h." in name or "layers." in name]
             report = permute_(
                 permuted,
@@ -220,10 +221,14 @@ def _oneshot_part(
                     f"  {method:<10} {t:<6} without {before:.2f}x  with permutations "
                     f"{'-' if after is None else f'{after:.2f}x'}"
                 )
-    if ("sparsegpt", "4:8-T") in by and ("sparsegpt", "4:8") in by:
-        a, b = by[("sparsegpt", "4:8-T")]["permuted"], by[("sparsegpt", "4:8")]["plain"]
-        cost["sparsegpt 4:8-T permuted vs 4:8 plain"] = {"4:8-T permuted": a, "4:8 plain": b, "no_worse": a <= b}
-        print(f"  sparsegpt 4:8-T permuted {a:.3f} vs row-wise 4:8 plain {b:.3f}: {'no worse' if a <= b else 'worse'}")
+    for method in args.methods:
+        if method.startswith("sparsegpt") and (method, "4:8-T") in by and ("sparsegpt", "4:8") in by:
+            a, b = by[(method, "4:8-T")]["permuted"], by[("sparsegpt", "4:8")]["plain"]
+            if a is None:
+                continue
+            key = f"{method} 4:8-T permuted vs sparsegpt 4:8 plain"
+            cost[key] = {"4:8-T permuted": a, "4:8 plain": b, "no_worse": a <= b}
+            print(f"  {key}: {a:.3f} vs {b:.3f}: {'no worse' if a <= b else 'worse'}")
     return {
         "source": source,
         "dense_perplexity": dense,
@@ -262,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         help="LM decoder: hf:FOLDER or an 'nmsparse train --task lm' run "
         "(default: train the recipe's default decoder first)",
     )
-    parser.add_argument("--methods", nargs="*", default=["magnitude", "wanda", "sparsegpt"])
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=["magnitude", "wanda", "sparsegpt", "sparsegpt+refit"],
+        help="one-shot algorithms; sparsegpt+refit[=STEPS]: SparseGPT with its refit option (default 25 steps)",
+    )
     parser.add_argument("--patterns", nargs="*", default=list(PATTERNS))
     parser.add_argument("--saliency-patterns", nargs="*", default=list(PATTERNS))
     parser.add_argument("--minilm-layers", default=None, help="only MiniLM linears whose name contains this")
@@ -297,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     add_out_argument(parser)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.methods = ["magnitude", "sparsegpt"]
+        args.methods = ["magnitude", "sparsegpt+refit=5"]
         args.patterns = ["2:4", "2:4-T"]
         args.saliency_patterns = ["2:4", "4:8-T"]
         args.decoder_layers = args.decoder_layers or "h.0.attn"

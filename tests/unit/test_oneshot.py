@@ -433,3 +433,42 @@ def test_saved_folder_reloads_to_identical_logits(build, tmp_path):
     save_pruned_pretrained(model, out, overwrite=True)
     with torch.no_grad():  # saving twice left the caller's model intact (a squashed deepcopy broke it)
         assert torch.equal(model(ids).logits, expected)
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_refit_reaches_the_least_squares_fit_with_the_mask_fixed(pattern):
+    """CG from SparseGPT's weights reaches the exact per-row solve of the damped normal equations on the mask."""
+    from nmsparse.oneshot.layer import refit
+
+    weight, gram = _problem(16, 40, seed=3)
+    gram[3, :] = gram[:, 3] = 0.0  # a dead input: its weights go to zero
+    swept = sparsegpt(weight, gram, NMPattern.parse(pattern), damping=0.01)
+    fitted = refit(weight, gram, swept, iterations=200, tol=1e-12)
+    assert bool((fitted[~swept.mask] == 0).all())
+    h = gram.clone()
+    h[3, 3] = 1.0
+    diag = torch.diagonal(h)
+    h += 0.01 * float(diag.mean()) * torch.eye(40, dtype=h.dtype)
+    target = weight.clone()
+    target[:, 3] = 0.0
+    for r in range(16):
+        keep = swept.mask[r].nonzero().squeeze(1)
+        exact = torch.linalg.solve(h[keep][:, keep], (target[r] @ h)[keep])
+        torch.testing.assert_close(fitted[r, keep], exact, rtol=1e-6, atol=1e-8)
+    assert reconstruction_error(weight, fitted, gram)[0] < reconstruction_error(weight, swept.weight, gram)[0]
+
+
+def test_sparsegpt_refit_keeps_the_sweeps_masks_and_lowers_the_error():
+    plain = _Stack(width=32)
+    fitted = copy.deepcopy(plain)
+    a = prune_oneshot_(plain, _calibration(), "4:8-T", algorithm="sparsegpt")
+    config = OneShotConfig(algorithm="sparsegpt", options={"refit": 25})
+    b = prune_oneshot_(fitted, _calibration(), "4:8-T", config=config)
+    for name, mask in _masks(fitted).items():
+        assert_valid_mask(mask, "4:8-T", exact_n=True)
+        if name.startswith("blocks.0."):  # same inputs (later blocks see the re-fitted outputs): same masks
+            assert torch.equal(mask, _masks(plain)[name])
+    assert b.mean_relative_error < a.mean_relative_error
+    assert b.config["options"]["refit"] == 25
+    with pytest.raises(ConfigError, match="refit"):
+        OneShotConfig(algorithm="sparsegpt", options={"refit": -1})

@@ -20,6 +20,7 @@ import torch
 from ...config import ConfigBase, Interval, Options, config_field
 from ...errors import InputError, ShapeError
 from ...layout import from_matrix, to_matrix
+from ..layer import masked_cg
 from . import Layer, LayerSolution, register_method
 
 __all__ = ["AdaPruneOptions", "LayerStatistics", "FitResult", "fit_layer", "absorb_mean"]
@@ -314,30 +315,24 @@ def _optimise(
         diag = torch.where(diag > 0, diag, scale * 1e-6)  # dead inputs: a tiny positive curvature
         ridge = (config.damping * diag).unsqueeze(1)  # [g, 1, w]
         precond = (1.0 / (diag * (1.0 + config.damping))).unsqueeze(1) * mask_f  # [g, o, w], zero off the mask
-        r = (cross_fit - w @ gram_fit) * mask_f  # minus half the gradient (the ridge term is 0 at the start)
-        z = r * precond
-        p = z.clone()
-        rz = (r * z).sum(dim=2, keepdim=True)  # [g, o, 1]
-        r0 = r.square().sum(dim=2, keepdim=True).sqrt()
-        active = r0 > 0
-        best_w, best_rank, best_it, steps = w.clone(), rank(w) if held_out else math.inf, 0, 0
-        for step in range(1, config.iterations + 1):
-            steps = step
-            hp = (p @ gram_fit + ridge * p) * mask_f
-            php = (p * hp).sum(dim=2, keepdim=True)
-            alpha = torch.where(active & (php > 0), rz / php.clamp_min(1e-30), torch.zeros_like(php))
-            w.add_(alpha * p)
-            r.sub_(alpha * hp)
-            z = r * precond
-            rz_new = (r * z).sum(dim=2, keepdim=True)
-            beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-30), torch.zeros_like(rz))
-            p = z + beta * p
-            rz = rz_new
-            active = active & (r.square().sum(dim=2, keepdim=True).sqrt() > _CG_TOL * r0)
-            if held_out and (current := rank(w)) < best_rank:
-                best_w, best_rank, best_it = w.clone(), current, step
-            if not bool(active.any()):
-                break
+        best_w, best_rank, best_it = w.clone(), rank(w) if held_out else math.inf, 0
+
+        def keep_best(step: int, current: torch.Tensor) -> None:
+            nonlocal best_w, best_rank, best_it
+            if (value := rank(current)) < best_rank:
+                best_w, best_rank, best_it = current.clone(), value, step
+
+        steps = masked_cg(
+            w,
+            mask_f,
+            gram_fit,
+            cross_fit,
+            ridge,
+            precond,
+            iterations=config.iterations,
+            tol=_CG_TOL,
+            on_step=keep_best if held_out else None,
+        )
         if not held_out:
             best_w, best_it = w, steps
         return _finish(stats, start, best_w * mask_f, best_it, steps, error_start)

@@ -9,7 +9,7 @@ import torch
 
 from ...config import ConfigBase, Interval, config_field
 from ...errors import ConfigError
-from ..layer import sparsegpt
+from ..layer import refit, sparsegpt
 from . import Layer, LayerSolution, register_method
 
 
@@ -20,14 +20,19 @@ class SparseGPTOptions(ConfigBase):
     Attributes:
         damping: ``lambda`` of ``H + lambda I``, as a fraction of ``mean(diag(H))``.
         block_size: lazy-update block, in columns (rounded down to a multiple of ``m``).
+        refit: conjugate-gradient steps that re-fit the kept weights to the dense output after the sweep, its
+            mask fixed (:func:`nmsparse.oneshot.layer.refit`); 0 (the default): SparseGPT's own weights, as the
+            reference implementation. 25 recovers most of what the sweep leaves (docs/oneshot.md).
     """
 
     damping: float = config_field(0.01, help="sparsegpt: damping of H + lambda*I, relative to mean(diag(H))")
     block_size: int = config_field(128, help="sparsegpt: lazy-update block, in columns")
+    refit: int = config_field(0, help="sparsegpt: CG steps re-fitting the kept weights, mask fixed (0: off)")
 
     _constraints = {
         "damping": [Interval(float, 0, None, closed="left")],
         "block_size": [Interval(int, 1, None, closed="left")],
+        "refit": [Interval(int, 0, None, closed="left")],
     }
 
 
@@ -37,20 +42,26 @@ def solve(layer: Layer) -> LayerSolution:
             f"{layer.where}: sparsegpt chooses each group's mask inside its sweep (top-n, or exact for "
             f"-T patterns); method={layer.solver!r} does not apply: leave method='auto'"
         )
-    weights, masks, damping, error, perm = [], [], 0.0, 0.0, layer.columns
+    weights, masks, damping, perm = [], [], 0.0, layer.columns
+    error: float | None = 0.0
     for w, gram in zip(layer.weights, layer.stats.gram):
         if perm is not None:  # a conv: sweep the columns in the pattern's order (input channels innermost)
             w, gram = w[:, perm], gram[perm][:, perm]
         options = {"damping": layer.options.damping, "block_size": layer.options.block_size}
         result = sparsegpt(w, gram, layer.pattern, where=layer.where, **options)
         new, mask = result.weight, result.mask
+        if layer.options.refit:
+            new = refit(w, gram, result, iterations=layer.options.refit)
+            error = None  # the sweep's error is not the re-fitted weights': the engine measures it
         if perm is not None:
-            new, mask = torch.empty_like(new), torch.empty_like(mask)
-            new[:, perm], mask[:, perm] = result.weight, result.mask
+            swept, swept_mask = new, mask
+            new, mask = torch.empty_like(swept), torch.empty_like(swept_mask)
+            new[:, perm], mask[:, perm] = swept, swept_mask
         weights.append(new)
         masks.append(mask)
         damping = max(damping, result.damping)
-        error += result.error or 0.0
+        if error is not None:
+            error += result.error or 0.0
     return LayerSolution(weights, masks, info={"damping": damping}, error=error)
 
 
