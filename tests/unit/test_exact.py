@@ -259,6 +259,88 @@ def test_kernel_matches_python_twin_bit_for_bit(m: int, ns: range | tuple[int, .
             assert np.array_equal(compiled, python), f"m={m}, n={n}, at_most={at_most}"
 
 
+def _scale_kinds(count: int, m: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Blocks for issue 15's scale skip: ties, signed zeros, subnormals, mixed and extreme scales, and blocks whose
+    largest and smallest |score| sit at or next to the thresholds of the skip (1, 2**64, 2**-900)."""
+    shape = (count, m, m)
+    ints = rng.integers(-2, 3, shape).astype(np.float64)
+    ints[ints == 0] = rng.choice([0.0, -0.0], int((ints == 0).sum()))
+    edges = rng.random(shape)
+    top = rng.choice([0.5, 1.0 - 2.0**-53, 1.0, 2.0, 2.0**64 - 2.0**11, 2.0**64, 2.0**63, 2.0**900], count)
+    edges *= top[:, None, None]
+    edges[:, 0, 0] = top
+    edges[:, m - 1, m - 1] = rng.choice(
+        [2.0**-900, 2.0**-900 * (1 - 2.0**-53), 2.0**-901, 2.0**-1000, 5e-324, 0.0], count
+    )
+    edges *= rng.choice([-1.0, 1.0], shape)
+    exponents = rng.choice([-1074, -1060, -1022, -950, -901, -900, -899, -100, -1, 0, 1, 60, 64, 65, 900, 1020], shape)
+    subnormal = rng.random(shape) * 1e-308
+    some = rng.random(shape) < 0.3
+    subnormal[some] = 5e-324 * rng.integers(0, 4, int(some.sum()))
+    spikes = rng.random(shape) * 1e-3
+    spikes[rng.random(shape) < 0.1] = 1e300
+    return [
+        rng.standard_normal(shape),
+        rng.integers(0, 3, shape).astype(np.float64),  # ties
+        ints,
+        np.ones(shape) + rng.integers(-2, 3, shape) * 2.0**-52,  # near ties
+        np.zeros(shape),
+        rng.random(shape) * 1e-310,
+        subnormal,
+        rng.standard_normal(shape) * 10.0 ** rng.integers(-30, 30, shape),
+        rng.standard_normal(shape) * np.ldexp(1.0, exponents),
+        rng.random(shape) * 1.7e308,
+        rng.integers(0, 4, shape).astype(np.float64) * 2.0**1000,
+        spikes,
+        edges,
+        (rng.standard_normal(shape).astype(np.float32) ** 2).astype(np.float64),  # SparseGPT-like, float32 ties
+    ]
+
+
+@pytest.mark.parametrize(("m", "ns", "count"), [(8, range(1, 8), 150), (16, (1, 6, 8, 13), 12), (5, (2, 3), 40)])
+def test_kernels_equal_the_always_scaled_arithmetic(m: int, ns: range | tuple[int, ...], count: int) -> None:
+    # Issue 15: the kernels skip the per-block power-of-two scale where it provably changes nothing, and m = 8 with
+    # exactly n runs its own kernel. Reference: the general kernel on blocks already scaled by numpy to a largest
+    # |score| in [0.5, 1) (the kernel then leaves them as they are: the arithmetic before the skip, step for step).
+    kernel = exact.flow_kernel()
+    kernel8 = exact.flow8_kernel()
+    rng = np.random.default_rng(15 + m)
+    for kind, blocks in enumerate(_scale_kinds(count, m, rng)):
+        amax = np.abs(blocks).max(axis=(1, 2))
+        shift = np.where(amax > 0.0, -np.frexp(amax)[1], 0)
+        scaled = np.ldexp(blocks, shift[:, None, None])
+        for n in ns:
+            for at_most in (False, True):
+                reference = np.zeros(blocks.shape, dtype=np.bool_)
+                kernel(scaled, n, at_most, reference)
+                got = np.zeros(blocks.shape, dtype=np.bool_)
+                kernel(blocks, n, at_most, got)
+                assert np.array_equal(got, reference), f"general: m={m}, n={n}, at_most={at_most}, kind={kind}"
+                if m != 8 or at_most:
+                    continue
+                fast = np.zeros(blocks.shape, dtype=np.bool_)
+                kernel8(blocks, n, fast)
+                assert np.array_equal(fast, reference), f"m=8 kernel: n={n}, kind={kind}"
+                twin = np.zeros(blocks.shape, dtype=np.bool_)
+                exact._flow_blocks_np(blocks, n, twin)
+                assert np.array_equal(twin, reference), f"numpy twin: n={n}, kind={kind}"
+                python = np.zeros((6, m, m), dtype=np.bool_)
+                exact._flow8_py(blocks[:6], n, python)  # the m = 8 kernel's own Python run
+                assert np.array_equal(python, reference[:6]), f"m=8 kernel in Python: n={n}, kind={kind}"
+
+
+def test_m8_kernel_serves_flow_blocks_and_exact_blocks() -> None:
+    blocks = torch.randn(64, 8, 8, dtype=torch.float64)
+    blocks[:16] = torch.randint(0, 3, (16, 8, 8)).double()
+    general = exact.flow_kernel()
+    for n in (1, 4, 6):
+        reference = np.zeros(blocks.shape, dtype=np.bool_)
+        general(blocks.numpy(), n, False, reference)
+        assert torch.equal(exact.exact_blocks(blocks, n), torch.from_numpy(reference))
+        assert torch.equal(exact.flow_blocks(blocks.float(), n, compiled=False), torch.from_numpy(reference))
+    assert exact._KERNEL8 is not None and isinstance(exact.KERNEL_INFO["compile_m8_s"], float)
+
+
 def test_kernel_reports_compile_time() -> None:
     exact.flow_kernel()
     info = exact.KERNEL_INFO
@@ -274,6 +356,7 @@ def test_python_fallback_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
     expected = exact.exact_blocks(blocks, 4)
     expected_relaxed = exact.exact_blocks(blocks, 4, at_most=True)
     monkeypatch.setattr(exact, "_KERNEL", None)
+    monkeypatch.setattr(exact, "_KERNEL8", None)
     monkeypatch.setattr(exact, "KERNEL_INFO", {})
     monkeypatch.setitem(sys.modules, "numba", None)  # makes `import numba` raise ImportError
     with pytest.warns(RuntimeWarning, match="numba is not importable"):

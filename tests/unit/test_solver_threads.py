@@ -81,19 +81,31 @@ def test_exact_first_call_answers_with_the_twin_then_compiles(monkeypatch):
     reference = exact.flow_blocks(blocks, 4)
     relaxed = exact.flow_blocks(blocks, 3, at_most=True)
     monkeypatch.setattr(exact, "_KERNEL", None)  # as in a fresh process
+    monkeypatch.setattr(exact, "_KERNEL8", None)
     monkeypatch.setattr(_threads, "_BUILDS", {})
     calls = []
     twin = exact._flow_blocks_np
     monkeypatch.setattr(exact, "_flow_blocks_np", lambda *args: calls.append(1) or twin(*args))
     try:
         first = exact.flow_blocks(blocks, 4)
-        assert calls == [1] and "exact" in _threads._BUILDS  # answered by the twin, compile started after
+        # answered by the twin, then the compile of the m = 8 kernel (only that one) started
+        assert calls == [1] and list(_threads._BUILDS) == ["exact-m8"]
+    finally:
+        _threads.wait_builds()
+    assert exact._KERNEL8 is not None and exact._KERNEL is None
+    assert torch.equal(first, reference)
+    assert torch.equal(exact.flow_blocks(blocks, 4), reference) and calls == [1]  # now the kernel
+    assert torch.equal(exact.flow_blocks(blocks, 3, at_most=True), relaxed)  # the general kernel, built here
+    assert exact._KERNEL is not None
+    blocks16 = torch.randn(40, 16, 16)
+    reference16 = exact.flow_blocks(blocks16, 8)
+    monkeypatch.setattr(exact, "_KERNEL", None)
+    try:
+        assert torch.equal(exact.flow_blocks(blocks16, 8), reference16) and calls == [1, 1]  # m = 16: the twin
+        assert "exact" in _threads._BUILDS
     finally:
         _threads.wait_builds()
     assert exact._KERNEL is not None
-    assert torch.equal(first, reference)
-    assert torch.equal(exact.flow_blocks(blocks, 4), reference) and calls == [1]  # now the kernel
-    assert torch.equal(exact.flow_blocks(blocks, 3, at_most=True), relaxed)
 
 
 def test_exact_big_first_call_and_at_most_wait_for_the_kernel(monkeypatch):
@@ -104,6 +116,7 @@ def test_exact_big_first_call_and_at_most_wait_for_the_kernel(monkeypatch):
     reference = exact.flow_blocks(blocks, 4)
     relaxed = exact.flow_blocks(blocks, 4, at_most=True)
     monkeypatch.setattr(exact, "_KERNEL", None)
+    monkeypatch.setattr(exact, "_KERNEL8", None)
     monkeypatch.setattr(_threads, "_BUILDS", {})
     monkeypatch.setattr(exact, "_TWIN_WORK", 299 * 8**3)  # 300 blocks are too many for the twin
 
@@ -113,7 +126,9 @@ def test_exact_big_first_call_and_at_most_wait_for_the_kernel(monkeypatch):
     monkeypatch.setattr(exact, "_flow_blocks_np", no_twin)
     assert torch.equal(exact.flow_blocks(blocks, 4, at_most=True), relaxed)
     monkeypatch.setattr(exact, "_KERNEL", None)
+    assert exact._KERNEL8 is None  # at_most ran the general kernel
     assert torch.equal(exact.flow_blocks(blocks, 4), reference)
+    assert exact._KERNEL8 is not None
     assert _threads._BUILDS == {}  # compiled in the caller's thread, nothing in the background
 
 

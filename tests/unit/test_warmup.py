@@ -21,7 +21,8 @@ def test_warmup_runs_every_selected_solver_on_tiny_inputs():
     assert not any(key.startswith(("topn/", "greedy-repair/")) for key in times)
     assert all(key.endswith("float32") for key in times)
     assert 0.0 < sum(times.values()) <= wall  # each entry times its own solver run, inside this call
-    assert exact._KERNEL is not None and greedy_cpu._KERNEL is not None  # compiled (or loaded from the cache)
+    # compiled (or loaded from the cache); 4:8-T exact runs the m = 8 kernel (issue 15), not the general one
+    assert exact._KERNEL8 is not None and greedy_cpu._KERNEL is not None
     assert "exact/torch 4:8-T float32" not in times  # exact/torch takes m = 4 only
 
 
@@ -50,10 +51,10 @@ def test_after_warmup_the_first_mask_does_not_compile():
         "import torch, nmsparse\n"
         "from nmsparse.solvers import warmup, exact, greedy_cpu\n"
         "warmup(['4:8-T'], ['exact', 'greedy'])\n"
-        "before = (len(exact._KERNEL.signatures), len(greedy_cpu._KERNEL.signatures))\n"
+        "before = (len(exact._KERNEL8.signatures), len(greedy_cpu._KERNEL.signatures))\n"
         "nmsparse.find_mask(torch.randn(64, 64), '4:8-T', method='exact')\n"
         "nmsparse.find_mask(torch.randn(64, 64), '4:8-T', method='greedy')\n"
-        "after = (len(exact._KERNEL.signatures), len(greedy_cpu._KERNEL.signatures))\n"
+        "after = (len(exact._KERNEL8.signatures), len(greedy_cpu._KERNEL.signatures))\n"
         "assert before == after == (1, 1), (before, after)\n"
         "print('ok')\n"
     )
