@@ -129,14 +129,16 @@ def _saliency_part(
     return {"rows": rows, "summary": summary}
 
 
-def _prune(prune: Any, model: torch.nn.Module, calibration: Any, pattern: str, method: str) -> None:
+def _prune(prune: Any, model: torch.nn.Module, calibration: Any, pattern: str, method: str) -> float:
     """``prune_oneshot_`` with ``method`` an algorithm, or ``sparsegpt+refit[=STEPS]`` (SparseGPT with its ``refit``
-    option, 25 steps by default)."""
+    option, 25 steps by default); returns its wall seconds."""
     from nmsparse.oneshot import OneShotConfig
 
     algorithm, _, refit = method.partition("+refit")
     options = {"refit": int(refit.lstrip("=") or 25)} if method != algorithm else None
+    start = time.perf_counter()
     prune(model, calibration, pattern, config=OneShotConfig(algorithm=algorithm, options=options), progress=False)
+    return time.perf_counter() - start
 
 
 def _oneshot_part(
@@ -156,18 +158,29 @@ def _oneshot_part(
     )
     print(
         f"{'method':<10} {'pattern':<7} {'plain ppl':>9} {'permuted':>9} {'dense ok':>9} {'retained':>17} "
-        f"{'permute s':>9}"
+        f"{'permute s':>9} {'prune s':>7}"
     )
     rows = []
     for method in args.methods:
         for pattern in args.patterns:
             plain = copy.deepcopy(model)
-            _prune(prune_oneshot_, plain, calibration, pattern, method)
+            seconds = _prune(prune_oneshot_, plain, calibration, pattern, method)
             ppl_plain = perplexity(plain, evaluation, context=context)
             del plain
             if not pattern.endswith("-T") and not args.permute_plain:
-                rows.append({"method": method, "pattern": pattern, "plain": ppl_plain, "permuted": None})
-                print(f"{method:<10} {pattern:<7} {ppl_plain:>9.3f} {'-':>9}", flush=True)
+                rows.append(
+                    {
+                        "method": method,
+                        "pattern": pattern,
+                        "plain": ppl_plain,
+                        "permuted": None,
+                        "prune_seconds": seconds,
+                    }
+                )
+                print(
+                    f"{method:<10} {pattern:<7} {ppl_plain:>9.3f} {'-':>9} {'':>9} {'':>17} {'':>9} {seconds:>7.1f}",
+                    flush=True,
+                )
                 continue
             permuted = copy.deepcopy(model)
             algorithm = method.partition("+")[0]
@@ -191,6 +204,7 @@ def _oneshot_part(
                 "pattern": pattern,
                 "plain": ppl_plain,
                 "permuted": ppl_perm,
+                "prune_seconds": seconds,
                 "dense_after_permute": dense_after,
                 "retained_before": report.before,
                 "retained_after": report.after,
@@ -202,7 +216,7 @@ def _oneshot_part(
             ok = abs(dense_after / dense - 1) < 1e-4
             print(
                 f"{method:<10} {pattern:<7} {ppl_plain:>9.3f} {ppl_perm:>9.3f} {str(ok):>9} "
-                f"{report.before:>8.4f}->{report.after:.4f} {report.seconds:>9.1f}",
+                f"{report.before:>8.4f}->{report.after:.4f} {report.seconds:>9.1f} {seconds:>7.1f}",
                 flush=True,
             )
     by = {(r["method"], r["pattern"]): r for r in rows}
