@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -70,6 +72,74 @@ def test_at_least_the_published_stripe_group_search_at_2_4():
     ours = search_permutation(s, "2:4").after
     assert baseline > retained(s, "2:4")
     assert ours >= baseline * (1 - 1e-6)
+
+
+def _compiled():
+    from nmsparse.permute import search
+
+    kernels = search._kernels()
+    if kernels is None:
+        pytest.skip("numba kernels unavailable")
+    return search, kernels
+
+
+def test_compiled_kernels_match_their_torch_twins():
+    search, K = _compiled()
+    g = torch.Generator().manual_seed(2)
+    for n, m in ((2, 4), (1, 4), (3, 4), (4, 8), (7, 8), (8, 16)):
+        C, R = 6 * m, 2 * m + 3
+        E = torch.rand(C, R, generator=g)
+        E[0, :3] = E[1, :3]  # ties
+        perm = torch.randperm(C, generator=g)
+        s, t = torch.tensor([0, 2, 5]), torch.tensor([1, 4, 3])
+        gains, tops = search._gains_fast(K, E.numpy(), perm.numpy(), s.numpy(), t.numpy(), m, n)
+        V = E[perm].view(-1, m, R)
+        ref = search._swap_gains(V[s], V[t], n).view(3, m * m)
+        assert torch.allclose(torch.from_numpy(gains), ref, atol=1e-4)
+        ref_tops = search._topn_sum(V[s], n) + search._topn_sum(V[t], n)
+        assert torch.allclose(torch.from_numpy(tops), ref_tops, rtol=1e-5)
+        sums = search._stripe_sums_fast(K, E.numpy(), perm.view(-1, m).numpy(), n)
+        assert torch.allclose(torch.from_numpy(sums), search._topn_sum(V, n), rtol=1e-6)
+        if n <= m // 2 or m == 4:
+            X = torch.rand(C, 4 * m, generator=g)
+            tiles = search._tile_sums_fast(K, X.numpy(), perm.view(-1, m).numpy(), n)
+            ref_tiles = search._exact_tile_sums(search._tiles_of(X[perm].view(-1, m, 4 * m), m).reshape(-1, m, m), n)
+            assert torch.allclose(torch.from_numpy(tiles).reshape(-1), ref_tiles, rtol=1e-9)
+
+
+@pytest.mark.parametrize("sample", [1024, 24])
+def test_compiled_swap_rounds_make_the_torch_moves(sample):
+    # the same pairings, gains up to rounding, the same all-rows check (sample < rows): the same permutation
+    search, K = _compiled()
+    ST = _skewed(64, 96, seed=5).T.contiguous()
+    for n, m in ((2, 4), (4, 8)):
+        fast, rf = search._proxy_rounds_fast(ST, n, m, 6, 2, torch.Generator().manual_seed(1), math.inf, sample, K)
+        ref, rr = search._proxy_rounds(ST, n, m, 6, 2, torch.Generator().manual_seed(1), math.inf, False, sample)
+        assert torch.equal(fast, ref) and rf == rr
+        assert search._rowwise(ST[fast].T, n, m) > search._rowwise(ST.T, n, m)
+
+
+@pytest.mark.slow
+def test_large_matrix_polishes_both_axes_on_one_tile_table():
+    # above 4M entries the compiled -T search runs both axes' swap rounds, then both polishes on one shared table
+    _compiled()
+    s = _skewed(2048, 2056, seed=7)
+    r = search_permutation(s, "4:8-T", rounds=2, exact_rounds=1)
+    assert [name for name, _ in r.history] == ["start", "cols polish", "rows polish", "end"]
+    assert r.after == pytest.approx(retained(s, "4:8-T", r.row_perm, r.col_perm), rel=1e-6)
+    assert r.after > r.before
+
+
+def test_torch_path_without_compiled_kernels(monkeypatch):
+    from nmsparse.permute import search
+
+    s = _skewed(32, 64)
+    fast = search_permutation(s, "4:8-T", rounds=4, exact_rounds=2)
+    monkeypatch.setattr(search, "_kernels", lambda: None)
+    slow = search_permutation(s, "4:8-T", rounds=4, exact_rounds=2)
+    for r in (fast, slow):
+        assert r.after == pytest.approx(retained(s, "4:8-T", r.row_perm, r.col_perm), rel=1e-6)
+        assert r.after > r.before
 
 
 # ------------------------------------------------------------------------------------------- models
