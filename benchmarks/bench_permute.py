@@ -254,22 +254,43 @@ def _oneshot_part(
     }
 
 
-def _timing_part(size: int) -> dict[str, Any]:
+def _timing_part(size: int, baseline: str | None) -> dict[str, Any]:
+    """Part 3: ``search_permutation`` on a ``size`` x ``size`` Gaussian |w| at 4:8-T; with ``baseline`` (the path of
+    an older ``search.py``, e.g. ``git show REV:src/nmsparse/permute/search.py > old.py``), that search too, in the
+    same process, alternating new, old, new (kernels warmed first), wall and CPU seconds and their ratios."""
+    import importlib.util
+
+    searches = {"new": search_permutation}
+    if baseline:
+        spec = importlib.util.spec_from_file_location("nmsparse.permute._search_baseline", baseline)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        searches["old"] = module.search_permutation
+    for search in searches.values():  # compile or load the numba kernels outside the timings
+        search(torch.rand(64, 64), "4:8-T")
     torch.manual_seed(0)
     w = torch.randn(size, size).abs()
-    r = search_permutation(w, "4:8-T")
-    print(
-        f"\npart 3: search on a {size} x {size} Gaussian |w| at 4:8-T: {r.seconds:.1f} s "
-        f"({r.before / r.total:.4f} -> {r.after / r.total:.4f}); load average {os.getloadavg()}"
-    )
-    return {
-        "size": size,
-        "seconds": r.seconds,
-        "before": r.before / r.total,
-        "after": r.after / r.total,
-        "load_average": os.getloadavg(),
-        "rounds": r.rounds,
-    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in searches}
+    print(f"\npart 3: search on a {size} x {size} Gaussian |w| at 4:8-T, {torch.get_num_threads()} torch threads")
+    for name in ["new", "old", "new"] if baseline else ["new"]:
+        load, wall, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
+        r = searches[name](w, "4:8-T")
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        runs[name].append({"wall": wall, "cpu": cpu, "before": r.before / r.total, "after": r.after / r.total})
+        print(
+            f"  {name}: wall {wall:.1f} s, cpu {cpu:.1f} s, retained {r.before / r.total:.5f} -> "
+            f"{r.after / r.total:.5f}, load {load:.2f} -> {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+    result: dict[str, Any] = {"size": size, "runs": runs, "load_average": os.getloadavg()}
+    if baseline:
+        for unit in ("wall", "cpu"):
+            new = statistics.median(run[unit] for run in runs["new"])
+            result[f"{unit}_ratio"] = new / runs["old"][0][unit]
+        print(f"  new / old: wall {result['wall_ratio']:.3f}, cpu {result['cpu_ratio']:.3f}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-saliency", action="store_true")
     parser.add_argument("--skip-oneshot", action="store_true")
     parser.add_argument("--timing-size", type=int, default=4096, help="part 3 weight size (0: skip)")
+    parser.add_argument(
+        "--timing-baseline", default=None, metavar="SEARCH_PY", help="part 3: also time this older search.py file"
+    )
     parser.add_argument("--calibration-samples", type=int, default=128)
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--eval-tokens", type=int, default=65536)
@@ -359,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_oneshot:
         payload["oneshot"] = _oneshot_part(args, model, train, heldout, source)
     if args.timing_size:
-        payload["timing"] = _timing_part(args.timing_size)
+        payload["timing"] = _timing_part(args.timing_size, args.timing_baseline)
     payload["load_average_end"] = os.getloadavg()
     path = write_result("permute-smoke" if args.smoke else "permute", payload, args.out)
     print(f"\nwrote {path}")

@@ -129,15 +129,14 @@ def _exact_tile_sums(blocks: torch.Tensor, n: int) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.float64)
     blocks = blocks.detach().double().contiguous()
     mask = None
-    if hasattr(exact, "flow_kernel"):
-        try:
-            kernel = exact.flow_kernel()
-            out = np.empty(tuple(blocks.shape), dtype=np.bool_)
-            array = blocks.numpy()
-            _split_run(lambda a, b: kernel(array[a:b], n, False, out[a:b]), len(array), 4096)
-            mask = torch.from_numpy(out)
-        except Exception:  # noqa: BLE001 - the solver's own entry point below
-            mask = None
+    try:
+        kernel = exact.block_kernel(blocks.shape[1])
+        out = np.empty(tuple(blocks.shape), dtype=np.bool_)
+        array = blocks.numpy()
+        _split_run(lambda a, b: kernel(array[a:b], n, out[a:b]), len(array), 4096)
+        mask = torch.from_numpy(out)
+    except Exception:  # noqa: BLE001 - the solver's own entry point below
+        mask = None
     if mask is None:
         mask = exact.exact_blocks(blocks, n)
     return (blocks * mask).sum(dim=(1, 2))
@@ -644,13 +643,13 @@ def _tile_sums_fast(K: dict[str, Any], X: np.ndarray, cols: np.ndarray, n: int) 
             flat = blocks.reshape(-1, m, m)
             if kernel is not None:
                 mask = np.empty(flat.shape, dtype=np.bool_)
-                kernel(flat, n, False, mask)
+                kernel(flat, n, mask)
             else:
                 mask = exact.exact_blocks(torch.from_numpy(flat), n).numpy()
             K["masked"](flat, mask, out[a:b].reshape(-1))
 
     try:
-        kernel = exact.flow_kernel()
+        kernel = exact.block_kernel(m)
         _split_run(lambda lo, hi: solve(lo, hi, kernel), Q, max(1, 4096 // H))
     except Exception:  # noqa: BLE001 - no compiled kernel: the solver's own entry point, on this thread
         solve(0, Q, None)

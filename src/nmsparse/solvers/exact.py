@@ -61,6 +61,7 @@ __all__ = [
     "flow_blocks",
     "flow_kernel",
     "flow8_kernel",
+    "block_kernel",
     "KERNEL_INFO",
     "enumerate_matrix",
     "flow_matrix_numba",
@@ -698,6 +699,25 @@ def flow8_kernel() -> Callable[[np.ndarray, int, np.ndarray], None]:
     return _KERNEL8
 
 
+def block_kernel(
+    m: int, *, at_most: bool = False, compiled: bool = True
+) -> Callable[[np.ndarray, int, np.ndarray], None]:
+    """The kernel that solves ``m x m`` blocks: ``kernel(blocks float64 [B, m, m], n, out bool [B, m, m])``.
+
+    ``m = 8`` with exactly ``n``: :func:`flow8_kernel`; otherwise :func:`flow_kernel` with ``at_most`` bound.
+    ``compiled=False``: their plain-Python twins. Serial and ``nogil``: callers may run it on slices of the blocks
+    from several threads (:func:`flow_blocks` does).
+    """
+    if m == _M8 and not at_most:
+        return flow8_kernel() if compiled else _flow8_py
+    general = flow_kernel() if compiled else _flow_blocks_py
+
+    def kernel(blocks: np.ndarray, n: int, out: np.ndarray) -> None:
+        general(blocks, n, at_most, out)
+
+    return kernel
+
+
 def _timed_first_call(kernel: Callable[[np.ndarray, int, bool, np.ndarray], None]) -> Callable:
     """Warm ``kernel`` up on one tiny block so compile (or cache load) time is measured once and logged."""
     start = time.perf_counter()
@@ -736,19 +756,7 @@ def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False, compiled
         else:
             start_build("exact", flow_kernel)
         return torch.from_numpy(out).to(device)
-    solve_slice: Callable[[np.ndarray, np.ndarray], None]
-    if fast:
-        kernel8 = flow8_kernel() if compiled else _flow8_py
-
-        def solve_slice(chunk: np.ndarray, part: np.ndarray) -> None:
-            kernel8(chunk, n, part)
-
-    else:
-        kernel = flow_kernel() if compiled else _flow_blocks_py
-
-        def solve_slice(chunk: np.ndarray, part: np.ndarray) -> None:
-            kernel(chunk, n, bool(at_most), part)
-
+    kernel = block_kernel(m, at_most=at_most, compiled=compiled)
     out = np.empty((nblocks, m, m), dtype=np.bool_)
     step = max(1, _KERNEL_VALUES // (m * m))
     for start in range(0, nblocks, step):
@@ -756,7 +764,7 @@ def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False, compiled
         part = out[start : start + step]
 
         def solve(a: int, b: int, chunk: np.ndarray = chunk, part: np.ndarray = part) -> None:
-            solve_slice(chunk[a:b], part[a:b])
+            kernel(chunk[a:b], n, part[a:b])
 
         if compiled:  # a slice of at least ~0.1 ms of work: an m x m block costs about m**3 / 100 us
             run_split(solve, chunk.shape[0], min_blocks=max(1, 16384 // m**3))
