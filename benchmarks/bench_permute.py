@@ -149,7 +149,9 @@ def _oneshot_part(
 
     limit = int(getattr(model.config, "n_positions", 128))
     context = min(args.context, limit)
-    calibration = calibration_windows(train, samples=args.calibration_samples, context=context, seed=0)
+    calibration = calibration_windows(
+        train, samples=args.calibration_samples, context=context, seed=args.calibration_seed
+    )
     evaluation = heldout[: args.eval_tokens]
     dense = perplexity(model, evaluation, context=context)
     print(
@@ -167,7 +169,7 @@ def _oneshot_part(
             seconds = _prune(prune_oneshot_, plain, calibration, pattern, method)
             ppl_plain = perplexity(plain, evaluation, context=context)
             del plain
-            if not pattern.endswith("-T") and not args.permute_plain:
+            if not args.permute or (not pattern.endswith("-T") and not args.permute_plain):
                 rows.append(
                     {
                         "method": method,
@@ -332,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         "--timing-baseline", default=None, metavar="SEARCH_PY", help="part 3: also time this older search.py file"
     )
     parser.add_argument("--calibration-samples", type=int, default=128)
+    parser.add_argument("--calibration-seed", type=int, default=0, help="part 2: which calibration windows are drawn")
+    parser.add_argument(
+        "--permute",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="part 2: also prune permuted copies (--no-permute: the plain one-shot runs only)",
+    )
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--eval-tokens", type=int, default=65536)
     parser.add_argument(
