@@ -628,16 +628,29 @@ _KERNEL8: Callable[[np.ndarray, int, np.ndarray], None] | None = None
 _KERNEL_LOCK = threading.Lock()
 
 
-def _no_numba() -> None:
-    """Warn that the flow kernels run as plain Python (once: the first of the two kernels to be built warns)."""
-    if KERNEL_INFO.get("backend") != "python":
-        warnings.warn(
-            "nmsparse exact solver: numba is not importable, so the min-cost-flow solver for m >= 8 "
-            "runs as plain Python, thousands of times slower; install numba (pip install numba)",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    KERNEL_INFO["backend"] = "python"
+def _build(py_func: Callable, warm: tuple, info_key: str) -> Callable:
+    """``py_func`` compiled by numba (``cache=True, nogil=True``) and run once on ``warm``, the seconds of that
+    first call (compile or on-disk cache load) in ``KERNEL_INFO[info_key]``; without numba, ``py_func`` itself
+    after one warning (shared by every kernel)."""
+    try:
+        import numba
+    except ImportError:
+        if KERNEL_INFO.get("backend") != "python":
+            warnings.warn(
+                "nmsparse exact solver: numba is not importable, so the min-cost-flow solver for m >= 8 "
+                "runs as plain Python, thousands of times slower; install numba (pip install numba)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        KERNEL_INFO.update({"backend": "python", info_key: 0.0})
+        return py_func
+    kernel = numba.njit(cache=True, nogil=True)(py_func)
+    KERNEL_INFO.setdefault("backend", "numba")
+    start = time.perf_counter()
+    kernel(*warm)
+    KERNEL_INFO[info_key] = elapsed = time.perf_counter() - start
+    logger.debug("exact solver: numba %s ready in %.2f s (compile or cache load)", py_func.__name__, elapsed)
+    return kernel
 
 
 def flow_kernel() -> Callable[[np.ndarray, int, bool, np.ndarray], None]:
@@ -645,26 +658,17 @@ def flow_kernel() -> Callable[[np.ndarray, int, bool, np.ndarray], None]:
 
     numba is imported here, not at package import. The kernel is built with ``@njit(cache=True, nogil=True)``
     (serial; :func:`flow_blocks` runs it on slices of the blocks from several threads): the first call in a
-    process compiles it (or loads it from numba's on-disk cache) and is timed into :data:`KERNEL_INFO`. Its
-    ``.py_func`` is the same code run by the Python interpreter. Without numba, the uncompiled function is
-    returned after one warning. :func:`flow_blocks` solves ``m = 8`` with exactly ``n`` by :func:`flow8_kernel`
-    instead (the same masks, faster).
+    process compiles it (or loads it from numba's on-disk cache) and is timed into :data:`KERNEL_INFO`
+    (``compile_s``). Its ``.py_func`` is the same code run by the Python interpreter. Without numba, the
+    uncompiled function is returned after one warning. :func:`flow_blocks` solves ``m = 8`` with exactly ``n`` by
+    :func:`flow8_kernel` instead (the same masks, faster).
     """
     global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
-    with _KERNEL_LOCK:
-        if _KERNEL is None:
-            try:
-                import numba
-            except ImportError:
-                _no_numba()
-                KERNEL_INFO["compile_s"] = 0.0
-                _KERNEL = _flow_blocks_py
-            else:
-                kernel = numba.njit(cache=True, nogil=True)(_flow_blocks_py)
-                KERNEL_INFO.update(backend="numba", compile_s=None)
-                _KERNEL = _timed_first_call(kernel)
+    if _KERNEL is None:
+        with _KERNEL_LOCK:
+            if _KERNEL is None:
+                warm = (np.zeros((1, 8, 8)), 4, False, np.zeros((1, 8, 8), dtype=np.bool_))
+                _KERNEL = _build(_flow_blocks_py, warm, "compile_s")
     return _KERNEL
 
 
@@ -673,29 +677,14 @@ def flow8_kernel() -> Callable[[np.ndarray, int, np.ndarray], None]:
 
     The masks of :func:`flow_kernel` with ``at_most=False``, bit for bit (issue 15: about three times faster). Built
     like it, on its own (a caller that needs only one of the two kernels compiles only that one); the compile (or
-    cache-load) time of its first call goes to ``KERNEL_INFO["compile_m8_s"]``. Without numba, the uncompiled
-    function (one warning, shared with :func:`flow_kernel`).
+    cache-load) time of its first call goes to ``KERNEL_INFO["compile_m8_s"]``.
     """
     global _KERNEL8
-    if _KERNEL8 is not None:
-        return _KERNEL8
-    with _KERNEL_LOCK:
-        if _KERNEL8 is None:
-            try:
-                import numba
-            except ImportError:
-                _no_numba()
-                KERNEL_INFO["compile_m8_s"] = 0.0
-                _KERNEL8 = _flow8_py
-            else:
-                kernel = numba.njit(cache=True, nogil=True)(_flow8_py)
-                KERNEL_INFO.setdefault("backend", "numba")
-                start = time.perf_counter()
-                kernel(np.zeros((1, _M8, _M8), dtype=np.float64), 4, np.zeros((1, _M8, _M8), dtype=np.bool_))
-                elapsed = time.perf_counter() - start
-                KERNEL_INFO["compile_m8_s"] = elapsed
-                logger.debug("exact solver: numba m=8 kernel ready in %.2f s (compile or cache load)", elapsed)
-                _KERNEL8 = kernel
+    if _KERNEL8 is None:
+        with _KERNEL_LOCK:
+            if _KERNEL8 is None:
+                warm = (np.zeros((1, _M8, _M8)), 4, np.zeros((1, _M8, _M8), dtype=np.bool_))
+                _KERNEL8 = _build(_flow8_py, warm, "compile_m8_s")
     return _KERNEL8
 
 
@@ -715,16 +704,6 @@ def block_kernel(
     def kernel(blocks: np.ndarray, n: int, out: np.ndarray) -> None:
         general(blocks, n, at_most, out)
 
-    return kernel
-
-
-def _timed_first_call(kernel: Callable[[np.ndarray, int, bool, np.ndarray], None]) -> Callable:
-    """Warm ``kernel`` up on one tiny block so compile (or cache load) time is measured once and logged."""
-    start = time.perf_counter()
-    kernel(np.zeros((1, 8, 8), dtype=np.float64), 4, False, np.zeros((1, 8, 8), dtype=np.bool_))
-    elapsed = time.perf_counter() - start
-    KERNEL_INFO["compile_s"] = elapsed
-    logger.debug("exact solver: numba kernel ready in %.2f s (compile or cache load)", elapsed)
     return kernel
 
 
