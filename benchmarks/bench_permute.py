@@ -7,7 +7,8 @@ the fraction of ``|w|`` the pattern's optimal mask keeps, before and after nmspa
 as the baseline. Part 2, one-shot perplexity of the LM recipe's decoder (a transformers GPT-2 folder) per method x
 pattern, plain and after ``nmsparse.permute_`` with the method's own scores (function-preserving: the dense
 perplexity is checked unchanged), with the -T cost (perplexity increase of n:m-T over dense divided by that of
-row-wise n:m without permutations). Part 3: search time on a 4096 x 4096 weight at 4:8-T.
+row-wise n:m without permutations). Part 3: search time on a 4096 x 4096 weight at 4:8-T. Part 4
+(``--wanda-columns``): per decoder layer, what Wanda's -T masks take from the strongest input columns.
 
     python benchmarks/bench_permute.py --smoke --out DIR        # seconds: tiny random models
     python benchmarks/bench_permute.py --model runs/lm          # a trained 'nmsparse train --task lm' run
@@ -295,6 +296,64 @@ def _timing_part(size: int, baseline: str | None) -> dict[str, Any]:
     return result
 
 
+def _wanda_columns_part(args: argparse.Namespace, model: torch.nn.Module, train: torch.Tensor) -> dict[str, Any]:
+    """Part 4: where Wanda's -T cost comes from. Per block linear of the decoder, on Wanda's scores
+    ``|w_ij| * ||x_j||`` (input norms from the part-2 calibration windows): the share of the weights of the
+    strongest 2% of input columns (by ``||x_j||``) that each pattern's optimal mask keeps, and the squared score
+    -T drops over what row-wise n:m drops (a proxy of the output error)."""
+    import nmsparse
+    from nmsparse.oneshot.hf import calibration_windows
+
+    limit = int(getattr(model.config, "n_positions", 128))
+    context = min(args.context, limit)
+    calibration = calibration_windows(
+        train, samples=args.calibration_samples, context=context, seed=args.calibration_seed
+    )
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if (".h." in name or "layers." in name) and hasattr(module, "weight") and module.weight.dim() == 2
+    }
+    power: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def record(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            power[name] = power.get(name, 0) + x.square().sum(dim=0)
+
+        return record
+
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
+    with torch.no_grad():
+        for batch in calibration:
+            model(batch)
+    for handle in handles:
+        handle.remove()
+    print(
+        "\npart 4: Wanda's scores per layer: share of the strongest 2% input columns' weights kept; squared score "
+        "dropped by -T over row-wise"
+    )
+    print(f"{'layer':<28} {'2:4':>6} {'2:4-T':>6} {'4:8':>6} {'4:8-T':>6} {'drop 2:4-T/2:4':>15} {'4:8-T/4:8':>10}")
+    rows = []
+    for name, module in layers.items():
+        scores = matrix_of(module).abs().double() * power[name].sqrt()
+        strong = power[name].topk(max(1, round(0.02 * scores.shape[1]))).indices
+        row: dict[str, Any] = {"layer": name}
+        for pattern in ("2:4", "2:4-T", "4:8", "4:8-T"):
+            mask = nmsparse.find_mask(scores, pattern)
+            row[pattern] = float(mask[:, strong].double().mean())
+            row[f"drop {pattern}"] = float((scores.square() * ~mask).sum())
+        row["drop ratio 2:4-T"] = row["drop 2:4-T"] / row["drop 2:4"]
+        row["drop ratio 4:8-T"] = row["drop 4:8-T"] / row["drop 4:8"]
+        rows.append(row)
+        print(
+            f"{name:<28} {row['2:4']:>6.3f} {row['2:4-T']:>6.3f} {row['4:8']:>6.3f} {row['4:8-T']:>6.3f} "
+            f"{row['drop ratio 2:4-T']:>15.2f} {row['drop ratio 4:8-T']:>10.2f}",
+            flush=True,
+        )
+    return {"rows": rows, "calibration_seed": args.calibration_seed, "context": context}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny models, a few runs (seconds)")
@@ -329,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-saliency", action="store_true")
     parser.add_argument("--skip-oneshot", action="store_true")
+    parser.add_argument(
+        "--wanda-columns", action="store_true", help="part 4: where Wanda's -T cost comes from (per layer)"
+    )
     parser.add_argument("--timing-size", type=int, default=4096, help="part 3 weight size (0: skip)")
     parser.add_argument(
         "--timing-baseline", default=None, metavar="SEARCH_PY", help="part 3: also time this older search.py file"
@@ -361,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sweeps = 0
         args.calibration_samples, args.context, args.eval_tokens = 8, 32, 2048
         args.timing_size = 256
+        args.wanda_columns = True
     try:
         from nmsparse.cli._runtime import configure_runtime
     except ImportError:  # older layout
@@ -393,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         payload["oneshot"] = _oneshot_part(args, model, train, heldout, source)
     if args.timing_size:
         payload["timing"] = _timing_part(args.timing_size, args.timing_baseline)
+    if args.wanda_columns:
+        payload["wanda_columns"] = _wanda_columns_part(args, model, train)
     payload["load_average_end"] = os.getloadavg()
     path = write_result("permute-smoke" if args.smoke else "permute", payload, args.out)
     print(f"\nwrote {path}")
