@@ -167,3 +167,19 @@ def test_budget_too_small_is_refused_before_any_change(algorithm):
 def test_options_are_validated_by_the_methods_table(algorithm):
     with pytest.raises(ConfigError, match="unknown setting 'no_such_option'"):
         OneShotConfig(algorithm=algorithm, options={"no_such_option": 1})
+
+
+@pytest.mark.parametrize(("kind", "pattern"), [("blocks", "2:4"), ("blocks", "4:8-T"), ("convs", "2:4")])
+def test_sparsegpt_refit_on_every_layer_kind(kind, pattern):
+    """SparseGPT's ``refit`` keeps the contract on Linear, Conv1D and Conv2d, and lowers the reported error."""
+    model, data, names = _model(kind)
+    plain = prune_oneshot_(copy.deepcopy(model), data, pattern, config=_config("sparsegpt"))
+    report = prune_oneshot_(model, data, pattern, config=OneShotConfig(algorithm="sparsegpt", options={"refit": 10}))
+    modules = dict(model.named_modules())
+    for name, mask in nmsparse.get_masks(model).items():
+        module = modules[name.removesuffix(".weight")]
+        assert_valid_mask(_matrix(module, mask), pattern, exact_n=True)
+        assert bool((module.parametrizations.weight.original.detach()[~mask] == 0).all()), name
+    assert sorted(report.pruned) == sorted(names)
+    assert 0 < report.peak_tracked <= report.memory_estimate <= report.memory_budget
+    assert report.mean_relative_error < plain.mean_relative_error
