@@ -548,7 +548,8 @@ class _Engine:
         for name, region, views in regions:
             stats = sum(self._stats_bytes(v) for v in views.values()) if with_stats else 0
             solve = max(
-                (self.spec.solve_bytes(v.groups * v.out, v.k, self.itemsize) for v in views.values()), default=0
+                (self.spec.solve_bytes(v.groups * v.out, v.k, self.itemsize, self.options) for v in views.values()),
+                default=0,
             )
             dense = _tensor_bytes(*region.parameters(), *region.buffers()) if self.dense_copy and with_stats else 0
             if act + stats + solve + dense > worst:
@@ -656,7 +657,7 @@ class _Engine:
         """Solve one layer, report it, and return the function that installs the result."""
         began = time.perf_counter()
         rows, cols = view.groups * view.out, view.k
-        workspace = self.spec.solve_bytes(rows, cols, self.itemsize)
+        workspace = self.spec.solve_bytes(rows, cols, self.itemsize, self.options)
         self.hold(workspace)
         stored = view.weight().detach()
 

@@ -91,7 +91,7 @@ class LayerMethod:
     statistics: Statistics
     layerwise: bool
     needs_calibration: bool
-    solve_bytes: Callable[[int, int, int], int]
+    solve_bytes: Callable[[int, int, int, Any], int]
     dense_targets: Callable[[Any], bool]
     make_statistics: Callable[..., Any] | None
     statistics_bytes: Callable[[int, int, int, bool], int] | None
@@ -100,7 +100,7 @@ class LayerMethod:
 _METHODS: dict[str, LayerMethod] = {}
 
 
-def _default_solve_bytes(rows: int, cols: int, itemsize: int) -> int:
+def _default_solve_bytes(rows: int, cols: int, itemsize: int, options: Any) -> int:
     return 3 * rows * cols * itemsize + rows * cols
 
 
@@ -112,7 +112,7 @@ def register_method(
     statistics: Statistics = "gram",
     layerwise: bool = False,
     needs_calibration: bool = True,
-    solve_bytes: Callable[[int, int, int], int] | None = None,
+    solve_bytes: Callable[[int, int, int, Any], int] | None = None,
     dense_targets: Callable[[Any], bool] | None = None,
     make_statistics: Callable[..., Any] | None = None,
     statistics_bytes: Callable[[int, int, int, bool], int] | None = None,
@@ -127,7 +127,7 @@ def register_method(
         layerwise: record each layer (or group of layers fed the same input) after the earlier layers of its
             block are pruned, with ``sequential=True``; otherwise a block's layers are recorded in one pass.
         needs_calibration: ``False`` lets the verb run without calibration data (``stats`` is then ``None``).
-        solve_bytes: working memory of one solve from ``(rows, cols, itemsize)`` (for the memory plan).
+        solve_bytes: working memory of one solve from ``(rows, cols, itemsize, options)`` (for the memory plan).
         dense_targets: ``dense_targets(options)``: targets are the dense model's outputs (a dense copy of each
             block is kept while it is processed) rather than the layer's own dense output.
         make_statistics, statistics_bytes: ``"targets"`` only: ``make_statistics(view, room, options, seed,

@@ -536,7 +536,7 @@ register_method(
     options=AdaPruneOptions,
     statistics="targets",
     layerwise=True,
-    solve_bytes=lambda rows, cols, itemsize: 4 * (cols * cols + 8 * rows * cols),
+    solve_bytes=lambda rows, cols, itemsize, options: 4 * (cols * cols + 8 * rows * cols),
     dense_targets=lambda options: options.target == "model",
     make_statistics=make_statistics,
     statistics_bytes=statistics_bytes,

@@ -65,9 +65,11 @@ def solve(layer: Layer) -> LayerSolution:
     return LayerSolution(weights, masks, info={"damping": damping}, error=error)
 
 
-def solve_bytes(rows: int, cols: int, itemsize: int) -> int:
-    """Weight copies, mask and the Hessian factors of one solve."""
-    return (3 * cols * cols + 4 * rows * cols) * itemsize + rows * cols
+def solve_bytes(rows: int, cols: int, itemsize: int, options: SparseGPTOptions) -> int:
+    """Weight copies, mask and the Hessian factors of one solve; with ``refit``, the re-fit's ``[out, in]`` CG
+    vectors (it runs after the sweep has freed its own)."""
+    sweep = (3 * cols * cols + 4 * rows * cols) * itemsize + rows * cols
+    return max(sweep, (cols * cols + 10 * rows * cols) * itemsize + rows * cols) if options.refit else sweep
 
 
 register_method("sparsegpt", solve, options=SparseGPTOptions, statistics="gram", solve_bytes=solve_bytes)
