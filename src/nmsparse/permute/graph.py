@@ -495,26 +495,14 @@ def residual_chain(model: nn.Module) -> Chain | None:
         members = [Member("transformer.wte", "emb")]
         if isinstance(modules.get("transformer.wpe"), nn.Embedding):
             members.append(Member("transformer.wpe", "emb"))
+        roles = [("ln_1", "norm"), ("attn.c_attn", "in"), ("attn.c_proj", "out")]
+        roles += [("ln_2", "norm"), ("mlp.c_fc", "in"), ("mlp.c_proj", "out")]
         for i in range(len(blocks)):
             b = f"transformer.h.{i}"
-            need = [
-                f"{b}.ln_1",
-                f"{b}.attn.c_attn",
-                f"{b}.attn.c_proj",
-                f"{b}.ln_2",
-                f"{b}.mlp.c_fc",
-                f"{b}.mlp.c_proj",
-            ]
-            if any(n not in modules for n in need) or getattr(modules[f"{b}.attn"], "q_attn", None) is not None:
+            block = [Member(f"{b}.{suffix}", role) for suffix, role in roles]
+            if any(m.name not in modules for m in block) or getattr(modules[f"{b}.attn"], "q_attn", None) is not None:
                 return None
-            members += [
-                Member(f"{b}.ln_1", "norm"),
-                Member(f"{b}.attn.c_attn", "in"),
-                Member(f"{b}.attn.c_proj", "out"),
-                Member(f"{b}.ln_2", "norm"),
-                Member(f"{b}.mlp.c_fc", "in"),
-                Member(f"{b}.mlp.c_proj", "out"),
-            ]
+            members += block
         members += [Member("transformer.ln_f", "norm"), Member("lm_head", "in")]
         rule = "GPT-2 residual stream: embeddings, LayerNorms, c_attn/c_fc columns, c_proj rows, lm_head"
     elif "model.embed_tokens" in modules and "model.layers" in modules and "model.norm" in modules:
@@ -522,14 +510,13 @@ def residual_chain(model: nn.Module) -> Chain | None:
         if not isinstance(blocks, nn.ModuleList):
             return None
         members = [Member("model.embed_tokens", "emb")]
+        roles = [("input_layernorm", "norm")] + [(f"self_attn.{x}_proj", "in") for x in "qkv"]
+        roles += [("self_attn.o_proj", "out"), ("post_attention_layernorm", "norm")]
+        roles += [("mlp.gate_proj", "in"), ("mlp.up_proj", "in"), ("mlp.down_proj", "out")]
         for i in range(len(blocks)):
             b = f"model.layers.{i}"
-            need = (
-                [f"{b}.input_layernorm", f"{b}.post_attention_layernorm"]
-                + [f"{b}.self_attn.{x}_proj" for x in "qkvo"]
-                + [f"{b}.mlp.{x}_proj" for x in ("gate", "up", "down")]
-            )
-            if any(n not in modules for n in need) or set(dict(modules[b].named_children())) - {
+            block = [Member(f"{b}.{suffix}", role) for suffix, role in roles]
+            if any(m.name not in modules for m in block) or set(dict(modules[b].named_children())) - {
                 "self_attn",
                 "mlp",
                 "input_layernorm",
@@ -538,15 +525,7 @@ def residual_chain(model: nn.Module) -> Chain | None:
                 return None
             if any(hasattr(modules[f"{b}.self_attn"], x) for x in ("q_norm", "k_norm")):
                 return None  # per-head norms are fine, but keep to what is tested
-            members += [Member(f"{b}.input_layernorm", "norm")]
-            members += [Member(f"{b}.self_attn.{x}_proj", "in") for x in "qkv"]
-            members += [
-                Member(f"{b}.self_attn.o_proj", "out"),
-                Member(f"{b}.post_attention_layernorm", "norm"),
-                Member(f"{b}.mlp.gate_proj", "in"),
-                Member(f"{b}.mlp.up_proj", "in"),
-                Member(f"{b}.mlp.down_proj", "out"),
-            ]
+            members += block
         members += [Member("model.norm", "norm"), Member("lm_head", "in")]
         rule = "LLaMA residual stream: embeddings, RMSNorms, q/k/v/gate/up columns, o/down rows, lm_head"
     else:
