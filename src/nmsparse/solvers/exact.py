@@ -717,24 +717,17 @@ def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False, compiled
     """
     device = blocks.device
     nblocks, m, _ = blocks.shape
-    fast = m == _M8 and not at_most
-    if (
-        compiled
-        and (_KERNEL8 if fast else _KERNEL) is None
-        and not at_most
-        and nblocks * m**3 <= _TWIN_WORK
-        and importlib.util.find_spec("numba") is not None
-    ):
-        # numba's compile takes seconds: answer with the kernel's bit-equal numpy twin, then compile in the
-        # background (issue 16). A bigger first call waits for the compiler instead: its share of the wait is less.
-        array = blocks.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
-        out = np.empty(array.shape, dtype=np.bool_)
-        _flow_blocks_np(array, n, out)
-        if fast:
-            start_build("exact-m8", flow8_kernel)
-        else:
-            start_build("exact", flow_kernel)
-        return torch.from_numpy(out).to(device)
+    if compiled and not at_most and nblocks * m**3 <= _TWIN_WORK and importlib.util.find_spec("numba") is not None:
+        built, name, build = (_KERNEL8, "exact-m8", flow8_kernel) if m == _M8 else (_KERNEL, "exact", flow_kernel)
+        if built is None:
+            # numba's compile takes seconds: answer with the kernel's bit-equal numpy twin, then compile in the
+            # background (issue 16). A bigger first call waits for the compiler instead: its share of the wait is
+            # less.
+            array = blocks.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
+            out = np.empty(array.shape, dtype=np.bool_)
+            _flow_blocks_np(array, n, out)
+            start_build(name, build)
+            return torch.from_numpy(out).to(device)
     kernel = block_kernel(m, at_most=at_most, compiled=compiled)
     out = np.empty((nblocks, m, m), dtype=np.bool_)
     step = max(1, _KERNEL_VALUES // (m * m))
