@@ -35,14 +35,16 @@ _CHOLESKY_RETRIES = 4
 
 @dataclass
 class LayerResult:
-    """Output of :func:`sparsegpt`: the new matrix view (zeros at pruned positions), its mask, the damping used
-    and the squared output error."""
+    """Output of :func:`sparsegpt`: the new matrix view (zeros at pruned positions), its mask, the damping used,
+    the squared output error and the shift the damping added to ``H``'s diagonal."""
 
     weight: torch.Tensor
     mask: torch.Tensor
     damping: float = 0.0
     #: ``tr((W - W') H (W - W')^T)`` on the undamped Gram matrix, when the method computed it (``None``: not).
     error: float | None = None
+    #: ``damping * mean(diag H)`` (dead inputs counted as 1): the sweep factorised ``H + shift * I``.
+    shift: float = 0.0
 
 
 def _hessian_factor(
@@ -175,7 +177,7 @@ def sparsegpt(
     # undamped: tr(dW H dW^T) = tr(dW (H + shift I) dW^T) - shift ||dW||^2 (dead inputs: dW = 0 and H = 0 there)
     error = max(loss - shift * float(delta_t.square().sum(dtype=torch.float64)), 0.0)
     del delta_t, factor
-    return LayerResult(w_t.T.contiguous(), mask_t.T.contiguous(), used, error)
+    return LayerResult(w_t.T.contiguous(), mask_t.T.contiguous(), used, error, shift)
 
 
 def masked_cg(
@@ -244,7 +246,7 @@ def refit(
     Args:
         dense: ``[out, in]`` matrix view before pruning (the target).
         gram: ``[in, in]`` input Gram matrix of the calibration tokens.
-        result: :func:`sparsegpt`'s result on them (its mask, weights and damping).
+        result: :func:`sparsegpt`'s result on them (its mask, weights and the damping shift of H).
         iterations, tol: CG steps at most, and the relative residual at which a row stops.
 
     Returns:
@@ -264,8 +266,7 @@ def refit(
     diag = torch.diagonal(h)
     dead = diag == 0
     values = torch.where(dead, torch.ones((), dtype=h.dtype, device=h.device), diag)
-    mean = float(values.mean())
-    shift = result.damping * (mean if mean > 0 else 1.0)
+    shift = result.shift
     keep = result.mask.to(h.dtype)
     target = dense.to(h.dtype) * (~dead).to(h.dtype)
     w = result.weight.to(h.dtype) * keep
