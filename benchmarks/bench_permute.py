@@ -34,6 +34,7 @@ from common import RESULTS, add_out_argument, environment, print_environment, wr
 
 from nmsparse.permute import permute_, retained, search_permutation, stripe_group_search  # noqa: E402
 from nmsparse.permute.graph import matrix_of  # noqa: E402
+from nmsparse.permute.permute import input_statistics  # noqa: E402
 
 PATTERNS = ("2:4", "4:8", "2:4-T", "4:8-T", "8:16-T")
 
@@ -142,17 +143,22 @@ def _prune(prune: Any, model: torch.nn.Module, calibration: Any, pattern: str, m
     return time.perf_counter() - start
 
 
+def _calibration(args: argparse.Namespace, model: torch.nn.Module, train: torch.Tensor) -> tuple[list[Any], int]:
+    """Parts 2 and 4: the calibration windows (``--calibration-samples``, ``--calibration-seed``) and their context."""
+    from nmsparse.oneshot.hf import calibration_windows
+
+    context = min(args.context, int(getattr(model.config, "n_positions", 128)))
+    windows = calibration_windows(train, samples=args.calibration_samples, context=context, seed=args.calibration_seed)
+    return windows, context
+
+
 def _oneshot_part(
     args: argparse.Namespace, model: torch.nn.Module, train: torch.Tensor, heldout: torch.Tensor, source: str
 ) -> dict[str, Any]:
     from nmsparse.oneshot import prune_oneshot_
-    from nmsparse.oneshot.hf import calibration_windows, perplexity
+    from nmsparse.oneshot.hf import perplexity
 
-    limit = int(getattr(model.config, "n_positions", 128))
-    context = min(args.context, limit)
-    calibration = calibration_windows(
-        train, samples=args.calibration_samples, context=context, seed=args.calibration_seed
-    )
+    calibration, context = _calibration(args, model, train)
     evaluation = heldout[: args.eval_tokens]
     dense = perplexity(model, evaluation, context=context)
     print(
@@ -302,33 +308,14 @@ def _wanda_columns_part(args: argparse.Namespace, model: torch.nn.Module, train:
     strongest 2% of input columns (by ``||x_j||``) that each pattern's optimal mask keeps, and the squared score
     -T drops over what row-wise n:m drops (a proxy of the output error)."""
     import nmsparse
-    from nmsparse.oneshot.hf import calibration_windows
 
-    limit = int(getattr(model.config, "n_positions", 128))
-    context = min(args.context, limit)
-    calibration = calibration_windows(
-        train, samples=args.calibration_samples, context=context, seed=args.calibration_seed
-    )
+    calibration, context = _calibration(args, model, train)
     layers = {
         name: module
         for name, module in model.named_modules()
         if (".h." in name or "layers." in name) and hasattr(module, "weight") and module.weight.dim() == 2
     }
-    power: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Any:
-        def record(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            power[name] = power.get(name, 0) + x.square().sum(dim=0)
-
-        return record
-
-    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
-    with torch.no_grad():
-        for batch in calibration:
-            model(batch)
-    for handle in handles:
-        handle.remove()
+    power = input_statistics(model, layers, calibration)  # per layer: sum of x_j^2 over the tokens
     print(
         "\npart 4: Wanda's scores per layer: share of the strongest 2% input columns' weights kept; squared score "
         "dropped by -T over row-wise"
