@@ -132,8 +132,8 @@ def _saliency_part(
 
 
 def _prune(prune: Any, model: torch.nn.Module, calibration: Any, pattern: str, method: str) -> float:
-    """``prune_oneshot_`` with ``method`` an algorithm, or ``sparsegpt+refit[=STEPS]`` (SparseGPT with its ``refit``
-    option, 25 steps by default); returns its wall seconds."""
+    """``prune_oneshot_`` with ``method`` an algorithm, or ``ALGORITHM+refit[=STEPS]`` (``sparsegpt`` or ``wanda``
+    with its ``refit`` option, 25 steps by default); returns its wall seconds."""
     from nmsparse.oneshot import OneShotConfig
 
     algorithm, _, refit = method.partition("+refit")
@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         "--methods",
         nargs="*",
         default=["magnitude", "wanda", "sparsegpt", "sparsegpt+refit"],
-        help="one-shot algorithms; sparsegpt+refit[=STEPS]: SparseGPT with its refit option (default 25 steps)",
+        help="one-shot algorithms; ALGORITHM+refit[=STEPS]: sparsegpt or wanda with its refit option (default 25 "
+        "steps)",
     )
     parser.add_argument("--patterns", nargs="*", default=list(PATTERNS))
     parser.add_argument("--saliency-patterns", nargs="*", default=list(PATTERNS))

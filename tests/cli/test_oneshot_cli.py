@@ -118,10 +118,24 @@ def test_algorithm_and_its_options_are_flags_and_foreign_options_are_refused(tmp
     assert solver.algorithm == "sparsegpt" and solver.method == "exact"
     with pytest.raises(ConfigError, match="--block-size flag does not apply to --algorithm adaprune"):
         config_from_flags(parser.parse_args([*base, "--algorithm", "adaprune", "--block-size", "4"]))
+    for algorithm in ("sparsegpt", "wanda"):  # one --refit flag for both methods that have the option
+        refit = config_from_flags(parser.parse_args([*base, "--algorithm", algorithm, "--refit", "5"]))
+        assert refit.method_options().refit == 5
+    with pytest.raises(ConfigError, match="--refit flag does not apply to --algorithm magnitude"):
+        config_from_flags(parser.parse_args([*base, "--algorithm", "magnitude", "--refit", "5"]))
+
+
+def test_negative_refit_is_a_one_line_error(tmp_path, capsys):
+    args = ["oneshot", "--model", str(tmp_path), "--pattern", "2:4-T", "--out", str(tmp_path / "o")]
+    code = main([*args, "--algorithm", "wanda", "--refit", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "refit" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_permute_flags_report_and_reload(tmp_path, capsys, monkeypatch):
-    """``--permute``: the summary is printed and recorded; the folder is an ordinary transformers folder."""
+    """``--permute`` (with ``--refit``): the summary and options are printed and recorded; the folder is an ordinary
+    transformers folder."""
     import functools
 
     import nmsparse.cli.oneshot as command
@@ -152,7 +166,7 @@ def test_permute_flags_report_and_reload(tmp_path, capsys, monkeypatch):
     out = tmp_path / "pruned"
     args = ["oneshot", "--model", f"hf:{source}", "--algorithm", "wanda", "--pattern", "2:4", "--out", str(out)]
     flags = ["--calibration-samples", "2", "--context", "16", "--eval-tokens", "64", "--threads", "1", "--no-progress"]
-    code = main([*args, *flags, "--permute", "--permute-residual"])
+    code = main([*args, *flags, "--permute", "--permute-residual", "--refit", "3"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "permute_ 2:4 (wanda scores)" in printed
@@ -162,6 +176,7 @@ def test_permute_flags_report_and_reload(tmp_path, capsys, monkeypatch):
     assert "residual" in {c["name"] for c in permutation["chains"]} and permutation["layers"]
     record = json.loads((out / "nmsparse.json").read_text())
     assert record["metadata"]["oneshot"]["permutation"]["scores"] == "wanda"
+    assert record["metadata"]["oneshot"]["options"]["refit"] == 3  # the weights are re-fitted, not Wanda's
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out))  # permutation baked into the weights
     for key, mask in load_masks(out / MASKS_FILE).items():
         assert bool((model.get_parameter(key)[~mask] == 0).all())

@@ -169,12 +169,13 @@ def test_options_are_validated_by_the_methods_table(algorithm):
         OneShotConfig(algorithm=algorithm, options={"no_such_option": 1})
 
 
+@pytest.mark.parametrize("algorithm", ["sparsegpt", "wanda"])
 @pytest.mark.parametrize(("kind", "pattern"), [("blocks", "2:4"), ("blocks", "4:8-T"), ("convs", "2:4")])
-def test_sparsegpt_refit_on_every_layer_kind(kind, pattern):
-    """SparseGPT's ``refit`` keeps the contract on Linear, Conv1D and Conv2d, and lowers the reported error."""
+def test_refit_on_every_layer_kind(algorithm, kind, pattern):
+    """The ``refit`` option keeps the contract on Linear, Conv1D and Conv2d, and lowers the reported error."""
     model, data, names = _model(kind)
-    plain = prune_oneshot_(copy.deepcopy(model), data, pattern, config=_config("sparsegpt"))
-    report = prune_oneshot_(model, data, pattern, config=OneShotConfig(algorithm="sparsegpt", options={"refit": 10}))
+    plain = prune_oneshot_(copy.deepcopy(model), data, pattern, config=_config(algorithm))
+    report = prune_oneshot_(model, data, pattern, config=OneShotConfig(algorithm=algorithm, options={"refit": 10}))
     modules = dict(model.named_modules())
     for name, mask in nmsparse.get_masks(model).items():
         module = modules[name.removesuffix(".weight")]

@@ -443,8 +443,11 @@ def test_refit_reaches_the_least_squares_fit_with_the_mask_fixed(pattern):
     weight, gram = _problem(16, 40, seed=3)
     gram[3, :] = gram[:, 3] = 0.0  # a dead input: its weights go to zero
     swept = sparsegpt(weight, gram, NMPattern.parse(pattern), damping=0.01)
-    fitted = refit(weight, gram, swept, iterations=200, tol=1e-12)
+    fitted = refit(weight, gram, swept.mask, swept.weight, shift=swept.shift, iterations=200, tol=1e-12)
     assert bool((fitted[~swept.mask] == 0).all())
+    # from the dense weights (Wanda's start) the same minimum is reached
+    from_dense = refit(weight, gram, swept.mask, shift=swept.shift, iterations=200, tol=1e-12)
+    torch.testing.assert_close(from_dense, fitted, rtol=1e-6, atol=1e-8)
     h = gram.clone()
     h[3, 3] = 1.0
     diag = torch.diagonal(h)
@@ -458,11 +461,12 @@ def test_refit_reaches_the_least_squares_fit_with_the_mask_fixed(pattern):
     assert reconstruction_error(weight, fitted, gram)[0] < reconstruction_error(weight, swept.weight, gram)[0]
 
 
-def test_sparsegpt_refit_keeps_the_sweeps_masks_and_lowers_the_error():
+@pytest.mark.parametrize("algorithm", ["sparsegpt", "wanda"])
+def test_refit_keeps_the_methods_masks_and_lowers_the_error(algorithm):
     plain = _Stack(width=32)
     fitted = copy.deepcopy(plain)
-    a = prune_oneshot_(plain, _calibration(), "4:8-T", algorithm="sparsegpt")
-    config = OneShotConfig(algorithm="sparsegpt", options={"refit": 25})
+    a = prune_oneshot_(plain, _calibration(), "4:8-T", algorithm=algorithm)
+    config = OneShotConfig(algorithm=algorithm, options={"refit": 25})
     b = prune_oneshot_(fitted, _calibration(), "4:8-T", config=config)
     for name, mask in _masks(fitted).items():
         assert_valid_mask(mask, "4:8-T", exact_n=True)
@@ -471,4 +475,4 @@ def test_sparsegpt_refit_keeps_the_sweeps_masks_and_lowers_the_error():
     assert b.mean_relative_error < a.mean_relative_error
     assert b.config["options"]["refit"] == 25
     with pytest.raises(ConfigError, match="refit"):
-        OneShotConfig(algorithm="sparsegpt", options={"refit": -1})
+        OneShotConfig(algorithm=algorithm, options={"refit": -1})

@@ -359,7 +359,12 @@ def run(args: argparse.Namespace) -> int:
         pattern=pattern,
         method=config.algorithm,
         overwrite=args.overwrite,
-        extra={"perplexity_dense": ppl_dense, "perplexity_pruned": ppl_pruned, **_permutation_record(report)},
+        extra={
+            "options": config.method_options().to_dict(),  # e.g. refit: the weights are not the method's as published
+            "perplexity_dense": ppl_dense,
+            "perplexity_pruned": ppl_pruned,
+            **_permutation_record(report),
+        },
         tokenizer=tokenizer if hasattr(tokenizer, "save_pretrained") else None,
     )
     write_text_atomic(out / _report_file(args), json.dumps(summary, indent=2) + "\n")

@@ -27,7 +27,16 @@ from ..errors import InputError, ShapeError
 from ..pattern import NMPattern
 from ..solvers.registry import resolve
 
-__all__ = ["LayerResult", "sparsegpt", "refit", "masked_cg", "reconstruction_error", "quadratic"]
+__all__ = [
+    "LayerResult",
+    "sparsegpt",
+    "refit",
+    "damping_shift",
+    "refit_bytes",
+    "masked_cg",
+    "reconstruction_error",
+    "quadratic",
+]
 
 #: How often a failed Cholesky factorisation retries with ten times the damping.
 _CHOLESKY_RETRIES = 4
@@ -65,10 +74,9 @@ def _hessian_factor(
     values = torch.where(dead, torch.ones((), dtype=diag.dtype, device=diag.device), diag)
     if bool(dead.any()):
         clean[:, dead] = 0.0
-    mean = float(values.mean())
     used = damping
     for attempt in range(_CHOLESKY_RETRIES + 1):
-        shift = used * (mean if mean > 0 else 1.0)
+        shift = damping_shift(gram, used)
         hessian = gram.flip(0, 1)
         torch.diagonal(hessian).copy_((values + shift).flip(0))
         lower, info = torch.linalg.cholesky_ex(hessian)
@@ -233,24 +241,35 @@ def masked_cg(
 
 
 def refit(
-    dense: torch.Tensor, gram: torch.Tensor, result: LayerResult, *, iterations: int, tol: float = 1e-4
+    dense: torch.Tensor,
+    gram: torch.Tensor,
+    mask: torch.Tensor,
+    start: torch.Tensor | None = None,
+    *,
+    shift: float,
+    iterations: int,
+    tol: float = 1e-4,
 ) -> torch.Tensor:
-    """SparseGPT's kept weights re-fitted to the dense layer's output, its mask fixed (``refit=`` of the method).
+    """A layer's kept weights re-fitted to its dense output, the mask fixed (the ``refit`` option of
+    ``sparsegpt`` and ``wanda``).
 
-    The sweep freezes each column once it has passed, so the kept weights on its left never compensate the
-    columns pruned after them. This minimises the same damped objective as the sweep,
-    ``tr((W - W') (H + shift I) (W - W')^T)`` (dead inputs: ``W[:, j] = 0``), over the kept entries by
-    :func:`masked_cg` from the sweep's weights (one ``[out, in] @ [in, in]`` product per iteration), so the
-    objective never rises above the sweep's.
+    A mask method leaves the kept weights as they were (Wanda, magnitude), or as its sweep left them (SparseGPT
+    freezes each column once it has passed, so the kept weights on its left never compensate the columns pruned
+    after them). This minimises the damped output error ``tr((W - W') (H + shift I) (W - W')^T)`` (dead inputs:
+    ``W[:, j] = 0``) over the kept entries by :func:`masked_cg` from ``start`` (one ``[out, in] @ [in, in]``
+    product per iteration), so the objective never rises above the start's. SparseGPT's ``shift`` is its sweep's
+    (:attr:`LayerResult.shift`): the same objective as the sweep.
 
     Args:
         dense: ``[out, in]`` matrix view before pruning (the target).
         gram: ``[in, in]`` input Gram matrix of the calibration tokens.
-        result: :func:`sparsegpt`'s result on them (its mask, weights and the damping shift of H).
+        mask: ``[out, in]`` bool mask (kept = True); never changed.
+        start: the method's pruned weights (default: ``dense * mask``); their dtype is the result's.
+        shift: the ridge added to ``H``'s diagonal (:func:`damping_shift`).
         iterations, tol: CG steps at most, and the relative residual at which a row stops.
 
     Returns:
-        ``[out, in]`` weights in ``result.weight``'s dtype, exact zeros where ``result.mask`` is ``False``.
+        ``[out, in]`` weights in ``start``'s dtype, exact zeros where ``mask`` is ``False``.
 
     Example:
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
@@ -258,20 +277,32 @@ def refit(
         >>> w, x = torch.randn(8, 16), torch.randn(64, 16) @ torch.randn(16, 16)
         >>> gram = x.T @ x
         >>> swept = sparsegpt(w, gram, NMPattern.parse("4:8-T"))
-        >>> fitted = refit(w, gram, swept, iterations=25)
+        >>> fitted = refit(w, gram, swept.mask, swept.weight, shift=swept.shift, iterations=25)
         >>> reconstruction_error(w, fitted, gram)[0] < reconstruction_error(w, swept.weight, gram)[0]
         True
     """
-    h = gram.to(result.weight.dtype)
+    dtype = dense.dtype if start is None else start.dtype
+    h = gram.to(dtype)
     diag = torch.diagonal(h)
     dead = diag == 0
     values = torch.where(dead, torch.ones((), dtype=h.dtype, device=h.device), diag)
-    shift = result.shift
-    keep = result.mask.to(h.dtype)
+    keep = mask.to(h.dtype)
     target = dense.to(h.dtype) * (~dead).to(h.dtype)
-    w = result.weight.to(h.dtype) * keep
+    w = (target if start is None else start.to(h.dtype)) * keep
     masked_cg(w, keep, h, target @ h, shift, keep / (values + shift), iterations=iterations, tol=tol, anchor=target)
     return w * keep
+
+
+def damping_shift(gram: torch.Tensor, damping: float) -> float:
+    """``damping * mean(diag H)``, a dead input (``H_jj = 0``) counted as 1: SparseGPT's damping of ``H``."""
+    diag = torch.diagonal(gram)
+    mean = float(torch.where(diag == 0, torch.ones((), dtype=diag.dtype, device=diag.device), diag).mean())
+    return damping * (mean if mean > 0 else 1.0)
+
+
+def refit_bytes(rows: int, cols: int, itemsize: int) -> int:
+    """Working memory of :func:`refit` on a ``[rows, cols]`` layer: the Gram copy, its CG vectors and the mask."""
+    return (cols * cols + 10 * rows * cols) * itemsize + rows * cols
 
 
 def reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor) -> tuple[float, float]:

@@ -9,7 +9,7 @@ import torch
 
 from ...config import ConfigBase, Interval, config_field
 from ...errors import ConfigError
-from ..layer import refit, sparsegpt
+from ..layer import refit, refit_bytes, sparsegpt
 from . import Layer, LayerSolution, register_method
 
 
@@ -21,13 +21,18 @@ class SparseGPTOptions(ConfigBase):
         damping: ``lambda`` of ``H + lambda I``, as a fraction of ``mean(diag(H))``.
         block_size: lazy-update block, in columns (rounded down to a multiple of ``m``).
         refit: conjugate-gradient steps that re-fit the kept weights to the dense output after the sweep, its
-            mask fixed (:func:`nmsparse.oneshot.layer.refit`); 0 (the default): SparseGPT's own weights, as the
-            reference implementation. 25 recovers most of what the sweep leaves (docs/oneshot.md).
+            mask fixed (:func:`nmsparse.oneshot.layer.refit`, on the sweep's damped objective); 0 (the default):
+            SparseGPT's own weights, as the reference implementation. 25 recovers most of what the sweep leaves
+            (docs/oneshot.md).
     """
 
     damping: float = config_field(0.01, help="sparsegpt: damping of H + lambda*I, relative to mean(diag(H))")
     block_size: int = config_field(128, help="sparsegpt: lazy-update block, in columns")
-    refit: int = config_field(0, help="sparsegpt: CG steps re-fitting the kept weights, mask fixed (0: off)")
+    refit: int = config_field(
+        0,
+        help="sparsegpt, wanda: CG steps re-fitting the kept weights to the dense output, mask fixed (0: off)",
+        metavar="N",
+    )
 
     _constraints = {
         "damping": [Interval(float, 0, None, closed="left")],
@@ -51,7 +56,7 @@ def solve(layer: Layer) -> LayerSolution:
         result = sparsegpt(w, gram, layer.pattern, where=layer.where, **options)
         new, mask = result.weight, result.mask
         if layer.options.refit:
-            new = refit(w, gram, result, iterations=layer.options.refit)
+            new = refit(w, gram, mask, new, shift=result.shift, iterations=layer.options.refit)
             error = None  # the sweep's error is not the re-fitted weights': the engine measures it
         if perm is not None:
             swept, swept_mask = new, mask
@@ -69,7 +74,7 @@ def solve_bytes(rows: int, cols: int, itemsize: int, options: SparseGPTOptions) 
     """Weight copies, mask and the Hessian factors of one solve; with ``refit``, the re-fit's ``[out, in]`` CG
     vectors (it runs after the sweep has freed its own)."""
     sweep = (3 * cols * cols + 4 * rows * cols) * itemsize + rows * cols
-    return max(sweep, (cols * cols + 10 * rows * cols) * itemsize + rows * cols) if options.refit else sweep
+    return max(sweep, refit_bytes(rows, cols, itemsize)) if options.refit else sweep
 
 
 register_method("sparsegpt", solve, options=SparseGPTOptions, statistics="gram", solve_bytes=solve_bytes)

@@ -1,4 +1,5 @@
-"""``algorithm="wanda"`` (Sun et al., 2023): keep the largest ``|w_ij| * ||x_j||_2``; no weight update.
+"""``algorithm="wanda"`` (Sun et al., 2023): keep the largest ``|w_ij| * ||x_j||_2``; no weight update (unless
+``refit``).
 
 ``||x_j||_2 = sqrt(H_jj)``, the diagonal of the input Gram matrix.
 """
@@ -7,13 +8,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import ConfigBase
-from . import Layer, LayerSolution, register_method
+from ...config import ConfigBase, Interval, config_field
+from ..layer import damping_shift, refit, refit_bytes
+from . import Layer, LayerSolution, _default_solve_bytes, register_method
+
+#: The ridge of Wanda's ``refit``, relative to ``mean(diag H)``: SparseGPT's default damping.
+REFIT_DAMPING = 0.01
 
 
 @dataclass(frozen=True, kw_only=True)
 class WandaOptions(ConfigBase):
-    """Wanda has no options."""
+    """Settings of Wanda.
+
+    Attributes:
+        refit: conjugate-gradient steps that re-fit the kept weights to the dense output, Wanda's mask fixed
+            (:func:`nmsparse.oneshot.layer.refit`, ridge ``REFIT_DAMPING * mean(diag H)``); 0 (the default):
+            Wanda as published, no weight update. It costs SparseGPT's memory (the Gram is kept either way) and
+            recovers most of what the mask loses (docs/oneshot.md).
+    """
+
+    refit: int = config_field(
+        0,
+        help="sparsegpt, wanda: CG steps re-fitting the kept weights to the dense output, mask fixed (0: off)",
+        metavar="N",
+    )
+
+    _constraints = {"refit": [Interval(int, 0, None, closed="left")]}
 
 
 def solve(layer: Layer) -> LayerSolution:
@@ -22,7 +42,21 @@ def solve(layer: Layer) -> LayerSolution:
         norms = gram.diagonal().clamp_min(0).sqrt().to(w.dtype)
         scores.append(w.abs() * norms.unsqueeze(0))
     masks = layer.masks(scores)
-    return LayerSolution([w * m for w, m in zip(layer.weights, masks)], masks)
+    steps = layer.options.refit
+    if not steps:
+        return LayerSolution([w * m for w, m in zip(layer.weights, masks)], masks)
+    grams = layer.stats.gram
+    fitted = [
+        refit(w, gram, m, shift=damping_shift(gram, REFIT_DAMPING), iterations=steps)
+        for w, m, gram in zip(layer.weights, masks, grams)
+    ]
+    return LayerSolution(fitted, masks)
 
 
-register_method("wanda", solve, options=WandaOptions, statistics="gram")
+def solve_bytes(rows: int, cols: int, itemsize: int, options: WandaOptions) -> int:
+    """The masked copy of the weight; with ``refit``, the re-fit's Gram copy and CG vectors."""
+    plain = _default_solve_bytes(rows, cols, itemsize, options)
+    return max(plain, refit_bytes(rows, cols, itemsize)) if options.refit else plain
+
+
+register_method("wanda", solve, options=WandaOptions, statistics="gram", solve_bytes=solve_bytes)
