@@ -3,10 +3,10 @@
 Every field of a config class (``TrainConfig``, ``AdaPruneConfig``, ...) becomes a flag:
 
 - ``field_name`` -> ``--field-name``; the help text is the field's ``metadata["help"]`` (see
-  :func:`nmsparse._validation.config_field`) or its line in the class docstring, followed by the default;
+  :func:`nmsparse.config.config_field`) or its line in the class docstring, followed by the default;
 - the type comes from the annotation: ``int``, ``float``, ``str``; ``bool`` becomes ``--x/--no-x``; a
   ``tuple[T, ...]`` takes several values (``nargs="*"``); ``X | None`` also takes ``none``; a ``Literal`` or an
-  :class:`~nmsparse._validation.Options` constraint gives ``choices``;
+  :class:`~nmsparse.config.Options` constraint gives ``choices``;
 - ``default=argparse.SUPPRESS``: a flag left out is absent from the parsed namespace, so only flags given
   explicitly override a config file (defaults < file < flags), and :func:`explicit_overrides` sees exactly
   what the user typed.
@@ -20,7 +20,7 @@ of another task in its error.
 Example:
     >>> import argparse
     >>> from dataclasses import dataclass
-    >>> from nmsparse._validation import ConfigBase, config_field
+    >>> from nmsparse.config import ConfigBase, config_field
     >>> @dataclass(frozen=True, kw_only=True)
     ... class Demo(ConfigBase):
     ...     epochs: int = config_field(10, help="epochs")
@@ -44,7 +44,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from nmsparse._validation import ConfigBase, Options
+from nmsparse.config import ConfigBase, Options
 from nmsparse.errors import ConfigError
 
 __all__ = ["add_config_arguments", "explicit_overrides", "config_from_args", "given_flags", "flag_name", "DEST_PREFIX"]

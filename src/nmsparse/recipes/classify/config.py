@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from nmsparse._validation import (
+from nmsparse.config import (
     ConfigBase,
     Constraint,
     Interval,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from nmsparse._validation import ConfigBase, Interval, Options, PatternString, Predicate, SequenceOf, config_field
+from nmsparse.config import ConfigBase, Interval, Options, PatternString, Predicate, SequenceOf, config_field
 from nmsparse.errors import ConfigError, InputError
 from nmsparse.solvers import list_methods
 

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmsparse._validation import ConfigBase, Interval, config_field
+from nmsparse.config import ConfigBase, Interval, config_field
 from nmsparse.errors import ConfigError, InputError, ShapeError
 
 if TYPE_CHECKING:  # pragma: no cover
