@@ -35,6 +35,7 @@ from torch import nn
 
 from nmsparse._logging import logger, progress_enabled
 from nmsparse.errors import ConfigError, InputError
+from nmsparse.prune import DynamicSparsifier
 
 from ._common import (
     COMPARE_JSON,
@@ -48,6 +49,7 @@ from ._common import (
 )
 from .distributed import DistContext, main_first
 from .rundir import RunDir
+from .unstructured import UnstructuredSparsifier
 
 __all__ = [
     "resolve_device",
@@ -268,6 +270,30 @@ def progress_bar(progress: bool | None, *, total: int, desc: str, initial: int =
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+def training_sparsifier(
+    model: nn.Module,
+    pattern: str,
+    config: Any,
+    *,
+    dynamic: bool,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+) -> DynamicSparsifier | UnstructuredSparsifier | None:
+    """The sparsifier a recipe trains ``model`` with, from its settings (``config``: ``method``,
+    ``initial_method``, ``refresh_every``, ``decay``, ``keep_first_last``): 50% unstructured magnitude masks
+    (re-chosen every ``refresh_every`` steps when ``dynamic``), or for an n:m pattern with ``dynamic``, masks that
+    follow the weights (SR-STE). ``None`` for a static n:m pattern: the recipe attaches those masks itself."""
+    common: dict[str, Any] = dict(include=include, exclude=exclude, keep_first_last=config.keep_first_last)
+    schedule = dict(refresh_every=config.refresh_every, decay=config.decay)
+    if pattern == UNSTRUCTURED:
+        return UnstructuredSparsifier(model, density=0.5, dynamic=dynamic, **schedule, **common)
+    if not dynamic:
+        return None
+    return DynamicSparsifier(
+        model, pattern, method=config.method, initial_method=config.initial_method, **schedule, **common
+    )
 
 
 def refresh_fields(sparsifier: Any) -> dict[str, Any]:

@@ -325,32 +325,18 @@ class Trainer(_run.RecipeTrainer):
             self.dense_layers = {name: "dense run" for name in _prunable_weights(model)}
             return
         common: dict[str, Any] = dict(include=cfg.include, exclude=cfg.exclude, keep_first_last=cfg.keep_first_last)
-        if cfg.pattern == UNSTRUCTURED:
-            self.sparsifier = UnstructuredSparsifier(
-                model,
-                density=0.5,
-                dynamic=cfg.mode == "dynamic",
-                refresh_every=cfg.refresh_every,
-                decay=cfg.decay,
-                **common,
-            )
+        selection = None if cfg.pattern == UNSTRUCTURED else select_layers(model, cfg.pattern, **common)
+        self.sparsifier = _run.training_sparsifier(
+            model, cfg.pattern, cfg, dynamic=cfg.mode == "dynamic", include=cfg.include, exclude=cfg.exclude
+        )
+        if isinstance(self.sparsifier, UnstructuredSparsifier):
             layers, skipped = list(self.sparsifier.layers), self.sparsifier.skipped
         else:
-            selection = select_layers(model, cfg.pattern, **common)
-            if cfg.mode == "dynamic":
-                self.sparsifier = DynamicSparsifier(
-                    model,
-                    cfg.pattern,
-                    method=cfg.method,
-                    initial_method=cfg.initial_method,
-                    refresh_every=cfg.refresh_every,
-                    decay=cfg.decay,
-                    **common,
-                )
+            assert selection is not None
+            if self.sparsifier is not None:
                 self.prune_report = self.sparsifier.report.to_dict()
-            else:
-                report = prune_(model, cfg.pattern, method=cfg.initial_method, **common)
-                self.prune_report = report.to_dict()
+            else:  # static n:m: chosen once
+                self.prune_report = prune_(model, cfg.pattern, method=cfg.initial_method, **common).to_dict()
             layers, skipped = [_module_name(name) for name in get_masks(model)], selection.skipped
         self.sparse_layers = layers
         self.dense_layers = dict(skipped)

@@ -58,7 +58,7 @@ from .._run import BASELINE_DIR, PLOT_FILE
 from ..distributed import DistContext, all_reduce_sum, barrier, gather_objects, main_first
 from ..rundir import Checkpoint, RunDir, config_hash
 from ..unstructured import UnstructuredSparsifier
-from .config import DENSE, UNSTRUCTURED, LMTrainConfig, lm_config_to_yaml, load_lm_config
+from .config import DENSE, LMTrainConfig, lm_config_to_yaml, load_lm_config
 from .data import LMData
 from .model import GPT
 from .parallel import (
@@ -245,31 +245,12 @@ class LMTrainer(_run.RecipeTrainer):
         include = list(config.include) if config.include is not None else default_include(self.model)
         exclude = list(config.exclude) if config.exclude is not None else None
         self.sparsifier: DynamicSparsifier | UnstructuredSparsifier | StaticMasks | None = None
-        if structure == UNSTRUCTURED:
-            self.sparsifier = UnstructuredSparsifier(
-                self.model,
-                density=0.5,
-                dynamic=config.mode != "static",
-                refresh_every=config.refresh_every,
-                decay=config.decay,
-                include=include,
-                exclude=exclude,
-                keep_first_last=config.keep_first_last,
+        if structure != DENSE:
+            self.sparsifier = _run.training_sparsifier(
+                self.model, structure, config, dynamic=config.mode != "static", include=include, exclude=exclude
             )
-        elif structure != DENSE and config.mode == "static":  # fixed: the folder's masks, or chosen once
-            self.sparsifier = attach_masks(self.model, config, structure, include=include, exclude=exclude)
-        elif structure != DENSE:
-            self.sparsifier = DynamicSparsifier(
-                self.model,
-                structure,
-                method=config.method,
-                initial_method=config.initial_method,
-                refresh_every=config.refresh_every,
-                decay=config.decay,
-                include=include,
-                exclude=exclude,
-                keep_first_last=config.keep_first_last,
-            )
+            if self.sparsifier is None:  # static n:m: the folder's masks, or chosen once
+                self.sparsifier = attach_masks(self.model, config, structure, include=include, exclude=exclude)
         if self.sparsifier is not None:
             masks_agree(self.model, self.dist, where=f"{self.label}: initial masks")
         self.acceleration: dict[str, Any] | None = None
