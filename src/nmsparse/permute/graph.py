@@ -236,6 +236,30 @@ def _heads(module: nn.Module, width: int) -> tuple[int, int] | None:
     return heads, head_dim
 
 
+def _value_heads(
+    name: str, kind: str, value: str, output: str, heads: int, hd: int, *, kv: int | None = None, offset: int = 0
+) -> list[Chain]:
+    """One chain per value head ``g`` of ``kv`` (default: ``heads``): rows ``offset + g * hd`` of ``value``'s output
+    and the ``output`` columns of every query head that reads it (``heads / kv`` of them under grouped-query
+    attention)."""
+    kv = heads if kv is None else kv
+    rep = heads // kv
+    chains = []
+    for g in range(kv):
+        readers = range(g * rep, (g + 1) * rep)
+        which = f"head {g}" if rep == 1 else f"query heads {readers[0]}..{readers[-1]}"
+        chains.append(
+            Chain(
+                f"{name}.v{g}",
+                hd,
+                [Member(f"{name}.{value}", "out", offset + g * hd)]
+                + [Member(f"{name}.{output}", "in", h * hd) for h in readers],
+                f"{kind} value head {g} -> {output} columns of {which}",
+            )
+        )
+    return chains
+
+
 def _attention_rules(name: str, module: nn.Module) -> list[Chain] | None:
     v, o = getattr(module, "v_proj", None), getattr(module, "o_proj", None)
     if _linear_like(v) and _linear_like(o):
@@ -247,17 +271,7 @@ def _attention_rules(name: str, module: nn.Module) -> list[Chain] | None:
         kv = _out_channels(v) // hd
         if kv * hd != _out_channels(v) or kv == 0 or heads % kv:
             return None
-        rep = heads // kv
-        return [
-            Chain(
-                f"{name}.v{g}",
-                hd,
-                [Member(f"{name}.v_proj", "out", g * hd)]
-                + [Member(f"{name}.o_proj", "in", h * hd) for h in range(g * rep, (g + 1) * rep)],
-                f"attention value head {g} -> o_proj columns of query heads {g * rep}..{(g + 1) * rep - 1}",
-            )
-            for g in range(kv)
-        ]
+        return _value_heads(name, "attention", "v_proj", "o_proj", heads, hd, kv=kv)
     c_attn, c_proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
     if _linear_like(c_attn) and _linear_like(c_proj) and getattr(module, "q_attn", None) is None:
         assert isinstance(c_attn, nn.Module) and isinstance(c_proj, nn.Module)
@@ -268,15 +282,7 @@ def _attention_rules(name: str, module: nn.Module) -> list[Chain] | None:
         if found is None:
             return None
         heads, hd = found
-        return [
-            Chain(
-                f"{name}.v{h}",
-                hd,
-                [Member(f"{name}.c_attn", "out", 2 * width + h * hd), Member(f"{name}.c_proj", "in", h * hd)],
-                f"fused attention value head {h} -> c_proj columns of head {h}",
-            )
-            for h in range(heads)
-        ]
+        return _value_heads(name, "fused attention", "c_attn", "c_proj", heads, hd, offset=2 * width)
     self_attn = getattr(module, "self", None)
     output = getattr(module, "output", None)
     value = getattr(self_attn, "value", None)
@@ -287,15 +293,7 @@ def _attention_rules(name: str, module: nn.Module) -> list[Chain] | None:
         if found is None or _in_channels(dense) != _out_channels(value):
             return None
         heads, hd = found
-        return [
-            Chain(
-                f"{name}.v{h}",
-                hd,
-                [Member(f"{name}.self.value", "out", h * hd), Member(f"{name}.output.dense", "in", h * hd)],
-                f"BERT attention value head {h} -> output.dense columns of head {h}",
-            )
-            for h in range(heads)
-        ]
+        return _value_heads(name, "BERT attention", "self.value", "output.dense", heads, hd)
     return None
 
 
