@@ -344,7 +344,6 @@ def compare_lm(
     base = config.replace(baseline=False)
     if not resume:
         _check_fits(base, data, names)  # a structure no layer takes fails now, before anything is written
-    if not resume:
         _run.start_comparison(
             run,
             config_text=lm_config_to_yaml(base),
