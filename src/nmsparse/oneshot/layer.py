@@ -69,9 +69,8 @@ def _hessian_factor(
     factorisation. A factorisation that fails (an ill-conditioned ``H`` in float32) is retried with ten times
     the damping.
     """
-    clean, diag = weight.clone(), torch.diagonal(gram)
-    dead = diag == 0
-    values = torch.where(dead, torch.ones((), dtype=diag.dtype, device=diag.device), diag)
+    clean = weight.clone()
+    values, dead = _live_diagonal(gram)
     if bool(dead.any()):
         clean[:, dead] = 0.0
     used = damping
@@ -283,9 +282,7 @@ def refit(
     """
     dtype = dense.dtype if start is None else start.dtype
     h = gram.to(dtype)
-    diag = torch.diagonal(h)
-    dead = diag == 0
-    values = torch.where(dead, torch.ones((), dtype=h.dtype, device=h.device), diag)
+    values, dead = _live_diagonal(h)
     keep = mask.to(h.dtype)
     target = dense.to(h.dtype) * (~dead).to(h.dtype)
     w = (target if start is None else start.to(h.dtype)) * keep
@@ -295,9 +292,16 @@ def refit(
 
 def damping_shift(gram: torch.Tensor, damping: float) -> float:
     """``damping * mean(diag H)``, a dead input (``H_jj = 0``) counted as 1: SparseGPT's damping of ``H``."""
-    diag = torch.diagonal(gram)
-    mean = float(torch.where(diag == 0, torch.ones((), dtype=diag.dtype, device=diag.device), diag).mean())
+    mean = float(_live_diagonal(gram)[0].mean())
     return damping * (mean if mean > 0 else 1.0)
+
+
+def _live_diagonal(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``H``'s diagonal with a dead input (``H_jj = 0``, it never reaches the output) counted as 1, and the dead
+    inputs."""
+    diag = torch.diagonal(h)
+    dead = diag == 0
+    return torch.where(dead, torch.ones((), dtype=diag.dtype, device=diag.device), diag), dead
 
 
 def refit_bytes(rows: int, cols: int, itemsize: int) -> int:

@@ -45,10 +45,9 @@ def solve(layer: Layer) -> LayerSolution:
     steps = layer.options.refit
     if not steps:
         return LayerSolution([w * m for w, m in zip(layer.weights, masks)], masks)
-    grams = layer.stats.gram
     fitted = [
         refit(w, gram, m, shift=damping_shift(gram, REFIT_DAMPING), iterations=steps)
-        for w, m, gram in zip(layer.weights, masks, grams)
+        for w, m, gram in zip(layer.weights, masks, layer.stats.gram)
     ]
     return LayerSolution(fitted, masks)
 
