@@ -29,6 +29,7 @@ __all__ = [
     "toy_mlp",
     "ToyCNN",
     "tiny_gpt2",
+    "tiny_llama",
 ]
 
 #: Largest block side :func:`bruteforce_block_optimum` accepts (C(5, 2)^5 = 100,000 row choices at m = 5).
@@ -404,6 +405,47 @@ def tiny_gpt2(
         eos_token_id=0,
     )
     return transformers.GPT2LMHeadModel(config).eval()
+
+
+def tiny_llama(
+    *,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+    num_hidden_layers: int = 1,
+    num_attention_heads: int = 2,
+    num_key_value_heads: int = 1,
+    head_dim: int | None = None,
+    vocab_size: int = 64,
+    max_position_embeddings: int = 32,
+    pad_token_id: int | None = None,
+    tie_word_embeddings: bool = False,
+    seed: int | None = 0,
+) -> nn.Module:
+    """A tiny ``transformers`` ``LlamaForCausalLM`` built from a config (no download), in eval mode.
+
+    Grouped-query attention by default (``num_key_value_heads < num_attention_heads``); ``head_dim`` defaults to
+    ``hidden_size / num_attention_heads``. ``seed``: ``torch.manual_seed`` before the weights are drawn (``None``:
+    the caller's random state). Needs ``transformers``.
+    """
+    import transformers
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim or hidden_size // num_attention_heads,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
 
 
 def masked_linear_twin(layer: nn.Module) -> nn.Linear:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nmsparse.cli.main import main
+from nmsparse.testing import tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
@@ -147,22 +148,9 @@ def test_permute_flags_report_and_reload(tmp_path, capsys, monkeypatch):
     )
     tokens = torch.randint(0, 256, (2048,), generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(command, "_streams", lambda tokenizer, data=None: (tokens[:1536], tokens[1536:], {}))
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        vocab_size=256,
-        max_position_embeddings=32,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
     source = tmp_path / "llama"
-    transformers.LlamaForCausalLM(config).save_pretrained(str(source))
+    llama = tiny_llama(num_attention_heads=4, num_key_value_heads=2, vocab_size=256, pad_token_id=0)
+    llama.save_pretrained(str(source))
     out = tmp_path / "pruned"
     args = ["oneshot", "--model", f"hf:{source}", "--algorithm", "wanda", "--pattern", "2:4", "--out", str(out)]
     flags = ["--calibration-samples", "2", "--context", "16", "--eval-tokens", "64", "--threads", "1", "--no-progress"]

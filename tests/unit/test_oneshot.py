@@ -17,7 +17,7 @@ from nmsparse.layout import to_blocks
 from nmsparse.oneshot import OneShotConfig, find_blocks, prune_oneshot_
 from nmsparse.oneshot.layer import reconstruction_error, sparsegpt
 from nmsparse.pattern import NMPattern
-from nmsparse.testing import assert_valid_mask, bruteforce_block_optimum, linprog_block_optimum
+from nmsparse.testing import assert_valid_mask, bruteforce_block_optimum, linprog_block_optimum, tiny_llama
 
 PATTERNS = ["2:4", "4:8", "2:4-T", "4:8-T"]
 
@@ -351,20 +351,7 @@ def _gpt2() -> nn.Module:
 
 
 def _llama() -> nn.Module:
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vocab_size=64,
-        max_position_embeddings=64,
-        bos_token_id=0,
-        eos_token_id=0,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama(num_hidden_layers=2, max_position_embeddings=64, pad_token_id=0, seed=None)
 
 
 def _tokens(seed: int = 0) -> list[torch.Tensor]:

@@ -12,6 +12,7 @@ import nmsparse
 from nmsparse.errors import ConfigError
 from nmsparse.permute import find_chains, permute_, retained, search_permutation, stripe_group_search
 from nmsparse.permute.search import retained_fast
+from nmsparse.testing import tiny_llama
 
 FAST = {"rounds": 4, "exact_rounds": 1, "sweeps": 0}
 
@@ -177,8 +178,8 @@ def test_gpt2_conv1d_and_save_pretrained(tmp_path):
 
 
 def test_llama_grouped_query_attention():
-    transformers = pytest.importorskip("transformers")
-    model = _tiny_llama(transformers)
+    pytest.importorskip("transformers")
+    model = _tiny_llama()
     x = torch.randint(0, 64, (2, 12))
     report = _check_same(model, x, "2:4", scores="sparsegpt")
     value = [c for c in report.chains if c.name == "model.layers.0.self_attn.v1"][0]
@@ -288,20 +289,7 @@ def test_residual_stream_gpt2_tied_llama_and_recipe():
         )
     )
     assert gpt2.lm_head.weight is gpt2.transformer.wte.weight  # tied: permuted once
-    llama = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            vocab_size=64,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-        )
-    )
+    llama = _tiny_llama(seed=None)
     recipe = GPT(GPTConfig(vocab_size=64, context=16, d_model=32, n_layer=2, n_head=2))
     for model, pattern in ((gpt2, "4:8-T"), (llama, "4:8-T"), (recipe, "2:4-T")):
         report = _check_same(model, x, pattern, residual=True)
@@ -321,21 +309,17 @@ def fast_permute(monkeypatch):
     monkeypatch.setattr(permute_module, "permute_", functools.partial(permute_, **FAST))
 
 
-def _tiny_llama(transformers):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
+def _tiny_llama(seed: int | None = 0):
+    """Two blocks, grouped-query attention (4 query heads, 2 value heads of 16); needs transformers."""
+    return tiny_llama(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=64,
-        bos_token_id=0,
-        eos_token_id=0,
         pad_token_id=0,
+        seed=seed,
     )
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def test_oneshot_permute_llama_saves_and_reloads_as_an_ordinary_model(tmp_path, fast_permute):
@@ -344,7 +328,7 @@ def test_oneshot_permute_llama_saves_and_reloads_as_an_ordinary_model(tmp_path, 
     from nmsparse.oneshot import OneShotConfig, prune_oneshot_
 
     transformers = pytest.importorskip("transformers")
-    model = _tiny_llama(transformers)
+    model = _tiny_llama()
     calibration = [torch.randint(0, 64, (2, 12)) for _ in range(2)]
     config = OneShotConfig(algorithm="wanda", permute=True)
     report = prune_oneshot_(model, calibration, "4:8-T", config=config)

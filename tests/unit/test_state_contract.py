@@ -20,22 +20,9 @@ import nmsparse
 from nmsparse import AdaPruneConfig
 from nmsparse.nn.state import raw_state_dict
 from nmsparse.testing import tiny_gpt2 as _tiny_gpt2
+from nmsparse.testing import tiny_llama
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_llama() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vocab_size=64,
-        max_position_embeddings=32,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
 
 
 def tiny_gpt2() -> nn.Module:
