@@ -67,6 +67,7 @@ import torch
 
 from ..errors import InputError, ShapeError
 from ..pattern import NMPattern, PatternLike
+from ..solvers._threads import run_split
 
 __all__ = [
     "PermutationSearch",
@@ -133,7 +134,7 @@ def _exact_tile_sums(blocks: torch.Tensor, n: int) -> torch.Tensor:
         kernel = exact.block_kernel(blocks.shape[1])
         out = np.empty(tuple(blocks.shape), dtype=np.bool_)
         array = blocks.numpy()
-        _split_run(lambda a, b: kernel(array[a:b], n, out[a:b]), len(array), 4096)
+        run_split(lambda a, b: kernel(array[a:b], n, out[a:b]), len(array), min_blocks=4096)
         mask = torch.from_numpy(out)
     except Exception:  # noqa: BLE001 - the solver's own entry point below
         mask = None
@@ -603,18 +604,13 @@ def _exact_rounds(
     return perm, done
 
 
-def _split_run(kernel_call: Any, count: int, min_items: int) -> None:
-    """``kernel_call(start, stop)`` (a ``nogil`` kernel on a slice) over ``range(count)`` on the solver threads."""
-    from ..solvers._threads import run_split
-
-    run_split(kernel_call, count, min_blocks=min_items)
-
-
 def _stripe_sums_fast(K: dict[str, Any], X: np.ndarray, cols: np.ndarray, n: int) -> np.ndarray:
     """Row-wise top-n sums ``[Q]`` of the stripes ``cols [Q, m]`` (rows of ``X [C, R]``), on the solver threads."""
     out = np.empty(cols.shape[0], dtype=np.float64)
     if cols.shape[0]:
-        _split_run(lambda a, b: K["topn"](X, cols[a:b], n, out[a:b]), cols.shape[0], max(1, (1 << 16) // X.shape[1]))
+        run_split(
+            lambda a, b: K["topn"](X, cols[a:b], n, out[a:b]), cols.shape[0], min_blocks=max(1, (1 << 16) // X.shape[1])
+        )
     return out
 
 
@@ -650,7 +646,7 @@ def _tile_sums_fast(K: dict[str, Any], X: np.ndarray, cols: np.ndarray, n: int) 
 
     try:
         kernel = exact.block_kernel(m)
-        _split_run(lambda lo, hi: solve(lo, hi, kernel), Q, max(1, 4096 // H))
+        run_split(lambda lo, hi: solve(lo, hi, kernel), Q, min_blocks=max(1, 4096 // H))
     except Exception:  # noqa: BLE001 - no compiled kernel: the solver's own entry point, on this thread
         solve(0, Q, None)
     return out
@@ -663,10 +659,10 @@ def _gains_fast(
     each pair's row-wise top-n sum ``[P]``."""
     out = np.empty((len(s), m, m), dtype=np.float64)
     tops = np.empty(len(s), dtype=np.float64)
-    _split_run(
+    run_split(
         lambda a, b: K["gains"](E, pn, s[a:b], t[a:b], m, n, out[a:b], tops[a:b]),
         len(s),
-        max(1, (1 << 17) // (E.shape[1] * m * m)),
+        min_blocks=max(1, (1 << 17) // (E.shape[1] * m * m)),
     )
     return out.reshape(len(s), m * m), tops
 
