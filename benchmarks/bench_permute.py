@@ -40,7 +40,7 @@ PATTERNS = ("2:4", "4:8", "2:4-T", "4:8-T", "8:16-T")
 
 
 def _linears(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
-    from nmsparse.permute.graph import is_conv1d
+    from nmsparse.layout import is_transposed_layer as is_conv1d
 
     out = []
     for name, module in model.named_modules():

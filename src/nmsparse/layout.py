@@ -10,12 +10,24 @@ Plain ``n:m`` groups are ``m`` consecutive columns of one row. Transposable bloc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .errors import ShapeError
 from .pattern import NMPattern
 
-__all__ = ["to_matrix", "from_matrix", "matrix_shape", "to_groups", "to_blocks", "from_blocks", "check_fits", "fits"]
+__all__ = [
+    "to_matrix",
+    "from_matrix",
+    "matrix_shape",
+    "to_groups",
+    "to_blocks",
+    "from_blocks",
+    "check_fits",
+    "fits",
+    "is_transposed_layer",
+]
 
 
 def to_matrix(tensor: torch.Tensor) -> torch.Tensor:
@@ -143,3 +155,19 @@ def from_blocks(blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """
     m = blocks.shape[-1]
     return blocks.reshape(rows // m, cols // m, m, m).permute(0, 2, 1, 3).reshape(rows, cols)
+
+
+def is_transposed_layer(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a ``transformers`` ``Conv1D``: a linear layer whose weight is stored ``[in, out]``.
+
+    Example:
+        >>> import torch
+        >>> is_transposed_layer(torch.nn.Linear(4, 4))
+        False
+    """
+    # parametrized modules are instances of a generated subclass, so look along the MRO
+    if not any(cls.__name__ == "Conv1D" for cls in type(module).__mro__) or not hasattr(module, "nf"):
+        return False
+    weight = getattr(module, "weight", None)
+    nf: Any = module.nf
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and int(weight.shape[1]) == int(nf)

@@ -31,12 +31,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["Member", "Chain", "find_chains", "residual_chain", "is_conv1d", "matrix_of", "apply_permutation"]
+from ..layout import is_transposed_layer as is_conv1d
 
-
-def is_conv1d(module: nn.Module) -> bool:
-    """transformers' ``Conv1D`` (GPT-2): a linear layer storing its weight as ``[in, out]``."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+__all__ = ["Member", "Chain", "find_chains", "residual_chain", "matrix_of", "apply_permutation"]
 
 
 def _prunable(module: nn.Module) -> bool:
@@ -72,14 +69,6 @@ class Chain:
     size: int
     members: list[Member] = field(default_factory=list)
     rule: str = ""
-
-    @property
-    def producers(self) -> list[Member]:
-        return [m for m in self.members if m.role == "out"]
-
-    @property
-    def consumers(self) -> list[Member]:
-        return [m for m in self.members if m.role == "in"]
 
 
 # ------------------------------------------------------------------------------------------- applying
@@ -382,7 +371,7 @@ def _reduces_spatial_only(node: object) -> bool:
     return bool(dims) and all(isinstance(d, int) and d in (2, 3, -1, -2) for d in dims)
 
 
-def _fx_rules(model: nn.Module, taken: set[str]) -> tuple[list[Chain], dict[str, str]]:
+def _fx_rules(model: nn.Module) -> tuple[list[Chain], dict[str, str]]:
     """Chains found by tracing ``model`` with ``torch.fx``; and why each other producer's output is not free."""
     try:
         import torch.fx as fx
@@ -397,7 +386,7 @@ def _fx_rules(model: nn.Module, taken: set[str]) -> tuple[list[Chain], dict[str,
         if node.op != "call_module":
             continue
         producer = modules.get(node.target)
-        if not isinstance(producer, (nn.Conv2d, nn.Linear)) or node.target in taken:
+        if not isinstance(producer, (nn.Conv2d, nn.Linear)):
             continue
         if isinstance(producer, nn.Conv2d) and producer.groups != 1:
             why[node.target] = "grouped convolution"
@@ -425,7 +414,7 @@ def _fx_rules(model: nn.Module, taken: set[str]) -> tuple[list[Chain], dict[str,
                     else:
                         members.append(Member(user.target, "in"))
                     continue
-                if isinstance(mod, nn.BatchNorm2d if conv else nn.BatchNorm1d) and mod.num_features == size and conv:
+                if conv and isinstance(mod, nn.BatchNorm2d) and mod.num_features == size:
                     members.append(Member(user.target, "norm"))
                 elif isinstance(mod, _CHANNELWISE_MODULES):
                     if isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and mod.output_size in (1, (1, 1)):
@@ -535,8 +524,8 @@ def residual_chain(model: nn.Module) -> Chain | None:
 def find_chains(model: nn.Module) -> tuple[list[Chain], dict[str, str]]:
     """Every legal permutation chain of ``model``, and for each prunable layer left out of all chains, why.
 
-    Name rules run first (transformers blocks); models without any named chain are traced with ``torch.fx``.
-    A channel may belong to one chain only: a traced chain overlapping a named one is dropped.
+    Name rules run first (transformers blocks); only a model without any named chain is traced with ``torch.fx``,
+    so a channel belongs to one chain only.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3))
@@ -547,9 +536,7 @@ def find_chains(model: nn.Module) -> tuple[list[Chain], dict[str, str]]:
     chains = _named_rules(model)
     why: dict[str, str] = {}
     if not chains:
-        taken = {m.name for c in chains for m in c.members}
-        traced, why = _fx_rules(model, taken)
-        chains.extend(traced)
+        chains, why = _fx_rules(model)
     covered_out = {m.name for c in chains for m in c.members if m.role == "out"}
     covered_in = {m.name for c in chains for m in c.members if m.role == "in"}
     reasons: dict[str, str] = {}

@@ -66,6 +66,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ShapeError
+from ..layout import to_blocks
 from ..pattern import NMPattern, PatternLike
 from ..solvers._threads import run_split
 
@@ -109,12 +110,6 @@ class PermutationSearch:
 # ------------------------------------------------------------------------------------------- objectives
 
 
-def _tile_blocks(S: torch.Tensor, m: int) -> torch.Tensor:
-    """``[R, C]`` -> ``[R/m * C/m, m, m]`` aligned tiles."""
-    R, C = S.shape
-    return S.reshape(R // m, m, C // m, m).permute(0, 2, 1, 3).reshape(-1, m, m)
-
-
 def _exact_tile_sums(blocks: torch.Tensor, n: int) -> torch.Tensor:
     """Kept score of the exact transposable optimum of every block ``[B, m, m]`` (float64, ``[B]``).
 
@@ -148,8 +143,8 @@ def retained_fast(scores: torch.Tensor, pattern: PatternLike) -> float:
     p = NMPattern.parse(pattern)
     S = scores.detach().float()
     if p.transposable:
-        return float(_exact_tile_sums(_tile_blocks(S, p.m), p.n).sum())
-    return float(S.reshape(S.shape[0], -1, p.m).topk(p.n, dim=-1).values.double().sum())
+        return float(_exact_tile_sums(to_blocks(S, p.m), p.n).sum())
+    return _rowwise(S, p.n, p.m)
 
 
 def retained(
@@ -986,37 +981,23 @@ def search_permutation(
                 continue
             left = None if deadline is None else max(0.0, deadline - time.perf_counter())
             cur = S[rp][:, cp]
+            step, r, known = _permute_columns(  # the rows of S are the columns of S^T
+                cur if axis == "cols" else cur.T,
+                p,
+                rounds=rounds,
+                inner=2,
+                exact_rounds=exact_rounds,
+                candidates=candidates,
+                seed=seed + 2 * k + int(axis == "rows"),
+                max_seconds=left,
+                sample=1024,
+                sweeps=sweeps,
+                restarts=2,
+                polish=not shared,
+            )
             if axis == "cols":
-                step, r, known = _permute_columns(
-                    cur,
-                    p,
-                    rounds=rounds,
-                    inner=2,
-                    exact_rounds=exact_rounds,
-                    candidates=candidates,
-                    seed=seed + 2 * k,
-                    max_seconds=left,
-                    sample=1024,
-                    sweeps=sweeps,
-                    restarts=2,
-                    polish=not shared,
-                )
                 cp = cp[step]
             else:
-                step, r, known = _permute_columns(
-                    cur.T,
-                    p,
-                    rounds=rounds,
-                    inner=2,
-                    exact_rounds=exact_rounds,
-                    candidates=candidates,
-                    seed=seed + 2 * k + 1,
-                    max_seconds=left,
-                    sample=1024,
-                    sweeps=sweeps,
-                    restarts=2,
-                    polish=not shared,
-                )
                 rp = rp[step]
             done += r
             if known is not None:

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, ShapeError
-from ..layout import check_fits
+from ..layout import check_fits, is_transposed_layer
 from ..nn.parametrize import NMMask
 from ..pattern import NMPattern, PatternLike
 
@@ -38,22 +38,6 @@ def weight_of(module: nn.Module) -> torch.Tensor:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"{type(module).__name__}.weight is not a tensor")
     return weight
-
-
-def is_transposed_layer(module: nn.Module) -> bool:
-    """Whether ``module`` is a ``transformers`` ``Conv1D``: a linear layer whose weight is stored ``[in, out]``.
-
-    Example:
-        >>> import torch
-        >>> is_transposed_layer(torch.nn.Linear(4, 4))
-        False
-    """
-    # parametrized modules are instances of a generated subclass, so look along the MRO
-    if not any(cls.__name__ == "Conv1D" for cls in type(module).__mro__) or not hasattr(module, "nf"):
-        return False
-    weight = getattr(module, "weight", None)
-    nf: Any = module.nf
-    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and int(weight.shape[1]) == int(nf)
 
 
 def _is_candidate(module: nn.Module, module_types: tuple[type[nn.Module], ...] | None) -> bool:
