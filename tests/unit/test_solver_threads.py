@@ -32,7 +32,7 @@ def test_greedy_blocks_cpu_while_compiling_equals_the_kernel(monkeypatch):
     monkeypatch.setattr(_threads, "_BUILDS", {})  # as in a fresh process: the first call starts the compile
     first = greedy_cpu.greedy_blocks_cpu(blocks, 4)
     assert "greedy-float64" in _threads._BUILDS
-    greedy_cpu.wait_compiled()
+    _threads.wait_builds()
     assert _threads.build_done("greedy-float64")
     assert torch.equal(first, greedy_blocks(blocks, 4))
     assert torch.equal(greedy_cpu.greedy_blocks_cpu(blocks, 4), first)

@@ -38,7 +38,6 @@ of a 256x256 tensor took over 1 ms 40-70% of the time, 5-25 ms each, with or wit
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import threading
 import time
@@ -54,6 +53,7 @@ from ..pattern import NMPattern
 from ._blocks import solve_blocks
 from ._threads import run_split, start_build
 from .enumerate import MAX_ENUM_M, enumerate_blocks
+from .registry import numba_available
 
 __all__ = [
     "exact_matrix",
@@ -717,7 +717,7 @@ def flow_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False, compiled
     """
     device = blocks.device
     nblocks, m, _ = blocks.shape
-    if compiled and not at_most and nblocks * m**3 <= _TWIN_WORK and importlib.util.find_spec("numba") is not None:
+    if compiled and not at_most and nblocks * m**3 <= _TWIN_WORK and numba_available():
         built, name, build = (_KERNEL8, "exact-m8", flow8_kernel) if m == _M8 else (_KERNEL, "exact", flow_kernel)
         if built is None:
             # numba's compile takes seconds: answer with the kernel's bit-equal numpy twin, then compile in the
@@ -853,7 +853,7 @@ _PYTHON_WARNED = False
 def flow_matrix_python(scores: torch.Tensor, pattern: NMPattern, progress: bool | None = None) -> torch.Tensor:
     """``exact/python``: the min-cost flow of :func:`flow_matrix_numba` run by the Python interpreter."""
     global _PYTHON_WARNED
-    if not _PYTHON_WARNED and importlib.util.find_spec("numba") is None:
+    if not _PYTHON_WARNED and not numba_available():
         _PYTHON_WARNED = True
         warnings.warn(
             "nmsparse exact solver: numba is not importable, so the min-cost-flow solver for m >= 8 runs as "

@@ -14,7 +14,6 @@ coming from the torch version, so the result is the same.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import threading
 import warnings
 from collections.abc import Callable
@@ -22,8 +21,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._threads import build_done, run_split, start_build, wait_builds
+from ._threads import build_done, run_split, start_build
 from .greedy import blockwise_greedy, greedy_blocks
+from .registry import numba_available
 
 __all__ = ["greedy_blocks_cpu", "greedy_kernel", "greedy_numba_matrix", "greedy_repair_numba_matrix"]
 
@@ -63,6 +63,7 @@ def _greedy_kernel(blocks: np.ndarray, n: int, keep: np.ndarray) -> None:  # pra
 
 
 _KERNEL: Callable[[np.ndarray, int, np.ndarray], None] | None = None
+_NO_NUMBA = "numba is not installed: greedy masks use the slower vectorised torch path"
 _LOCK = threading.Lock()
 
 
@@ -71,11 +72,6 @@ def _compile(dtype: np.dtype) -> None:
     kernel = greedy_kernel()
     if kernel is not None:
         kernel(np.zeros((1, 2, 2), dtype=dtype), 1, np.zeros((1, 2, 2), dtype=np.bool_))
-
-
-def wait_compiled() -> None:
-    """Wait for every kernel compile started so far (what :func:`nmsparse.solvers.warmup` needs)."""
-    wait_builds()
 
 
 def greedy_kernel() -> Callable[[np.ndarray, int, np.ndarray], None] | None:
@@ -102,15 +98,15 @@ def greedy_blocks_cpu(blocks: torch.Tensor, n: int) -> torch.Tensor:
     array = blocks.detach().to("cpu").contiguous().numpy()
     build = f"greedy-{array.dtype.name}"
     if not build_done(build):  # the first call answers first, then starts the compile
-        if importlib.util.find_spec("numba") is None:
-            warnings.warn("numba is not installed: greedy masks use the slower vectorised torch path", stacklevel=2)
+        if not numba_available():
+            warnings.warn(_NO_NUMBA, stacklevel=2)
             return greedy_blocks(blocks, n)
         keep_torch = greedy_blocks(blocks, n)
         start_build(build, functools.partial(_compile, array.dtype))
         return keep_torch
     kernel = greedy_kernel()
     if kernel is None:
-        warnings.warn("numba is not installed: greedy masks use the slower vectorised torch path", stacklevel=2)
+        warnings.warn(_NO_NUMBA, stacklevel=2)
         return greedy_blocks(blocks, n)
     keep = np.zeros(array.shape, dtype=np.bool_)
     if array.shape[0]:
