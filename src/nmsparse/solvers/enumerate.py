@@ -7,29 +7,12 @@ taking the first maximum is an exact solver, vectorised over all blocks, on any 
 
 from __future__ import annotations
 
-from functools import cache
-
 import torch
 
 from ..errors import PatternError
-from ..kernels.reference import exact_enum_blocks
+from ..kernels.reference import MAX_ENUM_M, _tables, exact_enum_blocks
 
 __all__ = ["valid_block_masks", "enumerate_blocks", "MAX_ENUM_M"]
-
-#: Largest block side enumerated (2^(m*m) candidate masks are filtered once per (m, n)).
-MAX_ENUM_M = 4
-
-
-@cache
-def _valid_block_masks_cpu(m: int, n: int) -> torch.Tensor:
-    cells = m * m
-    # Candidate c has flat index f kept when bit (cells - 1 - f) is set: flat index 0 is the most significant
-    # bit, so walking c from high to low lists masks that keep lower flat indices first.
-    codes = torch.arange((1 << cells) - 1, -1, -1, dtype=torch.int64)
-    shifts = torch.arange(cells - 1, -1, -1, dtype=torch.int64)
-    bits = ((codes.unsqueeze(1) >> shifts) & 1).to(torch.bool).reshape(-1, m, m)  # (2^cells, m, m)
-    ok = (bits.sum(dim=2) == n).all(dim=1) & (bits.sum(dim=1) == n).all(dim=1)
-    return bits[ok].contiguous()
 
 
 def valid_block_masks(m: int, n: int) -> torch.Tensor:
@@ -55,7 +38,7 @@ def valid_block_masks(m: int, n: int) -> torch.Tensor:
         raise PatternError(f"valid_block_masks: need 2 <= m <= {MAX_ENUM_M}, got {m}; use exact_blocks for larger m")
     if not 1 <= n < m:
         raise PatternError(f"valid_block_masks: need 1 <= n < m, got n={n}, m={m}")
-    return _valid_block_masks_cpu(m, n).clone()
+    return _tables(m, n, "cpu")[3].clone()  # the enumeration's own candidates, in its order
 
 
 def enumerate_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:

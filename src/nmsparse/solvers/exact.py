@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from .._logging import logger
-from ..errors import InputError, PatternError
+from ..errors import PatternError
+from ..kernels.reference import check_blocks
 from ..pattern import NMPattern
 from ._blocks import solve_blocks
 from ._threads import run_split, start_build
@@ -781,11 +782,7 @@ def exact_blocks(blocks: torch.Tensor, n: int, *, at_most: bool = False) -> torc
         >>> exact_blocks(scores, 2)[0].int().tolist()
         [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
     """
-    if not isinstance(blocks, torch.Tensor) or blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2]:
-        shape = tuple(blocks.shape) if isinstance(blocks, torch.Tensor) else type(blocks).__name__
-        raise InputError(f"exact_blocks: expected a [B, m, m] tensor of block scores, got {shape}")
-    if not blocks.is_floating_point():
-        raise InputError(f"exact_blocks: expected floating scores, got {blocks.dtype}; convert with .float()")
+    check_blocks(blocks, "exact_blocks")
     m = blocks.shape[1]
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < m:
         raise PatternError(f"exact_blocks: need an int n with 1 <= n < m={m}, got {n!r}")
