@@ -234,7 +234,7 @@ def accelerate_layers(
         tokens=tokens,
         include=[glob.escape(n) for n in names],
         cache_file=True,
-        progress_bar=False,
+        progress=False,
     )
     ordered = {}
     for name, module in linears.items():  # model order, every Linear layer named
