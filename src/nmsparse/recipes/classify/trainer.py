@@ -43,7 +43,7 @@ from nmsparse.errors import ConfigError, InputError, MaskMismatchError
 from nmsparse.io import MASK_PREFIX, load_pruned_state_dict_, save_pruned
 from nmsparse.metrics import is_nm_sparse
 from nmsparse.pattern import NMPattern
-from nmsparse.prune import DynamicSparsifier, get_masks, prune_, select_layers, squash_masks_
+from nmsparse.prune import DynamicSparsifier, get_masks, prune_, squash_masks_
 from nmsparse.prune.static import MASK_KEY_SUFFIX
 
 from .. import _run
@@ -325,19 +325,19 @@ class Trainer(_run.RecipeTrainer):
             self.dense_layers = {name: "dense run" for name in _prunable_weights(model)}
             return
         common: dict[str, Any] = dict(include=cfg.include, exclude=cfg.exclude, keep_first_last=cfg.keep_first_last)
-        selection = None if cfg.pattern == UNSTRUCTURED else select_layers(model, cfg.pattern, **common)
         self.sparsifier = _run.training_sparsifier(
             model, cfg.pattern, cfg, dynamic=cfg.mode == "dynamic", include=cfg.include, exclude=cfg.exclude
         )
         if isinstance(self.sparsifier, UnstructuredSparsifier):
             layers, skipped = list(self.sparsifier.layers), self.sparsifier.skipped
-        else:
-            assert selection is not None
-            if self.sparsifier is not None:
-                self.prune_report = self.sparsifier.report.to_dict()
-            else:  # static n:m: chosen once
-                self.prune_report = prune_(model, cfg.pattern, method=cfg.initial_method, **common).to_dict()
-            layers, skipped = [_module_name(name) for name in get_masks(model)], selection.skipped
+        else:  # n:m: the sparsifier's prune report, or (static) masks chosen once
+            report = (
+                self.sparsifier.report
+                if self.sparsifier is not None
+                else prune_(model, cfg.pattern, method=cfg.initial_method, **common)
+            )
+            self.prune_report = report.to_dict()
+            layers, skipped = [_module_name(name) for name in get_masks(model)], report.skipped
         self.sparse_layers = layers
         self.dense_layers = dict(skipped)
 
