@@ -637,8 +637,6 @@ def _record_tokens(model: nn.Module, names: Sequence[str], sample: Any) -> dict[
 
 
 def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
-    if not name:  # the model itself is the layer: the caller takes the new one from the report
-        return
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
@@ -897,8 +895,9 @@ def accelerate_(
             decay=None if nm is not None else decay,
             method=method,
         )
-        _set_child(model, name, new)
-        if not name:
+        if name:
+            _set_child(model, name, new)
+        else:  # the model itself is the layer: the caller takes the new one from the report
             report.model = new
         replaced[id(mod)] = new
         decision.swapped = True
