@@ -243,13 +243,7 @@ def print_recipes() -> None:
         print(f"{name:40s} {first}")
 
 
-def resolve_task(
-    args: argparse.Namespace,
-    resume_dir: str | None = None,
-    *,
-    command: str = "train",
-    recorded_tasks: Mapping[str, str] | None = None,
-) -> str:
+def resolve_task(args: argparse.Namespace, resume_dir: str | None = None) -> str:
     """The task of this command (the subcommand, ``--task``, else the one recorded in a resumed run, else
     ``classify``), which must be the resumed run's own.
 
@@ -259,12 +253,10 @@ def resolve_task(
     from nmsparse.recipes.rundir import RunDir
 
     recorded = RunDir.task_of(resume_dir) if resume_dir else None
-    if recorded is not None and recorded_tasks is not None:
-        recorded = recorded_tasks.get(recorded, recorded)
     task = getattr(args, "task", None)
     if recorded in TASKS and task is not None and recorded != task:
         raise CLIError(
-            f"{resume_dir} is a run of the {recorded} task; resume it with nmsparse {command} {recorded} "
+            f"{resume_dir} is a run of the {recorded} task; resume it with nmsparse train {recorded} "
             f"--resume {resume_dir} (or without a task)"
         )
     return task or recorded or "classify"
