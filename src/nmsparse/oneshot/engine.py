@@ -717,7 +717,9 @@ def _relative_error(dense: list[torch.Tensor], pruned: list[torch.Tensor], stats
     numerator, when the method computed it."""
     if not isinstance(stats, GramStatistics):
         return math.nan
-    power = sum(max(quadratic(w, gram), 0.0) for w, gram in zip(dense, stats.gram))
-    if error is None:
-        error = sum(reconstruction_error(w, new, gram)[0] for w, new, gram in zip(dense, pruned, stats.gram))
+    if error is None:  # both terms from one pass per group
+        terms = [reconstruction_error(w, new, gram) for w, new, gram in zip(dense, pruned, stats.gram)]
+        error, power = sum(e for e, _ in terms), sum(p for _, p in terms)
+    else:
+        power = sum(max(quadratic(w, gram), 0.0) for w, gram in zip(dense, stats.gram))
     return math.sqrt(max(error, 0.0) / power) if power > 0 else 0.0
