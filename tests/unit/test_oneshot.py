@@ -463,3 +463,26 @@ def test_refit_keeps_the_methods_masks_and_lowers_the_error(algorithm):
     assert b.config["options"]["refit"] == 25
     with pytest.raises(ConfigError, match="refit"):
         OneShotConfig(algorithm=algorithm, options={"refit": -1})
+
+
+def test_a_registered_method_names_its_permutation_saliency():
+    from nmsparse.oneshot import LayerSolution, register_method, unregister_method
+    from nmsparse.oneshot.config import permute_scores_for
+    from nmsparse.oneshot.methods.magnitude import MagnitudeOptions
+
+    def solve(layer):
+        masks = layer.masks([w.abs() for w in layer.weights])
+        return LayerSolution([w * m for w, m in zip(layer.weights, masks)], masks)
+
+    register_method("test-own-scores", solve, options=MagnitudeOptions, permute_scores="sparsegpt")
+    try:
+        config = OneShotConfig(algorithm="test-own-scores", options={})
+        assert permute_scores_for(config, "test-own-scores") == "sparsegpt"
+        assert permute_scores_for(config.replace(permute=True, permute_scores="wanda"), "test-own-scores") == "wanda"
+    finally:
+        unregister_method("test-own-scores")
+    builtin = {name: permute_scores_for(OneShotConfig(), name) for name in ("magnitude", "wanda", "sparsegpt")}
+    assert builtin == {"magnitude": "magnitude", "wanda": "wanda", "sparsegpt": "sparsegpt"}
+    assert permute_scores_for(OneShotConfig(), "adaprune") == "wanda"
+    with pytest.raises(ConfigError, match="permute_scores must be one of"):
+        register_method("test-bad-scores", solve, options=MagnitudeOptions, permute_scores="hessian")

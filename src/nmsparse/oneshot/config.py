@@ -95,15 +95,14 @@ def solver_for(pattern: NMPattern, method: str, where: str) -> str:
 #: Saliencies of the permutation search (:func:`nmsparse.permute_`'s ``scores``).
 PERMUTE_SCORES = ("magnitude", "wanda", "sparsegpt")
 
-#: The permutation saliency that follows each built-in algorithm (``permute_scores=None``).
-_ALGORITHM_SCORES = {"magnitude": "magnitude", "wanda": "wanda", "sparsegpt": "sparsegpt", "adaprune": "wanda"}
-
 
 def permute_scores_for(config: Any, algorithm: str) -> str:
     """The ``scores`` of :func:`nmsparse.permute_` for a config's ``permute_scores`` and ``algorithm``: the given
-    name, else the algorithm's own saliency (magnitude -> ``"magnitude"``, wanda -> ``"wanda"``, sparsegpt ->
-    ``"sparsegpt"``, adaprune -> ``"wanda"``; another registered algorithm -> ``"magnitude"``)."""
-    return str(config.permute_scores or _ALGORITHM_SCORES.get(algorithm, "magnitude"))
+    name, else the saliency the algorithm registered (magnitude -> ``"magnitude"``, wanda -> ``"wanda"``,
+    sparsegpt -> ``"sparsegpt"``, adaprune -> ``"wanda"``; ``"magnitude"`` unless ``register_method`` said)."""
+    from .methods import get_method
+
+    return str(config.permute_scores or get_method(algorithm).permute_scores)
 
 
 def check_permute(config: Any, where: str) -> None:

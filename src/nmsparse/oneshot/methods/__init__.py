@@ -18,6 +18,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...pattern import NMPattern
+from ..config import PERMUTE_SCORES
 
 __all__ = [
     "LayerMethod",
@@ -95,6 +96,7 @@ class LayerMethod:
     dense_targets: Callable[[Any], bool]
     make_statistics: Callable[..., Any] | None
     statistics_bytes: Callable[[int, int, int, bool], int] | None
+    permute_scores: str = "magnitude"
 
 
 _METHODS: dict[str, LayerMethod] = {}
@@ -116,6 +118,7 @@ def register_method(
     dense_targets: Callable[[Any], bool] | None = None,
     make_statistics: Callable[..., Any] | None = None,
     statistics_bytes: Callable[[int, int, int, bool], int] | None = None,
+    permute_scores: str = "magnitude",
 ) -> None:
     """Register a per-layer algorithm for :func:`nmsparse.prune_oneshot_` (``algorithm=name``).
 
@@ -134,9 +137,11 @@ def register_method(
             device)`` makes one layer's statistics (``view`` has the layer's ``name``, ``k`` inputs and ``out``
             outputs per group, ``groups``, ``bias`` and calibration ``rows``; ``room``: bytes it may store), with
             ``add(x_rows, y_rows)`` and ``rows``; ``statistics_bytes(k, out, groups, bias)`` plans their memory.
+        permute_scores: the saliency :func:`nmsparse.permute_` searches on before this algorithm runs with
+            ``permute=True`` and no ``permute_scores`` (``"magnitude"``, ``"wanda"`` or ``"sparsegpt"``).
 
     Raises:
-        ConfigError: the name is taken, or ``statistics`` is unknown.
+        ConfigError: the name is taken, or ``statistics`` or ``permute_scores`` is unknown.
     """
     if name in _METHODS:
         raise ConfigError(f"register_method: algorithm {name!r} is already registered; unregister_method it first")
@@ -146,6 +151,8 @@ def register_method(
             f"register_method: statistics must be 'gram', or 'targets' with make_statistics and "
             f"statistics_bytes; got {statistics!r}"
         )
+    if permute_scores not in PERMUTE_SCORES:
+        raise ConfigError(f"register_method: permute_scores must be one of {PERMUTE_SCORES}, got {permute_scores!r}")
     _METHODS[name] = LayerMethod(
         name,
         solve,
@@ -157,6 +164,7 @@ def register_method(
         dense_targets or (lambda _options: False),
         make_statistics,
         statistics_bytes,
+        permute_scores,
     )
 
 

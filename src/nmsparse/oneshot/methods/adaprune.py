@@ -540,4 +540,5 @@ register_method(
     dense_targets=lambda options: options.target == "model",
     make_statistics=make_statistics,
     statistics_bytes=statistics_bytes,
+    permute_scores="wanda",
 )

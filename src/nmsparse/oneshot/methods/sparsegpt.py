@@ -77,4 +77,6 @@ def solve_bytes(rows: int, cols: int, itemsize: int, options: SparseGPTOptions) 
     return max(sweep, refit_bytes(rows, cols, itemsize)) if options.refit else sweep
 
 
-register_method("sparsegpt", solve, options=SparseGPTOptions, statistics="gram", solve_bytes=solve_bytes)
+register_method(
+    "sparsegpt", solve, options=SparseGPTOptions, statistics="gram", solve_bytes=solve_bytes, permute_scores="sparsegpt"
+)

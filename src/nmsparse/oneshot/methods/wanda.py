@@ -58,4 +58,6 @@ def solve_bytes(rows: int, cols: int, itemsize: int, options: WandaOptions) -> i
     return max(plain, refit_bytes(rows, cols, itemsize)) if options.refit else plain
 
 
-register_method("wanda", solve, options=WandaOptions, statistics="gram", solve_bytes=solve_bytes)
+register_method(
+    "wanda", solve, options=WandaOptions, statistics="gram", solve_bytes=solve_bytes, permute_scores="wanda"
+)
