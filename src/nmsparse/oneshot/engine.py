@@ -511,15 +511,15 @@ class _Engine:
         )
         dense_calls = [copy.copy(c) for c in calls] if self.dense_copy and blocked else calls
         desc = f"oneshot {self.report.algorithm} {self.pattern}"
-        for _, region, views in _progress(regions, desc=desc, total=len(regions), enabled=progress, unit="block"):
+        for name, region, views in _progress(regions, desc=desc, total=len(regions), enabled=progress, unit="block"):
             began = time.perf_counter()
             if not calls:  # magnitude without calibration: no statistics, no forward passes
                 for view in views.values():
                     self._solve(view, None)()
             elif region is self.model:  # the whole model (or the layers outside its blocks): fed the batches
-                self._region(region, views, batches, batches, blocked=False)
+                self._region("", region, views, batches, batches, blocked=False)
             else:
-                self._region(region, views, calls, dense_calls, blocked=True)
+                self._region(f"{name}.", region, views, calls, dense_calls, blocked=True)
             self.report.block_seconds.append(time.perf_counter() - began)
         self.report.blocks = len(regions)
 
@@ -571,12 +571,22 @@ class _Engine:
             )
 
     def _region(
-        self, region: nn.Module, views: dict[str, _View], calls: list[Any], dense_calls: list[Any], *, blocked: bool
+        self,
+        prefix: str,
+        region: nn.Module,
+        views: dict[str, _View],
+        calls: list[Any],
+        dense_calls: list[Any],
+        *,
+        blocked: bool,
     ) -> None:
-        """Record, solve and attach every layer of one region; then advance its inputs to the next one."""
+        """Record, solve and attach every layer of one region (``prefix``: its name in the model and a dot, or
+        ``""``); then advance its inputs to the next one."""
         reference = self.dense_model if region is self.model else None  # the copy made up front, if any
         if reference is None and self.dense_copy:
             reference = copy.deepcopy(region).eval()
+        copies = dict(reference.named_modules()) if reference is not None else {}
+        dense_layers = {n: copies[n[len(prefix) :]] for n in views} if reference is not None else {}
         copied = _tensor_bytes(*region.parameters(), *region.buffers()) if reference is not None else 0
         self.hold(copied)
         probed = self.layerwise or self.spec.statistics == "targets"
@@ -592,7 +602,7 @@ class _Engine:
             stats = {v.name: self._new_stats(v, room) for v in unit}
             held = _tensor_bytes(*(t for s in stats.values() for t in vars(s).values()))
             self.hold(held)
-            outputs = self._record(region, unit, stats, calls, dense_calls, reference)
+            outputs = self._record(region, unit, stats, calls, dense_calls, reference, dense_layers)
             for view in unit:
                 if stats[view.name].rows == 0:
                     self.report.skipped[view.name] = "never ran on the calibration data"
@@ -624,8 +634,10 @@ class _Engine:
         calls: list[Any],
         dense_calls: list[Any],
         reference: nn.Module | None,
+        dense_layers: dict[str, nn.Module],
     ) -> list[Any]:
-        """One pass over the calls: fold every unit layer's inputs (and targets) into its statistics."""
+        """One pass over the calls: fold every unit layer's inputs (and targets: its twin in ``dense_layers``, of
+        the dense ``reference``) into its statistics."""
         views = {v.name: v for v in unit}
         targets: dict[str, list[torch.Tensor]] = {name: [] for name in views}
         with_y = self.spec.statistics == "targets"
@@ -636,13 +648,11 @@ class _Engine:
             target = targets[name].pop(0) if reference is not None else y
             stats[name].add(view.as_rows(x, keep), view.as_rows(target, keep, output=True) if with_y else None)
 
-        prefix = "" if region is self.model else next(f"{n}." for n, m in self.model.named_modules() if m is region)
-        copies = dict(reference.named_modules()) if reference is not None else {}
         outputs: list[Any] = []
         with (
             _Hooks({n: v.module for n, v in views.items()}, fold) as hooks,
             _Hooks(
-                {n: copies[n[len(prefix) :]] for n in views} if reference is not None else {},
+                {n: dense_layers[n] for n in views} if reference is not None else {},
                 lambda name, x, y, token: targets[name].append(y),
             ) as dense_hooks,
         ):
