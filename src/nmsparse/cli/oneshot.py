@@ -214,8 +214,7 @@ def _source_spec(spec: str) -> str | None:
     transformers model that is not a causal LM, or an ``nmsparse train`` checkpoint; ``None``: a causal LM."""
     if spec == "minilm" or spec.endswith(".safetensors"):
         return spec
-    path = Path(spec[3:] if spec.startswith("hf:") else spec).expanduser()
-    folder = next((c for c in (path / "baseline" / "hf", path / "hf", path) if (c / "config.json").is_file()), None)
+    path, folder = _find_folder(spec)
     if folder is not None:
         try:  # an unreadable config.json is the causal-LM loader's to report
             architectures = json.loads((folder / "config.json").read_text()).get("architectures")
@@ -226,13 +225,18 @@ def _source_spec(spec: str) -> str | None:
     return spec if spec.startswith("hf:") or (path / MODEL_FILE).is_file() else None
 
 
+def _find_folder(spec: str) -> tuple[Path, Path | None]:
+    """``--model``'s path, and the transformers folder it names: its ``baseline/hf/`` (a comparison or train run's
+    dense model), its ``hf/`` or itself, the first holding a ``config.json`` (``None``: none does)."""
+    path = Path(spec[3:] if spec.startswith("hf:") else spec).expanduser()
+    return path, next((c for c in (path / "baseline" / "hf", path / "hf", path) if (c / "config.json").is_file()), None)
+
+
 def _resolve_folder(spec: str) -> Path:
     """The transformers folder of ``--model`` (a run directory resolves to its dense model's folder)."""
-    text = spec[3:] if spec.startswith("hf:") else spec
-    path = Path(text).expanduser()
-    for candidate in (path / "baseline" / "hf", path / "hf", path):
-        if (candidate / "config.json").is_file():
-            return candidate
+    folder = _find_folder(spec)[1]
+    if folder is not None:
+        return folder
     raise InputError(
         f"--model {spec!r}: no transformers folder there (config.json not found in it, its hf/ or "
         f"its baseline/hf/); pass hf:FOLDER, a 'nmsparse train' run, 'minilm', or 'lm'"
