@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, algorithm: str | None = No
         )
     else:
         parser.set_defaults(algorithm=algorithm)
-    solvers = list(dict.fromkeys([*list_methods(), "auto", *list_algorithms()]))
+    solvers = list(dict.fromkeys([*list_methods(), *list_algorithms()]))  # list_methods() starts with "auto"
     parser.add_argument(
         "--method",
         default=None,
@@ -364,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         method=config.algorithm,
         overwrite=args.overwrite,
         extra={
-            "options": config.method_options().to_dict(),  # e.g. refit: the weights are not the method's as published
+            "options": report.config["options"],  # e.g. refit: the weights are not the method's as published
             "perplexity_dense": ppl_dense,
             "perplexity_pruned": ppl_pruned,
             **_permutation_record(report),

@@ -177,7 +177,7 @@ class OneShotConfig(ConfigBase):
 
     _constraints = {
         "algorithm": [str],
-        "method": [Options(list_methods() + ["auto"])],
+        "method": [Options(list_methods())],  # ("auto" included)
         "options": [Mapping, None],
         "include": [SequenceOf(str), None],
         "exclude": [SequenceOf(str), None],
