@@ -397,8 +397,19 @@ def _prune(
     where: str,
     pad: bool = False,
     progress: bool | None = None,
+    permute: bool = False,
 ) -> tuple[dict[str, nn.Module], PruneReport]:
-    """Shared body of :func:`prune_` and :class:`DynamicSparsifier`; returns the pruned modules and the report."""
+    """Shared body of :func:`prune_` and :class:`DynamicSparsifier`; returns the pruned modules and the report.
+
+    ``permute``: once the layers are selected, reorder the model's free channels with :func:`nmsparse.permute_`
+    (magnitude scores, on the selected layers) before any mask is chosen; its report is ``report.permutation``.
+    """
+    if permute and scores is not None:
+        raise ConfigError(
+            f"{where}: permute=True cannot take scores (they describe the unpermuted weights); call "
+            "nmsparse.permute_(model, pattern, calibration, scores=...) first, then prune_ with scores of the "
+            "permuted model"
+        )
     pattern = NMPattern.parse(pattern)
     method = _check_method(method, pattern, where=where)
     selection, unfit = _select(
@@ -406,6 +417,11 @@ def _prune(
     )
     by_module = _check_scores(model, scores, where=where)
     require_selected(selection, pattern, where=where)
+    permutation: PermuteReport | None = None
+    if permute:
+        from ..permute import permute_
+
+        permutation = permute_(model, pattern, None, scores="magnitude", layers=list(selection.selected))
     if unfit:
         logger.warning(
             "%s: %d layer(s) left dense because they cannot take pattern %s:\n%s",
@@ -437,7 +453,14 @@ def _prune(
                 pad=name in selection.padded,
                 scores=None if by_module is None else by_module.get(name),
             )
-    report = PruneReport(verb=where, pattern=str(pattern), method=used, skipped=dict(selection.skipped), model=model)
+    report = PruneReport(
+        verb=where,
+        pattern=str(pattern),
+        method=used,
+        skipped=dict(selection.skipped),
+        model=model,
+        permutation=permutation,
+    )
     for name, module in selection.selected.items():
         score = None if by_module is None else by_module.get(name)
         kept = _kept_fraction(_live_weight(module) if score is None else score, masks[name])
@@ -551,18 +574,6 @@ def prune_(
         raise ConfigError(f"prune_: straight_through must be a bool, got {straight_through!r}")
     if not isinstance(permute, bool):
         raise ConfigError(f"prune_: permute must be a bool, got {permute!r}")
-    permutation = None
-    if permute:
-        permutation = _permute_first(
-            model,
-            pattern,
-            method=method,
-            include=include,
-            exclude=exclude,
-            keep_first_last=keep_first_last,
-            scores=scores,
-            pad=pad,
-        )
     _, report = _prune(
         model,
         pattern,
@@ -576,39 +587,9 @@ def prune_(
         where="prune_",
         pad=pad,
         progress=progress,
+        permute=permute,
     )
-    report.permutation = permutation
     return report
-
-
-def _permute_first(
-    model: nn.Module,
-    pattern: PatternLike,
-    *,
-    method: str,
-    include: Sequence[str] | None,
-    exclude: Sequence[str] | None,
-    keep_first_last: bool,
-    scores: Mapping[str, torch.Tensor] | None,
-    pad: bool,
-) -> PermuteReport:
-    """``prune_(..., permute=True)``: the arguments checked as ``_prune`` will, then ``permute_`` with magnitude
-    scores on the layers it will prune."""
-    from ..permute import permute_
-
-    if scores is not None:
-        raise ConfigError(
-            "prune_: permute=True cannot take scores (they describe the unpermuted weights); call "
-            "nmsparse.permute_(model, pattern, calibration, scores=...) first, then prune_ with scores of the "
-            "permuted model"
-        )
-    pattern = NMPattern.parse(pattern)
-    _check_method(method, pattern, where="prune_")
-    selection, _ = _select(
-        model, pattern, include=include, exclude=exclude, keep_first_last=keep_first_last, module_types=None, pad=pad
-    )
-    require_selected(selection, pattern, where="prune_")
-    return permute_(model, pattern, None, scores="magnitude", layers=list(selection.selected))
 
 
 def is_pruned(module: nn.Module) -> bool:
