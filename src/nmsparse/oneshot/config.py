@@ -17,6 +17,7 @@ from ..config import ConfigBase, Interval, Options, Predicate, SequenceOf, confi
 from ..errors import ConfigError
 from ..pattern import NMPattern
 from ..solvers import list_methods
+from .methods import PERMUTE_SCORES, get_method
 
 __all__ = ["OneShotConfig", "parse_memory", "DEFAULT_MEMORY_BUDGET", "solver_for", "permute_scores_for"]
 
@@ -92,16 +93,10 @@ def solver_for(pattern: NMPattern, method: str, where: str) -> str:
     return solver
 
 
-#: Saliencies of the permutation search (:func:`nmsparse.permute_`'s ``scores``).
-PERMUTE_SCORES = ("magnitude", "wanda", "sparsegpt")
-
-
 def permute_scores_for(config: Any, algorithm: str) -> str:
     """The ``scores`` of :func:`nmsparse.permute_` for a config's ``permute_scores`` and ``algorithm``: the given
     name, else the saliency the algorithm registered (magnitude -> ``"magnitude"``, wanda -> ``"wanda"``,
     sparsegpt -> ``"sparsegpt"``, adaprune -> ``"wanda"``; ``"magnitude"`` unless ``register_method`` said)."""
-    from .methods import get_method
-
     return str(config.permute_scores or get_method(algorithm).permute_scores)
 
 
@@ -206,8 +201,6 @@ class OneShotConfig(ConfigBase):
         super().__post_init__()
 
     def _check(self) -> None:
-        from .methods import get_method
-
         get_method(self.algorithm, where="OneShotConfig")
         self.method_options()
         check_permute(self, "OneShotConfig")
@@ -225,8 +218,6 @@ class OneShotConfig(ConfigBase):
 
     def method_options(self, algorithm: str | None = None) -> Any:
         """The algorithm's options object, validated by its option table (deprecated flat settings folded in)."""
-        from .methods import get_method
-
         name = algorithm or self.algorithm
         spec = get_method(name, where="OneShotConfig")
         values = {option: getattr(self, old) for old, (_, owner, option) in _DEPRECATED.items() if owner == name}

@@ -18,7 +18,6 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...pattern import NMPattern
-from ..config import PERMUTE_SCORES
 
 __all__ = [
     "LayerMethod",
@@ -100,6 +99,9 @@ class LayerMethod:
 
 
 _METHODS: dict[str, LayerMethod] = {}
+
+#: Saliencies of the permutation search (:func:`nmsparse.permute_`'s ``scores``) a method may name.
+PERMUTE_SCORES = ("magnitude", "wanda", "sparsegpt")
 
 
 def _default_solve_bytes(rows: int, cols: int, itemsize: int, options: Any) -> int:
