@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, add_out_argument, environment, print_environment, write_result  # noqa: E402
 
+from nmsparse.hf import calibration_windows, load_causal_lm, perplexity  # noqa: E402
 from nmsparse.oneshot import METHODS, OneShotConfig, prune_oneshot_  # noqa: E402
-from nmsparse.oneshot.hf import calibration_windows, load_causal_lm, perplexity  # noqa: E402
 
 PATTERNS = ("2:4", "4:8", "2:4-T", "4:8-T", "8:16-T")
 

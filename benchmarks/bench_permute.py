@@ -145,7 +145,7 @@ def _prune(prune: Any, model: torch.nn.Module, calibration: Any, pattern: str, m
 
 def _calibration(args: argparse.Namespace, model: torch.nn.Module, train: torch.Tensor) -> tuple[list[Any], int]:
     """Parts 2 and 4: the calibration windows (``--calibration-samples``, ``--calibration-seed``) and their context."""
-    from nmsparse.oneshot.hf import calibration_windows
+    from nmsparse.hf import calibration_windows
 
     context = min(args.context, int(getattr(model.config, "n_positions", 128)))
     windows = calibration_windows(train, samples=args.calibration_samples, context=context, seed=args.calibration_seed)
@@ -155,8 +155,8 @@ def _calibration(args: argparse.Namespace, model: torch.nn.Module, train: torch.
 def _oneshot_part(
     args: argparse.Namespace, model: torch.nn.Module, train: torch.Tensor, heldout: torch.Tensor, source: str
 ) -> dict[str, Any]:
+    from nmsparse.hf import perplexity
     from nmsparse.oneshot import prune_oneshot_
-    from nmsparse.oneshot.hf import perplexity
 
     calibration, context = _calibration(args, model, train)
     evaluation = heldout[: args.eval_tokens]

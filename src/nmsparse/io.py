@@ -546,12 +546,22 @@ def load_pruned_state_dict_(
         >>> torch.equal(fresh[0].weight, pruned[0].weight), str(fresh[0].parametrizations.weight[0].pattern)
         (True, '2:4')
     """
+    return _load_pruned(model, tensors, metadata, strict=strict, where="load_pruned_state_dict_")
+
+
+def _load_pruned(
+    model: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None,
+    *,
+    strict: bool,
+    where: str,
+) -> nn.Module:
+    """:func:`load_pruned_state_dict_`, its errors prefixed with ``where``."""
     if not isinstance(tensors, Mapping):
-        raise MaskMismatchError(
-            f"load_pruned_state_dict_: expected a mapping of names to tensors, got {type(tensors).__name__}"
-        )
+        raise MaskMismatchError(f"{where}: expected a mapping of names to tensors, got {type(tensors).__name__}")
     if metadata:
-        _check_format(metadata, ("pruned",), where="load_pruned_state_dict_")
+        _check_format(metadata, ("pruned",), where=where)
     problems: list[str] = []
     plain, masks, info = _split(tensors, metadata, problems)
     modules = dict(model.named_modules())
@@ -622,7 +632,7 @@ def load_pruned_state_dict_(
             )
     if problems:
         raise MaskMismatchError(
-            f"load_pruned_state_dict_: {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} do not fit the "
+            f"{where}: {len(problems)} entr{'y' if len(problems) == 1 else 'ies'} do not fit the "
             f"model, nothing was loaded:\n" + "\n".join(f"  - {p}" for p in problems)
         )
 
@@ -637,7 +647,7 @@ def load_pruned_state_dict_(
             else:
                 previous[fqn] = nm.describe()
             if settings is not None:
-                nm.configure({"version": 1, **settings}, where=f"load_pruned_state_dict_[{fqn!r}]")
+                nm.configure({"version": 1, **settings}, where=f"{where}[{fqn!r}]")
         raw = _raw_state_dict(model, plain, masks=ready, strict=strict)
         model.load_state_dict(raw, strict=strict)
     except (MaskMismatchError, RuntimeError, ValueError) as exc:
@@ -649,7 +659,7 @@ def load_pruned_state_dict_(
                 nm.configure(described)
         if isinstance(exc, MaskMismatchError):
             raise
-        raise MaskMismatchError(f"load_pruned_state_dict_: {exc}") from exc
+        raise MaskMismatchError(f"{where}: {exc}") from exc
     return model
 
 
@@ -921,7 +931,7 @@ def _write_pretrained_folder(
     where: str,
     hint: str = "",
 ) -> Path:
-    """The folder of :func:`save_pretrained_dense` (also :func:`nmsparse.oneshot.save_pruned_pretrained`'s).
+    """The folder of :func:`save_pretrained_dense` (also :func:`nmsparse.hf.save_pruned_pretrained`'s).
 
     ``fill`` adds more files to the staging folder after ``save_pretrained``, before the masks and
     ``nmsparse.json``; ``where`` and ``hint`` word the error for a model without ``save_pretrained``.

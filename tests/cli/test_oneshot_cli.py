@@ -96,7 +96,7 @@ def test_command_module_imports_in_a_fresh_process():
     import subprocess
     import sys
 
-    for module in ("nmsparse.cli.oneshot", "nmsparse.oneshot.hf"):
+    for module in ("nmsparse.cli.oneshot", "nmsparse.hf"):
         result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
 

@@ -190,7 +190,7 @@ def _bert_folder(path):
     [
         ("auto_map", "remote code"),
         ("no_weights", "no weights"),
-        ("missing_key", "weights missing from the folder"),
+        ("missing_key", "would initialise the missing ones at random"),
         ("bert", "no causal language-model head"),
     ],
 )
@@ -374,8 +374,8 @@ def test_adaprune_calibrates_and_evaluates_on_data_files(tmp_path, capsys) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 def test_fine_tuning_a_folder_resumes_bit_identically(tmp_path, mode) -> None:
+    from nmsparse.hf import save_pruned_pretrained
     from nmsparse.oneshot import prune_oneshot_
-    from nmsparse.oneshot.hf import save_pruned_pretrained
     from nmsparse.recipes.lm.config import LMTrainConfig
     from nmsparse.recipes.lm.pretrained import lm_data
     from nmsparse.recipes.lm.task import LMTrainer

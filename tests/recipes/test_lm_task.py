@@ -108,7 +108,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, data) -> None:
 
 @pytest.mark.slow
 def test_run_lm_training_writes_the_run_and_a_loadable_dense_model(tmp_path, data, capsys) -> None:
-    from nmsparse.oneshot.hf import load_causal_lm, perplexity
+    from nmsparse.hf import load_causal_lm, perplexity
 
     out = tmp_path / "run"
     summary = run_lm_training(_config(), out, progress=False)

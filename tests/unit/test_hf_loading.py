@@ -28,7 +28,7 @@ def _edit_config(folder, **changes):
 
 def test_load_causal_lm_refuses_a_config_with_more_layers_than_the_weights(gpt2_folder):
     # item 3: the missing layer came back randomly initialised and one-shot pruned it without a word
-    from nmsparse.oneshot.hf import load_causal_lm
+    from nmsparse.hf import load_causal_lm
 
     assert load_causal_lm(gpt2_folder) is not None
     _edit_config(gpt2_folder, n_layer=2)
@@ -38,7 +38,7 @@ def test_load_causal_lm_refuses_a_config_with_more_layers_than_the_weights(gpt2_
 
 def test_load_causal_lm_refuses_a_bert_folder(tmp_path):
     # item 3: a BERT encoder loads as BertLMHeadModel with a random language-model head
-    from nmsparse.oneshot.hf import load_causal_lm
+    from nmsparse.hf import load_causal_lm
 
     config = transformers.BertConfig(
         vocab_size=64,
@@ -57,7 +57,7 @@ def test_load_causal_lm_refuses_a_bert_folder(tmp_path):
 @pytest.mark.parametrize("damage", ["truncated", "no_model_type", "auto_map", "shape"])
 def test_load_causal_lm_bad_folder_is_one_input_error(gpt2_folder, damage):
     # item 7: each of these ended in a transformers / safetensors traceback
-    from nmsparse.oneshot.hf import load_causal_lm
+    from nmsparse.hf import load_causal_lm
 
     weights = gpt2_folder / "model.safetensors"
     if damage == "truncated":

@@ -106,8 +106,8 @@ def test_load_masks_into_attaches_nothing_when_a_later_mask_breaks_its_pattern(t
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file, save_file
 
+    from nmsparse.hf import load_masks_into_, save_pruned_pretrained
     from nmsparse.io import MASKS_FILE, read_metadata
-    from nmsparse.oneshot.hf import load_masks_into_, save_pruned_pretrained
     from nmsparse.testing import tiny_gpt2
 
     model = nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy").model
@@ -123,10 +123,35 @@ def test_load_masks_into_attaches_nothing_when_a_later_mask_breaks_its_pattern(t
     assert not any(nmsparse.is_pruned(m) for m in fresh.modules())
 
 
+def test_load_masks_into_refuses_weights_kept_where_the_masks_prune(tmp_path):
+    # the masks file must belong to the weights beside it: attaching would silently zero kept weights
+    pytest.importorskip("transformers")
+    from nmsparse.hf import load_masks_into_, save_pruned_pretrained
+    from nmsparse.testing import tiny_gpt2
+
+    folder = save_pruned_pretrained(nmsparse.prune_(tiny_gpt2(), "2:4", method="topn").model, tmp_path / "out")
+    dense = tiny_gpt2()  # its own dense weights, not the folder's
+    with pytest.raises(MaskMismatchError, match="non-zero where their masks prune"):
+        load_masks_into_(dense, folder)
+    assert not any(nmsparse.is_pruned(m) for m in dense.modules())
+
+
+def test_the_old_module_path_of_nmsparse_hf_still_imports_for_one_release():
+    import importlib
+    import sys
+
+    import nmsparse.hf
+
+    sys.modules.pop("nmsparse.oneshot.hf", None)
+    with pytest.warns(DeprecationWarning, match="moved to nmsparse.hf"):
+        old = importlib.import_module("nmsparse.oneshot.hf")
+    assert all(getattr(old, name) is getattr(nmsparse.hf, name) for name in nmsparse.hf.__all__)
+
+
 def test_load_masks_into_invalid_nmsparse_json_is_an_input_error(tmp_path):
     # Regression: an invalid nmsparse.json raised a raw JSONDecodeError
     pytest.importorskip("transformers")
-    from nmsparse.oneshot.hf import load_masks_into_, save_pruned_pretrained
+    from nmsparse.hf import load_masks_into_, save_pruned_pretrained
     from nmsparse.testing import tiny_gpt2
 
     folder = save_pruned_pretrained(nmsparse.prune_(tiny_gpt2(), "2:4-T", method="greedy").model, tmp_path / "out")

@@ -393,8 +393,8 @@ def test_verb_on_transformers_models(build, method, pattern, tmp_path):
 
 @pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
 def test_saved_folder_reloads_to_identical_logits(build, tmp_path):
+    from nmsparse.hf import load_causal_lm, load_masks_into_, save_pruned_pretrained
     from nmsparse.io import MASKS_FILE
-    from nmsparse.oneshot.hf import load_causal_lm, load_masks_into_, save_pruned_pretrained
 
     torch.manual_seed(0)
     model = build()

@@ -270,8 +270,8 @@ def _streams(tokenizer: Any, data: Sequence[str] | None = None) -> tuple[torch.T
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hf import calibration_windows, perplexity, save_pruned_pretrained
     from ..io import write_text_atomic
-    from ..oneshot.hf import calibration_windows, perplexity, save_pruned_pretrained
     from ._runtime import configure_runtime
 
     pattern = NMPattern.parse(args.pattern)

@@ -2,8 +2,8 @@
 
 :func:`prune_oneshot_` prunes a model block by block (:mod:`~nmsparse.oneshot.engine`) with a per-layer
 algorithm from the registry (:mod:`~nmsparse.oneshot.methods`: ``magnitude``, ``wanda``, ``sparsegpt``,
-``adaprune``; add one with :func:`register_method`); :mod:`nmsparse.oneshot.hf` loads, evaluates and saves
-Hugging Face causal language models.
+``adaprune``; add one with :func:`register_method`); :mod:`nmsparse.hf` loads, evaluates and saves Hugging
+Face causal language models.
 """
 
 from __future__ import annotations

@@ -95,7 +95,7 @@ class LMData:
         """Non-overlapping held-out windows of ``context`` tokens, in order, ``batch_size`` at a time.
 
         Each window is scored on its tokens 2..``context`` given the ones before it (no context across windows),
-        the convention of :func:`nmsparse.oneshot.hf.perplexity`, so both report the same number for the same
+        the convention of :func:`nmsparse.hf.perplexity`, so both report the same number for the same
         model.
 
         Args:

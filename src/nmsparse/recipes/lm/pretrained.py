@@ -7,7 +7,7 @@ folder does not hold is an error, never a random initialisation.
 
 Masks (:func:`attach_masks`):
 
-* a folder written by ``nmsparse oneshot`` (:func:`nmsparse.oneshot.hf.save_pruned_pretrained`) carries its masks
+* a folder written by ``nmsparse oneshot`` (:func:`nmsparse.hf.save_pruned_pretrained`) carries its masks
   (``nmsparse_masks.safetensors``); they are attached unchanged as static masks (``mode: static``, the folder's
   pattern), so fine-tuning keeps the pruned weights at zero and the kept ones train;
 * a dense folder gets static masks chosen once from its weights (``mode: static``, ``initial_method``) or dynamic
@@ -15,7 +15,7 @@ Masks (:func:`attach_masks`):
 
 Text is tokenised with the folder's ``tokenizer.json`` or as bytes (:func:`nmsparse.recipes.lm.text.folder_tokenizer`),
 and the result is written by :func:`export_lm` as a transformers folder through the one folder writer,
-:func:`nmsparse.oneshot.hf.save_pruned_pretrained` (weights with the zeros baked in, the masks and
+:func:`nmsparse.hf.save_pruned_pretrained` (weights with the zeros baked in, the masks and
 ``nmsparse.json``; the tokenizer's files are copied along).
 """
 
@@ -62,7 +62,7 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 def _folder(spec: str) -> Path:
-    from nmsparse.oneshot.hf import hf_folder
+    from nmsparse.hf import hf_folder
 
     return hf_folder(spec)
 
@@ -188,39 +188,15 @@ def settings_from_folder(config: LMTrainConfig, *, given: Collection[str]) -> LM
 
 
 def load_causal_lm_checked(folder: str | os.PathLike[str]) -> nn.Module:
-    """``AutoModelForCausalLM.from_pretrained`` of a checked folder (:func:`check_causal_lm_folder`), float32, in
-    eval mode, never downloading and never running remote code; transformers' own load report and progress bar
-    are kept quiet.
+    """:func:`nmsparse.hf.load_causal_lm` (float32, eval mode, no download, no remote code, every weight checked)
+    of a folder :func:`check_causal_lm_folder` accepts.
 
     Raises:
-        InputError: see :func:`check_causal_lm_folder`; a weight the folder does not hold (transformers would
-            initialise it at random) or holds with another shape.
+        InputError: see :func:`check_causal_lm_folder` and :func:`nmsparse.hf.load_causal_lm`.
     """
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+    from nmsparse.hf import load_causal_lm
 
-    root = check_causal_lm_folder(folder)
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # a missing weight is reported below, as one line
-    hf_logging.disable_progress_bar()
-    try:
-        loaded = AutoModelForCausalLM.from_pretrained(
-            str(root), local_files_only=True, trust_remote_code=False, dtype=torch.float32, output_loading_info=True
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-    model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
-    missing = sorted(info.get("missing_keys") or []) + sorted(
-        str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or []
-    )
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise InputError(
-            f"{root}: weights missing from the folder (transformers would initialise them at random): {shown}"
-        )
-    return model.eval()
+    return load_causal_lm(check_causal_lm_folder(folder))
 
 
 def load_pretrained_lm(config: LMTrainConfig, *, device: torch.device | str = "cpu") -> nn.Module:
@@ -352,7 +328,7 @@ def attach_masks(
     from nmsparse.prune import get_masks, prune_
 
     if carries_masks(config):
-        from nmsparse.oneshot.hf import load_masks_into_
+        from nmsparse.hf import load_masks_into_
 
         assert config.model is not None
         keys = list(load_masks_into_(model, _folder(config.model)))
@@ -403,13 +379,13 @@ def _vocab_size(folder: Path) -> int:
 def export_lm(model: nn.Module, path: Path, *, config: LMTrainConfig, structure: str, metadata: dict[str, Any]) -> Path:
     """Write the trained model as a transformers folder: the recipe's decoder through
     :func:`~nmsparse.recipes.lm.model.save_hf` (a GPT-2 folder), a transformers model through
-    :func:`nmsparse.oneshot.hf.save_pruned_pretrained` with its masks, ``nmsparse.json`` and the source folder's
+    :func:`nmsparse.hf.save_pruned_pretrained` with its masks, ``nmsparse.json`` and the source folder's
     tokenizer files."""
     if isinstance(model, GPT):
         from .model import save_hf
 
         return save_hf(model, path, metadata=metadata, overwrite=True)
-    from nmsparse.oneshot.hf import save_pruned_pretrained
+    from nmsparse.hf import save_pruned_pretrained
 
     from .text import FolderTokenizer, folder_tokenizer
 
