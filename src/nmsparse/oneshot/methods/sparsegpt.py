@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ...config import ConfigBase, Interval, config_field
 from ...errors import ConfigError
 from ..layer import refit, refit_bytes, sparsegpt
@@ -47,27 +45,26 @@ def solve(layer: Layer) -> LayerSolution:
             f"{layer.where}: sparsegpt chooses each group's mask inside its sweep (top-n, or exact for "
             f"-T patterns); method={layer.solver!r} does not apply: leave method='auto'"
         )
-    weights, masks, damping, perm = [], [], 0.0, layer.columns
-    error: float | None = 0.0
+    options, perm = layer.options, layer.columns
+    back = None if perm is None else perm.argsort()  # the pattern's column order back to the weights'
+    weights, masks, damping, error = [], [], 0.0, 0.0
     for w, gram in zip(layer.weights, layer.stats.gram):
         if perm is not None:  # a conv: sweep the columns in the pattern's order (input channels innermost)
             w, gram = w[:, perm], gram[perm][:, perm]
-        options = {"damping": layer.options.damping, "block_size": layer.options.block_size}
-        result = sparsegpt(w, gram, layer.pattern, where=layer.where, **options)
+        result = sparsegpt(
+            w, gram, layer.pattern, damping=options.damping, block_size=options.block_size, where=layer.where
+        )
         new, mask = result.weight, result.mask
-        if layer.options.refit:
-            new = refit(w, gram, mask, new, shift=result.shift, iterations=layer.options.refit)
-            error = None  # the sweep's error is not the re-fitted weights': the engine measures it
-        if perm is not None:
-            swept, swept_mask = new, mask
-            new, mask = torch.empty_like(swept), torch.empty_like(swept_mask)
-            new[:, perm], mask[:, perm] = swept, swept_mask
+        if options.refit:
+            new = refit(w, gram, mask, new, shift=result.shift, iterations=options.refit)
+        if back is not None:
+            new, mask = new[:, back], mask[:, back]
         weights.append(new)
         masks.append(mask)
         damping = max(damping, result.damping)
-        if error is not None:
-            error += result.error or 0.0
-    return LayerSolution(weights, masks, info={"damping": damping}, error=error)
+        error += result.error or 0.0
+    # with refit, the sweep's error is not the re-fitted weights': the engine measures it
+    return LayerSolution(weights, masks, info={"damping": damping}, error=None if options.refit else error)
 
 
 def solve_bytes(rows: int, cols: int, itemsize: int, options: SparseGPTOptions) -> int:
