@@ -37,17 +37,13 @@ class WandaOptions(ConfigBase):
 
 
 def solve(layer: Layer) -> LayerSolution:
-    scores = []
-    for w, gram in zip(layer.weights, layer.stats.gram):
-        norms = gram.diagonal().clamp_min(0).sqrt().to(w.dtype)
-        scores.append(w.abs() * norms.unsqueeze(0))
-    masks = layer.masks(scores)
-    steps = layer.options.refit
-    if not steps:
+    grams = layer.stats.gram
+    masks = layer.masks([w.abs() * g.diagonal().clamp_min(0).sqrt().to(w.dtype) for w, g in zip(layer.weights, grams)])
+    if not layer.options.refit:
         return LayerSolution([w * m for w, m in zip(layer.weights, masks)], masks)
     fitted = [
-        refit(w, gram, m, shift=damping_shift(gram, REFIT_DAMPING), iterations=steps)
-        for w, m, gram in zip(layer.weights, masks, layer.stats.gram)
+        refit(w, g, m, shift=damping_shift(g, REFIT_DAMPING), iterations=layer.options.refit)
+        for w, m, g in zip(layer.weights, masks, grams)
     ]
     return LayerSolution(fitted, masks)
 
