@@ -69,10 +69,8 @@ def _hessian_factor(
     factorisation. A factorisation that fails (an ill-conditioned ``H`` in float32) is retried with ten times
     the damping.
     """
-    clean = weight.clone()
     values, dead = _live_diagonal(gram)
-    if bool(dead.any()):
-        clean[:, dead] = 0.0
+    clean = weight.masked_fill(dead, 0.0)
     used = damping
     for attempt in range(_CHOLESKY_RETRIES + 1):
         shift = damping_shift(gram, used)
@@ -90,10 +88,6 @@ def _hessian_factor(
         f"inputs of this layer hold non-finite values or too few tokens: use more calibration samples or "
         f"dtype='float64'"
     )
-
-
-#: Rows of the Gram matrix per product in :func:`reconstruction_error`.
-_SOLVE_BLOCK = 512
 
 
 def sparsegpt(
@@ -219,8 +213,7 @@ def masked_cg(
     r0 = r.square().sum(dim=-1, keepdim=True).sqrt()
     active = r0 > 0
     steps = 0
-    for step in range(1, iterations + 1):
-        steps = step
+    for steps in range(1, iterations + 1):
         hp = (p @ gram + ridge * p) * mask
         php = (p * hp).sum(dim=-1, keepdim=True)
         alpha = torch.where(active & (php > 0), rz / php.clamp_min(1e-30), torch.zeros_like(php))
@@ -233,7 +226,7 @@ def masked_cg(
         rz = rz_new
         active = active & (r.square().sum(dim=-1, keepdim=True).sqrt() > tol * r0)
         if on_step is not None:
-            on_step(step, w)
+            on_step(steps, w)
         if not bool(active.any()):
             break
     return steps
@@ -280,8 +273,7 @@ def refit(
         >>> reconstruction_error(w, fitted, gram)[0] < reconstruction_error(w, swept.weight, gram)[0]
         True
     """
-    dtype = dense.dtype if start is None else start.dtype
-    h = gram.to(dtype)
+    h = gram.to(dense.dtype if start is None else start.dtype)
     values, dead = _live_diagonal(h)
     keep = mask.to(h.dtype)
     target = dense.to(h.dtype) * (~dead).to(h.dtype)
@@ -318,6 +310,10 @@ def reconstruction_error(dense: torch.Tensor, pruned: torch.Tensor, gram: torch.
     dense = dense.to(gram.dtype)
     delta = dense - pruned.to(gram.dtype)
     return max(quadratic(delta, gram), 0.0), max(quadratic(dense, gram), 0.0)
+
+
+#: Rows of the Gram matrix per product in :func:`quadratic`.
+_SOLVE_BLOCK = 512
 
 
 def quadratic(a: torch.Tensor, gram: torch.Tensor) -> float:
