@@ -189,8 +189,7 @@ class LayerStatistics:
             x_rows, y_rows = x_rows[~held], y_rows[~held]  # mini-batch steps never see held-out rows
         if self._x is not None and self._y is not None:
             count = int(x_rows.shape[0])
-            kept = count if self.keep_fraction >= 1 else int(count * self.keep_fraction)
-            keep = min(kept, self._x.shape[0] - self._filled)
+            keep = min(int(count * min(self.keep_fraction, 1.0)), self._x.shape[0] - self._filled)
             if keep < count:
                 generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self._chunk)
                 index = torch.randperm(count, generator=generator)[:keep].to(x_rows.device)
@@ -218,8 +217,6 @@ class LayerStatistics:
         return float(self.yy) / max(self.rows * self.groups * self.out, 1)
 
 
-_ADAM_BETAS = (0.9, 0.999)
-_ADAM_EPS = 1e-8
 #: With mini-batches or a held-out share, the selection error is evaluated every this many steps and at the last.
 EVAL_EVERY = 10
 #: CG stops a row once its residual norm falls below this share of its start.
@@ -309,7 +306,6 @@ def _optimise(
     if config.optimizer == "cg":
         diag = torch.diagonal(gram_fit, dim1=1, dim2=2).clamp_min(0)  # [g, w]
         if stats.bias:
-            diag = diag.clone()
             diag[:, -1] = 1.0
         scale = diag.mean(dim=1, keepdim=True).clamp_min(1e-30)  # [g, 1]
         diag = torch.where(diag > 0, diag, scale * 1e-6)  # dead inputs: a tiny positive curvature
@@ -346,19 +342,16 @@ def _optimise(
     perm: torch.Tensor | None = None
     cursor = 0
     exp_avg, exp_sq = torch.zeros_like(w), torch.zeros_like(w)
-    beta1, beta2 = _ADAM_BETAS
+    beta1, beta2, eps = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults
     best_w, best_rank, best_it = w.clone(), math.inf, 0
     for step in range(1, config.iterations + 1):
         product = w @ gram_fit if stored is None else None
-        if (step - 1) % every == 0:
-            current = rank(w, None if held_out else product)
-            if current < best_rank:
-                best_w, best_rank, best_it = w.clone(), current, step - 1
-        if stored is None:
-            assert product is not None
+        if (step - 1) % every == 0 and (current := rank(w, None if held_out else product)) < best_rank:
+            best_w, best_rank, best_it = w.clone(), current, step - 1
+        if product is not None:
             grad = (product - cross_fit) * (2.0 / outputs)
         else:
-            assert batch_rows is not None
+            assert stored is not None and batch_rows is not None
             x_all, y_all = stored
             if perm is None or cursor + batch_rows > perm.numel():
                 perm, cursor = torch.randperm(x_all.shape[0], generator=generator).to(x_all.device), 0
@@ -370,7 +363,7 @@ def _optimise(
         grad.mul_(mask_f)
         exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
         exp_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (exp_sq / (1 - beta2**step)).sqrt_().add_(_ADAM_EPS)
+        denom = (exp_sq / (1 - beta2**step)).sqrt_().add_(eps)
         w.sub_(exp_avg / denom * (lr_cols / (1 - beta1**step)))
         w.mul_(mask_f)
     if rank(w) < best_rank:
@@ -464,8 +457,7 @@ def fit_layer(
     mask = mask.to(device=weight.device, dtype=torch.bool)
     group = m if m is not None else config.nm_pattern.m
     start = absorb_mean(weight, mask, group) if config.absorb_mean else weight * mask
-    ones = torch.ones_like(bias) if bias is not None else None
-    mask_aug = _augment(mask.to(weight.dtype), ones, stats)
+    mask_aug = _augment(mask.to(weight.dtype), None if bias is None else torch.ones_like(bias), stats)
     return _optimise(stats, _augment(start, bias, stats), mask_aug, config, batch_rows, seed)
 
 
@@ -475,7 +467,7 @@ def make_statistics(view: Any, room: int, options: AdaPruneOptions, seed: int, d
     capacity, fraction, rows = 0, 1.0, view.rows
     if options.stores_rows:
         fraction = min(1.0, max(room, 0) / max(rows * 4 * view.groups * (view.k + int(view.bias) + view.out), 1))
-        capacity = rows if fraction >= 1 else int(rows * fraction)
+        capacity = int(rows * fraction)
     return LayerStatistics(
         view.k,
         view.out,
