@@ -225,12 +225,11 @@ _CG_TOL = 1e-4
 
 def absorb_mean(weight: torch.Tensor, mask: torch.Tensor, m: int) -> torch.Tensor:
     """``weight * mask`` with each group's pruned sum shared equally among its kept weights."""
-    w = to_matrix(weight).reshape(-1, m)
-    k = to_matrix(mask).reshape(-1, m).to(w.dtype)
-    kept = k.sum(dim=1, keepdim=True)
+    matrix = to_matrix(weight)  # a conv's is a copy: made once
+    w, k = matrix.reshape(-1, m), to_matrix(mask).reshape(-1, m).to(matrix.dtype)
     pruned_sum = (w * (1 - k)).sum(dim=1, keepdim=True)
-    shifted = (w + pruned_sum / kept.clamp_min(1)) * k
-    return from_matrix(shifted.reshape(to_matrix(weight).shape), weight.shape)
+    shifted = (w + pruned_sum / k.sum(dim=1, keepdim=True).clamp_min(1)) * k
+    return from_matrix(shifted.reshape(matrix.shape), weight.shape)
 
 
 @dataclass
