@@ -10,6 +10,7 @@ budget in bytes before the model changes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
@@ -203,20 +204,17 @@ class _Batch:
 def _capture(model: nn.Module, first_block: nn.Module, batches: list[_Batch]) -> list[_Call]:
     """The first block's inputs on every batch (the rest of each forward is not run)."""
     calls: list[_Call] = []
-    token: list[torch.Tensor | None] = [None]
 
     def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        calls.append(_Call(args, kwargs, token[0]))
+        calls.append(_Call(args, kwargs, batch.token))  # the batch being run
         raise StopForward
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for index, batch in enumerate(batches):
-            before, token[0] = len(calls), batch.token
-            try:
+            before = len(calls)
+            with contextlib.suppress(StopForward):
                 batch.run(model, index)
-            except StopForward:
-                pass
             if len(calls) == before:
                 raise InputError(
                     f"{_WHERE}: the model's forward never reached its first block; is the calibration "
