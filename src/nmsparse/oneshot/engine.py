@@ -78,7 +78,7 @@ class _View:
     def __init__(self, name: str, module: nn.Module) -> None:
         self.name, self.module, self.block, self.rows = name, module, 0, 0
         weight = self.weight()
-        self.calls: list[int] = []  # calls per forward, per region input (from the probe)
+        self.calls: list[tuple[int, ...]] = []  # per region input: which of its tensors each call got (the probe)
         self.conv, self.bias = isinstance(module, nn.Conv2d), getattr(module, "bias", None) is not None
         self.transposed = is_transposed_layer(module)
         self.groups = int(getattr(module, "groups", 1) or 1) if self.conv else 1
@@ -269,10 +269,9 @@ class _Hooks:
 
 
 def _probe(region: nn.Module, calls: list[Any], views: dict[str, _View]) -> list[list[_View]]:
-    """Run the region once: call counts, rows, and the layers in execution order cut into *units* of consecutive
-    layers fed the very same input tensor in every call (e.g. query, key and value)."""
+    """Run the region once: each layer's calls, rows, and the layers in execution order cut into *units* of
+    consecutive layers fed the very same input tensor in every call (e.g. query, key and value)."""
     order: list[str] = []
-    keys: dict[str, list[tuple[int, ...]]] = {name: [] for name in views}
     current: dict[str, list[int]] = {}
     inputs: list[torch.Tensor] = []
 
@@ -282,10 +281,8 @@ def _probe(region: nn.Module, calls: list[Any], views: dict[str, _View]) -> list
         key = next((i for i, t in enumerate(inputs) if t is x), len(inputs))
         inputs.extend([x] if key == len(inputs) else [])
         current.setdefault(name, []).append(key)
-        if view.conv:
-            view.rows += int(y.shape[0] * y.shape[2] * y.shape[3])
-        else:
-            view.rows += int(keep.sum()) if keep is not None else x.numel() // (view.k * view.groups)
+        # rows: tokens kept, else output rows (a conv's: output positions)
+        view.rows += int(keep.sum()) if keep is not None else y.numel() // (view.out * view.groups)
 
     with _Hooks({n: v.module for n, v in views.items()}, fold) as hooks:
         for index, call in enumerate(calls):
@@ -293,11 +290,10 @@ def _probe(region: nn.Module, calls: list[Any], views: dict[str, _View]) -> list
             inputs.clear()
             hooks.run(region, call, index, None)
             for name, view in views.items():
-                view.calls.append(len(current.get(name, ())))
-                keys[name].append(tuple(current.get(name, ())))
+                view.calls.append(tuple(current.get(name, ())))
     units: list[list[_View]] = []
     for name in order:
-        if units and keys[units[-1][-1].name] == keys[name]:
+        if units and units[-1][-1].calls == views[name].calls:
             units[-1].append(views[name])
         else:
             units.append([views[name]])
@@ -655,7 +651,7 @@ class _Engine:
             ) as dense_hooks,
         ):
             for index, call in enumerate(calls):
-                counts = {v.name: v.calls[index] for v in unit} if self.layerwise else None
+                counts = {v.name: len(v.calls[index]) for v in unit} if self.layerwise else None
                 if reference is not None:
                     dense_hooks.run(reference, dense_calls[index], index, counts)
                 outputs.append(hooks.run(region, call, index, counts))
