@@ -76,7 +76,7 @@ class _View:
     """A selected layer seen as ``groups`` row maps ``[rows, k] -> [rows, out]`` (a conv on unfolded patches)."""
 
     def __init__(self, name: str, module: nn.Module) -> None:
-        self.name, self.module, self.block, self.rows = name, module, 0, 0
+        self.name, self.module, self.rows = name, module, 0
         weight = self.weight()
         self.calls: list[tuple[int, ...]] = []  # per region input: which of its tensors each call got (the probe)
         self.conv, self.bias = isinstance(module, nn.Conv2d), getattr(module, "bias", None) is not None
@@ -436,9 +436,6 @@ def prune_oneshot_(
         regions.append(("<model>", model, outside))
     else:
         skipped.update(dict.fromkeys(outside, _OUTSIDE))
-    for index, (_, _, region_views) in enumerate(regions):
-        for view in region_views.values():
-            view.block = index
     engine = _Engine(model, spec, options, pattern, solver, config, report, batches)
     training = {m: m.training for m in model.modules()}
     model.eval()
@@ -476,7 +473,7 @@ class _Engine:
         self.layerwise = self.spec.layerwise and self.config.sequential
         targets = self.spec.statistics == "targets" and self.config.sequential
         self.dense_copy = targets and self.spec.dense_targets(self.options)
-        self.index = self.held = self.reserve = 0
+        self.index = self.held = self.reserve = self.block = 0
 
     def hold(self, size: int) -> None:
         """Track working memory (negative: released); ``report.peak_tracked`` is the most held at once."""
@@ -505,7 +502,8 @@ class _Engine:
         )
         dense_calls = [copy.copy(c) for c in calls] if self.dense_copy and blocked else calls
         desc = f"oneshot {self.report.algorithm} {self.pattern}"
-        for name, region, views in _progress(regions, desc=desc, total=len(regions), enabled=progress, unit="block"):
+        bar = _progress(regions, desc=desc, total=len(regions), enabled=progress, unit="block")
+        for self.block, (name, region, views) in enumerate(bar):  # (the layer reports' block)
             began = time.perf_counter()
             if not calls:  # magnitude without calibration: no statistics, no forward passes
                 for view in views.values():
@@ -697,7 +695,7 @@ class _Engine:
                 name=view.name,
                 kind=type(view.module).__name__,
                 shape=(rows, cols),
-                block=view.block,
+                block=self.block,
                 tokens=0 if stats is None else int(stats.rows),
                 seconds=time.perf_counter() - began,
                 pattern=str(self.pattern),
