@@ -509,9 +509,9 @@ class _Engine:
                 for view in views.values():
                     self._solve(view, None)()
             elif region is self.model:  # the whole model (or the layers outside its blocks): fed the batches
-                self._region("", region, views, batches, batches, blocked=False)
+                self._region(name, region, views, batches, batches)
             else:
-                self._region(f"{name}.", region, views, calls, dense_calls, blocked=True)
+                self._region(name, region, views, calls, dense_calls)
             self.report.block_seconds.append(time.perf_counter() - began)
         self.report.blocks = len(regions)
 
@@ -563,17 +563,11 @@ class _Engine:
             )
 
     def _region(
-        self,
-        prefix: str,
-        region: nn.Module,
-        views: dict[str, _View],
-        calls: list[Any],
-        dense_calls: list[Any],
-        *,
-        blocked: bool,
+        self, name: str, region: nn.Module, views: dict[str, _View], calls: list[Any], dense_calls: list[Any]
     ) -> None:
-        """Record, solve and attach every layer of one region (``prefix``: its name in the model and a dot, or
-        ``""``); then advance its inputs to the next one."""
+        """Record, solve and attach every layer of one region (a block, or the whole model); then advance a block's
+        inputs to the next one."""
+        prefix = "" if region is self.model else f"{name}."  # cut from the views' names inside the region
         reference = self.dense_model if region is self.model else None  # the copy made up front, if any
         if reference is None and self.dense_copy:
             reference = copy.deepcopy(region).eval()
@@ -605,7 +599,7 @@ class _Engine:
             self.hold(-held)
         for install in attach:  # a block's layers change together: each was solved on the block's dense path
             install()
-        if blocked:
+        if region is not self.model:
             for index, call in enumerate(calls):
                 call.hidden = outputs[index] if outputs and not self.config.sequential else call.run(region, index)
             for index, call in enumerate(dense_calls if reference is not None else ()):
