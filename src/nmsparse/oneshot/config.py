@@ -206,8 +206,7 @@ class OneShotConfig(ConfigBase):
         check_permute(self, "OneShotConfig")
 
     def _values(self) -> dict[str, Any]:
-        values = super()._values()
-        return {k: v for k, v in values.items() if not (k in _DEPRECATED and v is None)}
+        return {k: v for k, v in super()._values().items() if not (k in _DEPRECATED and v is None)}
 
     @property
     def memory_bytes(self) -> int:
@@ -221,6 +220,5 @@ class OneShotConfig(ConfigBase):
         name = algorithm or self.algorithm
         spec = get_method(name, where="OneShotConfig")
         values = {option: getattr(self, old) for old, (_, owner, option) in _DEPRECATED.items() if owner == name}
-        values = {option: value for option, value in values.items() if value is not None}
-        values.update(self.options or {})
+        values = {option: value for option, value in values.items() if value is not None} | dict(self.options or {})
         return spec.options.from_dict(values, where=f"OneShotConfig.options (algorithm {name!r})")
