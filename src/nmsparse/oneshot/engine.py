@@ -571,8 +571,7 @@ class _Engine:
         reference = self.dense_model if region is self.model else None  # the copy made up front, if any
         if reference is None and self.dense_copy:
             reference = copy.deepcopy(region).eval()
-        copies = dict(reference.named_modules()) if reference is not None else {}
-        dense_layers = {n: copies[n[len(prefix) :]] for n in views} if reference is not None else {}
+        dense_layers = {n: reference.get_submodule(n[len(prefix) :]) for n in views} if reference is not None else {}
         copied = _tensor_bytes(*region.parameters(), *region.buffers()) if reference is not None else 0
         self.hold(copied)
         probed = self.layerwise or self.spec.statistics == "targets"
