@@ -530,15 +530,11 @@ class _Engine:
         )
         logger.info("%s: %s", _WHERE, self.report.permutation.summary().splitlines()[0])
 
-    def _stats_bytes(self, view: _View) -> int:
-        if self.spec.statistics_bytes is not None:
-            return self.spec.statistics_bytes(view.k, view.out, view.groups, view.bias)
-        return view.groups * view.k * view.k * self.itemsize
-
     def _check_budget(self, regions: list[tuple[str, nn.Module, dict[str, _View]]], act: int, with_stats: bool) -> None:
         worst, detail, budget = 0, "", self.report.memory_budget
+        stats_bytes = self.spec.statistics_bytes or (lambda k, out, groups, bias: groups * k * k * self.itemsize)
         for name, region, views in regions:
-            stats = sum(self._stats_bytes(v) for v in views.values()) if with_stats else 0
+            stats = sum(stats_bytes(v.k, v.out, v.groups, v.bias) for v in views.values()) if with_stats else 0
             solve = max(
                 (self.spec.solve_bytes(v.groups * v.out, v.k, self.itemsize, self.options) for v in views.values()),
                 default=0,
