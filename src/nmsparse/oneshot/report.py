@@ -126,8 +126,7 @@ class OneShotReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (everything but the model)."""
-        out = {k: v for k, v in vars(self).items() if k not in ("model", "layers", "permutation")}
-        return out | {
+        return {k: v for k, v in vars(self).items() if k not in ("model", "layers", "permutation")} | {
             "permutation": None if self.permutation is None else self.permutation.to_dict(),
             "method": self.algorithm,
             "pruned": self.pruned,
