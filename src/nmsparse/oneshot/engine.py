@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
 from .._calibration import StopForward, batch_samples, feed_checked, materialise, model_device, to_device, token_mask
@@ -325,8 +326,6 @@ def _select_views(
 def _check_permutable(model: nn.Module, views: dict[str, _View], scores: str, calibrated: bool) -> None:
     """Refuse ``permute=True`` before anything changes: scores that need calibration without it, or masks that
     the engine does not bake in first (on layers it does not prune)."""
-    from torch.nn.utils import parametrize
-
     if scores != "magnitude" and not calibrated:
         raise ConfigError(
             f"{_WHERE}: permute_scores={scores!r} needs calibration data; pass calibration batches or "
