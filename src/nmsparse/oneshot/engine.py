@@ -515,16 +515,14 @@ class _Engine:
         self.report.blocks = len(regions)
 
     def _permute(self, regions: list[tuple[str, nn.Module, dict[str, _View]]]) -> None:
-        """``nmsparse.permute_`` on the (dense) model for the selected layers; its report into ``report``."""
         from ..permute import permute_
 
-        names = [n for _, _, views in regions for n in views]
         self.report.permutation = permute_(
             self.model,
             self.pattern,
             [to_device(b, self.device) for b in self.batches] or None,
             scores=permute_scores_for(self.config, self.report.algorithm),
-            layers=names,
+            layers=[n for _, _, views in regions for n in views],
             residual=self.config.permute_residual,
         )
         logger.info("%s: %s", _WHERE, self.report.permutation.summary().splitlines()[0])
