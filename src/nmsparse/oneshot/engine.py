@@ -466,7 +466,7 @@ class _Engine:
 
     def __post_init__(self) -> None:
         self.dtype = torch.float64 if self.config.dtype == "float64" else torch.float32
-        self.itemsize = torch.finfo(self.dtype).bits // 8
+        self.itemsize = self.dtype.itemsize
         self.device = model_device(self.model)
         self.samples = sum(batch_samples(b) for b in self.batches)
         self.layerwise = self.spec.layerwise and self.config.sequential
