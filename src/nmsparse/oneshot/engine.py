@@ -435,12 +435,11 @@ def prune_oneshot_(
         regions.append(("<model>", model, outside))
     else:
         skipped.update(dict.fromkeys(outside, _OUTSIDE))
-    engine = _Engine(model, spec, options, pattern, solver, config, report, batches)
     training = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad():
-            engine.run(regions, bool(blocks), progress)
+            _Engine(model, spec, options, pattern, solver, config, report, batches).run(regions, bool(blocks), progress)
     finally:
         for module, mode in training.items():
             module.train(mode)
