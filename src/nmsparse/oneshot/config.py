@@ -201,8 +201,7 @@ class OneShotConfig(ConfigBase):
         super().__post_init__()
 
     def _check(self) -> None:
-        get_method(self.algorithm, where="OneShotConfig")
-        self.method_options()
+        self.method_options()  # (checks the algorithm first)
         check_permute(self, "OneShotConfig")
 
     def _values(self) -> dict[str, Any]:
