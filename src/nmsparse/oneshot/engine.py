@@ -501,8 +501,8 @@ class _Engine:
         dense_calls = [copy.copy(c) for c in calls] if self.dense_copy and blocked else calls
         desc = f"oneshot {self.report.algorithm} {self.pattern}"
         bar = _progress(regions, desc=desc, total=len(regions), enabled=progress, unit="block")
-        for self.block, (name, region, views) in enumerate(bar):  # (the layer reports' block)
-            began = time.perf_counter()
+        for block, (name, region, views) in enumerate(bar):
+            self.block, began = block, time.perf_counter()  # (the layer reports' block)
             if not calls:  # magnitude without calibration: no statistics, no forward passes
                 for view in views.values():
                     self._solve(view, None)()
