@@ -86,6 +86,14 @@ def token_mask(batch: Any) -> torch.Tensor | None:
     return mask != 0 if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
 
+def token_rows(x: torch.Tensor, token: torch.Tensor | None) -> torch.Tensor | None:
+    """Which rows of a ``[B, T, C]`` layer input (flattened to ``[B*T, C]``) are real tokens, by the batch's
+    ``token`` mask (:func:`token_mask`); ``None`` (keep every row) without one or for an input of another shape."""
+    if token is None or x.dim() != 3 or tuple(x.shape[:2]) != tuple(token.shape):
+        return None
+    return token.reshape(-1).to(x.device)
+
+
 def materialise(calibration: Iterable[Any], *, where: str = "adaprune_") -> list[Any]:
     """The calibration batches as a list (a one-shot iterator is read once).
 

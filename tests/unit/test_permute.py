@@ -431,3 +431,43 @@ def test_permute_off_is_bit_identical_and_settings_are_checked():
     with pytest.raises(ConfigError, match="needs calibration"):
         prune_oneshot_(model, None, "2:4", config=config)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing changed
+
+
+@pytest.mark.parametrize("gram", [False, True], ids=["wanda", "sparsegpt"])
+def test_input_statistics_leave_padding_out_as_the_engine_does(gram):
+    # permute_'s saliency must see the tokens prune_oneshot_ calibrates on: right padding of a causal LM changes
+    # no real token's hidden state, so a padded batch gives the statistics of its unpadded rows
+    pytest.importorskip("transformers")
+    from nmsparse.permute.permute import input_statistics
+    from nmsparse.testing import tiny_llama
+
+    model = tiny_llama().eval()
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("model.layers.")]
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    attention = torch.ones_like(ids)
+    attention[1, 8:] = 0
+    padded = [{"input_ids": ids, "attention_mask": attention}]
+    unpadded = [ids[:1], ids[1:, :8]]
+    expected = input_statistics(model, names, unpadded, gram=gram)
+    got = input_statistics(model, names, padded, gram=gram)
+    assert all(torch.allclose(got[n], expected[n], rtol=1e-4, atol=1e-4) for n in names)
+    counted = input_statistics(model, names, padded, gram=gram, ignore_padding=False)
+    assert not all(torch.allclose(counted[n], expected[n], rtol=1e-4, atol=1e-4) for n in names)
+
+
+@pytest.mark.parametrize("ignore_padding", [True, False])
+def test_oneshot_permute_passes_its_padding_rule_on(monkeypatch, ignore_padding):
+    import nmsparse.permute as permute_module
+    from nmsparse.oneshot import OneShotConfig, prune_oneshot_
+
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return permute_(*args, **{**FAST, **kwargs})
+
+    monkeypatch.setattr(permute_module, "permute_", spy)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+    config = OneShotConfig(algorithm="wanda", permute=True, ignore_padding=ignore_padding)
+    prune_oneshot_(model, [torch.randn(32, 16)], "2:4", config=config)
+    assert seen["ignore_padding"] is ignore_padding

@@ -26,7 +26,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils import prune as torch_prune
 
-from .._calibration import StopForward, batch_samples, feed_checked, materialise, model_device, to_device, token_mask
+from .._calibration import (
+    StopForward,
+    batch_samples,
+    feed_checked,
+    materialise,
+    model_device,
+    to_device,
+    token_mask,
+    token_rows,
+)
 from .._logging import logger
 from .._logging import progress as _progress
 from ..errors import ConfigError, InputError
@@ -95,9 +104,7 @@ class _View:
 
     def row_filter(self, x: torch.Tensor, token: torch.Tensor | None) -> torch.Tensor | None:
         """Rows to keep of a ``[B, T, in]`` input whose batch carries an attention mask."""
-        if token is None or self.conv or x.dim() != 3 or tuple(x.shape[:2]) != tuple(token.shape):
-            return None
-        return token.reshape(-1).to(x.device)
+        return None if self.conv else token_rows(x, token)
 
     def as_rows(self, t: torch.Tensor, keep: torch.Tensor | None, *, output: bool = False) -> torch.Tensor:
         """A module input (a conv's: unfolded patches) as ``[R, groups, k]`` rows, or its output as ``[R, groups,
@@ -523,6 +530,7 @@ class _Engine:
             scores=permute_scores_for(self.config, self.report.algorithm),
             layers=[n for _, _, views in regions for n in views],
             residual=self.config.permute_residual,
+            ignore_padding=self.config.ignore_padding,
         )
         logger.info("%s: %s", _WHERE, self.report.permutation.summary().splitlines()[0])
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._calibration import feed, materialise
+from .._calibration import feed, materialise, token_mask, token_rows
 from .._logging import logger
 from ..errors import ConfigError, InputError
 from ..layout import fits
@@ -125,23 +125,32 @@ class PermuteReport:
 
 
 def input_statistics(
-    model: nn.Module, names: Iterable[str], calibration: Iterable[Any], *, gram: bool = False
+    model: nn.Module,
+    names: Iterable[str],
+    calibration: Iterable[Any],
+    *,
+    gram: bool = False,
+    ignore_padding: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Per layer, the squared norm of every input channel over the calibration tokens (``gram``: ``X^T X``).
 
     Forward hooks on the named layers; the model runs once per batch under ``torch.no_grad()``. A ``Conv2d``'s
-    channels are summed over batch and positions.
+    channels are summed over batch and positions. Padding tokens (``attention_mask == 0``) are left out unless
+    ``ignore_padding=False``, as :func:`nmsparse.prune_oneshot_` leaves them out of its statistics.
     """
     modules = dict(model.named_modules())
     stats: dict[str, torch.Tensor] = {}
     handles = []
+    token: torch.Tensor | None = None  # the real tokens of the batch being run
 
     def hook(name: str) -> Callable[..., None]:
         def fn(module: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
             x = args[0].detach().float()
+            keep = None if isinstance(module, nn.Conv2d) else token_rows(x, token)
             if isinstance(module, nn.Conv2d):
                 x = x.transpose(1, -1)
             x = x.reshape(-1, x.shape[-1])
+            x = x if keep is None else x[keep]
             value = x.T @ x if gram else (x * x).sum(0)
             stats[name] = value if name not in stats else stats[name] + value
 
@@ -152,6 +161,7 @@ def input_statistics(
     try:
         with torch.no_grad():
             for batch in materialise(calibration, where="permute_"):
+                token = token_mask(batch) if ignore_padding else None
                 feed(model, batch)
     finally:
         for h in handles:
@@ -160,7 +170,12 @@ def input_statistics(
 
 
 def compute_scores(
-    model: nn.Module, names: Iterable[str], scores: str | ScoreFn, calibration: Iterable[Any] | None
+    model: nn.Module,
+    names: Iterable[str],
+    scores: str | ScoreFn,
+    calibration: Iterable[Any] | None,
+    *,
+    ignore_padding: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Saliency matrices ``[out, K]`` (matrix views) of the named layers: ``"magnitude"`` ``|w|``, ``"wanda"``
     ``|w| * ||x_j||``, ``"sparsegpt"`` ``w^2 / [H^-1]_jj`` (1% damping), or a callable ``(name, module) ->``
@@ -187,7 +202,7 @@ def compute_scores(
             f"permute_: scores={scores!r} needs calibration batches (input statistics); pass "
             f"calibration=... or use scores='magnitude'"
         )
-    stats = input_statistics(model, names, calibration, gram=scores == "sparsegpt")
+    stats = input_statistics(model, names, calibration, gram=scores == "sparsegpt", ignore_padding=ignore_padding)
     out = {}
     for name in names:
         module = modules[name]
@@ -283,6 +298,7 @@ def permute_(
     seed: int = 0,
     max_seconds_per_chain: float | None = None,
     residual: bool = False,
+    ignore_padding: bool = True,
     check: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-4,
@@ -313,6 +329,8 @@ def permute_(
             every norm, every projection reading or writing the stream and the LM head; GPT-2 and LLaMA causal LMs,
             :func:`nmsparse.permute.graph.residual_chain`). The logits are unchanged; hidden states a caller reads
             from inside the model are permuted.
+        ignore_padding: leave padding tokens (``attention_mask == 0`` of a mapping batch) out of the ``"wanda"`` and
+            ``"sparsegpt"`` input statistics, as :func:`nmsparse.prune_oneshot_` does.
         check: with calibration, compare the model's outputs on the first batch before and after; on a mismatch
             beyond ``atol``/``rtol`` the weights are restored and ``ConfigError`` is raised.
 
@@ -359,7 +377,10 @@ def permute_(
     reference = _outputs(model, batches[0]) if check and batches else None
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     # the search runs on CPU (a model on an accelerator: its statistics there, the scores moved once)
-    S = {name: value.cpu() for name, value in compute_scores(model, scored, scores, batches).items()}
+    S = {
+        name: value.cpu()
+        for name, value in compute_scores(model, scored, scores, batches, ignore_padding=ignore_padding).items()
+    }
     start = {name: retained_fast(S[name], p) for name in scored}
     totals = {name: float(S[name].sum(dtype=torch.float64)) for name in scored}
     passes = passes if passes is not None else (2 if p.transposable else 1)
