@@ -223,8 +223,10 @@ def load_pretrained_lm(config: LMTrainConfig, *, device: torch.device | str = "c
                 f"{folder} carries {pattern} masks but the pattern asked for is {config.structure}; "
                 f"pass --pattern {pattern} (or leave --pattern out)"
             )
+    from nmsparse.hf import load_causal_lm
+
     started = time.perf_counter()
-    model = load_causal_lm_checked(folder)
+    model = load_causal_lm(folder)  # checked above
     positions = int(getattr(model.config, "n_positions", 0) or getattr(model.config, "max_position_embeddings", 0) or 0)
     if positions and config.context > positions:
         raise ConfigError(
