@@ -116,24 +116,25 @@ def _exact_tile_sums(blocks: torch.Tensor, n: int) -> torch.Tensor:
     Calls the exact solver's compiled min-cost-flow kernel directly, on the solver threads for large batches
     (slices of at least 4096 blocks; smaller calls stay on this thread). It serves ``m = 4`` too: the same
     optimum as the enumeration :func:`nmsparse.find_mask` uses there, 10-30 times faster.
-    :func:`nmsparse.solvers.exact.exact_blocks` is the fallback. (Small torch calls that take milliseconds on a
-    busy 2-core machine are torch's own OpenMP spin-waiting, not the solver: see :mod:`nmsparse.solvers.exact`.)
+    :func:`nmsparse.solvers.exact.exact_blocks` is the fallback, and the path without numba (whose kernel would be
+    the plain-Python twin). (Small torch calls that take milliseconds on a busy 2-core machine are torch's own
+    OpenMP spin-waiting, not the solver: see :mod:`nmsparse.solvers.exact`.)
     """
     from ..solvers import exact
+    from ..solvers.registry import numba_available
 
     if blocks.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64)
     blocks = blocks.detach().double().contiguous()
-    mask = None
     try:
+        if not numba_available():
+            raise ImportError("numba")
         kernel = exact.block_kernel(blocks.shape[1])
         out = np.empty(tuple(blocks.shape), dtype=np.bool_)
         array = blocks.numpy()
         run_split(lambda a, b: kernel(array[a:b], n, out[a:b]), len(array), min_blocks=4096)
         mask = torch.from_numpy(out)
-    except Exception:  # noqa: BLE001 - the solver's own entry point below
-        mask = None
-    if mask is None:
+    except Exception:  # noqa: BLE001 - the solver's own entry point
         mask = exact.exact_blocks(blocks, n)
     return (blocks * mask).sum(dim=(1, 2))
 
