@@ -81,6 +81,9 @@ __all__ = [
 
 #: Largest number of float32 values of one vectorised gain pass (64 MiB).
 _CHUNK = 1 << 24
+#: :func:`permute_columns`' defaults, which :func:`search_permutation` runs with too: swap steps per pair of
+#: stripes, rows sampled for the swap gains, restarts of the swap rounds.
+_INNER, _SAMPLE, _RESTARTS = 2, 1024, 2
 
 
 @dataclass
@@ -786,14 +789,14 @@ def permute_columns(
     pattern: PatternLike,
     *,
     rounds: int | None = None,
-    inner: int = 2,
+    inner: int = _INNER,
     exact_rounds: int | None = None,
     candidates: int | None = None,
     seed: int = 0,
     max_seconds: float | None = None,
-    sample: int = 1024,
+    sample: int = _SAMPLE,
     sweeps: int | None = None,
-    restarts: int = 2,
+    restarts: int = _RESTARTS,
 ) -> tuple[torch.Tensor, int]:
     """Column permutation of ``scores [R, C]`` (rows fixed) raising the pattern's retained saliency.
 
@@ -813,6 +816,12 @@ def permute_columns(
         restarts=restarts,
     )
     return perm, done
+
+
+def _polish_effort(large: bool, exact_rounds: int | None, candidates: int | None) -> tuple[int, int]:
+    """The exact polish's rounds and candidates per pair: as given, else 1 each above 4M entries, 4 below."""
+    default = 1 if large else 4
+    return (default if exact_rounds is None else exact_rounds, default if candidates is None else candidates)
 
 
 def _permute_columns(
@@ -888,10 +897,7 @@ def _permute_columns(
             best, best_value = perm, value
     perm = best
     if p.transposable and polish:
-        if exact_rounds is None:
-            exact_rounds = 1 if large else 4
-        if candidates is None:
-            candidates = 1 if large else 4
+        exact_rounds, candidates = _polish_effort(large, exact_rounds, candidates)
         if K is not None:
             step, more, value, _ = _exact_rounds_fast(ST[perm], n, m, exact_rounds, candidates, gen, deadline, K)
             return perm[step], done + more, value
@@ -986,14 +992,14 @@ def search_permutation(
                 cur if axis == "cols" else cur.T,
                 p,
                 rounds=rounds,
-                inner=2,
+                inner=_INNER,
                 exact_rounds=exact_rounds,
                 candidates=candidates,
                 seed=seed + 2 * k + int(axis == "rows"),
                 max_seconds=left,
-                sample=1024,
+                sample=_SAMPLE,
                 sweeps=sweeps,
-                restarts=2,
+                restarts=_RESTARTS,
                 polish=not shared,
             )
             if axis == "cols":
@@ -1004,8 +1010,7 @@ def search_permutation(
             if known is not None:
                 history.append((axis, known))
         if shared and K is not None:  # the defaults above 4M entries: one polish round, one candidate per pair
-            polish_rounds = 1 if exact_rounds is None else exact_rounds
-            kk = 1 if candidates is None else candidates
+            polish_rounds, kk = _polish_effort(True, exact_rounds, candidates)
             table = None
             for j, axis in enumerate(("cols", "rows")):
                 gen = torch.Generator().manual_seed(seed + 2 * k + j + 1_000_003)
