@@ -152,7 +152,7 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 def _in_channels(module: nn.Module) -> int:
     if is_conv1d(module):
-        return int(getattr(module, "nx"))  # noqa: B009 - transformers' Conv1D, untyped
+        return int(_weight(module).shape[0])  # stored [in, out]
     if isinstance(module, nn.Conv2d):
         return int(module.in_channels)
     return int(_weight(module).shape[1])
